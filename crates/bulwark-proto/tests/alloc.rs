@@ -29,7 +29,7 @@ fn wire(version: ProtocolVersion) -> (Bytes, Bytes) {
 
 #[test]
 fn decoding_a_64_byte_qos1_publish_allocates_nothing() {
-    let _profiler = dhat::Profiler::builder().testing().build();
+    let _profiler = dhat::Profiler::builder().testing().eprint_json().build();
     for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         let (connect, publish) = wire(version);
         let mut decoder = Decoder::server(DecoderLimits::default());
