@@ -612,7 +612,7 @@ impl PropertySet for ConnAckProperties {
                     "MQTT-5 §3.2.2.3.12",
                     "Subscription Identifiers Available is neither 0 nor 1",
                 )?,
-                "Subscription Identifiers Available",
+                "Subscription Identifier Available",
             ),
             Prop::SharedSubscriptionAvailable(v) => once(
                 &mut self.shared_subscription_available,
