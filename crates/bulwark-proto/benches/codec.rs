@@ -5,9 +5,8 @@
 use std::hint::black_box;
 
 use bulwark_proto::{
-    ClientId, Connect, Decoder, DecoderLimits, Encoder, Packet, PacketId, ProtocolVersion,
-    Publish, QoS, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions,
-    TopicFilter, TopicName,
+    ClientId, Connect, Decoder, DecoderLimits, Encoder, Packet, PacketId, ProtocolVersion, Publish,
+    QoS, Subscribe, SubscribeProperties, Subscription, SubscriptionOptions, TopicFilter, TopicName,
 };
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -45,8 +44,14 @@ fn encode<P: bulwark_proto::Encode>(version: ProtocolVersion, packet: &P) -> Byt
 /// A server-side decoder that has already accepted a CONNECT.
 fn connected_decoder(version: ProtocolVersion) -> Decoder {
     let mut decoder = Decoder::server(DecoderLimits::default());
-    decoder.handle_bytes(&encode(version, &Connect::new(version, ClientId::new("bench").unwrap())));
-    assert!(matches!(decoder.poll_packet(), Ok(Some(Packet::Connect(_)))));
+    decoder.handle_bytes(&encode(
+        version,
+        &Connect::new(version, ClientId::new("bench").unwrap()),
+    ));
+    assert!(matches!(
+        decoder.poll_packet(),
+        Ok(Some(Packet::Connect(_)))
+    ));
     decoder.set_authenticated();
     decoder
 }
@@ -83,7 +88,10 @@ fn bench_encode<P: bulwark_proto::Encode>(
 }
 
 fn codec(c: &mut Criterion) {
-    for (version, tag) in [(ProtocolVersion::V3_1_1, "v3.1.1"), (ProtocolVersion::V5, "v5")] {
+    for (version, tag) in [
+        (ProtocolVersion::V3_1_1, "v3.1.1"),
+        (ProtocolVersion::V5, "v5"),
+    ] {
         for len in [64, 4096] {
             let packet = publish(len);
             let name = format!("publish_qos1_{len}B_{tag}");

@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, reason = "test code")]
 
 use bulwark_proto::{
-    ClientId, Connect, Decoder, DecoderLimits, Encoder, Packet, PacketId, ProtocolVersion,
-    Publish, QoS, TopicName,
+    ClientId, Connect, Decoder, DecoderLimits, Encoder, Packet, PacketId, ProtocolVersion, Publish,
+    QoS, TopicName,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -15,7 +15,12 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 fn wire(version: ProtocolVersion) -> (Bytes, Bytes) {
     let encoder = Encoder::new(version);
     let mut connect = BytesMut::new();
-    encoder.encode(&Connect::new(version, ClientId::new("alloc").unwrap()), &mut connect).unwrap();
+    encoder
+        .encode(
+            &Connect::new(version, ClientId::new("alloc").unwrap()),
+            &mut connect,
+        )
+        .unwrap();
     let mut publish = Publish::new(
         TopicName::new("sensors/plant-7/line-3/temperature").unwrap(),
         Bytes::from(vec![0x5A; 64]),
@@ -34,11 +39,17 @@ fn decoding_a_64_byte_qos1_publish_allocates_nothing() {
         let (connect, publish) = wire(version);
         let mut decoder = Decoder::server(DecoderLimits::default());
         decoder.handle_bytes(&connect);
-        assert!(matches!(decoder.poll_packet(), Ok(Some(Packet::Connect(_)))));
+        assert!(matches!(
+            decoder.poll_packet(),
+            Ok(Some(Packet::Connect(_)))
+        ));
         // The first packet turns the receive buffer into shared storage: that one allocation
         // belongs to the buffer, not to the packet.
         decoder.handle_bytes(&publish);
-        assert!(matches!(decoder.poll_packet(), Ok(Some(Packet::Publish(_)))));
+        assert!(matches!(
+            decoder.poll_packet(),
+            Ok(Some(Packet::Publish(_)))
+        ));
 
         let before = dhat::HeapStats::get();
         for _ in 0..1_000 {
