@@ -206,10 +206,16 @@ impl Decoder {
             "MQTT-5 §2.1.2",
             "packet type 0 is reserved",
         ))?;
+        if kind == PacketType::Auth && self.version.is_some_and(|v| !v.is_v5()) {
+            return Err(DecodeError::malformed(
+                "MQTT-3.1.1 §2.2.1",
+                "packet type 15 is reserved before MQTT 5.0",
+            ));
+        }
         let flags = first & 0x0F;
         if kind != PacketType::Publish && flags != kind.required_flags() {
             return Err(DecodeError::malformed(
-                "MQTT-2.1.3-1",
+                reserved_flags_rule(kind),
                 "reserved fixed header flags have the wrong value",
             ));
         }
@@ -217,11 +223,18 @@ impl Decoder {
         let header_len = 1 + len_bytes;
         let total = header_len as u64 + u64::from(body_len);
         let max = self.current_max_packet_size();
+        // A client must stay within the server's Maximum Packet Size [MQTT-3.2.2-15]
+        // (§3.2.2.3.6), a server within the client's [MQTT-3.1.2-24] (§3.1.2.11.4); either
+        // receiver answers a larger packet with 0x95.
+        let rule = match self.role {
+            Role::Server => "MQTT-3.2.2-15",
+            Role::Client => "MQTT-3.1.2-24",
+        };
         if total > u64::from(max) {
-            return Err(DecodeError::too_large("MQTT-5 §3.1.2.11.4", total, max));
+            return Err(DecodeError::too_large(rule, total, max));
         }
-        let total_len = usize::try_from(total)
-            .map_err(|_| DecodeError::too_large("MQTT-5 §3.1.2.11.4", total, max))?;
+        let total_len =
+            usize::try_from(total).map_err(|_| DecodeError::too_large(rule, total, max))?;
         Ok(Some(Header {
             kind,
             flags,
@@ -250,6 +263,12 @@ impl Decoder {
             }
             Role::Client => {
                 let v5 = self.version.is_some_and(ProtocolVersion::is_v5);
+                if !self.connected && v5 && kind == PacketType::Disconnect {
+                    return Err(DecodeError::protocol(
+                        "MQTT-3.14.0-1",
+                        "server sent DISCONNECT before CONNACK",
+                    ));
+                }
                 if !self.connected
                     && kind != PacketType::ConnAck
                     && !(v5 && kind == PacketType::Auth)
@@ -265,17 +284,16 @@ impl Decoder {
             }
         }
         let version = self.version.unwrap_or(ProtocolVersion::V5);
-        if kind == PacketType::Auth && !version.is_v5() {
-            return Err(DecodeError::malformed(
-                "MQTT-3.1.1 §2.2.1",
-                "packet type 15 is reserved before MQTT 5.0",
-            ));
-        }
         if !kind.may_be_received_by(self.role, version) {
             return Err(match self.role {
                 Role::Server => DecodeError::protocol(
                     "MQTT-5 §2.1.2",
                     "a client sent a packet only a server may send",
+                ),
+                // Only MQTT 5.0 lets the server send DISCONNECT.
+                Role::Client if kind == PacketType::Disconnect => DecodeError::protocol(
+                    "MQTT-3.1.1 §2.2.1",
+                    "a server sent DISCONNECT, which only MQTT 5.0 allows",
                 ),
                 Role::Client => DecodeError::protocol(
                     "MQTT-5 §2.1.2",
@@ -284,6 +302,19 @@ impl Decoder {
             });
         }
         Ok(())
+    }
+}
+
+/// The statement that fixes the reserved flags of `kind`: the packet's own where it has one,
+/// else the general rule of §2.1.3.
+fn reserved_flags_rule(kind: PacketType) -> &'static str {
+    match kind {
+        PacketType::PubRel => "MQTT-3.6.1-1",
+        PacketType::Subscribe => "MQTT-3.8.1-1",
+        PacketType::Unsubscribe => "MQTT-3.10.1-1",
+        PacketType::Disconnect => "MQTT-3.14.1-1",
+        PacketType::Auth => "MQTT-3.15.1-1",
+        _ => "MQTT-2.1.3-1",
     }
 }
 

@@ -10,7 +10,9 @@ use std::num::{NonZeroU16, NonZeroU32};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::wire::{Reader, put_binary, put_string, put_varint, varint_len};
-use crate::{DecodeError, MqttString, PayloadFormat, QoS, SubscriptionId, TopicName};
+use crate::{
+    DecodeError, EncodeError, MqttString, PayloadFormat, QoS, SubscriptionId, TopicName, VARINT_MAX,
+};
 
 /// One User Property: a name and value pair. A packet may carry any number, in order, with
 /// repeated names ([MQTT-3.3.2-17], §3.1.2.11.8).
@@ -227,16 +229,34 @@ pub(crate) fn decode<P: PropertySet>(r: &mut Reader) -> Result<P, DecodeError> {
 }
 
 /// Bytes of the properties, without the Property Length in front.
-pub(crate) fn content_len<P: PropertySet>(set: &P) -> usize {
+fn content_len<P: PropertySet>(set: &P) -> usize {
     let mut len = 0;
     set.visit(&mut |prop| len += prop.len());
     len
 }
 
-/// Bytes of the Property Length and the properties.
-pub(crate) fn encoded_len<P: PropertySet>(set: &P) -> usize {
+/// Bytes of the Property Length and the properties, or why they cannot be written: Binary Data
+/// longer than its two-byte length can say (strings are bounded by construction), or more
+/// properties than a Variable Byte Integer can count.
+pub(crate) fn encoded_len<P: PropertySet>(set: &P) -> Result<usize, EncodeError> {
+    let mut too_long = false;
+    set.visit(&mut |prop| {
+        if let PropRef::Bin(_, data) = prop {
+            too_long |= data.len() > usize::from(u16::MAX);
+        }
+    });
+    if too_long {
+        return Err(EncodeError::Invalid(
+            "binary property longer than 65,535 bytes",
+        ));
+    }
     let len = content_len(set);
-    varint_len(u32::try_from(len).unwrap_or(u32::MAX)) + len
+    match u32::try_from(len) {
+        Ok(count) if count <= VARINT_MAX => Ok(varint_len(count) + len),
+        _ => Err(EncodeError::Invalid(
+            "properties longer than a Variable Byte Integer counts",
+        )),
+    }
 }
 
 /// Writes the Property Length and the properties.
@@ -263,34 +283,40 @@ fn flag(value: u8, rule: &'static str, text: &'static str) -> Result<bool, Decod
 }
 
 fn payload_format(value: u8) -> Result<PayloadFormat, DecodeError> {
+    payload_format_in(value, "MQTT-5 §3.3.2.3.2")
+}
+
+/// The Payload Format Indicator of a PUBLISH, or (with its own section as `rule`) of a will.
+fn payload_format_in(value: u8, rule: &'static str) -> Result<PayloadFormat, DecodeError> {
     match value {
         0 => Ok(PayloadFormat::Unspecified),
         1 => Ok(PayloadFormat::Utf8),
         _ => Err(DecodeError::protocol(
-            "MQTT-5 §3.3.2.3.2",
+            rule,
             "Payload Format Indicator is neither 0 nor 1",
         )),
     }
 }
 
-fn receive_maximum(value: u16) -> Result<NonZeroU16, DecodeError> {
-    NonZeroU16::new(value).ok_or(DecodeError::protocol(
-        "MQTT-5 §3.1.2.11.3",
-        "Receive Maximum is 0",
-    ))
+/// Receive Maximum, in CONNECT (§3.1.2.11.3) or CONNACK (§3.2.2.3.3): never 0.
+fn receive_maximum(value: u16, rule: &'static str) -> Result<NonZeroU16, DecodeError> {
+    NonZeroU16::new(value).ok_or(DecodeError::protocol(rule, "Receive Maximum is 0"))
 }
 
-fn maximum_packet_size(value: u32) -> Result<NonZeroU32, DecodeError> {
-    NonZeroU32::new(value).ok_or(DecodeError::protocol(
-        "MQTT-5 §3.1.2.11.4",
-        "Maximum Packet Size is 0",
-    ))
+/// Maximum Packet Size, in CONNECT (§3.1.2.11.4) or CONNACK (§3.2.2.3.6): never 0.
+fn maximum_packet_size(value: u32, rule: &'static str) -> Result<NonZeroU32, DecodeError> {
+    NonZeroU32::new(value).ok_or(DecodeError::protocol(rule, "Maximum Packet Size is 0"))
 }
 
+/// A Response Topic is a topic name ([MQTT-3.3.2-14] for its wildcards, §4.7 otherwise).
 fn response_topic(text: MqttString) -> Result<TopicName, DecodeError> {
-    TopicName::from_string(text).map_err(|_| {
-        DecodeError::malformed("MQTT-3.3.2-14", "Response Topic is not a valid topic name")
-    })
+    if text.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+        return Err(DecodeError::malformed(
+            "MQTT-3.3.2-14",
+            "Response Topic contains a wildcard character",
+        ));
+    }
+    TopicName::from_string(text)
 }
 
 fn auth_data_needs_method(method: bool, data: bool) -> Result<(), DecodeError> {
@@ -356,12 +382,12 @@ impl PropertySet for ConnectProperties {
             ),
             Prop::ReceiveMaximum(v) => once(
                 &mut self.receive_maximum,
-                receive_maximum(v)?,
+                receive_maximum(v, "MQTT-5 §3.1.2.11.3")?,
                 "Receive Maximum",
             ),
             Prop::MaximumPacketSize(v) => once(
                 &mut self.maximum_packet_size,
-                maximum_packet_size(v)?,
+                maximum_packet_size(v, "MQTT-5 §3.1.2.11.4")?,
                 "Maximum Packet Size",
             ),
             Prop::TopicAliasMaximum(v) => {
@@ -458,7 +484,7 @@ impl PropertySet for WillProperties {
             }
             Prop::PayloadFormatIndicator(v) => once(
                 &mut self.payload_format_indicator,
-                payload_format(v)?,
+                payload_format_in(v, "MQTT-5 §3.1.3.2.3")?,
                 "Payload Format Indicator",
             ),
             Prop::MessageExpiryInterval(v) => once(
@@ -553,7 +579,7 @@ impl PropertySet for ConnAckProperties {
             ),
             Prop::ReceiveMaximum(v) => once(
                 &mut self.receive_maximum,
-                receive_maximum(v)?,
+                receive_maximum(v, "MQTT-5 §3.2.2.3.3")?,
                 "Receive Maximum",
             ),
             Prop::MaximumQoS(v) => {
@@ -580,7 +606,7 @@ impl PropertySet for ConnAckProperties {
             ),
             Prop::MaximumPacketSize(v) => once(
                 &mut self.maximum_packet_size,
-                maximum_packet_size(v)?,
+                maximum_packet_size(v, "MQTT-5 §3.2.2.3.6")?,
                 "Maximum Packet Size",
             ),
             Prop::AssignedClientIdentifier(v) => once(
@@ -672,13 +698,6 @@ impl PropertySet for ConnAckProperties {
             0x2A
         );
     }
-
-    fn check(&self) -> Result<(), DecodeError> {
-        auth_data_needs_method(
-            self.authentication_method.is_some(),
-            self.authentication_data.is_some(),
-        )
-    }
 }
 
 /// PUBLISH properties (§3.3.2.3).
@@ -718,8 +737,12 @@ impl PropertySet for PublishProperties {
                 "Message Expiry Interval",
             ),
             Prop::TopicAlias(v) => {
-                let alias = NonZeroU16::new(v)
-                    .ok_or(DecodeError::protocol("MQTT-3.3.2-8", "Topic Alias is 0"))?;
+                // §3.3.4: a Topic Alias of 0 is answered with 0x94 (Topic Alias invalid).
+                let alias = NonZeroU16::new(v).ok_or(DecodeError::new(
+                    crate::ReasonCode::TopicAliasInvalid,
+                    "MQTT-3.3.2-8",
+                    "Topic Alias is 0",
+                ))?;
                 once(&mut self.topic_alias, alias, "Topic Alias")
             }
             Prop::ResponseTopic(v) => once(
@@ -975,11 +998,41 @@ impl PropertySet for AuthProperties {
         visit_opt!(f, self.reason_string.as_ref(), Str, 0x1F);
         visit_users(&self.user_properties, f);
     }
+    // No `check`: AUTH always needs its Authentication Method (§3.15.2.2.2), which
+    // `Auth::decode` enforces, so Authentication Data alone fails there.
+}
 
-    fn check(&self) -> Result<(), DecodeError> {
-        auth_data_needs_method(
-            self.authentication_method.is_some(),
-            self.authentication_data.is_some(),
-        )
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes, BytesMut};
+
+    use crate::{EncodeError, Encoder, ProtocolVersion, Publish, TopicName};
+
+    #[test]
+    fn binary_properties_longer_than_their_length_field_are_refused_not_truncated() {
+        let mut publish =
+            Publish::new(TopicName::new("t").unwrap(), Bytes::from_static(b"payload"));
+        publish.properties.correlation_data = Some(Bytes::from(vec![7; 70_000]));
+        let mut buf = BytesMut::new();
+        let result = Encoder::new(ProtocolVersion::V5).encode(&publish, &mut buf);
+        assert_eq!(
+            result,
+            Err(EncodeError::Invalid(
+                "binary property longer than 65,535 bytes"
+            ))
+        );
+        assert!(buf.is_empty());
+        // 3.1.1 carries no properties, so the same message encodes there.
+        assert!(
+            Encoder::new(ProtocolVersion::V3_1_1)
+                .encode(&publish, &mut buf)
+                .is_ok()
+        );
+        publish.properties.correlation_data = Some(Bytes::from(vec![7; 65_535]));
+        assert!(
+            Encoder::new(ProtocolVersion::V5)
+                .encode(&publish, &mut buf)
+                .is_ok()
+        );
     }
 }

@@ -16,7 +16,7 @@ impl MqttString {
     pub fn from_bytes(bytes: Bytes) -> Result<Self, DecodeError> {
         if bytes.len() > usize::from(u16::MAX) {
             return Err(DecodeError::malformed(
-                "MQTT-1.5.4",
+                "MQTT-5 §1.5.4",
                 "string longer than 65,535 bytes",
             ));
         }
@@ -119,12 +119,12 @@ impl TopicName {
 
     /// Validates bytes as a topic name.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, DecodeError> {
-        Self::from_string(MqttString::from_bytes(bytes)?)
+        Self::from_string(topic_string(bytes)?)
     }
 
     /// Validates a `&str` as a topic name.
     pub fn new(text: &str) -> Result<Self, DecodeError> {
-        Self::from_string(MqttString::new(text)?)
+        Self::from_bytes(Bytes::copy_from_slice(text.as_bytes()))
     }
 
     /// The empty topic name of a PUBLISH whose topic is given by a Topic Alias.
@@ -180,6 +180,18 @@ impl std::fmt::Display for TopicName {
     }
 }
 
+/// The MQTT string under a topic name or filter, whose length has a rule of its own
+/// ([MQTT-4.7.3-3]); off the wire the two-byte length prefix already guarantees it.
+fn topic_string(bytes: Bytes) -> Result<MqttString, DecodeError> {
+    if bytes.len() > usize::from(u16::MAX) {
+        return Err(DecodeError::malformed(
+            "MQTT-4.7.3-3",
+            "topic longer than 65,535 bytes",
+        ));
+    }
+    MqttString::from_bytes(bytes)
+}
+
 const SHARE_PREFIX: &[u8] = b"$share/";
 
 /// A Topic Filter (§4.7): a non-empty MQTT string in which `#` may only be a whole last level
@@ -198,13 +210,7 @@ impl TopicFilter {
         let bytes = text.as_bytes();
         let (share_end, filter) = match bytes.strip_prefix(SHARE_PREFIX) {
             Some(rest) => {
-                let name_len =
-                    rest.iter()
-                        .position(|&b| b == b'/')
-                        .ok_or(DecodeError::malformed(
-                            "MQTT-4.8.2-2",
-                            "shared subscription has no '/' and topic filter after the share name",
-                        ))?;
+                let name_len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
                 let (name, filter) = rest.split_at(name_len);
                 if name.is_empty() {
                     return Err(DecodeError::malformed(
@@ -216,6 +222,12 @@ impl TopicFilter {
                     return Err(DecodeError::malformed(
                         "MQTT-4.8.2-2",
                         "share name contains a wildcard character",
+                    ));
+                }
+                if filter.is_empty() {
+                    return Err(DecodeError::malformed(
+                        "MQTT-4.8.2-2",
+                        "shared subscription has no '/' and topic filter after the share name",
                     ));
                 }
                 let filter = filter.get(1..).unwrap_or_default();
@@ -235,12 +247,12 @@ impl TopicFilter {
 
     /// Validates bytes as a topic filter.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, DecodeError> {
-        Self::from_string(MqttString::from_bytes(bytes)?)
+        Self::from_string(topic_string(bytes)?)
     }
 
     /// Validates a `&str` as a topic filter.
     pub fn new(text: &str) -> Result<Self, DecodeError> {
-        Self::from_string(MqttString::new(text)?)
+        Self::from_bytes(Bytes::copy_from_slice(text.as_bytes()))
     }
 
     /// The whole filter as received, `$share/` prefix included.

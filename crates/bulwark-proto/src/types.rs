@@ -107,7 +107,7 @@ impl std::fmt::Display for PacketId {
 /// The largest value of a Variable Byte Integer (§1.5.5), and of a Subscription Identifier.
 pub const VARINT_MAX: u32 = 268_435_455;
 
-/// A Subscription Identifier: 1 to 268,435,455 ([MQTT-3.8.2.1.2], §3.8.2.1.2).
+/// A Subscription Identifier: 1 to 268,435,455 (§3.8.2.1.2; 0 is a Protocol Error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubscriptionId(NonZeroU32);
 
@@ -305,15 +305,17 @@ impl SubscriptionOptions {
                 ));
             }
         } else if byte & 0b1111_1100 != 0 {
+            // MQTT 3.1.1 numbers this statement "MQTT-3-8.3-4" (sic); the spelling keeps it apart
+            // from MQTT 5.0's [MQTT-3.8.3-4] on No Local.
             return Err(DecodeError::malformed(
-                "MQTT-3.8.3-4",
+                "MQTT-3-8.3-4",
                 "reserved bits of the requested QoS byte are not zero",
             ));
         }
         let qos = QoS::from_u8(byte & 0b11).ok_or(if version.is_v5() {
             DecodeError::protocol("MQTT-5 §3.8.3.1", "subscription asks for Maximum QoS 3")
         } else {
-            DecodeError::malformed("MQTT-3.8.3-4", "subscription asks for QoS 3")
+            DecodeError::malformed("MQTT-3-8.3-4", "subscription asks for QoS 3")
         })?;
         let retain_handling = match (byte >> 4) & 0b11 {
             0 => RetainHandling::SendOnSubscribe,

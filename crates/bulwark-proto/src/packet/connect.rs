@@ -119,7 +119,7 @@ impl Connect {
             } else {
                 WillProperties::default()
             };
-            let topic = TopicName::from_string(r.string("will topic")?)?;
+            let topic = will_topic(r.string("will topic")?)?;
             let payload = r.binary("will payload")?;
             Some(Will {
                 topic,
@@ -163,12 +163,12 @@ impl Connect {
         let v5 = self.protocol_version.is_v5();
         let mut len = 2 + self.protocol_version.protocol_name().len() + 1 + 1 + 2;
         if v5 {
-            len += properties::encoded_len(&self.properties);
+            len += properties::encoded_len(&self.properties)?;
         }
         len += 2 + self.client_id.as_mqtt_str().len();
         if let Some(will) = &self.will {
             if v5 {
-                len += properties::encoded_len(&will.properties);
+                len += properties::encoded_len(&will.properties)?;
             }
             len += 2 + will.topic.as_mqtt_str().len();
             len += 2 + checked_binary_len(&will.payload, "will payload")?;
@@ -219,6 +219,18 @@ pub(crate) fn checked_binary_len(data: &[u8], what: &'static str) -> Result<usiz
         return Err(EncodeError::Invalid(what));
     }
     Ok(data.len())
+}
+
+/// The Will Topic is a topic name like any other; its wildcard rule is the general one of
+/// §4.7 rather than PUBLISH's [MQTT-3.3.2-2].
+fn will_topic(text: MqttString) -> Result<TopicName, DecodeError> {
+    if text.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+        return Err(DecodeError::malformed(
+            "MQTT-4.7.0-1",
+            "Will Topic contains a wildcard character",
+        ));
+    }
+    TopicName::from_string(text)
 }
 
 fn protocol_version(name: &[u8], level: u8) -> Result<ProtocolVersion, DecodeError> {
@@ -281,7 +293,7 @@ impl ConnAck {
             ConnectReturnCode::from_u8(code)
                 .map(ConnectReturnCode::to_reason)
                 .ok_or(DecodeError::protocol(
-                    "MQTT-3.2.2-6",
+                    "MQTT-3.1.1 §3.2.2.3",
                     "reserved CONNACK return code",
                 ))?
         };
@@ -309,7 +321,7 @@ impl ConnAck {
             return Err(EncodeError::Invalid("reason code not allowed in CONNACK"));
         }
         Ok(2 + if version.is_v5() {
-            properties::encoded_len(&self.properties)
+            properties::encoded_len(&self.properties)?
         } else {
             0
         })

@@ -58,6 +58,12 @@ impl Disconnect {
                 ));
             }
         }
+        if !version.is_v5() && !r.is_empty() {
+            return Err(DecodeError::malformed(
+                "MQTT-3.1.1 §3.14.1",
+                "MQTT 3.1.1 DISCONNECT has a Remaining Length other than 0",
+            ));
+        }
         r.finish("DISCONNECT")?;
         Ok(packet)
     }
@@ -74,7 +80,7 @@ impl Disconnect {
         Ok(match (self.reason_code, self.properties.is_empty()) {
             (ReasonCode::Success, true) => 0,
             (_, true) => 1,
-            (_, false) => 1 + properties::encoded_len(&self.properties),
+            (_, false) => 1 + properties::encoded_len(&self.properties)?,
         })
     }
 
@@ -102,10 +108,11 @@ pub struct Auth {
 
 impl Auth {
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        // Remaining Length 0 is the short form of Success without properties (§3.15.2.1).
         if r.is_empty() {
             return Ok(Self {
                 reason_code: ReasonCode::Success,
-                properties: Default::default(),
+                properties: AuthProperties::default(),
             });
         }
         let reason_code = ReasonCode::from_u8(r.u8("reason code")?)
@@ -142,7 +149,7 @@ impl Auth {
         if self.reason_code == ReasonCode::Success && self.properties.is_empty() {
             return Ok(0);
         }
-        Ok(1 + properties::encoded_len(&self.properties))
+        Ok(1 + properties::encoded_len(&self.properties)?)
     }
 
     pub(crate) fn write_body(&self, buf: &mut BytesMut) {

@@ -157,11 +157,21 @@ impl Packet {
             PacketType::Unsubscribe => Self::Unsubscribe(Unsubscribe::decode(r, version)?),
             PacketType::UnsubAck => Self::UnsubAck(UnsubAck::decode(r, version)?),
             PacketType::PingReq => {
-                r.finish("PINGREQ")?;
+                if !r.is_empty() {
+                    return Err(DecodeError::malformed(
+                        "MQTT-5 §3.12.1",
+                        "PINGREQ has a Remaining Length other than 0",
+                    ));
+                }
                 Self::PingReq
             }
             PacketType::PingResp => {
-                r.finish("PINGRESP")?;
+                if !r.is_empty() {
+                    return Err(DecodeError::malformed(
+                        "MQTT-5 §3.13.1",
+                        "PINGRESP has a Remaining Length other than 0",
+                    ));
+                }
                 Self::PingResp
             }
             PacketType::Disconnect => Self::Disconnect(Disconnect::decode(r, version, role)?),

@@ -59,9 +59,15 @@ impl Publish {
             ));
         }
         let topic = r.string("topic name")?;
+        // A client assigns the identifiers of what it sends [MQTT-2.2.1-3], a server those of
+        // the PUBLISH packets it sends [MQTT-2.2.1-4].
+        let id_rule = match role {
+            Role::Server => "MQTT-2.2.1-3",
+            Role::Client => "MQTT-2.2.1-4",
+        };
         let packet_id = match qos {
             QoS::AtMostOnce => None,
-            QoS::AtLeastOnce | QoS::ExactlyOnce => Some(packet_id(r)?),
+            QoS::AtLeastOnce | QoS::ExactlyOnce => Some(packet_id(r, id_rule)?),
         };
         let properties: PublishProperties = if version.is_v5() {
             properties::decode(r)?
@@ -83,7 +89,7 @@ impl Publish {
             }
             if properties.topic_alias.is_none() {
                 return Err(DecodeError::protocol(
-                    "MQTT-5 §3.3.2.3.4",
+                    "MQTT-5 §3.3.2.1",
                     "PUBLISH has an empty topic name and no Topic Alias",
                 ));
             }
@@ -128,7 +134,7 @@ impl Publish {
             len += 2;
         }
         if version.is_v5() {
-            len += properties::encoded_len(&self.properties);
+            len += properties::encoded_len(&self.properties)?;
         }
         Ok(len)
     }
@@ -145,16 +151,15 @@ impl Publish {
     }
 }
 
-/// Reads a packet identifier that must not be zero.
-pub(crate) fn packet_id(r: &mut Reader) -> Result<PacketId, DecodeError> {
-    PacketId::new(r.u16("packet identifier")?).ok_or(DecodeError::protocol(
-        "MQTT-2.2.1-3",
-        "packet identifier is 0",
-    ))
+/// Reads a packet identifier that must not be zero; `rule` is the statement a zero breaks for
+/// this packet.
+pub(crate) fn packet_id(r: &mut Reader, rule: &'static str) -> Result<PacketId, DecodeError> {
+    PacketId::new(r.u16("packet identifier")?)
+        .ok_or(DecodeError::protocol(rule, "packet identifier is 0"))
 }
 
 macro_rules! publish_response {
-    ($(#[$doc:meta])* $name:ident, $kind:ident, $rule:literal) => {
+    ($(#[$doc:meta])* $name:ident, $kind:ident, $rule:literal, $length_rule_311:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $name {
@@ -180,8 +185,9 @@ macro_rules! publish_response {
                 r: &mut Reader,
                 version: ProtocolVersion,
             ) -> Result<Self, DecodeError> {
+                let rules = ResponseRules { reason: $rule, length_311: $length_rule_311 };
                 let (packet_id, reason_code, properties) =
-                    decode_response(r, version, PacketType::$kind, $rule)?;
+                    decode_response(r, version, PacketType::$kind, rules)?;
                 Ok(Self { packet_id, reason_code, properties })
             }
 
@@ -200,41 +206,66 @@ publish_response!(
     /// Acknowledges a QoS 1 PUBLISH.
     PubAck,
     PubAck,
-    "MQTT-3.4.2-1"
+    "MQTT-3.4.2-1",
+    "MQTT-3.1.1 §3.4.1"
 );
 publish_response!(
     /// First answer to a QoS 2 PUBLISH.
     PubRec,
     PubRec,
-    "MQTT-3.5.2-1"
+    "MQTT-3.5.2-1",
+    "MQTT-3.1.1 §3.5.1"
 );
 publish_response!(
     /// Releases a QoS 2 message after PUBREC.
     PubRel,
     PubRel,
-    "MQTT-3.6.2-1"
+    "MQTT-3.6.2-1",
+    "MQTT-3.1.1 §3.6.1"
 );
 publish_response!(
     /// Completes a QoS 2 exchange.
     PubComp,
     PubComp,
-    "MQTT-3.7.2-1"
+    "MQTT-3.7.2-1",
+    "MQTT-3.1.1 §3.7.1"
 );
+
+/// The statements a PUBACK, PUBREC, PUBREL or PUBCOMP is checked against.
+#[derive(Debug, Clone, Copy)]
+struct ResponseRules {
+    /// The sender uses one of the packet's reason codes (MQTT 5.0).
+    reason: &'static str,
+    /// The Remaining Length is exactly 2 (MQTT 3.1 and 3.1.1).
+    length_311: &'static str,
+}
 
 fn decode_response(
     r: &mut Reader,
     version: ProtocolVersion,
     kind: PacketType,
-    rule: &'static str,
+    rules: ResponseRules,
 ) -> Result<(PacketId, ReasonCode, AckProperties), DecodeError> {
-    let packet_id = packet_id(r)?;
+    // The identifier of the PUBLISH being answered, which is never 0.
+    let packet_id = packet_id(r, "MQTT-2.2.1-5")?;
+    if !version.is_v5() {
+        if !r.is_empty() {
+            return Err(DecodeError::malformed(
+                rules.length_311,
+                "acknowledgement has a Remaining Length other than 2",
+            ));
+        }
+        return Ok((packet_id, ReasonCode::Success, AckProperties::default()));
+    }
     let mut reason_code = ReasonCode::Success;
     let mut properties = AckProperties::default();
-    if version.is_v5() && !r.is_empty() {
+    // The short forms of §3.4.2.1 and §3.4.2.2.1: Remaining Length 2 means Success without
+    // properties, 3 a reason code without properties.
+    if !r.is_empty() {
         reason_code = ReasonCode::from_u8(r.u8("reason code")?)
             .filter(|code| code.is_valid_for(kind))
             .ok_or(DecodeError::protocol(
-                rule,
+                rules.reason,
                 "reason code not allowed in this packet",
             ))?;
         if !r.is_empty() {
@@ -263,7 +294,7 @@ pub(crate) fn response_len(
     Ok(match (reason_code, props.is_empty()) {
         (ReasonCode::Success, true) => 2,
         (_, true) => 3,
-        (_, false) => 3 + properties::encoded_len(props),
+        (_, false) => 3 + properties::encoded_len(props)?,
     })
 }
 

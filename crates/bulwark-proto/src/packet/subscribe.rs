@@ -32,7 +32,7 @@ pub struct Subscribe {
 
 impl Subscribe {
     pub(crate) fn decode(r: &mut Reader, version: ProtocolVersion) -> Result<Self, DecodeError> {
-        let packet_id = packet_id(r)?;
+        let packet_id = packet_id(r, "MQTT-2.2.1-3")?;
         let properties = if version.is_v5() {
             properties::decode(r)?
         } else {
@@ -71,7 +71,7 @@ impl Subscribe {
         }
         let mut len = 2;
         if version.is_v5() {
-            len += properties::encoded_len(&self.properties);
+            len += properties::encoded_len(&self.properties)?;
         }
         for sub in &self.subscriptions {
             len += 2 + sub.filter.as_mqtt_str().len() + 1;
@@ -104,7 +104,8 @@ pub struct SubAck {
 
 impl SubAck {
     pub(crate) fn decode(r: &mut Reader, version: ProtocolVersion) -> Result<Self, DecodeError> {
-        let packet_id = packet_id(r)?;
+        // The identifier of the SUBSCRIBE being answered, which is never 0.
+        let packet_id = packet_id(r, "MQTT-2.2.1-6")?;
         let properties = if version.is_v5() {
             properties::decode(r)?
         } else {
@@ -147,7 +148,7 @@ impl SubAck {
             return Err(EncodeError::Invalid("reason code not allowed in SUBACK"));
         }
         let props = if version.is_v5() {
-            properties::encoded_len(&self.properties)
+            properties::encoded_len(&self.properties)?
         } else {
             0
         };
@@ -183,7 +184,7 @@ pub struct Unsubscribe {
 
 impl Unsubscribe {
     pub(crate) fn decode(r: &mut Reader, version: ProtocolVersion) -> Result<Self, DecodeError> {
-        let packet_id = packet_id(r)?;
+        let packet_id = packet_id(r, "MQTT-2.2.1-3")?;
         let properties = if version.is_v5() {
             properties::decode(r)?
         } else {
@@ -214,7 +215,7 @@ impl Unsubscribe {
         }
         let mut len = 2;
         if version.is_v5() {
-            len += properties::encoded_len(&self.properties);
+            len += properties::encoded_len(&self.properties)?;
         }
         for filter in &self.filters {
             len += 2 + filter.as_mqtt_str().len();
@@ -247,9 +248,15 @@ pub struct UnsubAck {
 
 impl UnsubAck {
     pub(crate) fn decode(r: &mut Reader, version: ProtocolVersion) -> Result<Self, DecodeError> {
-        let packet_id = packet_id(r)?;
+        // The identifier of the UNSUBSCRIBE being answered, which is never 0.
+        let packet_id = packet_id(r, "MQTT-2.2.1-6")?;
         if !version.is_v5() {
-            r.finish("UNSUBACK")?;
+            if !r.is_empty() {
+                return Err(DecodeError::malformed(
+                    "MQTT-3.1.1 §3.11.1",
+                    "MQTT 3.1.1 UNSUBACK has a Remaining Length other than 2",
+                ));
+            }
             return Ok(Self {
                 packet_id,
                 properties: AckProperties::default(),
@@ -267,9 +274,10 @@ impl UnsubAck {
                 ))?;
             reason_codes.push(code);
         }
+        // One reason code for each Topic Filter of the UNSUBSCRIBE, which has at least one.
         if reason_codes.is_empty() {
             return Err(DecodeError::protocol(
-                "MQTT-3.11.3-1",
+                "MQTT-3.11.3-2",
                 "UNSUBACK carries no reason code",
             ));
         }
@@ -291,7 +299,7 @@ impl UnsubAck {
         {
             return Err(EncodeError::Invalid("reason code not allowed in UNSUBACK"));
         }
-        Ok(2 + properties::encoded_len(&self.properties) + self.reason_codes.len())
+        Ok(2 + properties::encoded_len(&self.properties)? + self.reason_codes.len())
     }
 
     pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
