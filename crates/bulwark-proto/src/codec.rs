@@ -143,6 +143,7 @@ impl Decoder {
 
     /// The next complete packet, `Ok(None)` if more bytes are needed, or the error that ends
     /// the connection.
+    #[inline]
     pub fn poll_packet(&mut self) -> Result<Option<Packet>, DecodeError> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
@@ -156,6 +157,7 @@ impl Decoder {
         }
     }
 
+    #[inline]
     fn next_packet(&mut self) -> Result<Option<Packet>, DecodeError> {
         let header = match self.header {
             Some(header) => header,

@@ -216,8 +216,13 @@ pub(crate) trait PropertySet: Default {
 }
 
 /// Reads a Property Length and the properties it covers.
+#[inline]
 pub(crate) fn decode<P: PropertySet>(r: &mut Reader) -> Result<P, DecodeError> {
     let len = r.varint("property length")?;
+    if len == 0 {
+        // The common case on the hot path: nothing to read, nothing to check.
+        return Ok(P::default());
+    }
     let block = r.take(usize::try_from(len).unwrap_or(usize::MAX), "properties")?;
     let mut block = Reader::new(block);
     let mut set = P::default();

@@ -20,14 +20,19 @@ impl MqttString {
                 "string longer than 65,535 bytes",
             ));
         }
-        if std::str::from_utf8(&bytes).is_err() {
+        // One branch-free pass over the bytes (strings on the hot path are topic names, mostly
+        // ASCII); full UTF-8 validation only where a byte is not ASCII.
+        let (ascii, nul) = bytes.iter().fold((true, false), |(ascii, nul), &b| {
+            (ascii & (b < 0x80), nul | (b == 0))
+        });
+        if !ascii && std::str::from_utf8(&bytes).is_err() {
             return Err(DecodeError::malformed(
                 "MQTT-1.5.4-1",
                 "string is not well-formed UTF-8 (or encodes a surrogate)",
             ));
         }
         // In well-formed UTF-8 a zero byte can only be U+0000.
-        if bytes.contains(&0) {
+        if nul {
             return Err(DecodeError::malformed(
                 "MQTT-1.5.4-2",
                 "string contains U+0000",
@@ -138,7 +143,11 @@ impl TopicName {
     }
 
     fn check_no_wildcards(text: &MqttString) -> Result<(), DecodeError> {
-        if text.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+        let wildcard = text
+            .as_bytes()
+            .iter()
+            .fold(false, |found, &b| found | (b == b'+') | (b == b'#'));
+        if wildcard {
             return Err(DecodeError::malformed(
                 "MQTT-3.3.2-2",
                 "topic name contains a wildcard character",

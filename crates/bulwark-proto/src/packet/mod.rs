@@ -136,6 +136,7 @@ impl Packet {
     }
 
     /// Decodes a packet body whose fixed header has already been checked.
+    #[inline]
     pub(crate) fn decode_body(
         kind: PacketType,
         flags: u8,

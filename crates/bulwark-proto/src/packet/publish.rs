@@ -42,6 +42,7 @@ impl Publish {
         }
     }
 
+    #[inline]
     pub(crate) fn decode(
         r: &mut Reader,
         flags: u8,
