@@ -928,6 +928,27 @@ fn session_present_decodes_on_success() {
 }
 
 #[test]
+fn mqtt_3_1_connack_has_no_session_present_flag() {
+    // In MQTT 3.1 the first byte of CONNACK's variable header is unused: ignored on decode,
+    // written as 0 whatever the session.
+    for byte in [0x00, 0x01, 0xFF] {
+        let connack = decode_connack(ProtocolVersion::V3_1, &packet(0x20, &[byte, 0]));
+        assert!(!connack.session_present);
+    }
+    let mut buf = BytesMut::new();
+    let resumed = ConnAck::new(true, ReasonCode::Success);
+    Encoder::new(ProtocolVersion::V3_1)
+        .encode(&resumed, &mut buf)
+        .unwrap();
+    assert_eq!(&buf[..], &[0x20, 2, 0, 0]);
+    buf.clear();
+    Encoder::new(ProtocolVersion::V3_1_1)
+        .encode(&resumed, &mut buf)
+        .unwrap();
+    assert_eq!(&buf[..], &[0x20, 2, 1, 0]);
+}
+
+#[test]
 fn mqtt_3_2_2_6_session_present_must_be_0_with_an_error_code() {
     for code in [0x80, 0x84, 0x87, 0x9F] {
         assert_protocol_error(

@@ -429,11 +429,15 @@ fn mqtt_3_1_1_2_2_1_auth_does_not_exist_before_5_0() {
 
 #[test]
 fn mqtt_3_15_2_1_auth_reason_codes() {
-    // Table 3-11: Success, Continue authentication, Re-authenticate.
+    // §3.15.2.1: Success (sent by the server), Continue authentication (either side),
+    // Re-authenticate (sent by the client).
     for byte in 0..=255u8 {
         let bytes = auth(byte, &method(b"M"));
-        for result in [from_client(V5, &bytes), from_server(V5, &bytes)] {
-            if [0x00, 0x18, 0x19].contains(&byte) {
+        for (result, allowed) in [
+            (from_client(V5, &bytes), [0x18, 0x19]),
+            (from_server(V5, &bytes), [0x00, 0x18]),
+        ] {
+            if allowed.contains(&byte) {
                 assert_eq!(auth_of(result).reason_code.as_u8(), byte);
             } else {
                 assert_error(result, ReasonCode::ProtocolError, "MQTT-3.15.2-1");
@@ -444,11 +448,15 @@ fn mqtt_3_15_2_1_auth_reason_codes() {
 
 #[test]
 fn mqtt_5_3_15_2_1_remaining_length_0_means_success() {
-    for result in [from_server(V5, &[0xF0, 0]), from_client(V5, &[0xF0, 0])] {
-        let a = auth_of(result);
-        assert_eq!(a.reason_code, ReasonCode::Success);
-        assert_eq!(a.properties, AuthProperties::default());
-    }
+    let a = auth_of(from_server(V5, &[0xF0, 0]));
+    assert_eq!(a.reason_code, ReasonCode::Success);
+    assert_eq!(a.properties, AuthProperties::default());
+    // Success is the server's to send, in its short form too.
+    assert_error(
+        from_client(V5, &[0xF0, 0]),
+        ReasonCode::ProtocolError,
+        "MQTT-3.15.2-1",
+    );
     // The encoder writes Success without properties in the short form.
     let mut out = BytesMut::new();
     let success = Auth {

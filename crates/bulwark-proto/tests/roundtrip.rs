@@ -444,9 +444,11 @@ fn connack(version: ProtocolVersion) -> impl Strategy<Value = ConnAck> {
         .boxed()
     };
     (any::<bool>(), code, props(version, connack_properties())).prop_map(
-        |(session_present, reason_code, properties)| ConnAck {
-            // A refused connection never has a session ([MQTT-3.2.2-6]).
-            session_present: session_present && !reason_code.is_error(),
+        move |(session_present, reason_code, properties)| ConnAck {
+            // A refused connection never has a session ([MQTT-3.2.2-6]); 3.1 has no flag.
+            session_present: session_present
+                && !reason_code.is_error()
+                && version != ProtocolVersion::V3_1,
             reason_code,
             properties,
         },
@@ -678,10 +680,17 @@ fn disconnect(version: ProtocolVersion, from_server: bool) -> impl Strategy<Valu
     })
 }
 
-/// AUTH (5.0 only): the empty Success form, or any AUTH with an Authentication Method.
-fn auth() -> impl Strategy<Value = Auth> {
+/// AUTH (5.0 only) in one direction: the server sends Success (also in its empty form) and
+/// Continue authentication, the client Continue authentication and Re-authenticate; every
+/// non-empty AUTH carries an Authentication Method.
+fn auth(from_server: bool) -> impl Strategy<Value = Auth> {
+    let code = if from_server {
+        reason_code(PacketType::Auth, |c| c != ReasonCode::ReAuthenticate)
+    } else {
+        reason_code(PacketType::Auth, |c| c != ReasonCode::Success)
+    };
     let full = (
-        reason_code(PacketType::Auth, any_code),
+        code,
         mqtt_string(),
         option::of(bytes(40)),
         option::of(mqtt_string()),
@@ -698,13 +707,15 @@ fn auth() -> impl Strategy<Value = Auth> {
                 },
             },
         );
-    prop_oneof![
-        1 => Just(Auth {
-            reason_code: ReasonCode::Success,
-            properties: AuthProperties::default(),
-        }),
-        4 => full,
-    ]
+    let empty = Just(Auth {
+        reason_code: ReasonCode::Success,
+        properties: AuthProperties::default(),
+    });
+    if from_server {
+        prop_oneof![1 => empty, 4 => full].boxed()
+    } else {
+        full.boxed()
+    }
 }
 
 /// Any packet but CONNECT that a client may send in `version`.
@@ -720,7 +731,7 @@ fn client_packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
             .boxed(),
     ];
     if version.is_v5() {
-        choices.push(auth().prop_map(Packet::Auth).boxed());
+        choices.push(auth(false).prop_map(Packet::Auth).boxed());
     }
     Union::new(choices).boxed()
 }
@@ -740,7 +751,7 @@ fn server_packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
                 .prop_map(Packet::Disconnect)
                 .boxed(),
         );
-        choices.push(auth().prop_map(Packet::Auth).boxed());
+        choices.push(auth(true).prop_map(Packet::Auth).boxed());
     }
     Union::new(choices).boxed()
 }
@@ -773,7 +784,7 @@ fn stream() -> impl Strategy<Value = Stream> {
                 .boxed()
         } else {
             let early_auth = if version.is_v5() {
-                option::of(auth()).boxed()
+                option::of(auth(true)).boxed()
             } else {
                 Just(None).boxed()
             };

@@ -254,7 +254,8 @@ fn protocol_version(name: &[u8], level: u8) -> Result<ProtocolVersion, DecodeErr
 /// The server's answer to CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAck {
-    /// Whether the server resumed a stored session.
+    /// Whether the server resumed a stored session (not carried by MQTT 3.1, which has no
+    /// such flag: always `false` there).
     pub session_present: bool,
     /// The outcome; before 5.0 it travels as the nearest [`ConnectReturnCode`].
     pub reason_code: ReasonCode,
@@ -274,6 +275,12 @@ impl ConnAck {
 
     pub(crate) fn decode(r: &mut Reader, version: ProtocolVersion) -> Result<Self, DecodeError> {
         let flags = r.u8("connect acknowledge flags")?;
+        // MQTT 3.1 has no Session Present: its first CONNACK byte is unused.
+        let flags = if version == ProtocolVersion::V3_1 {
+            0
+        } else {
+            flags
+        };
         if flags & 0b1111_1110 != 0 {
             return Err(DecodeError::malformed(
                 "MQTT-3.2.2-1",
@@ -329,7 +336,8 @@ impl ConnAck {
 
     pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         let accepted = !self.reason_code.is_error();
-        buf.put_u8(u8::from(self.session_present && accepted));
+        let has_flag = version != ProtocolVersion::V3_1;
+        buf.put_u8(u8::from(self.session_present && accepted && has_flag));
         if version.is_v5() {
             buf.put_u8(self.reason_code.as_u8());
             properties::write(&self.properties, buf);

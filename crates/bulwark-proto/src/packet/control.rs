@@ -107,20 +107,37 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(r: &mut Reader, role: Role) -> Result<Self, DecodeError> {
         // Remaining Length 0 is the short form of Success without properties (§3.15.2.1).
-        if r.is_empty() {
+        let reason_code = if r.is_empty() {
+            ReasonCode::Success
+        } else {
+            ReasonCode::from_u8(r.u8("reason code")?)
+                .filter(|code| code.is_valid_for(PacketType::Auth))
+                .ok_or(DecodeError::protocol(
+                    "MQTT-3.15.2-1",
+                    "reason code not allowed in AUTH",
+                ))?
+        };
+        // §3.15.2.1: only the server sends Success, only the client Re-authenticate.
+        let sender_may = match (role, reason_code) {
+            (Role::Server, ReasonCode::Success) | (Role::Client, ReasonCode::ReAuthenticate) => {
+                false
+            }
+            _ => true,
+        };
+        if !sender_may {
+            return Err(DecodeError::protocol(
+                "MQTT-3.15.2-1",
+                "AUTH reason code the sender may not use",
+            ));
+        }
+        if r.is_empty() && reason_code == ReasonCode::Success {
             return Ok(Self {
-                reason_code: ReasonCode::Success,
+                reason_code,
                 properties: AuthProperties::default(),
             });
         }
-        let reason_code = ReasonCode::from_u8(r.u8("reason code")?)
-            .filter(|code| code.is_valid_for(PacketType::Auth))
-            .ok_or(DecodeError::protocol(
-                "MQTT-3.15.2-1",
-                "reason code not allowed in AUTH",
-            ))?;
         let properties: AuthProperties = if r.is_empty() {
             AuthProperties::default()
         } else {

@@ -176,7 +176,7 @@ impl Packet {
                 Self::PingResp
             }
             PacketType::Disconnect => Self::Disconnect(Disconnect::decode(r, version, role)?),
-            PacketType::Auth => Self::Auth(Auth::decode(r)?),
+            PacketType::Auth => Self::Auth(Auth::decode(r, role)?),
         })
     }
 }
