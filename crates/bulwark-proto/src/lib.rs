@@ -10,6 +10,40 @@
 //! This crate must never depend on an async runtime, a socket or a clock: it is pure
 //! computation on bytes, so that the broker, the scanner, the load generator and the fuzzers
 //! share one codec. Bytes from the network never make it panic.
+//!
+//! # Example
+//!
+//! A server-side decoder fed a CONNECT and a PUBLISH split across two reads, then a refusal:
+//!
+//! ```
+//! use bulwark_proto::{Decoder, DecoderLimits, Encoder, Packet, ProtocolVersion, ReasonCode};
+//! use bytes::BytesMut;
+//!
+//! let mut decoder = Decoder::server(DecoderLimits::default());
+//! // CONNECT (MQTT 5.0, client id "abc"), then half of a QoS 0 PUBLISH to "a/b".
+//! decoder.handle_bytes(b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03abc\x30\x08\x00\x03a/");
+//! let Ok(Some(Packet::Connect(connect))) = decoder.poll_packet() else { panic!() };
+//! assert_eq!(decoder.protocol_version(), Some(ProtocolVersion::V5));
+//! assert_eq!(connect.client_id.as_str(), "abc");
+//! assert_eq!(decoder.poll_packet(), Ok(None)); // the PUBLISH is not complete yet
+//! decoder.set_authenticated();
+//! decoder.handle_bytes(b"b\x00hi");
+//! let Ok(Some(Packet::Publish(publish))) = decoder.poll_packet() else { panic!() };
+//! assert_eq!((publish.topic.as_str(), &publish.payload[..]), ("a/b", &b"hi"[..]));
+//!
+//! // A wildcard in a topic name: refused, naming the rule and the reason code.
+//! decoder.handle_bytes(b"\x30\x06\x00\x03a/#\x00");
+//! let err = decoder.poll_packet().unwrap_err();
+//! assert_eq!(err.to_string(), "[MQTT-3.3.2-2] topic name contains a wildcard character");
+//! assert_eq!(err.reason_code(), ReasonCode::MalformedPacket);
+//!
+//! // Encoding for a peer whose Maximum Packet Size is 8 bytes.
+//! let mut encoder = Encoder::new(ProtocolVersion::V5);
+//! encoder.set_max_packet_size(8);
+//! let mut out = BytesMut::new();
+//! assert!(encoder.encode(&publish, &mut out).is_err());
+//! assert!(out.is_empty());
+//! ```
 #![forbid(unsafe_code)]
 
 mod codec;
