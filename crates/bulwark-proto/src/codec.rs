@@ -2,7 +2,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use crate::packet::{Connect, Encode, PROTOCOL_MAX_PACKET_SIZE, Packet, encode};
+use crate::packet::{Connect, Encode, PROTOCOL_MAX_PACKET_SIZE, Packet, encode, encoded_len};
 use crate::wire::read_varint;
 use crate::{DecodeError, EncodeError, PacketType, ProtocolVersion, Role};
 
@@ -360,6 +360,18 @@ impl Encoder {
         buf: &mut BytesMut,
     ) -> Result<usize, EncodeError> {
         encode(packet, self.version, self.max_packet_size, buf)
+    }
+
+    /// The size `packet` would have on the wire, fixed header included, without writing it:
+    /// lets a broker decide not to send a message a subscriber could not accept.
+    pub fn encoded_len<P: Encode + ?Sized>(&self, packet: &P) -> Result<u64, EncodeError> {
+        encoded_len(packet, self.version)
+    }
+
+    /// Whether `packet` fits the peer's Maximum Packet Size.
+    pub fn fits<P: Encode + ?Sized>(&self, packet: &P) -> bool {
+        self.encoded_len(packet)
+            .is_ok_and(|size| size <= u64::from(self.max_packet_size))
     }
 
     /// Encodes `packet`, and if it is too large for the peer, encodes it again without its

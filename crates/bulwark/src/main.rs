@@ -1,15 +1,20 @@
-//! `bulwark`: the command-line entry point. Today it offers `bulwark decode`, which runs the
-//! broker's own packet decoder over a hex dump and explains the verdict; the broker itself
-//! (`bulwark serve`) arrives with the engine.
+//! `bulwark`: the command-line entry point. `bulwark serve` runs the broker; `bulwark decode`
+//! runs the broker's own packet decoder over a hex dump and explains the verdict.
 //!
 //! The binary parses arguments and wires crates together; protocol logic stays in the crates
 //! below it.
 #![forbid(unsafe_code)]
 
+mod config;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bulwark_proto::{Decoder, DecoderLimits, ProtocolVersion};
+use bulwark_server::{ListenerConfig, Server, ServerConfig};
 use clap::{Parser, Subcommand, ValueEnum};
+use tracing::{error, info};
 
 #[derive(Debug, Parser)]
 #[command(name = "bulwark", version, about = "A security-first MQTT broker")]
@@ -20,6 +25,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the broker. Without a configuration file: one plaintext listener on
+    /// 127.0.0.1:1883 and the documented defaults (docs/config.md).
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen on this address instead of the configured listeners (repeatable).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Vec<SocketAddr>,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// Log filter, e.g. "info" or "bulwark_server=debug" (RUST_LOG also works).
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
     /// Decode MQTT packets from a hex dump with the broker's strict decoder and print each
     /// packet, or the rule the bytes break and the reason code the broker would answer with.
     Decode {
@@ -32,6 +53,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Version::V5)]
         protocol: Version,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -56,11 +85,113 @@ impl From<Version> for ProtocolVersion {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Serve {
+            config,
+            listen,
+            log_format,
+            log_level,
+        } => serve(config, listen, log_format, &log_level),
         Command::Decode {
             hex,
             client,
             protocol,
         } => decode(&hex, client, protocol.into()),
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn load_config(path: Option<&PathBuf>, listen: Vec<SocketAddr>) -> Result<ServerConfig, String> {
+    let mut config = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+            config::parse(&text, &path.display().to_string()).map_err(|err| err.to_string())?
+        }
+        None => ServerConfig::default(),
+    };
+    if !listen.is_empty() {
+        config.listeners = listen
+            .into_iter()
+            .enumerate()
+            .map(|(i, bind)| ListenerConfig {
+                name: format!("tcp-{i}"),
+                bind,
+            })
+            .collect();
+        config.validate().map_err(|err| err.to_string())?;
+    }
+    Ok(config)
+}
+
+fn serve(
+    config_path: Option<PathBuf>,
+    listen: Vec<SocketAddr>,
+    log_format: LogFormat,
+    log_level: &str,
+) -> ExitCode {
+    init_logging(log_format, log_level);
+    let config = match load_config(config_path.as_ref(), listen) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(config).await {
+            Ok(server) => server,
+            Err(err) => {
+                error!(%err, "cannot start");
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!(version = env!("CARGO_PKG_VERSION"), "bulwark started");
+        server.run(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -332,6 +332,18 @@ impl Encode for Packet {
 
 /// Writes the fixed header and body of `packet`, failing before writing anything if the whole
 /// packet would exceed `max_packet_size`.
+/// The size of `packet` on the wire in `version`, fixed header included.
+pub(crate) fn encoded_len<P: Encode + ?Sized>(
+    packet: &P,
+    version: ProtocolVersion,
+) -> Result<u64, EncodeError> {
+    if packet.packet_type() == PacketType::Auth && !version.is_v5() {
+        return Err(EncodeError::NotInVersion("AUTH", version));
+    }
+    let body = packet.body_len(version)?;
+    Ok(1 + varint_len(u32::try_from(body).unwrap_or(u32::MAX)) as u64 + body as u64)
+}
+
 pub(crate) fn encode<P: Encode + ?Sized>(
     packet: &P,
     version: ProtocolVersion,

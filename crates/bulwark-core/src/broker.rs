@@ -1,0 +1,1583 @@
+//! The engine: one [`Broker`] owns every session, subscription, retained message and pending
+//! will, and turns packets from clients into packets for clients.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::mem;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulwark_proto::{
+    AckProperties, ConnAck, Connect, Disconnect, Encoder, MqttString, Packet, PacketId,
+    ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, PublishProperties, QoS, ReasonCode,
+    RetainHandling, SubAck, Subscribe, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName,
+    UnsubAck, Unsubscribe, Will,
+};
+use bytes::Bytes;
+
+use crate::config::BrokerConfig;
+use crate::index::SubscriptionIndex;
+use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
+use crate::session::{QueueLimits, Session, SubscriptionRecord};
+use crate::store::SessionStore;
+
+/// Identifies one network connection, chosen by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Identifies one session for as long as it lives (across reconnections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey(pub u64);
+
+/// What the engine asks the connection driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "Close is rare; boxing every packet would allocate on the hot path"
+)]
+pub enum Output {
+    /// Send this packet.
+    Packet(Packet),
+    /// Close the connection once everything before this has been sent.
+    Close,
+}
+
+/// Counters, read for `$SYS` and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: u64,
+    /// Messages not queued because a session's queue was full.
+    pub messages_dropped_queue_full: u64,
+    /// Messages not sent because they were larger than the subscriber's Maximum Packet Size.
+    pub messages_dropped_too_large: u64,
+    /// Messages discarded because their Message Expiry Interval ran out before delivery.
+    pub messages_expired: u64,
+    /// QoS 0 messages not queued for offline sessions (`queue_qos0_offline = false`).
+    pub messages_dropped_offline_qos0: u64,
+    /// Retained messages refused because `max_retained_messages` was reached.
+    pub retained_refused: u64,
+    /// Bytes read from clients (reported by the server with [`Broker::add_traffic`]).
+    pub bytes_received: u64,
+    /// Bytes written to clients.
+    pub bytes_sent: u64,
+}
+
+/// What an index entry stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SubKey {
+    Session(SessionKey),
+    Group(GroupKey),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SubEntry {
+    options: SubscriptionOptions,
+    id: Option<SubscriptionId>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    session: SessionKey,
+    options: SubscriptionOptions,
+    id: Option<SubscriptionId>,
+}
+
+#[derive(Debug)]
+struct Group {
+    share: Box<str>,
+    filter: Box<str>,
+    members: Vec<Member>,
+    cursor: usize,
+}
+
+/// A subscriber a message matched, before overlapping subscriptions are merged.
+#[derive(Debug, Clone)]
+struct Target {
+    session: SessionKey,
+    qos: QoS,
+    retain_as_published: bool,
+    id: Option<SubscriptionId>,
+}
+
+#[derive(Debug)]
+struct PendingWill {
+    at: Instant,
+    will: Will,
+}
+
+/// Engine state of one connected client.
+#[derive(Debug)]
+struct Conn {
+    session: Session,
+    version: ProtocolVersion,
+    /// Encodes nothing: it knows the client's Maximum Packet Size, for size checks.
+    encoder: Encoder,
+    send_window: usize,
+    alias_max_out: u16,
+    aliases_out: HashMap<Box<str>, (NonZeroU16, u64)>,
+    alias_clock: u64,
+    aliases_in: HashMap<u16, TopicName>,
+    problem_information: bool,
+    will: Option<Will>,
+    connect_expiry_was_zero: bool,
+}
+
+impl Conn {
+    fn is_v5(&self) -> bool {
+        self.version.is_v5()
+    }
+}
+
+/// The broker engine, sans I/O.
+///
+/// Call order: [`Broker::handle_connect`] with a connection's decoded CONNECT, then
+/// [`Broker::handle_packet`] for each later packet, and [`Broker::handle_connection_lost`] when
+/// the connection ends without a DISCONNECT (or after a decode error the driver answered).
+/// After any of these, drain [`Broker::poll_output`]. Call [`Broker::handle_timeout`] when the
+/// instant from [`Broker::poll_timeout`] passes. Time is always an argument: the engine reads
+/// no clock.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    started: Instant,
+    conns: HashMap<ConnectionId, Conn>,
+    online: HashMap<SessionKey, ConnectionId>,
+    client_ids: HashMap<Arc<str>, SessionKey>,
+    store: Box<dyn SessionStore>,
+    index: SubscriptionIndex<SubKey, SubEntry>,
+    groups: HashMap<(Box<str>, Box<str>), GroupKey>,
+    group_members: HashMap<GroupKey, Group>,
+    retained: HashMap<Box<str>, Arc<Message>>,
+    wills: HashMap<SessionKey, PendingWill>,
+    will_times: BTreeSet<(Instant, SessionKey)>,
+    outputs: VecDeque<(ConnectionId, Output)>,
+    next_session: u64,
+    next_group: u64,
+    next_assigned_id: u64,
+    subscriptions: usize,
+    stats: Stats,
+    next_sys: Option<Instant>,
+    targets: Vec<Target>,
+    hit_groups: Vec<GroupKey>,
+    shutting_down: bool,
+}
+
+/// The version `$SYS/broker/version` reports.
+const VERSION: &str = concat!("bulwark ", env!("CARGO_PKG_VERSION"));
+
+impl Broker {
+    /// An engine with no sessions, parking sessions in `store`.
+    pub fn new(config: BrokerConfig, store: Box<dyn SessionStore>, now: Instant) -> Self {
+        let next_sys = config.sys_interval.map(|_| now);
+        Self {
+            config,
+            started: now,
+            conns: HashMap::new(),
+            online: HashMap::new(),
+            client_ids: HashMap::new(),
+            store,
+            index: SubscriptionIndex::new(),
+            groups: HashMap::new(),
+            group_members: HashMap::new(),
+            retained: HashMap::new(),
+            wills: HashMap::new(),
+            will_times: BTreeSet::new(),
+            outputs: VecDeque::new(),
+            next_session: 1,
+            next_group: 1,
+            next_assigned_id: 1,
+            subscriptions: 0,
+            stats: Stats::default(),
+            next_sys,
+            targets: Vec::new(),
+            hit_groups: Vec::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Connected clients.
+    pub fn connected(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Sessions, connected or parked.
+    pub fn sessions(&self) -> usize {
+        self.client_ids.len()
+    }
+
+    /// Subscriptions of all sessions.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions
+    }
+
+    /// Retained messages held.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Adds bytes read from and written to clients to the counters.
+    pub fn add_traffic(&mut self, received: u64, sent: u64) {
+        self.stats.bytes_received += received;
+        self.stats.bytes_sent += sent;
+    }
+
+    /// The next instruction for a connection driver.
+    pub fn poll_output(&mut self) -> Option<(ConnectionId, Output)> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Broker::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.will_times.first().map(|&(at, _)| at),
+            self.store.next_expiry(),
+            self.next_sys,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn push(&mut self, conn: ConnectionId, packet: Packet) {
+        self.outputs.push_back((conn, Output::Packet(packet)));
+    }
+
+    fn limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.config.max_queued_messages,
+            max_bytes: self.config.max_queued_bytes,
+        }
+    }
+
+    fn topic_fits(&self, text: &str) -> bool {
+        text.len() <= self.config.max_topic_length
+            && text.split('/').count() <= self.config.max_topic_levels
+    }
+
+    // ----- CONNECT -------------------------------------------------------------------------
+
+    fn refuse(
+        &mut self,
+        conn: ConnectionId,
+        version: ProtocolVersion,
+        code: ReasonCode,
+        why: &str,
+    ) {
+        let mut connack = ConnAck::new(false, code);
+        if version.is_v5() {
+            connack.properties.reason_string = MqttString::new(why).ok();
+        }
+        self.push(conn, Packet::ConnAck(Box::new(connack)));
+        self.outputs.push_back((conn, Output::Close));
+    }
+
+    fn keep_alive_exceeds(&self, keep_alive: u16) -> bool {
+        let max = self.config.max_keep_alive;
+        keep_alive > max || (keep_alive == 0 && max < u16::MAX)
+    }
+
+    /// Handles the CONNECT that opened connection `conn`.
+    pub fn handle_connect(&mut self, conn: ConnectionId, connect: Connect, now: Instant) {
+        let version = connect.protocol_version;
+        if self.shutting_down {
+            return self.refuse(
+                conn,
+                version,
+                ReasonCode::ServerUnavailable,
+                "shutting down",
+            );
+        }
+        if connect.properties.authentication_method.is_some() {
+            return self.refuse(
+                conn,
+                version,
+                ReasonCode::BadAuthenticationMethod,
+                "enhanced authentication is not supported",
+            );
+        }
+        let will_props = connect
+            .will
+            .as_ref()
+            .map_or(0, |w| w.properties.user_properties.len());
+        if connect.properties.user_properties.len() > self.config.max_user_properties
+            || will_props > self.config.max_user_properties
+        {
+            return self.refuse(
+                conn,
+                version,
+                ReasonCode::QuotaExceeded,
+                "too many user properties",
+            );
+        }
+        let mut assigned = None;
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            // [MQTT-3.1.3-8]: 3.1.1 allows a zero-length id only with Clean Session 1;
+            // MQTT 3.1 requires 1 to 23 characters.
+            if version == ProtocolVersion::V3_1 || (!version.is_v5() && !connect.clean_start) {
+                return self.refuse(
+                    conn,
+                    version,
+                    ReasonCode::ClientIdentifierNotValid,
+                    "a zero-length client identifier needs Clean Session",
+                );
+            }
+            let id = self.assign_client_id();
+            assigned = Some(id.clone());
+            id
+        } else if connect.client_id.as_str().len() > self.config.max_client_id_length {
+            return self.refuse(
+                conn,
+                version,
+                ReasonCode::ClientIdentifierNotValid,
+                "client identifier too long",
+            );
+        } else {
+            Arc::from(connect.client_id.as_str())
+        };
+        let mut server_keep_alive = None;
+        if self.keep_alive_exceeds(connect.keep_alive) {
+            if version.is_v5() {
+                server_keep_alive = Some(self.config.max_keep_alive);
+            } else {
+                return self.refuse(
+                    conn,
+                    version,
+                    ReasonCode::ClientIdentifierNotValid,
+                    "keep alive above the maximum",
+                );
+            }
+        }
+        if let Some(will) = &connect.will {
+            if !self.topic_fits(will.topic.as_str()) {
+                return self.refuse(
+                    conn,
+                    version,
+                    ReasonCode::TopicNameInvalid,
+                    "will topic too long",
+                );
+            }
+        }
+        let requested_expiry = if version.is_v5() {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested_expiry.min(self.config.max_session_expiry_interval);
+
+        // Takeover: the old connection goes first, its will and session handled as a loss.
+        if let Some(&key) = self.client_ids.get(&client_id) {
+            if let Some(&old) = self.online.get(&key) {
+                self.disconnect(
+                    old,
+                    ReasonCode::SessionTakenOver,
+                    "another connection took over",
+                    now,
+                );
+            }
+        }
+        let existing = self
+            .client_ids
+            .get(&client_id)
+            .copied()
+            .and_then(|key| self.store.take(key));
+        let (mut session, present) = match existing {
+            Some(session) if !connect.clean_start => {
+                self.cancel_will(session.key);
+                (session, true)
+            }
+            Some(session) => {
+                self.end_session(session, now);
+                (self.new_session(client_id.clone(), expiry), false)
+            }
+            None => (self.new_session(client_id.clone(), expiry), false),
+        };
+        session.expiry_interval = expiry;
+
+        let mut encoder = Encoder::new(version);
+        if let Some(max) = connect.properties.maximum_packet_size {
+            encoder.set_max_packet_size(max.get());
+        }
+        let client_window = connect
+            .properties
+            .receive_maximum
+            .map_or(u16::MAX, NonZeroU16::get);
+        let send_window = usize::from(client_window.min(self.config.max_inflight_out).max(1));
+        let alias_max_out = if version.is_v5() && self.config.outbound_topic_aliases {
+            connect.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        };
+        let key = session.key;
+        let state = Conn {
+            session,
+            version,
+            encoder,
+            send_window,
+            alias_max_out,
+            aliases_out: HashMap::new(),
+            alias_clock: 0,
+            aliases_in: HashMap::new(),
+            problem_information: connect.properties.request_problem_information != Some(false),
+            will: connect.will,
+            connect_expiry_was_zero: requested_expiry == 0,
+        };
+        self.conns.insert(conn, state);
+        self.online.insert(key, conn);
+        self.stats.connections_total += 1;
+
+        let mut connack = ConnAck::new(present, ReasonCode::Success);
+        if version.is_v5() {
+            let p = &mut connack.properties;
+            if expiry != requested_expiry {
+                p.session_expiry_interval = Some(expiry);
+            }
+            p.receive_maximum = NonZeroU16::new(self.config.receive_maximum);
+            p.retain_available = Some(true);
+            p.maximum_packet_size = std::num::NonZeroU32::new(self.config.max_packet_size);
+            p.assigned_client_identifier = assigned.and_then(|id| MqttString::new(&id).ok());
+            p.topic_alias_maximum = Some(self.config.topic_alias_maximum);
+            p.wildcard_subscription_available = Some(true);
+            p.subscription_identifiers_available = Some(true);
+            p.shared_subscription_available = Some(true);
+            p.server_keep_alive = server_keep_alive;
+        }
+        self.push(conn, Packet::ConnAck(Box::new(connack)));
+        self.resume(conn, now);
+    }
+
+    fn assign_client_id(&mut self) -> Arc<str> {
+        loop {
+            let id: Arc<str> = Arc::from(format!("bulwark-{:016x}", self.next_assigned_id));
+            self.next_assigned_id += 1;
+            if !self.client_ids.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn new_session(&mut self, client_id: Arc<str>, expiry: u32) -> Session {
+        let key = SessionKey(self.next_session);
+        self.next_session += 1;
+        self.client_ids.insert(client_id.clone(), key);
+        Session::new(key, client_id, expiry)
+    }
+
+    /// Resends what was in flight (PUBLISH with DUP, or PUBREL), then sends from the queue.
+    fn resume(&mut self, conn_id: ConnectionId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let mut resend = Vec::new();
+        let mut expired = Vec::new();
+        for (pos, inflight) in conn.session.inflight.iter().enumerate() {
+            match inflight.state {
+                OutState::AwaitPubComp => {
+                    resend.push(Packet::PubRel(PubRel::new(inflight.packet_id)));
+                }
+                OutState::AwaitPubAck | OutState::AwaitPubRec => {
+                    // A message whose QoS exchange began is delivered even if it expires now:
+                    // the client may already hold it.
+                    let mut publish = build_publish(&inflight.delivery, now);
+                    publish.dup = true;
+                    publish.packet_id = Some(inflight.packet_id);
+                    if conn.encoder.fits(&publish) {
+                        resend.push(Packet::Publish(publish));
+                    } else {
+                        expired.push(pos);
+                    }
+                }
+            }
+        }
+        for pos in expired.into_iter().rev() {
+            conn.session.remove_inflight(pos);
+            self.stats.messages_dropped_too_large += 1;
+        }
+        for packet in resend {
+            if matches!(packet, Packet::Publish(_)) {
+                self.stats.messages_sent += 1;
+            }
+            self.outputs.push_back((conn_id, Output::Packet(packet)));
+        }
+        self.pump(conn_id, now);
+    }
+
+    // ----- packets after CONNECT -----------------------------------------------------------
+
+    /// Handles a packet decoded on connection `conn` after its CONNECT.
+    pub fn handle_packet(&mut self, conn: ConnectionId, packet: Packet, now: Instant) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(conn, publish, now),
+            Packet::PubAck(ack) => self.handle_puback(conn, ack.packet_id, now),
+            Packet::PubRec(rec) => self.handle_pubrec(conn, rec, now),
+            Packet::PubRel(rel) => self.handle_pubrel(conn, rel.packet_id),
+            Packet::PubComp(comp) => self.handle_pubcomp(conn, comp.packet_id, now),
+            Packet::Subscribe(subscribe) => self.handle_subscribe(conn, subscribe, now),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(conn, unsubscribe),
+            Packet::PingReq => self.push(conn, Packet::PingResp),
+            Packet::Disconnect(disconnect) => self.handle_disconnect(conn, disconnect, now),
+            Packet::Auth(_) => self.disconnect(
+                conn,
+                ReasonCode::ProtocolError,
+                "AUTH without an authentication method in CONNECT",
+                now,
+            ),
+            // The decoder refuses these from a client; should one arrive, it is a violation.
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => {
+                self.disconnect(conn, ReasonCode::ProtocolError, "unexpected packet", now);
+            }
+        }
+    }
+
+    /// Sends DISCONNECT (5.0) with `code`, closes, and handles the loss (the will is sent).
+    pub fn disconnect(&mut self, conn: ConnectionId, code: ReasonCode, why: &str, now: Instant) {
+        let Some(state) = self.conns.get(&conn) else {
+            return;
+        };
+        if state.is_v5() {
+            let mut packet = Disconnect::new(code);
+            packet.properties.reason_string = MqttString::new(why).ok();
+            self.push(conn, Packet::Disconnect(packet));
+        }
+        self.outputs.push_back((conn, Output::Close));
+        self.handle_connection_lost(conn, now);
+    }
+
+    fn ack_properties(&self, conn: ConnectionId, code: ReasonCode, why: &str) -> AckProperties {
+        let mut props = AckProperties::default();
+        let wanted = self.conns.get(&conn).is_some_and(|c| c.problem_information);
+        if code.is_error() && wanted {
+            props.reason_string = MqttString::new(why).ok();
+        }
+        props
+    }
+
+    fn answer_publish(
+        &mut self,
+        conn: ConnectionId,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+        code: ReasonCode,
+        why: &str,
+    ) {
+        let Some(packet_id) = packet_id else {
+            return;
+        };
+        let properties = self.ack_properties(conn, code, why);
+        let packet = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(PubAck {
+                packet_id,
+                reason_code: code,
+                properties,
+            }),
+            QoS::ExactlyOnce => Packet::PubRec(PubRec {
+                packet_id,
+                reason_code: code,
+                properties,
+            }),
+        };
+        self.push(conn, packet);
+    }
+
+    fn handle_publish(&mut self, conn_id: ConnectionId, publish: Publish, now: Instant) {
+        self.stats.messages_received += 1;
+        let max_user = self.config.max_user_properties;
+        let alias_max = self.config.topic_alias_maximum;
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let Publish {
+            qos,
+            retain,
+            mut topic,
+            packet_id,
+            mut properties,
+            payload,
+            ..
+        } = publish;
+        if properties.user_properties.len() > max_user {
+            return self.disconnect(
+                conn_id,
+                ReasonCode::QuotaExceeded,
+                "too many user properties",
+                now,
+            );
+        }
+        if let Some(alias) = properties.topic_alias.take() {
+            if alias.get() > alias_max {
+                return self.disconnect(
+                    conn_id,
+                    ReasonCode::TopicAliasInvalid,
+                    "topic alias above the Topic Alias Maximum",
+                    now,
+                );
+            }
+            if topic.is_empty() {
+                match conn.aliases_in.get(&alias.get()) {
+                    Some(known) => topic = known.clone(),
+                    None => {
+                        return self.disconnect(
+                            conn_id,
+                            ReasonCode::ProtocolError,
+                            "unknown topic alias",
+                            now,
+                        );
+                    }
+                }
+            } else {
+                conn.aliases_in.insert(alias.get(), topic.clone());
+            }
+        }
+        let session_key = conn.session.key;
+        if !self.topic_fits(topic.as_str()) {
+            return self.disconnect(
+                conn_id,
+                ReasonCode::TopicNameInvalid,
+                "topic name too long or too deep",
+                now,
+            );
+        }
+        if topic.as_str().starts_with("$SYS") {
+            // Clients must not forge the broker's own statistics.
+            return self.answer_publish(
+                conn_id,
+                qos,
+                packet_id,
+                ReasonCode::NotAuthorized,
+                "$SYS topics are written by the broker only",
+            );
+        }
+        if qos == QoS::ExactlyOnce {
+            let Some(id) = packet_id else { return };
+            let Some(conn) = self.conns.get_mut(&conn_id) else {
+                return;
+            };
+            if conn.session.incoming_qos2.contains(&id.get()) {
+                // A resend before PUBREL: answered, not delivered again.
+                return self.push(conn_id, Packet::PubRec(PubRec::new(id)));
+            }
+            if conn.session.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
+                return self.disconnect(
+                    conn_id,
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "more QoS 2 messages awaiting PUBREL than the Receive Maximum",
+                    now,
+                );
+            }
+        }
+        if retain
+            && !payload.is_empty()
+            && !self.retained.contains_key(topic.as_str())
+            && self.retained.len() >= self.config.max_retained_messages
+        {
+            self.stats.retained_refused += 1;
+            return self.answer_publish(
+                conn_id,
+                qos,
+                packet_id,
+                ReasonCode::QuotaExceeded,
+                "retained message limit reached",
+            );
+        }
+        let expires_at = Message::expiry_from(now, properties.message_expiry_interval);
+        properties.message_expiry_interval = None;
+        let message = Arc::new(Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            expires_at,
+            publisher: Some(session_key),
+        });
+        let matched = self.publish_message(message, now);
+        let code = if matched == 0 {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::Success
+        };
+        if qos == QoS::ExactlyOnce {
+            if let (Some(id), Some(conn)) = (packet_id, self.conns.get_mut(&conn_id)) {
+                conn.session.incoming_qos2.insert(id.get());
+            }
+        }
+        let v5 = self.conns.get(&conn_id).is_some_and(Conn::is_v5);
+        let code = if v5 { code } else { ReasonCode::Success };
+        self.answer_publish(conn_id, qos, packet_id, code, "");
+    }
+
+    fn handle_puback(&mut self, conn_id: ConnectionId, packet_id: PacketId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if let Some(pos) = conn.session.inflight_position(packet_id) {
+            if conn.session.inflight.get(pos).map(|i| i.state) == Some(OutState::AwaitPubAck) {
+                conn.session.remove_inflight(pos);
+                self.pump(conn_id, now);
+            }
+        }
+    }
+
+    fn handle_pubrec(&mut self, conn_id: ConnectionId, rec: PubRec, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let pos = conn.session.inflight_position(rec.packet_id);
+        let awaiting = pos.and_then(|p| conn.session.inflight.get_mut(p));
+        match awaiting {
+            Some(inflight) if inflight.state == OutState::AwaitPubRec => {
+                if rec.reason_code.is_error() {
+                    // The client refused the message: the exchange ends here (§4.3.3).
+                    if let Some(p) = pos {
+                        conn.session.remove_inflight(p);
+                    }
+                    self.pump(conn_id, now);
+                } else {
+                    inflight.state = OutState::AwaitPubComp;
+                    self.push(conn_id, Packet::PubRel(PubRel::new(rec.packet_id)));
+                }
+            }
+            Some(inflight) if inflight.state == OutState::AwaitPubComp => {
+                self.push(conn_id, Packet::PubRel(PubRel::new(rec.packet_id)));
+            }
+            _ => {
+                let mut rel = PubRel::new(rec.packet_id);
+                if conn.is_v5() {
+                    rel.reason_code = ReasonCode::PacketIdentifierNotFound;
+                }
+                self.push(conn_id, Packet::PubRel(rel));
+            }
+        }
+    }
+
+    fn handle_pubrel(&mut self, conn_id: ConnectionId, packet_id: PacketId) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let known = conn.session.incoming_qos2.remove(&packet_id.get());
+        let mut comp = PubComp::new(packet_id);
+        if !known && conn.is_v5() {
+            comp.reason_code = ReasonCode::PacketIdentifierNotFound;
+        }
+        self.push(conn_id, Packet::PubComp(comp));
+    }
+
+    fn handle_pubcomp(&mut self, conn_id: ConnectionId, packet_id: PacketId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if let Some(pos) = conn.session.inflight_position(packet_id) {
+            if conn.session.inflight.get(pos).map(|i| i.state) == Some(OutState::AwaitPubComp) {
+                conn.session.remove_inflight(pos);
+                self.pump(conn_id, now);
+            }
+        }
+    }
+
+    // ----- SUBSCRIBE / UNSUBSCRIBE ---------------------------------------------------------
+
+    fn handle_subscribe(&mut self, conn_id: ConnectionId, subscribe: Subscribe, now: Instant) {
+        if subscribe.properties.user_properties.len() > self.config.max_user_properties {
+            return self.disconnect(
+                conn_id,
+                ReasonCode::QuotaExceeded,
+                "too many user properties",
+                now,
+            );
+        }
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let session_key = conn.session.key;
+        let id = subscribe.properties.subscription_identifier;
+        let mut codes = Vec::with_capacity(subscribe.subscriptions.len());
+        let mut retained_for = Vec::new();
+        for sub in subscribe.subscriptions {
+            let text: Box<str> = sub.filter.as_str().into();
+            let code = if !self.topic_fits(sub.filter.as_str()) {
+                ReasonCode::TopicFilterInvalid
+            } else {
+                let Some(conn) = self.conns.get_mut(&conn_id) else {
+                    return;
+                };
+                let existed = conn.session.subscriptions.contains_key(&text);
+                if !existed
+                    && conn.session.subscriptions.len() >= self.config.max_subscriptions_per_session
+                {
+                    ReasonCode::QuotaExceeded
+                } else {
+                    let options = sub.options;
+                    conn.session.subscriptions.insert(
+                        text,
+                        SubscriptionRecord {
+                            filter: sub.filter.clone(),
+                            options,
+                            id,
+                        },
+                    );
+                    if !existed {
+                        self.subscriptions += 1;
+                    }
+                    self.index_subscription(session_key, &sub.filter, options, id);
+                    let send = match options.retain_handling {
+                        RetainHandling::SendOnSubscribe => true,
+                        RetainHandling::SendIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    };
+                    // Retained messages are not sent for shared subscriptions (§4.8.2).
+                    if send && !sub.filter.is_shared() {
+                        retained_for.push((sub.filter, options.qos, id));
+                    }
+                    match options.qos {
+                        QoS::AtMostOnce => ReasonCode::Success,
+                        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                    }
+                }
+            };
+            codes.push(code);
+        }
+        let failed = codes.iter().any(|c| c.is_error());
+        let properties = if failed {
+            self.ack_properties(
+                conn_id,
+                ReasonCode::UnspecifiedError,
+                "a filter was refused",
+            )
+        } else {
+            AckProperties::default()
+        };
+        self.push(
+            conn_id,
+            Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                properties,
+                reason_codes: codes,
+            }),
+        );
+        for (filter, qos, id) in retained_for {
+            self.send_retained(session_key, &filter, qos, id, now);
+        }
+    }
+
+    fn index_subscription(
+        &mut self,
+        session: SessionKey,
+        filter: &TopicFilter,
+        options: SubscriptionOptions,
+        id: Option<SubscriptionId>,
+    ) {
+        match filter.share_name() {
+            None => {
+                self.index.insert(
+                    filter.as_str(),
+                    SubKey::Session(session),
+                    SubEntry { options, id },
+                );
+            }
+            Some(share) => {
+                let name = (
+                    Box::<str>::from(share),
+                    Box::<str>::from(filter.match_filter()),
+                );
+                let key = match self.groups.get(&name) {
+                    Some(&key) => key,
+                    None => {
+                        let key = GroupKey(self.next_group);
+                        self.next_group += 1;
+                        self.index.insert(
+                            filter.match_filter(),
+                            SubKey::Group(key),
+                            SubEntry::default(),
+                        );
+                        self.group_members.insert(
+                            key,
+                            Group {
+                                share: name.0.clone(),
+                                filter: name.1.clone(),
+                                members: Vec::new(),
+                                cursor: 0,
+                            },
+                        );
+                        self.groups.insert(name, key);
+                        key
+                    }
+                };
+                if let Some(group) = self.group_members.get_mut(&key) {
+                    let member = Member {
+                        session,
+                        options,
+                        id,
+                    };
+                    match group.members.iter_mut().find(|m| m.session == session) {
+                        Some(existing) => *existing = member,
+                        None => group.members.push(member),
+                    }
+                }
+            }
+        }
+    }
+
+    fn unindex_subscription(&mut self, session: SessionKey, filter: &TopicFilter) {
+        match filter.share_name() {
+            None => {
+                self.index
+                    .remove(filter.as_str(), &SubKey::Session(session));
+            }
+            Some(share) => {
+                let name = (
+                    Box::<str>::from(share),
+                    Box::<str>::from(filter.match_filter()),
+                );
+                let Some(&key) = self.groups.get(&name) else {
+                    return;
+                };
+                let empty = self.group_members.get_mut(&key).is_none_or(|group| {
+                    group.members.retain(|m| m.session != session);
+                    group.members.is_empty()
+                });
+                if empty {
+                    self.groups.remove(&name);
+                    self.group_members.remove(&key);
+                    self.index
+                        .remove(filter.match_filter(), &SubKey::Group(key));
+                }
+            }
+        }
+    }
+
+    fn send_retained(
+        &mut self,
+        session: SessionKey,
+        filter: &TopicFilter,
+        qos: QoS,
+        id: Option<SubscriptionId>,
+        now: Instant,
+    ) {
+        let matching: Vec<Arc<Message>> = if filter.has_wildcards() {
+            let mut found: Vec<Arc<Message>> = self
+                .retained
+                .values()
+                .filter(|m| filter.matches(&m.topic))
+                .cloned()
+                .collect();
+            found.sort_by(|a, b| a.topic.cmp(&b.topic));
+            found
+        } else {
+            self.retained
+                .get(filter.as_str())
+                .cloned()
+                .into_iter()
+                .collect()
+        };
+        for message in matching {
+            if message.is_expired(now) {
+                self.retained.remove(message.topic.as_str());
+                self.stats.messages_expired += 1;
+                continue;
+            }
+            let delivery = Delivery {
+                qos: message.qos.min(qos),
+                retain: true,
+                subscription_ids: id.into_iter().collect(),
+                group: None,
+                message,
+            };
+            self.deliver_to(session, delivery, now);
+        }
+    }
+
+    fn handle_unsubscribe(&mut self, conn_id: ConnectionId, unsubscribe: Unsubscribe) {
+        let mut codes = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in unsubscribe.filters {
+            let Some(conn) = self.conns.get_mut(&conn_id) else {
+                return;
+            };
+            let key = conn.session.key;
+            let removed = conn.session.subscriptions.remove(filter.as_str());
+            codes.push(if removed.is_some() {
+                self.subscriptions = self.subscriptions.saturating_sub(1);
+                self.unindex_subscription(key, &filter);
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
+        self.push(
+            conn_id,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: unsubscribe.packet_id,
+                properties: AckProperties::default(),
+                reason_codes: codes,
+            }),
+        );
+    }
+
+    // ----- DISCONNECT and loss -------------------------------------------------------------
+
+    fn handle_disconnect(&mut self, conn_id: ConnectionId, disconnect: Disconnect, now: Instant) {
+        let max_expiry = self.config.max_session_expiry_interval;
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if let Some(expiry) = disconnect.properties.session_expiry_interval {
+            if conn.connect_expiry_was_zero && expiry != 0 {
+                // [MQTT-3.14.2-2]
+                return self.disconnect(
+                    conn_id,
+                    ReasonCode::ProtocolError,
+                    "Session Expiry Interval set in DISCONNECT after 0 in CONNECT",
+                    now,
+                );
+            }
+            conn.session.expiry_interval = expiry.min(max_expiry);
+        }
+        // Only a normal disconnection discards the will [MQTT-3.1.2-10], [MQTT-3.14.4-3].
+        if disconnect.reason_code == ReasonCode::Success || !conn.is_v5() {
+            conn.will = None;
+        }
+        self.outputs.push_back((conn_id, Output::Close));
+        self.handle_connection_lost(conn_id, now);
+    }
+
+    /// The connection ended: the socket closed, failed, timed out, or broke the protocol. The
+    /// will is scheduled, and the session parked or ended by its expiry interval.
+    pub fn handle_connection_lost(&mut self, conn_id: ConnectionId, now: Instant) {
+        let Some(conn) = self.conns.remove(&conn_id) else {
+            return;
+        };
+        let Conn {
+            mut session,
+            will,
+            version,
+            ..
+        } = conn;
+        let key = session.key;
+        self.online.remove(&key);
+        if let Some(will) = will {
+            let delay = if version.is_v5() {
+                will.properties.will_delay_interval.unwrap_or(0)
+            } else {
+                0
+            };
+            let at = now
+                .checked_add(Duration::from_secs(u64::from(delay)))
+                .unwrap_or(now);
+            self.wills.insert(key, PendingWill { at, will });
+            self.will_times.insert((at, key));
+        }
+        // QoS 1 messages (and QoS 2 not yet received) from shared subscriptions may go to
+        // another member of the group (§4.8.2).
+        let moved = take_shared(&mut session, false);
+        if session.expiry_interval == 0 {
+            self.end_session(session, now);
+        } else {
+            let expires_at = if session.expiry_interval == u32::MAX {
+                None
+            } else {
+                now.checked_add(Duration::from_secs(u64::from(session.expiry_interval)))
+            };
+            self.store.park(session, expires_at);
+        }
+        self.fire_due_wills(now);
+        for delivery in moved {
+            self.redeliver_shared(delivery, key, now);
+        }
+    }
+
+    /// Ends a session: its subscriptions go, its will is sent, its shared messages move.
+    fn end_session(&mut self, mut session: Session, now: Instant) {
+        let key = session.key;
+        let records: Vec<TopicFilter> = session
+            .subscriptions
+            .drain()
+            .map(|(_, record)| record.filter)
+            .collect();
+        self.subscriptions = self.subscriptions.saturating_sub(records.len());
+        for filter in &records {
+            self.unindex_subscription(key, filter);
+        }
+        if self.client_ids.get(&session.client_id) == Some(&key) {
+            self.client_ids.remove(&session.client_id);
+        }
+        if let Some(pending) = self.wills.remove(&key) {
+            self.will_times.remove(&(pending.at, key));
+            self.publish_will(key, pending.will, now);
+        }
+        for delivery in take_shared(&mut session, true) {
+            self.redeliver_shared(delivery, key, now);
+        }
+    }
+
+    fn cancel_will(&mut self, key: SessionKey) {
+        if let Some(pending) = self.wills.remove(&key) {
+            self.will_times.remove(&(pending.at, key));
+        }
+    }
+
+    fn fire_due_wills(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.will_times.first() {
+            if at > now {
+                break;
+            }
+            self.will_times.pop_first();
+            if let Some(pending) = self.wills.remove(&key) {
+                self.publish_will(key, pending.will, now);
+            }
+        }
+    }
+
+    fn publish_will(&mut self, key: SessionKey, will: Will, now: Instant) {
+        let p = will.properties;
+        let properties = PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: None,
+            topic_alias: None,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            subscription_identifiers: Vec::new(),
+            content_type: p.content_type,
+        };
+        if will.retain
+            && !will.payload.is_empty()
+            && !self.retained.contains_key(will.topic.as_str())
+            && self.retained.len() >= self.config.max_retained_messages
+        {
+            self.stats.retained_refused += 1;
+            return;
+        }
+        let message = Arc::new(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            expires_at: Message::expiry_from(now, p.message_expiry_interval),
+            publisher: Some(key),
+        });
+        self.publish_message(message, now);
+    }
+
+    // ----- routing -------------------------------------------------------------------------
+
+    /// Stores or clears the retained copy, then delivers `message` to every matching
+    /// subscription. Returns how many subscriptions matched.
+    pub fn publish_message(&mut self, message: Arc<Message>, now: Instant) -> usize {
+        if message.retain {
+            if message.payload.is_empty() {
+                self.retained.remove(message.topic.as_str());
+            } else {
+                self.retained
+                    .insert(message.topic.as_str().into(), message.clone());
+            }
+        }
+        let mut targets = mem::take(&mut self.targets);
+        let mut groups = mem::take(&mut self.hit_groups);
+        targets.clear();
+        groups.clear();
+        let publisher = message.publisher;
+        self.index
+            .for_each_match(message.topic.as_str(), |key, entry| match *key {
+                SubKey::Session(session) => {
+                    if !(entry.options.no_local && Some(session) == publisher) {
+                        targets.push(Target {
+                            session,
+                            qos: entry.options.qos,
+                            retain_as_published: entry.options.retain_as_published,
+                            id: entry.id,
+                        });
+                    }
+                }
+                SubKey::Group(group) => groups.push(group),
+            });
+        let matched = targets.len() + groups.len();
+        // Overlapping subscriptions of one session give one copy at the highest QoS, with
+        // every Subscription Identifier (§3.3.4).
+        targets.sort_unstable_by_key(|t| t.session);
+        let mut i = 0;
+        while let Some(first) = targets.get(i) {
+            let session = first.session;
+            let mut qos = first.qos;
+            let mut rap = first.retain_as_published;
+            let mut ids: Vec<SubscriptionId> = first.id.into_iter().collect();
+            i += 1;
+            while let Some(next) = targets.get(i).filter(|t| t.session == session) {
+                qos = qos.max(next.qos);
+                rap |= next.retain_as_published;
+                ids.extend(next.id);
+                i += 1;
+            }
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: message.qos.min(qos),
+                retain: rap && message.retain,
+                subscription_ids: ids,
+                group: None,
+            };
+            self.deliver_to(session, delivery, now);
+        }
+        for &group in &groups {
+            self.deliver_to_group(group, &message, None, now);
+        }
+        self.targets = targets;
+        self.hit_groups = groups;
+        matched
+    }
+
+    /// Picks the next member of a shared group, round robin, preferring connected members,
+    /// never `except`.
+    fn deliver_to_group(
+        &mut self,
+        group: GroupKey,
+        message: &Arc<Message>,
+        except: Option<SessionKey>,
+        now: Instant,
+    ) -> bool {
+        let Some(g) = self.group_members.get_mut(&group) else {
+            return false;
+        };
+        let n = g.members.len();
+        let mut chosen = None;
+        let mut fallback = None;
+        for step in 0..n {
+            let idx = (g.cursor + step) % n;
+            let Some(member) = g.members.get(idx) else {
+                continue;
+            };
+            if Some(member.session) == except {
+                continue;
+            }
+            if self.online.contains_key(&member.session) {
+                chosen = Some((idx, *member));
+                break;
+            }
+            if fallback.is_none() {
+                fallback = Some((idx, *member));
+            }
+        }
+        let Some((idx, member)) = chosen.or(fallback) else {
+            return false;
+        };
+        g.cursor = (idx + 1) % n.max(1);
+        let delivery = Delivery {
+            message: message.clone(),
+            qos: message.qos.min(member.options.qos),
+            retain: member.options.retain_as_published && message.retain,
+            subscription_ids: member.id.into_iter().collect(),
+            group: Some(group),
+        };
+        self.deliver_to(member.session, delivery, now);
+        true
+    }
+
+    fn redeliver_shared(&mut self, delivery: Delivery, from: SessionKey, now: Instant) {
+        let Some(group) = delivery.group else {
+            return;
+        };
+        if !self.deliver_to_group(group, &delivery.message, Some(from), now) {
+            // No other member: it stays with the session that had it, if that still exists.
+            self.deliver_to(from, delivery, now);
+        }
+    }
+
+    /// Hands one delivery to a session: sent now if its client is connected and its window
+    /// allows, otherwise queued (QoS 0 to a parked session only if so configured).
+    fn deliver_to(&mut self, session: SessionKey, delivery: Delivery, now: Instant) {
+        let limits = self.limits();
+        match self.online.get(&session) {
+            Some(&conn_id) => {
+                let Some(conn) = self.conns.get_mut(&conn_id) else {
+                    return;
+                };
+                let window_open =
+                    conn.session.inflight.len() < conn.send_window && conn.session.queue.is_empty();
+                if delivery.qos == QoS::AtMostOnce || window_open {
+                    self.send(conn_id, delivery, now);
+                } else if conn.session.enqueue(delivery, limits).is_err() {
+                    self.stats.messages_dropped_queue_full += 1;
+                }
+            }
+            None => {
+                if delivery.qos == QoS::AtMostOnce && !self.config.queue_qos0_offline {
+                    self.stats.messages_dropped_offline_qos0 += 1;
+                    return;
+                }
+                if self.store.enqueue(session, delivery, limits).is_err() {
+                    self.stats.messages_dropped_queue_full += 1;
+                }
+            }
+        }
+    }
+
+    /// Sends queued messages while the client's window has room.
+    fn pump(&mut self, conn_id: ConnectionId, now: Instant) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&conn_id) else {
+                return;
+            };
+            if conn.session.inflight.len() >= conn.send_window {
+                // QoS 0 messages at the head need no window.
+                if conn
+                    .session
+                    .queue
+                    .front()
+                    .is_none_or(|d| d.qos != QoS::AtMostOnce)
+                {
+                    return;
+                }
+            }
+            let Some(delivery) = conn.session.dequeue() else {
+                return;
+            };
+            if !self.send(conn_id, delivery, now) {
+                return;
+            }
+        }
+    }
+
+    /// Builds and emits the PUBLISH for one delivery. Returns false if it had to go back to
+    /// the queue (no packet identifier free).
+    fn send(&mut self, conn_id: ConnectionId, delivery: Delivery, now: Instant) -> bool {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return false;
+        };
+        if delivery.message.is_expired(now) {
+            self.stats.messages_expired += 1;
+            return true;
+        }
+        let mut publish = build_publish(&delivery, now);
+        if delivery.qos != QoS::AtMostOnce {
+            // Size with a placeholder identifier: the real one is only taken if it fits.
+            publish.packet_id = PacketId::new(1);
+        }
+        let size = conn.encoder.encoded_len(&publish).unwrap_or(u64::MAX);
+        let max = u64::from(conn.encoder.max_packet_size());
+        if size > max {
+            // [MQTT-3.1.2-25]: a message too large for the client is not sent to it.
+            self.stats.messages_dropped_too_large += 1;
+            return true;
+        }
+        if delivery.qos != QoS::AtMostOnce {
+            let Some(id) = conn.session.allocate_id() else {
+                conn.session.requeue_front(delivery);
+                return false;
+            };
+            publish.packet_id = Some(id);
+            let state = if delivery.qos == QoS::AtLeastOnce {
+                OutState::AwaitPubAck
+            } else {
+                OutState::AwaitPubRec
+            };
+            conn.session.push_inflight(Inflight {
+                packet_id: id,
+                delivery,
+                state,
+            });
+        }
+        // A Topic Alias property takes 3 bytes; only assign one if they fit.
+        if conn.alias_max_out > 0 && size + 3 <= max {
+            apply_alias(conn, &mut publish);
+        }
+        self.stats.messages_sent += 1;
+        self.push(conn_id, Packet::Publish(publish));
+        true
+    }
+
+    // ----- timers, $SYS, shutdown ----------------------------------------------------------
+
+    /// Fires what is due at `now`: delayed wills, session expiry, `$SYS` publication.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.fire_due_wills(now);
+        for session in self.store.take_expired(now) {
+            self.end_session(session, now);
+        }
+        if let (Some(at), Some(interval)) = (self.next_sys, self.config.sys_interval) {
+            if at <= now {
+                self.publish_sys(now);
+                self.next_sys = now.checked_add(interval);
+            }
+        }
+    }
+
+    fn publish_sys(&mut self, now: Instant) {
+        let uptime = now.saturating_duration_since(self.started).as_secs();
+        let s = self.stats;
+        let values: [(&str, String); 13] = [
+            ("version", VERSION.to_owned()),
+            ("uptime", format!("{uptime} seconds")),
+            ("clients/connected", self.conns.len().to_string()),
+            ("clients/total", self.client_ids.len().to_string()),
+            ("clients/connections", s.connections_total.to_string()),
+            ("messages/received", s.messages_received.to_string()),
+            ("messages/sent", s.messages_sent.to_string()),
+            (
+                "messages/dropped",
+                (s.messages_dropped_queue_full + s.messages_dropped_too_large).to_string(),
+            ),
+            ("bytes/received", s.bytes_received.to_string()),
+            ("bytes/sent", s.bytes_sent.to_string()),
+            ("subscriptions/count", self.subscriptions.to_string()),
+            ("retained messages/count", self.retained.len().to_string()),
+            ("messages/expired", s.messages_expired.to_string()),
+        ];
+        for (name, value) in values {
+            let Ok(topic) = TopicName::new(&format!("$SYS/broker/{name}")) else {
+                continue;
+            };
+            let message = Arc::new(Message {
+                topic,
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: PublishProperties::default(),
+                expires_at: None,
+                publisher: None,
+            });
+            self.publish_message(message, now);
+        }
+    }
+
+    /// Server shutdown: 5.0 clients get DISCONNECT 0x8B, every connection is closed, and no
+    /// new connection is accepted.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        let conns: Vec<ConnectionId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.disconnect(
+                conn,
+                ReasonCode::ServerShuttingDown,
+                "server shutting down",
+                now,
+            );
+        }
+    }
+
+    /// A session's subscriptions, for tests and the admin API.
+    pub fn session_subscriptions(&self, client_id: &str) -> Vec<SubscriptionRecord> {
+        let Some(key) = self.client_ids.get(client_id) else {
+            return Vec::new();
+        };
+        let session = match self.online.get(key) {
+            Some(conn) => self.conns.get(conn).map(|c| &c.session),
+            None => self.store.get(*key),
+        };
+        session.map_or_else(Vec::new, |s| s.subscriptions.values().cloned().collect())
+    }
+
+    /// Shared groups with their share name, filter and member count.
+    pub fn shared_groups(&self) -> Vec<(String, String, usize)> {
+        self.group_members
+            .values()
+            .map(|g| (g.share.to_string(), g.filter.to_string(), g.members.len()))
+            .collect()
+    }
+}
+
+/// Takes the deliveries that came through shared subscriptions out of a session: queued
+/// ones, and in-flight ones not yet received (`all`: also those awaiting PUBREC).
+fn take_shared(session: &mut Session, all: bool) -> Vec<Delivery> {
+    let mut moved = Vec::new();
+    let mut keep = VecDeque::new();
+    while let Some(delivery) = session.dequeue() {
+        if delivery.group.is_some() && delivery.qos != QoS::AtMostOnce {
+            moved.push(delivery);
+        } else {
+            keep.push_back(delivery);
+        }
+    }
+    while let Some(delivery) = keep.pop_back() {
+        session.requeue_front(delivery);
+    }
+    let mut pos = 0;
+    while let Some(inflight) = session.inflight.get(pos) {
+        let movable = inflight.delivery.group.is_some()
+            && match inflight.state {
+                OutState::AwaitPubAck => true,
+                OutState::AwaitPubRec => all,
+                OutState::AwaitPubComp => false,
+            };
+        if movable {
+            if let Some(inflight) = session.remove_inflight(pos) {
+                moved.push(inflight.delivery);
+            }
+        } else {
+            pos += 1;
+        }
+    }
+    moved
+}
+
+/// The PUBLISH for a delivery, without packet identifier or alias.
+fn build_publish(delivery: &Delivery, now: Instant) -> Publish {
+    let message = &delivery.message;
+    let mut properties = message.properties.clone();
+    properties.message_expiry_interval = message.remaining_expiry(now);
+    properties.subscription_identifiers = delivery.subscription_ids.clone();
+    Publish {
+        dup: false,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic: message.topic.clone(),
+        packet_id: None,
+        properties,
+        payload: message.payload.clone(),
+    }
+}
+
+/// Broker-to-client topic aliases: a topic seen before is sent as its alias alone; a new
+/// topic takes a free alias, or the least recently used one once all are taken.
+fn apply_alias(conn: &mut Conn, publish: &mut Publish) {
+    conn.alias_clock += 1;
+    let clock = conn.alias_clock;
+    if let Some((alias, used)) = conn.aliases_out.get_mut(publish.topic.as_str()) {
+        *used = clock;
+        publish.properties.topic_alias = Some(*alias);
+        publish.topic = TopicName::empty_for_alias();
+        return;
+    }
+    let alias = if conn.aliases_out.len() < usize::from(conn.alias_max_out) {
+        u16::try_from(conn.aliases_out.len() + 1)
+            .ok()
+            .and_then(NonZeroU16::new)
+    } else {
+        let oldest = conn
+            .aliases_out
+            .iter()
+            .min_by_key(|(_, (_, used))| *used)
+            .map(|(topic, (alias, _))| (topic.clone(), *alias));
+        oldest.map(|(topic, alias)| {
+            conn.aliases_out.remove(&topic);
+            alias
+        })
+    };
+    if let Some(alias) = alias {
+        conn.aliases_out
+            .insert(publish.topic.as_str().into(), (alias, clock));
+        publish.properties.topic_alias = Some(alias);
+    }
+}

@@ -1,0 +1,73 @@
+//! The engine's settings: capabilities announced in CONNACK and every per-session limit.
+
+use std::time::Duration;
+
+/// Settings of the broker engine. Every field has a documented default (`docs/config.md`) and a
+/// documented behaviour at the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Largest keep alive a client may use, in seconds. A 5.0 client asking for more (or for
+    /// 0, no keep alive, while this is below 65535) is told the maximum as Server Keep Alive;
+    /// a 3.1/3.1.1 client is refused with return code 2 (identifier rejected), as Mosquitto does.
+    pub max_keep_alive: u16,
+    /// Longest Session Expiry Interval granted, in seconds. Larger requests (and 3.1.1 sessions
+    /// with Clean Session 0, which never expire in the protocol) are cut to this; a 5.0 client is
+    /// told the value in CONNACK.
+    pub max_session_expiry_interval: u32,
+    /// Receive Maximum announced to clients: QoS 2 messages from one client that may await
+    /// PUBREL at once. One more: DISCONNECT 0x93 (3.1.1: the connection is closed).
+    pub receive_maximum: u16,
+    /// QoS 1 and 2 messages sent to one client and not yet acknowledged, at most; the
+    /// client's own Receive Maximum lowers it. The rest wait in the session's queue.
+    pub max_inflight_out: u16,
+    /// Messages waiting in one session's queue (offline, or over its inflight window).
+    pub max_queued_messages: usize,
+    /// Payload and topic bytes waiting in one session's queue.
+    pub max_queued_bytes: usize,
+    /// Whether QoS 0 messages are queued for sessions whose client is offline.
+    pub queue_qos0_offline: bool,
+    /// Subscriptions one session may hold; more are refused with SUBACK 0x97 (3.1.1: 0x80).
+    pub max_subscriptions_per_session: usize,
+    /// Levels of a topic name or filter; deeper ones are refused.
+    pub max_topic_levels: usize,
+    /// Bytes of a topic name or filter; longer ones are refused.
+    pub max_topic_length: usize,
+    /// Bytes of a client identifier; longer ones are refused at CONNECT.
+    pub max_client_id_length: usize,
+    /// User properties in one packet; more: CONNACK or DISCONNECT 0x97 (Quota exceeded).
+    pub max_user_properties: usize,
+    /// Retained messages kept in all; a message that would add one more is refused.
+    pub max_retained_messages: usize,
+    /// Topic Alias Maximum announced to clients (aliases they may use towards the broker).
+    pub topic_alias_maximum: u16,
+    /// Whether the broker assigns topic aliases on what it sends to 5.0 clients that allow them.
+    pub outbound_topic_aliases: bool,
+    /// Maximum Packet Size announced in CONNACK (the server's decoder enforces it).
+    pub max_packet_size: u32,
+    /// How often `$SYS/broker/...` topics are published; `None` disables them.
+    pub sys_interval: Option<Duration>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            max_keep_alive: 65_535,
+            max_session_expiry_interval: 7 * 24 * 3600,
+            receive_maximum: 128,
+            max_inflight_out: 128,
+            max_queued_messages: 1000,
+            max_queued_bytes: 8 * 1024 * 1024,
+            queue_qos0_offline: false,
+            max_subscriptions_per_session: 10_000,
+            max_topic_levels: 128,
+            max_topic_length: 4096,
+            max_client_id_length: 256,
+            max_user_properties: 64,
+            max_retained_messages: 100_000,
+            topic_alias_maximum: 64,
+            outbound_topic_aliases: true,
+            max_packet_size: 1024 * 1024,
+            sys_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! `bulwark-core`: the broker engine. Sessions, the subscription index, retained messages,
+//! wills, shared subscriptions, QoS 1 and 2 exchanges and delivery queues, driven by decoded
+//! packets and by `now`.
+//!
+//! The engine is sans I/O: it reads no clock (time is an argument), owns no socket and
+//! spawns no task, so a test can drive it packet by packet with a controlled clock. It
+//! depends on `bulwark-proto` and `bytes` only, and must never depend on an async runtime;
+//! parked sessions are reached only through the [`SessionStore`] trait.
+#![forbid(unsafe_code)]
+
+mod broker;
+mod config;
+pub mod index;
+mod keepalive;
+mod message;
+mod session;
+mod store;
+
+pub use broker::{Broker, ConnectionId, Output, SessionKey, Stats};
+pub use config::BrokerConfig;
+pub use keepalive::KeepAlive;
+pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
+pub use session::{QueueFull, QueueLimits, Session, SubscriptionRecord};
+pub use store::{MemoryStore, SessionStore};

@@ -1,0 +1,208 @@
+//! The state of one MQTT session, kept while its client is connected and while it is parked.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bulwark_proto::{PacketId, SubscriptionId, SubscriptionOptions, TopicFilter};
+
+use crate::SessionKey;
+use crate::message::{Delivery, Inflight};
+
+/// One subscription of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    /// The filter as subscribed (with its `$share/{name}/` prefix, if any).
+    pub filter: TopicFilter,
+    /// Options as granted (QoS lowered to what the broker supports).
+    pub options: SubscriptionOptions,
+    /// The Subscription Identifier given with it.
+    pub id: Option<SubscriptionId>,
+}
+
+/// Bounds of a session's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Messages at most.
+    pub max_messages: usize,
+    /// Bytes (payload and topic) at most.
+    pub max_bytes: usize,
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueFull {
+    /// The session has `max_messages` waiting.
+    Messages,
+    /// The message would take the session over `max_bytes`.
+    Bytes,
+}
+
+/// An MQTT session: subscriptions, messages waiting, QoS exchanges in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The engine's handle for it, stable while the session lives.
+    pub key: SessionKey,
+    /// The client identifier that owns it.
+    pub client_id: Arc<str>,
+    /// Subscriptions by the filter's full text.
+    pub subscriptions: HashMap<Box<str>, SubscriptionRecord>,
+    /// Session Expiry Interval in seconds, as granted; `u32::MAX` never expires.
+    pub expiry_interval: u32,
+    /// Messages not yet sent, oldest first.
+    pub queue: VecDeque<Delivery>,
+    queue_bytes: usize,
+    /// QoS 1 and 2 messages sent and not completed, in the order they were first sent.
+    pub inflight: VecDeque<Inflight>,
+    ids_in_use: HashSet<u16>,
+    next_id: u16,
+    /// Identifiers of QoS 2 messages received from the client (and answered with PUBREC)
+    /// whose PUBREL has not come yet: a PUBLISH reusing one is a resend, not a new message.
+    pub incoming_qos2: HashSet<u16>,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(key: SessionKey, client_id: Arc<str>, expiry_interval: u32) -> Self {
+        Self {
+            key,
+            client_id,
+            subscriptions: HashMap::new(),
+            expiry_interval,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            inflight: VecDeque::new(),
+            ids_in_use: HashSet::new(),
+            next_id: 0,
+            incoming_qos2: HashSet::new(),
+        }
+    }
+
+    /// Appends a message to the queue, or says why it does not fit.
+    pub fn enqueue(&mut self, delivery: Delivery, limits: QueueLimits) -> Result<(), QueueFull> {
+        if self.queue.len() >= limits.max_messages {
+            return Err(QueueFull::Messages);
+        }
+        let cost = delivery.message.cost();
+        if self.queue_bytes.saturating_add(cost) > limits.max_bytes {
+            return Err(QueueFull::Bytes);
+        }
+        self.queue_bytes += cost;
+        self.queue.push_back(delivery);
+        Ok(())
+    }
+
+    /// Takes the oldest queued message.
+    pub fn dequeue(&mut self) -> Option<Delivery> {
+        let delivery = self.queue.pop_front()?;
+        self.queue_bytes = self.queue_bytes.saturating_sub(delivery.message.cost());
+        Some(delivery)
+    }
+
+    /// Puts a message back at the head of the queue (it could not be sent yet).
+    pub fn requeue_front(&mut self, delivery: Delivery) {
+        self.queue_bytes += delivery.message.cost();
+        self.queue.push_front(delivery);
+    }
+
+    /// Bytes waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue_bytes
+    }
+
+    /// A packet identifier not used by any message in flight, or `None` if all 65,535 are.
+    pub fn allocate_id(&mut self) -> Option<PacketId> {
+        if self.ids_in_use.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            self.next_id = self.next_id.wrapping_add(1);
+            if let Some(id) = PacketId::new(self.next_id) {
+                if self.ids_in_use.insert(id.get()) {
+                    return Some(id);
+                }
+            }
+        }
+    }
+
+    /// Records a message as sent with `packet_id` (from [`Session::allocate_id`]).
+    pub fn push_inflight(&mut self, inflight: Inflight) {
+        self.ids_in_use.insert(inflight.packet_id.get());
+        self.inflight.push_back(inflight);
+    }
+
+    /// The position of the message in flight with `packet_id`.
+    pub fn inflight_position(&self, packet_id: PacketId) -> Option<usize> {
+        // Acknowledgements mostly come in order, so the front is the usual hit.
+        self.inflight.iter().position(|i| i.packet_id == packet_id)
+    }
+
+    /// Removes the message in flight at `position` and frees its identifier.
+    pub fn remove_inflight(&mut self, position: usize) -> Option<Inflight> {
+        let inflight = self.inflight.remove(position)?;
+        self.ids_in_use.remove(&inflight.packet_id.get());
+        Some(inflight)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::message::{Message, OutState};
+    use bulwark_proto::{PublishProperties, QoS, TopicName};
+    use bytes::Bytes;
+
+    fn delivery(len: usize) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: TopicName::new("t").unwrap(),
+                payload: Bytes::from(vec![0; len]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: PublishProperties::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            group: None,
+        }
+    }
+
+    #[test]
+    fn queue_bounds_count_and_bytes() {
+        let mut s = Session::new(SessionKey(1), "c".into(), 0);
+        let limits = QueueLimits {
+            max_messages: 2,
+            max_bytes: 20,
+        };
+        assert_eq!(s.enqueue(delivery(9), limits), Ok(()));
+        assert_eq!(s.enqueue(delivery(10), limits), Err(QueueFull::Bytes));
+        assert_eq!(s.enqueue(delivery(5), limits), Ok(()));
+        assert_eq!(s.enqueue(delivery(0), limits), Err(QueueFull::Messages));
+        assert_eq!(s.queued_bytes(), 16);
+        assert_eq!(s.dequeue().unwrap().message.payload.len(), 9);
+        assert_eq!(s.queued_bytes(), 6);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let mut s = Session::new(SessionKey(1), "c".into(), 0);
+        let first = s.allocate_id().unwrap();
+        assert_eq!(first.get(), 1);
+        s.push_inflight(Inflight {
+            packet_id: first,
+            delivery: delivery(1),
+            state: OutState::AwaitPubAck,
+        });
+        s.next_id = u16::MAX - 1;
+        assert_eq!(s.allocate_id().unwrap().get(), u16::MAX);
+        // Wraps past 0 and skips 1, which is still in flight.
+        assert_eq!(s.allocate_id().unwrap().get(), 2);
+        let pos = s.inflight_position(first).unwrap();
+        s.remove_inflight(pos);
+        s.next_id = 0;
+        assert_eq!(s.allocate_id().unwrap().get(), 1);
+    }
+}

@@ -1,0 +1,284 @@
+//! One task per connection: reads and decodes, forwards packets to the router, encodes and
+//! writes what the router sends back, enforces the CONNECT timeout and keep alive.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bulwark_core::{ConnectionId, KeepAlive, Output};
+use bulwark_proto::{
+    ConnAck, ConnectReturnCode, DecodeError, Decoder, DecoderLimits, Disconnect, Encoder, Packet,
+    ProtocolVersion, ReasonCode,
+};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::router::{ToRouter, Traffic, backlog_cost};
+
+/// How much a single read may add to the receive buffer.
+const READ_CHUNK: usize = 16 * 1024;
+/// Outputs drained into one write.
+const WRITE_BATCH: usize = 512;
+
+pub(crate) struct DriverContext {
+    pub(crate) router: mpsc::Sender<ToRouter>,
+    pub(crate) limits: DecoderLimits,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) traffic: Arc<Traffic>,
+}
+
+/// Why a connection ended, for the log.
+#[derive(Debug)]
+#[allow(
+    dead_code,
+    reason = "the fields are read through Debug, in the log line"
+)]
+enum End {
+    Closed,
+    Io(std::io::Error),
+    Decode(DecodeError),
+    KeepAlive,
+    ConnectTimeout,
+    Engine,
+    RouterGone,
+}
+
+pub(crate) async fn drive(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: ConnectionId,
+    ctx: Arc<DriverContext>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut driver = Driver {
+        stream,
+        conn,
+        decoder: Decoder::server(ctx.limits),
+        encoder: Encoder::new(ProtocolVersion::V5),
+        out: BytesMut::with_capacity(4096),
+        ctx,
+        registered: false,
+    };
+    let end = driver.run().await;
+    if driver.registered {
+        let _ = driver.ctx.router.send(ToRouter::Lost { conn }).await;
+    }
+    match &end {
+        End::Closed | End::Engine => debug!(%peer, conn = conn.0, ?end, "connection closed"),
+        _ => info!(%peer, conn = conn.0, ?end, "connection ended"),
+    }
+}
+
+struct Driver {
+    stream: TcpStream,
+    conn: ConnectionId,
+    decoder: Decoder,
+    encoder: Encoder,
+    out: BytesMut,
+    ctx: Arc<DriverContext>,
+    registered: bool,
+}
+
+impl Driver {
+    async fn read_some(&mut self) -> Result<usize, End> {
+        let buf = self.decoder.buffer_mut();
+        buf.reserve(READ_CHUNK);
+        let n = self.stream.read_buf(buf).await.map_err(End::Io)?;
+        if n == 0 {
+            return Err(End::Closed);
+        }
+        self.ctx
+            .traffic
+            .received
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.stream.write_all(&self.out).await.map_err(End::Io)?;
+        self.ctx
+            .traffic
+            .sent
+            .fetch_add(self.out.len() as u64, Ordering::Relaxed);
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Answers a CONNECT the decoder refused, where the protocol gives a way to.
+    async fn refuse_connect(&mut self, err: &DecodeError) {
+        let code = err.reason_code();
+        match self.decoder.protocol_version() {
+            Some(version) if version.is_v5() => {
+                let mut connack = ConnAck::new(false, code);
+                connack.properties.reason_string =
+                    bulwark_proto::MqttString::new(&err.to_string()).ok();
+                let _ = Encoder::new(version)
+                    .encode_fitting(&mut Packet::ConnAck(Box::new(connack)), &mut self.out);
+            }
+            // 3.1.1 has return codes only for some refusals; others just close.
+            Some(version)
+                if ConnectReturnCode::from_reason(code).is_some()
+                    && !matches!(
+                        code,
+                        ReasonCode::MalformedPacket | ReasonCode::ProtocolError
+                    ) =>
+            {
+                let _ = Encoder::new(version).encode(&ConnAck::new(false, code), &mut self.out);
+            }
+            Some(_) => {}
+            None if code == ReasonCode::UnsupportedProtocolVersion => {
+                // An unknown protocol level: answer as 3.1.1 would, return code 1.
+                let _ = Encoder::new(ProtocolVersion::V3_1_1)
+                    .encode(&ConnAck::new(false, code), &mut self.out);
+            }
+            None => {}
+        }
+        let _ = self.flush().await;
+    }
+
+    async fn run(&mut self) -> End {
+        // Phase 1: a complete CONNECT within the timeout.
+        let deadline = tokio::time::Instant::now() + self.ctx.connect_timeout;
+        let connect = loop {
+            match self.decoder.poll_packet() {
+                Ok(Some(Packet::Connect(connect))) => break connect,
+                Ok(Some(_)) => return End::Engine,
+                Ok(None) => {}
+                Err(err) => {
+                    self.refuse_connect(&err).await;
+                    return End::Decode(err);
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.read_some()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(end)) => return end,
+                Err(_) => return End::ConnectTimeout,
+            }
+        };
+        let version = connect.protocol_version;
+        self.encoder = Encoder::new(version);
+        if let Some(max) = connect.properties.maximum_packet_size {
+            self.encoder.set_max_packet_size(max.get());
+        }
+        let mut keep_alive_secs = connect.keep_alive;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let registration = ToRouter::Connect {
+            conn: self.conn,
+            connect,
+            tx,
+            backlog: backlog.clone(),
+        };
+        if self.ctx.router.send(registration).await.is_err() {
+            return End::RouterGone;
+        }
+        self.registered = true;
+        let mut keep_alive = KeepAlive::new(keep_alive_secs, Instant::now());
+        let mut batch: Vec<Packet> = Vec::new();
+        let mut outputs: Vec<Output> = Vec::with_capacity(WRITE_BATCH);
+
+        // Phase 2: packets both ways until one side ends it.
+        loop {
+            let ka_deadline = keep_alive.poll_deadline();
+            let ka_sleep = async {
+                match ka_deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = self.read_some() => {
+                    if let Err(end) = read {
+                        return end;
+                    }
+                    keep_alive.handle_activity(Instant::now());
+                    let failure = loop {
+                        match self.decoder.poll_packet() {
+                            Ok(Some(Packet::PingReq)) => {
+                                // Answered here: the engine need not see keep-alive traffic.
+                                let _ = self.encoder.encode(&Packet::PingResp, &mut self.out);
+                            }
+                            Ok(Some(packet)) => batch.push(packet),
+                            Ok(None) => break None,
+                            Err(err) => break Some(err),
+                        }
+                    };
+                    if !batch.is_empty() {
+                        let packets = std::mem::take(&mut batch);
+                        let msg = ToRouter::Packets { conn: self.conn, packets };
+                        if self.ctx.router.send(msg).await.is_err() {
+                            return End::RouterGone;
+                        }
+                    }
+                    if let Some(err) = failure {
+                        if version.is_v5() {
+                            let mut d = Disconnect::new(err.reason_code());
+                            d.properties.reason_string =
+                                bulwark_proto::MqttString::new(&err.to_string()).ok();
+                            let _ = self
+                                .encoder
+                                .encode_fitting(&mut Packet::Disconnect(d), &mut self.out);
+                        }
+                        let _ = self.flush().await;
+                        return End::Decode(err);
+                    }
+                    if let Err(end) = self.flush().await {
+                        return end;
+                    }
+                }
+                n = rx.recv_many(&mut outputs, WRITE_BATCH) => {
+                    if n == 0 {
+                        return End::RouterGone;
+                    }
+                    let mut close = false;
+                    for output in outputs.drain(..) {
+                        backlog.fetch_sub(backlog_cost(&output), Ordering::Relaxed);
+                        match output {
+                            Output::Packet(mut packet) => {
+                                if let Packet::ConnAck(ack) = &packet {
+                                    if !ack.reason_code.is_error() {
+                                        self.decoder.set_authenticated();
+                                    }
+                                    if let Some(server) = ack.properties.server_keep_alive {
+                                        keep_alive_secs = server;
+                                        keep_alive = KeepAlive::new(keep_alive_secs, Instant::now());
+                                    }
+                                }
+                                if let Err(err) = self.encoder.encode_fitting(&mut packet, &mut self.out) {
+                                    debug!(conn = self.conn.0, %err, "packet not sent");
+                                }
+                            }
+                            Output::Close => close = true,
+                        }
+                        if close {
+                            break;
+                        }
+                    }
+                    if let Err(end) = self.flush().await {
+                        return end;
+                    }
+                    if close {
+                        let _ = self.stream.shutdown().await;
+                        return End::Engine;
+                    }
+                }
+                () = ka_sleep => {
+                    if version.is_v5() {
+                        let _ = self
+                            .encoder
+                            .encode(&Disconnect::new(ReasonCode::KeepAliveTimeout), &mut self.out);
+                        let _ = self.flush().await;
+                    }
+                    return End::KeepAlive;
+                }
+            }
+        }
+    }
+}
