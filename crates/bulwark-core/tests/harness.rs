@@ -1,0 +1,849 @@
+//! The in-memory harness: the engine driven packet by packet with a controlled clock
+//! (DESIGN.md rule 9). Session, QoS, expiry and will timing are checked here, where time can be
+//! moved by hand.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
+use std::collections::HashMap;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::time::{Duration, Instant};
+
+use bulwark_core::{Broker, BrokerConfig, ConnectionId, MemoryStore, Output};
+use bulwark_proto::{
+    ClientId, Connect, Disconnect, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec,
+    PubRel, Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionId,
+    SubscriptionOptions, TopicFilter, TopicName, Unsubscribe, Will,
+};
+use bytes::Bytes;
+
+struct Harness {
+    broker: Broker,
+    now: Instant,
+    inbox: HashMap<u64, Vec<Output>>,
+}
+
+fn pid(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+fn connect(version: ProtocolVersion, id: &str) -> Connect {
+    let mut c = Connect::new(version, ClientId::new(id).unwrap());
+    c.keep_alive = 60;
+    c
+}
+
+fn publish(topic: &str, payload: &str, qos: QoS, id: Option<u16>) -> Publish {
+    let mut p = Publish::new(TopicName::new(topic).unwrap(), Bytes::from(payload.to_owned()));
+    p.qos = qos;
+    p.packet_id = id.map(pid);
+    p
+}
+
+fn subscribe(id: u16, filter: &str, options: SubscriptionOptions) -> Subscribe {
+    Subscribe {
+        packet_id: pid(id),
+        properties: Default::default(),
+        subscriptions: vec![bulwark_proto::Subscription {
+            filter: TopicFilter::new(filter).unwrap(),
+            options,
+        }],
+    }
+}
+
+impl Harness {
+    fn new(config: BrokerConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            broker: Broker::new(config, Box::new(MemoryStore::new()), now),
+            now,
+            inbox: HashMap::new(),
+        }
+    }
+
+    fn default() -> Self {
+        Self::new(BrokerConfig {
+            sys_interval: None,
+            ..BrokerConfig::default()
+        })
+    }
+
+    fn collect(&mut self) {
+        while let Some((conn, out)) = self.broker.poll_output() {
+            self.inbox.entry(conn.0).or_default().push(out);
+        }
+    }
+
+    fn connect(&mut self, conn: u64, c: Connect) -> bulwark_proto::ConnAck {
+        self.broker.handle_connect(ConnectionId(conn), c, self.now);
+        self.collect();
+        let out = self.take(conn);
+        match out.first() {
+            Some(Output::Packet(Packet::ConnAck(ack))) => {
+                let ack = (**ack).clone();
+                // Keep whatever followed the CONNACK (resent or queued messages).
+                self.inbox.insert(conn, out.into_iter().skip(1).collect());
+                ack
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    fn send(&mut self, conn: u64, packet: Packet) {
+        self.broker.handle_packet(ConnectionId(conn), packet, self.now);
+        self.collect();
+    }
+
+    fn lose(&mut self, conn: u64) {
+        self.broker.handle_connection_lost(ConnectionId(conn), self.now);
+        self.collect();
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        if self.broker.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.broker.handle_timeout(self.now);
+        }
+        self.collect();
+    }
+
+    fn take(&mut self, conn: u64) -> Vec<Output> {
+        self.inbox.remove(&conn).unwrap_or_default()
+    }
+
+    fn publishes(&mut self, conn: u64) -> Vec<Publish> {
+        self.take(conn)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Packet(Packet::Publish(p)) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sub(&mut self, conn: u64, filter: &str, qos: QoS) {
+        self.send(
+            conn,
+            Packet::Subscribe(subscribe(1, filter, SubscriptionOptions::qos(qos))),
+        );
+        let out = self.take(conn);
+        assert!(
+            matches!(out.first(), Some(Output::Packet(Packet::SubAck(_)))),
+            "{out:?}"
+        );
+        // Retained messages that followed the SUBACK stay for the test to read.
+        self.inbox.insert(conn, out.into_iter().skip(1).collect());
+    }
+}
+
+fn v5_persistent(id: &str, expiry: u32) -> Connect {
+    let mut c = connect(ProtocolVersion::V5, id);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(expiry);
+    c
+}
+
+#[test]
+fn qos2_resend_before_pubrel_is_not_delivered_twice() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "sub"));
+    h.sub(1, "t", QoS::ExactlyOnce);
+    h.connect(2, connect(ProtocolVersion::V5, "pub"));
+    h.send(2, Packet::Publish(publish("t", "once", QoS::ExactlyOnce, Some(7))));
+    let mut again = publish("t", "once", QoS::ExactlyOnce, Some(7));
+    again.dup = true;
+    h.send(2, Packet::Publish(again));
+    let acks = h.take(2);
+    assert_eq!(acks.len(), 2, "each PUBLISH is answered with PUBREC: {acks:?}");
+    assert!(acks
+        .iter()
+        .all(|o| matches!(o, Output::Packet(Packet::PubRec(r)) if r.packet_id == pid(7))));
+    assert_eq!(h.publishes(1).len(), 1, "delivered exactly once");
+    h.send(2, Packet::PubRel(PubRel::new(pid(7))));
+    assert!(matches!(
+        h.take(2).as_slice(),
+        [Output::Packet(Packet::PubComp(c))] if c.reason_code == ReasonCode::Success
+    ));
+    // After PUBREL the identifier is free: a new message with it is a new message.
+    h.send(2, Packet::Publish(publish("t", "twice", QoS::ExactlyOnce, Some(7))));
+    assert_eq!(h.publishes(1).len(), 1);
+    // PUBREL for an unknown identifier: PUBCOMP 0x92.
+    h.send(2, Packet::PubRel(PubRel::new(pid(99))));
+    assert!(h.take(2).iter().any(|o| matches!(o,
+        Output::Packet(Packet::PubComp(c)) if c.reason_code == ReasonCode::PacketIdentifierNotFound)));
+}
+
+#[test]
+fn qos2_outbound_flow_and_pubrec_error_ends_the_exchange() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "sub"));
+    h.sub(1, "t", QoS::ExactlyOnce);
+    h.connect(2, connect(ProtocolVersion::V5, "pub"));
+    h.send(2, Packet::Publish(publish("t", "a", QoS::ExactlyOnce, Some(1))));
+    let p = h.publishes(1).remove(0);
+    let id = p.packet_id.unwrap();
+    h.send(1, Packet::PubRec(PubRec::new(id)));
+    assert!(matches!(h.take(1).as_slice(), [Output::Packet(Packet::PubRel(r))] if r.packet_id == id));
+    h.send(1, Packet::PubComp(PubComp::new(id)));
+    assert!(h.take(1).is_empty());
+    // A PUBREC with an error code: no PUBREL follows.
+    h.send(2, Packet::Publish(publish("t", "b", QoS::ExactlyOnce, Some(2))));
+    let id = h.publishes(1).remove(0).packet_id.unwrap();
+    let mut rec = PubRec::new(id);
+    rec.reason_code = ReasonCode::UnspecifiedError;
+    h.send(1, Packet::PubRec(rec));
+    assert!(h.take(1).is_empty());
+}
+
+#[test]
+fn inflight_window_follows_the_clients_receive_maximum() {
+    let mut h = Harness::default();
+    let mut c = connect(ProtocolVersion::V5, "slow");
+    c.properties.receive_maximum = NonZeroU16::new(2);
+    h.connect(1, c);
+    h.sub(1, "t", QoS::AtLeastOnce);
+    h.connect(2, connect(ProtocolVersion::V5, "pub"));
+    for i in 1..=5u16 {
+        h.send(2, Packet::Publish(publish("t", &i.to_string(), QoS::AtLeastOnce, Some(i))));
+    }
+    let first = h.publishes(1);
+    assert_eq!(first.len(), 2, "only Receive Maximum messages in flight");
+    h.send(1, Packet::PubAck(PubAck::new(first[0].packet_id.unwrap())));
+    let next = h.publishes(1);
+    assert_eq!(next.len(), 1);
+    assert_eq!(&next[0].payload[..], b"3", "queued messages keep their order");
+}
+
+#[test]
+fn receive_maximum_exceeded_disconnects_with_0x93() {
+    let mut h = Harness::new(BrokerConfig {
+        receive_maximum: 2,
+        sys_interval: None,
+        ..BrokerConfig::default()
+    });
+    h.connect(1, connect(ProtocolVersion::V5, "p"));
+    for i in 1..=2 {
+        h.send(1, Packet::Publish(publish("t", "x", QoS::ExactlyOnce, Some(i))));
+    }
+    assert!(h.take(1).iter().all(|o| matches!(o, Output::Packet(Packet::PubRec(_)))));
+    h.send(1, Packet::Publish(publish("t", "x", QoS::ExactlyOnce, Some(3))));
+    let out = h.take(1);
+    assert!(matches!(out.as_slice(),
+        [Output::Packet(Packet::Disconnect(d)), Output::Close] if d.reason_code == ReasonCode::ReceiveMaximumExceeded),
+        "{out:?}");
+}
+
+#[test]
+fn session_resume_resends_inflight_with_dup_then_the_queue() {
+    let mut h = Harness::default();
+    h.connect(1, v5_persistent("s", 3600));
+    h.sub(1, "t", QoS::AtLeastOnce);
+    h.connect(2, connect(ProtocolVersion::V5, "pub"));
+    h.send(2, Packet::Publish(publish("t", "first", QoS::AtLeastOnce, Some(1))));
+    let sent = h.publishes(1);
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0].dup);
+    h.lose(1);
+    h.send(2, Packet::Publish(publish("t", "second", QoS::AtLeastOnce, Some(2))));
+    h.advance(10);
+    let ack = h.connect(3, v5_persistent("s", 3600));
+    assert!(ack.session_present);
+    let resent = h.publishes(3);
+    assert_eq!(resent.len(), 2, "{resent:?}");
+    assert!(resent[0].dup, "the unacknowledged message is resent with DUP");
+    assert_eq!(resent[0].packet_id, sent[0].packet_id);
+    assert_eq!(&resent[0].payload[..], b"first");
+    assert!(!resent[1].dup);
+    assert_eq!(&resent[1].payload[..], b"second");
+}
+
+#[test]
+fn qos2_awaiting_pubcomp_resumes_with_pubrel() {
+    let mut h = Harness::default();
+    h.connect(1, v5_persistent("s", 3600));
+    h.sub(1, "t", QoS::ExactlyOnce);
+    h.connect(2, connect(ProtocolVersion::V5, "pub"));
+    h.send(2, Packet::Publish(publish("t", "x", QoS::ExactlyOnce, Some(1))));
+    let id = h.publishes(1)[0].packet_id.unwrap();
+    h.send(1, Packet::PubRec(PubRec::new(id)));
+    h.take(1);
+    h.lose(1);
+    h.connect(3, v5_persistent("s", 3600));
+    let out = h.take(3);
+    assert!(matches!(out.as_slice(), [Output::Packet(Packet::PubRel(r))] if r.packet_id == id), "{out:?}");
+}
+
+#[test]
+fn parked_session_expires_on_time() {
+    let mut h = Harness::default();
+    h.connect(1, v5_persistent("s", 30));
+    h.sub(1, "t", QoS::AtLeastOnce);
+    h.lose(1);
+    assert_eq!(h.broker.sessions(), 1);
+    h.advance(29);
+    assert_eq!(h.broker.sessions(), 1);
+    h.advance(1);
+    assert_eq!(h.broker.sessions(), 0);
+    assert_eq!(h.broker.subscription_count(), 0);
+    assert!(!h.connect(2, v5_persistent("s", 30)).session_present);
+}
+
+#[test]
+fn clean_start_discards_the_old_session() {
+    let mut h = Harness::default();
+    h.connect(1, v5_persistent("s", 300));
+    h.sub(1, "t", QoS::AtLeastOnce);
+    h.lose(1);
+    let ack = h.connect(2, connect(ProtocolVersion::V5, "s"));
+    assert!(!ack.session_present);
+    assert!(h.broker.session_subscriptions("s").is_empty());
+}
+
+#[test]
+fn session_expiry_is_capped_and_announced() {
+    let mut h = Harness::new(BrokerConfig {
+        max_session_expiry_interval: 100,
+        sys_interval: None,
+        ..BrokerConfig::default()
+    });
+    let ack = h.connect(1, v5_persistent("s", 5000));
+    assert_eq!(ack.properties.session_expiry_interval, Some(100));
+    // 3.1.1 Clean Session 0 never expires in the protocol; the cap applies.
+    let mut c = connect(ProtocolVersion::V3_1_1, "old");
+    c.clean_start = false;
+    h.connect(2, c);
+    h.lose(2);
+    h.advance(99);
+    assert!(h.broker.sessions() >= 1);
+    h.advance(1);
+    assert!(h.broker.session_subscriptions("old").is_empty());
+}
+
+#[test]
+fn takeover_closes_the_old_connection_with_0x8e() {
+    let mut h = Harness::default();
+    h.connect(1, v5_persistent("same", 300));
+    h.sub(1, "t", QoS::AtLeastOnce);
+    let ack = h.connect(2, v5_persistent("same", 300));
+    assert!(ack.session_present);
+    let old = h.take(1);
+    assert!(matches!(old.as_slice(),
+        [Output::Packet(Packet::Disconnect(d)), Output::Close] if d.reason_code == ReasonCode::SessionTakenOver),
+        "{old:?}");
+    assert_eq!(h.broker.connected(), 1);
+    assert_eq!(h.broker.session_subscriptions("same").len(), 1);
+}
+
+#[test]
+fn will_is_sent_on_loss_not_on_normal_disconnect_and_on_0x04() {
+    fn with_will(id: &str) -> Connect {
+        let mut c = connect(ProtocolVersion::V5, id);
+        c.will = Some(Will {
+            topic: TopicName::new("wills").unwrap(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        c
+    }
+    let mut h = Harness::default();
+    h.connect(9, connect(ProtocolVersion::V5, "watcher"));
+    h.sub(9, "wills", QoS::AtLeastOnce);
+    h.connect(1, with_will("a"));
+    h.lose(1);
+    assert_eq!(h.publishes(9).len(), 1, "abnormal loss sends the will");
+    h.connect(2, with_will("b"));
+    h.send(2, Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
+    assert!(h.publishes(9).is_empty(), "normal disconnection discards the will");
+    h.connect(3, with_will("c"));
+    h.send(3, Packet::Disconnect(Disconnect::new(ReasonCode::DisconnectWithWillMessage)));
+    assert_eq!(h.publishes(9).len(), 1, "0x04 sends the will");
+}
+
+#[test]
+fn will_delay_waits_and_a_resumed_session_cancels_it() {
+    let mut h = Harness::default();
+    h.connect(9, connect(ProtocolVersion::V5, "watcher"));
+    h.sub(9, "wills", QoS::AtMostOnce);
+    let will = Will {
+        topic: TopicName::new("wills").unwrap(),
+        payload: Bytes::from_static(b"late"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: bulwark_proto::WillProperties {
+            will_delay_interval: Some(10),
+            content_type: bulwark_proto::MqttString::new("text/plain").ok(),
+            ..Default::default()
+        },
+    };
+    let mut c = v5_persistent("d", 3600);
+    c.will = Some(will.clone());
+    h.connect(1, c.clone());
+    h.lose(1);
+    h.advance(9);
+    assert!(h.publishes(9).is_empty());
+    h.advance(1);
+    let got = h.publishes(9);
+    assert_eq!(got.len(), 1, "sent after the Will Delay Interval");
+    assert_eq!(got[0].properties.content_type.as_ref().unwrap().as_str(), "text/plain");
+
+    // Reconnecting before the delay ends cancels it.
+    h.connect(2, c);
+    h.lose(2);
+    h.advance(5);
+    h.connect(3, v5_persistent("d", 3600));
+    h.advance(20);
+    assert!(h.publishes(9).is_empty());
+}
+
+#[test]
+fn will_goes_when_the_session_ends_before_the_delay() {
+    let mut h = Harness::default();
+    h.connect(9, connect(ProtocolVersion::V5, "watcher"));
+    h.sub(9, "wills", QoS::AtMostOnce);
+    let mut c = v5_persistent("d", 5);
+    c.will = Some(Will {
+        topic: TopicName::new("wills").unwrap(),
+        payload: Bytes::from_static(b"x"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: bulwark_proto::WillProperties {
+            will_delay_interval: Some(60),
+            ..Default::default()
+        },
+    });
+    h.connect(1, c);
+    h.lose(1);
+    h.advance(5);
+    assert_eq!(h.publishes(9).len(), 1, "session expiry (5 s) comes before the delay (60 s)");
+}
+
+#[test]
+fn message_expiry_counts_down_while_queued_and_expired_messages_are_dropped() {
+    let mut h = Harness::default();
+    h.connect(1, v5_persistent("s", 3600));
+    h.sub(1, "t", QoS::AtLeastOnce);
+    h.lose(1);
+    h.connect(2, connect(ProtocolVersion::V5, "pub"));
+    let mut short = publish("t", "short", QoS::AtLeastOnce, Some(1));
+    short.properties.message_expiry_interval = Some(5);
+    let mut long = publish("t", "long", QoS::AtLeastOnce, Some(2));
+    long.properties.message_expiry_interval = Some(100);
+    h.send(2, Packet::Publish(short));
+    h.send(2, Packet::Publish(long));
+    h.advance(30);
+    h.connect(3, v5_persistent("s", 3600));
+    let got = h.publishes(3);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0].payload[..], b"long");
+    assert_eq!(got[0].properties.message_expiry_interval, Some(70));
+    assert_eq!(h.broker.stats().messages_expired, 1);
+}
+
+#[test]
+fn overlapping_subscriptions_give_one_copy_with_every_identifier() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "s"));
+    let mut s1 = subscribe(1, "a/+", SubscriptionOptions::qos(QoS::AtMostOnce));
+    s1.properties.subscription_identifier = SubscriptionId::new(11);
+    let mut s2 = subscribe(2, "a/#", SubscriptionOptions::qos(QoS::AtLeastOnce));
+    s2.properties.subscription_identifier = SubscriptionId::new(22);
+    h.send(1, Packet::Subscribe(s1));
+    h.send(1, Packet::Subscribe(s2));
+    h.take(1);
+    h.connect(2, connect(ProtocolVersion::V5, "p"));
+    h.send(2, Packet::Publish(publish("a/b", "x", QoS::ExactlyOnce, Some(1))));
+    let got = h.publishes(1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos, QoS::AtLeastOnce, "highest granted QoS, at most the published");
+    let mut ids: Vec<u32> = got[0].properties.subscription_identifiers.iter().map(|i| i.get()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![11, 22]);
+}
+
+#[test]
+fn no_local_and_retain_as_published() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "me"));
+    let mut opts = SubscriptionOptions::qos(QoS::AtMostOnce);
+    opts.no_local = true;
+    h.send(1, Packet::Subscribe(subscribe(1, "own", opts)));
+    let mut rap = SubscriptionOptions::qos(QoS::AtMostOnce);
+    rap.retain_as_published = true;
+    h.send(1, Packet::Subscribe(subscribe(2, "rap", rap)));
+    h.send(1, Packet::Subscribe(subscribe(3, "plain", SubscriptionOptions::qos(QoS::AtMostOnce))));
+    h.take(1);
+    h.send(1, Packet::Publish(publish("own", "x", QoS::AtMostOnce, None)));
+    assert!(h.publishes(1).is_empty(), "No Local");
+    h.connect(2, connect(ProtocolVersion::V5, "other"));
+    let mut p = publish("rap", "r", QoS::AtMostOnce, None);
+    p.retain = true;
+    h.send(2, Packet::Publish(p));
+    let mut p = publish("plain", "r", QoS::AtMostOnce, None);
+    p.retain = true;
+    h.send(2, Packet::Publish(p));
+    let got = h.publishes(1);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].retain, "Retain As Published keeps the flag");
+    assert!(!got[1].retain, "live delivery clears it otherwise [MQTT-3.3.1-12]");
+}
+
+#[test]
+fn retained_messages_set_replace_delete_and_retain_handling() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "p"));
+    let mut p = publish("r/1", "v1", QoS::AtMostOnce, None);
+    p.retain = true;
+    h.send(1, Packet::Publish(p.clone()));
+    p.payload = Bytes::from_static(b"v2");
+    h.send(1, Packet::Publish(p.clone()));
+    let mut q = publish("r/2", "other", QoS::AtMostOnce, None);
+    q.retain = true;
+    h.send(1, Packet::Publish(q));
+    assert_eq!(h.broker.retained_count(), 2);
+
+    h.connect(2, connect(ProtocolVersion::V5, "s"));
+    h.sub(2, "r/+", QoS::AtLeastOnce);
+    let got = h.publishes(2);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|m| m.retain));
+    assert_eq!(&got[0].payload[..], b"v2", "replaced");
+
+    // Retain Handling 1: only for a new subscription.
+    let mut opts = SubscriptionOptions::qos(QoS::AtMostOnce);
+    opts.retain_handling = RetainHandling::SendIfNew;
+    h.send(2, Packet::Subscribe(subscribe(5, "r/1", opts)));
+    assert_eq!(h.publishes(2).len(), 1);
+    h.send(2, Packet::Subscribe(subscribe(6, "r/1", opts)));
+    assert!(h.publishes(2).is_empty(), "existing subscription: none");
+    opts.retain_handling = RetainHandling::DoNotSend;
+    h.send(2, Packet::Subscribe(subscribe(7, "r/2", opts)));
+    assert!(h.publishes(2).is_empty(), "Retain Handling 2: none");
+
+    p.payload = Bytes::new();
+    h.send(1, Packet::Publish(p));
+    assert_eq!(h.broker.retained_count(), 1, "empty payload deletes");
+}
+
+#[test]
+fn retained_limit_refuses_new_topics_with_quota_exceeded() {
+    let mut h = Harness::new(BrokerConfig {
+        max_retained_messages: 1,
+        sys_interval: None,
+        ..BrokerConfig::default()
+    });
+    h.connect(1, connect(ProtocolVersion::V5, "p"));
+    let mut a = publish("a", "1", QoS::AtLeastOnce, Some(1));
+    a.retain = true;
+    h.send(1, Packet::Publish(a.clone()));
+    let mut b = publish("b", "1", QoS::AtLeastOnce, Some(2));
+    b.retain = true;
+    h.send(1, Packet::Publish(b));
+    a.packet_id = Some(pid(3));
+    h.send(1, Packet::Publish(a));
+    let codes: Vec<ReasonCode> = h
+        .take(1)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Packet(Packet::PubAck(ack)) => Some(ack.reason_code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ReasonCode::NoMatchingSubscribers,
+            ReasonCode::QuotaExceeded,
+            ReasonCode::NoMatchingSubscribers
+        ],
+        "replacing an existing retained topic is still allowed"
+    );
+    assert_eq!(h.broker.stats().retained_refused, 1);
+}
+
+#[test]
+fn dollar_topics_are_not_matched_by_leading_wildcards() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "s"));
+    h.sub(1, "#", QoS::AtMostOnce);
+    h.sub(1, "+/x", QoS::AtMostOnce);
+    h.connect(2, connect(ProtocolVersion::V5, "p"));
+    h.send(2, Packet::Publish(publish("$app/x", "x", QoS::AtMostOnce, None)));
+    assert!(h.publishes(1).is_empty());
+    h.sub(1, "$app/#", QoS::AtMostOnce);
+    h.send(2, Packet::Publish(publish("$app/x", "x", QoS::AtMostOnce, None)));
+    assert_eq!(h.publishes(1).len(), 1);
+}
+
+#[test]
+fn clients_may_not_publish_to_sys() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "p"));
+    h.send(1, Packet::Publish(publish("$SYS/broker/uptime", "0", QoS::AtLeastOnce, Some(1))));
+    assert!(h.take(1).iter().any(|o| matches!(o,
+        Output::Packet(Packet::PubAck(a)) if a.reason_code == ReasonCode::NotAuthorized)));
+}
+
+#[test]
+fn sys_topics_are_published_on_the_interval() {
+    let mut h = Harness::new(BrokerConfig {
+        sys_interval: Some(Duration::from_secs(10)),
+        ..BrokerConfig::default()
+    });
+    h.advance(0);
+    h.connect(1, connect(ProtocolVersion::V5, "s"));
+    h.sub(1, "$SYS/broker/clients/connected", QoS::AtMostOnce);
+    // Retained from the first round (before this client connected): 0.
+    assert_eq!(&h.publishes(1)[0].payload[..], b"0");
+    h.advance(10);
+    let got = h.publishes(1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"1");
+}
+
+#[test]
+fn shared_subscription_round_robin_and_handover_when_a_member_leaves() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "m1"));
+    h.sub(1, "$share/g/jobs", QoS::AtLeastOnce);
+    h.connect(2, connect(ProtocolVersion::V5, "m2"));
+    h.sub(2, "$share/g/jobs", QoS::AtLeastOnce);
+    h.connect(3, connect(ProtocolVersion::V5, "p"));
+    for i in 1..=4 {
+        h.send(3, Packet::Publish(publish("jobs", &i.to_string(), QoS::AtLeastOnce, Some(i))));
+    }
+    let a = h.publishes(1);
+    let b = h.publishes(2);
+    assert_eq!((a.len(), b.len()), (2, 2), "round robin");
+    // m1 leaves without acknowledging: its two messages go to m2.
+    h.lose(1);
+    let moved = h.publishes(2);
+    let mut payloads: Vec<_> = moved.iter().map(|p| p.payload.clone()).collect();
+    payloads.sort();
+    let mut expected: Vec<_> = a.iter().map(|p| p.payload.clone()).collect();
+    expected.sort();
+    assert_eq!(payloads, expected);
+    assert_eq!(h.broker.shared_groups(), vec![("g".into(), "jobs".into(), 1)]);
+}
+
+#[test]
+fn topic_aliases_from_the_client_are_resolved_and_checked() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "s"));
+    h.sub(1, "long/topic/name", QoS::AtMostOnce);
+    h.connect(2, connect(ProtocolVersion::V5, "p"));
+    let mut first = publish("long/topic/name", "1", QoS::AtMostOnce, None);
+    first.properties.topic_alias = NonZeroU16::new(3);
+    h.send(2, Packet::Publish(first));
+    let mut second = Publish::new(TopicName::empty_for_alias(), Bytes::from_static(b"2"));
+    second.properties.topic_alias = NonZeroU16::new(3);
+    h.send(2, Packet::Publish(second));
+    let got = h.publishes(1);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|p| p.topic.as_str() == "long/topic/name" && p.properties.topic_alias.is_none()));
+    let mut bad = publish("x", "1", QoS::AtMostOnce, None);
+    bad.properties.topic_alias = NonZeroU16::new(65);
+    h.send(2, Packet::Publish(bad));
+    assert!(matches!(h.take(2).as_slice(),
+        [Output::Packet(Packet::Disconnect(d)), Output::Close] if d.reason_code == ReasonCode::TopicAliasInvalid));
+}
+
+#[test]
+fn outbound_topic_aliases_are_assigned_and_reused() {
+    let mut h = Harness::default();
+    let mut c = connect(ProtocolVersion::V5, "s");
+    c.properties.topic_alias_maximum = Some(1);
+    h.connect(1, c);
+    h.sub(1, "#", QoS::AtMostOnce);
+    h.connect(2, connect(ProtocolVersion::V5, "p"));
+    for topic in ["a/b", "a/b", "c", "c"] {
+        h.send(2, Packet::Publish(publish(topic, "x", QoS::AtMostOnce, None)));
+    }
+    let got = h.publishes(1);
+    let seen: Vec<(&str, Option<u16>)> = got
+        .iter()
+        .map(|p| (p.topic.as_str(), p.properties.topic_alias.map(NonZeroU16::get)))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("a/b", Some(1)), ("", Some(1)), ("c", Some(1)), ("", Some(1))],
+        "the only alias is reused for the newest topic"
+    );
+}
+
+#[test]
+fn messages_too_large_for_the_subscriber_are_not_sent() {
+    let mut h = Harness::default();
+    let mut c = connect(ProtocolVersion::V5, "small");
+    c.properties.maximum_packet_size = NonZeroU32::new(64);
+    h.connect(1, c);
+    h.sub(1, "t", QoS::AtLeastOnce);
+    h.connect(2, connect(ProtocolVersion::V5, "p"));
+    h.send(2, Packet::Publish(publish("t", &"x".repeat(100), QoS::AtLeastOnce, Some(1))));
+    h.send(2, Packet::Publish(publish("t", "ok", QoS::AtLeastOnce, Some(2))));
+    let got = h.publishes(1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"ok");
+    assert_eq!(got[0].packet_id, Some(pid(1)), "the dropped message took no identifier");
+    assert_eq!(h.broker.stats().messages_dropped_too_large, 1);
+}
+
+#[test]
+fn offline_queue_is_bounded_and_qos0_is_not_queued_by_default() {
+    let mut h = Harness::new(BrokerConfig {
+        max_queued_messages: 2,
+        sys_interval: None,
+        ..BrokerConfig::default()
+    });
+    h.connect(1, v5_persistent("s", 3600));
+    h.sub(1, "t", QoS::AtLeastOnce);
+    h.lose(1);
+    h.connect(2, connect(ProtocolVersion::V5, "p"));
+    h.send(2, Packet::Publish(publish("t", "q0", QoS::AtMostOnce, None)));
+    for i in 1..=3 {
+        h.send(2, Packet::Publish(publish("t", &i.to_string(), QoS::AtLeastOnce, Some(i))));
+    }
+    assert_eq!(h.broker.stats().messages_dropped_queue_full, 1);
+    assert_eq!(h.broker.stats().messages_dropped_offline_qos0, 1);
+    h.connect(3, v5_persistent("s", 3600));
+    let got: Vec<_> = h.publishes(3).iter().map(|p| p.payload.clone()).collect();
+    assert_eq!(got, vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")], "newest dropped");
+}
+
+#[test]
+fn zero_length_client_ids() {
+    let mut h = Harness::default();
+    let ack = h.connect(1, connect(ProtocolVersion::V5, ""));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(ack.properties.assigned_client_identifier.is_some());
+    let mut c = connect(ProtocolVersion::V3_1_1, "");
+    c.clean_start = false;
+    let ack = h.connect(2, c);
+    assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
+    let ack = h.connect(3, connect(ProtocolVersion::V3_1_1, ""));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+}
+
+#[test]
+fn keep_alive_above_the_maximum() {
+    let mut h = Harness::new(BrokerConfig {
+        max_keep_alive: 30,
+        sys_interval: None,
+        ..BrokerConfig::default()
+    });
+    let ack = h.connect(1, connect(ProtocolVersion::V5, "a"));
+    assert_eq!(ack.properties.server_keep_alive, Some(30));
+    let ack = h.connect(2, connect(ProtocolVersion::V3_1_1, "b"));
+    assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
+    let mut c = connect(ProtocolVersion::V3_1_1, "c");
+    c.keep_alive = 30;
+    assert_eq!(h.connect(3, c).reason_code, ReasonCode::Success);
+}
+
+#[test]
+fn limits_on_topics_subscriptions_and_client_ids() {
+    let mut h = Harness::new(BrokerConfig {
+        max_topic_levels: 3,
+        max_subscriptions_per_session: 1,
+        max_client_id_length: 23,
+        sys_interval: None,
+        ..BrokerConfig::default()
+    });
+    let ack = h.connect(9, connect(ProtocolVersion::V5, &"x".repeat(24)));
+    assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
+    h.connect(1, connect(ProtocolVersion::V5, "s"));
+    let mut sub = subscribe(1, "a/b/c/d", SubscriptionOptions::qos(QoS::AtMostOnce));
+    sub.subscriptions.push(bulwark_proto::Subscription {
+        filter: TopicFilter::new("ok").unwrap(),
+        options: SubscriptionOptions::qos(QoS::AtMostOnce),
+    });
+    sub.subscriptions.push(bulwark_proto::Subscription {
+        filter: TopicFilter::new("second").unwrap(),
+        options: SubscriptionOptions::qos(QoS::AtMostOnce),
+    });
+    h.send(1, Packet::Subscribe(sub));
+    match h.take(1).as_slice() {
+        [Output::Packet(Packet::SubAck(ack))] => assert_eq!(
+            ack.reason_codes,
+            vec![ReasonCode::TopicFilterInvalid, ReasonCode::Success, ReasonCode::QuotaExceeded]
+        ),
+        other => panic!("{other:?}"),
+    }
+    h.send(1, Packet::Publish(publish("a/b/c/d", "x", QoS::AtMostOnce, None)));
+    assert!(matches!(h.take(1).as_slice(),
+        [Output::Packet(Packet::Disconnect(d)), Output::Close] if d.reason_code == ReasonCode::TopicNameInvalid));
+}
+
+#[test]
+fn unsubscribe_reports_each_filter() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "s"));
+    h.sub(1, "a", QoS::AtMostOnce);
+    h.send(
+        1,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(4),
+            properties: Default::default(),
+            filters: vec![TopicFilter::new("a").unwrap(), TopicFilter::new("b").unwrap()],
+        }),
+    );
+    match h.take(1).as_slice() {
+        [Output::Packet(Packet::UnsubAck(ack))] => {
+            assert_eq!(ack.packet_id, pid(4));
+            assert_eq!(ack.reason_codes, vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted]);
+        }
+        other => panic!("{other:?}"),
+    }
+    h.connect(2, connect(ProtocolVersion::V5, "p"));
+    h.send(2, Packet::Publish(publish("a", "x", QoS::AtMostOnce, None)));
+    assert!(h.publishes(1).is_empty());
+}
+
+#[test]
+fn disconnect_may_not_set_expiry_after_zero() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "z"));
+    let mut d = Disconnect::new(ReasonCode::Success);
+    d.properties.session_expiry_interval = Some(10);
+    h.send(1, Packet::Disconnect(d));
+    assert!(matches!(h.take(1).as_slice(),
+        [Output::Packet(Packet::Disconnect(d)), Output::Close] if d.reason_code == ReasonCode::ProtocolError));
+}
+
+#[test]
+fn v311_publisher_reaches_v5_subscriber_and_back() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "five"));
+    h.sub(1, "x", QoS::ExactlyOnce);
+    h.connect(2, connect(ProtocolVersion::V3_1_1, "three"));
+    h.sub(2, "y", QoS::AtLeastOnce);
+    h.send(2, Packet::Publish(publish("x", "from 3.1.1", QoS::AtLeastOnce, Some(1))));
+    let mut p = publish("y", "from 5", QoS::ExactlyOnce, Some(1));
+    p.properties.content_type = bulwark_proto::MqttString::new("t").ok();
+    h.send(1, Packet::Publish(p));
+    let five = h.publishes(1);
+    assert_eq!(five.len(), 1);
+    assert_eq!((&five[0].payload[..], five[0].qos), (&b"from 3.1.1"[..], QoS::AtLeastOnce));
+    let three = h.publishes(2);
+    assert_eq!(three.len(), 1);
+    assert_eq!((&three[0].payload[..], three[0].qos), (&b"from 5"[..], QoS::AtLeastOnce));
+}
+
+#[test]
+fn shutdown_sends_0x8b_to_v5_and_closes_everyone() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "a"));
+    h.connect(2, connect(ProtocolVersion::V3_1_1, "b"));
+    h.broker.begin_shutdown(h.now);
+    h.collect();
+    assert!(matches!(h.take(1).as_slice(),
+        [Output::Packet(Packet::Disconnect(d)), Output::Close] if d.reason_code == ReasonCode::ServerShuttingDown));
+    assert_eq!(h.take(2), vec![Output::Close]);
+    let ack = h.connect(3, connect(ProtocolVersion::V5, "c"));
+    assert_eq!(ack.reason_code, ReasonCode::ServerUnavailable);
+}
