@@ -847,3 +847,24 @@ fn shutdown_sends_0x8b_to_v5_and_closes_everyone() {
     let ack = h.connect(3, connect(ProtocolVersion::V5, "c"));
     assert_eq!(ack.reason_code, ReasonCode::ServerUnavailable);
 }
+
+#[test]
+fn request_problem_information_0_removes_reason_strings_from_acks() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V5, "talkative"));
+    let mut c = connect(ProtocolVersion::V5, "quiet");
+    c.properties.request_problem_information = Some(false);
+    h.connect(2, c);
+    for conn in [1, 2] {
+        h.send(conn, Packet::Publish(publish("$SYS/x", "0", QoS::AtLeastOnce, Some(1))));
+    }
+    let reason = |outs: Vec<Output>| match outs.as_slice() {
+        [Output::Packet(Packet::PubAck(a))] => {
+            assert_eq!(a.reason_code, ReasonCode::NotAuthorized);
+            a.properties.reason_string.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(reason(h.take(1)).is_some());
+    assert!(reason(h.take(2)).is_none(), "[MQTT-3.1.2-29]");
+}
