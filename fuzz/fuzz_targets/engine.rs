@@ -1,0 +1,124 @@
+//! An operation-sequence fuzzer for the engine (DESIGN.md rule 8): bytes for up to four
+//! connections go through each one's server decoder into one `Broker`, interleaved with
+//! connection losses and clock jumps. Nothing may panic, and everything the engine asks to send
+//! must encode in the connection's version; a PUBLISH must also fit the client's Maximum
+//! Packet Size.
+#![no_main]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bulwark_core::{Broker, BrokerConfig, ConnectionId, MemoryStore, Output};
+use bulwark_proto::{Decoder, DecoderLimits, Encoder, Packet};
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+
+struct Conn {
+    decoder: Decoder,
+    encoder: Option<Encoder>,
+    closed: bool,
+}
+
+fuzz_target!(|data: &[u8]| {
+    let start = Instant::now();
+    let mut now = start;
+    let config = BrokerConfig {
+        receive_maximum: 3,
+        max_inflight_out: 2,
+        max_queued_messages: 4,
+        max_retained_messages: 3,
+        topic_alias_maximum: 2,
+        max_topic_levels: 6,
+        sys_interval: Some(Duration::from_secs(5)),
+        ..BrokerConfig::default()
+    };
+    let mut broker = Broker::new(config, Box::new(MemoryStore::new()), now);
+    let mut conns: HashMap<u64, Conn> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut rest = data;
+    while let [op, arg, tail @ ..] = rest {
+        rest = tail;
+        let slot = u64::from(arg & 3);
+        match op % 4 {
+            // Bytes for a connection: a length byte, then that many bytes.
+            0 | 1 => {
+                let Some((&len, tail)) = rest.split_first() else { break };
+                let len = usize::from(len).min(tail.len());
+                let (chunk, tail) = tail.split_at(len);
+                rest = tail;
+                let conn = conns.entry(slot).or_insert_with(|| {
+                    next_id += 1;
+                    Conn {
+                        decoder: Decoder::server(DecoderLimits::default()),
+                        encoder: None,
+                        closed: false,
+                    }
+                });
+                if conn.closed {
+                    continue;
+                }
+                conn.decoder.handle_bytes(chunk);
+                loop {
+                    match conn.decoder.poll_packet() {
+                        Ok(Some(Packet::Connect(connect))) => {
+                            let mut encoder = Encoder::new(connect.protocol_version);
+                            if let Some(max) = connect.properties.maximum_packet_size {
+                                encoder.set_max_packet_size(max.get());
+                            }
+                            conn.encoder = Some(encoder);
+                            conn.decoder.set_authenticated();
+                            broker.handle_connect(ConnectionId(slot), *connect, now);
+                        }
+                        Ok(Some(packet)) => broker.handle_packet(ConnectionId(slot), packet, now),
+                        Ok(None) => break,
+                        Err(_) => {
+                            conn.closed = true;
+                            broker.handle_connection_lost(ConnectionId(slot), now);
+                            break;
+                        }
+                    }
+                }
+            }
+            2 => {
+                if let Some(conn) = conns.get_mut(&slot) {
+                    conn.closed = true;
+                }
+                broker.handle_connection_lost(ConnectionId(slot), now);
+            }
+            _ => {
+                now += Duration::from_secs(u64::from(*arg));
+                if broker.poll_timeout().is_some_and(|t| t <= now) {
+                    broker.handle_timeout(now);
+                }
+            }
+        }
+        while let Some((conn, output)) = broker.poll_output() {
+            let Some(state) = conns.get_mut(&conn.0) else {
+                panic!("output for a connection that never connected: {conn:?}");
+            };
+            match output {
+                Output::Close => {
+                    state.closed = true;
+                    // A fresh slot may connect again later, as a new connection.
+                    conns.remove(&conn.0);
+                }
+                Output::Packet(mut packet) => {
+                    let Some(encoder) = state.encoder else {
+                        panic!("packet before CONNECT: {packet:?}");
+                    };
+                    let mut buf = BytesMut::new();
+                    let result = if matches!(packet, Packet::Publish(_)) {
+                        encoder.encode(&packet, &mut buf)
+                    } else {
+                        encoder.encode_fitting(&mut packet, &mut buf)
+                    };
+                    if let Err(err) = result {
+                        panic!("the engine produced a packet that does not encode: {err}: {packet:?}");
+                    }
+                }
+            }
+        }
+    }
+    broker.begin_shutdown(now);
+    while broker.poll_output().is_some() {}
+});
