@@ -425,6 +425,8 @@ impl Broker {
             0
         };
         let key = session.key;
+        let requested_response_information =
+            connect.properties.request_response_information == Some(true);
         let state = Conn {
             session,
             version,
@@ -457,6 +459,13 @@ impl Broker {
             p.subscription_identifiers_available = Some(true);
             p.shared_subscription_available = Some(true);
             p.server_keep_alive = server_keep_alive;
+            if requested_response_information {
+                p.response_information = self
+                    .config
+                    .response_information_prefix
+                    .as_ref()
+                    .and_then(|prefix| MqttString::new(&format!("{prefix}{client_id}")).ok());
+            }
         }
         self.push(conn, Packet::ConnAck(Box::new(connack)));
         self.resume(conn, now);

@@ -46,6 +46,9 @@ pub struct BrokerConfig {
     pub max_packet_size: u32,
     /// How often `$SYS/broker/...` topics are published; `None` disables them.
     pub sys_interval: Option<Duration>,
+    /// When set, a 5.0 client that sends Request Response Information 1 gets Response
+    /// Information `{prefix}{client_id}` in CONNACK, a base for its response topics.
+    pub response_information_prefix: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -68,6 +71,7 @@ impl Default for BrokerConfig {
             outbound_topic_aliases: true,
             max_packet_size: 1024 * 1024,
             sys_interval: Some(Duration::from_secs(10)),
+            response_information_prefix: None,
         }
     }
 }

@@ -38,7 +38,10 @@ fn connect(version: ProtocolVersion, id: &str) -> Connect {
 }
 
 fn publish(topic: &str, payload: &str, qos: QoS, id: Option<u16>) -> Publish {
-    let mut p = Publish::new(TopicName::new(topic).unwrap(), Bytes::from(payload.to_owned()));
+    let mut p = Publish::new(
+        TopicName::new(topic).unwrap(),
+        Bytes::from(payload.to_owned()),
+    );
     p.qos = qos;
     p.packet_id = id.map(pid);
     p
@@ -94,12 +97,14 @@ impl Harness {
     }
 
     fn send(&mut self, conn: u64, packet: Packet) {
-        self.broker.handle_packet(ConnectionId(conn), packet, self.now);
+        self.broker
+            .handle_packet(ConnectionId(conn), packet, self.now);
         self.collect();
     }
 
     fn lose(&mut self, conn: u64) {
-        self.broker.handle_connection_lost(ConnectionId(conn), self.now);
+        self.broker
+            .handle_connection_lost(ConnectionId(conn), self.now);
         self.collect();
     }
 
@@ -153,15 +158,23 @@ fn qos2_resend_before_pubrel_is_not_delivered_twice() {
     h.connect(1, connect(ProtocolVersion::V5, "sub"));
     h.sub(1, "t", QoS::ExactlyOnce);
     h.connect(2, connect(ProtocolVersion::V5, "pub"));
-    h.send(2, Packet::Publish(publish("t", "once", QoS::ExactlyOnce, Some(7))));
+    h.send(
+        2,
+        Packet::Publish(publish("t", "once", QoS::ExactlyOnce, Some(7))),
+    );
     let mut again = publish("t", "once", QoS::ExactlyOnce, Some(7));
     again.dup = true;
     h.send(2, Packet::Publish(again));
     let acks = h.take(2);
-    assert_eq!(acks.len(), 2, "each PUBLISH is answered with PUBREC: {acks:?}");
-    assert!(acks
-        .iter()
-        .all(|o| matches!(o, Output::Packet(Packet::PubRec(r)) if r.packet_id == pid(7))));
+    assert_eq!(
+        acks.len(),
+        2,
+        "each PUBLISH is answered with PUBREC: {acks:?}"
+    );
+    assert!(
+        acks.iter()
+            .all(|o| matches!(o, Output::Packet(Packet::PubRec(r)) if r.packet_id == pid(7)))
+    );
     assert_eq!(h.publishes(1).len(), 1, "delivered exactly once");
     h.send(2, Packet::PubRel(PubRel::new(pid(7))));
     assert!(matches!(
@@ -169,7 +182,10 @@ fn qos2_resend_before_pubrel_is_not_delivered_twice() {
         [Output::Packet(Packet::PubComp(c))] if c.reason_code == ReasonCode::Success
     ));
     // After PUBREL the identifier is free: a new message with it is a new message.
-    h.send(2, Packet::Publish(publish("t", "twice", QoS::ExactlyOnce, Some(7))));
+    h.send(
+        2,
+        Packet::Publish(publish("t", "twice", QoS::ExactlyOnce, Some(7))),
+    );
     assert_eq!(h.publishes(1).len(), 1);
     // PUBREL for an unknown identifier: PUBCOMP 0x92.
     h.send(2, Packet::PubRel(PubRel::new(pid(99))));
@@ -183,15 +199,23 @@ fn qos2_outbound_flow_and_pubrec_error_ends_the_exchange() {
     h.connect(1, connect(ProtocolVersion::V5, "sub"));
     h.sub(1, "t", QoS::ExactlyOnce);
     h.connect(2, connect(ProtocolVersion::V5, "pub"));
-    h.send(2, Packet::Publish(publish("t", "a", QoS::ExactlyOnce, Some(1))));
+    h.send(
+        2,
+        Packet::Publish(publish("t", "a", QoS::ExactlyOnce, Some(1))),
+    );
     let p = h.publishes(1).remove(0);
     let id = p.packet_id.unwrap();
     h.send(1, Packet::PubRec(PubRec::new(id)));
-    assert!(matches!(h.take(1).as_slice(), [Output::Packet(Packet::PubRel(r))] if r.packet_id == id));
+    assert!(
+        matches!(h.take(1).as_slice(), [Output::Packet(Packet::PubRel(r))] if r.packet_id == id)
+    );
     h.send(1, Packet::PubComp(PubComp::new(id)));
     assert!(h.take(1).is_empty());
     // A PUBREC with an error code: no PUBREL follows.
-    h.send(2, Packet::Publish(publish("t", "b", QoS::ExactlyOnce, Some(2))));
+    h.send(
+        2,
+        Packet::Publish(publish("t", "b", QoS::ExactlyOnce, Some(2))),
+    );
     let id = h.publishes(1).remove(0).packet_id.unwrap();
     let mut rec = PubRec::new(id);
     rec.reason_code = ReasonCode::UnspecifiedError;
@@ -208,14 +232,21 @@ fn inflight_window_follows_the_clients_receive_maximum() {
     h.sub(1, "t", QoS::AtLeastOnce);
     h.connect(2, connect(ProtocolVersion::V5, "pub"));
     for i in 1..=5u16 {
-        h.send(2, Packet::Publish(publish("t", &i.to_string(), QoS::AtLeastOnce, Some(i))));
+        h.send(
+            2,
+            Packet::Publish(publish("t", &i.to_string(), QoS::AtLeastOnce, Some(i))),
+        );
     }
     let first = h.publishes(1);
     assert_eq!(first.len(), 2, "only Receive Maximum messages in flight");
     h.send(1, Packet::PubAck(PubAck::new(first[0].packet_id.unwrap())));
     let next = h.publishes(1);
     assert_eq!(next.len(), 1);
-    assert_eq!(&next[0].payload[..], b"3", "queued messages keep their order");
+    assert_eq!(
+        &next[0].payload[..],
+        b"3",
+        "queued messages keep their order"
+    );
 }
 
 #[test]
@@ -227,14 +258,26 @@ fn receive_maximum_exceeded_disconnects_with_0x93() {
     });
     h.connect(1, connect(ProtocolVersion::V5, "p"));
     for i in 1..=2 {
-        h.send(1, Packet::Publish(publish("t", "x", QoS::ExactlyOnce, Some(i))));
+        h.send(
+            1,
+            Packet::Publish(publish("t", "x", QoS::ExactlyOnce, Some(i))),
+        );
     }
-    assert!(h.take(1).iter().all(|o| matches!(o, Output::Packet(Packet::PubRec(_)))));
-    h.send(1, Packet::Publish(publish("t", "x", QoS::ExactlyOnce, Some(3))));
+    assert!(
+        h.take(1)
+            .iter()
+            .all(|o| matches!(o, Output::Packet(Packet::PubRec(_))))
+    );
+    h.send(
+        1,
+        Packet::Publish(publish("t", "x", QoS::ExactlyOnce, Some(3))),
+    );
     let out = h.take(1);
-    assert!(matches!(out.as_slice(),
+    assert!(
+        matches!(out.as_slice(),
         [Output::Packet(Packet::Disconnect(d)), Output::Close] if d.reason_code == ReasonCode::ReceiveMaximumExceeded),
-        "{out:?}");
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -243,18 +286,27 @@ fn session_resume_resends_inflight_with_dup_then_the_queue() {
     h.connect(1, v5_persistent("s", 3600));
     h.sub(1, "t", QoS::AtLeastOnce);
     h.connect(2, connect(ProtocolVersion::V5, "pub"));
-    h.send(2, Packet::Publish(publish("t", "first", QoS::AtLeastOnce, Some(1))));
+    h.send(
+        2,
+        Packet::Publish(publish("t", "first", QoS::AtLeastOnce, Some(1))),
+    );
     let sent = h.publishes(1);
     assert_eq!(sent.len(), 1);
     assert!(!sent[0].dup);
     h.lose(1);
-    h.send(2, Packet::Publish(publish("t", "second", QoS::AtLeastOnce, Some(2))));
+    h.send(
+        2,
+        Packet::Publish(publish("t", "second", QoS::AtLeastOnce, Some(2))),
+    );
     h.advance(10);
     let ack = h.connect(3, v5_persistent("s", 3600));
     assert!(ack.session_present);
     let resent = h.publishes(3);
     assert_eq!(resent.len(), 2, "{resent:?}");
-    assert!(resent[0].dup, "the unacknowledged message is resent with DUP");
+    assert!(
+        resent[0].dup,
+        "the unacknowledged message is resent with DUP"
+    );
     assert_eq!(resent[0].packet_id, sent[0].packet_id);
     assert_eq!(&resent[0].payload[..], b"first");
     assert!(!resent[1].dup);
@@ -267,14 +319,20 @@ fn qos2_awaiting_pubcomp_resumes_with_pubrel() {
     h.connect(1, v5_persistent("s", 3600));
     h.sub(1, "t", QoS::ExactlyOnce);
     h.connect(2, connect(ProtocolVersion::V5, "pub"));
-    h.send(2, Packet::Publish(publish("t", "x", QoS::ExactlyOnce, Some(1))));
+    h.send(
+        2,
+        Packet::Publish(publish("t", "x", QoS::ExactlyOnce, Some(1))),
+    );
     let id = h.publishes(1)[0].packet_id.unwrap();
     h.send(1, Packet::PubRec(PubRec::new(id)));
     h.take(1);
     h.lose(1);
     h.connect(3, v5_persistent("s", 3600));
     let out = h.take(3);
-    assert!(matches!(out.as_slice(), [Output::Packet(Packet::PubRel(r))] if r.packet_id == id), "{out:?}");
+    assert!(
+        matches!(out.as_slice(), [Output::Packet(Packet::PubRel(r))] if r.packet_id == id),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -331,9 +389,11 @@ fn takeover_closes_the_old_connection_with_0x8e() {
     let ack = h.connect(2, v5_persistent("same", 300));
     assert!(ack.session_present);
     let old = h.take(1);
-    assert!(matches!(old.as_slice(),
+    assert!(
+        matches!(old.as_slice(),
         [Output::Packet(Packet::Disconnect(d)), Output::Close] if d.reason_code == ReasonCode::SessionTakenOver),
-        "{old:?}");
+        "{old:?}"
+    );
     assert_eq!(h.broker.connected(), 1);
     assert_eq!(h.broker.session_subscriptions("same").len(), 1);
 }
@@ -359,9 +419,15 @@ fn will_is_sent_on_loss_not_on_normal_disconnect_and_on_0x04() {
     assert_eq!(h.publishes(9).len(), 1, "abnormal loss sends the will");
     h.connect(2, with_will("b"));
     h.send(2, Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
-    assert!(h.publishes(9).is_empty(), "normal disconnection discards the will");
+    assert!(
+        h.publishes(9).is_empty(),
+        "normal disconnection discards the will"
+    );
     h.connect(3, with_will("c"));
-    h.send(3, Packet::Disconnect(Disconnect::new(ReasonCode::DisconnectWithWillMessage)));
+    h.send(
+        3,
+        Packet::Disconnect(Disconnect::new(ReasonCode::DisconnectWithWillMessage)),
+    );
     assert_eq!(h.publishes(9).len(), 1, "0x04 sends the will");
 }
 
@@ -390,7 +456,10 @@ fn will_delay_waits_and_a_resumed_session_cancels_it() {
     h.advance(1);
     let got = h.publishes(9);
     assert_eq!(got.len(), 1, "sent after the Will Delay Interval");
-    assert_eq!(got[0].properties.content_type.as_ref().unwrap().as_str(), "text/plain");
+    assert_eq!(
+        got[0].properties.content_type.as_ref().unwrap().as_str(),
+        "text/plain"
+    );
 
     // Reconnecting before the delay ends cancels it.
     h.connect(2, c);
@@ -420,7 +489,11 @@ fn will_goes_when_the_session_ends_before_the_delay() {
     h.connect(1, c);
     h.lose(1);
     h.advance(5);
-    assert_eq!(h.publishes(9).len(), 1, "session expiry (5 s) comes before the delay (60 s)");
+    assert_eq!(
+        h.publishes(9).len(),
+        1,
+        "session expiry (5 s) comes before the delay (60 s)"
+    );
 }
 
 #[test]
@@ -457,11 +530,23 @@ fn overlapping_subscriptions_give_one_copy_with_every_identifier() {
     h.send(1, Packet::Subscribe(s2));
     h.take(1);
     h.connect(2, connect(ProtocolVersion::V5, "p"));
-    h.send(2, Packet::Publish(publish("a/b", "x", QoS::ExactlyOnce, Some(1))));
+    h.send(
+        2,
+        Packet::Publish(publish("a/b", "x", QoS::ExactlyOnce, Some(1))),
+    );
     let got = h.publishes(1);
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].qos, QoS::AtLeastOnce, "highest granted QoS, at most the published");
-    let mut ids: Vec<u32> = got[0].properties.subscription_identifiers.iter().map(|i| i.get()).collect();
+    assert_eq!(
+        got[0].qos,
+        QoS::AtLeastOnce,
+        "highest granted QoS, at most the published"
+    );
+    let mut ids: Vec<u32> = got[0]
+        .properties
+        .subscription_identifiers
+        .iter()
+        .map(|i| i.get())
+        .collect();
     ids.sort_unstable();
     assert_eq!(ids, vec![11, 22]);
 }
@@ -476,9 +561,19 @@ fn no_local_and_retain_as_published() {
     let mut rap = SubscriptionOptions::qos(QoS::AtMostOnce);
     rap.retain_as_published = true;
     h.send(1, Packet::Subscribe(subscribe(2, "rap", rap)));
-    h.send(1, Packet::Subscribe(subscribe(3, "plain", SubscriptionOptions::qos(QoS::AtMostOnce))));
+    h.send(
+        1,
+        Packet::Subscribe(subscribe(
+            3,
+            "plain",
+            SubscriptionOptions::qos(QoS::AtMostOnce),
+        )),
+    );
     h.take(1);
-    h.send(1, Packet::Publish(publish("own", "x", QoS::AtMostOnce, None)));
+    h.send(
+        1,
+        Packet::Publish(publish("own", "x", QoS::AtMostOnce, None)),
+    );
     assert!(h.publishes(1).is_empty(), "No Local");
     h.connect(2, connect(ProtocolVersion::V5, "other"));
     let mut p = publish("rap", "r", QoS::AtMostOnce, None);
@@ -490,7 +585,10 @@ fn no_local_and_retain_as_published() {
     let got = h.publishes(1);
     assert_eq!(got.len(), 2);
     assert!(got[0].retain, "Retain As Published keeps the flag");
-    assert!(!got[1].retain, "live delivery clears it otherwise [MQTT-3.3.1-12]");
+    assert!(
+        !got[1].retain,
+        "live delivery clears it otherwise [MQTT-3.3.1-12]"
+    );
 }
 
 #[test]
@@ -573,10 +671,16 @@ fn dollar_topics_are_not_matched_by_leading_wildcards() {
     h.sub(1, "#", QoS::AtMostOnce);
     h.sub(1, "+/x", QoS::AtMostOnce);
     h.connect(2, connect(ProtocolVersion::V5, "p"));
-    h.send(2, Packet::Publish(publish("$app/x", "x", QoS::AtMostOnce, None)));
+    h.send(
+        2,
+        Packet::Publish(publish("$app/x", "x", QoS::AtMostOnce, None)),
+    );
     assert!(h.publishes(1).is_empty());
     h.sub(1, "$app/#", QoS::AtMostOnce);
-    h.send(2, Packet::Publish(publish("$app/x", "x", QoS::AtMostOnce, None)));
+    h.send(
+        2,
+        Packet::Publish(publish("$app/x", "x", QoS::AtMostOnce, None)),
+    );
     assert_eq!(h.publishes(1).len(), 1);
 }
 
@@ -584,7 +688,15 @@ fn dollar_topics_are_not_matched_by_leading_wildcards() {
 fn clients_may_not_publish_to_sys() {
     let mut h = Harness::default();
     h.connect(1, connect(ProtocolVersion::V5, "p"));
-    h.send(1, Packet::Publish(publish("$SYS/broker/uptime", "0", QoS::AtLeastOnce, Some(1))));
+    h.send(
+        1,
+        Packet::Publish(publish(
+            "$SYS/broker/uptime",
+            "0",
+            QoS::AtLeastOnce,
+            Some(1),
+        )),
+    );
     assert!(h.take(1).iter().any(|o| matches!(o,
         Output::Packet(Packet::PubAck(a)) if a.reason_code == ReasonCode::NotAuthorized)));
 }
@@ -615,7 +727,10 @@ fn shared_subscription_round_robin_and_handover_when_a_member_leaves() {
     h.sub(2, "$share/g/jobs", QoS::AtLeastOnce);
     h.connect(3, connect(ProtocolVersion::V5, "p"));
     for i in 1..=4 {
-        h.send(3, Packet::Publish(publish("jobs", &i.to_string(), QoS::AtLeastOnce, Some(i))));
+        h.send(
+            3,
+            Packet::Publish(publish("jobs", &i.to_string(), QoS::AtLeastOnce, Some(i))),
+        );
     }
     let a = h.publishes(1);
     let b = h.publishes(2);
@@ -628,7 +743,10 @@ fn shared_subscription_round_robin_and_handover_when_a_member_leaves() {
     let mut expected: Vec<_> = a.iter().map(|p| p.payload.clone()).collect();
     expected.sort();
     assert_eq!(payloads, expected);
-    assert_eq!(h.broker.shared_groups(), vec![("g".into(), "jobs".into(), 1)]);
+    assert_eq!(
+        h.broker.shared_groups(),
+        vec![("g".into(), "jobs".into(), 1)]
+    );
 }
 
 #[test]
@@ -645,7 +763,10 @@ fn topic_aliases_from_the_client_are_resolved_and_checked() {
     h.send(2, Packet::Publish(second));
     let got = h.publishes(1);
     assert_eq!(got.len(), 2);
-    assert!(got.iter().all(|p| p.topic.as_str() == "long/topic/name" && p.properties.topic_alias.is_none()));
+    assert!(
+        got.iter()
+            .all(|p| p.topic.as_str() == "long/topic/name" && p.properties.topic_alias.is_none())
+    );
     let mut bad = publish("x", "1", QoS::AtMostOnce, None);
     bad.properties.topic_alias = NonZeroU16::new(65);
     h.send(2, Packet::Publish(bad));
@@ -662,16 +783,29 @@ fn outbound_topic_aliases_are_assigned_and_reused() {
     h.sub(1, "#", QoS::AtMostOnce);
     h.connect(2, connect(ProtocolVersion::V5, "p"));
     for topic in ["a/b", "a/b", "c", "c"] {
-        h.send(2, Packet::Publish(publish(topic, "x", QoS::AtMostOnce, None)));
+        h.send(
+            2,
+            Packet::Publish(publish(topic, "x", QoS::AtMostOnce, None)),
+        );
     }
     let got = h.publishes(1);
     let seen: Vec<(&str, Option<u16>)> = got
         .iter()
-        .map(|p| (p.topic.as_str(), p.properties.topic_alias.map(NonZeroU16::get)))
+        .map(|p| {
+            (
+                p.topic.as_str(),
+                p.properties.topic_alias.map(NonZeroU16::get),
+            )
+        })
         .collect();
     assert_eq!(
         seen,
-        vec![("a/b", Some(1)), ("", Some(1)), ("c", Some(1)), ("", Some(1))],
+        vec![
+            ("a/b", Some(1)),
+            ("", Some(1)),
+            ("c", Some(1)),
+            ("", Some(1))
+        ],
         "the only alias is reused for the newest topic"
     );
 }
@@ -684,12 +818,22 @@ fn messages_too_large_for_the_subscriber_are_not_sent() {
     h.connect(1, c);
     h.sub(1, "t", QoS::AtLeastOnce);
     h.connect(2, connect(ProtocolVersion::V5, "p"));
-    h.send(2, Packet::Publish(publish("t", &"x".repeat(100), QoS::AtLeastOnce, Some(1))));
-    h.send(2, Packet::Publish(publish("t", "ok", QoS::AtLeastOnce, Some(2))));
+    h.send(
+        2,
+        Packet::Publish(publish("t", &"x".repeat(100), QoS::AtLeastOnce, Some(1))),
+    );
+    h.send(
+        2,
+        Packet::Publish(publish("t", "ok", QoS::AtLeastOnce, Some(2))),
+    );
     let got = h.publishes(1);
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].payload[..], b"ok");
-    assert_eq!(got[0].packet_id, Some(pid(1)), "the dropped message took no identifier");
+    assert_eq!(
+        got[0].packet_id,
+        Some(pid(1)),
+        "the dropped message took no identifier"
+    );
     assert_eq!(h.broker.stats().messages_dropped_too_large, 1);
 }
 
@@ -704,15 +848,25 @@ fn offline_queue_is_bounded_and_qos0_is_not_queued_by_default() {
     h.sub(1, "t", QoS::AtLeastOnce);
     h.lose(1);
     h.connect(2, connect(ProtocolVersion::V5, "p"));
-    h.send(2, Packet::Publish(publish("t", "q0", QoS::AtMostOnce, None)));
+    h.send(
+        2,
+        Packet::Publish(publish("t", "q0", QoS::AtMostOnce, None)),
+    );
     for i in 1..=3 {
-        h.send(2, Packet::Publish(publish("t", &i.to_string(), QoS::AtLeastOnce, Some(i))));
+        h.send(
+            2,
+            Packet::Publish(publish("t", &i.to_string(), QoS::AtLeastOnce, Some(i))),
+        );
     }
     assert_eq!(h.broker.stats().messages_dropped_queue_full, 1);
     assert_eq!(h.broker.stats().messages_dropped_offline_qos0, 1);
     h.connect(3, v5_persistent("s", 3600));
     let got: Vec<_> = h.publishes(3).iter().map(|p| p.payload.clone()).collect();
-    assert_eq!(got, vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")], "newest dropped");
+    assert_eq!(
+        got,
+        vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")],
+        "newest dropped"
+    );
 }
 
 #[test]
@@ -770,11 +924,18 @@ fn limits_on_topics_subscriptions_and_client_ids() {
     match h.take(1).as_slice() {
         [Output::Packet(Packet::SubAck(ack))] => assert_eq!(
             ack.reason_codes,
-            vec![ReasonCode::TopicFilterInvalid, ReasonCode::Success, ReasonCode::QuotaExceeded]
+            vec![
+                ReasonCode::TopicFilterInvalid,
+                ReasonCode::Success,
+                ReasonCode::QuotaExceeded
+            ]
         ),
         other => panic!("{other:?}"),
     }
-    h.send(1, Packet::Publish(publish("a/b/c/d", "x", QoS::AtMostOnce, None)));
+    h.send(
+        1,
+        Packet::Publish(publish("a/b/c/d", "x", QoS::AtMostOnce, None)),
+    );
     assert!(matches!(h.take(1).as_slice(),
         [Output::Packet(Packet::Disconnect(d)), Output::Close] if d.reason_code == ReasonCode::TopicNameInvalid));
 }
@@ -789,13 +950,19 @@ fn unsubscribe_reports_each_filter() {
         Packet::Unsubscribe(Unsubscribe {
             packet_id: pid(4),
             properties: Default::default(),
-            filters: vec![TopicFilter::new("a").unwrap(), TopicFilter::new("b").unwrap()],
+            filters: vec![
+                TopicFilter::new("a").unwrap(),
+                TopicFilter::new("b").unwrap(),
+            ],
         }),
     );
     match h.take(1).as_slice() {
         [Output::Packet(Packet::UnsubAck(ack))] => {
             assert_eq!(ack.packet_id, pid(4));
-            assert_eq!(ack.reason_codes, vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted]);
+            assert_eq!(
+                ack.reason_codes,
+                vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted]
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -822,16 +989,25 @@ fn v311_publisher_reaches_v5_subscriber_and_back() {
     h.sub(1, "x", QoS::ExactlyOnce);
     h.connect(2, connect(ProtocolVersion::V3_1_1, "three"));
     h.sub(2, "y", QoS::AtLeastOnce);
-    h.send(2, Packet::Publish(publish("x", "from 3.1.1", QoS::AtLeastOnce, Some(1))));
+    h.send(
+        2,
+        Packet::Publish(publish("x", "from 3.1.1", QoS::AtLeastOnce, Some(1))),
+    );
     let mut p = publish("y", "from 5", QoS::ExactlyOnce, Some(1));
     p.properties.content_type = bulwark_proto::MqttString::new("t").ok();
     h.send(1, Packet::Publish(p));
     let five = h.publishes(1);
     assert_eq!(five.len(), 1);
-    assert_eq!((&five[0].payload[..], five[0].qos), (&b"from 3.1.1"[..], QoS::AtLeastOnce));
+    assert_eq!(
+        (&five[0].payload[..], five[0].qos),
+        (&b"from 3.1.1"[..], QoS::AtLeastOnce)
+    );
     let three = h.publishes(2);
     assert_eq!(three.len(), 1);
-    assert_eq!((&three[0].payload[..], three[0].qos), (&b"from 5"[..], QoS::AtLeastOnce));
+    assert_eq!(
+        (&three[0].payload[..], three[0].qos),
+        (&b"from 5"[..], QoS::AtLeastOnce)
+    );
 }
 
 #[test]
@@ -856,7 +1032,10 @@ fn request_problem_information_0_removes_reason_strings_from_acks() {
     c.properties.request_problem_information = Some(false);
     h.connect(2, c);
     for conn in [1, 2] {
-        h.send(conn, Packet::Publish(publish("$SYS/x", "0", QoS::AtLeastOnce, Some(1))));
+        h.send(
+            conn,
+            Packet::Publish(publish("$SYS/x", "0", QoS::AtLeastOnce, Some(1))),
+        );
     }
     let reason = |outs: Vec<Output>| match outs.as_slice() {
         [Output::Packet(Packet::PubAck(a))] => {
@@ -867,4 +1046,25 @@ fn request_problem_information_0_removes_reason_strings_from_acks() {
     };
     assert!(reason(h.take(1)).is_some());
     assert!(reason(h.take(2)).is_none(), "[MQTT-3.1.2-29]");
+}
+
+#[test]
+fn response_information_when_configured_and_requested() {
+    let mut h = Harness::new(BrokerConfig {
+        response_information_prefix: Some("reply/".into()),
+        sys_interval: None,
+        ..BrokerConfig::default()
+    });
+    let mut c = connect(ProtocolVersion::V5, "asker");
+    c.properties.request_response_information = Some(true);
+    let ack = h.connect(1, c);
+    assert_eq!(
+        ack.properties.response_information.unwrap().as_str(),
+        "reply/asker"
+    );
+    let ack = h.connect(2, connect(ProtocolVersion::V5, "quiet"));
+    assert!(
+        ack.properties.response_information.is_none(),
+        "only when requested"
+    );
 }

@@ -32,7 +32,14 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "topic_alias_maximum",
         ],
     ),
-    ("mqtt", &["queue_qos0_offline", "outbound_topic_aliases"]),
+    (
+        "mqtt",
+        &[
+            "queue_qos0_offline",
+            "outbound_topic_aliases",
+            "response_information_prefix",
+        ],
+    ),
     ("sys", &["interval"]),
     ("server", &["shutdown_grace"]),
 ];
@@ -250,6 +257,15 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
         }
         if let Some(v) = r.boolean(t, "mqtt", "outbound_topic_aliases") {
             config.broker.outbound_topic_aliases = v;
+        }
+        if let Some(v) = r.string(t, "mqtt", "response_information_prefix") {
+            if v.contains(['+', '#']) || v.contains('\0') {
+                r.problems.push(format!(
+                    "mqtt.response_information_prefix = \"{v}\": must not contain +, # or NUL"
+                ));
+            } else {
+                config.broker.response_information_prefix = Some(v.to_owned());
+            }
         }
     }
     if let Some(t) = r.section(&root, "sys") {

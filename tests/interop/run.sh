@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Interoperability suite: third-party MQTT clients (paho-mqtt, mosquitto_pub/mosquitto_sub)
+# against a broker this script starts on a free loopback port.
+#
+#   bash tests/interop/run.sh                      # Bulwark: $BULWARK_BIN (target/release/bulwark)
+#   BROKER=mosquitto bash tests/interop/run.sh     # Debian's mosquitto, to validate the suite
+#
+# Extra arguments go to pytest (e.g. -k retained, -x). Exit status: pytest's.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+BROKER="${BROKER:-bulwark}"
+PYTHON="${PYTHON:-python3}"
+START_TIMEOUT_S="${START_TIMEOUT_S:-20}"
+SUITE_TIMEOUT_S="${SUITE_TIMEOUT_S:-300}"
+
+log() { printf 'interop: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else
+    die "need root (or sudo) to run: $*"
+  fi
+}
+
+apt_updated=0
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install $* yourself"
+  if [ "$apt_updated" -eq 0 ]; then
+    as_root apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# ---- what the suite needs ----
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then
+  apt_install mosquitto-clients
+fi
+command -v timeout >/dev/null 2>&1 || die "coreutils' timeout not found"
+command -v stdbuf >/dev/null 2>&1 || die "coreutils' stdbuf not found"
+
+if ! "$PYTHON" -c 'import sys, paho.mqtt; sys.exit(paho.mqtt.__version__.split(".")[0] != "2")' \
+  2>/dev/null; then
+  log "installing paho-mqtt 2.x"
+  "$PYTHON" -m pip install -q 'paho-mqtt>=2,<3'
+fi
+if ! "$PYTHON" -c 'import pytest' 2>/dev/null; then
+  log "installing pytest"
+  "$PYTHON" -m pip install -q pytest
+fi
+
+# ---- the broker ----
+work="$(mktemp -d "${TMPDIR:-/tmp}/bulwark-interop.XXXXXX")"
+broker_pid=""
+cleanup() {
+  if [ -n "$broker_pid" ] && kill -0 "$broker_pid" 2>/dev/null; then
+    kill "$broker_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$broker_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$broker_pid" 2>/dev/null || true
+    wait "$broker_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port="$("$PYTHON" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+cfg="$work/broker.conf"
+broker_log="$work/broker.log"
+
+case "$BROKER" in
+  bulwark)
+    bin="${BULWARK_BIN:-$ROOT/target/release/bulwark}"
+    [ -x "$bin" ] || die "broker binary '$bin' not found or not executable (build it with 'cargo build --release', or set BULWARK_BIN)"
+    cat >"$cfg" <<EOF
+[[listener]]
+bind = "127.0.0.1:$port"
+EOF
+    cmd=("$bin" serve --config "$cfg")
+    ;;
+  mosquitto)
+    mosq="$(command -v mosquitto || true)"  # /usr/sbin may not be on a user's PATH
+    if [ -z "$mosq" ] && [ -x /usr/sbin/mosquitto ]; then mosq=/usr/sbin/mosquitto; fi
+    if [ -z "$mosq" ]; then
+      apt_install mosquitto
+      mosq="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+    fi
+    cat >"$cfg" <<EOF
+listener $port 127.0.0.1
+allow_anonymous true
+persistence false
+EOF
+    chmod a+rx "$work"; chmod a+r "$cfg"
+    cmd=("$mosq" -c "$cfg")
+    ;;
+  *) die "BROKER must be 'bulwark' or 'mosquitto', not '$BROKER'" ;;
+esac
+
+log "starting $BROKER on 127.0.0.1:$port: ${cmd[*]}"
+"${cmd[@]}" >"$broker_log" 2>&1 &
+broker_pid=$!
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+tries=$((START_TIMEOUT_S * 10))  # one try every 0.1 s
+until port_open; do
+  if ! kill -0 "$broker_pid" 2>/dev/null; then
+    log "the broker exited before accepting connections; its output:"
+    cat "$broker_log" >&2
+    exit 2
+  fi
+  tries=$((tries - 1))
+  if [ "$tries" -le 0 ]; then
+    log "the broker did not accept TCP on 127.0.0.1:$port within ${START_TIMEOUT_S}s; its output:"
+    cat "$broker_log" >&2
+    exit 2
+  fi
+  sleep 0.1
+done
+log "broker is up (pid $broker_pid)"
+
+# ---- the suite ----
+set +e
+MQTT_HOST=127.0.0.1 MQTT_PORT="$port" PYTHONDONTWRITEBYTECODE=1 \
+  timeout --kill-after=10 "$SUITE_TIMEOUT_S" \
+  "$PYTHON" -m pytest -p no:cacheprovider --rootdir "$HERE" -v "$HERE" "$@"
+status=$?
+set -e
+
+if [ "$status" -ne 0 ]; then
+  if [ "$status" -eq 124 ]; then log "the suite ran past ${SUITE_TIMEOUT_S}s and was stopped"; fi
+  if ! kill -0 "$broker_pid" 2>/dev/null; then
+    log "the broker is no longer running"
+  fi
+  log "last lines of the broker's output:"
+  tail -n 50 "$broker_log" >&2 || true
+fi
+exit "$status"
