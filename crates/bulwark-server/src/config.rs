@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub decoder: DecoderLimits,
     /// A socket that has not delivered a complete CONNECT within this is closed.
     pub connect_timeout: Duration,
+    /// A write that does not complete within this (the client stopped reading) closes the
+    /// connection.
+    pub write_timeout: Duration,
     /// How long shutdown waits for connections to flush before giving up on them.
     pub shutdown_grace: Duration,
 }
@@ -41,6 +44,7 @@ impl Default for ServerConfig {
             broker: BrokerConfig::default(),
             decoder: DecoderLimits::default(),
             connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
         }
     }

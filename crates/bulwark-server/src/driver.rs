@@ -28,6 +28,7 @@ pub(crate) struct DriverContext {
     pub(crate) router: mpsc::Sender<ToRouter>,
     pub(crate) limits: DecoderLimits,
     pub(crate) connect_timeout: Duration,
+    pub(crate) write_timeout: Duration,
     pub(crate) traffic: Arc<Traffic>,
 }
 
@@ -43,6 +44,7 @@ enum End {
     Decode(DecodeError),
     KeepAlive,
     ConnectTimeout,
+    WriteTimeout,
     Engine,
     RouterGone,
 }
@@ -102,7 +104,10 @@ impl Driver {
         if self.out.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(&self.out).await.map_err(End::Io)?;
+        tokio::time::timeout(self.ctx.write_timeout, self.stream.write_all(&self.out))
+            .await
+            .map_err(|_| End::WriteTimeout)?
+            .map_err(End::Io)?;
         self.ctx
             .traffic
             .sent

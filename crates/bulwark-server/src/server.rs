@@ -98,6 +98,7 @@ impl Server {
             router: router_tx,
             limits: config.decoder,
             connect_timeout: config.connect_timeout,
+            write_timeout: config.write_timeout,
             traffic,
         });
         let next_conn = Arc::new(AtomicU64::new(1));

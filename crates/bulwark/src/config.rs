@@ -17,6 +17,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_packet_size",
             "max_unauthenticated_packet_size",
             "connect_timeout",
+            "write_timeout",
             "max_keep_alive",
             "max_session_expiry_interval",
             "receive_maximum",
@@ -210,6 +211,9 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
         }
         if let Some(v) = r.integer(t, s, "connect_timeout", 1, 3600) {
             config.connect_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = r.integer(t, s, "write_timeout", 1, 3600) {
+            config.write_timeout = Duration::from_secs(v);
         }
         if let Some(v) = r.integer(t, s, "max_keep_alive", 1, 65_535) {
             b.max_keep_alive = to_u16(v);
