@@ -103,7 +103,9 @@ fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -184,7 +186,8 @@ async fn shutdown_signal() {
                     _ = term.recv() => {}
                 }
             }
-            Err(_) => {
+            Err(err) => {
+                tracing::warn!(%err, "cannot watch SIGTERM; only SIGINT stops the broker");
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
