@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bulwark_core::{ConnectionId, KeepAlive, Output};
@@ -12,17 +12,17 @@ use bulwark_proto::{
     ProtocolVersion, ReasonCode,
 };
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::router::{ToRouter, Traffic, backlog_cost};
+use crate::outbox::Outbox;
+use crate::router::{ToRouter, Traffic};
 
-/// How much a single read may add to the receive buffer.
-const READ_CHUNK: usize = 16 * 1024;
-/// Outputs drained into one write.
-const WRITE_BATCH: usize = 512;
+/// Room made in the receive buffer before a read. The buffer is released whenever it holds no
+/// partial packet, so an idle connection holds none.
+const READ_CHUNK: usize = 4 * 1024;
 
 pub(crate) struct DriverContext {
     pub(crate) router: mpsc::Sender<ToRouter>,
@@ -61,7 +61,7 @@ pub(crate) async fn drive(
         conn,
         decoder: Decoder::server(ctx.limits),
         encoder: Encoder::new(ProtocolVersion::V5),
-        out: BytesMut::with_capacity(4096),
+        out: BytesMut::new(),
         ctx,
         registered: false,
     };
@@ -86,18 +86,33 @@ struct Driver {
 }
 
 impl Driver {
+    /// Waits until the socket is readable before making room, so that a connection waiting
+    /// for its next packet holds no receive buffer.
     async fn read_some(&mut self) -> Result<usize, End> {
-        let buf = self.decoder.buffer_mut();
-        buf.reserve(READ_CHUNK);
-        let n = self.stream.read_buf(buf).await.map_err(End::Io)?;
-        if n == 0 {
-            return Err(End::Closed);
+        loop {
+            self.stream.readable().await.map_err(End::Io)?;
+            let buf = self.decoder.buffer_mut();
+            buf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(buf) {
+                Ok(0) => return Err(End::Closed),
+                Ok(n) => {
+                    self.ctx
+                        .traffic
+                        .received
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    return Ok(n);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(End::Io(err)),
+            }
         }
-        self.ctx
-            .traffic
-            .received
-            .fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+    }
+
+    /// Gives the receive buffer back once it holds no partial packet.
+    fn release_read_buffer(&mut self) {
+        if self.decoder.buffered() == 0 {
+            *self.decoder.buffer_mut() = BytesMut::new();
+        }
     }
 
     async fn flush(&mut self) -> Result<(), End> {
@@ -112,7 +127,8 @@ impl Driver {
             .traffic
             .sent
             .fetch_add(self.out.len() as u64, Ordering::Relaxed);
-        self.out.clear();
+        // Released rather than kept: an idle connection holds no write buffer.
+        self.out = BytesMut::new();
         Ok(())
     }
 
@@ -173,13 +189,11 @@ impl Driver {
             self.encoder.set_max_packet_size(max.get());
         }
         let mut keep_alive_secs = connect.keep_alive;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
+        let outbox = Arc::new(Outbox::default());
         let registration = ToRouter::Connect {
             conn: self.conn,
             connect,
-            tx,
-            backlog: backlog.clone(),
+            outbox: outbox.clone(),
         };
         if self.ctx.router.send(registration).await.is_err() {
             return End::RouterGone;
@@ -187,7 +201,7 @@ impl Driver {
         self.registered = true;
         let mut keep_alive = KeepAlive::new(keep_alive_secs, Instant::now());
         let mut batch: Vec<Packet> = Vec::new();
-        let mut outputs: Vec<Output> = Vec::with_capacity(WRITE_BATCH);
+        self.release_read_buffer();
 
         // Phase 2: packets both ways until one side ends it.
         loop {
@@ -215,6 +229,7 @@ impl Driver {
                             Err(err) => break Some(err),
                         }
                     };
+                    self.release_read_buffer();
                     if !batch.is_empty() {
                         let packets = std::mem::take(&mut batch);
                         let msg = ToRouter::Packets { conn: self.conn, packets };
@@ -238,13 +253,9 @@ impl Driver {
                         return end;
                     }
                 }
-                n = rx.recv_many(&mut outputs, WRITE_BATCH) => {
-                    if n == 0 {
-                        return End::RouterGone;
-                    }
+                () = outbox.ready() => {
                     let mut close = false;
-                    for output in outputs.drain(..) {
-                        backlog.fetch_sub(backlog_cost(&output), Ordering::Relaxed);
+                    for output in outbox.take() {
                         match output {
                             Output::Packet(mut packet) => {
                                 if let Packet::ConnAck(ack) = &packet {

@@ -9,6 +9,7 @@
 
 mod config;
 mod driver;
+mod outbox;
 mod router;
 mod server;
 

@@ -1,27 +1,28 @@
 //! The router task: owns the engine, takes packets from the drivers, hands outputs back.
 //!
 //! Drivers decode and encode on every core; the router only runs engine logic, on batches, and
-//! never waits on a driver: its channels to drivers are unbounded, bounded in practice by the
+//! never waits on a driver: each driver's [`Outbox`] is unbounded, bounded in practice by the
 //! engine's inflight windows and queues, and for QoS 0 by the per-connection backlog check.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bulwark_core::{Broker, ConnectionId, Output};
-use bulwark_proto::{Connect, Packet, QoS};
+use bulwark_proto::{Connect, Packet};
 use tokio::sync::{mpsc, watch};
+
+use crate::outbox::Outbox;
 
 /// A message from a driver to the router.
 #[derive(Debug)]
 pub(crate) enum ToRouter {
-    /// A CONNECT was decoded; `tx` reaches the driver.
+    /// A CONNECT was decoded; `outbox` reaches the driver.
     Connect {
         conn: ConnectionId,
         connect: Box<Connect>,
-        tx: mpsc::UnboundedSender<Output>,
-        backlog: Arc<AtomicUsize>,
+        outbox: Arc<Outbox>,
     },
     /// Packets decoded after CONNECT, in order.
     Packets {
@@ -39,19 +40,6 @@ pub(crate) struct Traffic {
     pub(crate) sent: AtomicU64,
 }
 
-/// Bytes a packet adds to a connection's backlog.
-pub(crate) fn backlog_cost(output: &Output) -> usize {
-    match output {
-        Output::Packet(Packet::Publish(p)) => p.payload.len() + p.topic.as_str().len(),
-        _ => 0,
-    }
-}
-
-struct Peer {
-    tx: mpsc::UnboundedSender<Output>,
-    backlog: Arc<AtomicUsize>,
-}
-
 pub(crate) struct Router {
     pub(crate) broker: Broker,
     pub(crate) rx: mpsc::Receiver<ToRouter>,
@@ -60,11 +48,13 @@ pub(crate) struct Router {
     /// QoS 0 messages are dropped for a connection whose unsent bytes exceed this.
     pub(crate) max_backlog: usize,
     pub(crate) dropped_qos0: Arc<AtomicU64>,
+    /// Reused buffer for one connection's run of outputs.
+    pub(crate) run: Vec<Output>,
 }
 
 impl Router {
     pub(crate) async fn run(mut self) {
-        let mut peers: HashMap<ConnectionId, Peer> = HashMap::new();
+        let mut peers: HashMap<ConnectionId, Arc<Outbox>> = HashMap::new();
         let mut batch = Vec::with_capacity(256);
         let mut seen_traffic = (0u64, 0u64);
         let mut stopping = false;
@@ -111,15 +101,19 @@ impl Router {
         }
     }
 
-    fn apply(&mut self, msg: ToRouter, peers: &mut HashMap<ConnectionId, Peer>, now: Instant) {
+    fn apply(
+        &mut self,
+        msg: ToRouter,
+        peers: &mut HashMap<ConnectionId, Arc<Outbox>>,
+        now: Instant,
+    ) {
         match msg {
             ToRouter::Connect {
                 conn,
                 connect,
-                tx,
-                backlog,
+                outbox,
             } => {
-                peers.insert(conn, Peer { tx, backlog });
+                peers.insert(conn, outbox);
                 self.broker.handle_connect(conn, *connect, now);
             }
             ToRouter::Packets { conn, packets } => {
@@ -134,24 +128,33 @@ impl Router {
         }
     }
 
-    fn dispatch(&mut self, peers: &mut HashMap<ConnectionId, Peer>) {
-        while let Some((conn, output)) = self.broker.poll_output() {
-            let Some(peer) = peers.get(&conn) else {
-                continue;
+    /// Hands the engine's outputs to their drivers, one lock and one wake-up per run of
+    /// outputs for the same connection.
+    fn dispatch(&mut self, peers: &mut HashMap<ConnectionId, Arc<Outbox>>) {
+        let mut run: Vec<Output> = std::mem::take(&mut self.run);
+        let mut run_conn = None;
+        loop {
+            let next = self.broker.poll_output();
+            let same = matches!((&next, run_conn), (Some((c, _)), Some(r)) if *c == r);
+            if !same {
+                if let Some(conn) = run_conn.take() {
+                    let closes = run.iter().any(|o| matches!(o, Output::Close));
+                    if let Some(outbox) = peers.get(&conn) {
+                        let dropped = outbox.push(&mut run, self.max_backlog);
+                        self.dropped_qos0.fetch_add(dropped, Ordering::Relaxed);
+                    }
+                    run.clear();
+                    if closes {
+                        peers.remove(&conn);
+                    }
+                }
+            }
+            let Some((conn, output)) = next else {
+                break;
             };
-            let close = matches!(output, Output::Close);
-            let cost = backlog_cost(&output);
-            let is_qos0 =
-                matches!(&output, Output::Packet(Packet::Publish(p)) if p.qos == QoS::AtMostOnce);
-            if is_qos0 && peer.backlog.load(Ordering::Relaxed) > self.max_backlog {
-                // A slow consumer loses QoS 0 first; QoS 1 and 2 are bounded by its window.
-                self.dropped_qos0.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            peer.backlog.fetch_add(cost, Ordering::Relaxed);
-            if peer.tx.send(output).is_err() || close {
-                peers.remove(&conn);
-            }
+            run_conn = Some(conn);
+            run.push(output);
         }
+        self.run = run;
     }
 }

@@ -92,6 +92,7 @@ impl Server {
             shutdown: stop_rx.clone(),
             max_backlog: config.broker.max_queued_bytes,
             dropped_qos0: Arc::new(AtomicU64::new(0)),
+            run: Vec::new(),
         };
         let router_task = tokio::spawn(router.run());
         let ctx = Arc::new(DriverContext {

@@ -1,0 +1,125 @@
+//! The path from the router to one driver: a queue that costs nothing while empty.
+//!
+//! A channel would do, but tokio's allocates a block of 32 slots per channel up front (about
+//! 8 KiB of `Output`s), which an idle connection would carry for its whole life. This queue
+//! allocates only while something waits in it, takes one lock per batch from the router and one
+//! per wake-up of the driver, and tracks the bytes waiting so that a slow consumer's QoS 0
+//! messages can be dropped.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bulwark_core::Output;
+use bulwark_proto::{Packet, QoS};
+use tokio::sync::Notify;
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Output>,
+    /// Payload and topic bytes of the PUBLISH packets in `queue`.
+    backlog: usize,
+}
+
+/// Outputs waiting for one driver.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+/// Bytes a packet adds to a connection's backlog.
+fn cost(output: &Output) -> usize {
+    match output {
+        Output::Packet(Packet::Publish(p)) => p.payload.len() + p.topic.as_str().len(),
+        _ => 0,
+    }
+}
+
+impl Outbox {
+    /// Appends `outputs` and wakes the driver. QoS 0 messages that find more than
+    /// `max_backlog` bytes waiting are dropped; returns how many were.
+    pub(crate) fn push(&self, outputs: &mut Vec<Output>, max_backlog: usize) -> u64 {
+        let mut dropped = 0;
+        {
+            let Ok(mut state) = self.state.lock() else {
+                outputs.clear();
+                return 0;
+            };
+            for output in outputs.drain(..) {
+                let qos0 = matches!(&output, Output::Packet(Packet::Publish(p)) if p.qos == QoS::AtMostOnce);
+                if qos0 && state.backlog > max_backlog {
+                    dropped += 1;
+                    continue;
+                }
+                state.backlog += cost(&output);
+                state.queue.push_back(output);
+            }
+        }
+        self.notify.notify_one();
+        dropped
+    }
+
+    /// Takes everything waiting (nothing allocated is left behind).
+    pub(crate) fn take(&self) -> VecDeque<Output> {
+        match self.state.lock() {
+            Ok(mut state) => {
+                state.backlog = 0;
+                std::mem::take(&mut state.queue)
+            }
+            Err(_) => VecDeque::new(),
+        }
+    }
+
+    /// Resolves once something has been pushed since the last [`Outbox::take`].
+    pub(crate) async fn ready(&self) {
+        self.notify.notified().await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use bulwark_proto::{Publish, TopicName};
+    use bytes::Bytes;
+
+    fn publish(qos: QoS, len: usize) -> Output {
+        let mut p = Publish::new(TopicName::new("t").unwrap(), Bytes::from(vec![0; len]));
+        p.qos = qos;
+        if qos != QoS::AtMostOnce {
+            p.packet_id = bulwark_proto::PacketId::new(1);
+        }
+        Output::Packet(Packet::Publish(p))
+    }
+
+    #[test]
+    fn qos0_is_dropped_over_the_backlog_but_qos1_and_close_are_not() {
+        let outbox = Outbox::default();
+        let mut batch = vec![publish(QoS::AtMostOnce, 99), publish(QoS::AtMostOnce, 10)];
+        // The first fits (the backlog was empty), the second finds 100 bytes waiting.
+        assert_eq!(outbox.push(&mut batch, 50), 1);
+        let mut batch = vec![
+            publish(QoS::AtMostOnce, 1),
+            publish(QoS::AtLeastOnce, 1),
+            Output::Close,
+        ];
+        assert_eq!(outbox.push(&mut batch, 50), 1);
+        assert!(batch.is_empty());
+        let taken = outbox.take();
+        assert_eq!(taken.len(), 3);
+        assert_eq!(taken.back(), Some(&Output::Close));
+        // Taking resets the backlog.
+        let mut batch = vec![publish(QoS::AtMostOnce, 1)];
+        assert_eq!(outbox.push(&mut batch, 50), 0);
+    }
+
+    #[tokio::test]
+    async fn a_push_before_the_wait_is_not_lost() {
+        let outbox = Outbox::default();
+        outbox.push(&mut vec![Output::Close], 0);
+        tokio::time::timeout(std::time::Duration::from_secs(1), outbox.ready())
+            .await
+            .unwrap();
+        assert_eq!(outbox.take().len(), 1);
+    }
+}
