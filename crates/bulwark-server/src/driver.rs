@@ -23,6 +23,10 @@ use crate::router::{ToRouter, Traffic};
 /// Room made in the receive buffer before a read. The buffer is released whenever it holds no
 /// partial packet, so an idle connection holds none.
 const READ_CHUNK: usize = 4 * 1024;
+/// Room for the first reads, until CONNECT is complete: a CONNECT is usually far smaller than
+/// a read chunk, and thousands of connections arriving together would otherwise each leave a
+/// chunk's worth of freed heap behind.
+const CONNECT_CHUNK: usize = 512;
 
 pub(crate) struct DriverContext {
     pub(crate) router: mpsc::Sender<ToRouter>,
@@ -88,11 +92,11 @@ struct Driver {
 impl Driver {
     /// Waits until the socket is readable before making room, so that a connection waiting
     /// for its next packet holds no receive buffer.
-    async fn read_some(&mut self) -> Result<usize, End> {
+    async fn read_some(&mut self, room: usize) -> Result<usize, End> {
         loop {
             self.stream.readable().await.map_err(End::Io)?;
             let buf = self.decoder.buffer_mut();
-            buf.reserve(READ_CHUNK);
+            buf.reserve(room);
             match self.stream.try_read_buf(buf) {
                 Ok(0) => return Err(End::Closed),
                 Ok(n) => {
@@ -102,7 +106,10 @@ impl Driver {
                         .fetch_add(n as u64, Ordering::Relaxed);
                     return Ok(n);
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Readiness was stale: do not hold the room while waiting again.
+                    self.release_read_buffer();
+                }
                 Err(err) => return Err(End::Io(err)),
             }
         }
@@ -177,7 +184,7 @@ impl Driver {
                     return End::Decode(err);
                 }
             }
-            match tokio::time::timeout_at(deadline, self.read_some()).await {
+            match tokio::time::timeout_at(deadline, self.read_some(CONNECT_CHUNK)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(end)) => return end,
                 Err(_) => return End::ConnectTimeout,
@@ -213,7 +220,7 @@ impl Driver {
                 }
             };
             tokio::select! {
-                read = self.read_some() => {
+                read = self.read_some(READ_CHUNK) => {
                     if let Err(end) = read {
                         return end;
                     }
