@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bulwark_core::{ConnectionId, KeepAlive, Output};
 use bulwark_proto::{
-    ConnAck, ConnectReturnCode, DecodeError, Decoder, DecoderLimits, Disconnect, Encoder, Packet,
-    ProtocolVersion, ReasonCode,
+    ConnAck, Connect, ConnectReturnCode, DecodeError, Decoder, DecoderLimits, Disconnect, Encoder,
+    Packet, ProtocolVersion, ReasonCode,
 };
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -171,24 +171,33 @@ impl Driver {
         let _ = self.flush().await;
     }
 
-    async fn run(&mut self) -> End {
-        // Phase 1: a complete CONNECT within the timeout.
+    /// Phase 1: a complete CONNECT within the timeout. Boxed by the caller, so that its
+    /// states do not enlarge the future every connection keeps for its whole life.
+    async fn read_connect(&mut self) -> Result<Box<Connect>, End> {
         let deadline = tokio::time::Instant::now() + self.ctx.connect_timeout;
-        let connect = loop {
-            match self.decoder.poll_packet() {
-                Ok(Some(Packet::Connect(connect))) => break connect,
-                Ok(Some(_)) => return End::Engine,
-                Ok(None) => {}
-                Err(err) => {
-                    self.refuse_connect(&err).await;
-                    return End::Decode(err);
-                }
+        loop {
+            let err = match self.decoder.poll_packet() {
+                Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+                Ok(Some(_)) => return Err(End::Engine),
+                Ok(None) => None,
+                Err(err) => Some(err),
+            };
+            if let Some(err) = err {
+                self.refuse_connect(&err).await;
+                return Err(End::Decode(err));
             }
             match tokio::time::timeout_at(deadline, self.read_some(CONNECT_CHUNK)).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(end)) => return end,
-                Err(_) => return End::ConnectTimeout,
+                Ok(Err(end)) => return Err(end),
+                Err(_) => return Err(End::ConnectTimeout),
             }
+        }
+    }
+
+    async fn run(&mut self) -> End {
+        let connect = match Box::pin(self.read_connect()).await {
+            Ok(connect) => connect,
+            Err(end) => return end,
         };
         let version = connect.protocol_version;
         self.encoder = Encoder::new(version);
