@@ -53,6 +53,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Version::V5)]
         protocol: Version,
     },
+    /// Load-test an MQTT broker (any broker): throughput, latency, connections.
+    Bench(bulwark_bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
             client,
             protocol,
         } => decode(&hex, client, protocol.into()),
+        Command::Bench(args) => bulwark_bench::run(args),
     }
 }
 

@@ -1,0 +1,383 @@
+//! What to run: the command-line arguments ([`BenchArgs`]) and the checked options the library
+//! runs on ([`BenchOptions`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bulwark_proto::{ProtocolVersion, QoS};
+
+use crate::BenchError;
+use crate::payload::MIN_PAYLOAD;
+
+/// The load patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Open N connections (default 1000) and hold them idle; connect rate, connect latency,
+    /// broker memory per connection.
+    Conn,
+    /// W workers loop CONNECT, CONNACK, DISCONNECT, close; connections per second.
+    Churn,
+    /// N publishers (default 100) to one subscriber of `bench/fanin/#`.
+    FanIn,
+    /// N publisher/subscriber pairs (default 100), topic `bench/pairs/{i}`.
+    Pairs,
+    /// One publisher to N subscribers (default 1000) of one topic; deliveries per second.
+    FanOut,
+    /// N pairs (default 100) publishing at a fixed total `--rate`; latency percentiles.
+    Latency,
+}
+
+impl Scenario {
+    /// The name used on the command line, in client ids and in topics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Conn => "conn",
+            Self::Churn => "churn",
+            Self::FanIn => "fan-in",
+            Self::Pairs => "pairs",
+            Self::FanOut => "fan-out",
+            Self::Latency => "latency",
+        }
+    }
+
+    /// Connections (conn), publishers (fan-in), pairs (pairs, latency) or subscribers
+    /// (fan-out) when `-n` is not given; unused by churn.
+    pub fn default_connections(self) -> usize {
+        match self {
+            Self::Conn | Self::FanOut => 1000,
+            Self::FanIn | Self::Pairs | Self::Latency => 100,
+            Self::Churn => 0,
+        }
+    }
+}
+
+/// The MQTT version the load generator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// MQTT 3.1.1.
+    #[value(name = "3.1.1")]
+    V3_1_1,
+    /// MQTT 5.0.
+    #[value(name = "5")]
+    V5,
+}
+
+impl From<Protocol> for ProtocolVersion {
+    fn from(value: Protocol) -> Self {
+        match value {
+            Protocol::V3_1_1 => Self::V3_1_1,
+            Protocol::V5 => Self::V5,
+        }
+    }
+}
+
+/// Default `--window`: publications in flight across the whole scenario. Below the default
+/// per-session queue limits of Mosquitto (`max_queued_messages 1000`) and Bulwark (1000 queued
+/// plus 128 in flight), so one subscriber that receives everything never overflows its queue.
+pub const DEFAULT_WINDOW: u64 = 1000;
+
+/// Default `--window` for fan-out, in deliveries: every publication there takes one unit per
+/// subscriber, so the window in publications is this divided by the subscribers (at least 10,
+/// at most [`DEFAULT_WINDOW`]). Each delivery in flight adds to every message's latency
+/// (Little's law), so this is kept to what keeps a fast broker busy.
+pub const DEFAULT_FAN_OUT_DELIVERIES: u64 = 20_000;
+
+/// Default per-connection limit of unacknowledged QoS 1/2 publications.
+pub const DEFAULT_INFLIGHT: u16 = 64;
+
+/// `bulwark bench`: a load generator for any MQTT broker.
+#[derive(Debug, Clone, clap::Args)]
+#[command(about = "Load-test an MQTT broker (any broker): throughput, latency, connections")]
+pub struct BenchArgs {
+    /// The load pattern.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Broker host name or address (also the TLS server name).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// QoS of every publication and subscription.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload size in bytes (at least 16: send time and sequence number, then filler).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// MQTT version.
+    #[arg(long, value_enum, default_value_t = Protocol::V3_1_1)]
+    pub protocol: Protocol,
+    /// Connect with TLS (1.2 or 1.3), verifying the broker against --ca.
+    #[arg(long, requires = "ca")]
+    pub tls: bool,
+    /// PEM file of the certificate authorities to trust with --tls.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<PathBuf>,
+    /// User name for every connection.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Password for every connection.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Seconds measured (after the warm-up); for conn, how long the connections are held.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Seconds of load before measuring starts (messages sent then are not counted).
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    pub warmup: f64,
+    /// Publications sent and not yet received by every subscriber, at most, across the
+    /// scenario. Default 1000; fan-out: 20000 / subscribers, between 10 and 1000.
+    #[arg(long, value_name = "W")]
+    pub window: Option<u64>,
+    /// Connections (conn), publishers (fan-in), pairs (pairs, latency), subscribers (fan-out).
+    #[arg(long, short = 'n', value_name = "N")]
+    pub connections: Option<usize>,
+    /// Churn: concurrent connect/disconnect loops. Conn and set-up: connections being opened at
+    /// once.
+    #[arg(long, default_value_t = 16)]
+    pub workers: usize,
+    /// Total publications per second, spread evenly over the publishers by a timer (latency:
+    /// default 10000; other scenarios: as fast as the window allows).
+    #[arg(long, value_name = "MSG/S")]
+    pub rate: Option<u64>,
+    /// Unacknowledged QoS 1/2 publications per connection, at most (lowered to the broker's
+    /// Receive Maximum in MQTT 5.0).
+    #[arg(long, default_value_t = DEFAULT_INFLIGHT)]
+    pub inflight: u16,
+    /// Keep alive in seconds; idle connections send PINGREQ this often.
+    #[arg(long, default_value_t = 30)]
+    pub keep_alive: u16,
+    /// Print the result as one JSON object on standard output.
+    #[arg(long)]
+    pub json: bool,
+    /// The broker's process id: report its CPU use and, for conn, memory per connection.
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
+    /// A progress line every second on standard error (default: when standard error is a
+    /// terminal or the run is longer than 5 s).
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+    /// No progress lines.
+    #[arg(long, overrides_with = "progress")]
+    pub no_progress: bool,
+}
+
+/// A checked set of options: what [`crate::run_scenario`] runs.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The load pattern.
+    pub scenario: Scenario,
+    /// Broker host (also the TLS server name).
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// QoS of publications and subscriptions.
+    pub qos: QoS,
+    /// Payload bytes (at least 16).
+    pub payload: usize,
+    /// MQTT version.
+    pub version: ProtocolVersion,
+    /// Certificate authorities (PEM) for TLS; `None`: plain TCP.
+    pub tls_ca: Option<PathBuf>,
+    /// User name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Measured time (conn: hold time).
+    pub duration: Duration,
+    /// Unmeasured time before it.
+    pub warmup: Duration,
+    /// Window in publications (`None`: the scenario's default).
+    pub window: Option<u64>,
+    /// See [`BenchArgs::connections`]; `None`: the scenario's default.
+    pub connections: Option<usize>,
+    /// See [`BenchArgs::workers`].
+    pub workers: usize,
+    /// Total publications per second; `None`: unlimited (latency: 10000).
+    pub rate: Option<u64>,
+    /// Per-connection QoS 1/2 inflight limit.
+    pub inflight: u16,
+    /// Keep alive, seconds.
+    pub keep_alive: u16,
+    /// Broker process for CPU and memory figures.
+    pub broker_pid: Option<u32>,
+    /// Print a progress line every second on standard error.
+    pub progress: bool,
+}
+
+impl BenchOptions {
+    /// Options for `scenario` against `host:port` with every other setting at its default and
+    /// no progress output: the starting point for tests and for `compare`.
+    pub fn new(scenario: Scenario, host: impl Into<String>, port: u16) -> Self {
+        Self {
+            scenario,
+            host: host.into(),
+            port,
+            qos: QoS::AtMostOnce,
+            payload: 64,
+            version: ProtocolVersion::V3_1_1,
+            tls_ca: None,
+            username: None,
+            password: None,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            window: None,
+            connections: None,
+            workers: 16,
+            rate: None,
+            inflight: DEFAULT_INFLIGHT,
+            keep_alive: 30,
+            broker_pid: None,
+            progress: false,
+        }
+    }
+
+    /// Checks the options; every problem is reported at once.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let mut problems = Vec::new();
+        if self.payload < MIN_PAYLOAD {
+            problems.push(format!(
+                "--payload must be at least {MIN_PAYLOAD} bytes (send time and sequence number)"
+            ));
+        }
+        if self.workers == 0 {
+            problems.push("--workers must be at least 1".to_owned());
+        }
+        if self.connections == Some(0) {
+            problems.push("-n/--connections must be at least 1".to_owned());
+        }
+        if self.window == Some(0) {
+            problems.push("--window must be at least 1".to_owned());
+        }
+        if self.rate == Some(0) {
+            problems.push("--rate must be at least 1".to_owned());
+        }
+        if self.inflight == 0 {
+            problems.push("--inflight must be at least 1".to_owned());
+        }
+        if self.duration.is_zero() {
+            problems.push("--duration must be more than 0".to_owned());
+        }
+        if self.version == ProtocolVersion::V3_1 {
+            problems.push("MQTT 3.1 is not supported by the load generator".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(BenchError::Options(problems.join("; ")))
+        }
+    }
+
+    /// `-n`, or the scenario's default.
+    pub fn connections(&self) -> usize {
+        self.connections
+            .unwrap_or_else(|| self.scenario.default_connections())
+    }
+
+    /// Publications per second, if limited.
+    pub fn rate(&self) -> Option<u64> {
+        match self.scenario {
+            Scenario::Latency => Some(self.rate.unwrap_or(10_000)),
+            _ => self.rate,
+        }
+    }
+
+    /// The window in units (deliveries) for a scenario whose publications each reach
+    /// `fanout` subscribers.
+    pub fn window_units(&self, fanout: u64) -> u64 {
+        let fanout = fanout.max(1);
+        match self.window {
+            Some(messages) => messages.max(1).saturating_mul(fanout),
+            None if self.scenario == Scenario::FanOut => {
+                let messages = (DEFAULT_FAN_OUT_DELIVERIES / fanout).clamp(10, DEFAULT_WINDOW);
+                messages.saturating_mul(fanout)
+            }
+            None => DEFAULT_WINDOW.saturating_mul(fanout),
+        }
+    }
+}
+
+impl TryFrom<&BenchArgs> for BenchOptions {
+    type Error = BenchError;
+
+    fn try_from(args: &BenchArgs) -> Result<Self, BenchError> {
+        let seconds = |value: f64, name: &str| {
+            Duration::try_from_secs_f64(value).map_err(|_| {
+                BenchError::Options(format!("{name} must be a number of seconds >= 0"))
+            })
+        };
+        let duration = seconds(args.duration, "--duration")?;
+        let warmup = seconds(args.warmup, "--warmup")?;
+        let progress = if args.no_progress {
+            false
+        } else {
+            args.progress
+                || std::io::IsTerminal::is_terminal(&std::io::stderr())
+                || duration + warmup > Duration::from_secs(5)
+        };
+        let options = Self {
+            scenario: args.scenario,
+            host: args.host.clone(),
+            port: args.port,
+            qos: QoS::from_u8(args.qos)
+                .ok_or_else(|| BenchError::Options("--qos must be 0, 1 or 2".to_owned()))?,
+            payload: args.payload,
+            version: args.protocol.into(),
+            tls_ca: if args.tls { args.ca.clone() } else { None },
+            username: args.username.clone(),
+            password: args.password.clone(),
+            duration,
+            warmup,
+            window: args.window,
+            connections: args.connections,
+            workers: args.workers,
+            rate: args.rate,
+            inflight: args.inflight,
+            keep_alive: args.keep_alive,
+            broker_pid: args.broker_pid,
+            progress,
+        };
+        options.validate()?;
+        Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_defaults() {
+        let pairs = BenchOptions::new(Scenario::Pairs, "127.0.0.1", 1883);
+        assert_eq!(pairs.window_units(1), 1000);
+        let mut fan_out = BenchOptions::new(Scenario::FanOut, "127.0.0.1", 1883);
+        // 1000 subscribers: 20 publications of 1000 deliveries.
+        assert_eq!(fan_out.window_units(1000), 20_000);
+        // 5 subscribers: capped at 1000 publications.
+        assert_eq!(fan_out.window_units(5), 5000);
+        // 100 000 subscribers: at least 10 publications.
+        assert_eq!(fan_out.window_units(100_000), 1_000_000);
+        fan_out.window = Some(500);
+        assert_eq!(fan_out.window_units(1000), 500_000);
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let mut o = BenchOptions::new(Scenario::FanIn, "127.0.0.1", 1883);
+        assert!(o.validate().is_ok());
+        o.payload = 8;
+        o.workers = 0;
+        let err = o.validate().unwrap_err().to_string();
+        assert!(err.contains("--payload"), "{err}");
+        assert!(err.contains("--workers"), "{err}");
+    }
+
+    #[test]
+    fn latency_has_a_default_rate() {
+        let o = BenchOptions::new(Scenario::Latency, "127.0.0.1", 1883);
+        assert_eq!(o.rate(), Some(10_000));
+        let o = BenchOptions::new(Scenario::Pairs, "127.0.0.1", 1883);
+        assert_eq!(o.rate(), None);
+    }
+}

@@ -1,0 +1,164 @@
+//! Every scenario, briefly, against a real Bulwark broker in this process: the load generator
+//! receives what it sends, and at QoS 1 and 2 loses nothing and sees nothing twice.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bulwark_bench::{BenchOptions, Report, Scenario, run_scenario};
+use bulwark_proto::{ProtocolVersion, QoS};
+
+struct Broker {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Broker {
+    async fn start() -> Self {
+        let mut c = bulwark_server::ServerConfig {
+            listeners: vec![bulwark_server::ListenerConfig {
+                name: "t".into(),
+                bind: "127.0.0.1:0".parse().unwrap(),
+            }],
+            ..Default::default()
+        };
+        c.broker.sys_interval = None;
+        let s = bulwark_server::Server::bind(c).await.unwrap();
+        let addr = s.local_addrs()[0];
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(s.run(async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    fn options(&self, scenario: Scenario) -> BenchOptions {
+        let mut o = BenchOptions::new(scenario, self.addr.ip().to_string(), self.addr.port());
+        o.duration = Duration::from_secs(1);
+        o.warmup = Duration::from_millis(200);
+        o
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+fn assert_delivered(report: &Report, qos: QoS) {
+    assert!(report.received > 0, "{}", report.to_table());
+    assert!(report.published > 0, "{}", report.to_table());
+    assert_eq!(report.errors, 0, "{}", report.to_table());
+    let latency = report.latency.expect("latency samples");
+    assert!(latency.p50_us > 0.0 && latency.p50_us <= latency.max_us);
+    if qos != QoS::AtMostOnce {
+        assert_eq!(report.lost, 0, "{}", report.to_table());
+        assert_eq!(report.duplicates, 0, "{}", report.to_table());
+        assert_eq!(report.reordered, 0, "{}", report.to_table());
+        assert_eq!(report.received, report.expected, "{}", report.to_table());
+        assert_eq!(report.window_resets, 0, "{}", report.to_table());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_scenarios_at_every_qos() {
+    let broker = Broker::start().await;
+    for (scenario, n) in [
+        (Scenario::FanIn, 8),
+        (Scenario::Pairs, 4),
+        (Scenario::FanOut, 8),
+    ] {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let mut o = broker.options(scenario);
+            o.connections = Some(n);
+            o.qos = qos;
+            let report = run_scenario(&o).await.unwrap();
+            assert_delivered(&report, qos);
+            if scenario == Scenario::FanOut {
+                assert_eq!(report.expected, report.published * n as u64);
+            }
+        }
+    }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_and_a_fixed_rate() {
+    let broker = Broker::start().await;
+    let mut o = broker.options(Scenario::Latency);
+    o.connections = Some(5);
+    o.rate = Some(1000);
+    o.qos = QoS::ExactlyOnce;
+    o.version = ProtocolVersion::V5;
+    o.payload = 16;
+    let report = run_scenario(&o).await.unwrap();
+    assert_delivered(&report, o.qos);
+    // 1000 msg/s for 1 s: the timer keeps the rate, give or take a tick.
+    assert!(
+        (800..=1200).contains(&report.published),
+        "{}",
+        report.to_table()
+    );
+
+    let mut o = broker.options(Scenario::Pairs);
+    o.connections = Some(3);
+    o.qos = QoS::AtLeastOnce;
+    o.version = ProtocolVersion::V5;
+    o.window = Some(10);
+    let report = run_scenario(&o).await.unwrap();
+    assert_delivered(&report, o.qos);
+    assert_eq!(report.window, 10);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_scenarios() {
+    let broker = Broker::start().await;
+    let mut o = broker.options(Scenario::Conn);
+    o.connections = Some(50);
+    o.broker_pid = Some(std::process::id());
+    let report = run_scenario(&o).await.unwrap();
+    let connect = report.connect.as_ref().unwrap();
+    assert_eq!(connect.connected, 50, "{}", report.to_table());
+    assert_eq!(connect.failed, 0);
+    assert!(connect.per_second > 0.0);
+    assert!(connect.latency.is_some());
+    assert_eq!(report.errors, 0, "{}", report.to_table());
+    #[cfg(target_os = "linux")]
+    {
+        assert!(report.memory.is_some(), "{}", report.to_table());
+        assert!(report.broker_cpu_percent.is_some());
+    }
+
+    let mut o = broker.options(Scenario::Churn);
+    o.workers = 2;
+    let report = run_scenario(&o).await.unwrap();
+    let connect = report.connect.as_ref().unwrap();
+    assert!(connect.connected > 0, "{}", report.to_table());
+    assert_eq!(connect.failed, 0, "{}", report.to_table());
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_listening_is_an_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut o = BenchOptions::new(Scenario::Pairs, "127.0.0.1", port);
+    o.connections = Some(1);
+    o.duration = Duration::from_millis(100);
+    o.warmup = Duration::ZERO;
+    assert!(run_scenario(&o).await.is_err());
+}
