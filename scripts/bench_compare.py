@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Side-by-side broker comparison: Bulwark, Eclipse Mosquitto and rumqttd, one at a time.
+
+Each scenario runs against a freshly started broker process pinned to one core (taskset), with
+`bulwark bench` pinned to the other, REPS times; the medians and Bulwark's ratio to the best peer
+are written as a Markdown table (stdout, and into docs/benchmarks.md between the markers
+"<!-- bench-compare:begin -->" and "<!-- bench-compare:end -->" with --write).
+
+Invoked by scripts/bench-compare.sh, which installs the peers first. Loopback only; every run
+is bounded by --duration and a timeout.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, bench arguments, figure, unit, target rule)
+SCENARIOS = [
+    ("fan-in QoS 0, 100 to 1", ["fan-in", "--qos", "0", "-n", "100"], "recv", "msg/s", ">= 1.2x best peer"),
+    ("fan-in QoS 1, 100 to 1", ["fan-in", "--qos", "1", "-n", "100"], "recv", "msg/s", "(no target)"),
+    ("pairs QoS 0, 100 pairs", ["pairs", "--qos", "0", "-n", "100"], "recv", "msg/s", "(no target)"),
+    ("pairs QoS 1, 100 pairs", ["pairs", "--qos", "1", "-n", "100"], "recv", "msg/s", ">= 1.2x best peer"),
+    ("pairs QoS 2, 100 pairs", ["pairs", "--qos", "2", "-n", "100"], "recv", "msg/s", ">= 1.2x best peer"),
+    ("fan-out QoS 0, 1 to 1,000", ["fan-out", "--qos", "0", "-n", "1000"], "recv", "deliveries/s", ">= best peer"),
+    ("QoS 1 at 10k msg/s, p99 latency", ["latency", "--qos", "1", "-n", "100", "--rate", "10000"], "p99", "ms", "<= Mosquitto"),
+    ("memory per idle connection (10,000)", ["conn", "-n", "10000", "--workers", "32"], "mem", "KB", "<= 2 KB"),
+    ("connections per second (churn, 16 workers)", ["churn", "--workers", "16"], "churn", "conn/s", ">= Mosquitto"),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def start_broker(kind, bins, port, work, broker_core):
+    if kind == "bulwark":
+        cmd = [bins["bulwark"], "serve", "--listen", f"127.0.0.1:{port}", "--log-level", "warn"]
+    elif kind == "mosquitto":
+        conf = os.path.join(work, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n")
+        cmd = [bins["mosquitto"], "-c", conf]
+    else:
+        conf = os.path.join(work, "rumqttd.toml")
+        with open(conf, "w") as f:
+            f.write(
+                "id = 0\n[router]\nid = 0\nmax_connections = 20010\nmax_outgoing_packet_count = 200\n"
+                "max_segment_size = 104857600\nmax_segment_count = 10\n"
+                f'[v4.1]\nname = "v4-1"\nlisten = "127.0.0.1:{port}"\nnext_connection_delay_ms = 0\n'
+                "[v4.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 20480\n"
+                "max_inflight_count = 100\ndynamic_filters = true\n"
+            )
+        cmd = [bins["rumqttd"], "-c", conf, "-q"]
+    log = open(os.path.join(work, f"{kind}.log"), "w")
+    proc = subprocess.Popen(["taskset", "-c", broker_core] + cmd, stdout=log, stderr=log)
+    if not wait_port(port, proc):
+        proc.kill()
+        raise RuntimeError(f"{kind} did not start listening on {port}: see {log.name}")
+    return proc
+
+
+def run_bench(bins, args, port, pid, duration, loader_core):
+    cmd = ["taskset", "-c", loader_core, bins["bulwark"], "bench"] + args + [
+        "--port", str(port), "--broker-pid", str(pid), "--duration", str(duration),
+        "--no-progress", "--json",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def figure(report, kind):
+    if kind == "recv":
+        return report["received_per_s"]
+    if kind == "p99":
+        return report["latency"]["p99_us"] / 1000.0
+    if kind == "mem":
+        return report["memory"]["per_connection_bytes"] / 1000.0
+    if kind == "churn":
+        return report["connect"]["per_second"]
+    raise ValueError(kind)
+
+
+def version(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (out.stdout + out.stderr).strip().splitlines()[0]
+    except Exception as err:  # a missing peer is reported, not fatal
+        return f"unknown ({err})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bulwark", default=os.path.join(ROOT, "target/release/bulwark"))
+    ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+    ap.add_argument("--rumqttd", default=shutil.which("rumqttd") or "rumqttd")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--brokers", default="mosquitto,rumqttd,bulwark")
+    ap.add_argument("--only", default="", help="comma-separated scenario indexes (0-based)")
+    ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    a = ap.parse_args()
+    bins = {"bulwark": a.bulwark, "mosquitto": a.mosquitto, "rumqttd": a.rumqttd}
+    brokers = a.brokers.split(",")
+    cores = os.sched_getaffinity(0)
+    broker_core, loader_core = (str(min(cores)), str(max(cores))) if len(cores) > 1 else ("0", "0")
+    scenarios = SCENARIOS
+    if a.only:
+        scenarios = [SCENARIOS[int(i)] for i in a.only.split(",")]
+    work = tempfile.mkdtemp(prefix="bench-compare-")
+    results = {}
+    for name, args, kind, unit, target in scenarios:
+        for broker in brokers:
+            values = []
+            for rep in range(a.reps):
+                port = free_port()
+                proc = start_broker(broker, bins, port, work, broker_core)
+                try:
+                    time.sleep(0.5)
+                    duration = 3 if kind == "mem" else a.duration
+                    report = run_bench(bins, args, port, proc.pid, duration, loader_core)
+                    values.append(figure(report, kind))
+                    extra = ""
+                    if report.get("lost"):
+                        extra = f" lost {report['lost']}"
+                    print(f"{name} | {broker} | rep {rep + 1}: {values[-1]:,.2f} {unit}{extra} "
+                          f"(broker cpu {report.get('broker_cpu_percent') or 0:.0f}%, "
+                          f"loader cpu {report.get('loader_cpu_percent') or 0:.0f}%)",
+                          file=sys.stderr, flush=True)
+                finally:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            results[(name, broker)] = statistics.median(values)
+    lines = []
+    lines.append(f"Run {datetime.date.today().isoformat()} on {platform.node() or 'this machine'}: "
+                 f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+                 f"broker on core {broker_core}, loader on core {loader_core}; "
+                 f"median of {a.reps} runs, each on a fresh broker process, {a.duration} s measured "
+                 "after 2 s of warm-up, 64 B payloads, MQTT 3.1.1.")
+    lines.append("")
+    lines.append(f"Versions: {version([bins['bulwark'], '--version'])}; "
+                 f"{version([bins['mosquitto'], '-h'])}; {version([bins['rumqttd'], '--version'])}.")
+    lines.append("")
+    lines.append("Command: `bash scripts/bench-compare.sh" + (" --write`" if a.write else "`"))
+    lines.append("")
+    header = "| scenario | " + " | ".join(brokers) + " | Bulwark vs best peer | target |"
+    lines.append(header)
+    lines.append("|" + "---|" * (len(brokers) + 3))
+    for name, args, kind, unit, target in scenarios:
+        cells = []
+        for broker in brokers:
+            v = results.get((name, broker))
+            cells.append("-" if v is None else (f"{v:,.2f} {unit}" if kind in ("p99", "mem") else f"{v:,.0f} {unit}"))
+        ours = results.get((name, "bulwark"))
+        peers = [results[(name, b)] for b in brokers if b != "bulwark" and (name, b) in results]
+        ratio = "-"
+        if ours is not None and peers:
+            lower_is_better = kind in ("p99", "mem")
+            best = min(peers) if lower_is_better else max(peers)
+            if best > 0 and ours > 0:
+                r = (best / ours) if lower_is_better else (ours / best)
+                ratio = f"{r:.2f}x" + (" (lower is better)" if lower_is_better else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} | {target} |")
+    table = "\n".join(lines)
+    print(table)
+    if a.write:
+        path = os.path.join(ROOT, "docs/benchmarks.md")
+        text = open(path).read()
+        begin, end = "<!-- bench-compare:begin -->", "<!-- bench-compare:end -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            text = head + begin + "\n" + table + "\n" + end + tail
+            open(path, "w").write(text)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
