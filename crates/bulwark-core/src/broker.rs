@@ -107,7 +107,7 @@ struct Target {
 #[derive(Debug)]
 struct PendingWill {
     at: Instant,
-    will: Will,
+    will: Box<Will>,
 }
 
 /// Engine state of one connected client.
@@ -123,7 +123,8 @@ struct Conn {
     alias_clock: u64,
     aliases_in: HashMap<u16, TopicName>,
     problem_information: bool,
-    will: Option<Will>,
+    /// Boxed: most clients have none, and every connection pays for the field.
+    will: Option<Box<Will>>,
     connect_expiry_was_zero: bool,
 }
 
@@ -145,7 +146,9 @@ impl Conn {
 pub struct Broker {
     config: BrokerConfig,
     started: Instant,
-    conns: HashMap<ConnectionId, Conn>,
+    /// Boxed values: the table holds pointers, so its spare capacity costs 16 bytes a slot
+    /// rather than a whole connection's state.
+    conns: HashMap<ConnectionId, Box<Conn>>,
     online: HashMap<SessionKey, ConnectionId>,
     client_ids: HashMap<Arc<str>, SessionKey>,
     store: Box<dyn SessionStore>,
@@ -437,10 +440,10 @@ impl Broker {
             alias_clock: 0,
             aliases_in: HashMap::new(),
             problem_information: connect.properties.request_problem_information != Some(false),
-            will: connect.will,
+            will: connect.will.map(Box::new),
             connect_expiry_was_zero: requested_expiry == 0,
         };
-        self.conns.insert(conn, state);
+        self.conns.insert(conn, Box::new(state));
         self.online.insert(key, conn);
         self.stats.connections_total += 1;
 
@@ -734,7 +737,7 @@ impl Broker {
                 conn.session.incoming_qos2.insert(id.get());
             }
         }
-        let v5 = self.conns.get(&conn_id).is_some_and(Conn::is_v5);
+        let v5 = self.conns.get(&conn_id).is_some_and(|c| c.is_v5());
         let code = if v5 { code } else { ReasonCode::Success };
         self.answer_publish(conn_id, qos, packet_id, code, "");
     }
@@ -1084,7 +1087,7 @@ impl Broker {
             will,
             version,
             ..
-        } = conn;
+        } = *conn;
         let key = session.key;
         self.online.remove(&key);
         if let Some(will) = will {
@@ -1160,7 +1163,8 @@ impl Broker {
         }
     }
 
-    fn publish_will(&mut self, key: SessionKey, will: Will, now: Instant) {
+    fn publish_will(&mut self, key: SessionKey, will: Box<Will>, now: Instant) {
+        let will = *will;
         let p = will.properties;
         let properties = PublishProperties {
             payload_format_indicator: p.payload_format_indicator,

@@ -53,12 +53,14 @@ enum End {
     RouterGone,
 }
 
-pub(crate) async fn drive(
+/// The task of one connection. A plain function returning the future, so that the socket
+/// and context are moved into the future once, not kept both as arguments and as locals.
+pub(crate) fn drive(
     stream: TcpStream,
     peer: SocketAddr,
     conn: ConnectionId,
     ctx: Arc<DriverContext>,
-) {
+) -> impl Future<Output = ()> {
     let _ = stream.set_nodelay(true);
     let mut driver = Driver {
         stream,
@@ -69,13 +71,15 @@ pub(crate) async fn drive(
         ctx,
         registered: false,
     };
-    let end = driver.run().await;
-    if driver.registered {
-        let _ = driver.ctx.router.send(ToRouter::Lost { conn }).await;
-    }
-    match &end {
-        End::Closed | End::Engine => debug!(%peer, conn = conn.0, ?end, "connection closed"),
-        _ => info!(%peer, conn = conn.0, ?end, "connection ended"),
+    async move {
+        let end = driver.run().await;
+        if driver.registered {
+            let _ = driver.ctx.router.send(ToRouter::Lost { conn }).await;
+        }
+        match &end {
+            End::Closed | End::Engine => debug!(%peer, conn = conn.0, ?end, "connection closed"),
+            _ => info!(%peer, conn = conn.0, ?end, "connection ended"),
+        }
     }
 }
 
@@ -94,7 +98,11 @@ impl Driver {
     /// for its next packet holds no receive buffer.
     async fn read_some(&mut self, room: usize) -> Result<usize, End> {
         loop {
-            self.stream.readable().await.map_err(End::Io)?;
+            // poll_read_ready keeps its waker in the socket's registration, not in this
+            // future: `readable()` would add a waiter node to every idle connection's future.
+            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx))
+                .await
+                .map_err(End::Io)?;
             let buf = self.decoder.buffer_mut();
             buf.reserve(room);
             match self.stream.try_read_buf(buf) {
