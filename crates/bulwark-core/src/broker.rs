@@ -110,6 +110,16 @@ struct PendingWill {
     will: Box<Will>,
 }
 
+/// Topic alias mappings of one connection, both ways.
+#[derive(Debug, Default)]
+struct Aliases {
+    /// Client to broker: alias to topic.
+    inbound: HashMap<u16, TopicName>,
+    /// Broker to client: topic to alias and when it was last used.
+    outbound: HashMap<Box<str>, (NonZeroU16, u64)>,
+    clock: u64,
+}
+
 /// Engine state of one connected client.
 #[derive(Debug)]
 struct Conn {
@@ -119,9 +129,8 @@ struct Conn {
     encoder: Encoder,
     send_window: usize,
     alias_max_out: u16,
-    aliases_out: HashMap<Box<str>, (NonZeroU16, u64)>,
-    alias_clock: u64,
-    aliases_in: HashMap<u16, TopicName>,
+    /// Created at the first alias either way: most connections never use one.
+    aliases: Option<Box<Aliases>>,
     problem_information: bool,
     /// Boxed: most clients have none, and every connection pays for the field.
     will: Option<Box<Will>>,
@@ -436,9 +445,7 @@ impl Broker {
             encoder,
             send_window,
             alias_max_out,
-            aliases_out: HashMap::new(),
-            alias_clock: 0,
-            aliases_in: HashMap::new(),
+            aliases: None,
             problem_information: connect.properties.request_problem_information != Some(false),
             will: connect.will.map(Box::new),
             connect_expiry_was_zero: requested_expiry == 0,
@@ -649,7 +656,11 @@ impl Broker {
                 );
             }
             if topic.is_empty() {
-                match conn.aliases_in.get(&alias.get()) {
+                match conn
+                    .aliases
+                    .as_ref()
+                    .and_then(|a| a.inbound.get(&alias.get()))
+                {
                     Some(known) => topic = known.clone(),
                     None => {
                         return self.disconnect(
@@ -661,7 +672,10 @@ impl Broker {
                     }
                 }
             } else {
-                conn.aliases_in.insert(alias.get(), topic.clone());
+                conn.aliases
+                    .get_or_insert_with(Box::default)
+                    .inbound
+                    .insert(alias.get(), topic.clone());
             }
         }
         let session_key = conn.session.key;
@@ -1565,32 +1579,31 @@ fn build_publish(delivery: &Delivery, now: Instant) -> Publish {
 /// Broker-to-client topic aliases: a topic seen before is sent as its alias alone; a new
 /// topic takes a free alias, or the least recently used one once all are taken.
 fn apply_alias(conn: &mut Conn, publish: &mut Publish) {
-    conn.alias_clock += 1;
-    let clock = conn.alias_clock;
-    if let Some((alias, used)) = conn.aliases_out.get_mut(publish.topic.as_str()) {
+    let max = usize::from(conn.alias_max_out);
+    let aliases = conn.aliases.get_or_insert_with(Box::default);
+    aliases.clock += 1;
+    let clock = aliases.clock;
+    let out = &mut aliases.outbound;
+    if let Some((alias, used)) = out.get_mut(publish.topic.as_str()) {
         *used = clock;
         publish.properties.topic_alias = Some(*alias);
         publish.topic = TopicName::empty_for_alias();
         return;
     }
-    let alias = if conn.aliases_out.len() < usize::from(conn.alias_max_out) {
-        u16::try_from(conn.aliases_out.len() + 1)
-            .ok()
-            .and_then(NonZeroU16::new)
+    let alias = if out.len() < max {
+        u16::try_from(out.len() + 1).ok().and_then(NonZeroU16::new)
     } else {
-        let oldest = conn
-            .aliases_out
+        let oldest = out
             .iter()
             .min_by_key(|(_, (_, used))| *used)
             .map(|(topic, (alias, _))| (topic.clone(), *alias));
         oldest.map(|(topic, alias)| {
-            conn.aliases_out.remove(&topic);
+            out.remove(&topic);
             alias
         })
     };
     if let Some(alias) = alias {
-        conn.aliases_out
-            .insert(publish.topic.as_str().into(), (alias, clock));
+        out.insert(publish.topic.as_str().into(), (alias, clock));
         publish.properties.topic_alias = Some(alias);
     }
 }
