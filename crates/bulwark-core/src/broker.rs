@@ -702,11 +702,11 @@ impl Broker {
             let Some(conn) = self.conns.get_mut(&conn_id) else {
                 return;
             };
-            if conn.session.incoming_qos2.contains(&id.get()) {
+            if conn.session.qos2_received(id) {
                 // A resend before PUBREL: answered, not delivered again.
                 return self.push(conn_id, Packet::PubRec(PubRec::new(id)));
             }
-            if conn.session.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
+            if conn.session.qos2_pending() >= usize::from(self.config.receive_maximum) {
                 return self.disconnect(
                     conn_id,
                     ReasonCode::ReceiveMaximumExceeded,
@@ -748,7 +748,7 @@ impl Broker {
         };
         if qos == QoS::ExactlyOnce {
             if let (Some(id), Some(conn)) = (packet_id, self.conns.get_mut(&conn_id)) {
-                conn.session.incoming_qos2.insert(id.get());
+                conn.session.qos2_record(id);
             }
         }
         let v5 = self.conns.get(&conn_id).is_some_and(|c| c.is_v5());
@@ -804,7 +804,7 @@ impl Broker {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        let known = conn.session.incoming_qos2.remove(&packet_id.get());
+        let known = conn.session.qos2_release(packet_id);
         let mut comp = PubComp::new(packet_id);
         if !known && conn.is_v5() {
             comp.reason_code = ReasonCode::PacketIdentifierNotFound;

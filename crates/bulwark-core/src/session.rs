@@ -53,11 +53,19 @@ pub struct Session {
     queue_bytes: usize,
     /// QoS 1 and 2 messages sent and not completed, in the order they were first sent.
     pub inflight: VecDeque<Inflight>,
-    ids_in_use: HashSet<u16>,
     next_id: u16,
+    /// Packet identifiers in use both ways; created at the first QoS 1/2 exchange and dropped
+    /// when none is left, so a session at rest carries no sets.
+    ids: Option<Box<PacketIds>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PacketIds {
+    /// Identifiers of messages in flight to the client.
+    outgoing: HashSet<u16>,
     /// Identifiers of QoS 2 messages received from the client (and answered with PUBREC)
     /// whose PUBREL has not come yet: a PUBLISH reusing one is a resend, not a new message.
-    pub incoming_qos2: HashSet<u16>,
+    incoming_qos2: HashSet<u16>,
 }
 
 impl Session {
@@ -71,9 +79,8 @@ impl Session {
             queue: VecDeque::new(),
             queue_bytes: 0,
             inflight: VecDeque::new(),
-            ids_in_use: HashSet::new(),
             next_id: 0,
-            incoming_qos2: HashSet::new(),
+            ids: None,
         }
     }
 
@@ -111,22 +118,66 @@ impl Session {
 
     /// A packet identifier not used by any message in flight, or `None` if all 65,535 are.
     pub fn allocate_id(&mut self) -> Option<PacketId> {
-        if self.ids_in_use.len() >= usize::from(u16::MAX) {
+        let ids = self.ids.get_or_insert_with(Box::default);
+        if ids.outgoing.len() >= usize::from(u16::MAX) {
             return None;
         }
         loop {
             self.next_id = self.next_id.wrapping_add(1);
             if let Some(id) = PacketId::new(self.next_id) {
-                if self.ids_in_use.insert(id.get()) {
+                if ids.outgoing.insert(id.get()) {
                     return Some(id);
                 }
             }
         }
     }
 
+    fn drop_empty_ids(&mut self) {
+        if self
+            .ids
+            .as_ref()
+            .is_some_and(|ids| ids.outgoing.is_empty() && ids.incoming_qos2.is_empty())
+        {
+            self.ids = None;
+        }
+    }
+
+    /// Whether a QoS 2 PUBLISH with `id` was received and not yet released by PUBREL.
+    pub fn qos2_received(&self, id: PacketId) -> bool {
+        self.ids
+            .as_ref()
+            .is_some_and(|ids| ids.incoming_qos2.contains(&id.get()))
+    }
+
+    /// QoS 2 messages received and awaiting PUBREL.
+    pub fn qos2_pending(&self) -> usize {
+        self.ids.as_ref().map_or(0, |ids| ids.incoming_qos2.len())
+    }
+
+    /// Records a QoS 2 PUBLISH answered with PUBREC.
+    pub fn qos2_record(&mut self, id: PacketId) {
+        self.ids
+            .get_or_insert_with(Box::default)
+            .incoming_qos2
+            .insert(id.get());
+    }
+
+    /// PUBREL for `id`: forgets it; false if it was not known.
+    pub fn qos2_release(&mut self, id: PacketId) -> bool {
+        let known = self
+            .ids
+            .as_mut()
+            .is_some_and(|ids| ids.incoming_qos2.remove(&id.get()));
+        self.drop_empty_ids();
+        known
+    }
+
     /// Records a message as sent with `packet_id` (from [`Session::allocate_id`]).
     pub fn push_inflight(&mut self, inflight: Inflight) {
-        self.ids_in_use.insert(inflight.packet_id.get());
+        self.ids
+            .get_or_insert_with(Box::default)
+            .outgoing
+            .insert(inflight.packet_id.get());
         self.inflight.push_back(inflight);
     }
 
@@ -139,7 +190,10 @@ impl Session {
     /// Removes the message in flight at `position` and frees its identifier.
     pub fn remove_inflight(&mut self, position: usize) -> Option<Inflight> {
         let inflight = self.inflight.remove(position)?;
-        self.ids_in_use.remove(&inflight.packet_id.get());
+        if let Some(ids) = self.ids.as_mut() {
+            ids.outgoing.remove(&inflight.packet_id.get());
+        }
+        self.drop_empty_ids();
         Some(inflight)
     }
 }
