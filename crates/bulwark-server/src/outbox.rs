@@ -45,6 +45,17 @@ impl Outbox {
                 outputs.clear();
                 return 0;
             };
+            let batch_cost: usize = outputs.iter().map(cost).sum();
+            if state.queue.is_empty() && batch_cost <= max_backlog {
+                // The common case: the driver took everything already and the batch drops
+                // nothing. It becomes the queue as it is (no copy, no allocation); the
+                // caller's buffer starts afresh.
+                state.backlog = batch_cost;
+                state.queue = VecDeque::from(std::mem::take(outputs));
+                drop(state);
+                self.notify.notify_one();
+                return 0;
+            }
             for output in outputs.drain(..) {
                 let qos0 = matches!(&output, Output::Packet(Packet::Publish(p)) if p.qos == QoS::AtMostOnce);
                 if qos0 && state.backlog > max_backlog {
