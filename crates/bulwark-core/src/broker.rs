@@ -687,7 +687,7 @@ impl Broker {
                 now,
             );
         }
-        if topic.as_str().starts_with("$SYS") {
+        if topic.as_str() == "$SYS" || topic.as_str().starts_with("$SYS/") {
             // Clients must not forge the broker's own statistics.
             return self.answer_publish(
                 conn_id,

@@ -699,6 +699,13 @@ fn clients_may_not_publish_to_sys() {
     );
     assert!(h.take(1).iter().any(|o| matches!(o,
         Output::Packet(Packet::PubAck(a)) if a.reason_code == ReasonCode::NotAuthorized)));
+    // Only the `$SYS` level itself is reserved, not every topic whose name starts alike.
+    h.send(
+        1,
+        Packet::Publish(publish("$SYSTEM/x", "0", QoS::AtLeastOnce, Some(2))),
+    );
+    assert!(h.take(1).iter().any(|o| matches!(o,
+        Output::Packet(Packet::PubAck(a)) if a.reason_code == ReasonCode::NoMatchingSubscribers)));
 }
 
 #[test]
