@@ -102,13 +102,21 @@ fuzz_target!(|data: &[u8]| {
                     // A fresh slot may connect again later, as a new connection.
                     conns.remove(&conn.0);
                 }
+                Output::Publish(publish) => {
+                    let Some(encoder) = state.encoder else {
+                        panic!("PUBLISH before CONNECT: {publish:?}");
+                    };
+                    if let Err(err) = encoder.encode(&publish.encodable(), &mut BytesMut::new()) {
+                        panic!("the engine produced a PUBLISH that does not encode: {err}: {publish:?}");
+                    }
+                }
                 Output::Packet(mut packet) => {
                     let Some(encoder) = state.encoder else {
                         panic!("packet before CONNECT: {packet:?}");
                     };
                     let mut buf = BytesMut::new();
-                    let result = if matches!(packet, Packet::Publish(_)) {
-                        encoder.encode(&packet, &mut buf)
+                    let result = if matches!(*packet, Packet::Publish(_)) {
+                        encoder.encode(packet.as_ref(), &mut buf)
                     } else {
                         encoder.encode_fitting(&mut packet, &mut buf)
                     };

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use bulwark_proto::{
     AckProperties, ConnAck, Connect, Disconnect, Encoder, MqttString, Packet, PacketId,
-    ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, PublishProperties, QoS, ReasonCode,
-    RetainHandling, SubAck, Subscribe, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName,
-    UnsubAck, Unsubscribe, Will,
+    ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, PublishProperties, PublishWithId,
+    QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionId, SubscriptionOptions,
+    TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
 };
 use bytes::Bytes;
 
@@ -29,17 +29,72 @@ pub struct ConnectionId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionKey(pub u64);
 
-/// What the engine asks the connection driver to do.
+/// What the engine asks the connection driver to do. Small (24 bytes): outputs are moved
+/// several times on their way to the socket, once per delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "Close is rare; boxing every packet would allocate on the hot path"
-)]
 pub enum Output {
     /// Send this packet.
-    Packet(Packet),
+    Packet(Box<Packet>),
+    /// Send this PUBLISH: a body shared with the message's other subscribers, with this
+    /// connection's packet identifier and DUP flag.
+    Publish(OutgoingPublish),
     /// Close the connection once everything before this has been sent.
     Close,
+}
+
+impl Output {
+    /// The packet this output sends, as an owned value (a shared PUBLISH is copied); `None`
+    /// for [`Output::Close`]. For tests and tools: drivers encode [`OutgoingPublish::encodable`].
+    pub fn into_packet(self) -> Option<Packet> {
+        match self {
+            Self::Packet(packet) => Some(*packet),
+            Self::Publish(publish) => Some(Packet::Publish(publish.to_publish())),
+            Self::Close => None,
+        }
+    }
+}
+
+/// A PUBLISH on its way to one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingPublish {
+    /// Everything but the packet identifier and DUP flag (whose values there are unset).
+    pub publish: Arc<Publish>,
+    /// Present exactly when the QoS is 1 or 2.
+    pub packet_id: Option<PacketId>,
+    /// Set on a re-delivery.
+    pub dup: bool,
+}
+
+impl OutgoingPublish {
+    /// What to hand the encoder.
+    pub fn encodable(&self) -> PublishWithId<'_> {
+        PublishWithId {
+            publish: &self.publish,
+            packet_id: self.packet_id,
+            dup: self.dup,
+        }
+    }
+
+    /// An owned copy with this subscriber's packet identifier and DUP flag.
+    pub fn to_publish(&self) -> Publish {
+        let mut publish = (*self.publish).clone();
+        publish.packet_id = self.packet_id;
+        publish.dup = self.dup;
+        publish
+    }
+}
+
+/// A PUBLISH body built during one [`Broker::publish_message`], shared by every subscriber
+/// that gets it in the same shape.
+#[derive(Debug)]
+struct SharedBody {
+    message: Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    publish: Arc<Publish>,
+    /// Encoded size with a packet identifier where the QoS needs one, by version: index 0 for
+    /// 3.1/3.1.1, 1 for 5.0; computed when first needed.
+    sizes: [Option<u64>; 2],
 }
 
 /// Counters, read for `$SYS` and metrics.
@@ -176,6 +231,8 @@ pub struct Broker {
     next_sys: Option<Instant>,
     targets: Vec<Target>,
     hit_groups: Vec<GroupKey>,
+    /// Bodies shared within the current `publish_message`; empty outside it.
+    shared: Vec<SharedBody>,
     shutting_down: bool,
 }
 
@@ -208,6 +265,7 @@ impl Broker {
             next_sys,
             targets: Vec::new(),
             hit_groups: Vec::new(),
+            shared: Vec::new(),
             shutting_down: false,
         }
     }
@@ -266,7 +324,8 @@ impl Broker {
     }
 
     fn push(&mut self, conn: ConnectionId, packet: Packet) {
-        self.outputs.push_back((conn, Output::Packet(packet)));
+        self.outputs
+            .push_back((conn, Output::Packet(Box::new(packet))));
     }
 
     fn limits(&self) -> QueueLimits {
@@ -532,7 +591,8 @@ impl Broker {
             if matches!(packet, Packet::Publish(_)) {
                 self.stats.messages_sent += 1;
             }
-            self.outputs.push_back((conn_id, Output::Packet(packet)));
+            self.outputs
+                .push_back((conn_id, Output::Packet(Box::new(packet))));
         }
         self.pump(conn_id, now);
     }
@@ -1273,6 +1333,8 @@ impl Broker {
         }
         self.targets = targets;
         self.hit_groups = groups;
+        // Nothing outlives the call: the bodies are referenced by the outputs alone.
+        self.shared.clear();
         matched
     }
 
@@ -1397,24 +1459,20 @@ impl Broker {
             self.stats.messages_expired += 1;
             return true;
         }
-        let mut publish = build_publish(&delivery, now);
-        if delivery.qos != QoS::AtMostOnce {
-            // Size with a placeholder identifier: the real one is only taken if it fits.
-            publish.packet_id = PacketId::new(1);
-        }
-        let size = conn.encoder.encoded_len(&publish).unwrap_or(u64::MAX);
+        let (mut body, size) = shared_body(&mut self.shared, &delivery, &conn.encoder, now);
         let max = u64::from(conn.encoder.max_packet_size());
         if size > max {
             // [MQTT-3.1.2-25]: a message too large for the client is not sent to it.
             self.stats.messages_dropped_too_large += 1;
             return true;
         }
+        let mut packet_id = None;
         if delivery.qos != QoS::AtMostOnce {
             let Some(id) = conn.session.allocate_id() else {
                 conn.session.requeue_front(delivery);
                 return false;
             };
-            publish.packet_id = Some(id);
+            packet_id = Some(id);
             let state = if delivery.qos == QoS::AtLeastOnce {
                 OutState::AwaitPubAck
             } else {
@@ -1426,12 +1484,22 @@ impl Broker {
                 state,
             });
         }
-        // A Topic Alias property takes 3 bytes; only assign one if they fit.
+        // A Topic Alias property takes 3 bytes; only assign one if they fit. The body then
+        // becomes this connection's own.
         if conn.alias_max_out > 0 && size + 3 <= max {
-            apply_alias(conn, &mut publish);
+            let mut own = Arc::unwrap_or_clone(body);
+            apply_alias(conn, &mut own);
+            body = Arc::new(own);
         }
         self.stats.messages_sent += 1;
-        self.push(conn_id, Packet::Publish(publish));
+        self.outputs.push_back((
+            conn_id,
+            Output::Publish(OutgoingPublish {
+                publish: body,
+                packet_id,
+                dup: false,
+            }),
+        ));
         true
     }
 
@@ -1557,6 +1625,65 @@ fn take_shared(session: &mut Session, all: bool) -> Vec<Delivery> {
         }
     }
     moved
+}
+
+/// The body for `delivery` and its encoded size for `encoder`'s version: one shared with an
+/// earlier subscriber of the same message in the same shape where there is one. A delivery
+/// with Subscription Identifiers gets a body of its own.
+fn shared_body(
+    cache: &mut Vec<SharedBody>,
+    delivery: &Delivery,
+    encoder: &Encoder,
+    now: Instant,
+) -> (Arc<Publish>, u64) {
+    let version = usize::from(encoder.version().is_v5());
+    let size_of = |publish: &Publish| {
+        let placeholder = (delivery.qos != QoS::AtMostOnce)
+            .then(|| PacketId::new(1))
+            .flatten();
+        let with = PublishWithId {
+            publish,
+            packet_id: placeholder,
+            dup: false,
+        };
+        encoder.encoded_len(&with).unwrap_or(u64::MAX)
+    };
+    if !delivery.subscription_ids.is_empty() {
+        let publish = build_publish(delivery, now);
+        let size = size_of(&publish);
+        return (Arc::new(publish), size);
+    }
+    let found = cache.iter().position(|b| {
+        Arc::ptr_eq(&b.message, &delivery.message)
+            && b.qos == delivery.qos
+            && b.retain == delivery.retain
+    });
+    let at = found.unwrap_or_else(|| {
+        cache.push(SharedBody {
+            message: delivery.message.clone(),
+            qos: delivery.qos,
+            retain: delivery.retain,
+            publish: Arc::new(build_publish(delivery, now)),
+            sizes: [None; 2],
+        });
+        cache.len() - 1
+    });
+    let Some(body) = cache.get_mut(at) else {
+        let publish = build_publish(delivery, now);
+        let size = size_of(&publish);
+        return (Arc::new(publish), size);
+    };
+    let size = match body.sizes.get(version).copied().flatten() {
+        Some(size) => size,
+        None => {
+            let size = size_of(&body.publish);
+            if let Some(slot) = body.sizes.get_mut(version) {
+                *slot = Some(size);
+            }
+            size
+        }
+    };
+    (body.publish.clone(), size)
 }
 
 /// The PUBLISH for a delivery, without packet identifier or alias.

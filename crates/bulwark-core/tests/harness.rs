@@ -13,13 +13,30 @@ use std::collections::HashMap;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::{Duration, Instant};
 
-use bulwark_core::{Broker, BrokerConfig, ConnectionId, MemoryStore, Output};
+use bulwark_core::{Broker, BrokerConfig, ConnectionId, MemoryStore};
 use bulwark_proto::{
     ClientId, Connect, Disconnect, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec,
     PubRel, Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionId,
     SubscriptionOptions, TopicFilter, TopicName, Unsubscribe, Will,
 };
 use bytes::Bytes;
+
+/// The engine's outputs with every packet owned, so that tests can match on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "test code")]
+enum Output {
+    Packet(Packet),
+    Close,
+}
+
+impl From<bulwark_core::Output> for Output {
+    fn from(out: bulwark_core::Output) -> Self {
+        match out.into_packet() {
+            Some(packet) => Self::Packet(packet),
+            None => Self::Close,
+        }
+    }
+}
 
 struct Harness {
     broker: Broker,
@@ -77,7 +94,7 @@ impl Harness {
 
     fn collect(&mut self) {
         while let Some((conn, out)) = self.broker.poll_output() {
-            self.inbox.entry(conn.0).or_default().push(out);
+            self.inbox.entry(conn.0).or_default().push(out.into());
         }
     }
 
@@ -1074,4 +1091,76 @@ fn response_information_when_configured_and_requested() {
         ack.properties.response_information.is_none(),
         "only when requested"
     );
+}
+
+/// One message to many subscribers: those that get it in the same shape share one PUBLISH
+/// body; a different QoS or a Subscription Identifier gets its own; each QoS 1 copy has the
+/// packet identifier of its own session; and the encoded packets are what a copy would give.
+#[test]
+fn subscribers_of_one_message_share_its_body() {
+    let mut h = Harness::default();
+    h.connect(1, connect(ProtocolVersion::V3_1_1, "a"));
+    h.connect(2, connect(ProtocolVersion::V5, "b"));
+    h.connect(3, connect(ProtocolVersion::V5, "c"));
+    h.connect(4, connect(ProtocolVersion::V5, "d"));
+    h.connect(5, connect(ProtocolVersion::V5, "e"));
+    h.sub(1, "t", QoS::AtMostOnce);
+    h.sub(2, "t", QoS::AtMostOnce);
+    h.sub(3, "t", QoS::AtLeastOnce);
+    h.sub(4, "t", QoS::AtLeastOnce);
+    let mut s = subscribe(1, "t", SubscriptionOptions::qos(QoS::AtMostOnce));
+    s.properties.subscription_identifier = SubscriptionId::new(9);
+    h.send(5, Packet::Subscribe(s));
+    h.take(5);
+    h.broker.handle_packet(
+        ConnectionId(1),
+        Packet::Publish(publish("t", "x", QoS::AtLeastOnce, Some(1))),
+        h.now,
+    );
+    let mut bodies = HashMap::new();
+    while let Some((conn, out)) = h.broker.poll_output() {
+        if let bulwark_core::Output::Publish(p) = out {
+            bodies.insert(conn.0, p);
+        }
+    }
+    assert_eq!(bodies.len(), 5, "{bodies:?}");
+    assert!(std::sync::Arc::ptr_eq(
+        &bodies[&1].publish,
+        &bodies[&2].publish
+    ));
+    assert!(std::sync::Arc::ptr_eq(
+        &bodies[&3].publish,
+        &bodies[&4].publish
+    ));
+    assert!(!std::sync::Arc::ptr_eq(
+        &bodies[&1].publish,
+        &bodies[&3].publish
+    ));
+    assert!(!std::sync::Arc::ptr_eq(
+        &bodies[&2].publish,
+        &bodies[&5].publish
+    ));
+    assert_eq!(bodies[&1].packet_id, None);
+    assert_eq!(bodies[&3].packet_id, Some(pid(1)));
+    assert_eq!(bodies[&4].packet_id, Some(pid(1)));
+    assert_eq!(
+        bodies[&5].publish.properties.subscription_identifiers,
+        vec![SubscriptionId::new(9).unwrap()]
+    );
+    assert!(
+        bodies[&2]
+            .publish
+            .properties
+            .subscription_identifiers
+            .is_empty()
+    );
+    let encoder = bulwark_proto::Encoder::new(ProtocolVersion::V5);
+    let (mut shared, mut copied) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+    encoder
+        .encode(&bodies[&3].encodable(), &mut shared)
+        .unwrap();
+    encoder
+        .encode(&bodies[&3].to_publish(), &mut copied)
+        .unwrap();
+    assert_eq!(shared, copied);
 }

@@ -59,7 +59,8 @@ pub use codec::{Decoder, DecoderLimits, Encoder};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
     Auth, ConnAck, Connect, Disconnect, Encode, PROTOCOL_MAX_PACKET_SIZE, Packet, PubAck, PubComp,
-    PubRec, PubRel, Publish, SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe, Will,
+    PubRec, PubRel, Publish, PublishWithId, SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe,
+    Will,
 };
 pub use properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,

@@ -13,7 +13,7 @@
 
 use bulwark_proto::{
     DecodeError, Decoder, DecoderLimits, Encoder, Packet, PacketId, PayloadFormat, ProtocolVersion,
-    Publish, QoS, ReasonCode, TopicName,
+    Publish, PublishWithId, QoS, ReasonCode, TopicName,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -829,5 +829,49 @@ fn publish_round_trips_through_the_encoder() {
         let mut out = BytesMut::new();
         Encoder::new(version).encode(&p, &mut out).unwrap();
         assert_eq!(publish_of(from_client(version, &out)), p);
+    }
+}
+
+/// A shared PUBLISH body sent with its own packet identifier and DUP flag encodes exactly as a
+/// copy with those fields replaced, in both versions, and is held to the same rules.
+#[test]
+fn publish_with_id_encodes_like_the_replaced_copy() {
+    let mut shared = Publish::new(TopicName::new("a/b").unwrap(), Bytes::from_static(b"hello"));
+    shared.qos = QoS::AtLeastOnce;
+    shared.retain = true;
+    shared.properties.message_expiry_interval = Some(30);
+    for version in VERSIONS {
+        let encoder = Encoder::new(version);
+        for (id, dup) in [(7, false), (9, true)] {
+            let mut copy = shared.clone();
+            copy.packet_id = PacketId::new(id);
+            copy.dup = dup;
+            let mut want = BytesMut::new();
+            encoder.encode(&copy, &mut want).unwrap();
+            let with = PublishWithId {
+                publish: &shared,
+                packet_id: PacketId::new(id),
+                dup,
+            };
+            let mut got = BytesMut::new();
+            assert_eq!(encoder.encode(&with, &mut got).unwrap(), want.len());
+            assert_eq!(got, want);
+            assert_eq!(encoder.encoded_len(&with).unwrap(), want.len() as u64);
+        }
+        // QoS 1 without an identifier, or DUP on QoS 0, is refused as for a Publish.
+        let missing = PublishWithId {
+            publish: &shared,
+            packet_id: None,
+            dup: false,
+        };
+        assert!(encoder.encode(&missing, &mut BytesMut::new()).is_err());
+        let mut qos0 = shared.clone();
+        qos0.qos = QoS::AtMostOnce;
+        let dup0 = PublishWithId {
+            publish: &qos0,
+            packet_id: None,
+            dup: true,
+        };
+        assert!(encoder.encode(&dup0, &mut BytesMut::new()).is_err());
     }
 }

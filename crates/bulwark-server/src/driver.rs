@@ -281,8 +281,13 @@ impl Driver {
                     let mut close = false;
                     for output in outbox.take() {
                         match output {
+                            Output::Publish(publish) => {
+                                if let Err(err) = self.encoder.encode(&publish.encodable(), &mut self.out) {
+                                    debug!(conn = self.conn.0, %err, "message not sent");
+                                }
+                            }
                             Output::Packet(mut packet) => {
-                                if let Packet::ConnAck(ack) = &packet {
+                                if let Packet::ConnAck(ack) = packet.as_ref() {
                                     if !ack.reason_code.is_error() {
                                         self.decoder.set_authenticated();
                                     }

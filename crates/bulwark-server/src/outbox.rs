@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bulwark_core::Output;
-use bulwark_proto::{Packet, QoS};
+use bulwark_proto::QoS;
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
@@ -30,8 +30,8 @@ pub(crate) struct Outbox {
 /// Bytes a packet adds to a connection's backlog.
 fn cost(output: &Output) -> usize {
     match output {
-        Output::Packet(Packet::Publish(p)) => p.payload.len() + p.topic.as_str().len(),
-        _ => 0,
+        Output::Publish(p) => p.publish.payload.len() + p.publish.topic.as_str().len(),
+        Output::Packet(_) | Output::Close => 0,
     }
 }
 
@@ -57,7 +57,8 @@ impl Outbox {
                 return 0;
             }
             for output in outputs.drain(..) {
-                let qos0 = matches!(&output, Output::Packet(Packet::Publish(p)) if p.qos == QoS::AtMostOnce);
+                let qos0 =
+                    matches!(&output, Output::Publish(p) if p.publish.qos == QoS::AtMostOnce);
                 if qos0 && state.backlog > max_backlog {
                     dropped += 1;
                     continue;
@@ -100,7 +101,11 @@ mod tests {
         if qos != QoS::AtMostOnce {
             p.packet_id = bulwark_proto::PacketId::new(1);
         }
-        Output::Packet(Packet::Publish(p))
+        Output::Publish(bulwark_core::OutgoingPublish {
+            packet_id: p.packet_id,
+            publish: std::sync::Arc::new(p),
+            dup: false,
+        })
     }
 
     #[test]

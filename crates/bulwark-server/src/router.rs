@@ -48,9 +48,18 @@ pub(crate) struct Router {
     /// QoS 0 messages are dropped for a connection whose unsent bytes exceed this.
     pub(crate) max_backlog: usize,
     pub(crate) dropped_qos0: Arc<AtomicU64>,
-    /// Reused buffer for one connection's run of outputs.
-    pub(crate) run: Vec<Output>,
+    /// This round's outputs, one entry per connection (reused between rounds).
+    pub(crate) groups: Vec<(ConnectionId, Vec<Output>)>,
+    /// Where each connection's entry in `groups` is.
+    pub(crate) slots: HashMap<ConnectionId, usize>,
+    /// Emptied output buffers, kept for the next rounds.
+    pub(crate) spare: Vec<Vec<Output>>,
 }
+
+/// At most this many spare output buffers are kept ...
+const SPARE_MAX: usize = 64;
+/// ... each of at most this many entries.
+const SPARE_MAX_LEN: usize = 1024;
 
 impl Router {
     pub(crate) async fn run(mut self) {
@@ -128,33 +137,49 @@ impl Router {
         }
     }
 
-    /// Hands the engine's outputs to their drivers, one lock and one wake-up per run of
-    /// outputs for the same connection.
+    /// Hands the engine's outputs to their drivers: all of one connection's outputs from this
+    /// round go in one push (one lock, one wake-up, one write by the driver), in the order the
+    /// engine produced them. A fan-out of a batch of messages thus costs one hand-over per
+    /// subscriber, not one per delivery.
     fn dispatch(&mut self, peers: &mut HashMap<ConnectionId, Arc<Outbox>>) {
-        let mut run: Vec<Output> = std::mem::take(&mut self.run);
-        let mut run_conn = None;
-        loop {
-            let next = self.broker.poll_output();
-            let same = matches!((&next, run_conn), (Some((c, _)), Some(r)) if *c == r);
-            if !same {
-                if let Some(conn) = run_conn.take() {
-                    let closes = run.iter().any(|o| matches!(o, Output::Close));
-                    if let Some(outbox) = peers.get(&conn) {
-                        let dropped = outbox.push(&mut run, self.max_backlog);
-                        self.dropped_qos0.fetch_add(dropped, Ordering::Relaxed);
+        let mut groups = std::mem::take(&mut self.groups);
+        let mut last: Option<(ConnectionId, usize)> = None;
+        while let Some((conn, output)) = self.broker.poll_output() {
+            let at = match last {
+                Some((c, at)) if c == conn => at,
+                _ => {
+                    let next = groups.len();
+                    let at = *self.slots.entry(conn).or_insert(next);
+                    if at == next {
+                        groups.push((conn, self.spare.pop().unwrap_or_default()));
                     }
-                    run.clear();
-                    if closes {
-                        peers.remove(&conn);
-                    }
+                    last = Some((conn, at));
+                    at
                 }
-            }
-            let Some((conn, output)) = next else {
-                break;
             };
-            run_conn = Some(conn);
-            run.push(output);
+            match groups.get_mut(at) {
+                Some((_, run)) => run.push(output),
+                // Not reached: `at` indexes an entry of this round. Kept in order regardless.
+                None => groups.push((conn, vec![output])),
+            }
         }
-        self.run = run;
+        self.slots.clear();
+        for (conn, mut run) in groups.drain(..) {
+            let closes = run.iter().any(|o| matches!(o, Output::Close));
+            if let Some(outbox) = peers.get(&conn) {
+                let dropped = outbox.push(&mut run, self.max_backlog);
+                self.dropped_qos0.fetch_add(dropped, Ordering::Relaxed);
+            }
+            if closes {
+                peers.remove(&conn);
+            }
+            // A buffer the outbox did not keep is reused, unless it grew large.
+            run.clear();
+            if run.capacity() > 0 && run.capacity() <= SPARE_MAX_LEN && self.spare.len() < SPARE_MAX
+            {
+                self.spare.push(run);
+            }
+        }
+        self.groups = groups;
     }
 }

@@ -92,7 +92,9 @@ impl Server {
             shutdown: stop_rx.clone(),
             max_backlog: config.broker.max_queued_bytes,
             dropped_qos0: Arc::new(AtomicU64::new(0)),
-            run: Vec::new(),
+            groups: Vec::new(),
+            slots: std::collections::HashMap::new(),
+            spare: Vec::new(),
         };
         let router_task = tokio::spawn(router.run());
         let ctx = Arc::new(DriverContext {

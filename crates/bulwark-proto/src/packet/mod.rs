@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 pub use connect::{ConnAck, Connect, Will};
 pub use control::{Auth, Disconnect};
-pub use publish::{PubAck, PubComp, PubRec, PubRel, Publish};
+pub use publish::{PubAck, PubComp, PubRec, PubRel, Publish, PublishWithId};
 pub use subscribe::{SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe};
 
 use crate::wire::{Reader, put_varint, varint_len};
@@ -275,6 +275,22 @@ impl Encode for Publish {
     }
     fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
         Publish::write_body(self, version, buf);
+    }
+}
+
+impl sealed::Sealed for PublishWithId<'_> {}
+impl Encode for PublishWithId<'_> {
+    fn packet_type(&self) -> PacketType {
+        PacketType::Publish
+    }
+    fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        PublishWithId::body_len(self, version)
+    }
+    fn flags(&self) -> u8 {
+        PublishWithId::flags(self)
+    }
+    fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
+        PublishWithId::write_body(self, version, buf);
     }
 }
 

@@ -111,45 +111,94 @@ impl Publish {
     }
 
     pub(crate) fn flags(&self) -> u8 {
-        (u8::from(self.dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain)
+        publish_flags(self, self.dup)
     }
 
     pub(crate) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
-        if (self.qos == QoS::AtMostOnce) != self.packet_id.is_none() {
-            return Err(EncodeError::Invalid(
-                "a PUBLISH has a packet identifier exactly when its QoS is 1 or 2",
-            ));
-        }
-        if self.dup && self.qos == QoS::AtMostOnce {
-            return Err(EncodeError::Invalid(
-                "the DUP flag is never set on QoS 0 [MQTT-3.3.1-2]",
-            ));
-        }
-        if self.topic.is_empty() && (!version.is_v5() || self.properties.topic_alias.is_none()) {
-            return Err(EncodeError::Invalid(
-                "an empty topic name needs a Topic Alias",
-            ));
-        }
-        let mut len = 2 + self.topic.as_mqtt_str().len() + self.payload.len();
-        if self.packet_id.is_some() {
-            len += 2;
-        }
-        if version.is_v5() {
-            len += properties::encoded_len(&self.properties)?;
-        }
-        Ok(len)
+        publish_body_len(self, self.packet_id, self.dup, version)
     }
 
     pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
-        put_string(buf, self.topic.as_mqtt_str());
-        if let Some(id) = self.packet_id {
-            buf.put_u16(id.get());
-        }
-        if version.is_v5() {
-            properties::write(&self.properties, buf);
-        }
-        buf.put_slice(&self.payload);
+        write_publish_body(self, self.packet_id, version, buf);
     }
+}
+
+/// A PUBLISH whose body is shared (between the subscribers of one message, say) sent with its
+/// own packet identifier and DUP flag; those of `publish` itself are ignored. Encoding it is
+/// the same as encoding a copy of `publish` with these two fields replaced.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishWithId<'a> {
+    /// Everything but the packet identifier and DUP.
+    pub publish: &'a Publish,
+    /// Present exactly when the QoS is 1 or 2.
+    pub packet_id: Option<PacketId>,
+    /// Set on a re-delivery.
+    pub dup: bool,
+}
+
+impl PublishWithId<'_> {
+    pub(crate) fn flags(&self) -> u8 {
+        publish_flags(self.publish, self.dup)
+    }
+
+    pub(crate) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        publish_body_len(self.publish, self.packet_id, self.dup, version)
+    }
+
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
+        write_publish_body(self.publish, self.packet_id, version, buf);
+    }
+}
+
+fn publish_flags(p: &Publish, dup: bool) -> u8 {
+    (u8::from(dup) << 3) | (p.qos.as_u8() << 1) | u8::from(p.retain)
+}
+
+fn publish_body_len(
+    p: &Publish,
+    packet_id: Option<PacketId>,
+    dup: bool,
+    version: ProtocolVersion,
+) -> Result<usize, EncodeError> {
+    if (p.qos == QoS::AtMostOnce) != packet_id.is_none() {
+        return Err(EncodeError::Invalid(
+            "a PUBLISH has a packet identifier exactly when its QoS is 1 or 2",
+        ));
+    }
+    if dup && p.qos == QoS::AtMostOnce {
+        return Err(EncodeError::Invalid(
+            "the DUP flag is never set on QoS 0 [MQTT-3.3.1-2]",
+        ));
+    }
+    if p.topic.is_empty() && (!version.is_v5() || p.properties.topic_alias.is_none()) {
+        return Err(EncodeError::Invalid(
+            "an empty topic name needs a Topic Alias",
+        ));
+    }
+    let mut len = 2 + p.topic.as_mqtt_str().len() + p.payload.len();
+    if packet_id.is_some() {
+        len += 2;
+    }
+    if version.is_v5() {
+        len += properties::encoded_len(&p.properties)?;
+    }
+    Ok(len)
+}
+
+fn write_publish_body(
+    p: &Publish,
+    packet_id: Option<PacketId>,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) {
+    put_string(buf, p.topic.as_mqtt_str());
+    if let Some(id) = packet_id {
+        buf.put_u16(id.get());
+    }
+    if version.is_v5() {
+        properties::write(&p.properties, buf);
+    }
+    buf.put_slice(&p.payload);
 }
 
 /// Reads a packet identifier that must not be zero; `rule` is the statement a zero breaks for
