@@ -32,6 +32,19 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// How long shutdown waits for connections to flush before giving up on them.
     pub shutdown_grace: Duration,
+    /// Runtime worker threads; 0 means one per core the process may run on. With one, the
+    /// whole broker runs on a single thread (no cross-thread wake-ups: lowest latency).
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    /// The number of worker threads `workers` stands for.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -46,6 +59,7 @@ impl Default for ServerConfig {
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            workers: 0,
         }
     }
 }

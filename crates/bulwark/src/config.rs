@@ -42,7 +42,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("sys", &["interval"]),
-    ("server", &["shutdown_grace"]),
+    ("server", &["shutdown_grace", "workers"]),
 ];
 
 struct Reader {
@@ -281,6 +281,9 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
         if let Some(v) = r.integer(t, "server", "shutdown_grace", 0, 3600) {
             config.shutdown_grace = Duration::from_secs(v);
         }
+        if let Some(v) = r.integer(t, "server", "workers", 0, 1024) {
+            config.workers = usize::try_from(v).unwrap_or(1024);
+        }
     }
     if let Err(err) = config.validate() {
         r.problems.extend(err.problems);
@@ -324,8 +327,12 @@ mod tests {
             queue_qos0_offline = true
             [sys]
             interval = 0
+            [server]
+            workers = 3
         "#;
         let config = parse(text, "test").unwrap();
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.worker_threads(), 3);
         assert_eq!(config.listeners.len(), 2);
         assert_eq!(config.listeners.get(1).unwrap().name, "tcp-1");
         assert_eq!(config.decoder.max_packet_size, 2048);
@@ -350,6 +357,8 @@ mod tests {
             max_unauthenticated_packet_size = 200
             [mqtt]
             queue_qos0_offline = "yes"
+            [server]
+            workers = 5000
         "#;
         let err = parse(text, "test").unwrap_err();
         let all = err.problems.join("\n");
@@ -361,10 +370,11 @@ mod tests {
             "limits.max_topic_levels: expected a non-negative integer, found the string \"many\"",
             "max_unauthenticated_packet_size must not exceed",
             "mqtt.queue_qos0_offline: expected true or false",
+            "server.workers = 5000: must be between 0 and 1024",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
-        assert_eq!(err.problems.len(), 7, "{all}");
+        assert_eq!(err.problems.len(), 8, "{all}");
     }
 
     #[test]

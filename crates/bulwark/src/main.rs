@@ -40,6 +40,9 @@ enum Command {
         /// Log filter, e.g. "info" or "bulwark_server=debug" (RUST_LOG also works).
         #[arg(long, default_value = "info")]
         log_level: String,
+        /// Worker threads (overrides `[server] workers`); 0: one per available core.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1024))]
+        workers: Option<u16>,
     },
     /// Decode MQTT packets from a hex dump with the broker's strict decoder and print each
     /// packet, or the rule the bytes break and the reason code the broker would answer with.
@@ -92,7 +95,8 @@ fn main() -> ExitCode {
             listen,
             log_format,
             log_level,
-        } => serve(config, listen, log_format, &log_level),
+            workers,
+        } => serve(config, listen, workers, log_format, &log_level),
         Command::Decode {
             hex,
             client,
@@ -108,6 +112,8 @@ fn init_logging(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: not in files, pipes or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -141,21 +147,31 @@ fn load_config(path: Option<&PathBuf>, listen: Vec<SocketAddr>) -> Result<Server
 fn serve(
     config_path: Option<PathBuf>,
     listen: Vec<SocketAddr>,
+    workers: Option<u16>,
     log_format: LogFormat,
     log_level: &str,
 ) -> ExitCode {
     init_logging(log_format, log_level);
-    let config = match load_config(config_path.as_ref(), listen) {
+    let mut config = match load_config(config_path.as_ref(), listen) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("error: {message}");
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    if let Some(workers) = workers {
+        config.workers = usize::from(workers);
+    }
+    // One worker: everything on this thread, which saves a cross-thread wake-up per hop.
+    let threads = config.worker_threads();
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");
@@ -171,7 +187,11 @@ fn serve(
                 return ExitCode::FAILURE;
             }
         };
-        info!(version = env!("CARGO_PKG_VERSION"), "bulwark started");
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            workers = threads,
+            "bulwark started"
+        );
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })

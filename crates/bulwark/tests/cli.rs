@@ -18,9 +18,9 @@ fn bulwark() -> Command {
 /// Starts `serve` on a free loopback port, waits for it to listen, sends `signal`, and returns
 /// the exit status and what it logged.
 #[cfg(unix)]
-fn serve_then(signal: &str) -> (std::process::ExitStatus, String) {
+fn serve_then(signal: &str, workers: &str) -> (std::process::ExitStatus, String) {
     let mut child = bulwark()
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", workers])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -47,6 +47,24 @@ fn serve_then(signal: &str) -> (std::process::ExitStatus, String) {
             }
         }
     }
+    // The broker answers a CONNECT before it is stopped.
+    let addr = log
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no address in:\n{log}"))
+        .to_owned();
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut socket,
+        b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01a",
+    )
+    .unwrap();
+    let mut connack = [0u8; 4];
+    std::io::Read::read_exact(&mut socket, &mut connack).unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -72,9 +90,11 @@ fn serve_then(signal: &str) -> (std::process::ExitStatus, String) {
 #[cfg(unix)]
 #[test]
 fn sigterm_and_sigint_stop_the_broker_with_status_0() {
-    for signal in ["-TERM", "-INT"] {
-        let (status, log) = serve_then(signal);
+    // One worker runs the broker on a single thread, more on a thread pool: both serve.
+    for (signal, workers) in [("-TERM", "1"), ("-INT", "2")] {
+        let (status, log) = serve_then(signal, workers);
         assert!(status.success(), "{signal}: {status:?}\n{log}");
+        assert!(log.contains(&format!("workers={workers}")), "{log}");
         assert!(log.contains("shutting down"), "{log}");
         assert!(log.contains("stopped"), "{log}");
     }
