@@ -44,8 +44,20 @@ impl Default for DecoderLimits {
 struct Header {
     kind: PacketType,
     flags: u8,
-    header_len: usize,
-    total_len: usize,
+    /// At most 5 bytes.
+    header_len: u8,
+    /// At most the Maximum Packet Size, a `u32`.
+    total_len: u32,
+}
+
+impl Header {
+    fn header_len(&self) -> usize {
+        usize::from(self.header_len)
+    }
+
+    fn total_len(&self) -> usize {
+        usize::try_from(self.total_len).unwrap_or(usize::MAX)
+    }
 }
 
 /// Decodes packets from a byte stream as it arrives.
@@ -70,7 +82,8 @@ pub struct Decoder {
     connected: bool,
     buf: BytesMut,
     header: Option<Header>,
-    failed: Option<DecodeError>,
+    /// Boxed: every connection holds a decoder, and errors are rare.
+    failed: Option<Box<DecodeError>>,
 }
 
 impl Decoder {
@@ -146,12 +159,12 @@ impl Decoder {
     #[inline]
     pub fn poll_packet(&mut self) -> Result<Option<Packet>, DecodeError> {
         if let Some(err) = &self.failed {
-            return Err(err.clone());
+            return Err((**err).clone());
         }
         match self.next_packet() {
             Ok(packet) => Ok(packet),
             Err(err) => {
-                self.failed = Some(err.clone());
+                self.failed = Some(Box::new(err.clone()));
                 Err(err)
             }
         }
@@ -169,12 +182,12 @@ impl Decoder {
                 None => return Ok(None),
             },
         };
-        if self.buf.len() < header.total_len {
+        if self.buf.len() < header.total_len() {
             return Ok(None);
         }
         self.header = None;
-        let mut frame = self.buf.split_to(header.total_len).freeze();
-        frame.advance(header.header_len);
+        let mut frame = self.buf.split_to(header.total_len()).freeze();
+        frame.advance(header.header_len());
         let version = match (header.kind, self.version) {
             (PacketType::Connect, _) => {
                 // Known before the body is decoded, so a refusal can answer in kind.
@@ -224,6 +237,7 @@ impl Decoder {
         self.check_sequence(kind)?;
         let header_len = 1 + len_bytes;
         let total = header_len as u64 + u64::from(body_len);
+        let header_len = u8::try_from(header_len).unwrap_or(u8::MAX);
         let max = self.current_max_packet_size();
         // A client must stay within the server's Maximum Packet Size [MQTT-3.2.2-15]
         // (§3.2.2.3.6), a server within the client's [MQTT-3.1.2-24] (§3.1.2.11.4); either
@@ -236,7 +250,7 @@ impl Decoder {
             return Err(DecodeError::too_large(rule, total, max));
         }
         let total_len =
-            usize::try_from(total).map_err(|_| DecodeError::too_large(rule, total, max))?;
+            u32::try_from(total).map_err(|_| DecodeError::too_large(rule, total, max))?;
         Ok(Some(Header {
             kind,
             flags,

@@ -45,7 +45,8 @@ pub(crate) struct DriverContext {
 enum End {
     Closed,
     Io(std::io::Error),
-    Decode(DecodeError),
+    /// Boxed: `End` values sit in every connection's future, and a decode error is rare.
+    Decode(Box<DecodeError>),
     KeepAlive,
     ConnectTimeout,
     WriteTimeout,
@@ -192,7 +193,7 @@ impl Driver {
             };
             if let Some(err) = err {
                 self.refuse_connect(&err).await;
-                return Err(End::Decode(err));
+                return Err(End::Decode(Box::new(err)));
             }
             match tokio::time::timeout_at(deadline, self.read_some(CONNECT_CHUNK)).await {
                 Ok(Ok(_)) => {}
@@ -250,7 +251,7 @@ impl Driver {
                             }
                             Ok(Some(packet)) => batch.push(packet),
                             Ok(None) => break None,
-                            Err(err) => break Some(err),
+                            Err(err) => break Some(Box::new(err)),
                         }
                     };
                     self.release_read_buffer();
