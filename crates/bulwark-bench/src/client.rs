@@ -353,14 +353,18 @@ impl Client {
         self.read_chunk
     }
 
-    /// Sends DISCONNECT (normal) and closes the write side. With `wait_close`, then waits (at
-    /// most [`HANDSHAKE_TIMEOUT`]) for the broker to close: the side that closes first keeps
-    /// the TIME_WAIT state, and a churn loop that closed first would run out of local ports.
+    /// Sends DISCONNECT (normal). With `wait_close`, then waits (at most
+    /// [`HANDSHAKE_TIMEOUT`]) for the broker to close the connection, as MQTT has it do, before
+    /// closing too: the side that closes first keeps the TIME_WAIT state, and a churn loop that
+    /// closed first would spend its time searching for free local ports (and run out of them).
+    /// Without, closes the write side at once.
     pub(crate) async fn disconnect(mut self, wait_close: bool) -> Result<(), BenchError> {
         self.encode(&Disconnect::new(ReasonCode::Success))?;
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
         self.flush_until(deadline).await?;
-        let _ = timeout_at(deadline, self.wr.shutdown()).await;
+        if !wait_close {
+            let _ = timeout_at(deadline, self.wr.shutdown()).await;
+        }
         if wait_close {
             let mut sink = [0u8; 256];
             loop {
