@@ -48,11 +48,14 @@ fn serve_then(signal: &str, workers: &str) -> (std::process::ExitStatus, String)
         }
     }
     // The broker answers a CONNECT before it is stopped.
-    let addr = log
+    let Some(addr) = log
         .split_whitespace()
         .find_map(|word| word.strip_prefix("addr="))
-        .unwrap_or_else(|| panic!("no address in:\n{log}"))
-        .to_owned();
+        .map(str::to_owned)
+    else {
+        let _ = child.kill();
+        panic!("no address in:\n{log}");
+    };
     let mut socket = std::net::TcpStream::connect(addr).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(10)))
