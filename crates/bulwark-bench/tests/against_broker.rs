@@ -22,10 +22,10 @@ struct Broker {
 impl Broker {
     async fn start() -> Self {
         let mut c = bulwark_server::ServerConfig {
-            listeners: vec![bulwark_server::ListenerConfig {
-                name: "t".into(),
-                bind: "127.0.0.1:0".parse().unwrap(),
-            }],
+            listeners: vec![bulwark_server::ListenerConfig::tcp(
+                "t",
+                "127.0.0.1:0".parse().unwrap(),
+            )],
             ..Default::default()
         };
         c.broker.sys_interval = None;

@@ -7,13 +7,76 @@ use std::time::Duration;
 use bulwark_core::BrokerConfig;
 use bulwark_proto::DecoderLimits;
 
+use crate::tls::{ClientAuth, TlsSettings};
+
+/// What a listener speaks on its socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// MQTT over plain TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls(Box<TlsSettings>),
+}
+
+impl ListenerKind {
+    /// The name used in configuration files and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Tls(_) => "tls",
+        }
+    }
+
+    /// The TLS settings, for `tls` listeners.
+    pub fn tls(&self) -> Option<&TlsSettings> {
+        match self {
+            Self::Tcp => None,
+            Self::Tls(tls) => Some(tls),
+        }
+    }
+}
+
 /// One listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
-    /// A name for logs (default `tcp-{index}`).
+    /// A name for logs (default `{kind}-{index}`).
     pub name: String,
     /// Address and port to bind; port 0 picks a free one.
     pub bind: SocketAddr,
+    /// What the listener speaks.
+    pub kind: ListenerKind,
+    /// Allows a plaintext listener on a non-loopback address (credentials and payloads cross
+    /// the network in clear text); a warning is logged at every start.
+    pub dangerous_plaintext: bool,
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener.
+    pub fn tcp(name: impl Into<String>, bind: SocketAddr) -> Self {
+        Self {
+            name: name.into(),
+            bind,
+            kind: ListenerKind::Tcp,
+            dangerous_plaintext: false,
+        }
+    }
+
+    /// A TLS listener.
+    pub fn tls(name: impl Into<String>, bind: SocketAddr, tls: TlsSettings) -> Self {
+        Self {
+            name: name.into(),
+            bind,
+            kind: ListenerKind::Tls(Box::new(tls)),
+            dangerous_plaintext: false,
+        }
+    }
+
+    /// Whether clients on this listener are authenticated by a required client certificate.
+    fn certificate_required(&self) -> bool {
+        self.kind
+            .tls()
+            .is_some_and(|tls| tls.client_auth == ClientAuth::Required)
+    }
 }
 
 /// Everything `Server::bind` needs.
@@ -35,6 +98,9 @@ pub struct ServerConfig {
     /// Runtime worker threads; 0 means one per core the process may run on. With one, the
     /// whole broker runs on a single thread (no cross-thread wake-ups: lowest latency).
     pub workers: usize,
+    /// How often TLS listeners' files are checked for changes (they are also reloaded on
+    /// SIGHUP).
+    pub tls_watch_interval: Duration,
 }
 
 impl ServerConfig {
@@ -50,16 +116,17 @@ impl ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listeners: vec![ListenerConfig {
-                name: "tcp-0".into(),
-                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            }],
+            listeners: vec![ListenerConfig::tcp(
+                "tcp-0",
+                SocketAddr::from(([127, 0, 0, 1], 1883)),
+            )],
             broker: BrokerConfig::default(),
             decoder: DecoderLimits::default(),
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
             workers: 0,
+            tls_watch_interval: Duration::from_secs(5),
         }
     }
 }
@@ -97,12 +164,37 @@ impl ServerConfig {
             problems.push("listener: at least one listener is needed".to_owned());
         }
         for (i, listener) in self.listeners.iter().enumerate() {
-            if !listener.bind.ip().is_loopback() {
+            let public = !listener.bind.ip().is_loopback();
+            if public && listener.kind.tls().is_none() && !listener.dangerous_plaintext {
                 problems.push(format!(
-                    "listener[{i}].bind = \"{}\": only loopback addresses may be bound until \
-                     authentication is available (clients would connect anonymously)",
+                    "listener[{i}].bind = \"{}\": a {} listener on a non-loopback address sends \
+                     credentials and payloads in clear text; use a tls listener, or set \
+                     dangerous_plaintext = true to allow it",
+                    listener.bind,
+                    listener.kind.name()
+                ));
+            }
+            if public && !listener.certificate_required() {
+                problems.push(format!(
+                    "listener[{i}].bind = \"{}\": until password authentication is available, a \
+                     non-loopback listener must authenticate clients by certificate (tls with \
+                     client_auth = \"required\"); clients would connect anonymously",
                     listener.bind
                 ));
+            }
+            if let Some(tls) = listener.kind.tls() {
+                if tls.client_auth != ClientAuth::None && tls.client_ca.is_none() {
+                    problems.push(format!(
+                        "listener[{i}].tls.client_auth needs tls.client_ca (the CA bundle \
+                         client certificates must chain to)"
+                    ));
+                }
+                if tls.client_auth == ClientAuth::None && (!tls.crl.is_empty()) {
+                    problems.push(format!(
+                        "listener[{i}].tls.crl is set but client_auth = \"none\": no client \
+                         certificate would be checked against it"
+                    ));
+                }
             }
         }
         if self.decoder.max_unauthenticated_packet_size > self.decoder.max_packet_size {

@@ -12,13 +12,14 @@ use bulwark_proto::{
     Packet, ProtocolVersion, ReasonCode,
 };
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::outbox::Outbox;
 use crate::router::{ToRouter, Traffic};
+use crate::tls::IdentitySource;
+use crate::transport::Transport;
 
 /// Room made in the receive buffer before a read. The buffer is released whenever it holds no
 /// partial packet, so an idle connection holds none.
@@ -34,6 +35,13 @@ pub(crate) struct DriverContext {
     pub(crate) connect_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) traffic: Arc<Traffic>,
+}
+
+/// How a listener turns a verified client certificate into the MQTT identity.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CertIdentity {
+    pub(crate) source: IdentitySource,
+    pub(crate) as_client_id: bool,
 }
 
 /// Why a connection ended, for the log.
@@ -52,19 +60,27 @@ enum End {
     WriteTimeout,
     Engine,
     RouterGone,
+    /// A client certificate's identity was refused.
+    Identity,
 }
 
 /// The task of one connection. A plain function returning the future, so that the socket
 /// and context are moved into the future once, not kept both as arguments and as locals.
-pub(crate) fn drive(
-    stream: TcpStream,
+///
+/// `accepted` is when the socket was accepted: the CONNECT timeout counts from then, TLS and
+/// WebSocket handshakes included.
+pub(crate) fn drive<S: Transport>(
+    stream: S,
     peer: SocketAddr,
     conn: ConnectionId,
     ctx: Arc<DriverContext>,
+    accepted: tokio::time::Instant,
+    identity: Option<CertIdentity>,
 ) -> impl Future<Output = ()> {
-    let _ = stream.set_nodelay(true);
     let mut driver = Driver {
         stream,
+        accepted,
+        identity,
         conn,
         decoder: Decoder::server(ctx.limits),
         encoder: Encoder::new(ProtocolVersion::V5),
@@ -84,8 +100,10 @@ pub(crate) fn drive(
     }
 }
 
-struct Driver {
-    stream: TcpStream,
+struct Driver<S> {
+    stream: S,
+    accepted: tokio::time::Instant,
+    identity: Option<CertIdentity>,
     conn: ConnectionId,
     decoder: Decoder,
     encoder: Encoder,
@@ -94,34 +112,41 @@ struct Driver {
     registered: bool,
 }
 
-impl Driver {
+impl<S: Transport> Driver<S> {
     /// Waits until the socket is readable before making room, so that a connection waiting
     /// for its next packet holds no receive buffer.
     async fn read_some(&mut self, room: usize) -> Result<usize, End> {
-        loop {
-            // poll_read_ready keeps its waker in the socket's registration, not in this
-            // future: `readable()` would add a waiter node to every idle connection's future.
-            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx))
-                .await
-                .map_err(End::Io)?;
+        let n = if S::READINESS {
+            loop {
+                // poll_read_ready keeps its waker in the socket's registration, not in this
+                // future: `readable()` would add a waiter node to every idle connection's future.
+                std::future::poll_fn(|cx| self.stream.poll_read_ready(cx))
+                    .await
+                    .map_err(End::Io)?;
+                let buf = self.decoder.buffer_mut();
+                buf.reserve(room);
+                match self.stream.try_read_buf(buf) {
+                    Ok(n) => break n,
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Readiness was stale: do not hold the room while waiting again.
+                        self.release_read_buffer();
+                    }
+                    Err(err) => return Err(End::Io(err)),
+                }
+            }
+        } else {
             let buf = self.decoder.buffer_mut();
             buf.reserve(room);
-            match self.stream.try_read_buf(buf) {
-                Ok(0) => return Err(End::Closed),
-                Ok(n) => {
-                    self.ctx
-                        .traffic
-                        .received
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    return Ok(n);
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Readiness was stale: do not hold the room while waiting again.
-                    self.release_read_buffer();
-                }
-                Err(err) => return Err(End::Io(err)),
-            }
+            self.stream.read_buf(buf).await.map_err(End::Io)?
+        };
+        if n == 0 {
+            return Err(End::Closed);
         }
+        self.ctx
+            .traffic
+            .received
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 
     /// Gives the receive buffer back once it holds no partial packet.
@@ -146,6 +171,48 @@ impl Driver {
         // Released rather than kept: an idle connection holds no write buffer.
         self.out = BytesMut::new();
         Ok(())
+    }
+
+    /// With a verified client certificate on a listener that maps it, the certificate's
+    /// identity replaces the CONNECT's username (and client identifier, if so configured):
+    /// the client cannot claim another.
+    fn apply_certificate_identity(&self, connect: &mut Connect) -> Result<(), String> {
+        let (Some(mapping), Some(leaf)) = (
+            self.identity,
+            self.stream.peer_certificates().and_then(<[_]>::first),
+        ) else {
+            return Ok(());
+        };
+        let Some(identity) = crate::tls::certificate_identity(leaf, mapping.source)? else {
+            return Err(format!(
+                "the client certificate has no {:?} to take the identity from",
+                mapping.source
+            ));
+        };
+        connect.username = Some(
+            bulwark_proto::MqttString::new(&identity)
+                .map_err(|e| format!("certificate identity {identity:?}: {e}"))?,
+        );
+        if mapping.as_client_id {
+            connect.client_id = bulwark_proto::ClientId::new(&identity)
+                .map_err(|e| format!("certificate identity {identity:?} as client id: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Answers a CONNECT with a refusal and closes: CONNACK with `code` (its 3.1.1 return
+    /// code where one exists).
+    async fn refuse(&mut self, version: ProtocolVersion, code: ReasonCode, why: &str) {
+        if version.is_v5() {
+            let mut connack = ConnAck::new(false, code);
+            connack.properties.reason_string = bulwark_proto::MqttString::new(why).ok();
+            let _ = Encoder::new(version)
+                .encode_fitting(&mut Packet::ConnAck(Box::new(connack)), &mut self.out);
+        } else if ConnectReturnCode::from_reason(code).is_some() {
+            let _ = Encoder::new(version).encode(&ConnAck::new(false, code), &mut self.out);
+        }
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
     }
 
     /// Answers a CONNECT the decoder refused, where the protocol gives a way to.
@@ -183,7 +250,7 @@ impl Driver {
     /// Phase 1: a complete CONNECT within the timeout. Boxed by the caller, so that its
     /// states do not enlarge the future every connection keeps for its whole life.
     async fn read_connect(&mut self) -> Result<Box<Connect>, End> {
-        let deadline = tokio::time::Instant::now() + self.ctx.connect_timeout;
+        let deadline = self.accepted + self.ctx.connect_timeout;
         loop {
             let err = match self.decoder.poll_packet() {
                 Ok(Some(Packet::Connect(connect))) => return Ok(connect),
@@ -204,10 +271,16 @@ impl Driver {
     }
 
     async fn run(&mut self) -> End {
-        let connect = match Box::pin(self.read_connect()).await {
+        let mut connect = match Box::pin(self.read_connect()).await {
             Ok(connect) => connect,
             Err(end) => return end,
         };
+        if let Err(why) = self.apply_certificate_identity(&mut connect) {
+            info!(conn = self.conn.0, %why, "client certificate identity refused");
+            self.refuse(connect.protocol_version, ReasonCode::NotAuthorized, &why)
+                .await;
+            return End::Identity;
+        }
         let version = connect.protocol_version;
         self.encoder = Encoder::new(version);
         if let Some(max) = connect.properties.maximum_packet_size {

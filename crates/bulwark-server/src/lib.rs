@@ -12,6 +12,8 @@ mod driver;
 mod outbox;
 mod router;
 mod server;
+pub mod tls;
+mod transport;
 
-pub use config::{ConfigError, ListenerConfig, ServerConfig};
+pub use config::{ConfigError, ListenerConfig, ListenerKind, ServerConfig};
 pub use server::{Server, ServerError};

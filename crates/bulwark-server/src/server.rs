@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::config::{ConfigError, ServerConfig};
-use crate::driver::{DriverContext, drive};
+use crate::config::{ConfigError, ListenerKind, ServerConfig};
+use crate::driver::{CertIdentity, DriverContext, drive};
 use crate::router::{Router, Traffic};
+use crate::tls::{ClientAuth, TlsAcceptor, TlsError};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -28,6 +29,13 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A TLS listener's certificate, key, CA bundle or CRL is not usable.
+    Tls {
+        /// The listener's name.
+        listener: String,
+        /// What is wrong.
+        source: TlsError,
+    },
 }
 
 impl std::fmt::Display for ServerError {
@@ -35,6 +43,7 @@ impl std::fmt::Display for ServerError {
         match self {
             Self::Config(err) => err.fmt(f),
             Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Self::Tls { listener, source } => write!(f, "listener {listener}: {source}"),
         }
     }
 }
@@ -45,7 +54,15 @@ impl std::error::Error for ServerError {}
 #[derive(Debug)]
 pub struct Server {
     config: ServerConfig,
-    listeners: Vec<(String, TcpListener)>,
+    listeners: Vec<Bound>,
+}
+
+/// A bound listener and what it serves.
+#[derive(Debug)]
+struct Bound {
+    name: String,
+    socket: TcpListener,
+    tls: Option<Arc<TlsAcceptor>>,
 }
 
 impl Server {
@@ -54,14 +71,35 @@ impl Server {
         config.validate().map_err(ServerError::Config)?;
         let mut listeners = Vec::new();
         for listener in &config.listeners {
-            let bound =
+            // Certificates first: a listener never binds with files it cannot serve.
+            let tls = match &listener.kind {
+                ListenerKind::Tcp => None,
+                ListenerKind::Tls(settings) => Some(Arc::new(
+                    TlsAcceptor::new((**settings).clone()).map_err(|source| ServerError::Tls {
+                        listener: listener.name.clone(),
+                        source,
+                    })?,
+                )),
+            };
+            let socket =
                 TcpListener::bind(listener.bind)
                     .await
                     .map_err(|source| ServerError::Bind {
                         addr: listener.bind,
                         source,
                     })?;
-            listeners.push((listener.name.clone(), bound));
+            if listener.dangerous_plaintext && !listener.bind.ip().is_loopback() {
+                warn!(
+                    listener = %listener.name,
+                    addr = %listener.bind,
+                    "dangerous_plaintext: MQTT in clear text on a non-loopback address"
+                );
+            }
+            listeners.push(Bound {
+                name: listener.name.clone(),
+                socket,
+                tls,
+            });
         }
         Ok(Self { config, listeners })
     }
@@ -70,7 +108,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(_, l)| l.local_addr().ok())
+            .filter_map(|l| l.socket.local_addr().ok())
             .collect()
     }
 
@@ -108,9 +146,23 @@ impl Server {
         let mut accepters = JoinSet::new();
         // Every driver holds a clone; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-        for (name, listener) in listeners {
-            if let Ok(addr) = listener.local_addr() {
-                info!(listener = %name, %addr, "listening (MQTT over TCP)");
+        let acceptors: Vec<Arc<TlsAcceptor>> =
+            listeners.iter().filter_map(|l| l.tls.clone()).collect();
+        if !acceptors.is_empty() {
+            accepters.spawn(watch_tls_files(
+                acceptors,
+                config.tls_watch_interval,
+                stop_rx.clone(),
+            ));
+        }
+        for Bound { name, socket, tls } in listeners {
+            let kind = if tls.is_some() {
+                "MQTT over TLS"
+            } else {
+                "MQTT over TCP"
+            };
+            if let Ok(addr) = socket.local_addr() {
+                info!(listener = %name, %addr, "listening ({kind})");
             }
             let ctx = ctx.clone();
             let next_conn = next_conn.clone();
@@ -119,15 +171,28 @@ impl Server {
             accepters.spawn(async move {
                 loop {
                     tokio::select! {
-                        accepted = listener.accept() => match accepted {
+                        accepted = socket.accept() => match accepted {
                             Ok((stream, peer)) => {
+                                let at = tokio::time::Instant::now();
+                                let _ = stream.set_nodelay(true);
                                 let conn = ConnectionId(next_conn.fetch_add(1, Ordering::Relaxed));
                                 let guard = alive.clone();
                                 let ctx = ctx.clone();
-                                tokio::spawn(async move {
-                                    drive(stream, peer, conn, ctx).await;
-                                    drop(guard);
-                                });
+                                match &tls {
+                                    None => {
+                                        tokio::spawn(async move {
+                                            drive(stream, peer, conn, ctx, at, None).await;
+                                            drop(guard);
+                                        });
+                                    }
+                                    Some(acceptor) => {
+                                        let acceptor = acceptor.clone();
+                                        tokio::spawn(async move {
+                                            serve_tls(stream, peer, conn, ctx, at, &acceptor).await;
+                                            drop(guard);
+                                        });
+                                    }
+                                }
                             }
                             Err(err) => {
                                 // Out of descriptors and the like: wait a moment, keep serving.
@@ -152,5 +217,89 @@ impl Server {
         }
         let _ = router_task.await;
         info!("stopped");
+    }
+}
+
+/// Completes the TLS handshake within the listener's handshake timeout (and the CONNECT
+/// timeout, which counts from `at`), then drives the connection.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    conn: ConnectionId,
+    ctx: Arc<DriverContext>,
+    at: tokio::time::Instant,
+    acceptor: &TlsAcceptor,
+) {
+    let settings = acceptor.settings();
+    let limit = settings.handshake_timeout.min(ctx.connect_timeout);
+    let handshake = tokio_rustls::TlsAcceptor::from(acceptor.config()).accept(stream);
+    let tls = match tokio::time::timeout_at(at + limit, handshake).await {
+        Ok(Ok(tls)) => Box::new(tls),
+        Ok(Err(err)) => {
+            info!(%peer, conn = conn.0, %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            info!(%peer, conn = conn.0, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = (settings.client_auth != ClientAuth::None).then_some(CertIdentity {
+        source: settings.identity,
+        as_client_id: settings.identity_as_client_id,
+    });
+    drive(tls, peer, conn, ctx, at, identity).await;
+}
+
+/// The modification times of `files` (`None` for one that cannot be read).
+fn mtimes(files: &[std::path::PathBuf]) -> Vec<Option<std::time::SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Reloads a TLS listener's files when they change (checked every few seconds) and on
+/// SIGHUP. A reload that fails leaves the previous certificates serving and logs why.
+async fn watch_tls_files(
+    acceptors: Vec<Arc<TlsAcceptor>>,
+    interval: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen: Vec<_> = acceptors
+        .iter()
+        .map(|a| mtimes(&a.settings().files()))
+        .collect();
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            () = tokio::time::sleep(interval) => false,
+            _ = hangup => true,
+            _ = stop.changed() => return,
+        };
+        for (acceptor, seen) in acceptors.iter().zip(seen.iter_mut()) {
+            let now = mtimes(&acceptor.settings().files());
+            if !forced && now == *seen {
+                continue;
+            }
+            *seen = now;
+            let cert = acceptor.settings().cert.cert.display().to_string();
+            match acceptor.reload() {
+                Ok(()) => info!(%cert, "TLS certificates reloaded"),
+                Err(err) => {
+                    warn!(%cert, %err, "TLS reload failed; the previous certificates stay in service")
+                }
+            }
+        }
     }
 }

@@ -2,15 +2,38 @@
 //! `docs/config.md` documents each key; keep the two in step.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulwark_proto::PROTOCOL_MAX_PACKET_SIZE;
-use bulwark_server::{ConfigError, ListenerConfig, ServerConfig};
+use bulwark_server::tls::{CertFiles, ClientAuth, IdentitySource, TlsSettings, TlsVersion};
+use bulwark_server::{ConfigError, ListenerConfig, ListenerKind, ServerConfig};
 use toml::{Table, Value};
 
 /// Sections and the keys each may hold; anything else is reported as unknown.
 const SECTIONS: &[(&str, &[&str])] = &[
-    ("listener", &["name", "bind"]),
+    (
+        "listener",
+        &["name", "kind", "bind", "dangerous_plaintext", "tls"],
+    ),
+    (
+        "listener.tls",
+        &[
+            "cert",
+            "key",
+            "ocsp",
+            "sni",
+            "min_version",
+            "alpn",
+            "handshake_timeout",
+            "client_auth",
+            "client_ca",
+            "crl",
+            "identity",
+            "identity_as_client_id",
+        ],
+    ),
+    ("listener.tls.sni", &["cert", "key", "ocsp"]),
     (
         "limits",
         &[
@@ -42,7 +65,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("sys", &["interval"]),
-    ("server", &["shutdown_grace", "workers"]),
+    (
+        "server",
+        &["shutdown_grace", "workers", "tls_watch_interval"],
+    ),
 ];
 
 struct Reader {
@@ -102,13 +128,47 @@ impl Reader {
     }
 
     fn unknown_keys(&mut self, table: &Table, section: &str) {
+        self.unknown_keys_as(table, section, section);
+    }
+
+    /// Reports keys of `table` that section `kind` does not have, naming them under `shown`
+    /// (e.g. `listener[0].tls`).
+    fn unknown_keys_as(&mut self, table: &Table, kind: &str, shown: &str) {
         let known = SECTIONS
             .iter()
-            .find(|(name, _)| *name == section)
+            .find(|(name, _)| *name == kind)
             .map_or(&[][..], |(_, keys)| *keys);
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
-                self.problems.push(format!("{section}.{key}: unknown key"));
+                self.problems.push(format!("{shown}.{key}: unknown key"));
+            }
+        }
+    }
+
+    /// A list of strings; a single string is taken as a list of one.
+    fn string_list(&mut self, table: &Table, section: &str, key: &str) -> Vec<String> {
+        match table.get(key) {
+            None => Vec::new(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item.as_str() {
+                        Some(s) => out.push(s.to_owned()),
+                        None => self.problems.push(format!(
+                            "{section}.{key}: expected strings, found {}",
+                            describe(item)
+                        )),
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                self.problems.push(format!(
+                    "{section}.{key}: expected a list of strings, found {}",
+                    describe(other)
+                ));
+                Vec::new()
             }
         }
     }
@@ -152,7 +212,169 @@ fn to_usize(v: u64) -> usize {
 }
 
 /// Parses the text of a configuration file; `source` names it in errors.
+/// One `[[listener]]` table; `None` (with the problems recorded) if it is not usable.
+fn read_listener(
+    r: &mut Reader,
+    table: &Table,
+    section: &str,
+    index: usize,
+    base: &Path,
+) -> Option<ListenerConfig> {
+    let kind = r.string(table, section, "kind").unwrap_or("tcp");
+    if !matches!(kind, "tcp" | "tls") {
+        r.problems.push(format!(
+            "{section}.kind = \"{kind}\": expected \"tcp\" or \"tls\""
+        ));
+        return None;
+    }
+    let name = r
+        .string(table, section, "name")
+        .map_or_else(|| format!("{kind}-{index}"), str::to_owned);
+    let dangerous_plaintext = r
+        .boolean(table, section, "dangerous_plaintext")
+        .unwrap_or(false);
+    let bind = match r.string(table, section, "bind") {
+        Some(bind) => match bind.parse::<SocketAddr>() {
+            Ok(bind) => Some(bind),
+            Err(_) => {
+                r.problems.push(format!(
+                    "{section}.bind = \"{bind}\": expected ADDRESS:PORT, e.g. \"127.0.0.1:1883\" or \"[::1]:1883\""
+                ));
+                None
+            }
+        },
+        None if table.contains_key("bind") => None,
+        None => {
+            r.problems.push(format!("{section}.bind: missing"));
+            None
+        }
+    };
+    let tls_section = format!("{section}.tls");
+    let kind = match (kind, table.get("tls")) {
+        ("tls", Some(Value::Table(tls))) => {
+            r.unknown_keys_as(tls, "listener.tls", &tls_section);
+            ListenerKind::Tls(Box::new(read_tls(r, tls, &tls_section, base)?))
+        }
+        ("tls", Some(other)) => {
+            r.problems.push(format!(
+                "{tls_section}: expected a table, found {}",
+                describe(other)
+            ));
+            return None;
+        }
+        ("tls", None) => {
+            r.problems.push(format!(
+                "{tls_section}: missing (a tls listener needs at least cert and key)"
+            ));
+            return None;
+        }
+        (_, Some(_)) => {
+            r.problems.push(format!(
+                "{tls_section}: only a listener with kind = \"tls\" takes TLS settings"
+            ));
+            return None;
+        }
+        (_, None) => ListenerKind::Tcp,
+    };
+    Some(ListenerConfig {
+        name,
+        bind: bind?,
+        kind,
+        dangerous_plaintext,
+    })
+}
+
+fn path(r: &mut Reader, table: &Table, section: &str, key: &str, base: &Path) -> Option<PathBuf> {
+    r.string(table, section, key).map(|p| base.join(p))
+}
+
+fn read_cert_files(r: &mut Reader, table: &Table, section: &str, base: &Path) -> Option<CertFiles> {
+    let cert = path(r, table, section, "cert", base);
+    let key = path(r, table, section, "key", base);
+    let ocsp = path(r, table, section, "ocsp", base);
+    for (name, value) in [("cert", &cert), ("key", &key)] {
+        if value.is_none() && !table.contains_key(name) {
+            r.problems.push(format!("{section}.{name}: missing"));
+        }
+    }
+    Some(CertFiles {
+        cert: cert?,
+        key: key?,
+        ocsp,
+    })
+}
+
+fn read_tls(r: &mut Reader, table: &Table, section: &str, base: &Path) -> Option<TlsSettings> {
+    let cert = read_cert_files(r, table, section, base);
+    let mut sni = Vec::new();
+    match table.get("sni") {
+        None => {}
+        Some(Value::Array(entries)) => {
+            for (i, entry) in entries.iter().enumerate() {
+                let sub = format!("{section}.sni[{i}]");
+                match entry.as_table() {
+                    Some(t) => {
+                        r.unknown_keys_as(t, "listener.tls.sni", &sub);
+                        sni.extend(read_cert_files(r, t, &sub, base));
+                    }
+                    None => r.problems.push(format!("{sub}: expected a table")),
+                }
+            }
+        }
+        Some(other) => r.problems.push(format!(
+            "{section}.sni: expected [[listener.tls.sni]] tables, found {}",
+            describe(other)
+        )),
+    }
+    let mut settings = TlsSettings::new(PathBuf::new(), PathBuf::new());
+    settings.sni = sni;
+    match r.string(table, section, "min_version") {
+        None | Some("1.2") => {}
+        Some("1.3") => settings.min_version = TlsVersion::V1_3,
+        Some(other) => r.problems.push(format!(
+            "{section}.min_version = \"{other}\": expected \"1.2\" or \"1.3\" (nothing older \
+             is offered)"
+        )),
+    }
+    settings.alpn = r.string_list(table, section, "alpn");
+    if let Some(v) = r.integer(table, section, "handshake_timeout", 1, 3600) {
+        settings.handshake_timeout = Duration::from_secs(v);
+    }
+    match r.string(table, section, "client_auth") {
+        None | Some("none") => {}
+        Some("optional") => settings.client_auth = ClientAuth::Optional,
+        Some("required") => settings.client_auth = ClientAuth::Required,
+        Some(other) => r.problems.push(format!(
+            "{section}.client_auth = \"{other}\": expected \"none\", \"optional\" or \"required\""
+        )),
+    }
+    settings.client_ca = path(r, table, section, "client_ca", base);
+    settings.crl = r
+        .string_list(table, section, "crl")
+        .into_iter()
+        .map(|p| base.join(p))
+        .collect();
+    match r.string(table, section, "identity") {
+        None | Some("cn") => {}
+        Some("san_dns") => settings.identity = IdentitySource::SanDns,
+        Some("san_uri") => settings.identity = IdentitySource::SanUri,
+        Some("san_email") => settings.identity = IdentitySource::SanEmail,
+        Some("dn") => settings.identity = IdentitySource::SubjectDn,
+        Some(other) => r.problems.push(format!(
+            "{section}.identity = \"{other}\": expected \"cn\", \"san_dns\", \"san_uri\", \
+             \"san_email\" or \"dn\""
+        )),
+    }
+    if let Some(v) = r.boolean(table, section, "identity_as_client_id") {
+        settings.identity_as_client_id = v;
+    }
+    settings.cert = cert?;
+    Some(settings)
+}
+
 pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigError> {
+    // Relative file names in the configuration are relative to the file itself.
+    let base = Path::new(source).parent().unwrap_or(Path::new(""));
     let root: Table = text.parse().map_err(|err: toml::de::Error| ConfigError {
         problems: vec![format!("{source}: not valid TOML: {}", err.message())],
     })?;
@@ -177,18 +399,8 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
                         continue;
                     };
                     r.unknown_keys(table, "listener");
-                    let name = r
-                        .string(table, &section, "name")
-                        .map_or_else(|| format!("tcp-{i}"), str::to_owned);
-                    match r.string(table, &section, "bind") {
-                        Some(bind) => match bind.parse::<SocketAddr>() {
-                            Ok(bind) => config.listeners.push(ListenerConfig { name, bind }),
-                            Err(_) => r.problems.push(format!(
-                                "{section}.bind = \"{bind}\": expected ADDRESS:PORT, e.g. \"127.0.0.1:1883\" or \"[::1]:1883\""
-                            )),
-                        },
-                        None if table.contains_key("bind") => {}
-                        None => r.problems.push(format!("{section}.bind: missing")),
+                    if let Some(listener) = read_listener(&mut r, table, &section, i, base) {
+                        config.listeners.push(listener);
                     }
                 }
             }
@@ -280,6 +492,9 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
     if let Some(t) = r.section(&root, "server") {
         if let Some(v) = r.integer(t, "server", "shutdown_grace", 0, 3600) {
             config.shutdown_grace = Duration::from_secs(v);
+        }
+        if let Some(v) = r.integer(t, "server", "tls_watch_interval", 1, 3600) {
+            config.tls_watch_interval = Duration::from_secs(v);
         }
         if let Some(v) = r.integer(t, "server", "workers", 0, 1024) {
             config.workers = usize::try_from(v).unwrap_or(1024);

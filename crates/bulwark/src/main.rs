@@ -134,10 +134,7 @@ fn load_config(path: Option<&PathBuf>, listen: Vec<SocketAddr>) -> Result<Server
         config.listeners = listen
             .into_iter()
             .enumerate()
-            .map(|(i, bind)| ListenerConfig {
-                name: format!("tcp-{i}"),
-                bind,
-            })
+            .map(|(i, bind)| ListenerConfig::tcp(format!("tcp-{i}"), bind))
             .collect();
         config.validate().map_err(|err| err.to_string())?;
     }

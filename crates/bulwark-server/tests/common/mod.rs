@@ -49,10 +49,7 @@ pub struct TestServer {
 /// Settings for tests: one listener on port 0, no `$SYS` timer.
 pub fn test_config() -> ServerConfig {
     let mut config = ServerConfig {
-        listeners: vec![ListenerConfig {
-            name: "test".into(),
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }],
+        listeners: vec![ListenerConfig::tcp("test", "127.0.0.1:0".parse().unwrap())],
         ..ServerConfig::default()
     };
     config.broker.sys_interval = None;

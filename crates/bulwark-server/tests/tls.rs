@@ -1,0 +1,474 @@
+//! TLS listeners end to end: real handshakes on 127.0.0.1 with a rustls client, certificates
+//! made with rcgen for each test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_server::ListenerConfig;
+use bulwark_server::tls::{ClientAuth, TlsSettings, TlsVersion};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevokedCertParams,
+    SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A CA and the files of one test.
+struct Pki {
+    dir: PathBuf,
+    ca_params: CertificateParams,
+    ca_key: KeyPair,
+    ca_der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(common::unique(name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Self {
+            dir,
+            ca_der: ca.der().clone(),
+            ca_params,
+            ca_key,
+        }
+    }
+
+    fn issuer(&self) -> Issuer<'_, &KeyPair> {
+        Issuer::from_params(&self.ca_params, &self.ca_key)
+    }
+
+    /// Writes `stem.pem` and `stem.key`; returns the serial.
+    fn leaf(
+        &self,
+        stem: &str,
+        cn: &str,
+        names: &[&str],
+        client: bool,
+        serial: u64,
+    ) -> SerialNumber {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.serial_number = Some(SerialNumber::from(serial));
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer()).unwrap();
+        std::fs::write(self.dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+        SerialNumber::from(serial)
+    }
+
+    fn crl(&self, revoked: &[SerialNumber]) -> PathBuf {
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: s.clone(),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer()).unwrap();
+        let path = self.dir.join("ca.crl");
+        std::fs::write(&path, crl.pem().unwrap()).unwrap();
+        path
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn settings(&self) -> TlsSettings {
+        TlsSettings::new(self.path("server.pem"), self.path("server.key"))
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn read_key(path: &Path) -> PrivateKeyDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_file(path).unwrap()
+}
+
+fn read_cert(path: &Path) -> CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_file(path).unwrap()
+}
+
+/// A client configuration trusting the test CA, optionally with a client certificate, for the
+/// given versions.
+fn client_config(
+    pki: &Pki,
+    client: Option<&str>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client {
+        Some(stem) => builder
+            .with_client_auth_cert(
+                vec![read_cert(&pki.path(&format!("{stem}.pem")))],
+                read_key(&pki.path(&format!("{stem}.key"))),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+const BOTH: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn handshake(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        connector.connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("handshake timed out"))?
+}
+
+/// A 3.1.1 CONNECT for `id`, then the 4-byte CONNACK.
+async fn mqtt_connect_v3(stream: &mut Tls, id: &str) -> std::io::Result<[u8; 4]> {
+    let mut packet = vec![0x10, (12 + id.len()) as u8, 0, 4];
+    packet.extend_from_slice(b"MQTT");
+    packet.extend_from_slice(&[4, 2, 0, 60, 0, id.len() as u8]);
+    packet.extend_from_slice(id.as_bytes());
+    stream.write_all(&packet).await?;
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut connack))
+        .await
+        .map_err(|_| std::io::Error::other("no CONNACK"))??;
+    Ok(connack)
+}
+
+/// A 5.0 CONNECT for `id`; returns the CONNACK's reason code.
+async fn mqtt_connect_v5(stream: &mut Tls, id: &str) -> u8 {
+    let mut packet = vec![0x10, (13 + id.len()) as u8, 0, 4];
+    packet.extend_from_slice(b"MQTT");
+    packet.extend_from_slice(&[5, 2, 0, 60, 0, 0, id.len() as u8]);
+    packet.extend_from_slice(id.as_bytes());
+    stream.write_all(&packet).await.unwrap();
+    let mut head = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head[0], 0x20, "CONNACK");
+    let mut body = vec![0u8; usize::from(head[1])];
+    stream.read_exact(&mut body).await.unwrap();
+    body[1]
+}
+
+async fn tls_server(settings: TlsSettings) -> common::TestServer {
+    common::start_with(|c| {
+        c.listeners = vec![ListenerConfig::tls(
+            "tls",
+            "127.0.0.1:0".parse().unwrap(),
+            settings,
+        )];
+        c.tls_watch_interval = Duration::from_secs(1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn mqtt_over_tls_12_and_13_and_min_version() {
+    let pki = Pki::new("tls-basic");
+    pki.leaf("server", "localhost", &["localhost"], false, 10);
+    let server = tls_server(pki.settings()).await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut s = handshake(
+            server.addr,
+            client_config(&pki, None, &[version]),
+            "localhost",
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.get_ref().1.protocol_version(), Some(version.version));
+        assert_eq!(mqtt_connect_v3(&mut s, "c").await.unwrap(), [0x20, 2, 0, 0]);
+    }
+    server.stop().await;
+
+    let mut settings = pki.settings();
+    settings.min_version = TlsVersion::V1_3;
+    let server = tls_server(settings).await;
+    let tls12 = client_config(&pki, None, &[&rustls::version::TLS12]);
+    assert!(handshake(server.addr, tls12, "localhost").await.is_err());
+    let tls13 = client_config(&pki, None, &[&rustls::version::TLS13]);
+    assert!(handshake(server.addr, tls13, "localhost").await.is_ok());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_key_or_missing_file_is_refused_at_start() {
+    let pki = Pki::new("tls-bad");
+    pki.leaf("server", "localhost", &["localhost"], false, 11);
+    pki.leaf("other", "localhost", &["localhost"], false, 12);
+    let mut settings = pki.settings();
+    settings.cert.key = pki.path("other.key");
+    let mut config = common::test_config();
+    config.listeners = vec![ListenerConfig::tls(
+        "tls",
+        "127.0.0.1:0".parse().unwrap(),
+        settings,
+    )];
+    let err = bulwark_server::Server::bind(config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not fit certificate"), "{err}");
+
+    let mut config = common::test_config();
+    let settings = TlsSettings::new(pki.path("nope.pem"), pki.path("server.key"));
+    config.listeners = vec![ListenerConfig::tls(
+        "tls",
+        "127.0.0.1:0".parse().unwrap(),
+        settings,
+    )];
+    let err = bulwark_server::Server::bind(config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot read certificate") && err.contains("nope.pem"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate() {
+    let pki = Pki::new("tls-sni");
+    pki.leaf("server", "a.test", &["a.test"], false, 20);
+    pki.leaf("b", "b.test", &["b.test"], false, 21);
+    let mut settings = pki.settings();
+    settings.sni.push(bulwark_server::tls::CertFiles {
+        cert: pki.path("b.pem"),
+        key: pki.path("b.key"),
+        ocsp: None,
+    });
+    let server = tls_server(settings).await;
+    for name in ["a.test", "b.test"] {
+        let s = handshake(server.addr, client_config(&pki, None, BOTH), name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let leaf = &s.get_ref().1.peer_certificates().unwrap()[0];
+        let want = read_cert(&pki.path(if name == "a.test" {
+            "server.pem"
+        } else {
+            "b.pem"
+        }));
+        assert_eq!(leaf, &want, "{name}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_required_optional_revoked_and_identity() {
+    let pki = Pki::new("tls-mtls");
+    pki.leaf("server", "localhost", &["localhost"], false, 30);
+    pki.leaf("good", "sensor-1", &[], true, 31);
+    let revoked = pki.leaf("revoked", "sensor-2", &[], true, 32);
+    pki.leaf("hash", "#", &[], true, 33);
+    let crl = pki.crl(&[revoked]);
+    let mut settings = pki.settings();
+    settings.client_auth = ClientAuth::Required;
+    settings.client_ca = Some(pki.path("ca.pem"));
+    settings.crl = vec![crl];
+    settings.identity_as_client_id = true;
+    let server = tls_server(settings.clone()).await;
+
+    // No certificate: the handshake (or the first read after it) fails.
+    let anonymous = handshake(server.addr, client_config(&pki, None, BOTH), "localhost").await;
+    if let Ok(mut s) = anonymous {
+        assert!(mqtt_connect_v3(&mut s, "x").await.is_err());
+    }
+    // Revoked: likewise.
+    let revoked = handshake(
+        server.addr,
+        client_config(&pki, Some("revoked"), BOTH),
+        "localhost",
+    )
+    .await;
+    if let Ok(mut s) = revoked {
+        assert!(mqtt_connect_v3(&mut s, "x").await.is_err());
+    }
+    // A valid certificate connects.
+    let mut good = handshake(
+        server.addr,
+        client_config(&pki, Some("good"), BOTH),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(mqtt_connect_v5(&mut good, "anything").await, 0);
+    // The certificate's CN is the client id: a second connection with the same certificate
+    // and another CONNECT client id takes the session over (DISCONNECT 0x8E to the first).
+    let mut second = handshake(
+        server.addr,
+        client_config(&pki, Some("good"), BOTH),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(mqtt_connect_v5(&mut second, "something-else").await, 0);
+    let mut head = [0u8; 3];
+    tokio::time::timeout(Duration::from_secs(10), good.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((head[0], head[2]), (0xE0, 0x8E), "takeover DISCONNECT");
+    // CN "#" would widen templates: refused with 0x87 Not authorized.
+    let mut hash = handshake(
+        server.addr,
+        client_config(&pki, Some("hash"), BOTH),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(mqtt_connect_v5(&mut hash, "h").await, 0x87);
+    server.stop().await;
+
+    // Optional: no certificate is fine, a revoked one is not.
+    settings.client_auth = ClientAuth::Optional;
+    let server = tls_server(settings).await;
+    let mut anonymous = handshake(server.addr, client_config(&pki, None, BOTH), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        mqtt_connect_v3(&mut anonymous, "anon").await.unwrap(),
+        [0x20, 2, 0, 0]
+    );
+    let revoked = handshake(
+        server.addr,
+        client_config(&pki, Some("revoked"), BOTH),
+        "localhost",
+    )
+    .await;
+    if let Ok(mut s) = revoked {
+        assert!(mqtt_connect_v3(&mut s, "x").await.is_err());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn renewed_certificates_are_picked_up_and_bad_ones_are_not() {
+    let pki = Pki::new("tls-reload");
+    pki.leaf("server", "localhost", &["localhost"], false, 40);
+    let server = tls_server(pki.settings()).await;
+    let mut kept = handshake(server.addr, client_config(&pki, None, BOTH), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        mqtt_connect_v3(&mut kept, "kept").await.unwrap(),
+        [0x20, 2, 0, 0]
+    );
+    let first = read_cert(&pki.path("server.pem"));
+
+    let serving = |addr| {
+        let config = client_config(&pki, None, BOTH);
+        async move {
+            let s = handshake(addr, config, "localhost").await.unwrap();
+            s.get_ref().1.peer_certificates().unwrap()[0].clone()
+        }
+    };
+    // Renewal: a new certificate and key; new handshakes get it within a few seconds.
+    std::thread::sleep(Duration::from_millis(1100)); // a distinct modification time
+    pki.leaf("server", "localhost", &["localhost"], false, 41);
+    let renewed = read_cert(&pki.path("server.pem"));
+    let mut picked = false;
+    for _ in 0..50 {
+        if serving(server.addr).await == renewed {
+            picked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(picked, "the renewed certificate was not served");
+    assert_ne!(first, renewed);
+
+    // A broken renewal (key of another certificate): the previous one keeps serving.
+    std::thread::sleep(Duration::from_millis(1100));
+    pki.leaf("other", "localhost", &["localhost"], false, 42);
+    std::fs::copy(pki.path("other.key"), pki.path("server.key")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(serving(server.addr).await, renewed);
+
+    // The connection made before all this is still up: a PINGREQ is answered.
+    kept.write_all(&[0xC0, 0]).await.unwrap();
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), kept.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, [0xD0, 0]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_closed() {
+    let pki = Pki::new("tls-stall");
+    pki.leaf("server", "localhost", &["localhost"], false, 50);
+    let mut settings = pki.settings();
+    settings.handshake_timeout = Duration::from_secs(1);
+    let server = tls_server(settings).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    // Half a ClientHello record header, then nothing.
+    tcp.write_all(&[0x16, 0x03]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    server.stop().await;
+}
