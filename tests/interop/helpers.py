@@ -114,8 +114,15 @@ class Client:
         keepalive: int = 30,
         will: dict | None = None,
         connect_properties: Properties | None = None,
+        port: int | None = None,
+        tls: dict | None = None,
+        transport: str = "tcp",
+        ws_path: str = "/mqtt",
     ):
+        """``port`` defaults to MQTT_PORT; ``tls`` holds ``paho.Client.tls_set`` arguments;
+        ``transport`` is "tcp" or "websockets" (then ``ws_path`` is the HTTP path)."""
         self.version = version
+        self._port = PORT if port is None else port
         self.client_id = client_id or unique_id()
         self.clean = clean
         self._cond = threading.Condition()
@@ -133,7 +140,8 @@ class Client:
 
         if version == V5:
             self._c = paho.Client(
-                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=V5
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=V5,
+                transport=transport,
             )
         else:
             self._c = paho.Client(
@@ -141,7 +149,12 @@ class Client:
                 client_id=self.client_id,
                 protocol=version,
                 clean_session=clean,
+                transport=transport,
             )
+        if transport == "websockets":
+            self._c.ws_set_options(path=ws_path)
+        if tls is not None:
+            self._c.tls_set(**tls)
         self._c.on_connect = self._on_connect
         self._c.on_message = self._on_message
         self._c.on_subscribe = self._on_subscribe
@@ -214,7 +227,7 @@ class Client:
             kwargs["clean_start"] = self.clean
             kwargs["properties"] = props
         self._c.connect_timeout = TIMEOUT
-        self._c.connect(HOST, PORT, keepalive=self._keepalive, **kwargs)
+        self._c.connect(HOST, self._port, keepalive=self._keepalive, **kwargs)
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         if not self._connected.wait(TIMEOUT):
@@ -482,10 +495,12 @@ class RawClient:
 # --------------------------------------------------------------------------------------------
 
 
-def mosquitto_pub(version: int, topic: str, *args: str, timeout: float = 10) -> None:
+def mosquitto_pub(
+    version: int, topic: str, *args: str, timeout: float = 10, port: int | None = None
+) -> None:
     cmd = [
-        "mosquitto_pub", "-h", HOST, "-p", str(PORT), "-V", CLI_VERSION[version],
-        "-i", unique_id(), "-t", topic, *args,
+        "mosquitto_pub", "-h", HOST, "-p", str(PORT if port is None else port),
+        "-V", CLI_VERSION[version], "-i", unique_id(), "-t", topic, *args,
     ]
     r = subprocess.run(cmd, capture_output=True, timeout=timeout)
     assert r.returncode == 0, f"{cmd} failed ({r.returncode}): {r.stdout!r} {r.stderr!r}"
@@ -520,12 +535,14 @@ class MosqSub:
         extra_format: Iterable[str] = (),
         client_id: str | None = None,
         args: Iterable[str] = (),
+        port: int | None = None,
     ):
         fmt = self.SEP.join(["MSG", "%t", "%q", "%r", "%x", *extra_format])
         # stdbuf: mosquitto_sub does not flush stdout when it is a pipe, and the SUBACK line is
         # needed as soon as it is printed.
         self.cmd = [
-            "stdbuf", "-oL", "mosquitto_sub", "-h", HOST, "-p", str(PORT), "-V", CLI_VERSION[version],
+            "stdbuf", "-oL", "mosquitto_sub", "-h", HOST, "-p", str(PORT if port is None else port),
+            "-V", CLI_VERSION[version],
             "-i", client_id or unique_id(), "-t", topic, "-q", str(qos), "-C", str(count),
             "-W", str(wait_s), "-d", "-F", fmt, *args,
         ]

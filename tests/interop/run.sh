@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Interoperability suite: third-party MQTT clients (paho-mqtt, mosquitto_pub/mosquitto_sub)
-# against a broker this script starts on a free loopback port.
+# Interoperability suite: third-party MQTT clients (paho-mqtt, mosquitto_pub/mosquitto_sub,
+# openssl s_client) against a broker this script starts on free loopback ports (plain TCP, and
+# for Bulwark also TLS, WebSocket and WebSocket over TLS, with certificates from `bulwark cert`).
 #
 #   bash tests/interop/run.sh                      # Bulwark: $BULWARK_BIN (target/release/bulwark)
 #   BROKER=mosquitto bash tests/interop/run.sh     # Debian's mosquitto, to validate the suite
@@ -75,9 +76,43 @@ case "$BROKER" in
   bulwark)
     bin="${BULWARK_BIN:-$ROOT/target/release/bulwark}"
     [ -x "$bin" ] || die "broker binary '$bin' not found or not executable (build it with 'cargo build --release', or set BULWARK_BIN)"
+    # A TLS listener beside it, with certificates made by `bulwark cert` (test_tls.py).
+    tls_port="$("$PYTHON" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+    pki="$work/pki"
+    "$bin" cert ca --out "$pki" >/dev/null
+    "$bin" cert server --name localhost --name 127.0.0.1 --ca-dir "$pki" --out "$pki" >/dev/null
+    "$bin" cert client --cn interop-device --ca-dir "$pki" --out "$pki" >/dev/null
+    ws_port="$("$PYTHON" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+    wss_port="$("$PYTHON" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+    export MQTT_WS_PORT="$ws_port" MQTT_WSS_PORT="$wss_port"
+    export MQTT_TLS_PORT="$tls_port" MQTT_CA="$pki/ca.pem"
+    export MQTT_CLIENT_CERT="$pki/interop-device.pem" MQTT_CLIENT_KEY="$pki/interop-device.key"
     cat >"$cfg" <<EOF
 [[listener]]
 bind = "127.0.0.1:$port"
+
+[[listener]]
+kind = "tls"
+bind = "127.0.0.1:$tls_port"
+[listener.tls]
+cert = "$pki/server.pem"
+key = "$pki/server.key"
+client_auth = "optional"
+client_ca = "$pki/ca.pem"
+
+[[listener]]
+kind = "ws"
+bind = "127.0.0.1:$ws_port"
+
+[[listener]]
+kind = "wss"
+bind = "127.0.0.1:$wss_port"
+[listener.tls]
+cert = "$pki/server.pem"
+key = "$pki/server.key"
 EOF
     cmd=("$bin" serve --config "$cfg")
     ;;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bulwark_core::BrokerConfig;
 use bulwark_proto::DecoderLimits;
 
+use crate::proxy::TrustedProxies;
 use crate::tls::{ClientAuth, TlsSettings};
+use crate::ws::WsOptions;
 
 /// What a listener speaks on its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +18,10 @@ pub enum ListenerKind {
     Tcp,
     /// MQTT over TLS.
     Tls(Box<TlsSettings>),
+    /// MQTT over WebSocket (binary frames, subprotocol `mqtt`).
+    Ws(WsOptions),
+    /// MQTT over WebSocket over TLS.
+    Wss(Box<TlsSettings>, WsOptions),
 }
 
 impl ListenerKind {
@@ -24,14 +30,24 @@ impl ListenerKind {
         match self {
             Self::Tcp => "tcp",
             Self::Tls(_) => "tls",
+            Self::Ws(_) => "ws",
+            Self::Wss(..) => "wss",
+        }
+    }
+
+    /// The WebSocket settings, for `ws` and `wss` listeners.
+    pub fn websocket(&self) -> Option<&WsOptions> {
+        match self {
+            Self::Ws(ws) | Self::Wss(_, ws) => Some(ws),
+            Self::Tcp | Self::Tls(_) => None,
         }
     }
 
     /// The TLS settings, for `tls` listeners.
     pub fn tls(&self) -> Option<&TlsSettings> {
         match self {
-            Self::Tcp => None,
-            Self::Tls(tls) => Some(tls),
+            Self::Tcp | Self::Ws(_) => None,
+            Self::Tls(tls) | Self::Wss(tls, _) => Some(tls),
         }
     }
 }
@@ -48,6 +64,9 @@ pub struct ListenerConfig {
     /// Allows a plaintext listener on a non-loopback address (credentials and payloads cross
     /// the network in clear text); a warning is logged at every start.
     pub dangerous_plaintext: bool,
+    /// When set, every connection must start with a PROXY protocol (v1 or v2) header and
+    /// come from one of these addresses; the address in the header is the client's.
+    pub proxy_protocol: Option<TrustedProxies>,
 }
 
 impl ListenerConfig {
@@ -58,6 +77,7 @@ impl ListenerConfig {
             bind,
             kind: ListenerKind::Tcp,
             dangerous_plaintext: false,
+            proxy_protocol: None,
         }
     }
 
@@ -68,6 +88,7 @@ impl ListenerConfig {
             bind,
             kind: ListenerKind::Tls(Box::new(tls)),
             dangerous_plaintext: false,
+            proxy_protocol: None,
         }
     }
 
@@ -180,6 +201,24 @@ impl ServerConfig {
                      non-loopback listener must authenticate clients by certificate (tls with \
                      client_auth = \"required\"); clients would connect anonymously",
                     listener.bind
+                ));
+            }
+            if let Some(ws) = listener.kind.websocket() {
+                if !ws.path.starts_with('/') {
+                    problems.push(format!(
+                        "listener[{i}].websocket.path = \"{}\": must start with '/'",
+                        ws.path
+                    ));
+                }
+            }
+            if listener
+                .proxy_protocol
+                .as_ref()
+                .is_some_and(TrustedProxies::is_empty)
+            {
+                problems.push(format!(
+                    "listener[{i}].proxy_protocol needs trusted_proxies (the load balancers \
+                     allowed to send the header)"
                 ));
             }
             if let Some(tls) = listener.kind.tls() {

@@ -160,7 +160,13 @@ impl<S: Transport> Driver<S> {
         if self.out.is_empty() {
             return Ok(());
         }
-        tokio::time::timeout(self.ctx.write_timeout, self.stream.write_all(&self.out))
+        // The flush matters for TLS and WebSocket, whose streams may hold encoded bytes back
+        // (a no-op on TCP).
+        let write = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(self.ctx.write_timeout, write)
             .await
             .map_err(|_| End::WriteTimeout)?
             .map_err(End::Io)?;

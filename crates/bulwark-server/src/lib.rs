@@ -1,4 +1,5 @@
-//! `bulwark-server`: the tokio glue around the engine. TCP listeners, one driver task per
+//! `bulwark-server`: the tokio glue around the engine. TCP, TLS, WebSocket and WSS listeners
+//! (optionally behind a PROXY-protocol load balancer), one driver task per
 //! connection (read, decode, encode, write, keep alive), one router task that owns the
 //! [`bulwark_core::Broker`], and an orderly shutdown.
 //!
@@ -10,10 +11,14 @@
 mod config;
 mod driver;
 mod outbox;
+pub(crate) mod proxy;
 mod router;
 mod server;
 pub mod tls;
 mod transport;
+pub(crate) mod ws;
 
 pub use config::{ConfigError, ListenerConfig, ListenerKind, ServerConfig};
+pub use proxy::TrustedProxies;
 pub use server::{Server, ServerError};
+pub use ws::WsOptions;

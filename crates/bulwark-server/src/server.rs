@@ -14,8 +14,11 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, ListenerKind, ServerConfig};
 use crate::driver::{CertIdentity, DriverContext, drive};
+use crate::proxy::TrustedProxies;
 use crate::router::{Router, Traffic};
 use crate::tls::{ClientAuth, TlsAcceptor, TlsError};
+use crate::transport::{TlsStream, Transport};
+use crate::ws::WsOptions;
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -62,7 +65,18 @@ pub struct Server {
 struct Bound {
     name: String,
     socket: TcpListener,
+    layers: Option<Arc<Layers>>,
     tls: Option<Arc<TlsAcceptor>>,
+    kind: &'static str,
+}
+
+/// What stands between an accepted socket and MQTT: a PROXY header, TLS, WebSocket, in that
+/// order. `None` in [`Bound`] for plain TCP, which takes the direct path.
+#[derive(Debug)]
+struct Layers {
+    proxy: Option<TrustedProxies>,
+    tls: Option<Arc<TlsAcceptor>>,
+    ws: Option<WsOptions>,
 }
 
 impl Server {
@@ -72,15 +86,24 @@ impl Server {
         let mut listeners = Vec::new();
         for listener in &config.listeners {
             // Certificates first: a listener never binds with files it cannot serve.
-            let tls = match &listener.kind {
-                ListenerKind::Tcp => None,
-                ListenerKind::Tls(settings) => Some(Arc::new(
-                    TlsAcceptor::new((**settings).clone()).map_err(|source| ServerError::Tls {
+            let tls = match listener.kind.tls() {
+                None => None,
+                Some(settings) => Some(Arc::new(TlsAcceptor::new(settings.clone()).map_err(
+                    |source| ServerError::Tls {
                         listener: listener.name.clone(),
                         source,
-                    })?,
-                )),
+                    },
+                )?)),
             };
+            let ws = listener.kind.websocket().cloned();
+            let layers =
+                (tls.is_some() || ws.is_some() || listener.proxy_protocol.is_some()).then(|| {
+                    Arc::new(Layers {
+                        proxy: listener.proxy_protocol.clone(),
+                        tls: tls.clone(),
+                        ws,
+                    })
+                });
             let socket =
                 TcpListener::bind(listener.bind)
                     .await
@@ -98,7 +121,14 @@ impl Server {
             listeners.push(Bound {
                 name: listener.name.clone(),
                 socket,
+                layers,
                 tls,
+                kind: match &listener.kind {
+                    ListenerKind::Tcp => "MQTT over TCP",
+                    ListenerKind::Tls(_) => "MQTT over TLS",
+                    ListenerKind::Ws(_) => "MQTT over WebSocket",
+                    ListenerKind::Wss(..) => "MQTT over WebSocket over TLS",
+                },
             });
         }
         Ok(Self { config, listeners })
@@ -148,19 +178,20 @@ impl Server {
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let acceptors: Vec<Arc<TlsAcceptor>> =
             listeners.iter().filter_map(|l| l.tls.clone()).collect();
-        if !acceptors.is_empty() {
-            accepters.spawn(watch_tls_files(
-                acceptors,
-                config.tls_watch_interval,
-                stop_rx.clone(),
-            ));
-        }
-        for Bound { name, socket, tls } in listeners {
-            let kind = if tls.is_some() {
-                "MQTT over TLS"
-            } else {
-                "MQTT over TCP"
-            };
+        // Always: it also keeps SIGHUP from terminating the process.
+        accepters.spawn(watch_tls_files(
+            acceptors,
+            config.tls_watch_interval,
+            stop_rx.clone(),
+        ));
+        for Bound {
+            name,
+            socket,
+            layers,
+            kind,
+            ..
+        } in listeners
+        {
             if let Ok(addr) = socket.local_addr() {
                 info!(listener = %name, %addr, "listening ({kind})");
             }
@@ -178,17 +209,17 @@ impl Server {
                                 let conn = ConnectionId(next_conn.fetch_add(1, Ordering::Relaxed));
                                 let guard = alive.clone();
                                 let ctx = ctx.clone();
-                                match &tls {
+                                match &layers {
                                     None => {
                                         tokio::spawn(async move {
                                             drive(stream, peer, conn, ctx, at, None).await;
                                             drop(guard);
                                         });
                                     }
-                                    Some(acceptor) => {
-                                        let acceptor = acceptor.clone();
+                                    Some(layers) => {
+                                        let layers = layers.clone();
                                         tokio::spawn(async move {
-                                            serve_tls(stream, peer, conn, ctx, at, &acceptor).await;
+                                            serve_layered(stream, peer, conn, ctx, at, &layers).await;
                                             drop(guard);
                                         });
                                     }
@@ -220,20 +251,39 @@ impl Server {
     }
 }
 
-/// Completes the TLS handshake within the listener's handshake timeout (and the CONNECT
-/// timeout, which counts from `at`), then drives the connection.
-async fn serve_tls(
-    stream: tokio::net::TcpStream,
+/// Reads the PROXY header, completes the TLS and WebSocket handshakes (all within the CONNECT
+/// timeout, counted from `at`; TLS also within its own handshake timeout), then drives the
+/// connection.
+async fn serve_layered(
+    mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
     conn: ConnectionId,
     ctx: Arc<DriverContext>,
     at: tokio::time::Instant,
-    acceptor: &TlsAcceptor,
+    layers: &Layers,
 ) {
+    let deadline = at + ctx.connect_timeout;
+    let peer = match &layers.proxy {
+        None => peer,
+        Some(trusted) => {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let limit = left.min(crate::proxy::DEFAULT_HEADER_TIMEOUT);
+            match crate::proxy::accept(&mut stream, peer, trusted, limit).await {
+                Ok(client) => client,
+                Err(err) => {
+                    info!(%peer, conn = conn.0, %err, "PROXY protocol header refused");
+                    return;
+                }
+            }
+        }
+    };
+    let Some(acceptor) = &layers.tls else {
+        return serve_websocket(stream, peer, conn, ctx, at, None, layers).await;
+    };
     let settings = acceptor.settings();
-    let limit = settings.handshake_timeout.min(ctx.connect_timeout);
+    let limit = deadline.min(at + settings.handshake_timeout);
     let handshake = tokio_rustls::TlsAcceptor::from(acceptor.config()).accept(stream);
-    let tls = match tokio::time::timeout_at(at + limit, handshake).await {
+    let tls: TlsStream = match tokio::time::timeout_at(limit, handshake).await {
         Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(err)) => {
             info!(%peer, conn = conn.0, %err, "TLS handshake failed");
@@ -248,7 +298,28 @@ async fn serve_tls(
         source: settings.identity,
         as_client_id: settings.identity_as_client_id,
     });
-    drive(tls, peer, conn, ctx, at, identity).await;
+    serve_websocket(tls, peer, conn, ctx, at, identity, layers).await;
+}
+
+/// Completes the WebSocket handshake where the listener has one, then drives the connection.
+async fn serve_websocket<S: Transport>(
+    stream: S,
+    peer: SocketAddr,
+    conn: ConnectionId,
+    ctx: Arc<DriverContext>,
+    at: tokio::time::Instant,
+    identity: Option<CertIdentity>,
+    layers: &Layers,
+) {
+    let Some(options) = &layers.ws else {
+        return drive(stream, peer, conn, ctx, at, identity).await;
+    };
+    let deadline = at + ctx.connect_timeout;
+    match tokio::time::timeout_at(deadline, crate::ws::accept(stream, options)).await {
+        Ok(Ok(ws)) => drive(ws, peer, conn, ctx, at, identity).await,
+        Ok(Err(err)) => info!(%peer, conn = conn.0, %err, "WebSocket handshake refused"),
+        Err(_) => info!(%peer, conn = conn.0, "WebSocket handshake timed out"),
+    }
 }
 
 /// The modification times of `files` (`None` for one that cannot be read).
@@ -287,6 +358,9 @@ async fn watch_tls_files(
             _ = hangup => true,
             _ = stop.changed() => return,
         };
+        if forced && acceptors.is_empty() {
+            info!("SIGHUP: no TLS listener to reload");
+        }
         for (acceptor, seen) in acceptors.iter().zip(seen.iter_mut()) {
             let now = mtimes(&acceptor.settings().files());
             if !forced && now == *seen {

@@ -69,3 +69,12 @@ impl Transport for TlsStream {
         self.get_ref().1.peer_certificates()
     }
 }
+
+impl<S: Transport> Transport for crate::ws::WsStream<S> {
+    // Frames are decoded inside the adapter: it is read with room reserved.
+    const READINESS: bool = false;
+
+    fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.get_ref().peer_certificates()
+    }
+}

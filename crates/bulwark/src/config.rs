@@ -7,14 +7,34 @@ use std::time::Duration;
 
 use bulwark_proto::PROTOCOL_MAX_PACKET_SIZE;
 use bulwark_server::tls::{CertFiles, ClientAuth, IdentitySource, TlsSettings, TlsVersion};
-use bulwark_server::{ConfigError, ListenerConfig, ListenerKind, ServerConfig};
+use bulwark_server::{
+    ConfigError, ListenerConfig, ListenerKind, ServerConfig, TrustedProxies, WsOptions,
+};
 use toml::{Table, Value};
 
 /// Sections and the keys each may hold; anything else is reported as unknown.
 const SECTIONS: &[(&str, &[&str])] = &[
     (
         "listener",
-        &["name", "kind", "bind", "dangerous_plaintext", "tls"],
+        &[
+            "name",
+            "kind",
+            "bind",
+            "dangerous_plaintext",
+            "proxy_protocol",
+            "trusted_proxies",
+            "tls",
+            "websocket",
+        ],
+    ),
+    (
+        "listener.websocket",
+        &[
+            "path",
+            "allowed_origins",
+            "max_frame_size",
+            "max_message_size",
+        ],
     ),
     (
         "listener.tls",
@@ -221,9 +241,9 @@ fn read_listener(
     base: &Path,
 ) -> Option<ListenerConfig> {
     let kind = r.string(table, section, "kind").unwrap_or("tcp");
-    if !matches!(kind, "tcp" | "tls") {
+    if !matches!(kind, "tcp" | "tls" | "ws" | "wss") {
         r.problems.push(format!(
-            "{section}.kind = \"{kind}\": expected \"tcp\" or \"tls\""
+            "{section}.kind = \"{kind}\": expected \"tcp\", \"tls\", \"ws\" or \"wss\""
         ));
         return None;
     }
@@ -249,39 +269,106 @@ fn read_listener(
             None
         }
     };
-    let tls_section = format!("{section}.tls");
-    let kind = match (kind, table.get("tls")) {
-        ("tls", Some(Value::Table(tls))) => {
-            r.unknown_keys_as(tls, "listener.tls", &tls_section);
-            ListenerKind::Tls(Box::new(read_tls(r, tls, &tls_section, base)?))
+    let proxy_protocol = match r.boolean(table, section, "proxy_protocol") {
+        Some(true) => {
+            let entries = r.string_list(table, section, "trusted_proxies");
+            match TrustedProxies::parse(&entries) {
+                Ok(trusted) => Some(trusted),
+                Err(why) => {
+                    r.problems.push(format!("{section}.trusted_proxies: {why}"));
+                    None
+                }
+            }
         }
-        ("tls", Some(other)) => {
+        _ => {
+            if table.contains_key("trusted_proxies") {
+                r.problems.push(format!(
+                    "{section}.trusted_proxies is set but proxy_protocol is not true"
+                ));
+            }
+            None
+        }
+    };
+    let wants_tls = matches!(kind, "tls" | "wss");
+    let tls_section = format!("{section}.tls");
+    let tls = match (wants_tls, table.get("tls")) {
+        (true, Some(Value::Table(tls))) => {
+            r.unknown_keys_as(tls, "listener.tls", &tls_section);
+            Some(read_tls(r, tls, &tls_section, base))
+        }
+        (true, Some(other)) => {
             r.problems.push(format!(
                 "{tls_section}: expected a table, found {}",
                 describe(other)
             ));
             return None;
         }
-        ("tls", None) => {
+        (true, None) => {
             r.problems.push(format!(
-                "{tls_section}: missing (a tls listener needs at least cert and key)"
+                "{tls_section}: missing (a {kind} listener needs at least cert and key)"
             ));
             return None;
         }
-        (_, Some(_)) => {
+        (false, Some(_)) => {
             r.problems.push(format!(
-                "{tls_section}: only a listener with kind = \"tls\" takes TLS settings"
+                "{tls_section}: only a listener with kind = \"tls\" or \"wss\" takes TLS settings"
             ));
             return None;
         }
-        (_, None) => ListenerKind::Tcp,
+        (false, None) => None,
+    };
+    let wants_ws = matches!(kind, "ws" | "wss");
+    let ws_section = format!("{section}.websocket");
+    let ws = match (wants_ws, table.get("websocket")) {
+        (true, Some(Value::Table(ws))) => {
+            r.unknown_keys_as(ws, "listener.websocket", &ws_section);
+            read_websocket(r, ws, &ws_section)
+        }
+        (true, Some(other)) => {
+            r.problems.push(format!(
+                "{ws_section}: expected a table, found {}",
+                describe(other)
+            ));
+            return None;
+        }
+        (true, None) => WsOptions::default(),
+        (false, Some(_)) => {
+            r.problems.push(format!(
+                "{ws_section}: only a listener with kind = \"ws\" or \"wss\" takes WebSocket settings"
+            ));
+            return None;
+        }
+        (false, None) => WsOptions::default(),
+    };
+    let kind = match (kind, tls) {
+        ("tls", Some(tls)) => ListenerKind::Tls(Box::new(tls?)),
+        ("wss", Some(tls)) => ListenerKind::Wss(Box::new(tls?), ws),
+        ("ws", _) => ListenerKind::Ws(ws),
+        _ => ListenerKind::Tcp,
     };
     Some(ListenerConfig {
         name,
         bind: bind?,
         kind,
         dangerous_plaintext,
+        proxy_protocol,
     })
+}
+
+fn read_websocket(r: &mut Reader, table: &Table, section: &str) -> WsOptions {
+    let mut ws = WsOptions::default();
+    if let Some(path) = r.string(table, section, "path") {
+        ws.path = path.to_owned();
+    }
+    ws.allowed_origins = r.string_list(table, section, "allowed_origins");
+    let max = u64::from(PROTOCOL_MAX_PACKET_SIZE);
+    if let Some(v) = r.integer(table, section, "max_frame_size", 16, max) {
+        ws.max_frame_size = to_usize(v);
+    }
+    if let Some(v) = r.integer(table, section, "max_message_size", 16, max) {
+        ws.max_message_size = to_usize(v);
+    }
+    ws
 }
 
 fn path(r: &mut Reader, table: &Table, section: &str, key: &str, base: &Path) -> Option<PathBuf> {
@@ -580,7 +667,8 @@ mod tests {
         for expected in [
             "colour: unknown",
             "listener.port: unknown key",
-            "only loopback addresses",
+            "sends credentials and payloads in clear text",
+            "must authenticate clients by certificate",
             "limits.receive_maximum = 0: must be between 1 and 65535",
             "limits.max_topic_levels: expected a non-negative integer, found the string \"many\"",
             "max_unauthenticated_packet_size must not exceed",
@@ -589,7 +677,151 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
-        assert_eq!(err.problems.len(), 8, "{all}");
+        assert_eq!(err.problems.len(), 9, "{all}");
+    }
+
+    #[test]
+    fn tls_listeners_are_read_with_paths_relative_to_the_file() {
+        let text = r#"
+            [[listener]]
+            kind = "tls"
+            bind = "0.0.0.0:8883"
+            [listener.tls]
+            cert = "server.pem"
+            key = "/abs/server.key"
+            min_version = "1.3"
+            alpn = ["mqtt"]
+            handshake_timeout = 3
+            client_auth = "required"
+            client_ca = "ca.pem"
+            crl = "revoked.crl"
+            identity = "san_uri"
+            identity_as_client_id = true
+            [[listener.tls.sni]]
+            cert = "b.pem"
+            key = "b.key"
+        "#;
+        let config = parse(text, "/etc/bulwark/bulwark.toml").unwrap();
+        let listener = config.listeners.first().unwrap();
+        assert_eq!(listener.name, "tls-0");
+        let tls = listener.kind.tls().unwrap();
+        assert_eq!(tls.cert.cert, PathBuf::from("/etc/bulwark/server.pem"));
+        assert_eq!(tls.cert.key, PathBuf::from("/abs/server.key"));
+        assert_eq!(tls.min_version, TlsVersion::V1_3);
+        assert_eq!(tls.alpn, vec!["mqtt".to_owned()]);
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(tls.client_auth, ClientAuth::Required);
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/bulwark/ca.pem")));
+        assert_eq!(tls.crl, vec![PathBuf::from("/etc/bulwark/revoked.crl")]);
+        assert_eq!(tls.identity, IdentitySource::SanUri);
+        assert!(tls.identity_as_client_id);
+        assert_eq!(tls.sni.len(), 1);
+    }
+
+    #[test]
+    fn listener_mistakes_are_explained() {
+        let text = r#"
+            [[listener]]
+            kind = "quic"
+            bind = "127.0.0.1:1"
+            [[listener]]
+            bind = "127.0.0.1:2"
+            [listener.tls]
+            cert = "a"
+            [[listener]]
+            kind = "tls"
+            bind = "127.0.0.1:3"
+            [listener.tls]
+            cert = "a"
+            min_version = "1.0"
+            client_auth = "maybe"
+            colour = 1
+            [[listener]]
+            bind = "10.0.0.1:1883"
+            [[listener]]
+            kind = "tls"
+            bind = "10.0.0.1:8883"
+            [listener.tls]
+            cert = "a"
+            key = "b"
+        "#;
+        let err = parse(text, "test").unwrap_err();
+        let all = err.problems.join("\n");
+        for expected in [
+            "listener[0].kind = \"quic\": expected \"tcp\", \"tls\", \"ws\" or \"wss\"",
+            "listener[1].tls: only a listener with kind = \"tls\" or \"wss\" takes TLS settings",
+            "listener[2].tls.key: missing",
+            "listener[2].tls.min_version = \"1.0\"",
+            "listener[2].tls.client_auth = \"maybe\"",
+            "listener[2].tls.colour: unknown key",
+            "a tcp listener on a non-loopback address sends credentials",
+            "must authenticate clients by certificate",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn websocket_and_proxy_settings_are_read() {
+        let text = r#"
+            [[listener]]
+            kind = "ws"
+            bind = "127.0.0.1:8080"
+            proxy_protocol = true
+            trusted_proxies = ["10.0.0.0/8", "::1"]
+            [listener.websocket]
+            path = "/mqtt-ws"
+            allowed_origins = ["https://app.example"]
+            max_frame_size = 65536
+            [[listener]]
+            kind = "wss"
+            bind = "127.0.0.1:8443"
+            [listener.tls]
+            cert = "c.pem"
+            key = "k.pem"
+            [[listener]]
+            bind = "127.0.0.1:1883"
+            trusted_proxies = ["10.0.0.0/8"]
+            [[listener]]
+            bind = "127.0.0.1:1884"
+            proxy_protocol = true
+            trusted_proxies = ["10.0.0.0/33"]
+            [[listener]]
+            bind = "127.0.0.1:1885"
+            [listener.websocket]
+            path = "/x"
+        "#;
+        let err = parse(text, "test").unwrap_err();
+        let all = err.problems.join("\n");
+        for expected in [
+            "listener[2].trusted_proxies is set but proxy_protocol is not true",
+            "listener[3].trusted_proxies: ",
+            "10.0.0.0/33",
+            "listener[4].websocket: only a listener with kind = \"ws\" or \"wss\"",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(err.problems.len(), 3, "{all}");
+        let good = text
+            .split("[[listener]]\n            bind = \"127.0.0.1:1883\"")
+            .next()
+            .unwrap();
+        let config = parse(good, "test").unwrap();
+        let ws = config.listeners.first().unwrap();
+        let options = ws.kind.websocket().unwrap();
+        assert_eq!(options.path, "/mqtt-ws");
+        assert_eq!(
+            options.allowed_origins,
+            vec!["https://app.example".to_owned()]
+        );
+        assert_eq!(options.max_frame_size, 65536);
+        let trusted = ws.proxy_protocol.as_ref().unwrap();
+        assert!(trusted.contains("10.1.2.3".parse().unwrap()));
+        assert!(!trusted.contains("192.168.0.1".parse().unwrap()));
+        let wss = config.listeners.get(1).unwrap();
+        assert_eq!(wss.kind.name(), "wss");
+        assert_eq!(wss.kind.websocket().unwrap().path, "/mqtt");
+        assert!(wss.kind.tls().is_some());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! below it.
 #![forbid(unsafe_code)]
 
+mod cert;
 mod config;
 
 use std::net::SocketAddr;
@@ -40,6 +41,10 @@ enum Command {
         /// Log filter, e.g. "info" or "bulwark_server=debug" (RUST_LOG also works).
         #[arg(long, default_value = "info")]
         log_level: String,
+        /// Where the secure first run (no --config, no --listen) keeps its generated CA and
+        /// server certificate.
+        #[arg(long, value_name = "DIR", default_value = "bulwark-data")]
+        data_dir: PathBuf,
         /// Worker threads (overrides `[server] workers`); 0: one per available core.
         #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1024))]
         workers: Option<u16>,
@@ -58,6 +63,8 @@ enum Command {
     },
     /// Load-test an MQTT broker (any broker): throughput, latency, connections.
     Bench(bulwark_bench::BenchArgs),
+    /// Make a certificate authority and the server and device certificates it signs.
+    Cert(cert::CertArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,13 +103,15 @@ fn main() -> ExitCode {
             log_format,
             log_level,
             workers,
-        } => serve(config, listen, workers, log_format, &log_level),
+            data_dir,
+        } => serve(config, listen, &data_dir, workers, log_format, &log_level),
         Command::Decode {
             hex,
             client,
             protocol,
         } => decode(&hex, client, protocol.into()),
         Command::Bench(args) => bulwark_bench::run(args),
+        Command::Cert(args) => cert::run(args),
     }
 }
 
@@ -119,6 +128,42 @@ fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The secure first run: no configuration given. A CA and a server certificate in `dir`
+/// (made once, kept afterwards), MQTT over TLS on 0.0.0.0:8883 for clients with a certificate
+/// from that CA, and plaintext only on 127.0.0.1:1883.
+fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
+    let mut hosts = Vec::new();
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let name = name.trim();
+        if !name.is_empty() && name != "localhost" {
+            hosts.push(name.to_owned());
+        }
+    }
+    let pki = cert::ensure_first_run(dir, &hosts)
+        .map_err(|e| format!("secure first run in {}: {e}", dir.display()))?;
+    let mut tls = bulwark_server::tls::TlsSettings::new(&pki.cert, &pki.key);
+    tls.client_auth = bulwark_server::tls::ClientAuth::Required;
+    tls.client_ca = Some(pki.ca.clone());
+    let mut config = ServerConfig::default();
+    config.listeners.push(ListenerConfig::tls(
+        "tls-0",
+        SocketAddr::from(([0, 0, 0, 0], 8883)),
+        tls,
+    ));
+    let ca = pki.ca.display();
+    let dir = dir.display();
+    eprintln!(
+        "bulwark: no configuration given: secure defaults.\n\
+         \x20 plaintext MQTT on 127.0.0.1:1883 (this machine only)\n\
+         \x20 MQTT over TLS on 0.0.0.0:8883, for clients with a certificate from the CA {ca}{}\n\
+         \x20 make a device certificate:  bulwark cert client --cn DEVICE --ca-dir {dir} --out .\n\
+         \x20 then connect:  mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert DEVICE.pem --key DEVICE.key -t '#' -v",
+        if pki.created { " (just created)" } else { "" }
+    );
+    config.validate().map_err(|err| err.to_string())?;
+    Ok(config)
 }
 
 fn load_config(path: Option<&PathBuf>, listen: Vec<SocketAddr>) -> Result<ServerConfig, String> {
@@ -144,12 +189,19 @@ fn load_config(path: Option<&PathBuf>, listen: Vec<SocketAddr>) -> Result<Server
 fn serve(
     config_path: Option<PathBuf>,
     listen: Vec<SocketAddr>,
+    data_dir: &std::path::Path,
     workers: Option<u16>,
     log_format: LogFormat,
     log_level: &str,
 ) -> ExitCode {
     init_logging(log_format, log_level);
-    let mut config = match load_config(config_path.as_ref(), listen) {
+    let first_run = config_path.is_none() && listen.is_empty();
+    let loaded = if first_run {
+        first_run_config(data_dir)
+    } else {
+        load_config(config_path.as_ref(), listen)
+    };
+    let mut config = match loaded {
         Ok(config) => config,
         Err(message) => {
             eprintln!("error: {message}");

@@ -15,12 +15,11 @@ fn bulwark() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bulwark"))
 }
 
-/// Starts `serve` on a free loopback port, waits for it to listen, sends `signal`, and returns
-/// the exit status and what it logged.
-#[cfg(unix)]
-fn serve_then(signal: &str, workers: &str) -> (std::process::ExitStatus, String) {
+/// Starts `bulwark serve ARGS`; its standard error arrives line by line on the receiver.
+fn spawn_serve(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = bulwark()
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", workers])
+        .arg("serve")
+        .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -32,20 +31,35 @@ fn serve_then(signal: &str, workers: &str) -> (std::process::ExitStatus, String)
             let _ = tx.send(line);
         }
     });
+    (child, rx)
+}
+
+/// Collects log lines until `done` holds for them, or 20 s pass, or the log ends.
+fn read_log_until(rx: &std::sync::mpsc::Receiver<String>, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut log = String::new();
-    while !log.contains("listening") {
+    while !done(&log) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 log.push_str(&line);
                 log.push('\n');
             }
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the broker did not start listening:\n{log}");
-            }
+            Err(_) => break,
         }
+    }
+    log
+}
+
+/// Starts `serve` on a free loopback port, waits for it to listen, sends `signal`, and returns
+/// the exit status and what it logged.
+#[cfg(unix)]
+fn serve_then(signal: &str, workers: &str) -> (std::process::ExitStatus, String) {
+    let (mut child, rx) = spawn_serve(&["--listen", "127.0.0.1:0", "--workers", workers]);
+    let mut log = read_log_until(&rx, |log| log.contains("listening"));
+    if !log.contains("listening") {
+        let _ = child.kill();
+        panic!("the broker did not start listening:\n{log}");
     }
     // The broker answers a CONNECT before it is stopped.
     let Some(addr) = log
@@ -121,10 +135,11 @@ fn a_bad_configuration_is_refused_with_every_problem_and_status_2() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("3 configuration errors"), "{err}");
+    assert!(err.contains("4 configuration errors"), "{err}");
     assert!(err.contains("limits.colour: unknown key"), "{err}");
     assert!(err.contains("limits.receive_maximum = 0"), "{err}");
-    assert!(err.contains("only loopback addresses"), "{err}");
+    assert!(err.contains("in clear text"), "{err}");
+    assert!(err.contains("clients would connect anonymously"), "{err}");
 }
 
 #[test]
@@ -134,5 +149,53 @@ fn listen_refuses_a_public_address() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only loopback addresses"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in clear text"), "{err}");
+}
+
+/// `serve` without a configuration: a CA and a server certificate are made in the data
+/// directory once (keys 0600), TLS listens on 0.0.0.0:8883 and plaintext on 127.0.0.1:1883 only;
+/// a second start keeps the files.
+#[cfg(unix)]
+#[test]
+fn the_secure_first_run_makes_certificates_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("bulwark-first-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let mut logs = Vec::new();
+    for round in 0..2 {
+        let (mut child, rx) = spawn_serve(&["--data-dir", data.to_str().unwrap()]);
+        let log = read_log_until(&rx, |log| {
+            log.matches("listening").count() >= 2 || log.contains("error")
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        if log.contains("Address already in use") {
+            eprintln!("skipped: port 1883 or 8883 is taken on this machine:\n{log}");
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        assert!(log.contains("addr=127.0.0.1:1883"), "round {round}:\n{log}");
+        assert!(log.contains("addr=0.0.0.0:8883"), "round {round}:\n{log}");
+        assert!(log.contains("MQTT over TLS"), "round {round}:\n{log}");
+        assert!(
+            log.contains("bulwark cert client --cn DEVICE"),
+            "round {round}:\n{log}"
+        );
+        logs.push(log);
+    }
+    assert!(logs[0].contains("(just created)"), "{}", logs[0]);
+    assert!(!logs[1].contains("(just created)"), "{}", logs[1]);
+    for name in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+        assert!(data.join(name).is_file(), "{name} missing");
+    }
+    for key in ["ca.key", "server.key"] {
+        let mode = std::fs::metadata(data.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,234 @@
+//! WebSocket, WebSocket over TLS and PROXY protocol listeners end to end, on 127.0.0.1: a
+//! blocking tungstenite client (in a thread) speaks MQTT in binary frames; PROXY headers are
+//! written by hand before the CONNECT.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_server::tls::TlsSettings;
+use bulwark_server::{ListenerConfig, ListenerKind, TrustedProxies, WsOptions};
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+
+/// A 3.1.1 CONNECT for `id`.
+fn connect_packet(id: &str) -> Vec<u8> {
+    let mut packet = vec![0x10, (12 + id.len()) as u8, 0, 4];
+    packet.extend_from_slice(b"MQTT");
+    packet.extend_from_slice(&[4, 2, 0, 60, 0, id.len() as u8]);
+    packet.extend_from_slice(id.as_bytes());
+    packet
+}
+
+fn subscribe_packet(topic: &str) -> Vec<u8> {
+    let mut packet = vec![0x82, (5 + topic.len()) as u8, 0, 1, 0, topic.len() as u8];
+    packet.extend_from_slice(topic.as_bytes());
+    packet.push(0);
+    packet
+}
+
+fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut packet = vec![
+        0x30,
+        (2 + topic.len() + payload.len()) as u8,
+        0,
+        topic.len() as u8,
+    ];
+    packet.extend_from_slice(topic.as_bytes());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+fn ws_request(
+    addr: SocketAddr,
+    scheme: &str,
+    path: &str,
+    protocol: &str,
+) -> tungstenite::handshake::client::Request {
+    let mut request = format!("{scheme}://localhost:{}{path}", addr.port())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    request
+}
+
+/// Reads binary messages until `n` bytes of MQTT have arrived.
+fn read_bytes<S: Read + Write>(ws: &mut tungstenite::WebSocket<S>, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match ws.read().unwrap() {
+            Message::Binary(data) => got.extend_from_slice(&data),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got
+}
+
+/// Subscribes and publishes to itself over `ws`; returns the PUBLISH it got back.
+fn round_trip<S: Read + Write>(ws: &mut tungstenite::WebSocket<S>, id: &str) -> Vec<u8> {
+    // CONNECT split over two frames: MQTT over WebSocket allows a packet to span frames.
+    let connect = connect_packet(id);
+    ws.send(Message::binary(connect[..5].to_vec())).unwrap();
+    ws.send(Message::binary(connect[5..].to_vec())).unwrap();
+    assert_eq!(read_bytes(ws, 4), vec![0x20, 2, 0, 0], "CONNACK");
+    ws.send(Message::binary(subscribe_packet("ws/t"))).unwrap();
+    assert_eq!(read_bytes(ws, 5), vec![0x90, 3, 0, 1, 0], "SUBACK");
+    ws.send(Message::binary(publish_packet("ws/t", b"hi")))
+        .unwrap();
+    read_bytes(ws, 8)
+}
+
+async fn in_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::time::timeout(Duration::from_secs(20), tokio::task::spawn_blocking(f))
+        .await
+        .expect("client finished in time")
+        .unwrap()
+}
+
+fn std_tcp(addr: SocketAddr) -> std::net::TcpStream {
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp
+}
+
+#[tokio::test]
+async fn mqtt_over_websocket() {
+    let server = common::start_with(|c| {
+        c.listeners = vec![ListenerConfig {
+            kind: ListenerKind::Ws(WsOptions::default()),
+            ..ListenerConfig::tcp("ws", "127.0.0.1:0".parse().unwrap())
+        }];
+    })
+    .await;
+    let addr = server.addr;
+    let publish = in_thread(move || {
+        let (mut ws, response) =
+            tungstenite::client::client(ws_request(addr, "ws", "/mqtt", "mqtt"), std_tcp(addr))
+                .unwrap();
+        assert_eq!(response.headers()["sec-websocket-protocol"], "mqtt");
+        round_trip(&mut ws, "ws1")
+    })
+    .await;
+    assert_eq!(publish, publish_packet("ws/t", b"hi"));
+
+    // A wrong path, or no MQTT subprotocol, is refused at the handshake.
+    let refused = in_thread(move || {
+        let wrong_path =
+            tungstenite::client::client(ws_request(addr, "ws", "/other", "mqtt"), std_tcp(addr))
+                .is_err();
+        let no_mqtt =
+            tungstenite::client::client(ws_request(addr, "ws", "/mqtt", "chat"), std_tcp(addr))
+                .is_err();
+        (wrong_path, no_mqtt)
+    })
+    .await;
+    assert_eq!(refused, (true, true));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mqtt_over_websocket_over_tls() {
+    let dir = std::env::temp_dir().join(common::unique("wss"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("c.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("k.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let settings = TlsSettings::new(dir.join("c.pem"), dir.join("k.pem"));
+    let server = common::start_with(|c| {
+        c.listeners = vec![ListenerConfig {
+            kind: ListenerKind::Wss(Box::new(settings), WsOptions::default()),
+            ..ListenerConfig::tcp("wss", "127.0.0.1:0".parse().unwrap())
+        }];
+    })
+    .await;
+    let addr = server.addr;
+    let der = cert.cert.der().clone();
+    let publish = in_thread(move || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tls = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+        let stream = rustls::StreamOwned::new(tls, std_tcp(addr));
+        let (mut ws, _) =
+            tungstenite::client::client(ws_request(addr, "wss", "/mqtt", "mqttv3.1"), stream)
+                .unwrap();
+        round_trip(&mut ws, "wss1")
+    })
+    .await;
+    assert_eq!(publish, publish_packet("ws/t", b"hi"));
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn proxy_protocol_from_a_trusted_address_only() {
+    let trusted = |entries: &[&str]| {
+        TrustedProxies::parse(&entries.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>()).unwrap()
+    };
+    let server = common::start_with(|c| {
+        c.listeners = vec![ListenerConfig {
+            proxy_protocol: Some(trusted(&["127.0.0.1"])),
+            ..ListenerConfig::tcp("proxied", "127.0.0.1:0".parse().unwrap())
+        }];
+    })
+    .await;
+    let addr = server.addr;
+    let answers = in_thread(move || {
+        // v1 header, then MQTT in the same write.
+        let mut tcp = std_tcp(addr);
+        let mut bytes = b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 1883\r\n".to_vec();
+        bytes.extend_from_slice(&connect_packet("p1"));
+        tcp.write_all(&bytes).unwrap();
+        let mut connack = [0u8; 4];
+        tcp.read_exact(&mut connack).unwrap();
+        // No header on a PROXY listener: closed without an answer.
+        let mut bare = std_tcp(addr);
+        bare.write_all(&connect_packet("p2")).unwrap();
+        let mut buf = [0u8; 4];
+        let closed = matches!(bare.read(&mut buf), Ok(0) | Err(_));
+        (connack, closed)
+    })
+    .await;
+    assert_eq!(answers, ([0x20, 2, 0, 0], true));
+    server.stop().await;
+
+    // The same header from an address that is not trusted is refused.
+    let server = common::start_with(|c| {
+        c.listeners = vec![ListenerConfig {
+            proxy_protocol: Some(trusted(&["10.0.0.0/8"])),
+            ..ListenerConfig::tcp("proxied", "127.0.0.1:0".parse().unwrap())
+        }];
+    })
+    .await;
+    let addr = server.addr;
+    let closed = in_thread(move || {
+        let mut tcp = std_tcp(addr);
+        let mut bytes = b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 1883\r\n".to_vec();
+        bytes.extend_from_slice(&connect_packet("p3"));
+        tcp.write_all(&bytes).unwrap();
+        let mut buf = [0u8; 4];
+        matches!(tcp.read(&mut buf), Ok(0) | Err(_))
+    })
+    .await;
+    assert!(closed);
+    server.stop().await;
+}
