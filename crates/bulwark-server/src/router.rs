@@ -31,6 +31,8 @@ pub(crate) enum ToRouter {
     },
     /// The connection ended without the engine asking for it.
     Lost { conn: ConnectionId },
+    /// Close these connections: their client certificates were revoked.
+    Revoked { conns: Vec<ConnectionId> },
 }
 
 /// Bytes moved by all drivers, for `$SYS`.
@@ -133,6 +135,17 @@ impl Router {
             ToRouter::Lost { conn } => {
                 self.broker.handle_connection_lost(conn, now);
                 peers.remove(&conn);
+            }
+            ToRouter::Revoked { conns } => {
+                for conn in conns {
+                    // 5.0 clients are told why (DISCONNECT 0x87); all are closed.
+                    self.broker.disconnect(
+                        conn,
+                        bulwark_proto::ReasonCode::NotAuthorized,
+                        "client certificate revoked",
+                        now,
+                    );
+                }
             }
         }
     }

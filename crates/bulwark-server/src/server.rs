@@ -183,6 +183,7 @@ impl Server {
             acceptors,
             config.tls_watch_interval,
             stop_rx.clone(),
+            ctx.router.clone(),
         ));
         for Bound {
             name,
@@ -298,7 +299,18 @@ async fn serve_layered(
         source: settings.identity,
         as_client_id: settings.identity_as_client_id,
     });
+    // Kept for revocation on a CRL reload for as long as the connection lasts.
+    let registered = match tls.get_ref().1.peer_certificates() {
+        Some(chain) if !chain.is_empty() => {
+            acceptor.register(conn, chain);
+            true
+        }
+        _ => false,
+    };
     serve_websocket(tls, peer, conn, ctx, at, identity, layers).await;
+    if registered {
+        acceptor.unregister(conn);
+    }
 }
 
 /// Completes the WebSocket handshake where the listener has one, then drives the connection.
@@ -336,6 +348,7 @@ async fn watch_tls_files(
     acceptors: Vec<Arc<TlsAcceptor>>,
     interval: std::time::Duration,
     mut stop: watch::Receiver<bool>,
+    router: mpsc::Sender<crate::router::ToRouter>,
 ) {
     let mut seen: Vec<_> = acceptors
         .iter()
@@ -369,7 +382,13 @@ async fn watch_tls_files(
             *seen = now;
             let cert = acceptor.settings().cert.cert.display().to_string();
             match acceptor.reload() {
-                Ok(()) => info!(%cert, "TLS certificates reloaded"),
+                Ok(revoked) if revoked.is_empty() => info!(%cert, "TLS certificates reloaded"),
+                Ok(conns) => {
+                    warn!(%cert, connections = conns.len(), "TLS certificates reloaded; closing connections whose client certificate is now revoked");
+                    let _ = router
+                        .send(crate::router::ToRouter::Revoked { conns })
+                        .await;
+                }
                 Err(err) => {
                     warn!(%cert, %err, "TLS reload failed; the previous certificates stay in service")
                 }

@@ -8,14 +8,17 @@
 //! must parse. A [`TlsAcceptor`] holds the configuration in force and swaps in a new one on
 //! [`TlsAcceptor::reload`] only if it is valid, so a bad renewal never takes a listener down.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bulwark_core::ConnectionId;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
@@ -313,6 +316,13 @@ fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'stat
 
 /// Builds the rustls configuration for `settings`, reading and checking every file.
 pub fn build(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    build_with_verifier(settings).map(|(config, _)| config)
+}
+
+/// [`build`], also returning the client certificate verifier.
+fn build_with_verifier(
+    settings: &TlsSettings,
+) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), TlsError> {
     let provider = provider();
     let default = load_certified(&settings.cert, &provider)?;
     let mut others = Vec::new();
@@ -362,30 +372,34 @@ pub fn build(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| err(format!("TLS versions: {e}")))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = settings
         .alpn
         .iter()
         .map(|p| p.as_bytes().to_vec())
         .collect();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
 }
 
-/// The configuration a TLS listener hands new handshakes, replaceable while it serves.
+/// The configuration a TLS listener hands new handshakes, replaceable while it serves, and the
+/// certificate chains of its connected clients, checked again against every new set of CRLs.
 #[derive(Debug)]
 pub struct TlsAcceptor {
     settings: TlsSettings,
     current: RwLock<Arc<ServerConfig>>,
+    /// Client certificate chains (leaf first) of the open connections that presented one.
+    clients: Mutex<HashMap<ConnectionId, Vec<CertificateDer<'static>>>>,
 }
 
 impl TlsAcceptor {
     /// Builds the first configuration; fails if the files are not valid.
     pub fn new(settings: TlsSettings) -> Result<Self, TlsError> {
-        let config = build(&settings)?;
+        let (config, _) = build_with_verifier(&settings)?;
         Ok(Self {
             settings,
             current: RwLock::new(config),
+            clients: Mutex::new(HashMap::new()),
         })
     }
 
@@ -403,14 +417,50 @@ impl TlsAcceptor {
     }
 
     /// Reads the files again; on success the new configuration serves every later handshake,
-    /// on failure the old one stays and the error is returned.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let config = build(&self.settings)?;
+    /// on failure the old one stays and the error is returned. Returns the connections whose
+    /// client certificate the new CRLs revoke: the caller closes them.
+    pub fn reload(&self) -> Result<Vec<ConnectionId>, TlsError> {
+        let (config, verifier) = build_with_verifier(&self.settings)?;
         match self.current.write() {
             Ok(mut current) => *current = config,
             Err(poisoned) => *poisoned.into_inner() = config,
         }
-        Ok(())
+        let clients = match self.clients.lock() {
+            Ok(clients) => clients,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = UnixTime::now();
+        let mut revoked: Vec<ConnectionId> = clients
+            .iter()
+            .filter(|(_, chain)| {
+                let Some((leaf, intermediates)) = chain.split_first() else {
+                    return false;
+                };
+                matches!(
+                    verifier.verify_client_cert(leaf, intermediates, now),
+                    Err(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::Revoked
+                    ))
+                )
+            })
+            .map(|(conn, _)| *conn)
+            .collect();
+        revoked.sort_unstable();
+        Ok(revoked)
+    }
+
+    /// Remembers the certificate chain a connection presented, for revocation on reload.
+    pub(crate) fn register(&self, conn: ConnectionId, chain: &[CertificateDer<'static>]) {
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.insert(conn, chain.to_vec());
+        }
+    }
+
+    /// Forgets a connection that ended.
+    pub(crate) fn unregister(&self, conn: ConnectionId) {
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.remove(&conn);
+        }
     }
 }
 

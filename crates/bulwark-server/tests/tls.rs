@@ -472,3 +472,153 @@ async fn a_stalled_handshake_is_closed() {
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_crl_reload_closes_connections_whose_certificate_is_now_revoked() {
+    let pki = Pki::new("tls-evict");
+    pki.leaf("server", "localhost", &["localhost"], false, 60);
+    let doomed_serial = pki.leaf("doomed", "sensor-9", &[], true, 61);
+    pki.leaf("fine", "sensor-10", &[], true, 62);
+    let crl = pki.crl(&[]);
+    let mut settings = pki.settings();
+    settings.client_auth = ClientAuth::Required;
+    settings.client_ca = Some(pki.path("ca.pem"));
+    settings.crl = vec![crl];
+    let server = tls_server(settings).await;
+    let mut doomed = handshake(
+        server.addr,
+        client_config(&pki, Some("doomed"), BOTH),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(mqtt_connect_v5(&mut doomed, "doomed").await, 0);
+    let mut fine = handshake(
+        server.addr,
+        client_config(&pki, Some("fine"), BOTH),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(mqtt_connect_v5(&mut fine, "fine").await, 0);
+
+    // The CA revokes sensor-9; the new CRL is picked up and its connection closed, 0x87.
+    std::thread::sleep(Duration::from_millis(1100));
+    pki.crl(&[doomed_serial]);
+    let mut head = [0u8; 3];
+    tokio::time::timeout(Duration::from_secs(10), doomed.read_exact(&mut head))
+        .await
+        .expect("closed after the CRL reload")
+        .unwrap();
+    assert_eq!(
+        (head[0], head[2]),
+        (0xE0, 0x87),
+        "DISCONNECT Not authorized"
+    );
+    // The other client stays: a PINGREQ is answered.
+    fine.write_all(&[0xC0, 0]).await.unwrap();
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), fine.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, [0xD0, 0]);
+    // And the revoked certificate no longer connects.
+    let again = handshake(
+        server.addr,
+        client_config(&pki, Some("doomed"), BOTH),
+        "localhost",
+    )
+    .await;
+    if let Ok(mut s) = again {
+        assert!(mqtt_connect_v3(&mut s, "again").await.is_err());
+    }
+    server.stop().await;
+}
+
+/// Wraps the normal verifier and keeps the OCSP response the server stapled.
+#[derive(Debug)]
+struct RecordOcsp {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    seen: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for RecordOcsp {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap() = Some(ocsp_response.to_vec());
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[tokio::test]
+async fn the_ocsp_response_file_is_stapled() {
+    let pki = Pki::new("tls-ocsp");
+    pki.leaf("server", "localhost", &["localhost"], false, 70);
+    // The broker staples the file as it is; the client's verifier sees the same bytes.
+    let response = b"\x30\x03\x0a\x01\x00".to_vec(); // an OCSPResponse with a status only
+    std::fs::write(pki.path("server.ocsp"), &response).unwrap();
+    let mut settings = pki.settings();
+    settings.cert.ocsp = Some(pki.path("server.ocsp"));
+    let server = tls_server(settings).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let recorder = Arc::new(RecordOcsp {
+        inner,
+        seen: std::sync::Mutex::new(None),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(BOTH)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(recorder.clone())
+        .with_no_client_auth();
+    let mut s = handshake(server.addr, Arc::new(config), "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        mqtt_connect_v3(&mut s, "ocsp").await.unwrap(),
+        [0x20, 2, 0, 0]
+    );
+    assert_eq!(
+        recorder.seen.lock().unwrap().as_deref(),
+        Some(&response[..])
+    );
+    server.stop().await;
+}
