@@ -200,6 +200,20 @@ async fn proxy_protocol_from_a_trusted_address_only() {
         tcp.write_all(&bytes).unwrap();
         let mut connack = [0u8; 4];
         tcp.read_exact(&mut connack).unwrap();
+        // A v2 header (TCP over IPv6) works too.
+        let mut v2 = std_tcp(addr);
+        let mut bytes = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+        bytes.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        bytes.extend_from_slice(&[0; 11]);
+        bytes.push(7);
+        bytes.extend_from_slice(&[0; 15]);
+        bytes.push(1);
+        bytes.extend_from_slice(&[0x9c, 0x40, 0x07, 0x5b]);
+        bytes.extend_from_slice(&connect_packet("p4"));
+        v2.write_all(&bytes).unwrap();
+        let mut connack_v2 = [0u8; 4];
+        v2.read_exact(&mut connack_v2).unwrap();
+        assert_eq!(connack_v2, [0x20, 2, 0, 0]);
         // No header on a PROXY listener: closed without an answer.
         let mut bare = std_tcp(addr);
         bare.write_all(&connect_packet("p2")).unwrap();
@@ -211,7 +225,7 @@ async fn proxy_protocol_from_a_trusted_address_only() {
     assert_eq!(answers, ([0x20, 2, 0, 0], true));
     server.stop().await;
 
-    // The same header from an address that is not trusted is refused.
+    // A header from an address that is not trusted is refused.
     let server = common::start_with(|c| {
         c.listeners = vec![ListenerConfig {
             proxy_protocol: Some(trusted(&["10.0.0.0/8"])),
@@ -222,7 +236,9 @@ async fn proxy_protocol_from_a_trusted_address_only() {
     let addr = server.addr;
     let closed = in_thread(move || {
         let mut tcp = std_tcp(addr);
-        let mut bytes = b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 1883\r\n".to_vec();
+        // A v2 header: signature, version 2 / PROXY, TCP over IPv4, 12 bytes of addresses.
+        let mut bytes = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        bytes.extend_from_slice(&[203, 0, 113, 7, 10, 0, 0, 1, 0x9c, 0x40, 0x07, 0x5b]);
         bytes.extend_from_slice(&connect_packet("p3"));
         tcp.write_all(&bytes).unwrap();
         let mut buf = [0u8; 4];
