@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of Bulwark, Eclipse Mosquitto and rumqttd on this machine: every
 # scenario against a fresh broker process pinned to one core, the loader (`bulwark bench`) on
-# another, three repetitions, medians and ratios. Installs the peers when missing (Debian
+# another, three repetitions, medians and ratios; the TLS scenarios use a CA and an ECDSA P-256
+# server certificate made once per run by `bulwark cert`. Installs the peers when missing (Debian
 # `mosquitto`; `cargo install rumqttd` into target/peers). Extra arguments go to
-# scripts/bench_compare.py (e.g. --write to update docs/benchmarks.md, --reps 1, --only 0,3).
+# scripts/bench_compare.py (e.g. --write to update docs/benchmarks.md, --reps 1, --only 0,3;
+# the TLS scenarios are 9, 10 and 11).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,6 +6,11 @@ Each scenario runs against a freshly started broker process pinned to one core (
 are written as a Markdown table (stdout, and into docs/benchmarks.md between the markers
 "<!-- bench-compare:begin -->" and "<!-- bench-compare:end -->" with --write).
 
+The TLS scenarios run against a broker with one TLS listener (TLS 1.3; the certificate
+authority and the ECDSA P-256 server certificate are made once per run by `bulwark cert`), and
+the loader resumes no session (`--tls-no-resume`): every connection is a full handshake. A
+broker or scenario that fails is shown as "n/a" with the reason under the table.
+
 Invoked by scripts/bench-compare.sh, which installs the peers first. Loopback only; every run
 is bounded by --duration and a timeout.
 """
@@ -25,7 +30,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (name, bench arguments, figure, unit, target rule)
+# (name, bench arguments, figure, unit, target rule[, "tls"]). New scenarios go at the end, so
+# that --only indexes stay the same.
 SCENARIOS = [
     ("fan-in QoS 0, 100 to 1", ["fan-in", "--qos", "0", "-n", "100"], "recv", "msg/s", ">= 1.2x best peer"),
     ("fan-in QoS 1, 100 to 1", ["fan-in", "--qos", "1", "-n", "100"], "recv", "msg/s", "(no target)"),
@@ -36,7 +42,36 @@ SCENARIOS = [
     ("QoS 1 at 10k msg/s, p99 latency", ["latency", "--qos", "1", "-n", "100", "--rate", "10000"], "p99", "ms", "<= Mosquitto"),
     ("memory per idle connection (10,000)", ["conn", "-n", "10000", "--workers", "32"], "mem", "KB", "<= 2 KB"),
     ("connections per second (churn, 16 workers)", ["churn", "--workers", "16"], "churn", "conn/s", ">= Mosquitto"),
+    ("TLS 1.3 handshakes per second (churn over TLS, 16 workers)", ["churn", "--workers", "16"], "churn", "conn/s",
+     ">= 2x Mosquitto", "tls"),
+    ("pairs QoS 1 over TLS, 100 pairs", ["pairs", "--qos", "1", "-n", "100"], "recv", "msg/s", ">= 1.2x best peer", "tls"),
+    ("memory per idle TLS connection (10,000)", ["conn", "-n", "10000", "--workers", "32"], "mem", "KB", "(report)",
+     "tls"),
 ]
+
+
+def is_tls(scenario):
+    return len(scenario) > 5 and scenario[5] == "tls"
+
+
+def make_certs(bulwark, work):
+    """A certificate authority and an ECDSA P-256 server certificate for localhost and
+    127.0.0.1, made by Bulwark itself. Returns {"ca", "cert" (the chain), "key"}."""
+    certs = os.path.join(work, "certs")
+    for cmd in (
+        [bulwark, "cert", "ca", "--out", certs],
+        [bulwark, "cert", "server", "--name", "localhost", "--name", "127.0.0.1", "--ca-dir", certs,
+         "--out", certs],
+    ):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr[-2000:]}")
+    paths = {"ca": "ca.pem", "cert": "server.pem", "key": "server.key"}
+    paths = {k: os.path.join(certs, v) for k, v in paths.items()}
+    for path in paths.values():
+        if not os.path.isfile(path):
+            raise RuntimeError(f"bulwark cert did not write {path}")
+    return paths
 
 
 def free_port():
@@ -58,13 +93,39 @@ def wait_port(port, proc, timeout=20.0):
     return False
 
 
-def start_broker(kind, bins, port, work, broker_core):
-    if kind == "bulwark":
+def toml_str(value):
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def start_broker(kind, bins, port, work, broker_core, tls=None):
+    """Starts `kind` listening on 127.0.0.1:port: plain MQTT, or with `tls` (make_certs's paths)
+    MQTT over TLS only."""
+    if kind == "bulwark" and tls is None:
         cmd = [bins["bulwark"], "serve", "--listen", f"127.0.0.1:{port}", "--log-level", "warn"]
+    elif kind == "bulwark":
+        conf = os.path.join(work, "bulwark.toml")
+        with open(conf, "w") as f:
+            f.write(
+                f'[[listener]]\nkind = "tls"\nbind = "127.0.0.1:{port}"\n'
+                f'[listener.tls]\ncert = {toml_str(tls["cert"])}\nkey = {toml_str(tls["key"])}\n'
+                'min_version = "1.3"\n'
+            )
+        cmd = [bins["bulwark"], "serve", "--config", conf, "--log-level", "warn"]
     elif kind == "mosquitto":
         conf = os.path.join(work, "mosquitto.conf")
         with open(conf, "w") as f:
             f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n")
+            if tls is not None:
+                f.write(f"cafile {tls['ca']}\ncertfile {tls['cert']}\nkeyfile {tls['key']}\n"
+                        "tls_version tlsv1.3\n"
+                        # Without it Nagle holds the CONNACK behind the TLS 1.3 session tickets
+                        # until the client's delayed ACK (about 40 ms a handshake), which would
+                        # measure the stall, not Mosquitto.
+                        "set_tcp_nodelay true\n")
+                if os.geteuid() == 0:
+                    # As root, Mosquitto drops to the "mosquitto" user before it reads the
+                    # certificate files, which `bulwark cert` makes readable by their owner only.
+                    f.write("user root\n")
         cmd = [bins["mosquitto"], "-c", conf]
     else:
         conf = os.path.join(work, "rumqttd.toml")
@@ -76,20 +137,31 @@ def start_broker(kind, bins, port, work, broker_core):
                 "[v4.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 20480\n"
                 "max_inflight_count = 100\ndynamic_filters = true\n"
             )
+            if tls is not None:
+                # rumqttd's rustls listener (TLS 1.3 and 1.2); without its verify-client-cert
+                # feature no CA is needed.
+                f.write(f"[v4.1.tls]\ncertpath = {toml_str(tls['cert'])}\nkeypath = {toml_str(tls['key'])}\n")
         cmd = [bins["rumqttd"], "-c", conf, "-q"]
     log = open(os.path.join(work, f"{kind}.log"), "w")
     proc = subprocess.Popen(["taskset", "-c", broker_core] + cmd, stdout=log, stderr=log)
     if not wait_port(port, proc):
         proc.kill()
-        raise RuntimeError(f"{kind} did not start listening on {port}: see {log.name}")
+        proc.wait()
+        log.close()
+        with open(log.name) as f:
+            tail = " / ".join(line.strip() for line in f.read().strip().splitlines()[-3:])
+        raise RuntimeError(f"{kind} did not start listening on {port}: {tail or 'no output'}")
     return proc
 
 
-def run_bench(bins, args, port, pid, duration, loader_core):
+def run_bench(bins, args, port, pid, duration, loader_core, tls=None):
     cmd = ["taskset", "-c", loader_core, bins["bulwark"], "bench"] + args + [
         "--port", str(port), "--broker-pid", str(pid), "--duration", str(duration),
         "--no-progress", "--json",
     ]
+    if tls is not None:
+        # 127.0.0.1 is one of the certificate's names; no resumption: full handshakes.
+        cmd += ["--tls", "--ca", tls["ca"], "--tls-no-resume"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
     if out.returncode != 0:
         raise RuntimeError(f"bench failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
@@ -135,38 +207,61 @@ def main():
     if a.only:
         scenarios = [SCENARIOS[int(i)] for i in a.only.split(",")]
     work = tempfile.mkdtemp(prefix="bench-compare-")
+    tls = make_certs(bins["bulwark"], work) if any(is_tls(s) for s in scenarios) else None
     results = {}
-    for name, args, kind, unit, target in scenarios:
+    loader_cpu = {}  # (scenario, broker) -> median loader CPU % (throughput scenarios)
+    failures = {}  # (scenario, broker) -> why there is no figure
+    for scenario in scenarios:
+        name, args, kind, unit, target = scenario[:5]
+        scenario_tls = tls if is_tls(scenario) else None
         for broker in brokers:
             values = []
-            for rep in range(a.reps):
-                port = free_port()
-                proc = start_broker(broker, bins, port, work, broker_core)
-                try:
-                    time.sleep(0.5)
-                    duration = 3 if kind == "mem" else a.duration
-                    report = run_bench(bins, args, port, proc.pid, duration, loader_core)
-                    values.append(figure(report, kind))
-                    extra = ""
-                    if report.get("lost"):
-                        extra = f" lost {report['lost']}"
-                    print(f"{name} | {broker} | rep {rep + 1}: {values[-1]:,.2f} {unit}{extra} "
-                          f"(broker cpu {report.get('broker_cpu_percent') or 0:.0f}%, "
-                          f"loader cpu {report.get('loader_cpu_percent') or 0:.0f}%)",
-                          file=sys.stderr, flush=True)
-                finally:
-                    proc.terminate()
+            cpus = []
+            try:
+                for rep in range(a.reps):
+                    port = free_port()
+                    proc = start_broker(broker, bins, port, work, broker_core, scenario_tls)
                     try:
-                        proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                        time.sleep(0.5)
+                        duration = 3 if kind == "mem" else a.duration
+                        report = run_bench(bins, args, port, proc.pid, duration, loader_core, scenario_tls)
+                        values.append(figure(report, kind))
+                        cpus.append(report.get("loader_cpu_percent") or 0)
+                        extra = ""
+                        if report.get("lost"):
+                            extra = f" lost {report['lost']}"
+                        if report.get("errors"):
+                            extra += f" errors {report['errors']} (first: {report.get('first_error')})"
+                        print(f"{name} | {broker} | rep {rep + 1}: {values[-1]:,.2f} {unit}{extra} "
+                              f"(broker cpu {report.get('broker_cpu_percent') or 0:.0f}%, "
+                              f"loader cpu {report.get('loader_cpu_percent') or 0:.0f}%)",
+                              file=sys.stderr, flush=True)
+                    finally:
+                        proc.terminate()
+                        try:
+                            proc.wait(timeout=10)
+                        except subprocess.TimeoutExpired:
+                            proc.kill()
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError) as err:
+                # One broker that cannot run a scenario (e.g. no TLS) does not stop the others.
+                reason = str(err).strip().splitlines()
+                failures[(name, broker)] = reason[-1] if reason else type(err).__name__
+                print(f"{name} | {broker} | failed: {err}", file=sys.stderr, flush=True)
+                continue
             results[(name, broker)] = statistics.median(values)
+            if kind in ("recv", "churn"):  # throughput: a saturated loader caps the figure
+                loader_cpu[(name, broker)] = statistics.median(cpus)
     lines = []
     lines.append(f"Run {datetime.date.today().isoformat()} on {platform.node() or 'this machine'}: "
                  f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
                  f"broker on core {broker_core}, loader on core {loader_core}; "
                  f"median of {a.reps} runs, each on a fresh broker process, {a.duration} s measured "
                  "after 2 s of warm-up, 64 B payloads, MQTT 3.1.1.")
+    if tls is not None:
+        lines[-1] += (" TLS rows: one TLS listener per broker (TLS 1.3 as the minimum where the broker "
+                      "has the setting), an ECDSA P-256 server certificate made by `bulwark cert`, "
+                      "the loader verifying it and resuming no session, so every connection is a "
+                      "full handshake.")
     lines.append("")
     lines.append(f"Versions: {version([bins['bulwark'], '--version'])}; "
                  f"{version([bins['mosquitto'], '-h'])}; {version([bins['rumqttd'], '--version'])}.")
@@ -176,10 +271,14 @@ def main():
     header = "| scenario | " + " | ".join(brokers) + " | Bulwark vs best peer | target |"
     lines.append(header)
     lines.append("|" + "---|" * (len(brokers) + 3))
-    for name, args, kind, unit, target in scenarios:
+    for scenario in scenarios:
+        name, args, kind, unit, target = scenario[:5]
         cells = []
         for broker in brokers:
             v = results.get((name, broker))
+            if v is None and (name, broker) in failures:
+                cells.append("n/a")
+                continue
             cells.append("-" if v is None else (f"{v:,.2f} {unit}" if kind in ("p99", "mem") else f"{v:,.0f} {unit}"))
         ours = results.get((name, "bulwark"))
         peers = [results[(name, b)] for b in brokers if b != "bulwark" and (name, b) in results]
@@ -191,6 +290,14 @@ def main():
                 r = (best / ours) if lower_is_better else (ours / best)
                 ratio = f"{r:.2f}x" + (" (lower is better)" if lower_is_better else "")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} | {target} |")
+    bound = [(k, v) for k, v in loader_cpu.items() if v >= 85]
+    if failures or bound:
+        lines.append("")
+        for (name, broker), why in failures.items():
+            lines.append(f"- n/a, {broker}, {name}: {why}")
+        for (name, broker), cpu in bound:
+            lines.append(f"- loader-bound ({cpu:.0f} % of its core): {broker}, {name}; the figure is a "
+                         "lower bound for the broker")
     table = "\n".join(lines)
     print(table)
     if a.write:

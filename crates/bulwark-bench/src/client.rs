@@ -92,14 +92,21 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     /// A target; with `ca`, TLS verified against the certificate authorities in that PEM file,
-    /// the host name being the server name.
-    pub(crate) fn new(host: &str, port: u16, ca: Option<&Path>) -> Result<Self, BenchError> {
+    /// the host name being the server name. With `resume`, the connections made through this
+    /// target (and its clones) share one session cache and resume earlier sessions; without,
+    /// every connection does a full handshake.
+    pub(crate) fn new(
+        host: &str,
+        port: u16,
+        ca: Option<&Path>,
+        resume: bool,
+    ) -> Result<Self, BenchError> {
         let tls = match ca {
             Some(ca) => {
                 let name = ServerName::try_from(host.to_owned()).map_err(|err| {
                     BenchError::Tls(format!("{host:?} is not a valid TLS server name: {err}"))
                 })?;
-                Some((tls_connector(ca)?, name))
+                Some((tls_connector(ca, resume)?, name))
             }
             None => None,
         };
@@ -133,9 +140,11 @@ impl Target {
     }
 }
 
-/// A client TLS configuration (TLS 1.2 and 1.3, the ring provider's safe defaults) that trusts
-/// the certificates in the PEM file `ca`.
-fn tls_connector(ca: &Path) -> Result<TlsConnector, BenchError> {
+/// A client TLS configuration (offering TLS 1.3 and 1.2, the ring provider's safe defaults)
+/// that trusts the certificates in the PEM file `ca`. With `resume`, rustls's in-memory session
+/// cache (TLS 1.3 tickets, TLS 1.2 session IDs and tickets); without, no resumption at all, so
+/// that each handshake is a full one (certificate verification and key exchange included).
+fn tls_connector(ca: &Path, resume: bool) -> Result<TlsConnector, BenchError> {
     let pem =
         std::fs::read(ca).map_err(|err| BenchError::io(format!("read {}", ca.display()), err))?;
     let mut roots = rustls::RootCertStore::empty();
@@ -152,11 +161,14 @@ fn tls_connector(ca: &Path) -> Result<TlsConnector, BenchError> {
         )));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|err| BenchError::Tls(err.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
@@ -415,4 +427,130 @@ pub(crate) async fn pump<W: AsyncWrite + Unpin>(
         *dirty = false;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        reason = "test code"
+    )]
+
+    use std::path::PathBuf;
+
+    use rustls::{HandshakeKind, ProtocolVersion as TlsVersion};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
+
+    use super::*;
+
+    /// Test certificates (ECDSA P-256, valid until 2126): `ca.pem` signs `server.pem`, whose
+    /// names are `localhost` and 127.0.0.1.
+    fn data(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name)
+    }
+
+    /// A TLS server on 127.0.0.1 (TLS 1.3 and 1.2, session tickets on) that, for each
+    /// connection, completes the handshake, writes one byte and closes. Returns its port.
+    async fn tls_server() -> u16 {
+        let certs =
+            rustls_pemfile::certs(&mut std::fs::read(data("server.pem")).unwrap().as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+        let key =
+            rustls_pemfile::private_key(&mut std::fs::read(data("server.key")).unwrap().as_slice())
+                .unwrap()
+                .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let _ = tls.write_all(b"x").await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// Connects, reads to the end (taking in any session tickets) and returns the TLS version
+    /// and the kind of handshake.
+    async fn handshake(target: &Target) -> (TlsVersion, HandshakeKind) {
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, target.open())
+            .await
+            .unwrap()
+            .unwrap();
+        let Stream::Tls(mut tls) = stream else {
+            panic!("a plain TCP stream to a TLS target");
+        };
+        let (version, kind) = {
+            let conn = tls.get_ref().1;
+            (
+                conn.protocol_version().unwrap(),
+                conn.handshake_kind().unwrap(),
+            )
+        };
+        let mut rest = Vec::new();
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest, b"x");
+        (version, kind)
+    }
+
+    #[tokio::test]
+    async fn resumes_by_default_and_never_without_resume() {
+        let port = tls_server().await;
+        let ca = data("ca.pem");
+
+        let resuming = Target::new("localhost", port, Some(&ca), true).unwrap();
+        assert_eq!(
+            handshake(&resuming).await,
+            (TlsVersion::TLSv1_3, HandshakeKind::Full)
+        );
+        // A clone shares the session cache, as the workers of one run do.
+        let clone = resuming.clone();
+        assert_eq!(
+            handshake(&clone).await,
+            (TlsVersion::TLSv1_3, HandshakeKind::Resumed)
+        );
+
+        let full = Target::new("127.0.0.1", port, Some(&ca), false).unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                handshake(&full).await,
+                (TlsVersion::TLSv1_3, HandshakeKind::Full)
+            );
+        }
+    }
+
+    #[test]
+    fn tls_setup_errors_are_specific() {
+        let missing = data("no-such-file.pem");
+        let err = Target::new("localhost", 1, Some(&missing), true).unwrap_err();
+        assert!(err.to_string().contains("no-such-file.pem"), "{err}");
+        // A key file holds no certificate.
+        let err = Target::new("localhost", 1, Some(&data("server.key")), false).unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+        let err = Target::new("not a name!", 1, Some(&data("ca.pem")), false).unwrap_err();
+        assert!(err.to_string().contains("server name"), "{err}");
+    }
 }

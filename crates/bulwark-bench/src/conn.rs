@@ -98,7 +98,7 @@ fn connection_report(o: &BenchOptions, connections: usize) -> Report {
 /// cover the whole run, opening included.
 pub(crate) async fn run_conn(o: &BenchOptions) -> Result<Report, BenchError> {
     let n = o.connections();
-    let target = Target::new(&o.host, o.port, o.tls_ca.as_deref())?;
+    let target = Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?;
     let params = params(o);
     let random = random_suffix();
     let broker = o.broker_pid.map(Process::Pid);
@@ -249,7 +249,7 @@ async fn hold(
 /// `--workers` loops of connect, CONNECT, CONNACK, DISCONNECT, wait for the broker's close,
 /// for warm-up + duration. Cycles that end in the measured interval are counted.
 pub(crate) async fn run_churn(o: &BenchOptions) -> Result<Report, BenchError> {
-    let target = Target::new(&o.host, o.port, o.tls_ca.as_deref())?;
+    let target = Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?;
     let params = params(o);
     let random = random_suffix();
     let broker = o.broker_pid.map(Process::Pid);

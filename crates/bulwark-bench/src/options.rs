@@ -108,12 +108,18 @@ pub struct BenchArgs {
     /// MQTT version.
     #[arg(long, value_enum, default_value_t = Protocol::V3_1_1)]
     pub protocol: Protocol,
-    /// Connect with TLS (1.2 or 1.3), verifying the broker against --ca.
+    /// Connect with TLS (offering 1.3 and 1.2), verifying the broker against --ca.
     #[arg(long, requires = "ca")]
     pub tls: bool,
     /// PEM file of the certificate authorities to trust with --tls.
     #[arg(long, value_name = "FILE", requires = "tls")]
     pub ca: Option<PathBuf>,
+    /// With --tls: no TLS session resumption, so every connection does a full handshake
+    /// (certificate verification and key exchange). Without it, the connections of a run share
+    /// a session cache and resume where the broker allows it (TLS 1.3 tickets), which for churn
+    /// measures resumed rather than full handshakes per second.
+    #[arg(long, requires = "tls")]
+    pub tls_no_resume: bool,
     /// User name for every connection.
     #[arg(long)]
     pub username: Option<String>,
@@ -180,6 +186,8 @@ pub struct BenchOptions {
     pub version: ProtocolVersion,
     /// Certificate authorities (PEM) for TLS; `None`: plain TCP.
     pub tls_ca: Option<PathBuf>,
+    /// Resume TLS sessions (the default); `false`: a full handshake on every connection.
+    pub tls_resume: bool,
     /// User name.
     pub username: Option<String>,
     /// Password.
@@ -218,6 +226,7 @@ impl BenchOptions {
             payload: 64,
             version: ProtocolVersion::V3_1_1,
             tls_ca: None,
+            tls_resume: true,
             username: None,
             password: None,
             duration: Duration::from_secs(10),
@@ -325,6 +334,7 @@ impl TryFrom<&BenchArgs> for BenchOptions {
             payload: args.payload,
             version: args.protocol.into(),
             tls_ca: if args.tls { args.ca.clone() } else { None },
+            tls_resume: !args.tls_no_resume,
             username: args.username.clone(),
             password: args.password.clone(),
             duration,

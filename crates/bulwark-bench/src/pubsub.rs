@@ -160,7 +160,7 @@ struct SubStats {
 pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
     let n = o.connections();
     let layout = layout(o.scenario, n);
-    let target = Target::new(&o.host, o.port, o.tls_ca.as_deref())?;
+    let target = Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?;
     let params = ConnectParams {
         version: o.version,
         keep_alive: o.keep_alive,

@@ -21,11 +21,28 @@ struct Broker {
 
 impl Broker {
     async fn start() -> Self {
+        Self::with_listener(bulwark_server::ListenerConfig::tcp(
+            "t",
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .await
+    }
+
+    /// A broker with one TLS listener, the test certificate of tests/data (ECDSA P-256, for
+    /// localhost and 127.0.0.1, signed by tests/data/ca.pem).
+    async fn start_tls() -> Self {
+        let tls = bulwark_server::tls::TlsSettings::new(data("server.pem"), data("server.key"));
+        Self::with_listener(bulwark_server::ListenerConfig::tls(
+            "t",
+            "127.0.0.1:0".parse().unwrap(),
+            tls,
+        ))
+        .await
+    }
+
+    async fn with_listener(listener: bulwark_server::ListenerConfig) -> Self {
         let mut c = bulwark_server::ServerConfig {
-            listeners: vec![bulwark_server::ListenerConfig::tcp(
-                "t",
-                "127.0.0.1:0".parse().unwrap(),
-            )],
+            listeners: vec![listener],
             ..Default::default()
         };
         c.broker.sys_interval = None;
@@ -55,6 +72,12 @@ impl Broker {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
+}
+
+fn data(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn assert_delivered(report: &Report, qos: QoS) {
@@ -148,6 +171,47 @@ async fn connection_scenarios() {
     let connect = report.connect.as_ref().unwrap();
     assert!(connect.connected > 0, "{}", report.to_table());
     assert_eq!(connect.failed, 0, "{}", report.to_table());
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_full_handshakes() {
+    let broker = Broker::start_tls().await;
+    for scenario in [Scenario::Churn, Scenario::Conn] {
+        let mut o = broker.options(scenario);
+        o.tls_ca = Some(data("ca.pem"));
+        o.tls_resume = false;
+        o.workers = 2;
+        o.connections = Some(20);
+        let report = run_scenario(&o).await.unwrap();
+        assert!(report.tls, "{}", report.to_table());
+        let connect = report.connect.as_ref().unwrap();
+        assert!(connect.connected > 0, "{}", report.to_table());
+        assert_eq!(connect.failed, 0, "{}", report.to_table());
+        assert_eq!(report.errors, 0, "{}", report.to_table());
+    }
+    let mut o = broker.options(Scenario::Pairs);
+    o.tls_ca = Some(data("ca.pem"));
+    o.tls_resume = false;
+    o.connections = Some(3);
+    o.qos = QoS::AtLeastOnce;
+    let report = run_scenario(&o).await.unwrap();
+    assert_delivered(&report, o.qos);
+
+    // Trusting the broker's own certificate, not its issuer: no connection, and no hang.
+    let mut o = broker.options(Scenario::Churn);
+    o.tls_ca = Some(data("server.pem"));
+    o.duration = Duration::from_millis(200);
+    o.warmup = Duration::ZERO;
+    let report = run_scenario(&o).await;
+    match report {
+        Err(err) => assert!(err.to_string().contains("TLS"), "{err}"),
+        Ok(report) => {
+            let connect = report.connect.as_ref().unwrap();
+            assert_eq!(connect.connected, 0, "{}", report.to_table());
+            assert!(connect.failed > 0, "{}", report.to_table());
+        }
+    }
     broker.stop().await;
 }
 
