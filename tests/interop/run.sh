@@ -52,6 +52,23 @@ if ! "$PYTHON" -c 'import pytest' 2>/dev/null; then
   log "installing pytest"
   "$PYTHON" -m pip install -q pytest
 fi
+# MQTT.js under Node.js (test_mqttjs.py, against Bulwark's WebSocket listeners): the `mqtt`
+# package pinned in mqttjs/package-lock.json.
+if [ "$BROKER" = bulwark ]; then
+  command -v node >/dev/null 2>&1 || apt_install nodejs npm
+  node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' ||
+    die "MQTT.js needs Node.js 18 or later; found $(node --version)"
+  mqttjs="$HERE/mqttjs"
+  if [ ! -d "$mqttjs/node_modules" ]; then
+    command -v npm >/dev/null 2>&1 || apt_install npm
+    log "installing MQTT.js (npm ci in $mqttjs)"
+    if ! npm_out="$(cd "$mqttjs" && npm ci --no-audit --no-fund --loglevel=error 2>&1)"; then
+      printf '%s\n' "$npm_out" >&2
+      rm -rf "$mqttjs/node_modules"  # so that the next run tries again
+      die "'npm ci' failed in $mqttjs (output above)"
+    fi
+  fi
+fi
 
 # ---- the broker ----
 work="$(mktemp -d "${TMPDIR:-/tmp}/bulwark-interop.XXXXXX")"

@@ -9,6 +9,7 @@ those variables (BROKER=mosquitto) the tests are skipped.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -83,8 +84,10 @@ def openssl(*args: str) -> subprocess.CompletedProcess:
 
 
 def handshake_ok(r: subprocess.CompletedProcess) -> bool:
+    """The handshake completed: openssl prints "New, TLSv1.x, Cipher is ..." (and "(NONE)" as
+    the cipher when it failed). The session details that follow may be cut short in TLS 1.3."""
     out = r.stdout.decode(errors="replace")
-    return r.returncode == 0 and "Cipher is (NONE)" not in out and "Cipher    :" in out
+    return r.returncode == 0 and re.search(r"New, TLSv1\.[0-3], Cipher is (?!\(NONE\))", out) is not None
 
 
 @pytest.mark.parametrize("flag", ["-tls1", "-tls1_1"])
