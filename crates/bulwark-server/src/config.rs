@@ -67,6 +67,9 @@ pub struct ListenerConfig {
     /// When set, every connection must start with a PROXY protocol (v1 or v2) header and
     /// come from one of these addresses; the address in the header is the client's.
     pub proxy_protocol: Option<TrustedProxies>,
+    /// At most this many connections at once on this listener (0: no cap of its own); one
+    /// more is accepted and closed at once, before any handshake.
+    pub max_connections: usize,
 }
 
 impl ListenerConfig {
@@ -78,6 +81,7 @@ impl ListenerConfig {
             kind: ListenerKind::Tcp,
             dangerous_plaintext: false,
             proxy_protocol: None,
+            max_connections: 0,
         }
     }
 
@@ -89,6 +93,7 @@ impl ListenerConfig {
             kind: ListenerKind::Tls(Box::new(tls)),
             dangerous_plaintext: false,
             proxy_protocol: None,
+            max_connections: 0,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bulwark_core::{Broker, ConnectionId, MemoryStore};
@@ -64,6 +64,7 @@ pub struct Server {
 #[derive(Debug)]
 struct Bound {
     name: String,
+    max_connections: usize,
     socket: TcpListener,
     layers: Option<Arc<Layers>>,
     tls: Option<Arc<TlsAcceptor>>,
@@ -120,6 +121,7 @@ impl Server {
             }
             listeners.push(Bound {
                 name: listener.name.clone(),
+                max_connections: listener.max_connections,
                 socket,
                 layers,
                 tls,
@@ -187,12 +189,15 @@ impl Server {
         ));
         for Bound {
             name,
+            max_connections,
             socket,
             layers,
             kind,
             ..
         } in listeners
         {
+            let open = Arc::new(AtomicUsize::new(0));
+            let mut last_refusal_log: Option<tokio::time::Instant> = None;
             if let Ok(addr) = socket.local_addr() {
                 info!(listener = %name, %addr, "listening ({kind})");
             }
@@ -206,9 +211,18 @@ impl Server {
                         accepted = socket.accept() => match accepted {
                             Ok((stream, peer)) => {
                                 let at = tokio::time::Instant::now();
+                                if max_connections > 0 && open.load(Ordering::Relaxed) >= max_connections {
+                                    // At the cap: closed at once, before any handshake work.
+                                    drop(stream);
+                                    if last_refusal_log.is_none_or(|t| at.duration_since(t) >= std::time::Duration::from_secs(1)) {
+                                        warn!(listener = %name, %peer, max_connections, "connection refused: listener at max_connections");
+                                        last_refusal_log = Some(at);
+                                    }
+                                    continue;
+                                }
                                 let _ = stream.set_nodelay(true);
                                 let conn = ConnectionId(next_conn.fetch_add(1, Ordering::Relaxed));
-                                let guard = alive.clone();
+                                let guard = ConnGuard::new(alive.clone(), (max_connections > 0).then(|| open.clone()));
                                 let ctx = ctx.clone();
                                 match &layers {
                                     None => {
@@ -393,6 +407,34 @@ async fn watch_tls_files(
                     warn!(%cert, %err, "TLS reload failed; the previous certificates stay in service")
                 }
             }
+        }
+    }
+}
+
+/// Held by each connection's task: while any exists the server has connections open; with a
+/// listener cap it also holds one of the listener's slots.
+#[derive(Debug)]
+struct ConnGuard {
+    _alive: mpsc::Sender<()>,
+    slots: Option<Arc<AtomicUsize>>,
+}
+
+impl ConnGuard {
+    fn new(alive: mpsc::Sender<()>, slots: Option<Arc<AtomicUsize>>) -> Self {
+        if let Some(open) = &slots {
+            open.fetch_add(1, Ordering::Relaxed);
+        }
+        Self {
+            _alive: alive,
+            slots,
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Some(open) = &self.slots {
+            open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

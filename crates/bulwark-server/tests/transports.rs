@@ -248,3 +248,42 @@ async fn proxy_protocol_from_a_trusted_address_only() {
     assert!(closed);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_listener_at_max_connections_closes_the_next_one() {
+    let server = common::start_with(|c| {
+        c.listeners = vec![ListenerConfig {
+            max_connections: 2,
+            ..ListenerConfig::tcp("capped", "127.0.0.1:0".parse().unwrap())
+        }];
+    })
+    .await;
+    let addr = server.addr;
+    let connack = |id: &'static str| {
+        move || {
+            let mut tcp = std_tcp(addr);
+            tcp.write_all(&connect_packet(id)).unwrap();
+            let mut buf = [0u8; 4];
+            match tcp.read(&mut buf) {
+                Ok(4) => Some(tcp),
+                _ => None,
+            }
+        }
+    };
+    let first = in_thread(connack("m1")).await.expect("first connects");
+    let second = in_thread(connack("m2")).await.expect("second connects");
+    assert!(in_thread(connack("m3")).await.is_none(), "third is closed");
+    // A slot frees when a connection ends; the broker notices the close first.
+    drop(first);
+    let mut again = None;
+    for _ in 0..50 {
+        again = in_thread(connack("m4")).await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "a freed slot is usable");
+    drop(second);
+    server.stop().await;
+}

@@ -23,6 +23,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "dangerous_plaintext",
             "proxy_protocol",
             "trusted_proxies",
+            "max_connections",
             "tls",
             "websocket",
         ],
@@ -289,6 +290,9 @@ fn read_listener(
             None
         }
     };
+    let max_connections = r
+        .integer(table, section, "max_connections", 0, 10_000_000)
+        .map_or(0, to_usize);
     let wants_tls = matches!(kind, "tls" | "wss");
     let tls_section = format!("{section}.tls");
     let tls = match (wants_tls, table.get("tls")) {
@@ -352,6 +356,7 @@ fn read_listener(
         kind,
         dangerous_plaintext,
         proxy_protocol,
+        max_connections,
     })
 }
 
@@ -769,6 +774,7 @@ mod tests {
             bind = "127.0.0.1:8080"
             proxy_protocol = true
             trusted_proxies = ["10.0.0.0/8", "::1"]
+            max_connections = 500
             [listener.websocket]
             path = "/mqtt-ws"
             allowed_origins = ["https://app.example"]
@@ -815,6 +821,7 @@ mod tests {
             vec!["https://app.example".to_owned()]
         );
         assert_eq!(options.max_frame_size, 65536);
+        assert_eq!(ws.max_connections, 500);
         let trusted = ws.proxy_protocol.as_ref().unwrap();
         assert!(trusted.contains("10.1.2.3".parse().unwrap()));
         assert!(!trusted.contains("192.168.0.1".parse().unwrap()));
