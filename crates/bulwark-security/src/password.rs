@@ -1,0 +1,1585 @@
+//! The password store: users, their password hashes and groups, kept as TOML text.
+//!
+//! The caller reads and writes the file; this module parses and serializes text and
+//! verifies passwords. The format:
+//!
+//! ```toml
+//! # Bulwark password store: edit with `bulwark user`, not by hand.
+//!
+//! [[user]]
+//! name = "alice"
+//! password = "$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>"
+//! groups = ["ops"]        # optional, default []
+//! disabled = false        # optional, default false
+//! scram_sha256 = "..."    # optional, owned by the SCRAM module, kept verbatim
+//! scram_sha512 = "..."    # optional, likewise
+//! ```
+//!
+//! `password` is an argon2id PHC string (what [`hash_password`] makes) or a hash imported
+//! from a Mosquitto password file (`$6$` salted SHA-512, `$7$` PBKDF2-HMAC-SHA512); a login
+//! against anything other than an argon2id hash at the current parameters asks the caller to
+//! re-hash the password ([`Verdict::Allow`] with `upgrade: true`).
+//!
+//! Neither passwords nor hashes ever appear in an error message or a `Debug` rendering.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rand_core::OsRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha512};
+use subtle::ConstantTimeEq;
+
+/// The comment line [`PasswordStore::to_toml`] writes first.
+pub const STORE_HEADER: &str = "# Bulwark password store: edit with `bulwark user`, not by hand.";
+
+/// Longest user or group name accepted, in bytes: the MQTT limit on a UTF-8 string.
+pub const MAX_NAME_BYTES: usize = 65_535;
+
+/// Most PBKDF2 iterations accepted in an imported Mosquitto `$7$` hash (Mosquitto itself
+/// writes 101). The bound keeps a corrupt or hostile store from stalling every login.
+pub const MAX_PBKDF2_ITERATIONS: u32 = 1_000_000;
+
+/// Length in bytes of the digest in a Mosquitto `$6$` or `$7$` hash (SHA-512).
+const MOSQUITTO_HASH_LEN: usize = 64;
+
+/// Salt below this many bytes, or output below [`PREFERRED_OUTPUT_LEN`], asks for a re-hash.
+const PREFERRED_SALT_LEN: usize = 16;
+const PREFERRED_OUTPUT_LEN: usize = 32;
+
+/// Names and groups are shown at most this many characters long in error messages.
+const SHOWN_NAME_CHARS: usize = 64;
+
+/// Password hashed into the dummy hash that unknown users are checked against.
+const DUMMY_PASSWORD: &[u8] = b"bulwark: no such user";
+/// Fixed salt of the dummy hash: it never verifies a real secret, so it need not be random.
+const DUMMY_SALT: &[u8] = b"bulwark:no-user!";
+
+const STORE_KEYS: &[&str] = &[
+    "name",
+    "password",
+    "groups",
+    "disabled",
+    "scram_sha256",
+    "scram_sha512",
+];
+
+/// Argon2id cost parameters.
+///
+/// The default is the OWASP minimum for argon2id: 19 MiB of memory, 2 passes, 1 lane.
+/// [`Argon2Params::validate`] refuses anything weaker; configuration loading must call it, since
+/// [`hash_password`] accepts any parameters argon2 itself accepts (tests use cheap ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Argon2Params {
+    /// Memory cost in KiB (argon2 `m`).
+    pub m_kib: u32,
+    /// Number of passes (argon2 `t`).
+    pub t: u32,
+    /// Degree of parallelism, in lanes (argon2 `p`).
+    pub p: u32,
+}
+
+impl Default for Argon2Params {
+    fn default() -> Self {
+        Self {
+            m_kib: 19_456,
+            t: 2,
+            p: 1,
+        }
+    }
+}
+
+impl Argon2Params {
+    /// Largest memory cost accepted, in KiB (1 GiB).
+    pub const MAX_M_KIB: u32 = 1 << 20;
+    /// Largest number of passes accepted.
+    pub const MAX_T: u32 = 64;
+    /// Largest number of lanes accepted.
+    pub const MAX_P: u32 = 64;
+
+    /// Refuses parameters weaker than the default (the OWASP minimum) in memory or passes,
+    /// zero lanes, and anything above [`Self::MAX_M_KIB`], [`Self::MAX_T`], [`Self::MAX_P`].
+    pub fn validate(&self) -> Result<(), ParamsError> {
+        let min = Self::default();
+        if self.m_kib < min.m_kib || self.t < min.t || self.p < 1 {
+            return Err(ParamsError::TooWeak {
+                given: *self,
+                minimum: min,
+            });
+        }
+        if self.exceeds_limits() {
+            return Err(ParamsError::TooLarge { given: *self });
+        }
+        Ok(())
+    }
+
+    /// True when these parameters cost less memory or fewer passes than the default.
+    pub fn is_weaker_than_default(&self) -> bool {
+        let min = Self::default();
+        self.m_kib < min.m_kib || self.t < min.t
+    }
+
+    fn exceeds_limits(&self) -> bool {
+        self.m_kib > Self::MAX_M_KIB || self.t > Self::MAX_T || self.p > Self::MAX_P
+    }
+
+    fn hasher(&self) -> Result<Argon2<'static>, HashError> {
+        if self.exceeds_limits() {
+            return Err(HashError::Params(ParamsError::TooLarge { given: *self }));
+        }
+        let params = Params::new(self.m_kib, self.t, self.p, None).map_err(HashError::Argon2)?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+}
+
+/// Argon2 parameters refused by [`Argon2Params::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamsError {
+    /// Less memory or fewer passes than the minimum, or no lanes.
+    #[error(
+        "argon2 parameters m_kib = {}, t = {}, p = {} are weaker than the minimum \
+         m_kib = {}, t = {}, p >= {} (OWASP recommendation for argon2id): raise them",
+        given.m_kib, given.t, given.p, minimum.m_kib, minimum.t, minimum.p
+    )]
+    TooWeak {
+        /// The parameters refused.
+        given: Argon2Params,
+        /// The minimum (the default).
+        minimum: Argon2Params,
+    },
+    /// More than the limits a login may cost.
+    #[error(
+        "argon2 parameters m_kib = {}, t = {}, p = {} exceed the limits m_kib <= {}, t <= {}, \
+         p <= {}: lower them",
+        given.m_kib, given.t, given.p, Argon2Params::MAX_M_KIB, Argon2Params::MAX_T,
+        Argon2Params::MAX_P
+    )]
+    TooLarge {
+        /// The parameters refused.
+        given: Argon2Params,
+    },
+}
+
+/// Failure to hash a password with [`hash_password`].
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Parameters beyond the accepted limits.
+    #[error(transparent)]
+    Params(ParamsError),
+    /// Argon2 refused the parameters.
+    #[error("argon2: {0}")]
+    Argon2(argon2::Error),
+    /// Hashing failed (e.g. the system random source).
+    #[error("password hashing failed: {0}")]
+    Hash(argon2::password_hash::Error),
+}
+
+/// Hashes `password` with argon2id at `params` and a fresh random 16-byte salt, giving a PHC
+/// string such as `$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`.
+///
+/// Does not apply [`Argon2Params::validate`]: the caller validates configured parameters.
+pub fn hash_password(password: &str, params: &Argon2Params) -> Result<String, HashError> {
+    let hasher = params.hasher()?;
+    let salt = SaltString::generate(&mut OsRng);
+    hasher
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(HashError::Hash)
+}
+
+/// The outcome of [`PasswordStore::verify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Right password. `upgrade`: the stored hash is a Mosquitto import or weaker than the
+    /// current argon2id defaults, so the caller should store [`hash_password`] of the password
+    /// it has just verified.
+    Allow {
+        /// Whether the stored hash should be replaced.
+        upgrade: bool,
+    },
+    /// Unknown user or wrong password (deliberately indistinguishable).
+    Deny,
+    /// Right password, but the account is disabled.
+    Disabled,
+}
+
+/// One user of the store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The user name, which becomes the MQTT identity.
+    pub name: String,
+    /// The stored password hash (argon2id PHC string or imported Mosquitto hash).
+    pub password: String,
+    /// Groups the user belongs to.
+    pub groups: Vec<String>,
+    /// A disabled user cannot log in.
+    pub disabled: bool,
+    /// SCRAM-SHA-256 credentials, opaque here and kept verbatim.
+    pub scram_sha256: Option<String>,
+    /// SCRAM-SHA-512 credentials, opaque here and kept verbatim.
+    pub scram_sha512: Option<String>,
+}
+
+impl fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |present: bool| if present { "<redacted>" } else { "<none>" };
+        f.debug_struct("UserRecord")
+            .field("name", &self.name)
+            .field("password", &redacted(true))
+            .field("groups", &self.groups)
+            .field("disabled", &self.disabled)
+            .field("scram_sha256", &redacted(self.scram_sha256.is_some()))
+            .field("scram_sha512", &redacted(self.scram_sha512.is_some()))
+            .finish()
+    }
+}
+
+/// Problems with the store text or with a change to the store.
+///
+/// Names are shown escaped and shortened; passwords and hashes are never shown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The text is not TOML.
+    #[error("password store, line {line}: not valid TOML: {message}")]
+    Syntax {
+        /// 1-based line of the error.
+        line: usize,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// The text is TOML but breaks the store's rules; every problem found is listed.
+    #[error("password store has {} problem(s):\n  {}", problems.len(), problems.join("\n  "))]
+    Invalid {
+        /// One message per problem, each naming the user (`user #3 "alice"`).
+        problems: Vec<String>,
+    },
+    /// [`PasswordStore::add`] of a name already present.
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    /// A change to a user that does not exist.
+    #[error("no such user {0:?}")]
+    NoSuchUser(String),
+    /// A user name that may not be used.
+    #[error("invalid user name {name:?}: {reason}")]
+    InvalidName {
+        /// The name, escaped and shortened.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A group name that may not be used.
+    #[error("user {user:?}: invalid group {group:?}: {reason}")]
+    InvalidGroup {
+        /// The user.
+        user: String,
+        /// The group, escaped and shortened.
+        group: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A password hash that is neither argon2id nor a supported Mosquitto hash.
+    #[error("user {user:?}: unusable password hash: {reason}")]
+    InvalidHash {
+        /// The user.
+        user: String,
+        /// Why it is refused (the hash itself is not shown).
+        reason: String,
+    },
+}
+
+/// The users, in file order, with an index by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PasswordStore {
+    users: Vec<UserRecord>,
+    by_name: HashMap<String, usize>,
+}
+
+impl PasswordStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses store text, reporting every problem found: TOML syntax (first error only),
+    /// unknown keys, wrong types, missing `name` or `password`, empty or unsafe names
+    /// (control characters, NUL, `+`, `#`, `/`), duplicate names, unsafe or duplicate groups,
+    /// and password hashes that are neither argon2id PHC strings nor supported Mosquitto hashes.
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        let table: toml::Table = toml::from_str(text).map_err(|err| StoreError::Syntax {
+            line: err.span().map_or(1, |span| line_of(text, span.start)),
+            message: err.message().trim_end().to_owned(),
+        })?;
+        let mut problems = Vec::new();
+        for key in table.keys() {
+            if key != "user" {
+                problems.push(format!(
+                    "unknown top-level key {:?}: the file holds only [[user]] tables",
+                    shown(key)
+                ));
+            }
+        }
+        let mut users = Vec::new();
+        match table.get("user") {
+            None => {}
+            Some(toml::Value::Array(items)) => {
+                for (index, item) in items.iter().enumerate() {
+                    match item {
+                        toml::Value::Table(entry) => {
+                            if let Some(user) = parse_user(index, entry, &mut problems) {
+                                users.push(user);
+                            }
+                        }
+                        _ => problems.push(format!(
+                            "user #{}: not a table (write each user as a [[user]] section)",
+                            index + 1
+                        )),
+                    }
+                }
+            }
+            Some(_) => problems.push(
+                "`user` is not an array of tables: write each user as a [[user]] section"
+                    .to_owned(),
+            ),
+        }
+        let mut store = Self::new();
+        let mut first_seen: HashMap<String, usize> = HashMap::new();
+        for (position, user) in users {
+            if let Some(first) = first_seen.get(&user.name) {
+                problems.push(format!(
+                    "{}: duplicate name, already used by user #{}",
+                    label(position, Some(&user.name)),
+                    first + 1
+                ));
+            } else {
+                first_seen.insert(user.name.clone(), position);
+                store.insert(user);
+            }
+        }
+        if problems.is_empty() {
+            Ok(store)
+        } else {
+            Err(StoreError::Invalid { problems })
+        }
+    }
+
+    /// Serializes the store; [`PasswordStore::parse`] of the result gives an equal store.
+    /// Comments other than the header are not kept.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from(STORE_HEADER);
+        out.push('\n');
+        for user in &self.users {
+            out.push_str("\n[[user]]\n");
+            push_key(&mut out, "name", &toml_string(&user.name));
+            push_key(&mut out, "password", &toml_string(&user.password));
+            let groups: Vec<String> = user.groups.iter().map(|g| toml_string(g)).collect();
+            push_key(&mut out, "groups", &format!("[{}]", groups.join(", ")));
+            push_key(
+                &mut out,
+                "disabled",
+                if user.disabled { "true" } else { "false" },
+            );
+            if let Some(scram) = &user.scram_sha256 {
+                push_key(&mut out, "scram_sha256", &toml_string(scram));
+            }
+            if let Some(scram) = &user.scram_sha512 {
+                push_key(&mut out, "scram_sha512", &toml_string(scram));
+            }
+        }
+        out
+    }
+
+    /// The user called `name`.
+    pub fn get(&self, name: &str) -> Option<&UserRecord> {
+        self.by_name.get(name).and_then(|&i| self.users.get(i))
+    }
+
+    /// All users, in file order.
+    pub fn users(&self) -> impl Iterator<Item = &UserRecord> {
+        self.users.iter()
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Adds an enabled user with no SCRAM credentials. `password_hash` is a PHC string from
+    /// [`hash_password`] or a Mosquitto `$6$`/`$7$` hash. Refuses an existing name, an unsafe
+    /// name or group, and an unusable hash.
+    pub fn add(
+        &mut self,
+        name: &str,
+        password_hash: &str,
+        groups: Vec<String>,
+    ) -> Result<(), StoreError> {
+        if let Err(reason) = check_name(name) {
+            return Err(StoreError::InvalidName {
+                name: shown(name),
+                reason: reason.to_owned(),
+            });
+        }
+        if self.by_name.contains_key(name) {
+            return Err(StoreError::UserExists(shown(name)));
+        }
+        check_hash_for(name, password_hash)?;
+        check_groups_for(name, &groups)?;
+        self.insert(UserRecord {
+            name: name.to_owned(),
+            password: password_hash.to_owned(),
+            groups,
+            disabled: false,
+            scram_sha256: None,
+            scram_sha512: None,
+        });
+        Ok(())
+    }
+
+    /// Removes the user called `name`, returning its record.
+    pub fn remove(&mut self, name: &str) -> Result<UserRecord, StoreError> {
+        let index = self
+            .by_name
+            .remove(name)
+            .ok_or_else(|| StoreError::NoSuchUser(shown(name)))?;
+        if index >= self.users.len() {
+            return Err(StoreError::NoSuchUser(shown(name)));
+        }
+        let removed = self.users.remove(index);
+        for slot in self.by_name.values_mut() {
+            if *slot > index {
+                *slot -= 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Replaces the password hash of `name`. Also drops the user's SCRAM credentials, which
+    /// were derived from the old password: the caller stores new ones with
+    /// [`PasswordStore::set_scram`].
+    pub fn set_password(&mut self, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        check_hash_for(name, password_hash)?;
+        let user = self.get_mut(name)?;
+        user.password = password_hash.to_owned();
+        user.scram_sha256 = None;
+        user.scram_sha512 = None;
+        Ok(())
+    }
+
+    /// Disables or re-enables `name`.
+    pub fn set_disabled(&mut self, name: &str, disabled: bool) -> Result<(), StoreError> {
+        self.get_mut(name)?.disabled = disabled;
+        Ok(())
+    }
+
+    /// Replaces the groups of `name`.
+    pub fn set_groups(&mut self, name: &str, groups: Vec<String>) -> Result<(), StoreError> {
+        check_groups_for(name, &groups)?;
+        self.get_mut(name)?.groups = groups;
+        Ok(())
+    }
+
+    /// Replaces the SCRAM credential strings of `name` (opaque here, stored verbatim).
+    pub fn set_scram(
+        &mut self,
+        name: &str,
+        scram_sha256: Option<String>,
+        scram_sha512: Option<String>,
+    ) -> Result<(), StoreError> {
+        let user = self.get_mut(name)?;
+        user.scram_sha256 = scram_sha256;
+        user.scram_sha512 = scram_sha512;
+        Ok(())
+    }
+
+    /// Checks `password` for `name`.
+    ///
+    /// Every call runs one argon2id verification at least as costly as the default
+    /// parameters' (unknown users and Mosquitto-hash users are checked against a fixed dummy
+    /// hash as well), so the time taken does not tell which names exist. A disabled user gets
+    /// [`Verdict::Disabled`] only with the right password, [`Verdict::Deny`] otherwise.
+    pub fn verify(&self, name: &str, password: &[u8]) -> Verdict {
+        let Some(user) = self.get(name) else {
+            run_dummy_verification(password);
+            return Verdict::Deny;
+        };
+        let (matched, upgrade) = match parse_hash(&user.password) {
+            Ok(StoredHash::Argon2id(hash)) => {
+                let upgrade = argon2_needs_upgrade(&hash);
+                (argon2_verify(&hash, password), upgrade)
+            }
+            Ok(mosquitto) => {
+                run_dummy_verification(password);
+                (mosquitto_matches(&mosquitto, password), true)
+            }
+            Err(_) => {
+                // Unreachable through parse/add/set_password, which check the hash; deny at
+                // the same cost anyway.
+                run_dummy_verification(password);
+                (false, false)
+            }
+        };
+        match (matched, user.disabled) {
+            (false, _) => Verdict::Deny,
+            (true, true) => Verdict::Disabled,
+            (true, false) => Verdict::Allow { upgrade },
+        }
+    }
+
+    fn insert(&mut self, user: UserRecord) {
+        self.by_name.insert(user.name.clone(), self.users.len());
+        self.users.push(user);
+    }
+
+    fn get_mut(&mut self, name: &str) -> Result<&mut UserRecord, StoreError> {
+        self.by_name
+            .get(name)
+            .copied()
+            .and_then(|i| self.users.get_mut(i))
+            .ok_or_else(|| StoreError::NoSuchUser(shown(name)))
+    }
+}
+
+/// Reads a Mosquitto password file (`user:hash` lines; blank lines and `#` comments skipped)
+/// into `(name, hash)` pairs. Every line is checked: a usable name, no duplicate, and a
+/// well-formed `$6$` or `$7$` hash. All problems are reported, one per line, each naming the
+/// line number; hashes are never echoed.
+pub fn parse_mosquitto_file(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut entries = Vec::new();
+    let mut problems = Vec::new();
+    let mut first_line: HashMap<&str, usize> = HashMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let Some((name, hash)) = line.split_once(':') else {
+            problems.push(format!(
+                "line {line_no}: expected `user:hash` (no `:` found)"
+            ));
+            continue;
+        };
+        let hash = hash.trim_end();
+        if let Err(reason) = check_name(name) {
+            problems.push(format!(
+                "line {line_no}: user name {:?}: {reason}",
+                shown(name)
+            ));
+            continue;
+        }
+        if !(hash.starts_with("$6$") || hash.starts_with("$7$")) {
+            problems.push(format!(
+                "line {line_no}: user {:?}: not a Mosquitto $6$ or $7$ hash (a plain-text \
+                 password file must first be hashed with `mosquitto_passwd -U`)",
+                shown(name)
+            ));
+            continue;
+        }
+        if let Err(reason) = parse_hash(hash) {
+            problems.push(format!("line {line_no}: user {:?}: {reason}", shown(name)));
+            continue;
+        }
+        if let Some(first) = first_line.get(name) {
+            problems.push(format!(
+                "line {line_no}: user {:?} already appears on line {first}",
+                shown(name)
+            ));
+            continue;
+        }
+        first_line.insert(name, line_no);
+        entries.push((name.to_owned(), hash.to_owned()));
+    }
+    if problems.is_empty() {
+        Ok(entries)
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// A stored hash, checked and decoded.
+enum StoredHash<'a> {
+    Argon2id(PasswordHash<'a>),
+    /// Mosquitto `$6$`: SHA-512 over password || salt.
+    MosquittoSha512 {
+        salt: Vec<u8>,
+        digest: Vec<u8>,
+    },
+    /// Mosquitto `$7$`: PBKDF2-HMAC-SHA512.
+    MosquittoPbkdf2 {
+        iterations: u32,
+        salt: Vec<u8>,
+        digest: Vec<u8>,
+    },
+}
+
+const UNSUPPORTED_HASH: &str = "neither an argon2id PHC string ($argon2id$...) nor a Mosquitto \
+                                $6$/$7$ hash";
+
+/// Checks a stored hash string's structure. The reasons never quote the hash.
+fn parse_hash(hash: &str) -> Result<StoredHash<'_>, String> {
+    if let Some(rest) = hash.strip_prefix("$6$") {
+        let mut fields = rest.split('$');
+        let (Some(salt), Some(digest), None) = (fields.next(), fields.next(), fields.next()) else {
+            return Err("Mosquitto $6$ hash: expected $6$<salt>$<hash>".to_owned());
+        };
+        let (salt, digest) = decode_mosquitto_fields("$6$", salt, digest)?;
+        return Ok(StoredHash::MosquittoSha512 { salt, digest });
+    }
+    if let Some(rest) = hash.strip_prefix("$7$") {
+        let mut fields = rest.split('$');
+        let (Some(iterations), Some(salt), Some(digest), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err("Mosquitto $7$ hash: expected $7$<iterations>$<salt>$<hash>".to_owned());
+        };
+        let iterations = match iterations.parse::<u32>() {
+            Ok(n) if (1..=MAX_PBKDF2_ITERATIONS).contains(&n) && !iterations.starts_with('+') => n,
+            _ => {
+                return Err(format!(
+                    "Mosquitto $7$ hash: iteration count must be a number from 1 to \
+                     {MAX_PBKDF2_ITERATIONS}"
+                ));
+            }
+        };
+        let (salt, digest) = decode_mosquitto_fields("$7$", salt, digest)?;
+        return Ok(StoredHash::MosquittoPbkdf2 {
+            iterations,
+            salt,
+            digest,
+        });
+    }
+    if !hash.starts_with("$argon2") {
+        return Err(UNSUPPORTED_HASH.to_owned());
+    }
+    let parsed = PasswordHash::new(hash)
+        .map_err(|_| "malformed argon2 PHC string ($argon2id$v=19$m=..,t=..,p=..$salt$hash)")?;
+    if Algorithm::try_from(parsed.algorithm) != Ok(Algorithm::Argon2id) {
+        return Err("argon2 hash is not argon2id (argon2i and argon2d are refused)".to_owned());
+    }
+    if parsed
+        .version
+        .is_some_and(|v| v != u32::from(Version::V0x13))
+    {
+        return Err("argon2id hash is not version 19 (v=19)".to_owned());
+    }
+    let params =
+        Params::try_from(&parsed).map_err(|err| format!("argon2id parameters invalid: {err}"))?;
+    let costs = Argon2Params {
+        m_kib: params.m_cost(),
+        t: params.t_cost(),
+        p: params.p_cost(),
+    };
+    if costs.exceeds_limits() {
+        return Err(ParamsError::TooLarge { given: costs }.to_string());
+    }
+    let Some(salt) = parsed.salt else {
+        return Err("argon2id hash has no salt".to_owned());
+    };
+    let mut salt_buf = [0u8; 64];
+    match salt.decode_b64(&mut salt_buf) {
+        Ok(bytes) if bytes.len() >= argon2::MIN_SALT_LEN => {}
+        _ => {
+            return Err(format!(
+                "argon2id salt is not base64 of at least {} bytes",
+                argon2::MIN_SALT_LEN
+            ));
+        }
+    }
+    if parsed.hash.is_none() {
+        return Err("argon2id PHC string has no hash".to_owned());
+    }
+    Ok(StoredHash::Argon2id(parsed))
+}
+
+fn decode_mosquitto_fields(
+    kind: &str,
+    salt: &str,
+    digest: &str,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let salt = BASE64
+        .decode(salt)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("Mosquitto {kind} hash: salt is not non-empty standard base64"))?;
+    let digest = BASE64
+        .decode(digest)
+        .ok()
+        .filter(|d| d.len() == MOSQUITTO_HASH_LEN)
+        .ok_or_else(|| {
+            format!(
+                "Mosquitto {kind} hash: hash is not standard base64 of {MOSQUITTO_HASH_LEN} bytes"
+            )
+        })?;
+    Ok((salt, digest))
+}
+
+fn argon2_needs_upgrade(hash: &PasswordHash<'_>) -> bool {
+    let Ok(params) = Params::try_from(hash) else {
+        return true;
+    };
+    let costs = Argon2Params {
+        m_kib: params.m_cost(),
+        t: params.t_cost(),
+        p: params.p_cost(),
+    };
+    let mut salt_buf = [0u8; 64];
+    let salt_len = hash
+        .salt
+        .and_then(|s| s.decode_b64(&mut salt_buf).ok().map(<[u8]>::len))
+        .unwrap_or(0);
+    let output_len = hash.hash.map_or(0, |h| h.len());
+    costs.is_weaker_than_default()
+        || salt_len < PREFERRED_SALT_LEN
+        || output_len < PREFERRED_OUTPUT_LEN
+}
+
+/// Verifies with the parameters in the hash; the comparison inside argon2 is constant-time.
+fn argon2_verify(hash: &PasswordHash<'_>, password: &[u8]) -> bool {
+    #[cfg(test)]
+    probe::record(&hash.to_string());
+    Argon2::default().verify_password(password, hash).is_ok()
+}
+
+fn mosquitto_matches(hash: &StoredHash<'_>, password: &[u8]) -> bool {
+    let (computed, expected) = match hash {
+        StoredHash::Argon2id(_) => return false,
+        StoredHash::MosquittoSha512 { salt, digest } => {
+            let mut sha = Sha512::new();
+            sha.update(password);
+            sha.update(salt);
+            (sha.finalize().to_vec(), digest)
+        }
+        StoredHash::MosquittoPbkdf2 {
+            iterations,
+            salt,
+            digest,
+        } => {
+            let mut out = vec![0u8; MOSQUITTO_HASH_LEN];
+            pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
+            (out, digest)
+        }
+    };
+    computed.ct_eq(expected).into()
+}
+
+/// The hash unknown users are checked against: argon2id at the default parameters, computed
+/// on first use. `None` only if argon2 refused its own default parameters.
+fn dummy_hash() -> Option<&'static str> {
+    static DUMMY: OnceLock<Option<String>> = OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            let hasher = Argon2Params::default().hasher().ok()?;
+            let salt = SaltString::encode_b64(DUMMY_SALT).ok()?;
+            hasher
+                .hash_password(DUMMY_PASSWORD, &salt)
+                .ok()
+                .map(|hash| hash.to_string())
+        })
+        .as_deref()
+}
+
+/// Spends one default-cost argon2id verification, discarding the result.
+fn run_dummy_verification(password: &[u8]) {
+    if let Some(hash) = dummy_hash().and_then(|h| PasswordHash::new(h).ok()) {
+        let _ = argon2_verify(&hash, password);
+    }
+}
+
+/// Why a user or group name is refused, if it is.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err("longer than 65535 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("contains a control character or NUL");
+    }
+    if name.contains(['+', '#', '/']) {
+        return Err(
+            "contains `+`, `#` or `/`, which would act as topic wildcards or levels \
+                    where the name is substituted into ACL patterns",
+        );
+    }
+    Ok(())
+}
+
+fn check_hash_for(user: &str, hash: &str) -> Result<(), StoreError> {
+    parse_hash(hash)
+        .map(|_| ())
+        .map_err(|reason| StoreError::InvalidHash {
+            user: shown(user),
+            reason,
+        })
+}
+
+fn check_groups_for(user: &str, groups: &[String]) -> Result<(), StoreError> {
+    for (i, group) in groups.iter().enumerate() {
+        let reason = match check_name(group) {
+            Err(reason) => reason,
+            Ok(()) if groups.iter().take(i).any(|g| g == group) => "listed twice",
+            Ok(()) => continue,
+        };
+        return Err(StoreError::InvalidGroup {
+            user: shown(user),
+            group: shown(group),
+            reason: reason.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads one `[[user]]` table, adding its problems; `None` when it has any.
+fn parse_user(
+    index: usize,
+    entry: &toml::Table,
+    problems: &mut Vec<String>,
+) -> Option<(usize, UserRecord)> {
+    let before = problems.len();
+    let name = match entry.get("name") {
+        Some(toml::Value::String(name)) => Some(name.as_str()),
+        Some(_) => {
+            problems.push(format!("{}: `name` is not a string", label(index, None)));
+            None
+        }
+        None => {
+            problems.push(format!("{}: `name` is missing", label(index, None)));
+            None
+        }
+    };
+    let who = label(index, name);
+    if let Some(Err(reason)) = name.map(check_name) {
+        problems.push(format!("{who}: name {reason}"));
+    }
+    for key in entry.keys() {
+        if !STORE_KEYS.contains(&key.as_str()) {
+            problems.push(format!(
+                "{who}: unknown key {:?} (known: {})",
+                shown(key),
+                STORE_KEYS.join(", ")
+            ));
+        }
+    }
+    let password = match entry.get("password") {
+        Some(toml::Value::String(hash)) => {
+            if let Err(reason) = parse_hash(hash) {
+                problems.push(format!("{who}: `password`: {reason}"));
+            }
+            Some(hash.clone())
+        }
+        Some(_) => {
+            problems.push(format!("{who}: `password` is not a string"));
+            None
+        }
+        None => {
+            problems.push(format!("{who}: `password` is missing"));
+            None
+        }
+    };
+    let mut groups = Vec::new();
+    match entry.get("groups") {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for item in items {
+                match item {
+                    toml::Value::String(group) => {
+                        if let Err(reason) = check_name(group) {
+                            problems.push(format!("{who}: group {:?}: {reason}", shown(group)));
+                        } else if groups.contains(group) {
+                            problems.push(format!("{who}: group {:?} listed twice", shown(group)));
+                        } else {
+                            groups.push(group.clone());
+                        }
+                    }
+                    _ => problems.push(format!("{who}: `groups` holds a non-string")),
+                }
+            }
+        }
+        Some(_) => problems.push(format!("{who}: `groups` is not an array of strings")),
+    }
+    let disabled = match entry.get("disabled") {
+        None => false,
+        Some(toml::Value::Boolean(disabled)) => *disabled,
+        Some(_) => {
+            problems.push(format!("{who}: `disabled` is not true or false"));
+            false
+        }
+    };
+    let mut scram = |key: &str| match entry.get(key) {
+        None => None,
+        Some(toml::Value::String(value)) => Some(value.clone()),
+        Some(_) => {
+            problems.push(format!("{who}: `{key}` is not a string"));
+            None
+        }
+    };
+    let scram_sha256 = scram("scram_sha256");
+    let scram_sha512 = scram("scram_sha512");
+    if problems.len() != before {
+        return None;
+    }
+    Some((
+        index,
+        UserRecord {
+            name: name?.to_owned(),
+            password: password?,
+            groups,
+            disabled,
+            scram_sha256,
+            scram_sha512,
+        },
+    ))
+}
+
+/// `user #3 "alice"`, or `user #3` when the name is unknown.
+fn label(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("user #{} {:?}", index + 1, shown(name)),
+        None => format!("user #{}", index + 1),
+    }
+}
+
+/// A name as shown in messages: at most [`SHOWN_NAME_CHARS`] characters (then `...`).
+/// Messages print it with `{:?}`, which escapes control characters.
+fn shown(name: &str) -> String {
+    let mut chars = name.chars();
+    let mut out: String = chars.by_ref().take(SHOWN_NAME_CHARS).collect();
+    if chars.next().is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset).unwrap_or(text);
+    before.matches('\n').count() + 1
+}
+
+fn push_key(out: &mut String, key: &str, value: &str) {
+    out.push_str(key);
+    out.push_str(" = ");
+    out.push_str(value);
+    out.push('\n');
+}
+
+/// A TOML basic string holding `value`.
+fn toml_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Records, per test thread, which argon2 hashes were verified.
+#[cfg(test)]
+mod probe {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static VERIFIED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn record(phc: &str) {
+        VERIFIED.with(|v| v.borrow_mut().push(phc.to_owned()));
+    }
+
+    /// The hashes verified since the last call.
+    pub(super) fn take() -> Vec<String> {
+        VERIFIED.with(|v| std::mem::take(&mut *v.borrow_mut()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        reason = "test code"
+    )]
+
+    use super::*;
+
+    /// Cheap parameters for tests where the cost is not what is under test.
+    const CHEAP: Argon2Params = Argon2Params {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
+
+    fn cheap_hash(password: &str) -> String {
+        hash_password(password, &CHEAP).unwrap()
+    }
+
+    /// A store with `alice` (cheap argon2id hash of `alice-secret`).
+    fn store_with_alice() -> PasswordStore {
+        let mut store = PasswordStore::new();
+        store
+            .add("alice", &cheap_hash("alice-secret"), vec!["ops".to_owned()])
+            .unwrap();
+        store
+    }
+
+    fn mosquitto_sha512(password: &str, salt: &[u8]) -> String {
+        let mut sha = Sha512::new();
+        sha.update(password.as_bytes());
+        sha.update(salt);
+        format!(
+            "$6${}${}",
+            BASE64.encode(salt),
+            BASE64.encode(sha.finalize())
+        )
+    }
+
+    fn mosquitto_pbkdf2(password: &str, salt: &[u8], iterations: u32) -> String {
+        let mut out = [0u8; 64];
+        pbkdf2::pbkdf2_hmac::<Sha512>(password.as_bytes(), salt, iterations, &mut out);
+        format!(
+            "$7${iterations}${}${}",
+            BASE64.encode(salt),
+            BASE64.encode(out)
+        )
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match PasswordStore::parse(text) {
+            Err(StoreError::Invalid { problems }) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn default_params_are_owasp_minimum_and_validate() {
+        let params = Argon2Params::default();
+        assert_eq!(
+            params,
+            Argon2Params {
+                m_kib: 19_456,
+                t: 2,
+                p: 1
+            }
+        );
+        assert!(params.validate().is_ok());
+        let weak = CHEAP.validate().unwrap_err();
+        let message = weak.to_string();
+        assert!(message.contains("m_kib = 19456"), "{message}");
+        assert!(message.contains("t = 2"), "{message}");
+        assert!(Argon2Params { t: 1, ..params }.validate().is_err());
+        assert!(Argon2Params { p: 0, ..params }.validate().is_err());
+        assert!(matches!(
+            Argon2Params {
+                m_kib: Argon2Params::MAX_M_KIB + 1,
+                ..params
+            }
+            .validate(),
+            Err(ParamsError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn argon2_round_trip_and_wrong_password() {
+        let hash = cheap_hash("correct horse");
+        assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
+        // 16-byte salt: 22 base64 characters without padding.
+        let salt = hash.split('$').nth(4).unwrap();
+        assert_eq!(salt.len(), 22);
+        assert_ne!(hash, cheap_hash("correct horse"), "salt must be random");
+
+        let mut store = PasswordStore::new();
+        store.add("bob", &hash, Vec::new()).unwrap();
+        assert!(matches!(
+            store.verify("bob", b"correct horse"),
+            Verdict::Allow { .. }
+        ));
+        assert_eq!(store.verify("bob", b"correct horsE"), Verdict::Deny);
+        assert_eq!(store.verify("bob", b""), Verdict::Deny);
+    }
+
+    #[test]
+    fn default_params_hash_needs_no_upgrade() {
+        let hash = hash_password("strong enough", &Argon2Params::default()).unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        let mut store = PasswordStore::new();
+        store.add("carol", &hash, Vec::new()).unwrap();
+        assert_eq!(
+            store.verify("carol", b"strong enough"),
+            Verdict::Allow { upgrade: false }
+        );
+    }
+
+    #[test]
+    fn weak_stored_params_ask_for_upgrade() {
+        let store = store_with_alice();
+        assert_eq!(
+            store.verify("alice", b"alice-secret"),
+            Verdict::Allow { upgrade: true }
+        );
+    }
+
+    #[test]
+    fn unknown_user_is_denied_after_a_default_cost_argon2_verification() {
+        let store = store_with_alice();
+        let _ = probe::take();
+        assert_eq!(store.verify("mallory", b"alice-secret"), Verdict::Deny);
+        let verified = probe::take();
+        let dummy = dummy_hash().unwrap();
+        assert_eq!(verified, vec![dummy.to_owned()]);
+        // The dummy costs what a user at the default parameters costs.
+        assert!(
+            dummy.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{dummy}"
+        );
+        // Even the dummy's own password does not log an unknown user in.
+        assert_eq!(store.verify("mallory", DUMMY_PASSWORD), Verdict::Deny);
+        // A known user runs exactly one verification, against its own hash.
+        let _ = probe::take();
+        let _ = store.verify("alice", b"wrong");
+        assert_eq!(
+            probe::take(),
+            vec![store.get("alice").unwrap().password.clone()]
+        );
+    }
+
+    #[test]
+    fn disabled_user_semantics() {
+        let mut store = store_with_alice();
+        store.set_disabled("alice", true).unwrap();
+        assert_eq!(store.verify("alice", b"alice-secret"), Verdict::Disabled);
+        let _ = probe::take();
+        assert_eq!(store.verify("alice", b"wrong"), Verdict::Deny);
+        assert_eq!(
+            probe::take().len(),
+            1,
+            "disabled users still pay for the check"
+        );
+        store.set_disabled("alice", false).unwrap();
+        assert!(matches!(
+            store.verify("alice", b"alice-secret"),
+            Verdict::Allow { .. }
+        ));
+        assert_eq!(
+            store.set_disabled("nobody", true),
+            Err(StoreError::NoSuchUser("nobody".to_owned()))
+        );
+    }
+
+    /// Made by `mosquitto_passwd` 2.0 (`-H sha512` and the default `-H sha512-pbkdf2`) for
+    /// the password `secret`.
+    const MOSQUITTO_SHA512_SECRET: &str = "$6$8q4verAz620EZ43B$N1Nqke6QxNvXNkVDtqJ2Nl7fxpQZ6zfP\
+                                           5PXLVDvOpPcYndYQ7HNi4ktvH8i4EYbBuigWLScR2lzH3yCyEw1oCQ==";
+    const MOSQUITTO_PBKDF2_SECRET: &str = "$7$101$fiF6JIYM4+rScoA+$csSyKPWCgz0NPKh+WUiearNkBeJd\
+                                           U7u3GsxViTANbfpJhQmZpfY6+baJQ49/PNjI+nti0DNTXIYRFizY\
+                                           ygI6IQ==";
+
+    /// Checks a hash string directly, without the dummy argon2 run `verify` adds.
+    fn mosquitto_ok(hash: &str, password: &str) -> bool {
+        mosquitto_matches(&parse_hash(hash).unwrap(), password.as_bytes())
+    }
+
+    #[test]
+    fn mosquitto_hash_matching() {
+        let salt = [7u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+        let sha = mosquitto_sha512("hunter22", &salt);
+        assert!(mosquitto_ok(&sha, "hunter22"));
+        assert!(!mosquitto_ok(&sha, "hunter23"));
+        let pbkdf2 = mosquitto_pbkdf2("hunter22", &salt, 101);
+        assert!(mosquitto_ok(&pbkdf2, "hunter22"));
+        assert!(!mosquitto_ok(&pbkdf2, "hunter2"));
+        assert!(mosquitto_ok(
+            &mosquitto_pbkdf2("hunter22", &salt, 7),
+            "hunter22"
+        ));
+        // The iteration count is part of the hash: same salt and digest, other count.
+        let digest = pbkdf2.rsplit('$').next().unwrap();
+        let forged = format!("$7$102${}${digest}", BASE64.encode(salt));
+        assert!(!mosquitto_ok(&forged, "hunter22"));
+        // Vectors made by mosquitto_passwd itself.
+        assert!(mosquitto_ok(MOSQUITTO_SHA512_SECRET, "secret"));
+        assert!(!mosquitto_ok(MOSQUITTO_SHA512_SECRET, "Secret"));
+        assert!(mosquitto_ok(MOSQUITTO_PBKDF2_SECRET, "secret"));
+        assert!(!mosquitto_ok(MOSQUITTO_PBKDF2_SECRET, "secret "));
+        // A Mosquitto-made hash is not confused with an argon2id one.
+        assert!(!mosquitto_matches(
+            &parse_hash(&cheap_hash("secret")).unwrap(),
+            b"secret"
+        ));
+    }
+
+    #[test]
+    fn mosquitto_hash_login_asks_for_upgrade() {
+        let mut store = PasswordStore::new();
+        store
+            .add("m6", MOSQUITTO_SHA512_SECRET, Vec::new())
+            .unwrap();
+        let mine = mosquitto_pbkdf2("hunter22", b"twelve bytes", 101);
+        store.add("m7", &mine, Vec::new()).unwrap();
+        let _ = probe::take();
+        assert_eq!(
+            store.verify("m6", b"secret"),
+            Verdict::Allow { upgrade: true }
+        );
+        // Timing equalization: the dummy argon2 verification ran too.
+        assert_eq!(probe::take(), vec![dummy_hash().unwrap().to_owned()]);
+        assert_eq!(
+            store.verify("m7", b"hunter22"),
+            Verdict::Allow { upgrade: true }
+        );
+    }
+
+    #[test]
+    fn mosquitto_passwd_made_hashes_verify() {
+        let dir = std::env::temp_dir().join(format!("bulwark-mosq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut made = Vec::new();
+        for (algo, user) in [("sha512-pbkdf2", "pb"), ("sha512", "sha")] {
+            let file = dir.join(user);
+            let status = std::process::Command::new("mosquitto_passwd")
+                .args(["-H", algo, "-b", "-c"])
+                .arg(&file)
+                .args([user, "s3cret pass"])
+                .status();
+            match status {
+                Ok(status) if status.success() => {
+                    made.push(std::fs::read_to_string(&file).unwrap())
+                }
+                Ok(status) => panic!("mosquitto_passwd failed: {status}"),
+                Err(err) => {
+                    eprintln!("note: mosquitto_passwd not runnable ({err}); test skipped");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = made.concat();
+        let entries = parse_mosquitto_file(&text).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(entries[0].1.starts_with("$7$101$"), "pbkdf2 entry");
+        assert!(entries[1].1.starts_with("$6$"), "sha512 entry");
+        let mut store = PasswordStore::new();
+        for (name, hash) in &entries {
+            store.add(name, hash, Vec::new()).unwrap();
+        }
+        for name in ["pb", "sha"] {
+            assert_eq!(
+                store.verify(name, b"s3cret pass"),
+                Verdict::Allow { upgrade: true },
+                "{name}"
+            );
+            let hash = &store.get(name).unwrap().password;
+            assert!(!mosquitto_ok(hash, "s3cret pasS"), "{name}");
+        }
+    }
+
+    #[test]
+    fn parse_mosquitto_file_reports_lines() {
+        let good6 = mosquitto_sha512("x", b"saltsaltsalt");
+        let good7 = mosquitto_pbkdf2("x", b"saltsaltsalt", 101);
+        let text = format!("# comment\n\nann:{good6}\nben:{good7}\r\n");
+        let entries = parse_mosquitto_file(&text).unwrap();
+        assert_eq!(
+            entries,
+            vec![
+                ("ann".to_owned(), good6.clone()),
+                ("ben".to_owned(), good7.clone())
+            ]
+        );
+
+        let bad = format!(
+            "ann:{good6}\nno colon here\ncid:plaintext-secret\nann:{good7}\na/b:{good7}\n\
+             dan:$7$0$c2FsdA==${}\n",
+            good7.rsplit('$').next().unwrap()
+        );
+        let err = parse_mosquitto_file(&bad).unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 5, "{err}");
+        assert!(lines[0].starts_with("line 2:"), "{err}");
+        assert!(lines[1].starts_with("line 3:") && lines[1].contains("mosquitto_passwd -U"));
+        assert!(
+            lines[2].starts_with("line 4:") && lines[2].contains("line 1"),
+            "{err}"
+        );
+        assert!(lines[3].starts_with("line 5:"), "{err}");
+        assert!(
+            lines[4].starts_with("line 6:") && lines[4].contains("iteration"),
+            "{err}"
+        );
+        assert!(!err.contains("plaintext-secret"));
+        assert!(!err.contains("no colon here"));
+        assert!(!err.contains(&good7[10..]));
+    }
+
+    #[test]
+    fn toml_round_trip_keeps_scram_verbatim() {
+        let alice = cheap_hash("a");
+        let bob = mosquitto_pbkdf2("b", b"saltsaltsalt", 101);
+        let scram = r#"v=1,i=4096,s=c2FsdA==,stored="q\"uote",server=back\slash	tab"#;
+        let text = format!(
+            "{STORE_HEADER}\n\n# a comment\n[[user]]\nname = \"alice\"\npassword = \"{alice}\"\n\
+             groups = [\"ops\", \"dev\"]\nscram_sha256 = '{scram}'\n\
+             scram_sha512 = \"\"\"multi\nline\"\"\"\n\n\
+             [[user]]\nname = \"bob é\"\npassword = \"{bob}\"\ndisabled = true\n"
+        );
+        let store = PasswordStore::parse(&text).unwrap();
+        let a = store.get("alice").unwrap();
+        assert_eq!(a.groups, ["ops", "dev"]);
+        assert_eq!(a.scram_sha256.as_deref(), Some(scram));
+        assert_eq!(a.scram_sha512.as_deref(), Some("multi\nline"));
+        assert!(!a.disabled);
+        let b = store.get("bob é").unwrap();
+        assert!(b.disabled && b.groups.is_empty() && b.scram_sha256.is_none());
+
+        let written = store.to_toml();
+        assert!(written.starts_with(STORE_HEADER));
+        let again = PasswordStore::parse(&written).unwrap();
+        assert_eq!(again, store);
+        assert_eq!(again.to_toml(), written);
+        let names: Vec<&str> = again.users().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["alice", "bob é"]);
+        assert_eq!(PasswordStore::parse("").unwrap(), PasswordStore::new());
+        assert_eq!(
+            PasswordStore::parse(&PasswordStore::new().to_toml()).unwrap(),
+            PasswordStore::new()
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_each_problem() {
+        let ok = cheap_hash("x");
+        let m6 = mosquitto_sha512("x", b"saltsaltsalt");
+        let user = |name: &str, extra: &str| {
+            format!(
+                "[[user]]\nname = {}\npassword = \"{ok}\"\n{extra}\n",
+                toml_string(name)
+            )
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (user("", ""), "name empty"),
+            (user("a\u{0}b", ""), "control character"),
+            (user("a\u{7}b", ""), "control character"),
+            (user("a+b", ""), "`+`"),
+            (user("a#b", ""), "`+`"),
+            (user("a/b", ""), "`+`"),
+            (user("x", "passwd = \"oops\""), "unknown key \"passwd\""),
+            (user("x", "groups = \"ops\""), "`groups` is not an array"),
+            (user("x", "groups = [1]"), "non-string"),
+            (user("x", "groups = [\"a/b\"]"), "group \"a/b\""),
+            (user("x", "groups = [\"g\", \"g\"]"), "listed twice"),
+            (user("x", "disabled = \"no\""), "`disabled`"),
+            (
+                user("x", "scram_sha256 = 5"),
+                "`scram_sha256` is not a string",
+            ),
+            (
+                format!("{}{}", user("x", ""), user("x", "")),
+                "duplicate name",
+            ),
+            (
+                "[[user]]\npassword = \"x\"\n".to_owned(),
+                "`name` is missing",
+            ),
+            ("[[user]]\nname = 5\n".to_owned(), "`name` is not a string"),
+            (
+                "[[user]]\nname = \"x\"\n".to_owned(),
+                "`password` is missing",
+            ),
+            (
+                "[[user]]\nname = \"x\"\npassword = 1\n".to_owned(),
+                "`password` is not a string",
+            ),
+            ("user = 1\n".to_owned(), "not an array of tables"),
+            ("user = [1]\n".to_owned(), "not a table"),
+            ("other = 1\n".to_owned(), "unknown top-level key"),
+        ];
+        for (text, expected) in &cases {
+            let found = problems(text);
+            assert!(
+                found.iter().any(|p| p.contains(expected)),
+                "{text:?}: expected {expected:?} in {found:?}"
+            );
+            assert!(
+                !found.iter().any(|p| p.contains(&ok)),
+                "hash echoed: {found:?}"
+            );
+        }
+
+        let bad_hashes = [
+            ("plain-text-password", "neither an argon2id"),
+            ("$1$abc$def", "neither an argon2id"),
+            (
+                "$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+                "not argon2id",
+            ),
+            (
+                "$argon2id$v=16$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+                "version 19",
+            ),
+            (
+                "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaGhhc2hoYXNoaGFzaA",
+                "salt",
+            ),
+            ("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ", "no hash"),
+            (
+                "$argon2id$v=19$m=99999999,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+                "exceed",
+            ),
+            (
+                "$argon2id$v=19$m=64,t=1,p=1,x=2$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+                "parameters",
+            ),
+            ("$argon2id$garbage", "salt"),
+            (
+                "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$not*base64*at*all",
+                "malformed",
+            ),
+            ("$6$c2FsdA==", "expected $6$"),
+            ("$6$not*base64$AAAA", "salt"),
+            ("$6$c2FsdA==$c2hvcnQ=", "64 bytes"),
+            ("$7$abc$c2FsdA==$c2hvcnQ=", "iteration"),
+            ("$7$2000000$c2FsdA==$c2hvcnQ=", "iteration"),
+            ("$7$101$c2FsdA==$c2hvcnQ=", "64 bytes"),
+        ];
+        for (hash, expected) in bad_hashes {
+            let text = format!("[[user]]\nname = \"x\"\npassword = \"{hash}\"\n");
+            let found = problems(&text);
+            assert_eq!(found.len(), 1, "{hash}: {found:?}");
+            assert!(
+                found[0].starts_with("user #1 \"x\": `password`"),
+                "{found:?}"
+            );
+            assert!(found[0].contains(expected), "{hash}: {found:?}");
+            let tail = hash.rsplit('$').next().unwrap();
+            let secret_part = if tail.len() >= 8 { tail } else { hash };
+            assert!(!found[0].contains(secret_part), "hash echoed: {found:?}");
+        }
+
+        // Several problems at once, each with its user.
+        let text = format!(
+            "{}{}[[user]]\nname = \"ok\"\npassword = \"{m6}\"\n{}",
+            user("a+", ""),
+            user("b", "colour = 1"),
+            user("ok", "")
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("user #1 \"a+\""), "{found:?}");
+        assert!(found[1].starts_with("user #2 \"b\""), "{found:?}");
+        assert!(found[2].starts_with("user #4 \"ok\": duplicate name, already used by user #3"));
+        let message = PasswordStore::parse(&text).unwrap_err().to_string();
+        assert!(
+            message.starts_with("password store has 3 problem(s):"),
+            "{message}"
+        );
+
+        let err =
+            PasswordStore::parse("[[user]]\nname = \"x\"\npassword = \"$argon2id\n").unwrap_err();
+        assert!(matches!(err, StoreError::Syntax { line: 3, .. }), "{err:?}");
+        assert!(!err.to_string().contains("$argon2id"), "{err}");
+    }
+
+    #[test]
+    fn edits() {
+        let mut store = store_with_alice();
+        let hash = cheap_hash("b");
+        assert_eq!(
+            store.add("alice", &hash, Vec::new()),
+            Err(StoreError::UserExists("alice".to_owned()))
+        );
+        assert!(matches!(
+            store.add("x/y", &hash, Vec::new()),
+            Err(StoreError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            store.add("bob", "hunter2", Vec::new()),
+            Err(StoreError::InvalidHash { reason, .. }) if !reason.contains("hunter2")
+        ));
+        assert!(matches!(
+            store.add("bob", &hash, vec!["a#".to_owned()]),
+            Err(StoreError::InvalidGroup { .. })
+        ));
+        assert!(matches!(
+            store.add("bob", &hash, vec!["g".to_owned(), "g".to_owned()]),
+            Err(StoreError::InvalidGroup { .. })
+        ));
+        store.add("bob", &hash, Vec::new()).unwrap();
+        store.add("carol", &hash, Vec::new()).unwrap();
+        assert_eq!(store.len(), 3);
+
+        store
+            .set_scram("alice", Some("s256".to_owned()), Some("s512".to_owned()))
+            .unwrap();
+        assert_eq!(
+            store.get("alice").unwrap().scram_sha256.as_deref(),
+            Some("s256")
+        );
+        let new_hash = cheap_hash("alice-new");
+        store.set_password("alice", &new_hash).unwrap();
+        let alice = store.get("alice").unwrap();
+        assert_eq!(alice.password, new_hash);
+        assert!(alice.scram_sha256.is_none() && alice.scram_sha512.is_none());
+        assert_eq!(store.verify("alice", b"alice-secret"), Verdict::Deny);
+        assert!(store.set_password("alice", "$6$bad").is_err());
+        assert_eq!(store.get("alice").unwrap().password, new_hash);
+
+        store.set_groups("bob", vec!["dev".to_owned()]).unwrap();
+        assert_eq!(store.get("bob").unwrap().groups, ["dev"]);
+
+        let removed = store.remove("alice").unwrap();
+        assert_eq!(removed.name, "alice");
+        assert!(store.get("alice").is_none());
+        assert_eq!(store.get("bob").unwrap().name, "bob");
+        assert_eq!(store.get("carol").unwrap().name, "carol");
+        assert_eq!(store.verify("alice", b"alice-new"), Verdict::Deny);
+        assert_eq!(
+            store.remove("alice").unwrap_err(),
+            StoreError::NoSuchUser("alice".to_owned())
+        );
+        assert_eq!(PasswordStore::parse(&store.to_toml()).unwrap(), store);
+    }
+
+    #[test]
+    fn debug_and_errors_hide_secrets() {
+        let mut store = store_with_alice();
+        store
+            .set_scram("alice", Some("scram-secret".to_owned()), None)
+            .unwrap();
+        let hash = store.get("alice").unwrap().password.clone();
+        let debug = format!("{store:?}");
+        assert!(debug.contains("alice"));
+        assert!(
+            !debug.contains(&hash) && !debug.contains("scram-secret"),
+            "{debug}"
+        );
+        let long = "n".repeat(500);
+        let err = store
+            .add(&format!("{long}+"), &hash, Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().len() < 300, "{err}");
+    }
+}
