@@ -35,6 +35,15 @@ struct Pki {
 }
 
 impl Pki {
+    /// Server settings requiring client certificates from this CA, checked against `crl`.
+    fn mtls(&self, crl: Vec<PathBuf>) -> TlsSettings {
+        let mut settings = self.settings();
+        settings.client_auth = ClientAuth::Required;
+        settings.client_ca = Some(self.path("ca.pem"));
+        settings.crl = crl;
+        settings
+    }
+
     fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(common::unique(name));
         std::fs::create_dir_all(&dir).unwrap();
@@ -180,6 +189,30 @@ async fn handshake(
     .map_err(|_| std::io::Error::other("handshake timed out"))?
 }
 
+/// A handshake for `localhost` offering TLS 1.3 and 1.2, with client certificate `cert` if any.
+async fn connect_as(addr: SocketAddr, pki: &Pki, cert: Option<&str>) -> std::io::Result<Tls> {
+    handshake(addr, client_config(pki, cert, BOTH), "localhost").await
+}
+
+/// The connection is refused: at the handshake, or (TLS 1.3 verifies the client's certificate
+/// after the client's side finished) at the first read.
+async fn assert_refused(attempt: std::io::Result<Tls>) {
+    if let Ok(mut s) = attempt {
+        assert!(mqtt_connect_v3(&mut s, "x").await.is_err());
+    }
+}
+
+/// The connection is still served: a PINGREQ is answered.
+async fn assert_alive(stream: &mut Tls) {
+    stream.write_all(&[0xC0, 0]).await.unwrap();
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, [0xD0, 0]);
+}
+
 /// A 3.1.1 CONNECT for `id`, then the 4-byte CONNACK.
 async fn mqtt_connect_v3(stream: &mut Tls, id: &str) -> std::io::Result<[u8; 4]> {
     let mut packet = vec![0x10, (12 + id.len()) as u8, 0, 4];
@@ -323,46 +356,23 @@ async fn mutual_tls_required_optional_revoked_and_identity() {
     let revoked = pki.leaf("revoked", "sensor-2", &[], true, 32);
     pki.leaf("hash", "#", &[], true, 33);
     let crl = pki.crl(&[revoked]);
-    let mut settings = pki.settings();
-    settings.client_auth = ClientAuth::Required;
-    settings.client_ca = Some(pki.path("ca.pem"));
-    settings.crl = vec![crl];
+    let mut settings = pki.mtls(vec![crl]);
     settings.identity_as_client_id = true;
     let server = tls_server(settings.clone()).await;
 
     // No certificate: the handshake (or the first read after it) fails.
-    let anonymous = handshake(server.addr, client_config(&pki, None, BOTH), "localhost").await;
-    if let Ok(mut s) = anonymous {
-        assert!(mqtt_connect_v3(&mut s, "x").await.is_err());
-    }
+    assert_refused(connect_as(server.addr, &pki, None).await).await;
     // Revoked: likewise.
-    let revoked = handshake(
-        server.addr,
-        client_config(&pki, Some("revoked"), BOTH),
-        "localhost",
-    )
-    .await;
+    let revoked = connect_as(server.addr, &pki, Some("revoked")).await;
     if let Ok(mut s) = revoked {
         assert!(mqtt_connect_v3(&mut s, "x").await.is_err());
     }
     // A valid certificate connects.
-    let mut good = handshake(
-        server.addr,
-        client_config(&pki, Some("good"), BOTH),
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let mut good = connect_as(server.addr, &pki, Some("good")).await.unwrap();
     assert_eq!(mqtt_connect_v5(&mut good, "anything").await, 0);
     // The certificate's CN is the client id: a second connection with the same certificate
     // and another CONNECT client id takes the session over (DISCONNECT 0x8E to the first).
-    let mut second = handshake(
-        server.addr,
-        client_config(&pki, Some("good"), BOTH),
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let mut second = connect_as(server.addr, &pki, Some("good")).await.unwrap();
     assert_eq!(mqtt_connect_v5(&mut second, "something-else").await, 0);
     let mut head = [0u8; 3];
     tokio::time::timeout(Duration::from_secs(10), good.read_exact(&mut head))
@@ -371,32 +381,19 @@ async fn mutual_tls_required_optional_revoked_and_identity() {
         .unwrap();
     assert_eq!((head[0], head[2]), (0xE0, 0x8E), "takeover DISCONNECT");
     // CN "#" would widen templates: refused with 0x87 Not authorized.
-    let mut hash = handshake(
-        server.addr,
-        client_config(&pki, Some("hash"), BOTH),
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let mut hash = connect_as(server.addr, &pki, Some("hash")).await.unwrap();
     assert_eq!(mqtt_connect_v5(&mut hash, "h").await, 0x87);
     server.stop().await;
 
     // Optional: no certificate is fine, a revoked one is not.
     settings.client_auth = ClientAuth::Optional;
     let server = tls_server(settings).await;
-    let mut anonymous = handshake(server.addr, client_config(&pki, None, BOTH), "localhost")
-        .await
-        .unwrap();
+    let mut anonymous = connect_as(server.addr, &pki, None).await.unwrap();
     assert_eq!(
         mqtt_connect_v3(&mut anonymous, "anon").await.unwrap(),
         [0x20, 2, 0, 0]
     );
-    let revoked = handshake(
-        server.addr,
-        client_config(&pki, Some("revoked"), BOTH),
-        "localhost",
-    )
-    .await;
+    let revoked = connect_as(server.addr, &pki, Some("revoked")).await;
     if let Ok(mut s) = revoked {
         assert!(mqtt_connect_v3(&mut s, "x").await.is_err());
     }
@@ -408,9 +405,7 @@ async fn renewed_certificates_are_picked_up_and_bad_ones_are_not() {
     let pki = Pki::new("tls-reload");
     pki.leaf("server", "localhost", &["localhost"], false, 40);
     let server = tls_server(pki.settings()).await;
-    let mut kept = handshake(server.addr, client_config(&pki, None, BOTH), "localhost")
-        .await
-        .unwrap();
+    let mut kept = connect_as(server.addr, &pki, None).await.unwrap();
     assert_eq!(
         mqtt_connect_v3(&mut kept, "kept").await.unwrap(),
         [0x20, 2, 0, 0]
@@ -447,13 +442,7 @@ async fn renewed_certificates_are_picked_up_and_bad_ones_are_not() {
     assert_eq!(serving(server.addr).await, renewed);
 
     // The connection made before all this is still up: a PINGREQ is answered.
-    kept.write_all(&[0xC0, 0]).await.unwrap();
-    let mut pong = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(5), kept.read_exact(&mut pong))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(pong, [0xD0, 0]);
+    assert_alive(&mut kept).await;
     server.stop().await;
 }
 
@@ -480,26 +469,11 @@ async fn a_crl_reload_closes_connections_whose_certificate_is_now_revoked() {
     let doomed_serial = pki.leaf("doomed", "sensor-9", &[], true, 61);
     pki.leaf("fine", "sensor-10", &[], true, 62);
     let crl = pki.crl(&[]);
-    let mut settings = pki.settings();
-    settings.client_auth = ClientAuth::Required;
-    settings.client_ca = Some(pki.path("ca.pem"));
-    settings.crl = vec![crl];
+    let settings = pki.mtls(vec![crl]);
     let server = tls_server(settings).await;
-    let mut doomed = handshake(
-        server.addr,
-        client_config(&pki, Some("doomed"), BOTH),
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let mut doomed = connect_as(server.addr, &pki, Some("doomed")).await.unwrap();
     assert_eq!(mqtt_connect_v5(&mut doomed, "doomed").await, 0);
-    let mut fine = handshake(
-        server.addr,
-        client_config(&pki, Some("fine"), BOTH),
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let mut fine = connect_as(server.addr, &pki, Some("fine")).await.unwrap();
     assert_eq!(mqtt_connect_v5(&mut fine, "fine").await, 0);
 
     // The CA revokes sensor-9; the new CRL is picked up and its connection closed, 0x87.
@@ -516,20 +490,9 @@ async fn a_crl_reload_closes_connections_whose_certificate_is_now_revoked() {
         "DISCONNECT Not authorized"
     );
     // The other client stays: a PINGREQ is answered.
-    fine.write_all(&[0xC0, 0]).await.unwrap();
-    let mut pong = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(5), fine.read_exact(&mut pong))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(pong, [0xD0, 0]);
+    assert_alive(&mut fine).await;
     // And the revoked certificate no longer connects.
-    let again = handshake(
-        server.addr,
-        client_config(&pki, Some("doomed"), BOTH),
-        "localhost",
-    )
-    .await;
+    let again = connect_as(server.addr, &pki, Some("doomed")).await;
     if let Ok(mut s) = again {
         assert!(mqtt_connect_v3(&mut s, "again").await.is_err());
     }
