@@ -7,6 +7,7 @@
 
 mod cert;
 mod config;
+mod user;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ enum Command {
     Bench(bulwark_bench::BenchArgs),
     /// Make a certificate authority and the server and device certificates it signs.
     Cert(cert::CertArgs),
+    /// Manage the users of the password store: add, passwd, remove, disable, enable, groups,
+    /// list, import-mosquitto.
+    User(user::UserArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         } => decode(&hex, client, protocol.into()),
         Command::Bench(args) => bulwark_bench::run(args),
         Command::Cert(args) => cert::run(args),
+        Command::User(args) => user::run(args),
     }
 }
 

@@ -1,0 +1,651 @@
+//! `bulwark user`: the password store's users, edited from the command line.
+//!
+//! Every command reads the store file (TOML, see `bulwark_security::password`), changes it in
+//! memory and writes it back atomically: a temporary file with mode 0600 in the same directory,
+//! synced, then renamed over the store. A store that does not parse is never written.
+//!
+//! New passwords come from stdin (`--password-stdin`, one line), must pass the default
+//! password policy, and are stored as an argon2id hash plus SCRAM-SHA-256 and SCRAM-SHA-512
+//! credentials. No password or hash is ever printed.
+//!
+//! Exit codes: 0 done, 1 refused (policy, user exists, no such user, unusable name or group),
+//! 2 bad input (a store or Mosquitto file that cannot be read or parsed, no password given).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bulwark_security::password::{
+    Argon2Params, PasswordStore, StoreError, UserRecord, hash_password, parse_mosquitto_file,
+};
+use bulwark_security::policy::{MAX_PASSWORD_CHARS, PasswordPolicy};
+use bulwark_security::scram::{DEFAULT_ITERATIONS, ScramCredentials, ScramHash};
+
+/// Where the store lives unless `--file` says otherwise.
+const DEFAULT_STORE: &str = "bulwark-data/passwords.toml";
+/// Largest store or Mosquitto password file read, in bytes.
+const MAX_FILE_BYTES: u64 = 16 << 20;
+/// Longest password line read from stdin, in bytes: the policy's character limit in UTF-8,
+/// plus the line ending.
+const MAX_PASSWORD_LINE_BYTES: usize = MAX_PASSWORD_CHARS * 4 + 2;
+
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+
+/// Manage the users of the password store.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UserArgs {
+    #[command(subcommand)]
+    command: UserCommand,
+}
+
+/// The store file, shared by every command.
+#[derive(Debug, clap::Args)]
+struct StoreFile {
+    /// The password store file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_STORE)]
+    file: PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum UserCommand {
+    /// Add a user (the store file is created if missing).
+    Add {
+        /// The user name, which becomes the MQTT identity.
+        name: String,
+        /// A group of the user (repeatable).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Read the password from one line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        store: StoreFile,
+    },
+    /// Set a new password for a user.
+    Passwd {
+        /// The user name.
+        name: String,
+        /// Read the password from one line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        store: StoreFile,
+    },
+    /// Remove a user.
+    Remove {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        store: StoreFile,
+    },
+    /// Disable a user: the right password no longer logs in.
+    Disable {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        store: StoreFile,
+    },
+    /// Re-enable a disabled user.
+    Enable {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        store: StoreFile,
+    },
+    /// Replace the groups of a user (none given: no groups).
+    Groups {
+        /// The user name.
+        name: String,
+        /// The new groups.
+        groups: Vec<String>,
+        #[command(flatten)]
+        store: StoreFile,
+    },
+    /// List the users: name, groups, disabled, hash kind, SCRAM keys. Never prints hashes.
+    List {
+        #[command(flatten)]
+        store: StoreFile,
+    },
+    /// Import the users of a Mosquitto password file, keeping their hashes (the broker
+    /// upgrades each to argon2id at its next login).
+    ImportMosquitto {
+        /// The Mosquitto password file (`user:hash` lines made by `mosquitto_passwd`).
+        mosquitto_file: PathBuf,
+        /// A group of every imported user (repeatable).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        store: StoreFile,
+    },
+}
+
+/// A command that did not complete: the message and the exit status.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    /// Refused: exit status 1.
+    fn refused(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+
+    /// Bad input: exit status 2.
+    fn input(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 2,
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Syntax { .. } | StoreError::Invalid { .. } => Self::input(err.to_string()),
+            _ => Self::refused(err.to_string()),
+        }
+    }
+}
+
+/// Runs `bulwark user ...`.
+pub(crate) fn run(args: UserArgs) -> ExitCode {
+    match execute(args.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn execute(command: UserCommand) -> Result<(), Failure> {
+    match command {
+        UserCommand::Add {
+            name,
+            groups,
+            password_stdin,
+            store,
+        } => add(&store.file, &name, groups, password_stdin),
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+            store,
+        } => passwd(&store.file, &name, password_stdin),
+        UserCommand::Remove { name, store } => edit(&store.file, |users| {
+            users.remove(&name)?;
+            println!("removed user {}", shown(&name));
+            Ok(())
+        }),
+        UserCommand::Disable { name, store } => edit(&store.file, |users| {
+            users.set_disabled(&name, true)?;
+            println!("disabled user {}", shown(&name));
+            Ok(())
+        }),
+        UserCommand::Enable { name, store } => edit(&store.file, |users| {
+            users.set_disabled(&name, false)?;
+            println!("enabled user {}", shown(&name));
+            Ok(())
+        }),
+        UserCommand::Groups {
+            name,
+            groups,
+            store,
+        } => edit(&store.file, |users| {
+            users.set_groups(&name, groups.clone())?;
+            println!(
+                "user {}: groups set to {}",
+                shown(&name),
+                shown_groups(&groups)
+            );
+            Ok(())
+        }),
+        UserCommand::List { store } => list(&store.file),
+        UserCommand::ImportMosquitto {
+            mosquitto_file,
+            groups,
+            store,
+        } => import_mosquitto(&store.file, &mosquitto_file, &groups),
+    }
+}
+
+fn add(path: &Path, name: &str, groups: Vec<String>, password_stdin: bool) -> Result<(), Failure> {
+    let mut store = load(path, true)?;
+    // Name and groups first, so that a refusal costs no password and no hashing.
+    check_entry(name, &groups)?;
+    if store.get(name).is_some() {
+        return Err(StoreError::UserExists(shown(name)).into());
+    }
+    let password = read_new_password(name, password_stdin)?;
+    let hash = argon2_hash(&password)?;
+    let (sha256, sha512) = scram_strings(&password)?;
+    drop(password);
+    store.add(name, &hash, groups)?;
+    store.set_scram(name, Some(sha256), Some(sha512))?;
+    save(path, &store)?;
+    println!(
+        "added user {} to {} (argon2id, SCRAM-SHA-256, SCRAM-SHA-512)",
+        shown(name),
+        path.display()
+    );
+    Ok(())
+}
+
+fn passwd(path: &Path, name: &str, password_stdin: bool) -> Result<(), Failure> {
+    let mut store = load(path, false)?;
+    if store.get(name).is_none() {
+        return Err(StoreError::NoSuchUser(shown(name)).into());
+    }
+    let password = read_new_password(name, password_stdin)?;
+    let hash = argon2_hash(&password)?;
+    let (sha256, sha512) = scram_strings(&password)?;
+    drop(password);
+    store.set_password(name, &hash)?;
+    store.set_scram(name, Some(sha256), Some(sha512))?;
+    save(path, &store)?;
+    println!("new password set for user {}", shown(name));
+    Ok(())
+}
+
+/// Loads an existing store, applies `change` and writes the store back.
+fn edit(
+    path: &Path,
+    change: impl FnOnce(&mut PasswordStore) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let mut store = load(path, false)?;
+    change(&mut store)?;
+    save(path, &store)
+}
+
+fn list(path: &Path) -> Result<(), Failure> {
+    let store = load(path, false)?;
+    if store.is_empty() {
+        println!("no users in {}", path.display());
+        return Ok(());
+    }
+    for user in store.users() {
+        println!("{}", list_line(user));
+    }
+    Ok(())
+}
+
+/// One line of `user list`: everything but the secrets.
+fn list_line(user: &UserRecord) -> String {
+    let scram = match (user.scram_sha256.is_some(), user.scram_sha512.is_some()) {
+        (true, true) => "SCRAM-SHA-256, SCRAM-SHA-512",
+        (true, false) => "SCRAM-SHA-256",
+        (false, true) => "SCRAM-SHA-512",
+        (false, false) => "none",
+    };
+    format!(
+        "{}  groups: {}  disabled: {}  hash: {}  scram: {}",
+        shown(&user.name),
+        shown_groups(&user.groups),
+        if user.disabled { "yes" } else { "no" },
+        hash_kind(&user.password),
+        scram
+    )
+}
+
+/// The kind of a stored hash, from its prefix; the hash itself is not shown.
+fn hash_kind(hash: &str) -> &'static str {
+    if hash.starts_with("$argon2id$") {
+        "argon2id"
+    } else if hash.starts_with("$6$") {
+        "mosquitto-sha512 (will upgrade at next login)"
+    } else if hash.starts_with("$7$") {
+        "mosquitto-pbkdf2 (will upgrade at next login)"
+    } else {
+        "unknown"
+    }
+}
+
+fn import_mosquitto(path: &Path, mosquitto_file: &Path, groups: &[String]) -> Result<(), Failure> {
+    let mut store = load(path, true)?;
+    let text = read_text(mosquitto_file, "Mosquitto password file")?;
+    let entries = parse_mosquitto_file(&text).map_err(|problems| {
+        Failure::input(format!(
+            "{}: cannot import:\n  {}",
+            mosquitto_file.display(),
+            problems.replace('\n', "\n  ")
+        ))
+    })?;
+    if entries.is_empty() {
+        return Err(Failure::input(format!(
+            "{}: no users in the file, nothing imported",
+            mosquitto_file.display()
+        )));
+    }
+    let existing: Vec<String> = entries
+        .iter()
+        .filter(|(name, _)| store.get(name).is_some())
+        .map(|(name, _)| shown(name))
+        .collect();
+    if !existing.is_empty() {
+        return Err(Failure::refused(format!(
+            "nothing imported: these users already exist in {}: {} (remove them first or \
+             edit the Mosquitto file)",
+            path.display(),
+            existing.join(", ")
+        )));
+    }
+    for (name, hash) in &entries {
+        store.add(name, hash, groups.to_vec())?;
+    }
+    save(path, &store)?;
+    println!(
+        "imported {} user(s) from {} into {}; their Mosquitto hashes keep working and are \
+         upgraded to argon2id at each user's next login; they have no SCRAM keys until \
+         `bulwark user passwd`",
+        entries.len(),
+        mosquitto_file.display(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// Refuses a name or groups the store would refuse, before anything costly happens.
+fn check_entry(name: &str, groups: &[String]) -> Result<(), Failure> {
+    // The store's own checks, run against a well-formed placeholder hash in a scratch store:
+    // 16 zero bytes of salt and 64 of digest, in Mosquitto `$6$` form. It is never stored.
+    let placeholder = format!("$6${}${}", "A".repeat(22) + "==", "A".repeat(86) + "==");
+    PasswordStore::new()
+        .add(name, &placeholder, groups.to_vec())
+        .map_err(Failure::from)
+}
+
+/// Reads a new password and checks it against the default policy.
+fn read_new_password(name: &str, password_stdin: bool) -> Result<String, Failure> {
+    if !password_stdin {
+        let message = if io::stdin().is_terminal() {
+            "interactive password prompting is not available yet: pass --password-stdin and \
+             type the password, or pipe it in (e.g. from a password manager)"
+        } else {
+            "pass --password-stdin to read the password from stdin"
+        };
+        return Err(Failure::input(message));
+    }
+    let password = read_password_line(&mut io::stdin().lock())?;
+    PasswordPolicy::default()
+        .check(name, &password)
+        .map_err(|err| Failure::refused(format!("password refused: {err}")))?;
+    Ok(password)
+}
+
+/// Reads one line (at most [`MAX_PASSWORD_LINE_BYTES`]) and strips one `\n` or `\r\n`.
+fn read_password_line(input: &mut impl BufRead) -> Result<String, Failure> {
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(MAX_PASSWORD_LINE_BYTES + 1).unwrap_or(u64::MAX);
+    input
+        .take(limit)
+        .read_until(b'\n', &mut bytes)
+        .map_err(|err| Failure::input(format!("cannot read the password from stdin: {err}")))?;
+    if bytes.is_empty() {
+        return Err(Failure::input(
+            "no password on stdin (expected one line with --password-stdin)",
+        ));
+    }
+    if bytes.len() > MAX_PASSWORD_LINE_BYTES {
+        return Err(Failure::refused(format!(
+            "password refused: longer than {MAX_PASSWORD_CHARS} characters"
+        )));
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Failure::input("the password read from stdin is not UTF-8"))
+}
+
+fn argon2_hash(password: &str) -> Result<String, Failure> {
+    hash_password(password, &Argon2Params::default())
+        .map_err(|err| Failure::input(format!("cannot hash the password: {err}")))
+}
+
+/// The SCRAM-SHA-256 and SCRAM-SHA-512 store strings for `password`.
+fn scram_strings(password: &str) -> Result<(String, String), Failure> {
+    let derive = |hash: ScramHash| {
+        ScramCredentials::derive(hash, password, DEFAULT_ITERATIONS)
+            .map(|credentials| credentials.to_store_string())
+            .map_err(|err| Failure::input(format!("cannot derive {hash} credentials: {err}")))
+    };
+    Ok((derive(ScramHash::Sha256)?, derive(ScramHash::Sha512)?))
+}
+
+/// Reads and parses the store. A missing file is an empty store when `create` is set, an
+/// error naming the file otherwise.
+fn load(path: &Path, create: bool) -> Result<PasswordStore, Failure> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(Failure::input(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            if create {
+                return Ok(PasswordStore::new());
+            }
+            return Err(Failure::input(format!(
+                "no password store at {} (add a user with `bulwark user add`, or pass --file)",
+                path.display()
+            )));
+        }
+        Err(err) => {
+            return Err(Failure::input(format!(
+                "cannot look at {}: {err}",
+                path.display()
+            )));
+        }
+    }
+    let text = read_text(path, "password store")?;
+    PasswordStore::parse(&text)
+        .map_err(|err| Failure::input(format!("{}: {err}\nnothing was changed", path.display())))
+}
+
+/// Reads a UTF-8 text file of at most [`MAX_FILE_BYTES`].
+fn read_text(path: &Path, what: &str) -> Result<String, Failure> {
+    let file = File::open(path).map_err(|err| {
+        Failure::input(format!("cannot open the {what} {}: {err}", path.display()))
+    })?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| {
+            Failure::input(format!("cannot read the {what} {}: {err}", path.display()))
+        })?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
+        return Err(Failure::input(format!(
+            "the {what} {} is larger than {MAX_FILE_BYTES} bytes",
+            path.display()
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Failure::input(format!("the {what} {} is not UTF-8 text", path.display())))
+}
+
+/// Writes the store atomically: a new file with mode 0600 next to it, synced, renamed over it,
+/// then the directory synced. The directory is created with mode 0700 if missing.
+fn save(path: &Path, store: &PasswordStore) -> Result<(), Failure> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    ensure_dir(&dir)?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Failure::input(format!("{} names no file", path.display())))?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(file_name);
+    temp_name.push(format!(".tmp-{}-{nanos}", std::process::id()));
+    let temp = dir.join(temp_name);
+    let written = write_new(&temp, store.to_toml().as_bytes()).and_then(|()| {
+        fs::rename(&temp, path).map_err(|err| format!("cannot replace {}: {err}", path.display()))
+    });
+    if let Err(message) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(Failure::input(message));
+    }
+    // Make the rename itself durable; a failure here leaves a correct file behind.
+    if let Ok(handle) = File::open(&dir) {
+        let _ = handle.sync_all();
+    }
+    Ok(())
+}
+
+/// Creates `path` (never replacing a file) with mode 0600 and writes and syncs `contents`.
+fn write_new(path: &Path, contents: &[u8]) -> Result<(), String> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(FILE_MODE);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|err| format!("cannot create {}: {err}", path.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))
+}
+
+/// Creates `dir` (and its parents) with mode 0700 if it does not exist.
+fn ensure_dir(dir: &Path) -> Result<(), Failure> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(Failure::input(format!(
+                "{} exists and is not a directory",
+                dir.display()
+            )));
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(Failure::input(format!(
+                "cannot look at {}: {err}",
+                dir.display()
+            )));
+        }
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(DIR_MODE);
+    }
+    builder.create(dir).map_err(|err| {
+        Failure::input(format!(
+            "cannot create the directory {}: {err}",
+            dir.display()
+        ))
+    })
+}
+
+/// A name as printed: escaped where it holds anything but printable characters.
+fn shown(name: &str) -> String {
+    if name
+        .chars()
+        .all(|c| !c.is_whitespace() && c.escape_debug().len() == 1 && c != '"' && c != '\'')
+    {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+fn shown_groups(groups: &[String]) -> String {
+    if groups.is_empty() {
+        "(none)".to_owned()
+    } else {
+        groups
+            .iter()
+            .map(|group| shown(group))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        reason = "test code"
+    )]
+
+    use super::*;
+
+    #[test]
+    fn password_line_strips_one_line_ending() {
+        let read = |input: &[u8]| read_password_line(&mut io::Cursor::new(input.to_vec()));
+        assert_eq!(read(b"secret\n").unwrap(), "secret");
+        assert_eq!(read(b"secret\r\n").unwrap(), "secret");
+        assert_eq!(read(b"secret").unwrap(), "secret");
+        assert_eq!(read(b"secret\n\n").unwrap(), "secret");
+        assert_eq!(read(b"two words \r\r\n").unwrap(), "two words \r");
+        assert_eq!(read(b"\n").unwrap(), "");
+        assert_eq!(read(b"").unwrap_err().code, 2);
+        assert_eq!(read(b"\xff\xfe\n").unwrap_err().code, 2);
+        let long = vec![b'a'; MAX_PASSWORD_LINE_BYTES + 10];
+        let err = read(&long).unwrap_err();
+        assert_eq!(err.code, 1);
+        assert!(!err.message.contains("aaaa"), "{}", err.message);
+    }
+
+    #[test]
+    fn entry_checks_use_the_store_rules() {
+        assert!(check_entry("alice", &["ops".to_owned()]).is_ok());
+        assert_eq!(check_entry("a/b", &[]).unwrap_err().code, 1);
+        assert_eq!(check_entry("", &[]).unwrap_err().code, 1);
+        assert_eq!(
+            check_entry("alice", &["a#".to_owned()]).unwrap_err().code,
+            1
+        );
+        assert_eq!(
+            check_entry("alice", &["g".to_owned(), "g".to_owned()])
+                .unwrap_err()
+                .code,
+            1
+        );
+    }
+
+    #[test]
+    fn list_line_hides_secrets() {
+        let user = UserRecord {
+            name: "bob".to_owned(),
+            password: "$7$101$c2FsdA==$secretdigest".to_owned(),
+            groups: vec!["ops".to_owned(), "dev".to_owned()],
+            disabled: true,
+            scram_sha256: None,
+            scram_sha512: Some("i=4096,s=x,k=secretkey,v=y".to_owned()),
+        };
+        let line = list_line(&user);
+        assert_eq!(
+            line,
+            "bob  groups: ops,dev  disabled: yes  hash: mosquitto-pbkdf2 (will upgrade at \
+             next login)  scram: SCRAM-SHA-512"
+        );
+        assert_eq!(shown("a b"), "\"a b\"");
+        assert_eq!(shown("é\u{202e}"), "\"é\\u{202e}\"");
+        assert_eq!(shown("été"), "été");
+    }
+}
