@@ -171,8 +171,16 @@ pub fn cipher_suites() -> Vec<SupportedCipherSuite> {
 }
 
 fn provider() -> Arc<CryptoProvider> {
+    let mut suites = cipher_suites();
+    // Server preference (see `ignore_client_order` below): AES-128-GCM with SHA-256 first, the
+    // suite TLS 1.3 makes mandatory. Its key schedule uses SHA-256, which CPUs accelerate; the
+    // AES-256/SHA-384 suites clients tend to list first cost about a tenth more per handshake.
+    suites.sort_by_key(|suite| {
+        let name = format!("{:?}", suite.suite());
+        (!name.contains("AES_128_GCM"), !name.starts_with("TLS13_"))
+    });
     Arc::new(CryptoProvider {
-        cipher_suites: cipher_suites(),
+        cipher_suites: suites,
         ..rustls::crypto::ring::default_provider()
     })
 }
@@ -374,6 +382,10 @@ fn build_with_verifier(
         .map_err(|e| err(format!("TLS versions: {e}")))?
         .with_client_cert_verifier(verifier.clone())
         .with_cert_resolver(Arc::new(resolver));
+    config.ignore_client_order = true;
+    // One resumption ticket per connection: an MQTT client keeps one connection and resumes
+    // once per reconnect; each ticket costs a key derivation and a cache entry.
+    config.send_tls13_tickets = 1;
     config.alpn_protocols = settings
         .alpn
         .iter()
@@ -537,6 +549,15 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn aes_128_gcm_is_preferred() {
+        let first = provider()
+            .cipher_suites
+            .first()
+            .map(|suite| format!("{:?}", suite.suite()));
+        assert_eq!(first.as_deref(), Some("TLS13_AES_128_GCM_SHA256"));
     }
 
     #[test]
