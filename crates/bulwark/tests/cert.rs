@@ -9,33 +9,11 @@
     reason = "test code"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "bulwark-cert-{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 fn bulwark(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bulwark"))
@@ -115,7 +93,7 @@ fn x509_text(path: &Path) -> String {
 
 #[test]
 fn ca_server_and_client_certificates_verify_and_carry_their_purposes() {
-    let tmp = TempDir::new("flow");
+    let tmp = TempDir::new("cert", "flow");
     let dir = tmp.0.join("pki");
     let d = p(&dir);
     let ca_pem = dir.join("ca.pem");
@@ -338,7 +316,7 @@ fn ca_server_and_client_certificates_verify_and_carry_their_purposes() {
 
 #[test]
 fn signing_without_a_ca_says_to_make_one() {
-    let tmp = TempDir::new("no-ca");
+    let tmp = TempDir::new("cert", "no-ca");
     let empty = tmp.0.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let out = tmp.0.join("out");
@@ -368,7 +346,7 @@ fn signing_without_a_ca_says_to_make_one() {
 
 #[test]
 fn a_ca_key_that_does_not_match_is_refused() {
-    let tmp = TempDir::new("mismatch");
+    let tmp = TempDir::new("cert", "mismatch");
     let one = tmp.0.join("one");
     let two = tmp.0.join("two");
     succeeds(&["ca", "--out", p(&one)]);
@@ -400,7 +378,7 @@ fn a_ca_key_that_does_not_match_is_refused() {
 
 #[test]
 fn bad_server_names_and_days_are_refused() {
-    let tmp = TempDir::new("bad-names");
+    let tmp = TempDir::new("cert", "bad-names");
     let d = p(&tmp.0);
     succeeds(&["ca", "--out", d]);
     let err = fails(&["server", "--name", "not a host", "--ca-dir", d, "--out", d]);

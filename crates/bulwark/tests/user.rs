@@ -11,38 +11,16 @@
 )]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bulwark_security::password::{PasswordStore, Verdict};
 
 const ALICE_PASSWORD: &str = "correct horse battery staple";
 const ALICE_NEW_PASSWORD: &str = "quartz mango lantern violin";
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "bulwark-user-{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 /// Runs `bulwark user ARGS --file STORE` with `stdin` as its input.
 fn user(store: &Path, args: &[&str], stdin: &str) -> Output {
@@ -106,7 +84,7 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn add_list_passwd_disable_enable_groups_remove() {
-    let dir = TempDir::new("life");
+    let dir = TempDir::new("user", "life");
     // The store's directory does not exist yet: `add` creates it.
     let store = dir.0.join("data").join("passwords.toml");
     let added = succeeds(
@@ -268,7 +246,7 @@ fn add_list_passwd_disable_enable_groups_remove() {
 
 #[test]
 fn import_mosquitto_keeps_hashes_and_refuses_existing_names() {
-    let dir = TempDir::new("import");
+    let dir = TempDir::new("user", "import");
     let mosquitto = dir.0.join("mosquitto.passwd");
     let made = Command::new("mosquitto_passwd")
         .args(["-b", "-c"])
@@ -345,7 +323,7 @@ fn import_mosquitto_keeps_hashes_and_refuses_existing_names() {
 
 #[test]
 fn broken_or_missing_store_is_never_written() {
-    let dir = TempDir::new("broken");
+    let dir = TempDir::new("user", "broken");
     let store = dir.0.join("passwords.toml");
     let broken = "[[user]]\nname = \"a+b\"\npassword = \"$argon2id$nope\"\n\n\
                   [[user]]\nname = \"ok\"\npassword = \"x\"\ncolour = \"red\"\n";
