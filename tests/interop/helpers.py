@@ -118,6 +118,8 @@ class Client:
         tls: dict | None = None,
         transport: str = "tcp",
         ws_path: str = "/mqtt",
+        username: str | None = None,
+        password: str | bytes | None = None,
     ):
         """``port`` defaults to MQTT_PORT; ``tls`` holds ``paho.Client.tls_set`` arguments;
         ``transport`` is "tcp" or "websockets" (then ``ws_path`` is the HTTP path)."""
@@ -155,6 +157,8 @@ class Client:
             self._c.ws_set_options(path=ws_path)
         if tls is not None:
             self._c.tls_set(**tls)
+        if username is not None:
+            self._c.username_pw_set(username, password)
         self._c.on_connect = self._on_connect
         self._c.on_message = self._on_message
         self._c.on_subscribe = self._on_subscribe

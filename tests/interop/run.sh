@@ -107,9 +107,28 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.clos
     export MQTT_WS_PORT="$ws_port" MQTT_WSS_PORT="$wss_port"
     export MQTT_TLS_PORT="$tls_port" MQTT_CA="$pki/ca.pem"
     export MQTT_CLIENT_CERT="$pki/interop-device.pem" MQTT_CLIENT_KEY="$pki/interop-device.key"
+    # A listener with the secure default (passwords, no anonymous access) for test_auth.py,
+    # and a user made by `bulwark user add`. The protocol tests use listeners that let
+    # anonymous clients in, as they do on Mosquitto with allow_anonymous.
+    auth_port="$("$PYTHON" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+    interop_password="interop-Lantern-harbour-2026"
+    printf '%s\n' "$interop_password" |
+      "$bin" user add interop --password-stdin --file "$work/passwords.toml" >/dev/null
+    export MQTT_AUTH_PORT="$auth_port" MQTT_USER="interop" MQTT_PASSWORD="$interop_password"
+    export MQTT_AUDIT="$work/audit.jsonl"
     cat >"$cfg" <<EOF
+[auth]
+password_file = "$work/passwords.toml"
+audit_file = "$work/audit.jsonl"
+
 [[listener]]
 bind = "127.0.0.1:$port"
+dangerous_allow_anonymous = true
+
+[[listener]]
+name = "secure"
+bind = "127.0.0.1:$auth_port"
 
 [[listener]]
 kind = "tls"
@@ -123,10 +142,12 @@ client_ca = "$pki/ca.pem"
 [[listener]]
 kind = "ws"
 bind = "127.0.0.1:$ws_port"
+dangerous_allow_anonymous = true
 
 [[listener]]
 kind = "wss"
 bind = "127.0.0.1:$wss_port"
+dangerous_allow_anonymous = true
 [listener.tls]
 cert = "$pki/server.pem"
 key = "$pki/server.key"

@@ -2,8 +2,9 @@
 
 run.sh starts the broker with a TLS listener (certificates made by `bulwark cert`) when it tests
 Bulwark, and exports MQTT_TLS_PORT, MQTT_CA, MQTT_CLIENT_CERT and MQTT_CLIENT_KEY; the listener
-asks for client certificates (client_auth = "optional") and maps the CN to the username. Without
-those variables (BROKER=mosquitto) the tests are skipped.
+asks for client certificates (client_auth = "optional") and maps the CN to the username; a client
+without a certificate logs in with the password of MQTT_USER. Without those variables
+(BROKER=mosquitto) the tests are skipped.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def tls_client(version: int, *, client_cert: bool = False, **kwargs) -> Client:
     tls = {"ca_certs": CA, "tls_version": ssl.PROTOCOL_TLS_CLIENT}
     if client_cert:
         tls.update(certfile=CERT, keyfile=KEY)
+    else:
+        kwargs.setdefault("username", os.environ.get("MQTT_USER"))
+        kwargs.setdefault("password", os.environ.get("MQTT_PASSWORD"))
     return Client(version, port=TLS_PORT, tls=tls, **kwargs)
 
 
@@ -52,7 +56,11 @@ def test_paho_over_tls(topic, version, client_cert):
 @both_versions
 def test_mosquitto_clients_over_tls_with_client_certificate(topic, version):
     """mosquitto_pub --cafile --cert --key reaches mosquitto_sub --cafile over TLS."""
-    sub = MosqSub(version, topic, qos=1, port=TLS_PORT, args=["--cafile", CA])
+    sub = MosqSub(
+        version, topic, qos=1, port=TLS_PORT,
+        args=["--cafile", CA, "-u", os.environ.get("MQTT_USER", ""),
+              "-P", os.environ.get("MQTT_PASSWORD", "")],
+    )
     sub.wait_subscribed()
     mosquitto_pub(
         version, topic, "-q", "1", "-m", "hello", "--cafile", CA, "--cert", CERT, "--key", KEY,

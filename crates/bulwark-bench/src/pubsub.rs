@@ -433,10 +433,10 @@ async fn publish_loop(
     let mut stopping: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if let Some(at) = stopping {
-            if inflight.is_empty() || now >= at + FINISH_GRACE {
-                return Ok(());
-            }
+        if let Some(at) = stopping
+            && (inflight.is_empty() || now >= at + FINISH_GRACE)
+        {
+            return Ok(());
         }
         let sending = stopping.is_none() && now < send_end;
         let mut want = 0;

@@ -198,6 +198,16 @@ impl Conn {
     }
 }
 
+/// The result of an enhanced authentication exchange (MQTT 5 AUTH) that the caller ran before
+/// handing the CONNECT over: the CONNACK names the method and carries the final data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectAuth {
+    /// The Authentication Method the exchange used.
+    pub method: Option<MqttString>,
+    /// The server's last Authentication Data, if the method has one.
+    pub data: Option<Bytes>,
+}
+
 /// The broker engine, sans I/O.
 ///
 /// Call order: [`Broker::handle_connect`] with a connection's decoded CONNECT, then
@@ -362,8 +372,21 @@ impl Broker {
         keep_alive > max || (keep_alive == 0 && max < u16::MAX)
     }
 
-    /// Handles the CONNECT that opened connection `conn`.
+    /// Handles the CONNECT that opened connection `conn`, when no enhanced authentication took
+    /// place (a CONNECT naming an Authentication Method is refused with 0x8C).
     pub fn handle_connect(&mut self, conn: ConnectionId, connect: Connect, now: Instant) {
+        self.handle_authenticated_connect(conn, connect, ConnectAuth::default(), now);
+    }
+
+    /// Handles the CONNECT that opened connection `conn`, whose credentials the caller has
+    /// already checked; `auth` is what the CONNACK carries back for enhanced authentication.
+    pub fn handle_authenticated_connect(
+        &mut self,
+        conn: ConnectionId,
+        connect: Connect,
+        auth: ConnectAuth,
+        now: Instant,
+    ) {
         let version = connect.protocol_version;
         if self.shutting_down {
             return self.refuse(
@@ -373,7 +396,7 @@ impl Broker {
                 "shutting down",
             );
         }
-        if connect.properties.authentication_method.is_some() {
+        if connect.properties.authentication_method.is_some() && auth.method.is_none() {
             return self.refuse(
                 conn,
                 version,
@@ -433,15 +456,15 @@ impl Broker {
                 );
             }
         }
-        if let Some(will) = &connect.will {
-            if !self.topic_fits(will.topic.as_str()) {
-                return self.refuse(
-                    conn,
-                    version,
-                    ReasonCode::TopicNameInvalid,
-                    "will topic too long",
-                );
-            }
+        if let Some(will) = &connect.will
+            && !self.topic_fits(will.topic.as_str())
+        {
+            return self.refuse(
+                conn,
+                version,
+                ReasonCode::TopicNameInvalid,
+                "will topic too long",
+            );
         }
         let requested_expiry = if version.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
@@ -453,15 +476,15 @@ impl Broker {
         let expiry = requested_expiry.min(self.config.max_session_expiry_interval);
 
         // Takeover: the old connection goes first, its will and session handled as a loss.
-        if let Some(&key) = self.client_ids.get(&client_id) {
-            if let Some(&old) = self.online.get(&key) {
-                self.disconnect(
-                    old,
-                    ReasonCode::SessionTakenOver,
-                    "another connection took over",
-                    now,
-                );
-            }
+        if let Some(&key) = self.client_ids.get(&client_id)
+            && let Some(&old) = self.online.get(&key)
+        {
+            self.disconnect(
+                old,
+                ReasonCode::SessionTakenOver,
+                "another connection took over",
+                now,
+            );
         }
         let existing = self
             .client_ids
@@ -528,6 +551,8 @@ impl Broker {
             p.subscription_identifiers_available = Some(true);
             p.shared_subscription_available = Some(true);
             p.server_keep_alive = server_keep_alive;
+            p.authentication_method = auth.method;
+            p.authentication_data = auth.data;
             if requested_response_information {
                 p.response_information = self
                     .config
@@ -806,10 +831,10 @@ impl Broker {
         } else {
             ReasonCode::Success
         };
-        if qos == QoS::ExactlyOnce {
-            if let (Some(id), Some(conn)) = (packet_id, self.conns.get_mut(&conn_id)) {
-                conn.session.qos2_record(id);
-            }
+        if qos == QoS::ExactlyOnce
+            && let (Some(id), Some(conn)) = (packet_id, self.conns.get_mut(&conn_id))
+        {
+            conn.session.qos2_record(id);
         }
         let v5 = self.conns.get(&conn_id).is_some_and(|c| c.is_v5());
         let code = if v5 { code } else { ReasonCode::Success };
@@ -820,11 +845,11 @@ impl Broker {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        if let Some(pos) = conn.session.inflight_position(packet_id) {
-            if conn.session.inflight.get(pos).map(|i| i.state) == Some(OutState::AwaitPubAck) {
-                conn.session.remove_inflight(pos);
-                self.pump(conn_id, now);
-            }
+        if let Some(pos) = conn.session.inflight_position(packet_id)
+            && conn.session.inflight.get(pos).map(|i| i.state) == Some(OutState::AwaitPubAck)
+        {
+            conn.session.remove_inflight(pos);
+            self.pump(conn_id, now);
         }
     }
 
@@ -876,11 +901,11 @@ impl Broker {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        if let Some(pos) = conn.session.inflight_position(packet_id) {
-            if conn.session.inflight.get(pos).map(|i| i.state) == Some(OutState::AwaitPubComp) {
-                conn.session.remove_inflight(pos);
-                self.pump(conn_id, now);
-            }
+        if let Some(pos) = conn.session.inflight_position(packet_id)
+            && conn.session.inflight.get(pos).map(|i| i.state) == Some(OutState::AwaitPubComp)
+        {
+            conn.session.remove_inflight(pos);
+            self.pump(conn_id, now);
         }
     }
 
@@ -1511,11 +1536,11 @@ impl Broker {
         for session in self.store.take_expired(now) {
             self.end_session(session, now);
         }
-        if let (Some(at), Some(interval)) = (self.next_sys, self.config.sys_interval) {
-            if at <= now {
-                self.publish_sys(now);
-                self.next_sys = now.checked_add(interval);
-            }
+        if let (Some(at), Some(interval)) = (self.next_sys, self.config.sys_interval)
+            && at <= now
+        {
+            self.publish_sys(now);
+            self.next_sys = now.checked_add(interval);
         }
     }
 

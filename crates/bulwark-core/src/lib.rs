@@ -16,7 +16,7 @@ mod message;
 mod session;
 mod store;
 
-pub use broker::{Broker, ConnectionId, OutgoingPublish, Output, SessionKey, Stats};
+pub use broker::{Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, SessionKey, Stats};
 pub use config::BrokerConfig;
 pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};

@@ -124,10 +124,10 @@ impl Session {
         }
         loop {
             self.next_id = self.next_id.wrapping_add(1);
-            if let Some(id) = PacketId::new(self.next_id) {
-                if ids.outgoing.insert(id.get()) {
-                    return Some(id);
-                }
+            if let Some(id) = PacketId::new(self.next_id)
+                && ids.outgoing.insert(id.get())
+            {
+                return Some(id);
             }
         }
     }

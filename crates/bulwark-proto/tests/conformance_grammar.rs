@@ -272,13 +272,13 @@ fn mqtt_1_5_5_variable_byte_integer_table() {
                 0x30
             };
             let mut bytes = [&[first][..], encoded].concat();
-            if let Length::Value(len) = expected {
-                if len > 0 {
-                    bytes.extend(s(b"t"));
-                    let props = usize::from(v5);
-                    bytes.resize(bytes.len() + props, 0);
-                    bytes.resize(bytes.len() + len - 3 - props, 0xA5);
-                }
+            if let Length::Value(len) = expected
+                && len > 0
+            {
+                bytes.extend(s(b"t"));
+                let props = usize::from(v5);
+                bytes.resize(bytes.len() + props, 0);
+                bytes.resize(bytes.len() + len - 3 - props, 0xA5);
             }
             let result = after_connect(v5, &bytes);
             match expected {

@@ -6,6 +6,9 @@
 //! tokio or on `bulwark-server`.
 #![forbid(unsafe_code)]
 
+pub mod event;
+pub mod guard;
+pub mod jwt;
 pub mod password;
 pub mod policy;
 pub mod scram;

@@ -193,6 +193,28 @@ pub fn hash_password(password: &str, params: &Argon2Params) -> Result<String, Ha
         .map_err(HashError::Hash)
 }
 
+/// Characters of generated passwords: letters and digits without look-alikes (0/O, 1/l/I).
+const GENERATED_ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+/// A random password of `len` characters from the operating system's generator (`None` if it
+/// is unavailable). 24 characters carry about 140 bits.
+pub fn generate_password(len: usize) -> Option<String> {
+    let mut out = String::with_capacity(len);
+    let n = GENERATED_ALPHABET.len();
+    // Rejection sampling keeps every character equally likely.
+    let limit = u8::MAX - (u8::MAX % u8::try_from(n).ok()?);
+    while out.len() < len {
+        let mut buf = [0u8; 32];
+        rand_core::RngCore::try_fill_bytes(&mut OsRng, &mut buf).ok()?;
+        for b in buf {
+            if b < limit && out.len() < len {
+                out.push(char::from(*GENERATED_ALPHABET.get(usize::from(b) % n)?));
+            }
+        }
+    }
+    Some(out)
+}
+
 /// The outcome of [`PasswordStore::verify`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -1581,5 +1603,17 @@ mod tests {
             .add(&format!("{long}+"), &hash, Vec::new())
             .unwrap_err();
         assert!(err.to_string().len() < 300, "{err}");
+    }
+
+    #[test]
+    fn generated_passwords_are_long_random_and_pass_the_policy() {
+        let a = generate_password(24).unwrap();
+        let b = generate_password(24).unwrap();
+        assert_eq!(a.chars().count(), 24);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| GENERATED_ALPHABET.contains(&c)));
+        crate::policy::PasswordPolicy::default()
+            .check("admin", &a)
+            .unwrap();
     }
 }

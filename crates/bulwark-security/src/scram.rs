@@ -882,6 +882,115 @@ fn check_extension(attribute: &str, message: &'static str) -> Result<(), ScramEr
     }
 }
 
+/// The client side of one SCRAM exchange without channel binding (`n,,`), for the broker's
+/// own tools and tests.
+///
+/// Call order: [`ScramClient::client_first`], then [`ScramClient::client_final`] with the
+/// server-first-message, then [`ScramClient::verify_server_final`] with the
+/// server-final-message, which proves the server knew the credentials.
+pub struct ScramClient {
+    hash: ScramHash,
+    password: String,
+    first_bare: String,
+    nonce: String,
+    server_signature: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScramClient")
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScramClient {
+    /// A client for `username` and `password` with a fresh random nonce.
+    pub fn new(hash: ScramHash, username: &str, password: &str) -> Result<Self, ScramError> {
+        let mut nonce = [0u8; SERVER_NONCE_BYTES];
+        OsRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|_| ScramError::RandomUnavailable)?;
+        let nonce = B64.encode(nonce);
+        let name = username.replace('=', "=3D").replace(',', "=2C");
+        Ok(Self {
+            hash,
+            password: password.to_owned(),
+            first_bare: format!("n={name},r={nonce}"),
+            nonce,
+            server_signature: None,
+        })
+    }
+
+    /// client-first-message.
+    pub fn client_first(&self) -> Vec<u8> {
+        format!("n,,{}", self.first_bare).into_bytes()
+    }
+
+    /// client-final-message for `server_first`.
+    pub fn client_final(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ScramError> {
+        let bad = |reason| ScramError::Malformed {
+            message: "server-first-message",
+            reason,
+        };
+        let text = std::str::from_utf8(server_first).map_err(|_| bad("not UTF-8"))?;
+        let mut parts = text.split(',');
+        let nonce = parts
+            .next()
+            .and_then(|p| p.strip_prefix("r="))
+            .ok_or(bad("expected r="))?;
+        let salt = parts
+            .next()
+            .and_then(|p| p.strip_prefix("s="))
+            .and_then(|p| B64.decode(p).ok())
+            .ok_or(bad("expected s= with base64"))?;
+        let iterations: u32 = parts
+            .next()
+            .and_then(|p| p.strip_prefix("i="))
+            .and_then(|p| p.parse().ok())
+            .ok_or(bad("expected i= with a number"))?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(ScramError::NonceMismatch);
+        }
+        check_iterations(iterations)?;
+        check_salt(&salt)?;
+        let salted = self
+            .hash
+            .salted_password(self.password.as_bytes(), &salt, iterations);
+        let client_key = self.hash.hmac(&salted, &[b"Client Key"])?;
+        let stored_key = self.hash.digest(&client_key);
+        let server_key = self.hash.hmac(&salted, &[b"Server Key"])?;
+        let without_proof = format!("c={},r={nonce}", B64.encode("n,,"));
+        let auth_message = format!("{},{text},{without_proof}", self.first_bare);
+        let signature = self.hash.hmac(&stored_key, &[auth_message.as_bytes()])?;
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        self.server_signature = Some(self.hash.hmac(&server_key, &[auth_message.as_bytes()])?);
+        Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
+    }
+
+    /// Checks server-final-message (`v=...`) against the signature the server must have sent.
+    pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), ScramError> {
+        let expected = self
+            .server_signature
+            .as_ref()
+            .ok_or(ScramError::AuthenticationFailed)?;
+        let got = std::str::from_utf8(server_final)
+            .ok()
+            .and_then(|t| t.strip_prefix("v="))
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or(ScramError::AuthenticationFailed)?;
+        if bool::from(got.ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(ScramError::AuthenticationFailed)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(
@@ -1629,5 +1738,31 @@ mod tests {
             ScramError::AuthenticationFailed.to_string(),
             "SCRAM authentication failed"
         );
+    }
+
+    #[test]
+    fn the_public_client_completes_an_exchange_and_checks_the_server() {
+        for hash in [ScramHash::Sha256, ScramHash::Sha512] {
+            let creds = ScramCredentials::derive(hash, "correct horse battery", 4096).unwrap();
+            let mut client = ScramClient::new(hash, "alice", "correct horse battery").unwrap();
+            let (server, first) =
+                ScramServer::start_os_rng(&config(), hash, &client.client_first(), |name| {
+                    (name == "alice").then(|| creds.clone())
+                })
+                .unwrap();
+            let client_final = client.client_final(&first).unwrap();
+            let (server_final, name) = server.finish(&client_final).unwrap();
+            assert_eq!(name, "alice");
+            client.verify_server_final(&server_final).unwrap();
+            assert!(client.verify_server_final(b"v=AAAA").is_err());
+            let mut wrong = ScramClient::new(hash, "alice", "wrong password").unwrap();
+            let (server, first) =
+                ScramServer::start_os_rng(&config(), hash, &wrong.client_first(), |_| {
+                    Some(creds.clone())
+                })
+                .unwrap();
+            let client_final = wrong.client_final(&first).unwrap();
+            assert!(server.finish(&client_final).is_err());
+        }
     }
 }

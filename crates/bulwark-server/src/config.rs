@@ -7,6 +7,7 @@ use std::time::Duration;
 use bulwark_core::BrokerConfig;
 use bulwark_proto::DecoderLimits;
 
+use crate::auth::{AuthSettings, Authenticator};
 use crate::proxy::TrustedProxies;
 use crate::tls::{ClientAuth, TlsSettings};
 use crate::ws::WsOptions;
@@ -70,6 +71,12 @@ pub struct ListenerConfig {
     /// At most this many connections at once on this listener (0: no cap of its own); one
     /// more is accepted and closed at once, before any handshake.
     pub max_connections: usize,
+    /// The authenticator chain, in order; empty: the default chain (see
+    /// [`ListenerConfig::chain`]).
+    pub authenticators: Vec<Authenticator>,
+    /// Lets clients without any credentials in (they are refused with 0x87 otherwise); a
+    /// warning is logged at every start.
+    pub dangerous_allow_anonymous: bool,
 }
 
 impl ListenerConfig {
@@ -82,6 +89,8 @@ impl ListenerConfig {
             dangerous_plaintext: false,
             proxy_protocol: None,
             max_connections: 0,
+            authenticators: Vec::new(),
+            dangerous_allow_anonymous: false,
         }
     }
 
@@ -94,14 +103,35 @@ impl ListenerConfig {
             dangerous_plaintext: false,
             proxy_protocol: None,
             max_connections: 0,
+            authenticators: Vec::new(),
+            dangerous_allow_anonymous: false,
         }
     }
 
-    /// Whether clients on this listener are authenticated by a required client certificate.
-    fn certificate_required(&self) -> bool {
+    /// Whether clients on this listener may present a verified client certificate.
+    fn takes_certificates(&self) -> bool {
         self.kind
             .tls()
-            .is_some_and(|tls| tls.client_auth == ClientAuth::Required)
+            .is_some_and(|tls| tls.client_auth != ClientAuth::None)
+    }
+
+    /// The authenticator chain in force: `authenticators` if set, else `certificate` (on a
+    /// listener that takes client certificates), `scram`, `jwt` (when `[auth.jwt]` is
+    /// configured) and `password`, in that order.
+    pub fn chain(&self, auth: &AuthSettings) -> Vec<Authenticator> {
+        if !self.authenticators.is_empty() {
+            return self.authenticators.clone();
+        }
+        let mut chain = Vec::new();
+        if self.takes_certificates() {
+            chain.push(Authenticator::Certificate);
+        }
+        chain.push(Authenticator::Scram);
+        if auth.jwt.is_some() {
+            chain.push(Authenticator::Jwt);
+        }
+        chain.push(Authenticator::Password);
+        chain
     }
 }
 
@@ -125,8 +155,10 @@ pub struct ServerConfig {
     /// whole broker runs on a single thread (no cross-thread wake-ups: lowest latency).
     pub workers: usize,
     /// How often TLS listeners' files are checked for changes (they are also reloaded on
-    /// SIGHUP).
+    /// SIGHUP); the password store is checked as often.
     pub tls_watch_interval: Duration,
+    /// Authentication: the password store, JWT, backoff and bans, the audit file.
+    pub auth: AuthSettings,
 }
 
 impl ServerConfig {
@@ -153,6 +185,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             workers: 0,
             tls_watch_interval: Duration::from_secs(5),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -182,8 +215,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ServerConfig {
-    /// Checks rules that span fields. Authentication has not landed yet, so a listener on a
-    /// non-loopback address would be an open broker: it is refused.
+    /// Checks rules that span fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if self.listeners.is_empty() {
@@ -200,21 +232,37 @@ impl ServerConfig {
                     listener.kind.name()
                 ));
             }
-            if public && !listener.certificate_required() {
+            for authenticator in &listener.authenticators {
+                match authenticator {
+                    Authenticator::Certificate | Authenticator::CertificateAndPassword
+                        if !listener.takes_certificates() =>
+                    {
+                        problems.push(format!(
+                            "listener[{i}].authenticators: \"{}\" needs a tls or wss listener \
+                             with tls.client_auth = \"optional\" or \"required\"",
+                            authenticator.name()
+                        ));
+                    }
+                    Authenticator::Jwt if self.auth.jwt.is_none() => problems.push(format!(
+                        "listener[{i}].authenticators: \"jwt\" needs an [auth.jwt] section"
+                    )),
+                    _ => {}
+                }
+            }
+            if public && listener.dangerous_allow_anonymous && listener.dangerous_plaintext {
                 problems.push(format!(
-                    "listener[{i}].bind = \"{}\": until password authentication is available, a \
-                     non-loopback listener must authenticate clients by certificate (tls with \
-                     client_auth = \"required\"); clients would connect anonymously",
+                    "listener[{i}]: dangerous_allow_anonymous together with dangerous_plaintext on \
+                     the non-loopback address {} is an open broker on the network; refused",
                     listener.bind
                 ));
             }
-            if let Some(ws) = listener.kind.websocket() {
-                if !ws.path.starts_with('/') {
-                    problems.push(format!(
-                        "listener[{i}].websocket.path = \"{}\": must start with '/'",
-                        ws.path
-                    ));
-                }
+            if let Some(ws) = listener.kind.websocket()
+                && !ws.path.starts_with('/')
+            {
+                problems.push(format!(
+                    "listener[{i}].websocket.path = \"{}\": must start with '/'",
+                    ws.path
+                ));
             }
             if listener
                 .proxy_protocol

@@ -6,16 +6,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bulwark_core::{ConnectionId, KeepAlive, Output};
+use bulwark_core::{ConnectAuth, ConnectionId, KeepAlive, Output};
 use bulwark_proto::{
-    ConnAck, Connect, ConnectReturnCode, DecodeError, Decoder, DecoderLimits, Disconnect, Encoder,
-    Packet, ProtocolVersion, ReasonCode,
+    Auth, ConnAck, Connect, ConnectReturnCode, DecodeError, Decoder, DecoderLimits, Disconnect,
+    Encoder, MqttString, Packet, ProtocolVersion, ReasonCode,
 };
+use bulwark_security::event::EventKind;
+use bulwark_security::scram::{ScramHash, ScramServer};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use crate::auth::{Attempt, AuthService, Authenticator, Identity, ListenerAuth, Refusal};
 use crate::outbox::Outbox;
 use crate::router::{ToRouter, Traffic};
 use crate::tls::IdentitySource;
@@ -35,6 +38,7 @@ pub(crate) struct DriverContext {
     pub(crate) connect_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) traffic: Arc<Traffic>,
+    pub(crate) auth: Arc<AuthService>,
 }
 
 /// How a listener turns a verified client certificate into the MQTT identity.
@@ -42,6 +46,34 @@ pub(crate) struct DriverContext {
 pub(crate) struct CertIdentity {
     pub(crate) source: IdentitySource,
     pub(crate) as_client_id: bool,
+}
+
+/// The Authentication Method of a token given as Authentication Data.
+const JWT_METHOD: &str = "JWT";
+
+/// A connection's authentication state, lent to [`Driver::reauthenticate`].
+struct Reauth<'a> {
+    method: Option<&'a MqttString>,
+    client_id: &'a str,
+    identity: &'a mut Identity,
+    scram: &'a mut Option<ScramServer>,
+    expires: &'a mut Option<tokio::time::Instant>,
+}
+
+/// The method name of a re-authentication, as a static string for the identity.
+fn method_name(method: &MqttString) -> &'static str {
+    match ScramHash::from_method(method.as_str()) {
+        Some(hash) => hash.method(),
+        None => JWT_METHOD,
+    }
+}
+
+/// The runtime instant of a wall-clock deadline (now if it has passed).
+fn deadline_of(at: std::time::SystemTime) -> tokio::time::Instant {
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
 }
 
 /// Why a connection ended, for the log.
@@ -62,6 +94,10 @@ enum End {
     RouterGone,
     /// A client certificate's identity was refused.
     Identity,
+    /// The credentials were refused at CONNECT or at re-authentication.
+    Refused,
+    /// The credentials expired (a JWT's `exp`) without a re-authentication.
+    Expired,
 }
 
 /// The task of one connection. A plain function returning the future, so that the socket
@@ -76,11 +112,14 @@ pub(crate) fn drive<S: Transport>(
     ctx: Arc<DriverContext>,
     accepted: tokio::time::Instant,
     identity: Option<CertIdentity>,
+    listener: Arc<ListenerAuth>,
 ) -> impl Future<Output = ()> {
     let mut driver = Driver {
         stream,
+        peer,
         accepted,
         identity,
+        listener,
         conn,
         decoder: Decoder::server(ctx.limits),
         encoder: Encoder::new(ProtocolVersion::V5),
@@ -93,6 +132,7 @@ pub(crate) fn drive<S: Transport>(
         if driver.registered {
             let _ = driver.ctx.router.send(ToRouter::Lost { conn }).await;
         }
+        driver.ctx.auth.unregister(conn);
         match &end {
             End::Closed | End::Engine => debug!(%peer, conn = conn.0, ?end, "connection closed"),
             _ => info!(%peer, conn = conn.0, ?end, "connection ended"),
@@ -102,8 +142,10 @@ pub(crate) fn drive<S: Transport>(
 
 struct Driver<S> {
     stream: S,
+    peer: SocketAddr,
     accepted: tokio::time::Instant,
     identity: Option<CertIdentity>,
+    listener: Arc<ListenerAuth>,
     conn: ConnectionId,
     decoder: Decoder,
     encoder: Encoder,
@@ -182,12 +224,14 @@ impl<S: Transport> Driver<S> {
     /// With a verified client certificate on a listener that maps it, the certificate's
     /// identity replaces the CONNECT's username (and client identifier, if so configured):
     /// the client cannot claim another.
-    fn apply_certificate_identity(&self, connect: &mut Connect) -> Result<(), String> {
+    ///
+    /// Returns the certificate's identity, if one was applied.
+    fn apply_certificate_identity(&self, connect: &mut Connect) -> Result<Option<String>, String> {
         let (Some(mapping), Some(leaf)) = (
             self.identity,
             self.stream.peer_certificates().and_then(<[_]>::first),
         ) else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(identity) = crate::tls::certificate_identity(leaf, mapping.source)? else {
             return Err(format!(
@@ -196,14 +240,14 @@ impl<S: Transport> Driver<S> {
             ));
         };
         connect.username = Some(
-            bulwark_proto::MqttString::new(&identity)
+            MqttString::new(&identity)
                 .map_err(|e| format!("certificate identity {identity:?}: {e}"))?,
         );
         if mapping.as_client_id {
             connect.client_id = bulwark_proto::ClientId::new(&identity)
                 .map_err(|e| format!("certificate identity {identity:?} as client id: {e}"))?;
         }
-        Ok(())
+        Ok(Some(identity))
     }
 
     /// Answers a CONNECT with a refusal and closes: CONNACK with `code` (its 3.1.1 return
@@ -211,7 +255,7 @@ impl<S: Transport> Driver<S> {
     async fn refuse(&mut self, version: ProtocolVersion, code: ReasonCode, why: &str) {
         if version.is_v5() {
             let mut connack = ConnAck::new(false, code);
-            connack.properties.reason_string = bulwark_proto::MqttString::new(why).ok();
+            connack.properties.reason_string = MqttString::new(why).ok();
             let _ = Encoder::new(version)
                 .encode_fitting(&mut Packet::ConnAck(Box::new(connack)), &mut self.out);
         } else if ConnectReturnCode::from_reason(code).is_some() {
@@ -227,8 +271,7 @@ impl<S: Transport> Driver<S> {
         match self.decoder.protocol_version() {
             Some(version) if version.is_v5() => {
                 let mut connack = ConnAck::new(false, code);
-                connack.properties.reason_string =
-                    bulwark_proto::MqttString::new(&err.to_string()).ok();
+                connack.properties.reason_string = MqttString::new(&err.to_string()).ok();
                 let _ = Encoder::new(version)
                     .encode_fitting(&mut Packet::ConnAck(Box::new(connack)), &mut self.out);
             }
@@ -276,28 +319,389 @@ impl<S: Transport> Driver<S> {
         }
     }
 
+    /// Reads one packet before the CONNACK (an AUTH of an exchange), within `deadline`.
+    async fn read_early_packet(&mut self, deadline: tokio::time::Instant) -> Result<Packet, End> {
+        loop {
+            match self.decoder.poll_packet() {
+                Ok(Some(packet)) => return Ok(packet),
+                Ok(None) => {}
+                Err(err) => return Err(End::Decode(Box::new(err))),
+            }
+            match tokio::time::timeout_at(deadline, self.read_some(CONNECT_CHUNK)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(end)) => return Err(end),
+                Err(_) => return Err(End::ConnectTimeout),
+            }
+        }
+    }
+
+    /// Encodes an AUTH packet for the client.
+    fn push_auth(&mut self, code: ReasonCode, method: &MqttString, data: Option<Vec<u8>>) {
+        let mut auth = Auth {
+            reason_code: code,
+            properties: bulwark_proto::AuthProperties::default(),
+        };
+        auth.properties.authentication_method = Some(method.clone());
+        auth.properties.authentication_data = data.map(bytes::Bytes::from);
+        let _ = self
+            .encoder
+            .encode_fitting(&mut Packet::Auth(auth), &mut self.out);
+    }
+
+    /// Authenticates the CONNECT: the listener's chain, or the enhanced authentication
+    /// exchange its Authentication Method asks for. On refusal the client has been answered
+    /// and the connection is to close.
+    async fn authenticate(
+        &mut self,
+        connect: &mut Connect,
+        certificate: Option<String>,
+    ) -> Result<(Identity, ConnectAuth), End> {
+        let auth = self.ctx.auth.clone();
+        let listener = self.listener.clone();
+        let client_id = connect.client_id.as_str().to_owned();
+        let username = connect.username.as_ref().map(|u| u.as_str().to_owned());
+        let method = connect.properties.authentication_method.clone();
+        let (result, attempt_user, method_name, reply) = match method {
+            None => {
+                let attempt = Attempt {
+                    listener: &listener,
+                    peer: self.peer,
+                    client_id: &client_id,
+                    username: username.as_deref(),
+                    method: "connect",
+                    reauth: false,
+                };
+                let result = match auth.gate(&attempt).await {
+                    Ok(()) => {
+                        auth.check_connect(&listener, connect, certificate.as_deref())
+                            .await
+                    }
+                    Err(refusal) => Err(refusal),
+                };
+                (result, username.clone(), "connect", ConnectAuth::default())
+            }
+            Some(method) => {
+                let name = method.as_str();
+                if let Some(hash) =
+                    ScramHash::from_method(name).filter(|_| listener.has(Authenticator::Scram))
+                {
+                    return self.scram_connect(connect, hash, method, &client_id).await;
+                }
+                if name == JWT_METHOD && listener.has(Authenticator::Jwt) && auth.has_jwt() {
+                    let attempt = Attempt {
+                        listener: &listener,
+                        peer: self.peer,
+                        client_id: &client_id,
+                        username: username.as_deref(),
+                        method: JWT_METHOD,
+                        reauth: false,
+                    };
+                    let token = connect
+                        .properties
+                        .authentication_data
+                        .clone()
+                        .unwrap_or_default();
+                    let result = match auth.gate(&attempt).await {
+                        Ok(()) => {
+                            auth.check_jwt_data(&token, username.as_deref(), &client_id)
+                                .await
+                        }
+                        Err(refusal) => Err(refusal),
+                    };
+                    let reply = ConnectAuth {
+                        method: Some(method),
+                        data: None,
+                    };
+                    (result, username.clone(), JWT_METHOD, reply)
+                } else {
+                    let refusal = Refusal {
+                        code: ReasonCode::BadAuthenticationMethod,
+                        reason: format!(
+                            "authentication method {name:?} is not offered on this listener"
+                        ),
+                        counts: false,
+                        kind: EventKind::AuthFailure,
+                    };
+                    (
+                        Err(refusal),
+                        username.clone(),
+                        "enhanced",
+                        ConnectAuth::default(),
+                    )
+                }
+            }
+        };
+        let attempt = Attempt {
+            listener: &listener,
+            peer: self.peer,
+            client_id: &client_id,
+            username: attempt_user.as_deref(),
+            method: method_name,
+            reauth: false,
+        };
+        auth.conclude(&attempt, &result).await;
+        match result {
+            Ok(identity) => {
+                auth.register(self.conn, &attempt, &identity);
+                Ok((identity, reply))
+            }
+            Err(refusal) => {
+                self.refuse(
+                    connect.protocol_version,
+                    refusal.code,
+                    refusal.public_reason(),
+                )
+                .await;
+                Err(End::Refused)
+            }
+        }
+    }
+
+    /// SCRAM over AUTH packets at CONNECT: client-first in the CONNECT, server-first in an
+    /// AUTH, client-final in the client's AUTH, server-final in the CONNACK.
+    async fn scram_connect(
+        &mut self,
+        connect: &Connect,
+        hash: ScramHash,
+        method: MqttString,
+        client_id: &str,
+    ) -> Result<(Identity, ConnectAuth), End> {
+        let auth = self.ctx.auth.clone();
+        let listener = self.listener.clone();
+        let version = connect.protocol_version;
+        let first = connect
+            .properties
+            .authentication_data
+            .clone()
+            .unwrap_or_default();
+        let started = auth.scram_start(hash, &first);
+        let username = started
+            .as_ref()
+            .ok()
+            .map(|(server, _)| server.username().to_owned());
+        let attempt = Attempt {
+            listener: &listener,
+            peer: self.peer,
+            client_id,
+            username: username.as_deref(),
+            method: hash.method(),
+            reauth: false,
+        };
+        let result = match started {
+            Err(err) => Err(AuthService::scram_refusal(&err)),
+            Ok((server, server_first)) => match auth.gate(&attempt).await {
+                Err(refusal) => Err(refusal),
+                Ok(()) => {
+                    self.push_auth(
+                        ReasonCode::ContinueAuthentication,
+                        &method,
+                        Some(server_first),
+                    );
+                    self.flush().await?;
+                    let deadline = tokio::time::Instant::now() + self.ctx.connect_timeout;
+                    match self.read_early_packet(deadline).await {
+                        Ok(Packet::Auth(reply))
+                            if reply.reason_code == ReasonCode::ContinueAuthentication
+                                && reply.properties.authentication_method.as_ref()
+                                    == Some(&method) =>
+                        {
+                            let data = reply.properties.authentication_data.unwrap_or_default();
+                            match server.finish(&data) {
+                                Ok((server_final, name)) => {
+                                    Ok((auth.scram_identity(&name, hash.method()), server_final))
+                                }
+                                Err(err) => Err(AuthService::scram_refusal(&err)),
+                            }
+                        }
+                        Ok(_) => {
+                            let refusal = Refusal {
+                                code: ReasonCode::ProtocolError,
+                                reason: "SCRAM: expected AUTH with Continue authentication and the same method".into(),
+                                counts: true,
+                                kind: EventKind::AuthFailure,
+                            };
+                            Err(refusal)
+                        }
+                        Err(end) => {
+                            let refusal = Refusal {
+                                code: ReasonCode::NotAuthorized,
+                                reason: "SCRAM: the client left the exchange".into(),
+                                counts: true,
+                                kind: EventKind::AuthFailure,
+                            };
+                            auth.conclude(&attempt, &Err(refusal)).await;
+                            return Err(end);
+                        }
+                    }
+                }
+            },
+        };
+        let identity_result = result
+            .as_ref()
+            .map(|(identity, _)| identity.clone())
+            .map_err(Clone::clone);
+        auth.conclude(&attempt, &identity_result).await;
+        match result {
+            Ok((identity, server_final)) => {
+                auth.register(self.conn, &attempt, &identity);
+                let reply = ConnectAuth {
+                    method: Some(method),
+                    data: Some(bytes::Bytes::from(server_final)),
+                };
+                Ok((identity, reply))
+            }
+            Err(refusal) => {
+                self.refuse(version, refusal.code, refusal.public_reason())
+                    .await;
+                Err(End::Refused)
+            }
+        }
+    }
+
+    /// Sends DISCONNECT `code` (5.0) and flushes: the connection is to close.
+    async fn disconnect(&mut self, code: ReasonCode, why: &str) {
+        if self.encoder.version().is_v5() {
+            let mut d = Disconnect::new(code);
+            d.properties.reason_string = MqttString::new(why).ok();
+            let _ = self
+                .encoder
+                .encode_fitting(&mut Packet::Disconnect(d), &mut self.out);
+        }
+        let _ = self.flush().await;
+    }
+
+    /// Handles an AUTH packet after the CONNACK: 5.0 re-authentication with the method of
+    /// the CONNECT ([MQTT-4.12.1-1]). A failure closes the connection with 0x87.
+    async fn reauthenticate(&mut self, packet: Auth, state: Reauth<'_>) -> Result<(), End> {
+        let Some(method) = state.method else {
+            self.disconnect(
+                ReasonCode::ProtocolError,
+                "[MQTT-4.12.0-7] AUTH without an Authentication Method in CONNECT",
+            )
+            .await;
+            return Err(End::Refused);
+        };
+        if packet.properties.authentication_method.as_ref() != Some(method) {
+            self.disconnect(
+                ReasonCode::ProtocolError,
+                "[MQTT-4.12.1-1] re-authentication must use the method of the CONNECT",
+            )
+            .await;
+            return Err(End::Refused);
+        }
+        let auth = self.ctx.auth.clone();
+        let listener = self.listener.clone();
+        let username = state.identity.username.as_deref().map(str::to_owned);
+        let data = packet.properties.authentication_data.unwrap_or_default();
+        let attempt = Attempt {
+            listener: &listener,
+            peer: self.peer,
+            client_id: state.client_id,
+            username: username.as_deref(),
+            method: "reauth",
+            reauth: true,
+        };
+        let hash = ScramHash::from_method(method.as_str());
+        let result = match (packet.reason_code, hash) {
+            (ReasonCode::ReAuthenticate, _) if state.scram.is_some() => Err(None),
+            (ReasonCode::ReAuthenticate, Some(hash)) => match auth.scram_start(hash, &data) {
+                Ok((server, first)) if Some(server.username()) == username.as_deref() => {
+                    *state.scram = Some(server);
+                    self.push_auth(ReasonCode::ContinueAuthentication, method, Some(first));
+                    return self.flush().await;
+                }
+                Ok(_) => Err(Some(Refusal::reauth("SCRAM: a different username"))),
+                Err(err) => Err(Some(AuthService::scram_refusal(&err))),
+            },
+            (ReasonCode::ReAuthenticate, None) => {
+                match auth
+                    .check_jwt_data(&data, username.as_deref(), state.client_id)
+                    .await
+                {
+                    Ok(identity) if identity.username.as_deref() == username.as_deref() => {
+                        Ok((identity, None))
+                    }
+                    Ok(_) => Err(Some(Refusal::reauth("JWT: a different username"))),
+                    Err(refusal) => Err(Some(refusal)),
+                }
+            }
+            (ReasonCode::ContinueAuthentication, Some(_)) => match state.scram.take() {
+                None => Err(None),
+                Some(server) => match server.finish(&data) {
+                    Ok((server_final, name)) if Some(name.as_str()) == username.as_deref() => Ok((
+                        auth.scram_identity(&name, method_name(method)),
+                        Some(server_final),
+                    )),
+                    Ok(_) => Err(Some(Refusal::reauth("SCRAM: a different username"))),
+                    Err(err) => Err(Some(AuthService::scram_refusal(&err))),
+                },
+            },
+            _ => Err(None),
+        };
+        match result {
+            Ok((identity, reply)) => {
+                auth.conclude(&attempt, &Ok(identity.clone())).await;
+                *state.expires = identity.expires_at.map(deadline_of);
+                *state.identity = identity;
+                self.push_auth(ReasonCode::Success, method, reply);
+                self.flush().await
+            }
+            Err(None) => {
+                self.disconnect(
+                    ReasonCode::ProtocolError,
+                    "AUTH out of sequence for this authentication method",
+                )
+                .await;
+                Err(End::Refused)
+            }
+            Err(Some(refusal)) => {
+                auth.conclude(&attempt, &Err(refusal)).await;
+                self.disconnect(ReasonCode::NotAuthorized, "re-authentication failed")
+                    .await;
+                Err(End::Refused)
+            }
+        }
+    }
+
     async fn run(&mut self) -> End {
         let mut connect = match Box::pin(self.read_connect()).await {
             Ok(connect) => connect,
             Err(end) => return end,
         };
-        if let Err(why) = self.apply_certificate_identity(&mut connect) {
-            info!(conn = self.conn.0, %why, "client certificate identity refused");
-            self.refuse(connect.protocol_version, ReasonCode::NotAuthorized, &why)
-                .await;
-            return End::Identity;
-        }
+        let certificate = match self.apply_certificate_identity(&mut connect) {
+            Ok(certificate) => certificate,
+            Err(why) => {
+                info!(conn = self.conn.0, %why, "client certificate identity refused");
+                self.refuse(connect.protocol_version, ReasonCode::NotAuthorized, &why)
+                    .await;
+                return End::Identity;
+            }
+        };
         let version = connect.protocol_version;
         self.encoder = Encoder::new(version);
         if let Some(max) = connect.properties.maximum_packet_size {
             self.encoder.set_max_packet_size(max.get());
         }
+        // Boxed: the exchange's states need not live in the connection's future.
+        let (mut identity, connect_auth) =
+            match Box::pin(self.authenticate(&mut connect, certificate)).await {
+                Ok(done) => done,
+                Err(end) => return end,
+            };
+        if let Some(name) = &identity.username {
+            connect.username = MqttString::new(name).ok();
+        }
+        let method = connect_auth.method.clone();
+        let client_id = connect.client_id.as_str().to_owned();
+        let mut reauth: Option<ScramServer> = None;
+        let mut expires = identity.expires_at.map(deadline_of);
         let mut keep_alive_secs = connect.keep_alive;
         let outbox = Arc::new(Outbox::default());
         let registration = ToRouter::Connect {
             conn: self.conn,
             connect,
             outbox: outbox.clone(),
+            auth: connect_auth,
         };
         if self.ctx.router.send(registration).await.is_err() {
             return End::RouterGone;
@@ -305,6 +709,7 @@ impl<S: Transport> Driver<S> {
         self.registered = true;
         let mut keep_alive = KeepAlive::new(keep_alive_secs, Instant::now());
         let mut batch: Vec<Packet> = Vec::new();
+        let mut auths: Vec<Auth> = Vec::new();
         self.release_read_buffer();
 
         // Phase 2: packets both ways until one side ends it.
@@ -313,6 +718,12 @@ impl<S: Transport> Driver<S> {
             let ka_sleep = async {
                 match ka_deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let expiry = async {
+                match expires {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -328,6 +739,7 @@ impl<S: Transport> Driver<S> {
                                 // Answered here: the engine need not see keep-alive traffic.
                                 let _ = self.encoder.encode(&Packet::PingResp, &mut self.out);
                             }
+                            Ok(Some(Packet::Auth(auth))) => auths.push(auth),
                             Ok(Some(packet)) => batch.push(packet),
                             Ok(None) => break None,
                             Err(err) => break Some(Box::new(err)),
@@ -341,11 +753,23 @@ impl<S: Transport> Driver<S> {
                             return End::RouterGone;
                         }
                     }
+                    for auth in std::mem::take(&mut auths) {
+                        let state = Reauth {
+                            method: method.as_ref(),
+                            client_id: &client_id,
+                            identity: &mut identity,
+                            scram: &mut reauth,
+                            expires: &mut expires,
+                        };
+                        if let Err(end) = Box::pin(self.reauthenticate(auth, state)).await {
+                            return end;
+                        }
+                    }
                     if let Some(err) = failure {
                         if version.is_v5() {
                             let mut d = Disconnect::new(err.reason_code());
                             d.properties.reason_string =
-                                bulwark_proto::MqttString::new(&err.to_string()).ok();
+                                MqttString::new(&err.to_string()).ok();
                             let _ = self
                                 .encoder
                                 .encode_fitting(&mut Packet::Disconnect(d), &mut self.out);
@@ -393,6 +817,16 @@ impl<S: Transport> Driver<S> {
                         let _ = self.stream.shutdown().await;
                         return End::Engine;
                     }
+                }
+                () = expiry => {
+                    if version.is_v5() {
+                        let mut d = Disconnect::new(ReasonCode::NotAuthorized);
+                        d.properties.reason_string = MqttString::new("credentials expired").ok();
+                        let _ = self.encoder.encode_fitting(&mut Packet::Disconnect(d), &mut self.out);
+                        let _ = self.flush().await;
+                    }
+                    self.ctx.auth.forced_disconnect(self.conn, "credentials expired (JWT exp) without re-authentication");
+                    return End::Expired;
                 }
                 () = ka_sleep => {
                     if version.is_v5() {

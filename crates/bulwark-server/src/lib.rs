@@ -8,8 +8,12 @@
 //! protocol logic of its own.
 #![forbid(unsafe_code)]
 
+pub(crate) mod audit;
+pub mod auth;
 mod config;
 mod driver;
+pub mod files;
+pub(crate) mod jwks;
 mod outbox;
 pub(crate) mod proxy;
 mod router;
@@ -18,6 +22,7 @@ pub mod tls;
 mod transport;
 pub(crate) mod ws;
 
+pub use auth::{AuthSettings, Authenticator, JwtAuthSettings};
 pub use config::{ConfigError, ListenerConfig, ListenerKind, ServerConfig};
 pub use proxy::TrustedProxies;
 pub use server::{Server, ServerError};

@@ -23,6 +23,8 @@ pub(crate) enum ToRouter {
         conn: ConnectionId,
         connect: Box<Connect>,
         outbox: Arc<Outbox>,
+        /// What the CONNACK carries back from an enhanced authentication exchange.
+        auth: bulwark_core::ConnectAuth,
     },
     /// Packets decoded after CONNECT, in order.
     Packets {
@@ -32,7 +34,11 @@ pub(crate) enum ToRouter {
     /// The connection ended without the engine asking for it.
     Lost { conn: ConnectionId },
     /// Close these connections: their client certificates were revoked.
-    Revoked { conns: Vec<ConnectionId> },
+    Kick {
+        conns: Vec<ConnectionId>,
+        code: bulwark_proto::ReasonCode,
+        why: &'static str,
+    },
 }
 
 /// Bytes moved by all drivers, for `$SYS`.
@@ -123,9 +129,11 @@ impl Router {
                 conn,
                 connect,
                 outbox,
+                auth,
             } => {
                 peers.insert(conn, outbox);
-                self.broker.handle_connect(conn, *connect, now);
+                self.broker
+                    .handle_authenticated_connect(conn, *connect, auth, now);
             }
             ToRouter::Packets { conn, packets } => {
                 for packet in packets {
@@ -136,15 +144,10 @@ impl Router {
                 self.broker.handle_connection_lost(conn, now);
                 peers.remove(&conn);
             }
-            ToRouter::Revoked { conns } => {
+            ToRouter::Kick { conns, code, why } => {
                 for conn in conns {
-                    // 5.0 clients are told why (DISCONNECT 0x87); all are closed.
-                    self.broker.disconnect(
-                        conn,
-                        bulwark_proto::ReasonCode::NotAuthorized,
-                        "client certificate revoked",
-                        now,
-                    );
+                    // 5.0 clients are told why; all are closed.
+                    self.broker.disconnect(conn, code, why, now);
                 }
             }
         }

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::auth::{AuthService, ListenerAuth};
 use crate::config::{ConfigError, ListenerKind, ServerConfig};
 use crate::driver::{CertIdentity, DriverContext, drive};
 use crate::proxy::TrustedProxies;
@@ -39,6 +40,8 @@ pub enum ServerError {
         /// What is wrong.
         source: TlsError,
     },
+    /// The password store, a JWT key or the audit file is not usable.
+    Auth(String),
 }
 
 impl std::fmt::Display for ServerError {
@@ -47,6 +50,7 @@ impl std::fmt::Display for ServerError {
             Self::Config(err) => err.fmt(f),
             Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Self::Tls { listener, source } => write!(f, "listener {listener}: {source}"),
+            Self::Auth(err) => write!(f, "authentication: {err}"),
         }
     }
 }
@@ -58,6 +62,7 @@ impl std::error::Error for ServerError {}
 pub struct Server {
     config: ServerConfig,
     listeners: Vec<Bound>,
+    auth: Arc<AuthService>,
 }
 
 /// A bound listener and what it serves.
@@ -69,6 +74,7 @@ struct Bound {
     layers: Option<Arc<Layers>>,
     tls: Option<Arc<TlsAcceptor>>,
     kind: &'static str,
+    auth: Arc<ListenerAuth>,
 }
 
 /// What stands between an accepted socket and MQTT: a PROXY header, TLS, WebSocket, in that
@@ -78,12 +84,14 @@ struct Layers {
     proxy: Option<TrustedProxies>,
     tls: Option<Arc<TlsAcceptor>>,
     ws: Option<WsOptions>,
+    auth: Arc<ListenerAuth>,
 }
 
 impl Server {
     /// Validates the configuration and binds every listener.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         config.validate().map_err(ServerError::Config)?;
+        let auth = Arc::new(AuthService::new(&config.auth).map_err(ServerError::Auth)?);
         let mut listeners = Vec::new();
         for listener in &config.listeners {
             // Certificates first: a listener never binds with files it cannot serve.
@@ -96,15 +104,6 @@ impl Server {
                     },
                 )?)),
             };
-            let ws = listener.kind.websocket().cloned();
-            let layers =
-                (tls.is_some() || ws.is_some() || listener.proxy_protocol.is_some()).then(|| {
-                    Arc::new(Layers {
-                        proxy: listener.proxy_protocol.clone(),
-                        tls: tls.clone(),
-                        ws,
-                    })
-                });
             let socket =
                 TcpListener::bind(listener.bind)
                     .await
@@ -119,7 +118,35 @@ impl Server {
                     "dangerous_plaintext: MQTT in clear text on a non-loopback address"
                 );
             }
+            if listener.dangerous_allow_anonymous {
+                warn!(
+                    listener = %listener.name,
+                    "dangerous_allow_anonymous: clients without credentials are let in"
+                );
+            }
+            let chain = listener.chain(&config.auth);
+            info!(
+                listener = %listener.name,
+                authenticators = ?chain.iter().map(|a| a.name()).collect::<Vec<_>>(),
+                "authentication chain"
+            );
+            let listener_auth = Arc::new(ListenerAuth {
+                name: Arc::from(listener.name.as_str()),
+                chain,
+                allow_anonymous: listener.dangerous_allow_anonymous,
+            });
+            let ws = listener.kind.websocket().cloned();
+            let layers =
+                (tls.is_some() || ws.is_some() || listener.proxy_protocol.is_some()).then(|| {
+                    Arc::new(Layers {
+                        proxy: listener.proxy_protocol.clone(),
+                        tls: tls.clone(),
+                        ws,
+                        auth: listener_auth.clone(),
+                    })
+                });
             listeners.push(Bound {
+                auth: listener_auth,
                 name: listener.name.clone(),
                 max_connections: listener.max_connections,
                 socket,
@@ -133,7 +160,11 @@ impl Server {
                 },
             });
         }
-        Ok(Self { config, listeners })
+        Ok(Self {
+            config,
+            listeners,
+            auth,
+        })
     }
 
     /// The addresses the listeners are bound to (useful with port 0).
@@ -147,7 +178,11 @@ impl Server {
     /// Serves until `shutdown` completes, then sends 5.0 clients DISCONNECT 0x8B, flushes
     /// and returns once every connection is closed (or the grace period ran out).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self { config, listeners } = self;
+        let Self {
+            config,
+            listeners,
+            auth,
+        } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (router_tx, router_rx) = mpsc::channel(4096);
         let traffic = Arc::new(Traffic::default());
@@ -173,6 +208,7 @@ impl Server {
             connect_timeout: config.connect_timeout,
             write_timeout: config.write_timeout,
             traffic,
+            auth: auth.clone(),
         });
         let next_conn = Arc::new(AtomicU64::new(1));
         let mut accepters = JoinSet::new();
@@ -181,18 +217,21 @@ impl Server {
         let acceptors: Vec<Arc<TlsAcceptor>> =
             listeners.iter().filter_map(|l| l.tls.clone()).collect();
         // Always: it also keeps SIGHUP from terminating the process.
-        accepters.spawn(watch_tls_files(
+        accepters.spawn(watch_files(
             acceptors,
+            auth.clone(),
             config.tls_watch_interval,
             stop_rx.clone(),
             ctx.router.clone(),
         ));
+        accepters.spawn(auth.clone().refresh_jwks(stop_rx.clone()));
         for Bound {
             name,
             max_connections,
             socket,
             layers,
             kind,
+            auth: listener_auth,
             ..
         } in listeners
         {
@@ -205,6 +244,7 @@ impl Server {
             let next_conn = next_conn.clone();
             let alive = alive_tx.clone();
             let mut stop = stop_rx.clone();
+            let listener_auth = listener_auth.clone();
             accepters.spawn(async move {
                 loop {
                     tokio::select! {
@@ -224,10 +264,11 @@ impl Server {
                                 let conn = ConnectionId(next_conn.fetch_add(1, Ordering::Relaxed));
                                 let guard = ConnGuard::new(alive.clone(), (max_connections > 0).then(|| open.clone()));
                                 let ctx = ctx.clone();
+                                let listener_auth = listener_auth.clone();
                                 match &layers {
                                     None => {
                                         tokio::spawn(async move {
-                                            drive(stream, peer, conn, ctx, at, None).await;
+                                            drive(stream, peer, conn, ctx, at, None, listener_auth).await;
                                             drop(guard);
                                         });
                                     }
@@ -337,12 +378,13 @@ async fn serve_websocket<S: Transport>(
     identity: Option<CertIdentity>,
     layers: &Layers,
 ) {
+    let listener = layers.auth.clone();
     let Some(options) = &layers.ws else {
-        return drive(stream, peer, conn, ctx, at, identity).await;
+        return drive(stream, peer, conn, ctx, at, identity, listener).await;
     };
     let deadline = at + ctx.connect_timeout;
     match tokio::time::timeout_at(deadline, crate::ws::accept(stream, options)).await {
-        Ok(Ok(ws)) => drive(ws, peer, conn, ctx, at, identity).await,
+        Ok(Ok(ws)) => drive(ws, peer, conn, ctx, at, identity, listener).await,
         Ok(Err(err)) => info!(%peer, conn = conn.0, %err, "WebSocket handshake refused"),
         Err(_) => info!(%peer, conn = conn.0, "WebSocket handshake timed out"),
     }
@@ -356,10 +398,13 @@ fn mtimes(files: &[std::path::PathBuf]) -> Vec<Option<std::time::SystemTime>> {
         .collect()
 }
 
-/// Reloads a TLS listener's files when they change (checked every few seconds) and on
-/// SIGHUP. A reload that fails leaves the previous certificates serving and logs why.
-async fn watch_tls_files(
+/// Reloads TLS listeners' files and the password store when they change (checked every
+/// `interval`) and on SIGHUP. A reload that fails leaves the previous certificates or users in
+/// force and logs why. Connections whose certificate is now revoked, or whose user was removed
+/// or disabled, are closed.
+async fn watch_files(
     acceptors: Vec<Arc<TlsAcceptor>>,
+    auth: Arc<AuthService>,
     interval: std::time::Duration,
     mut stop: watch::Receiver<bool>,
     router: mpsc::Sender<crate::router::ToRouter>,
@@ -385,8 +430,23 @@ async fn watch_tls_files(
             _ = hangup => true,
             _ = stop.changed() => return,
         };
-        if forced && acceptors.is_empty() {
-            info!("SIGHUP: no TLS listener to reload");
+        if forced {
+            info!("SIGHUP: reloading TLS files and the password store");
+        }
+        auth.prune();
+        auth.reload_jwt_files(forced);
+        let removed = auth.reload_store(forced).await;
+        if !removed.is_empty() {
+            for conn in &removed {
+                auth.forced_disconnect(*conn, "user removed or disabled in the password store");
+            }
+            let _ = router
+                .send(crate::router::ToRouter::Kick {
+                    conns: removed,
+                    code: bulwark_proto::ReasonCode::AdministrativeAction,
+                    why: "user removed or disabled",
+                })
+                .await;
         }
         for (acceptor, seen) in acceptors.iter().zip(seen.iter_mut()) {
             let now = mtimes(&acceptor.settings().files());
@@ -399,8 +459,15 @@ async fn watch_tls_files(
                 Ok(revoked) if revoked.is_empty() => info!(%cert, "TLS certificates reloaded"),
                 Ok(conns) => {
                     warn!(%cert, connections = conns.len(), "TLS certificates reloaded; closing connections whose client certificate is now revoked");
+                    for conn in &conns {
+                        auth.forced_disconnect(*conn, "client certificate revoked");
+                    }
                     let _ = router
-                        .send(crate::router::ToRouter::Revoked { conns })
+                        .send(crate::router::ToRouter::Kick {
+                            conns,
+                            code: bulwark_proto::ReasonCode::NotAuthorized,
+                            why: "client certificate revoked",
+                        })
                         .await;
                 }
                 Err(err) => {

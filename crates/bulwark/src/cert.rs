@@ -9,8 +9,8 @@
 //! An existing CA is read back with `x509-parser` (checked: CA flag, keyCertSign, expiry, that
 //! the key belongs to it) and becomes an `rcgen` issuer; anything malformed is an error.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Cursor, Read, Write};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Cursor, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,7 +49,6 @@ const FIRST_RUN_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 const KEY_MODE: u32 = 0o600;
 const CERT_MODE: u32 = 0o644;
-const DIR_MODE: u32 = 0o700;
 
 /// Make a certificate authority and the server and device certificates it signs.
 #[derive(Debug, clap::Args)]
@@ -763,22 +762,7 @@ fn replace_if(force: bool, paths: &[&Path]) -> Result<(), String> {
 
 /// Creates `dir` (and its parents) with mode 0700 if it does not exist.
 fn ensure_dir(dir: &Path) -> Result<(), String> {
-    match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(_) => return Err(format!("{} exists and is not a directory", dir.display())),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(format!("cannot look at {}: {err}", dir.display())),
-    }
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(DIR_MODE);
-    }
-    builder
-        .create(dir)
-        .map_err(|err| format!("cannot create the directory {}: {err}", dir.display()))
+    bulwark_server::files::ensure_dir(dir)
 }
 
 /// Creates each file (never replacing one) with its mode; if one fails, the ones already
@@ -830,24 +814,10 @@ fn create_file(path: &Path, contents: &str, mode: u32) -> Result<(), String> {
 
 /// Reads a text file of at most [`MAX_FILE_BYTES`]; a missing file gets `hint`.
 fn read_limited(path: &Path, what: &str, hint: &str) -> Result<String, String> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            return Err(format!("no {what} at {}: {hint}", path.display()));
-        }
-        Err(err) => return Err(format!("cannot open the {what} {}: {err}", path.display())),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| format!("cannot read the {what} {}: {err}", path.display()))?;
-    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
-        return Err(format!(
-            "the {what} {} is larger than {MAX_FILE_BYTES} bytes",
-            path.display()
-        ));
+    if !path.exists() {
+        return Err(format!("no {what} at {}: {hint}", path.display()));
     }
-    String::from_utf8(bytes).map_err(|_| format!("the {what} {} is not PEM text", path.display()))
+    bulwark_server::files::read_text(path, what, MAX_FILE_BYTES)
 }
 
 #[cfg(test)]

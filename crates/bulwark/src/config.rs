@@ -8,7 +8,8 @@ use std::time::Duration;
 use bulwark_proto::PROTOCOL_MAX_PACKET_SIZE;
 use bulwark_server::tls::{CertFiles, ClientAuth, IdentitySource, TlsSettings, TlsVersion};
 use bulwark_server::{
-    ConfigError, ListenerConfig, ListenerKind, ServerConfig, TrustedProxies, WsOptions,
+    AuthSettings, Authenticator, ConfigError, JwtAuthSettings, ListenerConfig, ListenerKind,
+    ServerConfig, TrustedProxies, WsOptions,
 };
 use toml::{Table, Value};
 
@@ -26,6 +27,50 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_connections",
             "tls",
             "websocket",
+            "authenticators",
+            "dangerous_allow_anonymous",
+        ],
+    ),
+    (
+        "auth",
+        &[
+            "password_file",
+            "audit_file",
+            "hash_concurrency",
+            "max_pending_logins",
+            "backoff",
+            "jwt",
+        ],
+    ),
+    (
+        "auth.backoff",
+        &[
+            "after",
+            "window",
+            "initial_delay",
+            "max_delay",
+            "max_wait",
+            "ban_after",
+            "ban_duration",
+            "max_tracked",
+        ],
+    ),
+    (
+        "auth.jwt",
+        &[
+            "issuer",
+            "audiences",
+            "clock_skew",
+            "username_claim",
+            "client_id_claim",
+            "acl_claim",
+            "require_exp",
+            "public_key_files",
+            "hmac_secret_file",
+            "jwks_file",
+            "jwks_url",
+            "jwks_ca_file",
+            "jwks_refresh",
         ],
     ),
     (
@@ -350,6 +395,33 @@ fn read_listener(
         ("ws", _) => ListenerKind::Ws(ws),
         _ => ListenerKind::Tcp,
     };
+    let mut authenticators = Vec::new();
+    let names = r.string_list(table, section, "authenticators");
+    let listed = names.len();
+    for name in names {
+        match Authenticator::from_name(&name) {
+            Some(a) if authenticators.contains(&a) => r.problems.push(format!(
+                "{section}.authenticators: \"{name}\" is listed twice"
+            )),
+            Some(a) => authenticators.push(a),
+            None => r.problems.push(format!(
+                "{section}.authenticators: unknown authenticator \"{name}\" (expected {})",
+                Authenticator::ALL
+                    .iter()
+                    .map(|a| format!("\"{}\"", a.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+    if table.contains_key("authenticators") && listed == 0 {
+        r.problems.push(format!(
+            "{section}.authenticators: an empty chain would refuse every client; leave the key out for the default chain"
+        ));
+    }
+    let dangerous_allow_anonymous = r
+        .boolean(table, section, "dangerous_allow_anonymous")
+        .unwrap_or(false);
     Some(ListenerConfig {
         name,
         bind: bind?,
@@ -357,7 +429,108 @@ fn read_listener(
         dangerous_plaintext,
         proxy_protocol,
         max_connections,
+        authenticators,
+        dangerous_allow_anonymous,
     })
+}
+
+/// The `[auth]` section and its `[auth.backoff]` and `[auth.jwt]` tables.
+fn read_auth(r: &mut Reader, table: &Table, base: &Path) -> AuthSettings {
+    let s = "auth";
+    let mut auth = AuthSettings {
+        password_file: path(r, table, s, "password_file", base),
+        audit_file: path(r, table, s, "audit_file", base),
+        ..AuthSettings::default()
+    };
+    if let Some(v) = r.integer(table, s, "hash_concurrency", 0, 1024) {
+        auth.hash_concurrency = to_usize(v);
+    }
+    if let Some(v) = r.integer(table, s, "max_pending_logins", 1, 1_000_000) {
+        auth.max_pending_logins = to_usize(v);
+    }
+    match table.get("backoff") {
+        None => {}
+        Some(Value::Table(t)) => {
+            let s = "auth.backoff";
+            r.unknown_keys(t, s);
+            let g = &mut auth.guard;
+            let secs = Duration::from_secs;
+            if let Some(v) = r.integer(t, s, "after", 1, 1000) {
+                g.backoff_after = to_u32(v);
+            }
+            if let Some(v) = r.integer(t, s, "window", 1, 86_400) {
+                g.window = secs(v);
+            }
+            if let Some(v) = r.integer(t, s, "initial_delay", 1, 3600) {
+                g.initial_delay = secs(v);
+            }
+            if let Some(v) = r.integer(t, s, "max_delay", 1, 3600) {
+                g.max_delay = secs(v);
+            }
+            if let Some(v) = r.integer(t, s, "max_wait", 1, 3600) {
+                g.max_wait = secs(v);
+            }
+            if let Some(v) = r.integer(t, s, "ban_after", 0, 100_000) {
+                g.ban_after = to_u32(v);
+            }
+            if let Some(v) = r.integer(t, s, "ban_duration", 1, 30 * 86_400) {
+                g.ban_duration = secs(v);
+            }
+            if let Some(v) = r.integer(t, s, "max_tracked", 1, 100_000_000) {
+                g.max_tracked = to_usize(v);
+            }
+            if let Err(err) = g.validate() {
+                r.problems.push(format!("auth.backoff: {err}"));
+            }
+        }
+        Some(other) => r.problems.push(format!(
+            "auth.backoff: expected a table, found {}",
+            describe(other)
+        )),
+    }
+    match table.get("jwt") {
+        None => {}
+        Some(Value::Table(t)) => auth.jwt = Some(read_jwt(r, t, base)),
+        Some(other) => r.problems.push(format!(
+            "auth.jwt: expected a table, found {}",
+            describe(other)
+        )),
+    }
+    auth
+}
+
+fn read_jwt(r: &mut Reader, t: &Table, base: &Path) -> JwtAuthSettings {
+    let s = "auth.jwt";
+    r.unknown_keys(t, s);
+    let mut jwt = JwtAuthSettings {
+        issuer: r.string(t, s, "issuer").map(str::to_owned),
+        audiences: r.string_list(t, s, "audiences"),
+        client_id_claim: r.string(t, s, "client_id_claim").map(str::to_owned),
+        acl_claim: r.string(t, s, "acl_claim").map(str::to_owned),
+        public_key_files: r
+            .string_list(t, s, "public_key_files")
+            .into_iter()
+            .map(|p| base.join(p))
+            .collect(),
+        hmac_secret_file: path(r, t, s, "hmac_secret_file", base),
+        jwks_file: path(r, t, s, "jwks_file", base),
+        jwks_url: r.string(t, s, "jwks_url").map(str::to_owned),
+        jwks_ca_file: path(r, t, s, "jwks_ca_file", base),
+        ..JwtAuthSettings::default()
+    };
+    if let Some(v) = r.string(t, s, "username_claim") {
+        jwt.username_claim = v.to_owned();
+    }
+    if let Some(v) = r.integer(t, s, "clock_skew", 0, 300) {
+        jwt.clock_skew = Duration::from_secs(v);
+    }
+    if let Some(v) = r.boolean(t, s, "require_exp") {
+        jwt.require_exp = v;
+    }
+    if let Some(v) = r.integer(t, s, "jwks_refresh", 30, 86_400) {
+        jwt.jwks_refresh = Duration::from_secs(v);
+    }
+    jwt
 }
 
 fn read_websocket(r: &mut Reader, table: &Table, section: &str) -> WsOptions {
@@ -576,10 +749,13 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
             }
         }
     }
-    if let Some(t) = r.section(&root, "sys") {
-        if let Some(v) = r.integer(t, "sys", "interval", 0, 86_400) {
-            config.broker.sys_interval = (v > 0).then(|| Duration::from_secs(v));
-        }
+    if let Some(t) = r.section(&root, "sys")
+        && let Some(v) = r.integer(t, "sys", "interval", 0, 86_400)
+    {
+        config.broker.sys_interval = (v > 0).then(|| Duration::from_secs(v));
+    }
+    if let Some(t) = r.section(&root, "auth") {
+        config.auth = read_auth(&mut r, t, base);
     }
     if let Some(t) = r.section(&root, "server") {
         if let Some(v) = r.integer(t, "server", "shutdown_grace", 0, 3600) {
@@ -673,7 +849,6 @@ mod tests {
             "colour: unknown",
             "listener.port: unknown key",
             "sends credentials and payloads in clear text",
-            "must authenticate clients by certificate",
             "limits.receive_maximum = 0: must be between 1 and 65535",
             "limits.max_topic_levels: expected a non-negative integer, found the string \"many\"",
             "max_unauthenticated_packet_size must not exceed",
@@ -682,7 +857,7 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
-        assert_eq!(err.problems.len(), 9, "{all}");
+        assert_eq!(err.problems.len(), 8, "{all}");
     }
 
     #[test]
@@ -760,7 +935,6 @@ mod tests {
             "listener[2].tls.client_auth = \"maybe\"",
             "listener[2].tls.colour: unknown key",
             "a tcp listener on a non-loopback address sends credentials",
-            "must authenticate clients by certificate",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }

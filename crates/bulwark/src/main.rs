@@ -46,6 +46,10 @@ enum Command {
         /// server certificate.
         #[arg(long, value_name = "DIR", default_value = "bulwark-data")]
         data_dir: PathBuf,
+        /// Lets clients without credentials in on the --listen listeners (loopback only,
+        /// for local testing); a warning is logged at start.
+        #[arg(long, requires = "listen")]
+        dangerous_allow_anonymous: bool,
         /// Worker threads (overrides `[server] workers`); 0: one per available core.
         #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1024))]
         workers: Option<u16>,
@@ -108,7 +112,16 @@ fn main() -> ExitCode {
             log_level,
             workers,
             data_dir,
-        } => serve(config, listen, &data_dir, workers, log_format, &log_level),
+            dangerous_allow_anonymous,
+        } => serve(
+            config,
+            listen,
+            &data_dir,
+            workers,
+            dangerous_allow_anonymous,
+            log_format,
+            &log_level,
+        ),
         Command::Decode {
             hex,
             client,
@@ -148,30 +161,60 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
     }
     let pki = cert::ensure_first_run(dir, &hosts)
         .map_err(|e| format!("secure first run in {}: {e}", dir.display()))?;
+    let store = dir.join(PASSWORD_STORE);
+    let admin_file = dir.join(ADMIN_PASSWORD_FILE);
+    let admin = user::ensure_admin(&store, &admin_file)
+        .map_err(|e| format!("secure first run in {}: {e}", dir.display()))?;
     let mut tls = bulwark_server::tls::TlsSettings::new(&pki.cert, &pki.key);
-    tls.client_auth = bulwark_server::tls::ClientAuth::Required;
+    // A certificate from the CA, or a username and password.
+    tls.client_auth = bulwark_server::tls::ClientAuth::Optional;
     tls.client_ca = Some(pki.ca.clone());
     let mut config = ServerConfig::default();
+    config.auth.password_file = Some(store.clone());
+    config.auth.audit_file = Some(dir.join(AUDIT_FILE));
     config.listeners.push(ListenerConfig::tls(
         "tls-0",
         SocketAddr::from(([0, 0, 0, 0], 8883)),
         tls,
     ));
     let ca = pki.ca.display();
-    let dir = dir.display();
+    let shown_dir = dir.display();
     eprintln!(
         "bulwark: no configuration given: secure defaults.\n\
          \x20 plaintext MQTT on 127.0.0.1:1883 (this machine only)\n\
          \x20 MQTT over TLS on 0.0.0.0:8883, for clients with a certificate from the CA {ca}{}\n\
-         \x20 make a device certificate:  bulwark cert client --cn DEVICE --ca-dir {dir} --out .\n\
-         \x20 then connect:  mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert DEVICE.pem --key DEVICE.key -t '#' -v",
-        if pki.created { " (just created)" } else { "" }
+         \x20 or with a username and password from {}; no anonymous access\n\
+         \x20 make a device certificate:  bulwark cert client --cn DEVICE --ca-dir {shown_dir} --out .\n\
+         \x20 then connect:  mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert DEVICE.pem --key DEVICE.key -t '#' -v\n\
+         \x20 add a user:  bulwark user add NAME --file {}",
+        if pki.created { " (just created)" } else { "" },
+        store.display(),
+        store.display(),
     );
+    if let Some(password) = admin {
+        eprintln!(
+            "bulwark: created the user \"admin\" with the password (shown this once, also in {}, mode 0600):\n\
+             \x20   {password}\n\
+             \x20 connect:  mosquitto_sub -h 127.0.0.1 -p 1883 -u admin -P '{password}' -t '#' -v",
+            admin_file.display()
+        );
+    }
     config.validate().map_err(|err| err.to_string())?;
     Ok(config)
 }
 
-fn load_config(path: Option<&PathBuf>, listen: Vec<SocketAddr>) -> Result<ServerConfig, String> {
+/// The first run's password store, administrator password and audit file, in the data
+/// directory.
+const PASSWORD_STORE: &str = "passwords.toml";
+const ADMIN_PASSWORD_FILE: &str = "admin-password.txt";
+const AUDIT_FILE: &str = "audit.jsonl";
+
+fn load_config(
+    path: Option<&PathBuf>,
+    listen: Vec<SocketAddr>,
+    data_dir: &std::path::Path,
+    allow_anonymous: bool,
+) -> Result<ServerConfig, String> {
     let mut config = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -184,8 +227,16 @@ fn load_config(path: Option<&PathBuf>, listen: Vec<SocketAddr>) -> Result<Server
         config.listeners = listen
             .into_iter()
             .enumerate()
-            .map(|(i, bind)| ListenerConfig::tcp(format!("tcp-{i}"), bind))
+            .map(|(i, bind)| ListenerConfig {
+                dangerous_allow_anonymous: allow_anonymous,
+                ..ListenerConfig::tcp(format!("tcp-{i}"), bind)
+            })
             .collect();
+        // Users of the data directory's store, if there is one.
+        let store = data_dir.join(PASSWORD_STORE);
+        if path.is_none() && store.is_file() {
+            config.auth.password_file = Some(store);
+        }
         config.validate().map_err(|err| err.to_string())?;
     }
     Ok(config)
@@ -196,6 +247,7 @@ fn serve(
     listen: Vec<SocketAddr>,
     data_dir: &std::path::Path,
     workers: Option<u16>,
+    allow_anonymous: bool,
     log_format: LogFormat,
     log_level: &str,
 ) -> ExitCode {
@@ -204,7 +256,7 @@ fn serve(
     let loaded = if first_run {
         first_run_config(data_dir)
     } else {
-        load_config(config_path.as_ref(), listen)
+        load_config(config_path.as_ref(), listen, data_dir, allow_anonymous)
     };
     let mut config = match loaded {
         Ok(config) => config,
@@ -316,7 +368,7 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
         .bytes()
         .filter(|b| !b.is_ascii_whitespace() && *b != b':')
         .collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("odd number of hex digits".to_owned());
     }
     digits

@@ -11,17 +11,16 @@
 //! Exit codes: 0 done, 1 refused (policy, user exists, no such user, unusable name or group),
 //! 2 bad input (a store or Mosquitto file that cannot be read or parsed, no password given).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::io::{self, BufRead, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bulwark_security::password::{
     Argon2Params, PasswordStore, StoreError, UserRecord, hash_password, parse_mosquitto_file,
 };
 use bulwark_security::policy::{MAX_PASSWORD_CHARS, PasswordPolicy};
 use bulwark_security::scram::{DEFAULT_ITERATIONS, ScramCredentials, ScramHash};
+use bulwark_server::files;
 
 /// Where the store lives unless `--file` says otherwise.
 const DEFAULT_STORE: &str = "bulwark-data/passwords.toml";
@@ -30,9 +29,6 @@ const MAX_FILE_BYTES: u64 = 16 << 20;
 /// Longest password line read from stdin, in bytes: the policy's character limit in UTF-8,
 /// plus the line ending.
 const MAX_PASSWORD_LINE_BYTES: usize = MAX_PASSWORD_CHARS * 4 + 2;
-
-const FILE_MODE: u32 = 0o600;
-const DIR_MODE: u32 = 0o700;
 
 /// Manage the users of the password store.
 #[derive(Debug, clap::Args)]
@@ -426,136 +422,18 @@ fn scram_strings(password: &str) -> Result<(String, String), Failure> {
 /// Reads and parses the store. A missing file is an empty store when `create` is set, an
 /// error naming the file otherwise.
 fn load(path: &Path, create: bool) -> Result<PasswordStore, Failure> {
-    match fs::metadata(path) {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => {
-            return Err(Failure::input(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
-        }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            if create {
-                return Ok(PasswordStore::new());
-            }
-            return Err(Failure::input(format!(
-                "no password store at {} (add a user with `bulwark user add`, or pass --file)",
-                path.display()
-            )));
-        }
-        Err(err) => {
-            return Err(Failure::input(format!(
-                "cannot look at {}: {err}",
-                path.display()
-            )));
-        }
-    }
-    let text = read_text(path, "password store")?;
-    PasswordStore::parse(&text)
-        .map_err(|err| Failure::input(format!("{}: {err}\nnothing was changed", path.display())))
+    files::load_store(path, create)
+        .map_err(|err| Failure::input(format!("{err}\nnothing was changed")))
 }
 
 /// Reads a UTF-8 text file of at most [`MAX_FILE_BYTES`].
 fn read_text(path: &Path, what: &str) -> Result<String, Failure> {
-    let file = File::open(path).map_err(|err| {
-        Failure::input(format!("cannot open the {what} {}: {err}", path.display()))
-    })?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| {
-            Failure::input(format!("cannot read the {what} {}: {err}", path.display()))
-        })?;
-    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
-        return Err(Failure::input(format!(
-            "the {what} {} is larger than {MAX_FILE_BYTES} bytes",
-            path.display()
-        )));
-    }
-    String::from_utf8(bytes)
-        .map_err(|_| Failure::input(format!("the {what} {} is not UTF-8 text", path.display())))
+    files::read_text(path, what, MAX_FILE_BYTES).map_err(Failure::input)
 }
 
-/// Writes the store atomically: a new file with mode 0600 next to it, synced, renamed over it,
-/// then the directory synced. The directory is created with mode 0700 if missing.
+/// Writes the store atomically (mode 0600, see `bulwark_server::files`).
 fn save(path: &Path, store: &PasswordStore) -> Result<(), Failure> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    ensure_dir(&dir)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Failure::input(format!("{} names no file", path.display())))?;
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(".tmp-{}-{nanos}", std::process::id()));
-    let temp = dir.join(temp_name);
-    let written = write_new(&temp, store.to_toml().as_bytes()).and_then(|()| {
-        fs::rename(&temp, path).map_err(|err| format!("cannot replace {}: {err}", path.display()))
-    });
-    if let Err(message) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(Failure::input(message));
-    }
-    // Make the rename itself durable; a failure here leaves a correct file behind.
-    if let Ok(handle) = File::open(&dir) {
-        let _ = handle.sync_all();
-    }
-    Ok(())
-}
-
-/// Creates `path` (never replacing a file) with mode 0600 and writes and syncs `contents`.
-fn write_new(path: &Path, contents: &[u8]) -> Result<(), String> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(FILE_MODE);
-    }
-    let mut file = options
-        .open(path)
-        .map_err(|err| format!("cannot create {}: {err}", path.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(|err| format!("cannot write {}: {err}", path.display()))
-}
-
-/// Creates `dir` (and its parents) with mode 0700 if it does not exist.
-fn ensure_dir(dir: &Path) -> Result<(), Failure> {
-    match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(_) => {
-            return Err(Failure::input(format!(
-                "{} exists and is not a directory",
-                dir.display()
-            )));
-        }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => {
-            return Err(Failure::input(format!(
-                "cannot look at {}: {err}",
-                dir.display()
-            )));
-        }
-    }
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(DIR_MODE);
-    }
-    builder.create(dir).map_err(|err| {
-        Failure::input(format!(
-            "cannot create the directory {}: {err}",
-            dir.display()
-        ))
-    })
+    files::save_store(path, store).map_err(Failure::input)
 }
 
 /// A name as printed: escaped where it holds anything but printable characters.
@@ -580,6 +458,31 @@ fn shown_groups(groups: &[String]) -> String {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// The first run's administrator: if `store` does not exist yet, creates it with the user
+/// `admin` and a generated password, writes the password to `password_file` (mode 0600,
+/// never overwritten) and returns it so the caller can print it once. `None` if the store
+/// already exists.
+pub(crate) fn ensure_admin(store: &Path, password_file: &Path) -> Result<Option<String>, String> {
+    if store.exists() {
+        return Ok(None);
+    }
+    let password = bulwark_security::password::generate_password(24)
+        .ok_or("the operating system's random generator is unavailable")?;
+    let hash = argon2_hash(&password).map_err(|f| f.message)?;
+    let (sha256, sha512) = scram_strings(&password).map_err(|f| f.message)?;
+    let mut users = PasswordStore::new();
+    users
+        .add("admin", &hash, vec!["admins".into()])
+        .and_then(|()| users.set_scram("admin", Some(sha256), Some(sha512)))
+        .map_err(|err| err.to_string())?;
+    if let Some(dir) = password_file.parent() {
+        files::ensure_dir(dir)?;
+    }
+    files::write_new(password_file, format!("{password}\n").as_bytes())?;
+    files::save_store(store, &users)?;
+    Ok(Some(password))
 }
 
 #[cfg(test)]

@@ -55,7 +55,13 @@ fn read_log_until(rx: &std::sync::mpsc::Receiver<String>, done: impl Fn(&str) ->
 /// the exit status and what it logged.
 #[cfg(unix)]
 fn serve_then(signal: &str, workers: &str) -> (std::process::ExitStatus, String) {
-    let (mut child, rx) = spawn_serve(&["--listen", "127.0.0.1:0", "--workers", workers]);
+    let (mut child, rx) = spawn_serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--dangerous-allow-anonymous",
+        "--workers",
+        workers,
+    ]);
     let mut log = read_log_until(&rx, |log| log.contains("listening"));
     if !log.contains("listening") {
         let _ = child.kill();
@@ -124,7 +130,7 @@ fn a_bad_configuration_is_refused_with_every_problem_and_status_2() {
     let path = dir.join("bad.toml");
     std::fs::write(
         &path,
-        "[limits]\nreceive_maximum = 0\ncolour = 1\n[[listener]]\nbind = \"192.0.2.1:1883\"\n",
+        "[limits]\nreceive_maximum = 0\ncolour = 1\n[[listener]]\nbind = \"192.0.2.1:1883\"\nauthenticators = [\"bogus\"]\n",
     )
     .unwrap();
     let out = bulwark()
@@ -139,7 +145,7 @@ fn a_bad_configuration_is_refused_with_every_problem_and_status_2() {
     assert!(err.contains("limits.colour: unknown key"), "{err}");
     assert!(err.contains("limits.receive_maximum = 0"), "{err}");
     assert!(err.contains("in clear text"), "{err}");
-    assert!(err.contains("clients would connect anonymously"), "{err}");
+    assert!(err.contains("unknown authenticator \"bogus\""), "{err}");
 }
 
 #[test]

@@ -61,7 +61,20 @@ pub async fn start() -> TestServer {
     start_with(|_| {}).await
 }
 
+/// A broker for protocol tests: `adjust` the settings, then every listener lets clients
+/// without credentials in (authentication has its own tests, which use [`start_secure_with`]).
 pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    start_secure_with(|config| {
+        adjust(config);
+        for listener in &mut config.listeners {
+            listener.dangerous_allow_anonymous = true;
+        }
+    })
+    .await
+}
+
+/// A broker with the settings as `adjust` leaves them: no anonymous access unless it says so.
+pub async fn start_secure_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let mut config = test_config();
     adjust(&mut config);
     let server = Server::bind(config).await.expect("server binds");
@@ -587,6 +600,31 @@ impl Raw {
     /// Opens a TCP connection; nothing is sent.
     pub async fn tcp(addr: SocketAddr, version: ProtocolVersion) -> Self {
         let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("TCP connect in time")
+            .expect("TCP connect");
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            decoder: Decoder::client(version, DecoderLimits::PROTOCOL),
+            encoder: Encoder::new(version),
+            version,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Opens a TCP connection from the loopback address `local` (any of 127.0.0.0/8), so
+    /// that a test can play several source addresses.
+    pub async fn tcp_from(
+        addr: SocketAddr,
+        local: std::net::IpAddr,
+        version: ProtocolVersion,
+    ) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind the source address");
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr))
             .await
             .expect("TCP connect in time")
             .expect("TCP connect");

@@ -1,0 +1,144 @@
+//! The one sink of [`SecurityEvent`]s: each event goes to the log (a warning for refusals,
+//! info otherwise) and, when an audit file is configured, as one JSON line appended to it.
+//!
+//! The file is written by its own thread, so a slow disk never stalls a connection task; the
+//! queue to it is bounded ([`QUEUE`] events). Connection tasks wait for room (a flood of
+//! failed logins is slowed, not forgotten); callers that must not wait (the router, the
+//! reload task) drop an event when the queue is full and count it, and the count is logged.
+
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bulwark_security::event::SecurityEvent;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Events queued for the audit file at most.
+pub(crate) const QUEUE: usize = 8192;
+
+/// Where security events go. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Audit {
+    file: Option<mpsc::Sender<SecurityEvent>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Audit {
+    /// Events to the log only.
+    pub(crate) fn log_only() -> Self {
+        Self {
+            file: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Events to the log and appended to `path` (created with mode 0600 if missing). Fails if
+    /// the file cannot be opened, so a broker never runs without the audit trail it was
+    /// configured to keep.
+    pub(crate) fn open(path: &Path) -> Result<Self, String> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::files::ensure_dir(dir)?;
+        }
+        let mut options = OpenOptions::new();
+        options.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options
+            .open(path)
+            .map_err(|err| format!("cannot open the audit file {}: {err}", path.display()))?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("bulwark-audit".into())
+            .spawn(move || write_loop(rx, BufWriter::new(file), &path))
+            .map_err(|err| format!("cannot start the audit writer: {err}"))?;
+        Ok(Self {
+            file: Some(tx),
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Records `event`, waiting for room in the file's queue.
+    pub(crate) async fn record(&self, event: SecurityEvent) {
+        log(&event);
+        if let Some(tx) = &self.file {
+            let _ = tx.send(event).await;
+        }
+    }
+
+    /// Records `event` without waiting: dropped (and counted) if the file's queue is full.
+    pub(crate) fn record_now(&self, event: SecurityEvent) {
+        log(&event);
+        if let Some(tx) = &self.file
+            && tx.try_send(event).is_err()
+        {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                warn!(
+                    dropped,
+                    "audit file queue full: security events not written"
+                );
+            }
+        }
+    }
+}
+
+fn log(event: &SecurityEvent) {
+    let e = event;
+    if e.kind.is_refusal() {
+        warn!(
+            kind = %e.kind,
+            listener = e.listener.as_deref(),
+            remote = e.remote.as_deref(),
+            client_id = e.client_id.as_deref(),
+            username = e.username.as_deref(),
+            method = e.method.as_deref(),
+            reason = e.reason.as_deref(),
+            "security event"
+        );
+    } else {
+        info!(
+            kind = %e.kind,
+            listener = e.listener.as_deref(),
+            remote = e.remote.as_deref(),
+            client_id = e.client_id.as_deref(),
+            username = e.username.as_deref(),
+            method = e.method.as_deref(),
+            "security event"
+        );
+    }
+}
+
+/// Appends events until every sender is gone; flushes whenever the queue runs empty.
+fn write_loop(
+    mut rx: mpsc::Receiver<SecurityEvent>,
+    mut out: BufWriter<std::fs::File>,
+    path: &Path,
+) {
+    let mut failed = false;
+    while let Some(event) = rx.blocking_recv() {
+        let mut line = event.to_json_line();
+        line.push('\n');
+        let mut result = out.write_all(line.as_bytes());
+        while let Ok(event) = rx.try_recv() {
+            let mut line = event.to_json_line();
+            line.push('\n');
+            result = result.and_then(|()| out.write_all(line.as_bytes()));
+        }
+        result = result.and_then(|()| out.flush());
+        match result {
+            Err(err) if !failed => {
+                warn!(file = %path.display(), %err, "cannot write the audit file");
+                failed = true;
+            }
+            Err(_) => {}
+            Ok(()) => failed = false,
+        }
+    }
+}
