@@ -120,6 +120,7 @@ class Client:
         ws_path: str = "/mqtt",
         username: str | None = None,
         password: str | bytes | None = None,
+        bind_address: str = "",
     ):
         """``port`` defaults to MQTT_PORT; ``tls`` holds ``paho.Client.tls_set`` arguments;
         ``transport`` is "tcp" or "websockets" (then ``ws_path`` is the HTTP path)."""
@@ -168,6 +169,7 @@ class Client:
         if will is not None:
             self._c.will_set(**will)
         self._keepalive = keepalive
+        self._bind_address = bind_address
         self._session_expiry = session_expiry
         self._connect_properties = connect_properties
         self._connected = threading.Event()
@@ -231,7 +233,9 @@ class Client:
             kwargs["clean_start"] = self.clean
             kwargs["properties"] = props
         self._c.connect_timeout = TIMEOUT
-        self._c.connect(HOST, self._port, keepalive=self._keepalive, **kwargs)
+        self._c.connect(
+            HOST, self._port, keepalive=self._keepalive, bind_address=self._bind_address, **kwargs
+        )
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         if not self._connected.wait(TIMEOUT):

@@ -112,7 +112,7 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.clos
     # anonymous clients in, as they do on Mosquitto with allow_anonymous.
     auth_port="$("$PYTHON" -c 'import socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
-    interop_password="interop-Lantern-harbour-2026"
+    interop_password="violet-Lantern-harbour-2026"
     printf '%s\n' "$interop_password" |
       "$bin" user add interop --password-stdin --file "$work/passwords.toml" >/dev/null
     export MQTT_AUTH_PORT="$auth_port" MQTT_USER="interop" MQTT_PASSWORD="$interop_password"

@@ -360,20 +360,37 @@ fn check_entry(name: &str, groups: &[String]) -> Result<(), Failure> {
 
 /// Reads a new password and checks it against the default policy.
 fn read_new_password(name: &str, password_stdin: bool) -> Result<String, Failure> {
-    if !password_stdin {
-        let message = if io::stdin().is_terminal() {
-            "interactive password prompting is not available yet: pass --password-stdin and \
-             type the password, or pipe it in (e.g. from a password manager)"
-        } else {
-            "pass --password-stdin to read the password from stdin"
-        };
-        return Err(Failure::input(message));
-    }
-    let password = read_password_line(&mut io::stdin().lock())?;
+    let password = if password_stdin {
+        read_password_line(&mut io::stdin().lock())?
+    } else if io::stdin().is_terminal() {
+        prompt_new_password()?
+    } else {
+        return Err(Failure::input(
+            "pass --password-stdin to read the password from stdin (or run on a terminal to be asked)",
+        ));
+    };
     PasswordPolicy::default()
         .check(name, &password)
         .map_err(|err| Failure::refused(format!("password refused: {err}")))?;
     Ok(password)
+}
+
+/// Asks for the new password twice on the terminal, without echo.
+fn prompt_new_password() -> Result<String, Failure> {
+    let ask = |prompt: &str| {
+        rpassword::prompt_password(prompt)
+            .map_err(|err| Failure::input(format!("cannot read the password from the terminal: {err}")))
+    };
+    let first = ask("New password: ")?;
+    if first.chars().count() > MAX_PASSWORD_CHARS {
+        return Err(Failure::refused(format!(
+            "password refused: longer than {MAX_PASSWORD_CHARS} characters"
+        )));
+    }
+    if ask("Repeat it: ")? != first {
+        return Err(Failure::refused("the two passwords differ; nothing was changed"));
+    }
+    Ok(first)
 }
 
 /// Reads one line (at most [`MAX_PASSWORD_LINE_BYTES`]) and strips one `\n` or `\r\n`.
