@@ -378,8 +378,9 @@ fn read_new_password(name: &str, password_stdin: bool) -> Result<String, Failure
 /// Asks for the new password twice on the terminal, without echo.
 fn prompt_new_password() -> Result<String, Failure> {
     let ask = |prompt: &str| {
-        rpassword::prompt_password(prompt)
-            .map_err(|err| Failure::input(format!("cannot read the password from the terminal: {err}")))
+        rpassword::prompt_password(prompt).map_err(|err| {
+            Failure::input(format!("cannot read the password from the terminal: {err}"))
+        })
     };
     let first = ask("New password: ")?;
     if first.chars().count() > MAX_PASSWORD_CHARS {
@@ -388,7 +389,9 @@ fn prompt_new_password() -> Result<String, Failure> {
         )));
     }
     if ask("Repeat it: ")? != first {
-        return Err(Failure::refused("the two passwords differ; nothing was changed"));
+        return Err(Failure::refused(
+            "the two passwords differ; nothing was changed",
+        ));
     }
     Ok(first)
 }

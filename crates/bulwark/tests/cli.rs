@@ -175,6 +175,24 @@ fn the_secure_first_run_makes_certificates_once() {
         let log = read_log_until(&rx, |log| {
             log.matches("listening").count() >= 2 || log.contains("error")
         });
+        if round == 0 && !log.contains("Address already in use") {
+            // Anonymous clients are refused; the generated admin password works.
+            let password = std::fs::read_to_string(data.join("admin-password.txt")).unwrap();
+            let password = password.trim();
+            assert!(
+                log.contains(password),
+                "the password is printed once:\n{log}"
+            );
+            assert_eq!(connack_code("127.0.0.1:1883", None), 0x87);
+            assert_eq!(
+                connack_code("127.0.0.1:1883", Some(("admin", password))),
+                0x00
+            );
+            assert_eq!(
+                connack_code("127.0.0.1:1883", Some(("admin", "wrong-password"))),
+                0x86
+            );
+        }
         let _ = child.kill();
         let _ = child.wait();
         if log.contains("Address already in use") {
@@ -193,10 +211,27 @@ fn the_secure_first_run_makes_certificates_once() {
     }
     assert!(logs[0].contains("(just created)"), "{}", logs[0]);
     assert!(!logs[1].contains("(just created)"), "{}", logs[1]);
-    for name in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+    assert!(
+        logs[0].contains("created the user \"admin\""),
+        "{}",
+        logs[0]
+    );
+    assert!(!logs[1].contains("created the user"), "{}", logs[1]);
+    for name in [
+        "ca.pem",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "audit.jsonl",
+    ] {
         assert!(data.join(name).is_file(), "{name} missing");
     }
-    for key in ["ca.key", "server.key"] {
+    for key in [
+        "ca.key",
+        "server.key",
+        "admin-password.txt",
+        "passwords.toml",
+    ] {
         let mode = std::fs::metadata(data.join(key))
             .unwrap()
             .permissions()
@@ -204,4 +239,30 @@ fn the_secure_first_run_makes_certificates_once() {
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends a 5.0 CONNECT (with username and password if given) and returns the CONNACK's
+/// reason code.
+#[cfg(unix)]
+fn connack_code(addr: &str, credentials: Option<(&str, &str)>) -> u8 {
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05];
+    body.push(if credentials.is_some() { 0xc2 } else { 0x02 });
+    body.extend_from_slice(&[0x00, 0x3c, 0x00, 0x00, 0x01, b'c']);
+    if let Some((user, password)) = credentials {
+        for field in [user, password] {
+            body.extend_from_slice(&u16::try_from(field.len()).unwrap().to_be_bytes());
+            body.extend_from_slice(field.as_bytes());
+        }
+    }
+    let mut packet = vec![0x10, u8::try_from(body.len()).unwrap()];
+    packet.extend_from_slice(&body);
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(&mut socket, &packet).unwrap();
+    let mut head = [0u8; 4];
+    std::io::Read::read_exact(&mut socket, &mut head).unwrap();
+    assert_eq!(head[0], 0x20, "not a CONNACK: {head:?}");
+    head[3]
 }
