@@ -102,12 +102,15 @@ pub struct JwtAuthSettings {
     /// A JWKS document on disk.
     pub jwks_file: Option<PathBuf>,
     /// A JWKS document at an HTTPS URL, fetched at start, every `jwks_refresh`, and when a
-    /// token names an unknown key (at most every [`MIN_JWKS_FETCH_GAP`]).
+    /// token names an unknown key (at most every `jwks_min_interval`).
     pub jwks_url: Option<String>,
     /// PEM roots trusted for `jwks_url` (default: the public web roots).
     pub jwks_ca_file: Option<PathBuf>,
     /// How often `jwks_url` is fetched again.
     pub jwks_refresh: Duration,
+    /// The shortest time between two fetches of `jwks_url` (a flood of tokens with made-up
+    /// `kid`s must not turn into a flood of requests).
+    pub jwks_min_interval: Duration,
 }
 
 impl Default for JwtAuthSettings {
@@ -127,6 +130,7 @@ impl Default for JwtAuthSettings {
             jwks_url: None,
             jwks_ca_file: None,
             jwks_refresh: Duration::from_secs(300),
+            jwks_min_interval: MIN_JWKS_FETCH_GAP,
         }
     }
 }
@@ -145,7 +149,7 @@ impl JwtAuthSettings {
     }
 }
 
-/// A JWKS URL is fetched again for an unknown key at most this often.
+/// The default of [`JwtAuthSettings::jwks_min_interval`].
 pub const MIN_JWKS_FETCH_GAP: Duration = Duration::from_secs(30);
 /// A JWKS fetch gives up after this long.
 const JWKS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -497,7 +501,9 @@ impl JwtRuntime {
         let keys = self.keys.read().map(|k| k.clone()).unwrap_or_default();
         let result = jwt::verify(&self.verify, &keys, token, client_id, unix_now());
         match result {
-            Err(JwtError::UnknownKey { .. }) if self.refresh(MIN_JWKS_FETCH_GAP, seen).await => {
+            Err(JwtError::UnknownKey { .. })
+                if self.refresh(self.settings.jwks_min_interval, seen).await =>
+            {
                 let keys = self.keys.read().map(|k| k.clone()).unwrap_or_default();
                 jwt::verify(&self.verify, &keys, token, client_id, unix_now())
             }
@@ -1083,7 +1089,7 @@ impl AuthService {
         if jwt.settings.jwks_url.is_none() {
             return;
         }
-        let every = jwt.settings.jwks_refresh.max(MIN_JWKS_FETCH_GAP);
+        let every = jwt.settings.jwks_refresh.max(jwt.settings.jwks_min_interval);
         loop {
             let seen = jwt.fetched.lock().await.1;
             jwt.refresh(Duration::ZERO, seen).await;

@@ -631,7 +631,9 @@ async fn scram_login(
 #[tokio::test]
 async fn scram_logins_succeed_fail_and_reauthenticate() {
     let fixture = Fixture::new();
-    let server = fixture.start().await;
+    let server = fixture
+        .start_with(|c| c.auth.guard.backoff_after = 100)
+        .await;
     for hash in [ScramHash::Sha256, ScramHash::Sha512] {
         let (_, ack) = scram_login(server.addr, hash, "alice", ALICE_PASSWORD).await;
         assert_eq!(ack.reason_code, ReasonCode::Success, "{hash}");
@@ -764,7 +766,12 @@ async fn jwt_code(addr: SocketAddr, user: &str, token: &str) -> ReasonCode {
 async fn jwt_tokens_are_verified_and_tricks_refused() {
     let fixture = Fixture::new();
     let settings = jwt_settings(&fixture);
-    let server = fixture.start_with(|c| c.auth.jwt = Some(settings)).await;
+    let server = fixture
+        .start_with(|c| {
+            c.auth.jwt = Some(settings);
+            c.auth.guard.backoff_after = 100;
+        })
+        .await;
     let later = now() + 600;
     let good = rs256("jwt-rsa.key", "k1", &claims("dave", later, "bulwark"));
     assert_eq!(
@@ -837,10 +844,7 @@ async fn jwt_tokens_are_verified_and_tricks_refused() {
 async fn jwks_rotation_takes_effect_without_a_restart() {
     let fixture = Fixture::new();
     let jwks = fixture.dir.join("jwks.json");
-    let jwk = |pem: &str, kid: &str| {
-        let (n, e) = rsa_components(&std::fs::read_to_string(data(pem)).unwrap());
-        serde_json::json!({ "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64(&n), "e": b64(&e) })
-    };
+    let jwk = rsa_jwk;
     let write = |keys: Vec<serde_json::Value>| {
         let tmp = fixture.dir.join("jwks.tmp");
         std::fs::write(&tmp, serde_json::json!({ "keys": keys }).to_string()).unwrap();
@@ -962,5 +966,153 @@ async fn an_expiring_token_ends_the_connection_unless_the_client_reauthenticates
         Packet::Disconnect(d) => assert_eq!(d.reason_code, ReasonCode::NotAuthorized),
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
+    server.stop().await;
+}
+
+/// An HTTPS server on 127.0.0.1 serving one JWKS document (which the test may change), with
+/// its CA in `ca.pem` under `dir`; counts the requests.
+struct JwksServer {
+    url: String,
+    ca: PathBuf,
+    document: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn jwks_server(dir: &Path) -> JwksServer {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca_path = dir.join("jwks-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/jwks.json", listener.local_addr().unwrap());
+    let document = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (doc, count) = (document.clone(), hits.clone());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (acceptor, doc, count) = (acceptor.clone(), doc.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(Ok(mut tls)) =
+                    tokio::time::timeout(Duration::from_secs(5), acceptor.accept(socket)).await
+                else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = doc.lock().unwrap().clone();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    JwksServer {
+        url,
+        ca: ca_path,
+        document,
+        hits,
+    }
+}
+
+fn rsa_jwk(pem_file: &str, kid: &str) -> serde_json::Value {
+    let (n, e) = rsa_components(&std::fs::read_to_string(data(pem_file)).unwrap());
+    serde_json::json!({ "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64(&n), "e": b64(&e) })
+}
+
+#[tokio::test]
+async fn a_jwks_url_is_fetched_again_for_an_unknown_kid_but_not_too_often() {
+    let fixture = Fixture::new();
+    let jwks = jwks_server(&fixture.dir).await;
+    let set = |keys: Vec<serde_json::Value>| {
+        *jwks.document.lock().unwrap() = serde_json::json!({ "keys": keys }).to_string();
+    };
+    set(vec![rsa_jwk("jwt-rsa.pub", "k1")]);
+    let settings = JwtAuthSettings {
+        public_key_files: Vec::new(),
+        hmac_secret_file: None,
+        jwks_url: Some(jwks.url.clone()),
+        jwks_ca_file: Some(jwks.ca.clone()),
+        jwks_min_interval: Duration::from_secs(1),
+        ..jwt_settings(&fixture)
+    };
+    let server = fixture
+        .start_with(|c| {
+            c.auth.jwt = Some(settings);
+            // Many refusals from one address on purpose: no backoff in this test.
+            c.auth.guard.backoff_after = 100;
+        })
+        .await;
+    let later = now() + 600;
+    let k1 = rs256("jwt-rsa.key", "k1", &claims("dave", later, "bulwark"));
+    let k2 = rs256("jwt-rsa2.key", "k2", &claims("dave", later, "bulwark"));
+    assert_eq!(
+        jwt_code(server.addr, "dave", &k1).await,
+        ReasonCode::Success
+    );
+
+    // The identity provider rotates to k2; a token naming k2 makes the broker fetch again.
+    set(vec![rsa_jwk("jwt-rsa2.pub", "k2")]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = jwks.hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        jwt_code(server.addr, "dave", &k2).await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        jwks.hits.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
+    );
+
+    // Made-up kids right after: at most one more fetch within the minimum interval.
+    let before = jwks.hits.load(std::sync::atomic::Ordering::SeqCst);
+    for n in 0..10 {
+        let bogus = rs256(
+            "jwt-rsa.key",
+            &format!("made-up-{n}"),
+            &claims("dave", later, "bulwark"),
+        );
+        assert_eq!(
+            jwt_code(server.addr, &format!("u{n}"), &bogus).await,
+            ReasonCode::BadUserNameOrPassword
+        );
+    }
+    let after = jwks.hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after <= before + 1, "{before} -> {after} fetches");
+    // k1 is gone from the document: refused now.
+    assert_eq!(
+        jwt_code(server.addr, "dave", &k1).await,
+        ReasonCode::BadUserNameOrPassword
+    );
     server.stop().await;
 }

@@ -585,3 +585,106 @@ async fn the_ocsp_response_file_is_stapled() {
     );
     server.stop().await;
 }
+
+/// A 5.0 CONNECT for `id` with a username and password; returns the CONNACK's reason code.
+async fn mqtt_connect_v5_password(stream: &mut Tls, id: &str, user: &str, password: &str) -> u8 {
+    let mut body = vec![0, 4];
+    body.extend_from_slice(b"MQTT");
+    body.extend_from_slice(&[5, 0xC2, 0, 60, 0, 0, id.len() as u8]);
+    body.extend_from_slice(id.as_bytes());
+    for field in [user, password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).await.unwrap();
+    let mut head = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head[0], 0x20, "CONNACK");
+    let mut rest = vec![0u8; usize::from(head[1])];
+    stream.read_exact(&mut rest).await.unwrap();
+    rest[1]
+}
+
+/// Without anonymous access: a client certificate is a credential on its own (the default
+/// chain) or, with `certificate+password`, together with the password of the user it names.
+#[tokio::test]
+async fn client_certificates_authenticate_alone_or_with_a_password() {
+    use bulwark_security::password::{Argon2Params, PasswordStore, hash_password};
+    let pki = Pki::new("tls-cert-auth");
+    pki.leaf("server", "localhost", &["localhost"], false, 40);
+    pki.leaf("sensor", "sensor-1", &[], true, 41);
+    pki.leaf("stranger", "sensor-2", &[], true, 42);
+    let password = "amber-Falcon-orchard-58";
+    let mut store = PasswordStore::new();
+    store
+        .add(
+            "sensor-1",
+            &hash_password(password, &Argon2Params::default()).unwrap(),
+            vec![],
+        )
+        .unwrap();
+    let store_path = pki.path("passwords.toml");
+    bulwark_server::files::save_store(&store_path, &store).unwrap();
+    let mut settings = pki.mtls(Vec::new());
+    settings.client_auth = ClientAuth::Optional;
+    let start = |chain: Vec<bulwark_server::Authenticator>| {
+        let settings = settings.clone();
+        let store_path = store_path.clone();
+        common::start_secure_with(move |c| {
+            let mut listener = ListenerConfig::tls("tls", "127.0.0.1:0".parse().unwrap(), settings);
+            listener.authenticators = chain;
+            c.listeners = vec![listener];
+            c.auth.password_file = Some(store_path);
+        })
+    };
+
+    // The default chain: the certificate alone; nothing at all is refused.
+    let server = start(Vec::new()).await;
+    let mut cert = connect_as(server.addr, &pki, Some("sensor")).await.unwrap();
+    assert_eq!(mqtt_connect_v5(&mut cert, "c1").await, 0);
+    assert_alive(&mut cert).await;
+    let mut nothing = connect_as(server.addr, &pki, None).await.unwrap();
+    assert_eq!(mqtt_connect_v5(&mut nothing, "n").await, 0x87);
+    // Without a certificate, the password of the store works on the same listener.
+    let mut pw = connect_as(server.addr, &pki, None).await.unwrap();
+    assert_eq!(
+        mqtt_connect_v5_password(&mut pw, "p", "sensor-1", password).await,
+        0
+    );
+    server.stop().await;
+
+    // Both: the certificate and the password of the user it names.
+    let server = start(vec![bulwark_server::Authenticator::CertificateAndPassword]).await;
+    let mut both = connect_as(server.addr, &pki, Some("sensor")).await.unwrap();
+    assert_eq!(
+        mqtt_connect_v5_password(&mut both, "b", "ignored", password).await,
+        0
+    );
+    let mut cert_only = connect_as(server.addr, &pki, Some("sensor")).await.unwrap();
+    assert_eq!(mqtt_connect_v5(&mut cert_only, "c").await, 0x86);
+    let mut wrong = connect_as(server.addr, &pki, Some("sensor")).await.unwrap();
+    assert_eq!(
+        mqtt_connect_v5_password(&mut wrong, "w", "sensor-1", "not-the-password-1").await,
+        0x86
+    );
+    // Another user's certificate with this user's password: refused.
+    let mut stranger = connect_as(server.addr, &pki, Some("stranger"))
+        .await
+        .unwrap();
+    assert_eq!(
+        mqtt_connect_v5_password(&mut stranger, "s", "sensor-1", password).await,
+        0x86
+    );
+    // No certificate: the chain has nothing else, so even the right password is refused.
+    let mut no_cert = connect_as(server.addr, &pki, None).await.unwrap();
+    assert_eq!(
+        mqtt_connect_v5_password(&mut no_cert, "n", "sensor-1", password).await,
+        0x86
+    );
+    server.stop().await;
+}

@@ -71,6 +71,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "jwks_url",
             "jwks_ca_file",
             "jwks_refresh",
+            "jwks_min_interval",
         ],
     ),
     (
@@ -529,6 +530,9 @@ fn read_jwt(r: &mut Reader, t: &Table, base: &Path) -> JwtAuthSettings {
     }
     if let Some(v) = r.integer(t, s, "jwks_refresh", 30, 86_400) {
         jwt.jwks_refresh = Duration::from_secs(v);
+    }
+    if let Some(v) = r.integer(t, s, "jwks_min_interval", 1, 3600) {
+        jwt.jwks_min_interval = Duration::from_secs(v);
     }
     jwt
 }
