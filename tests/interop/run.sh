@@ -117,10 +117,18 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.clos
       "$bin" user add interop --password-stdin --file "$work/passwords.toml" >/dev/null
     export MQTT_AUTH_PORT="$auth_port" MQTT_USER="interop" MQTT_PASSWORD="$interop_password"
     export MQTT_AUDIT="$work/audit.jsonl"
+    # JWT (HS256) for test_auth.py's token tests.
+    jwt_secret="interop shared secret for HS256 tokens, 48 bytes"
+    printf '%s' "$jwt_secret" >"$work/jwt.secret"
+    export MQTT_JWT_SECRET="$jwt_secret"
     cat >"$cfg" <<EOF
 [auth]
 password_file = "$work/passwords.toml"
 audit_file = "$work/audit.jsonl"
+
+[auth.jwt]
+hmac_secret_file = "$work/jwt.secret"
+audiences = ["interop"]
 
 [[listener]]
 bind = "127.0.0.1:$port"

@@ -12,6 +12,9 @@ counted per source address, and a few from 127.0.0.1 would slow down the rest of
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -19,12 +22,16 @@ import time
 
 import pytest
 
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
 from helpers import HOST, TIMEOUT, Client, MosqSub, V311, V5, both_versions, mosquitto_pub
 
 AUTH_PORT = int(os.environ.get("MQTT_AUTH_PORT", "0"))
 USER = os.environ.get("MQTT_USER", "")
 PASSWORD = os.environ.get("MQTT_PASSWORD", "")
 AUDIT = os.environ.get("MQTT_AUDIT", "")
+JWT_SECRET = os.environ.get("MQTT_JWT_SECRET", "").encode()
 
 pytestmark = pytest.mark.skipif(AUTH_PORT == 0, reason="no password listener (MQTT_AUTH_PORT unset)")
 
@@ -107,3 +114,47 @@ def test_logins_are_in_the_audit_file():
             break
         assert time.monotonic() < deadline, f"events missing: {events[-10:]}"
         time.sleep(0.1)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256_token(sub: str, exp_in: int = 600, aud: str = "interop") -> str:
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = b64url(json.dumps({"sub": sub, "aud": aud, "exp": int(time.time()) + exp_in}).encode())
+    signing_input = f"{header}.{claims}".encode()
+    signature = hmac.new(JWT_SECRET, signing_input, hashlib.sha256).digest()
+    return f"{header}.{claims}.{b64url(signature)}"
+
+
+def connect_props(method: str, data: bytes) -> Properties:
+    props = Properties(PacketTypes.CONNECT)
+    props.AuthenticationMethod = method
+    props.AuthenticationData = data
+    return props
+
+
+@both_versions
+def test_a_jwt_in_the_password_field(topic, version):
+    token = hs256_token("device-7")
+    c = Client(version, port=AUTH_PORT, username="device-7", password=token).connect()
+    c.close()
+    assert refused_code(version, username="device-7", password=hs256_token("device-7", exp_in=-120)) == 0x86
+    assert refused_code(version, username="device-7", password=hs256_token("device-7", aud="other")) == 0x86
+
+
+def test_paho_v5_enhanced_authentication_with_the_jwt_method():
+    """MQTT 5 enhanced authentication in one step: the token as Authentication Data."""
+    props = connect_props("JWT", hs256_token("device-8").encode())
+    c = Client(V5, port=AUTH_PORT, connect_properties=props).connect()
+    try:
+        assert c.connack_props.AuthenticationMethod == "JWT"
+    finally:
+        c.close()
+    bad = connect_props("JWT", hs256_token("device-8", exp_in=-120).encode())
+    assert refused_code(V5, connect_properties=bad) == 0x86
+
+
+def test_an_unknown_authentication_method_gets_0x8c():
+    assert refused_code(V5, connect_properties=connect_props("KERBEROS", b"ticket")) == 0x8C
