@@ -6,6 +6,7 @@
 //! tokio or on `bulwark-server`.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod event;
 pub mod guard;
 pub mod jwt;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bulwark_core::ConnectionId;
 use bulwark_proto::{Connect, ReasonCode};
+use bulwark_security::cache::CredentialCache;
 use bulwark_security::event::{EventKind, SecurityEvent};
 use bulwark_security::guard::{Admission, GuardSettings, LoginGuard};
 use bulwark_security::jwt::{self, JwtError, JwtIdentity, JwtKeySet, JwtSettings};
@@ -165,6 +166,11 @@ pub struct AuthSettings {
     pub hash_concurrency: usize,
     /// Logins waiting for a hash check, at most; more are refused with 0x89 Server busy.
     pub max_pending_logins: usize,
+    /// How long a verified username and password are remembered, so that a reconnect skips
+    /// the argon2id check (zero: never).
+    pub credential_cache_ttl: Duration,
+    /// Users remembered at most.
+    pub credential_cache_size: usize,
     /// Failed-login backoff and bans.
     pub guard: GuardSettings,
     /// JWT authentication, if configured.
@@ -178,6 +184,8 @@ impl Default for AuthSettings {
             audit_file: None,
             hash_concurrency: 0,
             max_pending_logins: 1024,
+            credential_cache_ttl: bulwark_security::cache::DEFAULT_TTL,
+            credential_cache_size: bulwark_security::cache::DEFAULT_MAX_ENTRIES,
             guard: GuardSettings::default(),
             jwt: None,
         }
@@ -529,6 +537,8 @@ pub(crate) struct AuthService {
     scram: ScramConfig,
     jwt: Option<Arc<JwtRuntime>>,
     guard: Mutex<LoginGuard>,
+    /// Recently verified passwords; cleared whenever the store is reloaded.
+    verified: Mutex<CredentialCache>,
     pool: HashPool,
     live: Mutex<HashMap<ConnectionId, Live>>,
     pub(crate) audit: Audit,
@@ -589,6 +599,13 @@ impl AuthService {
             scram: ScramConfig::random().map_err(|err| format!("SCRAM: {err}"))?,
             jwt,
             guard: Mutex::new(LoginGuard::new(settings.guard.clone())),
+            verified: Mutex::new(
+                CredentialCache::new(
+                    settings.credential_cache_ttl,
+                    settings.credential_cache_size,
+                )
+                .ok_or("the operating system's random generator is unavailable")?,
+            ),
             pool: HashPool {
                 permits: Arc::new(Semaphore::new(settings.hash_threads())),
                 pending: AtomicUsize::new(0),
@@ -784,6 +801,23 @@ impl AuthService {
 
     async fn password(&self, name: &str, password: &[u8], method: &'static str) -> Step {
         let store = self.store();
+        let allowed = |store: &PasswordStore| {
+            Step::Allow(Identity {
+                username: Some(Arc::from(name)),
+                groups: groups_of(store, name),
+                method,
+                expires_at: None,
+                acl: None,
+                in_store: true,
+            })
+        };
+        let cached = self
+            .verified
+            .lock()
+            .is_ok_and(|cache| cache.check(name, password, Instant::now()));
+        if cached && store.get(name).is_some_and(|r| !r.disabled) {
+            return allowed(&store);
+        }
         let old_hash = store.get(name).map(|r| r.password.clone());
         let (owned_name, owned_password) = (name.to_owned(), password.to_vec());
         let checked = store.clone();
@@ -796,19 +830,15 @@ impl AuthService {
         };
         match verdict {
             Verdict::Allow { upgrade } => {
+                if let Ok(mut cache) = self.verified.lock() {
+                    cache.insert(name, password, Instant::now());
+                }
                 if let (true, Some(old)) = (upgrade, old_hash)
                     && let Ok(text) = std::str::from_utf8(password)
                 {
                     self.upgrade_hash(name, text, old).await;
                 }
-                Step::Allow(Identity {
-                    username: Some(Arc::from(name)),
-                    groups: groups_of(&store, name),
-                    method,
-                    expires_at: None,
-                    acl: None,
-                    in_store: true,
-                })
+                allowed(&store)
             }
             Verdict::Deny => Step::Deny(Refusal::failure(
                 ReasonCode::BadUserNameOrPassword,
@@ -1075,6 +1105,10 @@ impl AuthService {
         if let Ok(mut slot) = self.store.write() {
             *slot = Arc::new(store);
         }
+        // A changed, removed or disabled user must not be let in on a remembered password.
+        if let Ok(mut cache) = self.verified.lock() {
+            cache.clear();
+        }
         affected
     }
 
@@ -1089,7 +1123,10 @@ impl AuthService {
         if jwt.settings.jwks_url.is_none() {
             return;
         }
-        let every = jwt.settings.jwks_refresh.max(jwt.settings.jwks_min_interval);
+        let every = jwt
+            .settings
+            .jwks_refresh
+            .max(jwt.settings.jwks_min_interval);
         loop {
             let seen = jwt.fetched.lock().await.1;
             jwt.refresh(Duration::ZERO, seen).await;

@@ -1116,3 +1116,48 @@ async fn a_jwks_url_is_fetched_again_for_an_unknown_kid_but_not_too_often() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_changed_password_is_not_served_from_the_credential_cache() {
+    let fixture = Fixture::new();
+    let server = fixture.start().await;
+    let old = credentials(
+        ProtocolVersion::V5,
+        "a",
+        Some("alice"),
+        Some(ALICE_PASSWORD.as_bytes()),
+    );
+    // Twice: the second login is the cached one.
+    for _ in 0..2 {
+        assert_eq!(
+            connack(server.addr, &old).await.reason_code,
+            ReasonCode::Success
+        );
+    }
+    let new_password = "orchid-Tundra-signal-35";
+    let mut store = fixture.store();
+    store
+        .set_password(
+            "alice",
+            &hash_password(new_password, &Argon2Params::default()).unwrap(),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    fixture.save(&store);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connack(server.addr, &old).await.reason_code == ReasonCode::Success {
+        assert!(Instant::now() < deadline, "the old password still works");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new = credentials(
+        ProtocolVersion::V5,
+        "a",
+        Some("alice"),
+        Some(new_password.as_bytes()),
+    );
+    assert_eq!(
+        connack(server.addr, &new).await.reason_code,
+        ReasonCode::Success
+    );
+    server.stop().await;
+}

@@ -38,6 +38,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "audit_file",
             "hash_concurrency",
             "max_pending_logins",
+            "credential_cache_ttl",
+            "credential_cache_size",
             "backoff",
             "jwt",
         ],
@@ -448,6 +450,12 @@ fn read_auth(r: &mut Reader, table: &Table, base: &Path) -> AuthSettings {
     }
     if let Some(v) = r.integer(table, s, "max_pending_logins", 1, 1_000_000) {
         auth.max_pending_logins = to_usize(v);
+    }
+    if let Some(v) = r.integer(table, s, "credential_cache_ttl", 0, 86_400) {
+        auth.credential_cache_ttl = Duration::from_secs(v);
+    }
+    if let Some(v) = r.integer(table, s, "credential_cache_size", 0, 10_000_000) {
+        auth.credential_cache_size = to_usize(v);
     }
     match table.get("backoff") {
         None => {}
