@@ -10,8 +10,12 @@
 //!
 //! 1. [`LoginGuard::admit`] before the credentials are checked. [`Admission::Banned`] and
 //!    [`Admission::Throttled`] refuse the attempt without checking anything;
-//!    [`Admission::Proceed`] says how long to wait before checking.
-//! 2. After the check, [`LoginGuard::record_failure`] or [`LoginGuard::record_success`].
+//!    [`Admission::Proceed`] says how long to wait before checking, and counts the attempt as
+//!    in flight.
+//! 2. After the check, exactly once per [`Admission::Proceed`]: [`LoginGuard::finish_failure`],
+//!    [`LoginGuard::finish_success`], or [`LoginGuard::release`] for an attempt that ended
+//!    without a verdict. ([`LoginGuard::record_failure`] and [`LoginGuard::record_success`]
+//!    count an outcome without touching the attempts in flight.)
 //! 3. Now and then (say once a minute), [`LoginGuard::prune`] to forget what has expired.
 //!
 //! The scheme, with the defaults of [`GuardSettings`]:
@@ -22,10 +26,15 @@
 //!   1 s, after 6 2 s, after 7 4 s, and so on. An attempt waits for the larger of its address's
 //!   and its username's delay, so guessing one account from many addresses is slowed as much as
 //!   guessing many accounts from one address.
-//! - Attempts on a key in backoff are serialized: each takes the next free slot at least one
-//!   delay after the previous one, so opening many connections at once gains an attacker
-//!   nothing. An attempt whose slot is more than `max_wait` (60 s) away is refused at once
-//!   ([`Admission::Throttled`]) instead of holding a connection open.
+//! - Attempts still in flight count as failures until their outcome is known, so opening many
+//!   connections at once gains an attacker nothing: the sixth parallel attempt of a fresh
+//!   address already waits.
+//! - Attempts from an address in backoff are serialized: each takes the next free slot at least
+//!   one delay after the previous one. An attempt whose slot is more than `max_wait` (60 s) away
+//!   is refused at once ([`Admission::Throttled`]) instead of holding a connection open.
+//! - A username in backoff delays each attempt by its delay (at most `max_delay`) but is never
+//!   serialized nor throttled on its own: that would let anyone lock a user out by guessing at
+//!   its name.
 //! - `ban_after` (20) failures from one source address ban it for `ban_duration` (10 minutes);
 //!   when the ban has passed the address starts again from zero. `ban_after = 0` never bans.
 //! - A successful login resets its username but not its address: one valid account must not let
@@ -189,6 +198,8 @@ struct Entry {
     next_free: Option<Instant>,
     /// Addresses only.
     banned_until: Option<Instant>,
+    /// Attempts admitted whose outcome is not known yet.
+    in_flight: u32,
 }
 
 impl Entry {
@@ -198,6 +209,7 @@ impl Entry {
             last_failure: now,
             next_free: None,
             banned_until: None,
+            in_flight: 0,
         }
     }
 
@@ -211,6 +223,9 @@ impl Entry {
 
     /// Whether the entry still means anything: an expired entry is the same as no entry.
     fn is_live(&self, now: Instant, window: Duration) -> bool {
+        if self.in_flight > 0 {
+            return true;
+        }
         match self.banned_until {
             Some(until) => until > now,
             None => !self.window_passed(now, window),
@@ -219,11 +234,17 @@ impl Entry {
 
     /// The failures that count at `now` (zero once the window or a ban has passed).
     fn current_count(&self, now: Instant, window: Duration) -> u32 {
-        if self.is_live(now, window) {
-            self.count
-        } else {
-            0
-        }
+        let counted = match self.banned_until {
+            Some(until) => until > now,
+            None => !self.window_passed(now, window),
+        };
+        if counted { self.count } else { 0 }
+    }
+
+    /// The failures plus the attempts in flight, as the backoff sees them.
+    fn effective_count(&self, now: Instant, window: Duration) -> u32 {
+        self.current_count(now, window)
+            .saturating_add(self.in_flight)
     }
 }
 
@@ -262,6 +283,9 @@ fn make_room<K: Copy + Eq + Hash>(
             let rank = if !entry.is_live(now, window) {
                 expired += 1;
                 (0, entry.last_failure)
+            } else if entry.in_flight > 0 {
+                // Attempts still to be counted go last (losing one only forgets a reservation).
+                (3, entry.last_failure)
             } else if let Some(until) = entry.banned_at(now) {
                 (2, until)
             } else {
@@ -292,9 +316,14 @@ fn count_failure<'t, K: Copy + Eq + Hash>(
         make_room(table, settings.max_tracked, now, settings.window);
     }
     let entry = table.entry(key).or_insert_with(|| Entry::new(now));
-    if !entry.is_live(now, settings.window) {
+    let ban_passed = entry.banned_until.is_some_and(|until| until <= now);
+    let window_passed = entry.window_passed(now, settings.window);
+    if ban_passed || (entry.banned_until.is_none() && window_passed) {
+        // Nothing counts any more: start again, keeping the attempts in flight.
+        let in_flight = entry.in_flight;
         *entry = Entry::new(now);
-    } else if entry.window_passed(now, settings.window) {
+        entry.in_flight = in_flight;
+    } else if window_passed {
         // Still banned, but the failures before are out of the window.
         entry.count = 0;
     }
@@ -310,11 +339,37 @@ fn backoff_slot(
     settings: &GuardSettings,
     now: Instant,
 ) -> Option<(Duration, Instant)> {
-    let delay = settings.delay_for(entry.current_count(now, settings.window))?;
+    let delay = settings.delay_for(entry.effective_count(now, settings.window))?;
     let slot = now
         .max(saturating_add(entry.last_failure, delay))
         .max(entry.next_free.unwrap_or(now));
     Some((delay, slot))
+}
+
+/// The entry of `key`, inserted (making room first) if missing.
+fn entry_for<'t, K: Copy + Eq + Hash>(
+    table: &'t mut HashMap<K, Entry>,
+    key: K,
+    settings: &GuardSettings,
+    now: Instant,
+) -> &'t mut Entry {
+    if !table.contains_key(&key) {
+        make_room(table, settings.max_tracked, now, settings.window);
+    }
+    table.entry(key).or_insert_with(|| placeholder(now))
+}
+
+/// An entry with no failure yet: a holder for attempts in flight. Its "last failure" is now, so
+/// that attempts in flight past the threshold wait from now.
+fn placeholder(now: Instant) -> Entry {
+    Entry::new(now)
+}
+
+/// One attempt of `key` is over.
+fn release_one<K: Copy + Eq + Hash>(table: &mut HashMap<K, Entry>, key: K) {
+    if let Some(entry) = table.get_mut(&key) {
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+    }
 }
 
 /// The 128-bit table key of a username, keyed by a secret random per guard.
@@ -389,29 +444,28 @@ impl LoginGuard {
             .addresses
             .get(&address_key)
             .and_then(|entry| backoff_slot(entry, settings, now));
+        // A username only delays: no serialization, no throttling (see the module docs).
         let by_username = username_key
             .and_then(|key| self.usernames.get(&key))
-            .and_then(|entry| backoff_slot(entry, settings, now));
-        let slot = by_address
-            .iter()
-            .chain(by_username.iter())
-            .map(|&(_, slot)| slot)
-            .max()
-            .unwrap_or(now);
-        let wait = slot.saturating_duration_since(now);
-        if wait > settings.max_wait {
+            .and_then(|entry| {
+                let delay = settings.delay_for(entry.effective_count(now, settings.window))?;
+                Some(now.max(saturating_add(entry.last_failure, delay)))
+            });
+        let address_slot = by_address.map_or(now, |(_, slot)| slot);
+        if address_slot.saturating_duration_since(now) > settings.max_wait {
             return Admission::Throttled;
         }
-        if let Some((delay, _)) = by_address
-            && let Some(entry) = self.addresses.get_mut(&address_key)
-        {
-            entry.next_free = Some(saturating_add(slot, delay));
+        let slot = address_slot.max(by_username.unwrap_or(now));
+        let wait = slot.saturating_duration_since(now);
+        let settings = self.settings.clone();
+        let entry = entry_for(&mut self.addresses, address_key, &settings, now);
+        if let Some((delay, _)) = by_address {
+            entry.next_free = Some(saturating_add(address_slot, delay));
         }
-        if let Some((delay, _)) = by_username
-            && let Some(key) = username_key
-            && let Some(entry) = self.usernames.get_mut(&key)
-        {
-            entry.next_free = Some(saturating_add(slot, delay));
+        entry.in_flight = entry.in_flight.saturating_add(1);
+        if let Some(key) = username_key {
+            let entry = entry_for(&mut self.usernames, key, &settings, now);
+            entry.in_flight = entry.in_flight.saturating_add(1);
         }
         Admission::Proceed { delay: wait }
     }
@@ -456,8 +510,45 @@ impl LoginGuard {
         let _ = (address, now);
         if let Some(name) = username {
             let key = self.username_keys.key(name);
-            self.usernames.remove(&key);
+            if let Some(entry) = self.usernames.get_mut(&key) {
+                if entry.in_flight == 0 {
+                    self.usernames.remove(&key);
+                } else {
+                    let in_flight = entry.in_flight;
+                    *entry = placeholder(now);
+                    entry.in_flight = in_flight;
+                }
+            }
         }
+    }
+
+    /// Ends an admitted attempt that produced no verdict (the client went away, the check
+    /// could not run): its keys have one attempt fewer in flight.
+    pub fn release(&mut self, address: IpAddr, username: Option<&str>) {
+        release_one(&mut self.addresses, address_key(address));
+        if let Some(name) = username {
+            let key = self.username_keys.key(name);
+            release_one(&mut self.usernames, key);
+        }
+    }
+
+    /// Ends an admitted attempt that failed: [`release`](Self::release), then
+    /// [`record_failure`](Self::record_failure).
+    pub fn finish_failure(
+        &mut self,
+        address: IpAddr,
+        username: Option<&str>,
+        now: Instant,
+    ) -> FailureOutcome {
+        self.release(address, username);
+        self.record_failure(address, username, now)
+    }
+
+    /// Ends an admitted attempt that succeeded: [`release`](Self::release), then
+    /// [`record_success`](Self::record_success).
+    pub fn finish_success(&mut self, address: IpAddr, username: Option<&str>, now: Instant) {
+        self.release(address, username);
+        self.record_success(address, username, now);
     }
 
     /// Whether `address` (its key: IPv6 by /64) is banned at `now`.
@@ -613,18 +704,54 @@ mod tests {
                 guard.admit(addr, Some("alice"), t0),
                 proceed(Duration::ZERO)
             );
-            let out = guard.record_failure(addr, Some("alice"), t0);
+            let out = guard.finish_failure(addr, Some("alice"), t0);
             assert_eq!(out.address_failures, i + 1);
             assert_eq!(out.username_failures, i + 1);
             assert!(!out.banned);
         }
-        // Four failures: still no delay, however many attempts arrive at once.
-        for _ in 0..10 {
-            assert_eq!(
-                guard.admit(addr, Some("alice"), t0),
-                proceed(Duration::ZERO)
-            );
+        // Four failures: one more attempt goes at once; a second one in parallel would make
+        // five (the one in flight counts as a failure until its outcome is known).
+        assert_eq!(
+            guard.admit(addr, Some("alice"), t0),
+            proceed(Duration::ZERO)
+        );
+        assert_eq!(guard.admit(addr, Some("alice"), t0), proceed(SEC));
+        // When both end without a verdict, nothing was counted.
+        guard.release(addr, Some("alice"));
+        guard.release(addr, Some("alice"));
+        assert_eq!(
+            guard.admit(v4(9), Some("alice"), t0),
+            proceed(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn parallel_attempts_of_a_fresh_address_count_while_in_flight() {
+        let settings = GuardSettings {
+            ban_after: 0,
+            ..GuardSettings::default()
+        };
+        let mut guard = LoginGuard::new(settings);
+        let addr = v4(7);
+        let t0 = Instant::now();
+        let mut admitted = 0;
+        let mut immediate = 0;
+        for _ in 0..1000 {
+            match guard.admit(addr, None, t0) {
+                Admission::Proceed { delay } => {
+                    admitted += 1;
+                    if delay.is_zero() {
+                        immediate += 1;
+                    }
+                }
+                Admission::Throttled => {}
+                other => panic!("{other:?}"),
+            }
         }
+        // Five at once, then slots 1, 2, 4, 8, 16 and 32 s away, and nothing within the 60 s
+        // bound after that: a thousand parallel connections get eleven guesses.
+        assert_eq!(immediate, 5);
+        assert_eq!(admitted, 11);
     }
 
     #[test]
@@ -643,7 +770,7 @@ mod tests {
             // Asked straight after the failure, the attempt waits the whole delay.
             assert_eq!(guard.admit(addr, None, t), proceed(delay));
             t += delay;
-            guard.record_failure(addr, None, t);
+            guard.finish_failure(addr, None, t);
         }
     }
 
@@ -670,10 +797,11 @@ mod tests {
         let addr = v4(1);
         let t0 = Instant::now();
         fail_n(&mut guard, addr, None, 6, t0);
-        // Delay 2 s: ten connections at once get slots 2 s apart.
-        for i in 1..=10u32 {
-            assert_eq!(guard.admit(addr, None, t0), proceed(2 * i * SEC));
-        }
+        // Six failures (2 s), and each attempt in flight counts as one more: the slots are
+        // 2, 4 and 8 s after the last failure.
+        assert_eq!(guard.admit(addr, None, t0), proceed(2 * SEC));
+        assert_eq!(guard.admit(addr, None, t0), proceed(4 * SEC));
+        assert_eq!(guard.admit(addr, None, t0), proceed(8 * SEC));
         // Another address is not in backoff.
         assert_eq!(guard.admit(v4(2), None, t0), proceed(Duration::ZERO));
     }
@@ -688,14 +816,14 @@ mod tests {
         let addr = v4(1);
         let t0 = Instant::now();
         fail_n(&mut guard, addr, None, 6, t0); // 2 s delay
-        for i in 1..=5u32 {
-            assert_eq!(guard.admit(addr, None, t0), proceed(2 * i * SEC));
-        }
-        // The sixth slot would be 12 s away.
+        assert_eq!(guard.admit(addr, None, t0), proceed(2 * SEC));
+        assert_eq!(guard.admit(addr, None, t0), proceed(4 * SEC));
+        assert_eq!(guard.admit(addr, None, t0), proceed(8 * SEC));
+        // The next slot would be 16 s away.
         assert_eq!(guard.admit(addr, None, t0), Admission::Throttled);
         assert_eq!(guard.admit(addr, None, t0), Admission::Throttled);
-        // Refusals took no slot: two seconds later the next slot is still 12 s after t0.
-        assert_eq!(guard.admit(addr, None, t0 + 2 * SEC), proceed(10 * SEC));
+        // Refusals took no slot: seven seconds later the next slot is still 16 s after t0.
+        assert_eq!(guard.admit(addr, None, t0 + 7 * SEC), proceed(9 * SEC));
     }
 
     #[test]
@@ -906,8 +1034,10 @@ mod tests {
         fail_n(&mut guard, addr, Some("carol"), 5, t0);
         fail_n(&mut guard, addr, None, 3, t0);
         assert_eq!(guard.admit(addr, Some("carol"), t0), proceed(8 * SEC));
-        // Both keys moved on: the username's next slot is 9 s, the address's 16 s.
-        assert_eq!(guard.admit(v4(2), Some("carol"), t0), proceed(9 * SEC));
+        // The username is not serialized: from another address, with the attempt above in
+        // flight (6 counted), it only asks for its delay.
+        assert_eq!(guard.admit(v4(2), Some("carol"), t0), proceed(2 * SEC));
+        // The address is: its next slot is one delay after the first attempt's.
         assert_eq!(guard.admit(addr, None, t0), proceed(16 * SEC));
     }
 
@@ -918,16 +1048,16 @@ mod tests {
         let addr = v4(1);
         fail_n(&mut guard, addr, Some("dave"), 6, t0);
         assert_eq!(guard.admit(v4(2), Some("dave"), t0), proceed(2 * SEC));
-        guard.record_success(addr, Some("dave"), t0 + SEC);
+        guard.finish_success(v4(2), Some("dave"), t0 + SEC);
         // The account is free again from anywhere, queue included...
         assert_eq!(
             guard.admit(v4(2), Some("dave"), t0 + SEC),
             proceed(Duration::ZERO)
         );
-        assert_eq!(guard.tracked(), (1, 0));
+        guard.release(v4(2), Some("dave"));
         // ...but the address still waits out its own delay, and keeps counting towards its ban.
         assert_eq!(guard.admit(addr, Some("dave"), t0 + SEC), proceed(SEC));
-        let out = guard.record_failure(addr, Some("dave"), t0 + 3 * SEC);
+        let out = guard.finish_failure(addr, Some("dave"), t0 + 3 * SEC);
         assert_eq!(out.address_failures, 7);
         assert_eq!(out.username_failures, 1);
         guard.record_success(addr, None, t0 + 3 * SEC);

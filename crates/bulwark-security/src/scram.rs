@@ -470,11 +470,17 @@ impl ScramConfig {
     /// Settings with a random decoy secret from the operating system (decoy salts then change
     /// when the process restarts).
     pub fn random() -> Result<Self, ScramError> {
+        Ok(Self::new(Self::random_secret()?))
+    }
+
+    /// A fresh decoy secret from the operating system, for a caller that keeps it (so that
+    /// decoy salts stay the same across restarts) and passes it to [`ScramConfig::new`].
+    pub fn random_secret() -> Result<[u8; 32], ScramError> {
         let mut secret = [0u8; 32];
         OsRng
             .try_fill_bytes(&mut secret)
             .map_err(|_| ScramError::RandomUnavailable)?;
-        Ok(Self::new(secret))
+        Ok(secret)
     }
 
     /// Sets the iteration count announced to unknown users; refused outside

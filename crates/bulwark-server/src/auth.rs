@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bulwark_core::ConnectionId;
@@ -150,6 +150,11 @@ impl JwtAuthSettings {
     }
 }
 
+/// Refusals of a banned or throttled address are recorded at most once per this period.
+const QUIET_PERIOD: Duration = Duration::from_secs(10);
+/// Addresses remembered for that, at most.
+const QUIET_TABLE: usize = 10_000;
+
 /// The default of [`JwtAuthSettings::jwks_min_interval`].
 pub const MIN_JWKS_FETCH_GAP: Duration = Duration::from_secs(30);
 /// A JWKS fetch gives up after this long.
@@ -242,16 +247,28 @@ pub(crate) struct Refusal {
     pub(crate) code: ReasonCode,
     pub(crate) reason: String,
     /// Whether this counts as a failed login (backoff and bans).
-    pub(crate) counts: bool,
+    pub(crate) counts: Counts,
     pub(crate) kind: EventKind,
 }
 
+/// Whether a refusal counts towards backoff and bans, and against which keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counts {
+    /// Not a guess (server busy, banned, throttled, an unsupported method).
+    No,
+    /// Against the address only: an exchange the client left, which says nothing about the
+    /// username it named (and must not let anyone slow down that user).
+    AddressOnly,
+    /// Against the address and the username.
+    Both,
+}
+
 impl Refusal {
-    fn failure(code: ReasonCode, reason: impl Into<String>) -> Self {
+    pub(crate) fn failure(code: ReasonCode, reason: impl Into<String>) -> Self {
         Self {
             code,
             reason: reason.into(),
-            counts: true,
+            counts: Counts::Both,
             kind: EventKind::AuthFailure,
         }
     }
@@ -261,7 +278,7 @@ impl Refusal {
         Self {
             code: ReasonCode::NotAuthorized,
             reason: reason.into(),
-            counts: true,
+            counts: Counts::Both,
             kind: EventKind::ReauthFailure,
         }
     }
@@ -270,7 +287,7 @@ impl Refusal {
         Self {
             code: ReasonCode::ServerBusy,
             reason: "too many logins waiting for a password check".into(),
-            counts: false,
+            counts: Counts::No,
             kind: EventKind::AuthFailure,
         }
     }
@@ -309,6 +326,32 @@ impl Attempt<'_> {
         event.method = Some(self.method.to_owned());
         event.reason = reason;
         event
+    }
+}
+
+/// An attempt the guard admitted: its outcome must be counted, or the attempt released (on
+/// drop) so that it stops counting as in flight.
+pub(crate) struct Ticket<'a> {
+    auth: &'a AuthService,
+    address: std::net::IpAddr,
+    username: Option<String>,
+    open: bool,
+}
+
+impl std::fmt::Debug for Ticket<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("address", &self.address)
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            lock(&self.auth.guard).release(self.address, self.username.as_deref());
+        }
     }
 }
 
@@ -370,8 +413,10 @@ struct JwtRuntime {
     settings: JwtAuthSettings,
     verify: JwtSettings,
     keys: RwLock<Arc<JwtKeySet>>,
-    /// When the JWKS URL was last fetched, and how many fetches succeeded.
-    fetched: tokio::sync::Mutex<(Option<Instant>, u64)>,
+    /// When the JWKS URL was last fetched; held only by refreshes, never by a verification.
+    fetching: tokio::sync::Mutex<Option<Instant>>,
+    /// How many fetches succeeded.
+    fetches: AtomicU64,
     /// The last JWKS document fetched, kept for reloads of the key files.
     fetched_text: Mutex<Option<String>>,
     /// Modification times of the key files, to notice changes.
@@ -432,14 +477,14 @@ impl JwtRuntime {
         let Some(source) = self.source() else {
             return false;
         };
-        let mut fetched = self.fetched.lock().await;
-        if fetched.1 != seen {
+        let mut fetched = self.fetching.lock().await;
+        if self.fetches.load(Ordering::Acquire) != seen {
             return true;
         }
-        if fetched.0.is_some_and(|at| at.elapsed() < gap) {
+        if fetched.is_some_and(|at| at.elapsed() < gap) {
             return false;
         }
-        fetched.0 = Some(Instant::now());
+        *fetched = Some(Instant::now());
         let source = match source {
             Ok(source) => source,
             Err(err) => {
@@ -459,13 +504,9 @@ impl JwtRuntime {
         match Self::load_keys(&self.settings, Some(&text)) {
             Ok(keys) => {
                 info!(%url, keys = keys.len(), "JWKS fetched");
-                if let Ok(mut slot) = self.keys.write() {
-                    *slot = Arc::new(keys);
-                }
-                if let Ok(mut kept) = self.fetched_text.lock() {
-                    *kept = Some(text);
-                }
-                fetched.1 += 1;
+                *write(&self.keys) = Arc::new(keys);
+                *lock(&self.fetched_text) = Some(text);
+                self.fetches.fetch_add(1, Ordering::AcqRel);
                 true
             }
             Err(err) => {
@@ -488,36 +529,52 @@ impl JwtRuntime {
     /// Reloads the key files if one changed (or `force`); a failure keeps the old keys.
     fn reload_files(&self, force: bool) {
         let now: Vec<_> = self.files().iter().map(|f| mtime(f)).collect();
-        match self.files_seen.lock() {
-            Ok(mut seen) if force || *seen != now => *seen = now,
-            _ => return,
+        {
+            let mut seen = lock(&self.files_seen);
+            if !force && *seen == now {
+                return;
+            }
+            *seen = now;
         }
-        let fetched = self.fetched_text.lock().ok().and_then(|t| t.clone());
+        let fetched = lock(&self.fetched_text).clone();
         match Self::load_keys(&self.settings, fetched.as_deref()) {
             Ok(keys) => {
                 info!(keys = keys.len(), "JWT keys reloaded");
-                if let Ok(mut slot) = self.keys.write() {
-                    *slot = Arc::new(keys);
-                }
+                *write(&self.keys) = Arc::new(keys);
             }
             Err(err) => warn!(%err, "JWT key reload failed; the previous keys stay in use"),
         }
     }
 
     async fn verify(&self, token: &str, client_id: &str) -> Result<JwtIdentity, JwtError> {
-        let seen = self.fetched.lock().await.1;
-        let keys = self.keys.read().map(|k| k.clone()).unwrap_or_default();
+        let seen = self.fetches.load(Ordering::Acquire);
+        let keys = read(&self.keys).clone();
         let result = jwt::verify(&self.verify, &keys, token, client_id, unix_now());
         match result {
             Err(JwtError::UnknownKey { .. })
                 if self.refresh(self.settings.jwks_min_interval, seen).await =>
             {
-                let keys = self.keys.read().map(|k| k.clone()).unwrap_or_default();
+                let keys = read(&self.keys).clone();
                 jwt::verify(&self.verify, &keys, token, client_id, unix_now())
             }
             other => other,
         }
     }
+}
+
+/// Locks `mutex`, also after a panic elsewhere poisoned it: every value behind these locks
+/// (counters, maps, the current store) stays usable, and refusing every login or skipping
+/// every check from then on would both be worse.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn unix_now() -> u64 {
@@ -539,6 +596,11 @@ pub(crate) struct AuthService {
     guard: Mutex<LoginGuard>,
     /// Recently verified passwords; cleared whenever the store is reloaded.
     verified: Mutex<CredentialCache>,
+    /// Bumped at every store reload.
+    generation: AtomicU64,
+    /// Per address: when a refusal of a banned or throttled attempt was last recorded, and
+    /// how many were not recorded since (they come in floods).
+    quiet: Mutex<HashMap<std::net::IpAddr, (Instant, u32)>>,
     pool: HashPool,
     live: Mutex<HashMap<ConnectionId, Live>>,
     pub(crate) audit: Audit,
@@ -578,7 +640,8 @@ impl AuthService {
                     settings: jwt.clone(),
                     verify,
                     keys: RwLock::new(Arc::new(keys)),
-                    fetched: tokio::sync::Mutex::new((None, 0)),
+                    fetching: tokio::sync::Mutex::new(None),
+                    fetches: AtomicU64::new(0),
                     fetched_text: Mutex::new(None),
                     files_seen: Mutex::new(Vec::new()),
                 };
@@ -596,7 +659,7 @@ impl AuthService {
             store: RwLock::new(Arc::new(store)),
             store_seen: Mutex::new(store_seen),
             store_write: tokio::sync::Mutex::new(()),
-            scram: ScramConfig::random().map_err(|err| format!("SCRAM: {err}"))?,
+            scram: scram_config(settings.password_file.as_deref())?,
             jwt,
             guard: Mutex::new(LoginGuard::new(settings.guard.clone())),
             verified: Mutex::new(
@@ -606,6 +669,8 @@ impl AuthService {
                 )
                 .ok_or("the operating system's random generator is unavailable")?,
             ),
+            generation: AtomicU64::new(0),
+            quiet: Mutex::new(HashMap::new()),
             pool: HashPool {
                 permits: Arc::new(Semaphore::new(settings.hash_threads())),
                 pending: AtomicUsize::new(0),
@@ -621,50 +686,86 @@ impl AuthService {
     }
 
     fn store(&self) -> Arc<PasswordStore> {
-        self.store
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_else(|_| Arc::new(PasswordStore::new()))
+        read(&self.store).clone()
     }
 
     /// Admission through the guard: waits out a backoff delay; refuses banned addresses and
-    /// attempts the backoff queue cannot take.
-    pub(crate) async fn gate(&self, attempt: &Attempt<'_>) -> Result<(), Refusal> {
-        let admission = match self.guard.lock() {
-            Ok(mut guard) => guard.admit(attempt.peer.ip(), attempt.username, Instant::now()),
-            Err(_) => Admission::Proceed {
-                delay: Duration::ZERO,
-            },
+    /// attempts the backoff queue cannot take. `password`, when the CONNECT has one, lets a
+    /// login the credential cache knows skip its username's backoff (the username's delay
+    /// is there to slow guessing, and this is no guess).
+    pub(crate) async fn gate(
+        &self,
+        attempt: &Attempt<'_>,
+        password: Option<&[u8]>,
+    ) -> Result<Ticket<'_>, Refusal> {
+        let known = match (attempt.username, password) {
+            (Some(name), Some(password)) => {
+                lock(&self.verified).check(name, password, Instant::now())
+            }
+            _ => false,
         };
+        let username = if known { None } else { attempt.username };
+        let address = attempt.peer.ip();
+        let admission = lock(&self.guard).admit(address, username, Instant::now());
         match admission {
             Admission::Proceed { delay } => {
+                let ticket = Ticket {
+                    auth: self,
+                    address,
+                    username: username.map(str::to_owned),
+                    open: true,
+                };
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                Ok(())
+                Ok(ticket)
             }
             Admission::Throttled => Err(Refusal {
                 code: ReasonCode::BadUserNameOrPassword,
                 reason: "too many failed logins: refused without checking".into(),
-                counts: false,
+                counts: Counts::No,
                 kind: EventKind::Throttled,
             }),
             Admission::Banned { remaining } => Err(Refusal {
                 code: ReasonCode::Banned,
                 reason: format!("address banned for {} s more", remaining.as_secs()),
-                counts: false,
+                counts: Counts::No,
                 kind: EventKind::BannedRefused,
             }),
         }
     }
 
-    /// Records the outcome of a login: the guard's counts and the security event.
-    pub(crate) async fn conclude(&self, attempt: &Attempt<'_>, result: &Result<Identity, Refusal>) {
+    /// Records the outcome of a login: the guard's counts (ending the admitted attempt, if
+    /// there is a ticket) and the security event.
+    pub(crate) async fn conclude(
+        &self,
+        ticket: Option<Ticket<'_>>,
+        attempt: &Attempt<'_>,
+        result: &Result<Identity, Refusal>,
+    ) {
         let now = Instant::now();
+        let address = attempt.peer.ip();
+        let mut ticket = ticket;
+        // The ticket's username is the one the guard admitted (none for a cached login).
+        let admitted_user = ticket.as_ref().map(|t| t.username.clone());
+        let username = match &admitted_user {
+            Some(name) => name.as_deref(),
+            None => attempt.username,
+        };
+        if let Some(t) = ticket.as_mut() {
+            t.open = false;
+        }
+        let had_ticket = ticket.is_some();
+        drop(ticket);
         match result {
             Ok(identity) => {
-                if let Ok(mut guard) = self.guard.lock() {
-                    guard.record_success(attempt.peer.ip(), attempt.username, now);
+                {
+                    let mut guard = lock(&self.guard);
+                    if had_ticket {
+                        guard.finish_success(address, username, now);
+                    } else {
+                        guard.record_success(address, username, now);
+                    }
                 }
                 let kind = if attempt.reauth {
                     EventKind::ReauthSuccess
@@ -677,21 +778,24 @@ impl AuthService {
                 self.audit.record(event).await;
             }
             Err(refusal) => {
-                let outcome = if refusal.counts {
-                    self.guard
-                        .lock()
-                        .ok()
-                        .map(|mut g| g.record_failure(attempt.peer.ip(), attempt.username, now))
-                } else {
-                    None
+                let outcome = {
+                    let mut guard = lock(&self.guard);
+                    if had_ticket {
+                        guard.release(address, username);
+                    }
+                    match refusal.counts {
+                        Counts::No => None,
+                        Counts::AddressOnly => Some(guard.record_failure(address, None, now)),
+                        Counts::Both => Some(guard.record_failure(address, username, now)),
+                    }
                 };
                 let kind = match refusal.kind {
                     EventKind::AuthFailure if attempt.reauth => EventKind::ReauthFailure,
                     kind => kind,
                 };
-                self.audit
-                    .record(attempt.event(kind, Some(refusal.reason.clone())))
-                    .await;
+                if let Some(reason) = self.worth_recording(kind, address, &refusal.reason, now) {
+                    self.audit.record(attempt.event(kind, Some(reason))).await;
+                }
                 if let Some(outcome) = outcome.filter(|o| o.banned) {
                     let reason = format!(
                         "{} failed logins from this address",
@@ -705,11 +809,52 @@ impl AuthService {
         }
     }
 
+    /// Refusals of banned and throttled attempts arrive in floods: one event per address every
+    /// [`QUIET_PERIOD`], saying how many were left out. Every other event is recorded.
+    fn worth_recording(
+        &self,
+        kind: EventKind,
+        address: std::net::IpAddr,
+        reason: &str,
+        now: Instant,
+    ) -> Option<String> {
+        if !matches!(kind, EventKind::BannedRefused | EventKind::Throttled) {
+            return Some(reason.to_owned());
+        }
+        let mut quiet = lock(&self.quiet);
+        if quiet.len() >= QUIET_TABLE {
+            quiet.retain(|_, (at, _)| now.saturating_duration_since(*at) < QUIET_PERIOD);
+            if quiet.len() >= QUIET_TABLE {
+                quiet.clear();
+            }
+        }
+        let key = bulwark_security::guard::address_key(address);
+        match quiet.get_mut(&key) {
+            Some((at, left_out)) if now.saturating_duration_since(*at) < QUIET_PERIOD => {
+                *left_out = left_out.saturating_add(1);
+                None
+            }
+            Some((at, left_out)) => {
+                let reason = match *left_out {
+                    0 => reason.to_owned(),
+                    n => format!("{reason} ({n} more from this address not recorded)"),
+                };
+                *at = now;
+                *left_out = 0;
+                Some(reason)
+            }
+            None => {
+                quiet.insert(key, (now, 0));
+                Some(reason.to_owned())
+            }
+        }
+    }
+
     /// Runs the listener's chain over a CONNECT without an Authentication Method.
     /// `certificate` is the identity of a verified client certificate, if the listener maps
     /// one.
     pub(crate) async fn check_connect(
-        &self,
+        self: &Arc<Self>,
         listener: &ListenerAuth,
         connect: &Connect,
         certificate: Option<&str>,
@@ -785,7 +930,7 @@ impl AuthService {
         let record = store.get(name);
         if record.is_some_and(|r| r.disabled) {
             return Step::Deny(Refusal::failure(
-                ReasonCode::NotAuthorized,
+                ReasonCode::BadUserNameOrPassword,
                 "certificate user is disabled in the password store",
             ));
         }
@@ -799,7 +944,10 @@ impl AuthService {
         })
     }
 
-    async fn password(&self, name: &str, password: &[u8], method: &'static str) -> Step {
+    async fn password(self: &Arc<Self>, name: &str, password: &[u8], method: &'static str) -> Step {
+        // The store generation this check starts from: a reload meanwhile must not leave the
+        // password it replaced in the credential cache.
+        let generation = self.generation.load(Ordering::Acquire);
         let store = self.store();
         let allowed = |store: &PasswordStore| {
             Step::Allow(Identity {
@@ -811,10 +959,7 @@ impl AuthService {
                 in_store: true,
             })
         };
-        let cached = self
-            .verified
-            .lock()
-            .is_ok_and(|cache| cache.check(name, password, Instant::now()));
+        let cached = lock(&self.verified).check(name, password, Instant::now());
         if cached && store.get(name).is_some_and(|r| !r.disabled) {
             return allowed(&store);
         }
@@ -830,13 +975,17 @@ impl AuthService {
         };
         match verdict {
             Verdict::Allow { upgrade } => {
-                if let Ok(mut cache) = self.verified.lock() {
-                    cache.insert(name, password, Instant::now());
+                {
+                    let mut cache = lock(&self.verified);
+                    if self.generation.load(Ordering::Acquire) == generation {
+                        cache.insert(name, password, Instant::now());
+                    }
                 }
                 if let (true, Some(old)) = (upgrade, old_hash)
                     && let Ok(text) = std::str::from_utf8(password)
                 {
-                    self.upgrade_hash(name, text, old).await;
+                    let (this, name, text) = (Arc::clone(self), name.to_owned(), text.to_owned());
+                    tokio::spawn(async move { this.upgrade_hash(&name, &text, old).await });
                 }
                 allowed(&store)
             }
@@ -853,7 +1002,10 @@ impl AuthService {
 
     /// Replaces a Mosquitto-imported (or weaker than default) hash with an argon2id one, and
     /// adds SCRAM credentials, now that the password is known to be right. Runs in the
-    /// background; a failure is logged and the old hash keeps working.
+    /// background; a failure is logged and the old hash keeps working. The file is rewritten
+    /// from its current contents (so an edit by `bulwark user` is kept) and then left to the
+    /// watcher, which reloads it like any other change: closing the connections of users that
+    /// edit removed or disabled, and clearing the credential cache.
     async fn upgrade_hash(&self, name: &str, password: &str, old_hash: String) {
         let Some(path) = self.password_file.clone() else {
             return;
@@ -881,6 +1033,7 @@ impl AuthService {
         };
         let _writing = self.store_write.lock().await;
         let result = (|| {
+            // The store as it is on disk now, edits not reloaded yet included.
             let mut store = crate::files::load_store(&path, false)?;
             // Changed meanwhile (by `bulwark user`): leave it alone.
             if store.get(name).map(|r| r.password.as_str()) != Some(old_hash.as_str()) {
@@ -894,15 +1047,7 @@ impl AuthService {
             Ok::<_, String>(Some(store))
         })();
         match result {
-            Ok(Some(store)) => {
-                if let Ok(mut slot) = self.store.write() {
-                    *slot = Arc::new(store);
-                }
-                if let Ok(mut seen) = self.store_seen.lock() {
-                    *seen = mtime(&path);
-                }
-                info!(user = name, "password hash upgraded to argon2id");
-            }
+            Ok(Some(_)) => info!(user = name, "password hash upgraded to argon2id"),
             Ok(None) => {}
             Err(err) => {
                 warn!(user = name, %err, "password hash upgrade failed; the old hash stays")
@@ -938,14 +1083,18 @@ impl AuthService {
                         "JWT: user is disabled in the password store",
                     ));
                 }
+                // The token is valid until exp plus the skew it was accepted with; a time past
+                // what the clock can hold means no end (and never a panic).
+                let skew = jwt.settings.clock_skew.as_secs();
+                let expires_at = claims.expires_at.and_then(|exp| {
+                    UNIX_EPOCH.checked_add(Duration::from_secs(exp.saturating_add(skew)))
+                });
                 Step::Allow(Identity {
                     groups: groups_of(&store, &claims.username),
                     in_store: store.get(&claims.username).is_some(),
                     username: Some(Arc::from(claims.username.as_str())),
                     method: "jwt",
-                    expires_at: claims
-                        .expires_at
-                        .map(|exp| UNIX_EPOCH + Duration::from_secs(exp)),
+                    expires_at,
                     acl: claims.acl,
                 })
             }
@@ -967,7 +1116,7 @@ impl AuthService {
             return Err(Refusal {
                 code: ReasonCode::BadAuthenticationMethod,
                 reason: "JWT authentication is not configured".into(),
-                counts: false,
+                counts: Counts::No,
                 kind: EventKind::AuthFailure,
             });
         };
@@ -1015,35 +1164,45 @@ impl AuthService {
         Refusal::failure(ReasonCode::BadUserNameOrPassword, format!("SCRAM: {err}"))
     }
 
-    /// Remembers an authenticated connection (for store reloads).
-    pub(crate) fn register(&self, conn: ConnectionId, attempt: &Attempt<'_>, identity: &Identity) {
-        if let Ok(mut live) = self.live.lock() {
-            live.insert(
-                conn,
-                Live {
-                    username: identity.username.clone(),
-                    in_store: identity.in_store,
-                    listener: attempt.listener.name.clone(),
-                    peer: attempt.peer,
-                    client_id: attempt.client_id.to_owned(),
-                },
-            );
+    /// Remembers an authenticated connection (for store reloads). Refused (false) if the
+    /// user of the store it was authenticated as has been removed or disabled since: the check
+    /// and a reload's scan of the live connections take the same lock, so a login that
+    /// straddles a reload is either closed by it or refused here.
+    pub(crate) fn register(
+        &self,
+        conn: ConnectionId,
+        attempt: &Attempt<'_>,
+        identity: &Identity,
+    ) -> bool {
+        let mut live = lock(&self.live);
+        if identity.in_store
+            && let Some(name) = identity.username.as_deref()
+            && self.store().get(name).is_none_or(|u| u.disabled)
+        {
+            return false;
         }
+        live.insert(
+            conn,
+            Live {
+                username: identity.username.clone(),
+                in_store: identity.in_store,
+                listener: attempt.listener.name.clone(),
+                peer: attempt.peer,
+                client_id: attempt.client_id.to_owned(),
+            },
+        );
+        true
     }
 
     pub(crate) fn unregister(&self, conn: ConnectionId) {
-        if let Ok(mut live) = self.live.lock() {
-            live.remove(&conn);
-        }
+        lock(&self.live).remove(&conn);
     }
 
     /// A forced disconnect of `conn`, as a security event.
     pub(crate) fn forced_disconnect(&self, conn: ConnectionId, reason: &str) {
         let mut event = SecurityEvent::new(EventKind::ForcedDisconnect, SystemTime::now());
         event.reason = Some(reason.to_owned());
-        if let Ok(live) = self.live.lock()
-            && let Some(l) = live.get(&conn)
-        {
+        if let Some(l) = lock(&self.live).get(&conn) {
             event.listener = Some(l.listener.to_string());
             event.remote = Some(l.peer.to_string());
             event.client_id = (!l.client_id.is_empty()).then(|| l.client_id.clone());
@@ -1068,9 +1227,7 @@ impl AuthService {
         };
         let now = mtime(path);
         {
-            let Ok(mut seen) = self.store_seen.lock() else {
-                return Vec::new();
-            };
+            let mut seen = lock(&self.store_seen);
             if !force && *seen == now {
                 return Vec::new();
             }
@@ -1084,31 +1241,29 @@ impl AuthService {
                 return Vec::new();
             }
         };
-        let affected: Vec<ConnectionId> = match self.live.lock() {
-            Ok(live) => live
-                .iter()
-                .filter(|(_, l)| {
-                    l.in_store
-                        && l.username
-                            .as_deref()
-                            .is_some_and(|name| store.get(name).is_none_or(|u| u.disabled))
-                })
-                .map(|(conn, _)| *conn)
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        // Under the live registry's lock: see `register`.
+        let live = lock(&self.live);
+        let affected: Vec<ConnectionId> = live
+            .iter()
+            .filter(|(_, l)| {
+                l.in_store
+                    && l.username
+                        .as_deref()
+                        .is_some_and(|name| store.get(name).is_none_or(|u| u.disabled))
+            })
+            .map(|(conn, _)| *conn)
+            .collect();
         info!(
             users = store.len(),
             closing = affected.len(),
             "password store reloaded"
         );
-        if let Ok(mut slot) = self.store.write() {
-            *slot = Arc::new(store);
-        }
-        // A changed, removed or disabled user must not be let in on a remembered password.
-        if let Ok(mut cache) = self.verified.lock() {
-            cache.clear();
-        }
+        *write(&self.store) = Arc::new(store);
+        // A changed, removed or disabled user must not be let in on a remembered password:
+        // the generation first, so that a check that started before cannot insert after.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        lock(&self.verified).clear();
+        drop(live);
         affected
     }
 
@@ -1128,7 +1283,7 @@ impl AuthService {
             .jwks_refresh
             .max(jwt.settings.jwks_min_interval);
         loop {
-            let seen = jwt.fetched.lock().await.1;
+            let seen = jwt.fetches.load(Ordering::Acquire);
             jwt.refresh(Duration::ZERO, seen).await;
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
@@ -1139,10 +1294,54 @@ impl AuthService {
 
     /// Prunes the guard's expired entries.
     pub(crate) fn prune(&self) {
-        if let Ok(mut guard) = self.guard.lock() {
-            guard.prune(Instant::now());
+        lock(&self.guard).prune(Instant::now());
+    }
+}
+
+/// The file, next to the password store, that keeps the secret SCRAM decoys are derived from.
+pub const SCRAM_DECOY_FILE: &str = "scram-decoy.secret";
+
+/// The SCRAM settings: decoy credentials for unknown users come from a secret kept beside the
+/// password store (made once, mode 0600), so that an unknown name gets the same salt after a
+/// restart, as a real user does. Without a store (or if the file cannot be written) the secret
+/// is random for this run.
+fn scram_config(store: Option<&std::path::Path>) -> Result<ScramConfig, String> {
+    let random = || ScramConfig::random().map_err(|err| format!("SCRAM: {err}"));
+    let Some(store) = store else {
+        return random();
+    };
+    let path = store.with_file_name(SCRAM_DECOY_FILE);
+    if let Ok(text) = crate::files::read_text(&path, "SCRAM decoy secret", 1024) {
+        return match decode_secret(text.trim()) {
+            Some(secret) => Ok(ScramConfig::new(secret)),
+            None => Err(format!(
+                "{}: expected 64 hexadecimal digits (delete it to have a new one made)",
+                path.display()
+            )),
+        };
+    }
+    let secret = ScramConfig::random_secret().map_err(|err| format!("SCRAM: {err}"))?;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    match crate::files::write_new(&path, format!("{hex}\n").as_bytes()) {
+        Ok(()) => Ok(ScramConfig::new(secret)),
+        Err(err) => {
+            warn!(%err, "SCRAM decoy secret not kept: unknown users' salts change at each start");
+            random()
         }
     }
+}
+
+fn decode_secret(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut secret = [0u8; 32];
+    for (byte, pair) in secret.iter_mut().zip(bytes.chunks(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(secret)
 }
 
 fn groups_of(store: &PasswordStore, name: &str) -> Vec<Arc<str>> {

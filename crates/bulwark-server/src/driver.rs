@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::auth::{Attempt, AuthService, Authenticator, Identity, ListenerAuth, Refusal};
+use crate::auth::{
+    Attempt, AuthService, Authenticator, Counts, Identity, ListenerAuth, Refusal, Ticket,
+};
 use crate::outbox::Outbox;
 use crate::router::{ToRouter, Traffic};
 use crate::tls::IdentitySource;
@@ -54,6 +56,8 @@ const JWT_METHOD: &str = "JWT";
 /// A connection's authentication state, lent to [`Driver::reauthenticate`].
 struct Reauth<'a> {
     method: Option<&'a MqttString>,
+    /// Whether the CONNACK went out: re-authentication may only start after it.
+    connack_sent: bool,
     client_id: &'a str,
     identity: &'a mut Identity,
     scram: &'a mut Option<ScramServer>,
@@ -360,98 +364,105 @@ impl<S: Transport> Driver<S> {
         let listener = self.listener.clone();
         let client_id = connect.client_id.as_str().to_owned();
         let username = connect.username.as_ref().map(|u| u.as_str().to_owned());
-        let method = connect.properties.authentication_method.clone();
-        let (result, attempt_user, method_name, reply) = match method {
-            None => {
-                let attempt = Attempt {
-                    listener: &listener,
-                    peer: self.peer,
-                    client_id: &client_id,
-                    username: username.as_deref(),
-                    method: "connect",
-                    reauth: false,
-                };
-                let result = match auth.gate(&attempt).await {
-                    Ok(()) => {
-                        auth.check_connect(&listener, connect, certificate.as_deref())
-                            .await
-                    }
-                    Err(refusal) => Err(refusal),
-                };
-                (result, username.clone(), "connect", ConnectAuth::default())
-            }
-            Some(method) => {
-                let name = method.as_str();
-                if let Some(hash) =
-                    ScramHash::from_method(name).filter(|_| listener.has(Authenticator::Scram))
-                {
-                    return self.scram_connect(connect, hash, method, &client_id).await;
+        let Some(method) = connect.properties.authentication_method.clone() else {
+            let attempt = Attempt {
+                listener: &listener,
+                peer: self.peer,
+                client_id: &client_id,
+                username: username.as_deref(),
+                method: "connect",
+                reauth: false,
+            };
+            let (ticket, result) = match auth.gate(&attempt, connect.password.as_deref()).await {
+                Ok(ticket) => {
+                    let result = auth
+                        .check_connect(&listener, connect, certificate.as_deref())
+                        .await;
+                    (Some(ticket), result)
                 }
-                if name == JWT_METHOD && listener.has(Authenticator::Jwt) && auth.has_jwt() {
-                    let attempt = Attempt {
-                        listener: &listener,
-                        peer: self.peer,
-                        client_id: &client_id,
-                        username: username.as_deref(),
-                        method: JWT_METHOD,
-                        reauth: false,
-                    };
-                    let token = connect
-                        .properties
-                        .authentication_data
-                        .clone()
-                        .unwrap_or_default();
-                    let result = match auth.gate(&attempt).await {
-                        Ok(()) => {
-                            auth.check_jwt_data(&token, username.as_deref(), &client_id)
-                                .await
-                        }
-                        Err(refusal) => Err(refusal),
-                    };
-                    let reply = ConnectAuth {
-                        method: Some(method),
-                        data: None,
-                    };
-                    (result, username.clone(), JWT_METHOD, reply)
-                } else {
-                    let refusal = Refusal {
-                        code: ReasonCode::BadAuthenticationMethod,
-                        reason: format!(
-                            "authentication method {name:?} is not offered on this listener"
-                        ),
-                        counts: false,
-                        kind: EventKind::AuthFailure,
-                    };
-                    (
-                        Err(refusal),
-                        username.clone(),
-                        "enhanced",
-                        ConnectAuth::default(),
-                    )
-                }
-            }
+                Err(refusal) => (None, Err(refusal)),
+            };
+            return self
+                .finish_login(&auth, ticket, &attempt, result, ConnectAuth::default())
+                .await;
         };
+        let name = method.as_str();
+        if let Some(hash) =
+            ScramHash::from_method(name).filter(|_| listener.has(Authenticator::Scram))
+        {
+            return self
+                .scram_connect(connect, hash, method, &client_id, certificate)
+                .await;
+        }
         let attempt = Attempt {
             listener: &listener,
             peer: self.peer,
             client_id: &client_id,
-            username: attempt_user.as_deref(),
-            method: method_name,
+            username: username.as_deref(),
+            method: if name == JWT_METHOD {
+                JWT_METHOD
+            } else {
+                "enhanced"
+            },
             reauth: false,
         };
-        auth.conclude(&attempt, &result).await;
-        match result {
-            Ok(identity) => {
-                auth.register(self.conn, &attempt, &identity);
-                Ok((identity, reply))
-            }
-            Err(refusal) => {
-                self.refuse(
-                    connect.protocol_version,
-                    refusal.code,
-                    refusal.public_reason(),
-                )
+        if name != JWT_METHOD || !listener.has(Authenticator::Jwt) || !auth.has_jwt() {
+            let refusal = Refusal {
+                code: ReasonCode::BadAuthenticationMethod,
+                reason: format!("authentication method {name:?} is not offered on this listener"),
+                counts: Counts::No,
+                kind: EventKind::AuthFailure,
+            };
+            return self
+                .finish_login(&auth, None, &attempt, Err(refusal), ConnectAuth::default())
                 .await;
+        }
+        let token = connect
+            .properties
+            .authentication_data
+            .clone()
+            .unwrap_or_default();
+        let (ticket, result) = match auth.gate(&attempt, None).await {
+            Ok(ticket) => {
+                // A certificate's identity binds the token's user too.
+                let claimed = certificate.as_deref().or(username.as_deref());
+                let result = auth.check_jwt_data(&token, claimed, &client_id).await;
+                (Some(ticket), result)
+            }
+            Err(refusal) => (None, Err(refusal)),
+        };
+        let reply = ConnectAuth {
+            method: Some(method),
+            data: None,
+        };
+        self.finish_login(&auth, ticket, &attempt, result, reply)
+            .await
+    }
+
+    /// Counts and records the outcome of a login, registers a successful one (refused if the
+    /// user was removed or disabled meanwhile), answers a refusal.
+    async fn finish_login(
+        &mut self,
+        auth: &AuthService,
+        ticket: Option<Ticket<'_>>,
+        attempt: &Attempt<'_>,
+        result: Result<Identity, Refusal>,
+        reply: ConnectAuth,
+    ) -> Result<(Identity, ConnectAuth), End> {
+        let result = match result {
+            Ok(identity) if !auth.register(self.conn, attempt, &identity) => Err(Refusal::failure(
+                ReasonCode::BadUserNameOrPassword,
+                "the user was removed or disabled during the login",
+            )),
+            other => other,
+        };
+        auth.conclude(ticket, attempt, &result).await;
+        match result {
+            Ok(identity) => Ok((identity, reply)),
+            Err(refusal) => {
+                let version = self.encoder.version();
+                self.refuse(version, refusal.code, refusal.public_reason())
+                    .await;
                 Err(End::Refused)
             }
         }
@@ -465,10 +476,10 @@ impl<S: Transport> Driver<S> {
         hash: ScramHash,
         method: MqttString,
         client_id: &str,
+        certificate: Option<String>,
     ) -> Result<(Identity, ConnectAuth), End> {
         let auth = self.ctx.auth.clone();
         let listener = self.listener.clone();
-        let version = connect.protocol_version;
         let first = connect
             .properties
             .authentication_data
@@ -487,75 +498,84 @@ impl<S: Transport> Driver<S> {
             method: hash.method(),
             reauth: false,
         };
-        let result = match started {
-            Err(err) => Err(AuthService::scram_refusal(&err)),
-            Ok((server, server_first)) => match auth.gate(&attempt).await {
-                Err(refusal) => Err(refusal),
-                Ok(()) => {
-                    self.push_auth(
-                        ReasonCode::ContinueAuthentication,
-                        &method,
-                        Some(server_first),
-                    );
-                    self.flush().await?;
-                    let deadline = tokio::time::Instant::now() + self.ctx.connect_timeout;
-                    match self.read_early_packet(deadline).await {
-                        Ok(Packet::Auth(reply))
-                            if reply.reason_code == ReasonCode::ContinueAuthentication
-                                && reply.properties.authentication_method.as_ref()
-                                    == Some(&method) =>
-                        {
-                            let data = reply.properties.authentication_data.unwrap_or_default();
-                            match server.finish(&data) {
-                                Ok((server_final, name)) => {
-                                    Ok((auth.scram_identity(&name, hash.method()), server_final))
-                                }
-                                Err(err) => Err(AuthService::scram_refusal(&err)),
-                            }
-                        }
-                        Ok(_) => {
-                            let refusal = Refusal {
-                                code: ReasonCode::ProtocolError,
-                                reason: "SCRAM: expected AUTH with Continue authentication and the same method".into(),
-                                counts: true,
-                                kind: EventKind::AuthFailure,
-                            };
-                            Err(refusal)
-                        }
-                        Err(end) => {
-                            let refusal = Refusal {
-                                code: ReasonCode::NotAuthorized,
-                                reason: "SCRAM: the client left the exchange".into(),
-                                counts: true,
-                                kind: EventKind::AuthFailure,
-                            };
-                            auth.conclude(&attempt, &Err(refusal)).await;
-                            return Err(end);
-                        }
-                    }
-                }
-            },
-        };
-        let identity_result = result
-            .as_ref()
-            .map(|(identity, _)| identity.clone())
-            .map_err(Clone::clone);
-        auth.conclude(&attempt, &identity_result).await;
-        match result {
-            Ok((identity, server_final)) => {
-                auth.register(self.conn, &attempt, &identity);
-                let reply = ConnectAuth {
-                    method: Some(method),
-                    data: Some(bytes::Bytes::from(server_final)),
-                };
-                Ok((identity, reply))
-            }
-            Err(refusal) => {
-                self.refuse(version, refusal.code, refusal.public_reason())
+        let (server, server_first) = match started {
+            Ok(started) => started,
+            Err(err) => {
+                let refusal = AuthService::scram_refusal(&err);
+                return self
+                    .finish_login(&auth, None, &attempt, Err(refusal), ConnectAuth::default())
                     .await;
-                Err(End::Refused)
             }
+        };
+        // A verified certificate names the user; SCRAM may not log in as another.
+        if let Some(name) = certificate.as_deref()
+            && Some(name) != username.as_deref()
+        {
+            let refusal = Refusal::failure(
+                ReasonCode::BadUserNameOrPassword,
+                "SCRAM: the username differs from the client certificate's identity",
+            );
+            return self
+                .finish_login(&auth, None, &attempt, Err(refusal), ConnectAuth::default())
+                .await;
         }
+        let ticket = match auth.gate(&attempt, None).await {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                return self
+                    .finish_login(&auth, None, &attempt, Err(refusal), ConnectAuth::default())
+                    .await;
+            }
+        };
+        self.push_auth(
+            ReasonCode::ContinueAuthentication,
+            &method,
+            Some(server_first),
+        );
+        let deadline = tokio::time::Instant::now() + self.ctx.connect_timeout;
+        let reply = match self.flush().await {
+            Ok(()) => self.read_early_packet(deadline).await,
+            Err(end) => Err(end),
+        };
+        let outcome = match reply {
+            Ok(Packet::Auth(reply))
+                if reply.reason_code == ReasonCode::ContinueAuthentication
+                    && reply.properties.authentication_method.as_ref() == Some(&method) =>
+            {
+                let data = reply.properties.authentication_data.unwrap_or_default();
+                server
+                    .finish(&data)
+                    .map(|(server_final, name)| {
+                        (auth.scram_identity(&name, hash.method()), server_final)
+                    })
+                    .map_err(|err| AuthService::scram_refusal(&err))
+            }
+            Ok(_) => Err(Refusal::failure(
+                ReasonCode::ProtocolError,
+                "SCRAM: expected AUTH with Continue authentication and the same method",
+            )),
+            Err(end) => {
+                // The client left: that says nothing about the username it named.
+                let refusal = Refusal {
+                    code: ReasonCode::NotAuthorized,
+                    reason: "SCRAM: the client left the exchange".into(),
+                    counts: Counts::AddressOnly,
+                    kind: EventKind::AuthFailure,
+                };
+                auth.conclude(Some(ticket), &attempt, &Err(refusal)).await;
+                return Err(end);
+            }
+        };
+        let (result, server_final) = match outcome {
+            Ok((identity, server_final)) => (Ok(identity), Some(server_final)),
+            Err(refusal) => (Err(refusal), None),
+        };
+        let reply = ConnectAuth {
+            method: Some(method),
+            data: server_final.map(bytes::Bytes::from),
+        };
+        self.finish_login(&auth, Some(ticket), &attempt, result, reply)
+            .await
     }
 
     /// Sends DISCONNECT `code` (5.0) and flushes: the connection is to close.
@@ -573,12 +593,13 @@ impl<S: Transport> Driver<S> {
     /// Handles an AUTH packet after the CONNACK: 5.0 re-authentication with the method of
     /// the CONNECT ([MQTT-4.12.1-1]). A failure closes the connection with 0x87.
     async fn reauthenticate(&mut self, packet: Auth, state: Reauth<'_>) -> Result<(), End> {
-        let Some(method) = state.method else {
-            self.disconnect(
-                ReasonCode::ProtocolError,
-                "[MQTT-4.12.0-7] AUTH without an Authentication Method in CONNECT",
-            )
-            .await;
+        let Some(method) = state.method.filter(|_| state.connack_sent) else {
+            let why = if state.method.is_none() {
+                "[MQTT-4.12.0-7] AUTH without an Authentication Method in CONNECT"
+            } else {
+                "[MQTT-4.12.1-1] re-authentication before the CONNACK"
+            };
+            self.disconnect(ReasonCode::ProtocolError, why).await;
             return Err(End::Refused);
         };
         if packet.properties.authentication_method.as_ref() != Some(method) {
@@ -640,7 +661,7 @@ impl<S: Transport> Driver<S> {
         };
         match result {
             Ok((identity, reply)) => {
-                auth.conclude(&attempt, &Ok(identity.clone())).await;
+                auth.conclude(None, &attempt, &Ok(identity.clone())).await;
                 *state.expires = identity.expires_at.map(deadline_of);
                 *state.identity = identity;
                 self.push_auth(ReasonCode::Success, method, reply);
@@ -655,7 +676,7 @@ impl<S: Transport> Driver<S> {
                 Err(End::Refused)
             }
             Err(Some(refusal)) => {
-                auth.conclude(&attempt, &Err(refusal)).await;
+                auth.conclude(None, &attempt, &Err(refusal)).await;
                 self.disconnect(ReasonCode::NotAuthorized, "re-authentication failed")
                     .await;
                 Err(End::Refused)
@@ -709,7 +730,7 @@ impl<S: Transport> Driver<S> {
         self.registered = true;
         let mut keep_alive = KeepAlive::new(keep_alive_secs, Instant::now());
         let mut batch: Vec<Packet> = Vec::new();
-        let mut auths: Vec<Auth> = Vec::new();
+        let mut connack_sent = false;
         self.release_read_buffer();
 
         // Phase 2: packets both ways until one side ends it.
@@ -721,8 +742,10 @@ impl<S: Transport> Driver<S> {
                     None => std::future::pending().await,
                 }
             };
+            // Counted from the CONNACK on: the credentials' end never overtakes it.
+            let expiry_deadline = expires.filter(|_| connack_sent);
             let expiry = async {
-                match expires {
+                match expiry_deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -733,38 +756,48 @@ impl<S: Transport> Driver<S> {
                         return end;
                     }
                     keep_alive.handle_activity(Instant::now());
+                    // Packets go to the engine in order; an AUTH is handled where it stands,
+                    // after the packets before it and before the ones after it.
                     let failure = loop {
-                        match self.decoder.poll_packet() {
-                            Ok(Some(Packet::PingReq)) => {
-                                // Answered here: the engine need not see keep-alive traffic.
-                                let _ = self.encoder.encode(&Packet::PingResp, &mut self.out);
+                        let mut auth = None;
+                        let failure = loop {
+                            match self.decoder.poll_packet() {
+                                Ok(Some(Packet::PingReq)) => {
+                                    // Answered here: the engine need not see keep-alive traffic.
+                                    let _ = self.encoder.encode(&Packet::PingResp, &mut self.out);
+                                }
+                                Ok(Some(Packet::Auth(packet))) => {
+                                    auth = Some(packet);
+                                    break None;
+                                }
+                                Ok(Some(packet)) => batch.push(packet),
+                                Ok(None) => break None,
+                                Err(err) => break Some(Box::new(err)),
                             }
-                            Ok(Some(Packet::Auth(auth))) => auths.push(auth),
-                            Ok(Some(packet)) => batch.push(packet),
-                            Ok(None) => break None,
-                            Err(err) => break Some(Box::new(err)),
+                        };
+                        if !batch.is_empty() {
+                            let packets = std::mem::take(&mut batch);
+                            let msg = ToRouter::Packets { conn: self.conn, packets };
+                            if self.ctx.router.send(msg).await.is_err() {
+                                return End::RouterGone;
+                            }
                         }
-                    };
-                    self.release_read_buffer();
-                    if !batch.is_empty() {
-                        let packets = std::mem::take(&mut batch);
-                        let msg = ToRouter::Packets { conn: self.conn, packets };
-                        if self.ctx.router.send(msg).await.is_err() {
-                            return End::RouterGone;
-                        }
-                    }
-                    for auth in std::mem::take(&mut auths) {
+                        let Some(packet) = auth else {
+                            break failure;
+                        };
                         let state = Reauth {
                             method: method.as_ref(),
+                            connack_sent,
                             client_id: &client_id,
                             identity: &mut identity,
                             scram: &mut reauth,
                             expires: &mut expires,
                         };
-                        if let Err(end) = Box::pin(self.reauthenticate(auth, state)).await {
+                        if let Err(end) = Box::pin(self.reauthenticate(packet, state)).await {
                             return end;
                         }
-                    }
+                    };
+                    self.release_read_buffer();
                     if let Some(err) = failure {
                         if version.is_v5() {
                             let mut d = Disconnect::new(err.reason_code());
@@ -794,6 +827,7 @@ impl<S: Transport> Driver<S> {
                                 if let Packet::ConnAck(ack) = packet.as_ref() {
                                     if !ack.reason_code.is_error() {
                                         self.decoder.set_authenticated();
+                                        connack_sent = true;
                                     }
                                     if let Some(server) = ack.properties.server_keep_alive {
                                         keep_alive_secs = server;

@@ -62,7 +62,15 @@ pub(crate) struct Router {
     pub(crate) slots: HashMap<ConnectionId, usize>,
     /// Emptied output buffers, kept for the next rounds.
     pub(crate) spare: Vec<Vec<Output>>,
+    /// Closes asked for connections whose CONNECT has not arrived yet (authenticated, about
+    /// to register): applied when it does. Dropped after [`PENDING_KICK_LIFE`].
+    pub(crate) pending_kicks:
+        HashMap<ConnectionId, (bulwark_proto::ReasonCode, &'static str, Instant)>,
 }
+
+/// How long a close waits for its connection's CONNECT. A connection registers with the
+/// router right after its authentication; one that never does has ended.
+const PENDING_KICK_LIFE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// At most this many spare output buffers are kept ...
 const SPARE_MAX: usize = 64;
@@ -134,6 +142,9 @@ impl Router {
                 peers.insert(conn, outbox);
                 self.broker
                     .handle_authenticated_connect(conn, *connect, auth, now);
+                if let Some((code, why, _)) = self.pending_kicks.remove(&conn) {
+                    self.broker.disconnect(conn, code, why, now);
+                }
             }
             ToRouter::Packets { conn, packets } => {
                 for packet in packets {
@@ -143,11 +154,18 @@ impl Router {
             ToRouter::Lost { conn } => {
                 self.broker.handle_connection_lost(conn, now);
                 peers.remove(&conn);
+                self.pending_kicks.remove(&conn);
             }
             ToRouter::Kick { conns, code, why } => {
+                self.pending_kicks
+                    .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < PENDING_KICK_LIFE);
                 for conn in conns {
-                    // 5.0 clients are told why; all are closed.
-                    self.broker.disconnect(conn, code, why, now);
+                    if peers.contains_key(&conn) {
+                        // 5.0 clients are told why; all are closed.
+                        self.broker.disconnect(conn, code, why, now);
+                    } else {
+                        self.pending_kicks.insert(conn, (code, why, now));
+                    }
                 }
             }
         }

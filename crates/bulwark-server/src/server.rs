@@ -200,6 +200,7 @@ impl Server {
             groups: Vec::new(),
             slots: std::collections::HashMap::new(),
             spare: Vec::new(),
+            pending_kicks: std::collections::HashMap::new(),
         };
         let router_task = tokio::spawn(router.run());
         let ctx = Arc::new(DriverContext {

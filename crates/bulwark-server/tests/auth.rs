@@ -1161,3 +1161,59 @@ async fn a_changed_password_is_not_served_from_the_credential_cache() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn parallel_guesses_from_one_address_are_not_all_checked() {
+    let fixture = Fixture::new();
+    let server = fixture
+        .start_with(|c| {
+            quick_guard(c);
+            c.auth.guard.max_wait = Duration::from_secs(1);
+            c.auth.guard.ban_after = 0;
+        })
+        .await;
+    // Thirty SCRAM exchanges opened at once from one address: each admitted one gets the
+    // server-first-message (and could then guess); the others are refused unchecked.
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            let client = ScramClient::new(ScramHash::Sha256, "alice", "a guess").unwrap();
+            let mut connect = connect_packet(ProtocolVersion::V5, "p");
+            connect.properties.authentication_method = Some(string("SCRAM-SHA-256"));
+            connect.properties.authentication_data = Some(Bytes::from(client.client_first()));
+            let mut raw = Raw::tcp_from(addr, local(60), ProtocolVersion::V5).await;
+            raw.send(&connect).await;
+            let first = raw.recv_within(Duration::from_secs(10)).await;
+            (first, raw)
+        }));
+    }
+    let mut admitted = 0;
+    let mut refused = 0;
+    let mut open = Vec::new();
+    for task in tasks {
+        let (first, raw) = task.await.unwrap();
+        match first {
+            Recv::Packet(Packet::Auth(_)) => admitted += 1,
+            Recv::Packet(Packet::ConnAck(ack)) => {
+                assert_eq!(ack.reason_code, ReasonCode::BadUserNameOrPassword);
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+        open.push(raw);
+    }
+    // Three at once (backoff after 3), then one slot each 0.2-0.4 s apart within the 1 s bound.
+    assert!(admitted <= 7, "{admitted} admitted, {refused} refused");
+    assert_eq!(admitted + refused, 30);
+    drop(open);
+    // The flood of refusals is one event (the next one, 10 s on, says how many were left out).
+    fixture.wait_event("throttled", Some("alice")).await;
+    let throttled = fixture
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "throttled")
+        .count();
+    assert_eq!(throttled, 1, "{refused} refused");
+    server.stop().await;
+}
