@@ -37,6 +37,34 @@ pub(crate) struct UserArgs {
     command: UserCommand,
 }
 
+/// The argon2id cost of a new hash. The defaults are the OWASP minimum; less is refused.
+#[derive(Debug, clap::Args)]
+struct HashCost {
+    /// argon2id memory cost in KiB (at least 19456, at most 1048576).
+    #[arg(long, value_name = "KIB", default_value_t = Argon2Params::default().m_kib)]
+    argon2_memory: u32,
+    /// argon2id passes (at least 2, at most 64).
+    #[arg(long, value_name = "N", default_value_t = Argon2Params::default().t)]
+    argon2_passes: u32,
+    /// argon2id lanes (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = Argon2Params::default().p)]
+    argon2_lanes: u32,
+}
+
+impl HashCost {
+    fn params(&self) -> Result<Argon2Params, Failure> {
+        let params = Argon2Params {
+            m_kib: self.argon2_memory,
+            t: self.argon2_passes,
+            p: self.argon2_lanes,
+        };
+        params
+            .validate()
+            .map_err(|err| Failure::refused(format!("argon2id parameters refused: {err}")))?;
+        Ok(params)
+    }
+}
+
 /// The store file, shared by every command.
 #[derive(Debug, clap::Args)]
 struct StoreFile {
@@ -58,6 +86,8 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
         #[command(flatten)]
+        cost: HashCost,
+        #[command(flatten)]
         store: StoreFile,
     },
     /// Set a new password for a user.
@@ -67,6 +97,8 @@ enum UserCommand {
         /// Read the password from one line of stdin.
         #[arg(long)]
         password_stdin: bool,
+        #[command(flatten)]
+        cost: HashCost,
         #[command(flatten)]
         store: StoreFile,
     },
@@ -169,13 +201,15 @@ fn execute(command: UserCommand) -> Result<(), Failure> {
             name,
             groups,
             password_stdin,
+            cost,
             store,
-        } => add(&store.file, &name, groups, password_stdin),
+        } => add(&store.file, &name, groups, password_stdin, cost.params()?),
         UserCommand::Passwd {
             name,
             password_stdin,
+            cost,
             store,
-        } => passwd(&store.file, &name, password_stdin),
+        } => passwd(&store.file, &name, password_stdin, cost.params()?),
         UserCommand::Remove { name, store } => edit(&store.file, |users| {
             users.remove(&name)?;
             println!("removed user {}", shown(&name));
@@ -213,7 +247,13 @@ fn execute(command: UserCommand) -> Result<(), Failure> {
     }
 }
 
-fn add(path: &Path, name: &str, groups: Vec<String>, password_stdin: bool) -> Result<(), Failure> {
+fn add(
+    path: &Path,
+    name: &str,
+    groups: Vec<String>,
+    password_stdin: bool,
+    cost: Argon2Params,
+) -> Result<(), Failure> {
     let mut store = load(path, true)?;
     // Name and groups first, so that a refusal costs no password and no hashing.
     check_entry(name, &groups)?;
@@ -221,7 +261,7 @@ fn add(path: &Path, name: &str, groups: Vec<String>, password_stdin: bool) -> Re
         return Err(StoreError::UserExists(shown(name)).into());
     }
     let password = read_new_password(name, password_stdin)?;
-    let hash = argon2_hash(&password)?;
+    let hash = argon2_hash(&password, &cost)?;
     let (sha256, sha512) = scram_strings(&password)?;
     drop(password);
     store.add(name, &hash, groups)?;
@@ -235,13 +275,18 @@ fn add(path: &Path, name: &str, groups: Vec<String>, password_stdin: bool) -> Re
     Ok(())
 }
 
-fn passwd(path: &Path, name: &str, password_stdin: bool) -> Result<(), Failure> {
+fn passwd(
+    path: &Path,
+    name: &str,
+    password_stdin: bool,
+    cost: Argon2Params,
+) -> Result<(), Failure> {
     let mut store = load(path, false)?;
     if store.get(name).is_none() {
         return Err(StoreError::NoSuchUser(shown(name)).into());
     }
     let password = read_new_password(name, password_stdin)?;
-    let hash = argon2_hash(&password)?;
+    let hash = argon2_hash(&password, &cost)?;
     let (sha256, sha512) = scram_strings(&password)?;
     drop(password);
     store.set_password(name, &hash)?;
@@ -424,8 +469,8 @@ fn read_password_line(input: &mut impl BufRead) -> Result<String, Failure> {
         .map_err(|_| Failure::input("the password read from stdin is not UTF-8"))
 }
 
-fn argon2_hash(password: &str) -> Result<String, Failure> {
-    hash_password(password, &Argon2Params::default())
+fn argon2_hash(password: &str, cost: &Argon2Params) -> Result<String, Failure> {
+    hash_password(password, cost)
         .map_err(|err| Failure::input(format!("cannot hash the password: {err}")))
 }
 
@@ -490,7 +535,7 @@ pub(crate) fn ensure_admin(store: &Path, password_file: &Path) -> Result<Option<
     }
     let password = bulwark_security::password::generate_password(24)
         .ok_or("the operating system's random generator is unavailable")?;
-    let hash = argon2_hash(&password).map_err(|f| f.message)?;
+    let hash = argon2_hash(&password, &Argon2Params::default()).map_err(|f| f.message)?;
     let (sha256, sha512) = scram_strings(&password).map_err(|f| f.message)?;
     let mut users = PasswordStore::new();
     users

@@ -183,6 +183,21 @@ fn add_list_passwd_disable_enable_groups_remove() {
         1,
     );
     assert!(err.contains("invalid user name"), "{err}");
+    // argon2id cost below the OWASP minimum: refused before any password is read.
+    let err = fails(
+        &store,
+        &["add", "bob", "--password-stdin", "--argon2-memory", "4096"],
+        "another good passphrase here\n",
+        1,
+    );
+    assert!(err.contains("argon2id parameters refused"), "{err}");
+    let err = fails(
+        &store,
+        &["add", "bob", "--password-stdin", "--argon2-passes", "1"],
+        "another good passphrase here\n",
+        1,
+    );
+    assert!(err.contains("argon2id parameters refused"), "{err}");
     // No password source.
     let err = fails(&store, &["add", "bob"], "", 2);
     assert!(err.contains("--password-stdin"), "{err}");
@@ -190,10 +205,19 @@ fn add_list_passwd_disable_enable_groups_remove() {
     assert!(err.contains("no password"), "{err}");
     assert_eq!(std::fs::read(&store).unwrap(), before);
 
-    // passwd: a new hash and new SCRAM credentials; \r\n is stripped.
+    // passwd: a new hash (here at a higher argon2id cost) and new SCRAM credentials; \r\n is
+    // stripped.
     succeeds(
         &store,
-        &["passwd", "alice", "--password-stdin"],
+        &[
+            "passwd",
+            "alice",
+            "--password-stdin",
+            "--argon2-memory",
+            "32768",
+            "--argon2-passes",
+            "3",
+        ],
         &format!("{ALICE_NEW_PASSWORD}\r\n"),
     );
     #[cfg(unix)]
@@ -201,6 +225,11 @@ fn add_list_passwd_disable_enable_groups_remove() {
     let parsed = load(&store);
     let changed = parsed.get("alice").unwrap();
     assert_ne!(changed.password, alice.password);
+    assert!(
+        changed.password.contains("m=32768,t=3,p=1"),
+        "{}",
+        changed.password
+    );
     assert_ne!(changed.scram_sha256.as_deref().unwrap(), scram256);
     assert_ne!(changed.scram_sha512.as_deref().unwrap(), scram512);
     assert_eq!(changed.groups, ["ops", "dev"]);
