@@ -225,6 +225,9 @@ pub struct Broker {
     conns: HashMap<ConnectionId, Box<Conn>>,
     online: HashMap<SessionKey, ConnectionId>,
     client_ids: HashMap<Arc<str>, SessionKey>,
+    /// The user each session belongs to (`None`: an anonymous client's): nobody else may
+    /// take it over or resume it.
+    owners: HashMap<SessionKey, Option<Arc<str>>>,
     store: Box<dyn SessionStore>,
     index: SubscriptionIndex<SubKey, SubEntry>,
     groups: HashMap<(Box<str>, Box<str>), GroupKey>,
@@ -259,6 +262,7 @@ impl Broker {
             conns: HashMap::new(),
             online: HashMap::new(),
             client_ids: HashMap::new(),
+            owners: HashMap::new(),
             store,
             index: SubscriptionIndex::new(),
             groups: HashMap::new(),
@@ -475,6 +479,19 @@ impl Broker {
         };
         let expiry = requested_expiry.min(self.config.max_session_expiry_interval);
 
+        // A client identifier, live or with a stored session, belongs to the user who made it:
+        // another user neither takes the connection over nor resumes the session.
+        let owner: Option<Arc<str>> = connect.username.as_ref().map(|u| Arc::from(u.as_str()));
+        if let Some(key) = self.client_ids.get(&client_id)
+            && self.owners.get(key).is_some_and(|o| *o != owner)
+        {
+            return self.refuse(
+                conn,
+                version,
+                ReasonCode::NotAuthorized,
+                "the client identifier belongs to another user",
+            );
+        }
         // Takeover: the old connection goes first, its will and session handled as a loss.
         if let Some(&key) = self.client_ids.get(&client_id)
             && let Some(&old) = self.online.get(&key)
@@ -502,6 +519,7 @@ impl Broker {
             }
             None => (self.new_session(client_id.clone(), expiry), false),
         };
+        self.owners.insert(session.key, owner);
         session.expiry_interval = expiry;
 
         let mut encoder = Encoder::new(version);
@@ -1235,6 +1253,7 @@ impl Broker {
         if self.client_ids.get(&session.client_id) == Some(&key) {
             self.client_ids.remove(&session.client_id);
         }
+        self.owners.remove(&key);
         if let Some(pending) = self.wills.remove(&key) {
             self.will_times.remove(&(pending.at, key));
             self.publish_will(key, pending.will, now);

@@ -416,6 +416,49 @@ fn takeover_closes_the_old_connection_with_0x8e() {
 }
 
 #[test]
+fn a_client_id_belongs_to_its_user_live_or_stored() {
+    let as_user = |user: Option<&str>| {
+        let mut c = v5_persistent("owned", 300);
+        c.username = user.map(|u| bulwark_proto::MqttString::new(u).unwrap());
+        c
+    };
+    let mut h = Harness::default();
+    assert_eq!(
+        h.connect(1, as_user(Some("alice"))).reason_code,
+        ReasonCode::Success
+    );
+    h.sub(1, "t", QoS::AtLeastOnce);
+    // Another user, and an anonymous client, cannot take the live connection over.
+    for (conn, other) in [(2, Some("bob")), (3, None)] {
+        let ack = h.connect(conn, as_user(other));
+        assert_eq!(ack.reason_code, ReasonCode::NotAuthorized, "{other:?}");
+        assert!(!ack.session_present);
+    }
+    assert!(h.take(1).is_empty(), "alice's connection was left alone");
+    assert_eq!(h.broker.connected(), 1);
+    // Nor resume the stored session once alice is gone.
+    h.lose(1);
+    let ack = h.connect(4, as_user(Some("bob")));
+    assert_eq!(ack.reason_code, ReasonCode::NotAuthorized);
+    assert_eq!(h.broker.session_subscriptions("owned").len(), 1);
+    // Alice herself resumes it.
+    let ack = h.connect(5, as_user(Some("alice")));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(ack.session_present);
+    // Once the session is gone for good, the identifier is free for anyone.
+    let mut clean = as_user(Some("alice"));
+    clean.properties.session_expiry_interval = None;
+    h.connect(6, clean);
+    h.send(
+        6,
+        Packet::Disconnect(Disconnect::new(ReasonCode::Success)),
+    );
+    let ack = h.connect(7, as_user(Some("bob")));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(!ack.session_present);
+}
+
+#[test]
 fn will_is_sent_on_loss_not_on_normal_disconnect_and_on_0x04() {
     fn with_will(id: &str) -> Connect {
         let mut c = connect(ProtocolVersion::V5, id);

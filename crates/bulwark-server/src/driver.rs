@@ -709,9 +709,12 @@ impl<S: Transport> Driver<S> {
                 Ok(done) => done,
                 Err(end) => return end,
             };
-        if let Some(name) = &identity.username {
-            connect.username = MqttString::new(name).ok();
-        }
+        // The engine knows the client by its authenticated identity only (sessions belong to
+        // it); an anonymous client has none.
+        connect.username = identity
+            .username
+            .as_deref()
+            .and_then(|name| MqttString::new(name).ok());
         let method = connect_auth.method.clone();
         let client_id = connect.client_id.as_str().to_owned();
         let mut reauth: Option<ScramServer> = None;

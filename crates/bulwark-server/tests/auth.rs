@@ -1217,3 +1217,41 @@ async fn parallel_guesses_from_one_address_are_not_all_checked() {
     assert_eq!(throttled, 1, "{refused} refused");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn another_user_can_neither_take_over_nor_resume_a_client_id() {
+    let fixture = Fixture::new();
+    let server = fixture.start().await;
+    let mut alice = credentials(
+        ProtocolVersion::V5,
+        "owned-id",
+        Some("alice"),
+        Some(ALICE_PASSWORD.as_bytes()),
+    );
+    alice.clean_start = false;
+    alice.properties.session_expiry_interval = Some(300);
+    let (mut live, ack) = Raw::connect(server.addr, &alice).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let mut carol = credentials(
+        ProtocolVersion::V5,
+        "owned-id",
+        Some("carol"),
+        Some(b"secret"),
+    );
+    carol.clean_start = false;
+    assert_eq!(
+        connack(server.addr, &carol).await.reason_code,
+        ReasonCode::NotAuthorized
+    );
+    // Alice's connection was not taken over.
+    live.send(&Packet::PingReq).await;
+    assert!(matches!(live.recv().await, Packet::PingResp));
+    drop(live);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ack = connack(server.addr, &carol).await;
+    assert_eq!(ack.reason_code, ReasonCode::NotAuthorized);
+    let ack = connack(server.addr, &alice).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(ack.session_present);
+    server.stop().await;
+}
