@@ -149,8 +149,23 @@ fn credentials(
     connect
 }
 
+/// A 5.0 CONNECT of alice with her password.
+fn alice_v5(id: &str) -> bulwark_proto::Connect {
+    credentials(
+        ProtocolVersion::V5,
+        id,
+        Some("alice"),
+        Some(ALICE_PASSWORD.as_bytes()),
+    )
+}
+
 async fn connack(addr: SocketAddr, connect: &bulwark_proto::Connect) -> ConnAck {
     Raw::connect(addr, connect).await.1
+}
+
+/// The CONNACK's reason code.
+async fn code(addr: SocketAddr, connect: &bulwark_proto::Connect) -> ReasonCode {
+    connack(addr, connect).await.reason_code
 }
 
 /// Connects from `local` and returns the CONNACK's reason code (`None` if the connection
@@ -316,10 +331,7 @@ async fn an_imported_mosquitto_hash_works_and_is_upgraded_at_login() {
     let fixture = Fixture::new();
     let server = fixture.start().await;
     let connect = credentials(ProtocolVersion::V5, "c", Some("carol"), Some(b"secret"));
-    assert_eq!(
-        connack(server.addr, &connect).await.reason_code,
-        ReasonCode::Success
-    );
+    assert_eq!(code(server.addr, &connect).await, ReasonCode::Success);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let store = fixture.store();
@@ -332,13 +344,10 @@ async fn an_imported_mosquitto_hash_works_and_is_upgraded_at_login() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The upgraded hash still takes the password, and nothing else.
-    assert_eq!(
-        connack(server.addr, &connect).await.reason_code,
-        ReasonCode::Success
-    );
+    assert_eq!(code(server.addr, &connect).await, ReasonCode::Success);
     let wrong = credentials(ProtocolVersion::V5, "c", Some("carol"), Some(b"secret2"));
     assert_eq!(
-        connack(server.addr, &wrong).await.reason_code,
+        code(server.addr, &wrong).await,
         ReasonCode::BadUserNameOrPassword
     );
     server.stop().await;
@@ -348,12 +357,7 @@ async fn an_imported_mosquitto_hash_works_and_is_upgraded_at_login() {
 async fn removing_or_disabling_a_user_disconnects_it_and_a_new_user_works_at_once() {
     let fixture = Fixture::new();
     let server = fixture.start().await;
-    let alice = credentials(
-        ProtocolVersion::V5,
-        "a",
-        Some("alice"),
-        Some(ALICE_PASSWORD.as_bytes()),
-    );
+    let alice = alice_v5("a");
     let (mut raw, ack) = Raw::connect(server.addr, &alice).await;
     assert_eq!(ack.reason_code, ReasonCode::Success);
     let mut store = fixture.store();
@@ -369,7 +373,7 @@ async fn removing_or_disabling_a_user_disconnects_it_and_a_new_user_works_at_onc
     }
     fixture.wait_event("forced_disconnect", Some("alice")).await;
     assert_eq!(
-        connack(server.addr, &alice).await.reason_code,
+        code(server.addr, &alice).await,
         ReasonCode::BadUserNameOrPassword
     );
     let bob = credentials(
@@ -378,10 +382,7 @@ async fn removing_or_disabling_a_user_disconnects_it_and_a_new_user_works_at_onc
         Some("bob"),
         Some(BOB_PASSWORD.as_bytes()),
     );
-    assert_eq!(
-        connack(server.addr, &bob).await.reason_code,
-        ReasonCode::Success
-    );
+    assert_eq!(code(server.addr, &bob).await, ReasonCode::Success);
     server.stop().await;
 }
 
@@ -427,12 +428,7 @@ async fn repeated_failures_are_slowed_then_banned_while_others_keep_working() {
     assert!(took[4] >= Duration::from_millis(190), "{took:?}");
     assert!(took[5] >= Duration::from_millis(190), "{took:?}");
     // The sixth failure banned the address: even the right password is refused now.
-    let right = credentials(
-        ProtocolVersion::V5,
-        "a",
-        Some("alice"),
-        Some(ALICE_PASSWORD.as_bytes()),
-    );
+    let right = alice_v5("a");
     assert_eq!(
         code_from(server.addr, attacker, &right).await,
         Some(ReasonCode::Banned)
@@ -681,7 +677,7 @@ async fn scram_logins_succeed_fail_and_reauthenticate() {
     let mut connect = connect_packet(ProtocolVersion::V5, "m");
     connect.properties.authentication_method = Some(string("KERBEROS"));
     assert_eq!(
-        connack(server.addr, &connect).await.reason_code,
+        code(server.addr, &connect).await,
         ReasonCode::BadAuthenticationMethod
     );
     server.stop().await;
@@ -1121,18 +1117,10 @@ async fn a_jwks_url_is_fetched_again_for_an_unknown_kid_but_not_too_often() {
 async fn a_changed_password_is_not_served_from_the_credential_cache() {
     let fixture = Fixture::new();
     let server = fixture.start().await;
-    let old = credentials(
-        ProtocolVersion::V5,
-        "a",
-        Some("alice"),
-        Some(ALICE_PASSWORD.as_bytes()),
-    );
+    let old = alice_v5("a");
     // Twice: the second login is the cached one.
     for _ in 0..2 {
-        assert_eq!(
-            connack(server.addr, &old).await.reason_code,
-            ReasonCode::Success
-        );
+        assert_eq!(code(server.addr, &old).await, ReasonCode::Success);
     }
     let new_password = "orchid-Tundra-signal-35";
     let mut store = fixture.store();
@@ -1155,10 +1143,7 @@ async fn a_changed_password_is_not_served_from_the_credential_cache() {
         Some("alice"),
         Some(new_password.as_bytes()),
     );
-    assert_eq!(
-        connack(server.addr, &new).await.reason_code,
-        ReasonCode::Success
-    );
+    assert_eq!(code(server.addr, &new).await, ReasonCode::Success);
     server.stop().await;
 }
 
@@ -1222,12 +1207,7 @@ async fn parallel_guesses_from_one_address_are_not_all_checked() {
 async fn another_user_can_neither_take_over_nor_resume_a_client_id() {
     let fixture = Fixture::new();
     let server = fixture.start().await;
-    let mut alice = credentials(
-        ProtocolVersion::V5,
-        "owned-id",
-        Some("alice"),
-        Some(ALICE_PASSWORD.as_bytes()),
-    );
+    let mut alice = alice_v5("owned-id");
     alice.clean_start = false;
     alice.properties.session_expiry_interval = Some(300);
     let (mut live, ack) = Raw::connect(server.addr, &alice).await;
@@ -1239,10 +1219,7 @@ async fn another_user_can_neither_take_over_nor_resume_a_client_id() {
         Some(b"secret"),
     );
     carol.clean_start = false;
-    assert_eq!(
-        connack(server.addr, &carol).await.reason_code,
-        ReasonCode::NotAuthorized
-    );
+    assert_eq!(code(server.addr, &carol).await, ReasonCode::NotAuthorized);
     // Alice's connection was not taken over.
     live.send(&Packet::PingReq).await;
     assert!(matches!(live.recv().await, Packet::PingResp));

@@ -234,6 +234,11 @@ async fn mqtt_connect_v5(stream: &mut Tls, id: &str) -> u8 {
     packet.extend_from_slice(&[5, 2, 0, 60, 0, 0, id.len() as u8]);
     packet.extend_from_slice(id.as_bytes());
     stream.write_all(&packet).await.unwrap();
+    connack_reason(stream).await
+}
+
+/// Reads a 5.0 CONNACK; returns its reason code.
+async fn connack_reason(stream: &mut Tls) -> u8 {
     let mut head = [0u8; 2];
     tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
         .await
@@ -599,15 +604,7 @@ async fn mqtt_connect_v5_password(stream: &mut Tls, id: &str, user: &str, passwo
     let mut packet = vec![0x10, body.len() as u8];
     packet.extend_from_slice(&body);
     stream.write_all(&packet).await.unwrap();
-    let mut head = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(head[0], 0x20, "CONNACK");
-    let mut rest = vec![0u8; usize::from(head[1])];
-    stream.read_exact(&mut rest).await.unwrap();
-    rest[1]
+    connack_reason(stream).await
 }
 
 /// Without anonymous access: a client certificate is a credential on its own (the default
