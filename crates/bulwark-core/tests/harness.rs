@@ -449,10 +449,7 @@ fn a_client_id_belongs_to_its_user_live_or_stored() {
     let mut clean = as_user(Some("alice"));
     clean.properties.session_expiry_interval = None;
     h.connect(6, clean);
-    h.send(
-        6,
-        Packet::Disconnect(Disconnect::new(ReasonCode::Success)),
-    );
+    h.send(6, Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
     let ack = h.connect(7, as_user(Some("bob")));
     assert_eq!(ack.reason_code, ReasonCode::Success);
     assert!(!ack.session_present);
