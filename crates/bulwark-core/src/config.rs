@@ -49,6 +49,20 @@ pub struct BrokerConfig {
     /// When set, a 5.0 client that sends Request Response Information 1 gets Response
     /// Information `{prefix}{client_id}` in CONNACK, a base for its response topics.
     pub response_information_prefix: Option<String>,
+    /// What happens to a PUBLISH the ACL denies when the client cannot be told with a reason
+    /// code (QoS 0, or MQTT 3.1/3.1.1): dropped (acknowledged as usual) or the client is
+    /// disconnected. A 5.0 QoS 1/2 PUBLISH always gets PUBACK/PUBREC 0x87.
+    pub denied_publish: DeniedPublish,
+}
+
+/// What a denied PUBLISH that cannot carry a reason code does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeniedPublish {
+    /// Dropped; QoS 1/2 are acknowledged as usual, so the client does not resend.
+    #[default]
+    Drop,
+    /// The connection is closed (5.0: DISCONNECT 0x87 first).
+    Disconnect,
 }
 
 impl Default for BrokerConfig {
@@ -72,6 +86,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             sys_interval: Some(Duration::from_secs(10)),
             response_information_prefix: None,
+            denied_publish: DeniedPublish::Drop,
         }
     }
 }

@@ -17,7 +17,7 @@ mod session;
 mod store;
 
 pub use broker::{Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, SessionKey, Stats};
-pub use config::BrokerConfig;
+pub use config::{BrokerConfig, DeniedPublish};
 pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
 pub use session::{QueueFull, QueueLimits, Session, SubscriptionRecord};

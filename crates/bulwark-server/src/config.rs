@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bulwark_core::BrokerConfig;
@@ -159,6 +160,18 @@ pub struct ServerConfig {
     pub tls_watch_interval: Duration,
     /// Authentication: the password store, JWT, backoff and bans, the audit file.
     pub auth: AuthSettings,
+    /// Authorization: the ACL file.
+    pub acl: AclSettings,
+}
+
+/// Authorization settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AclSettings {
+    /// The ACL file (TOML, `docs/acl.md`): default deny, reloaded on change and on SIGHUP (a
+    /// file that does not parse keeps the rules in force). `None`: no authorization, every
+    /// client may publish and subscribe anywhere; `bulwark serve` runs that way only with
+    /// `[acl] dangerous_allow_all = true` or on `--listen` loopback test listeners.
+    pub file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -186,6 +199,7 @@ impl Default for ServerConfig {
             workers: 0,
             tls_watch_interval: Duration::from_secs(5),
             auth: AuthSettings::default(),
+            acl: AclSettings::default(),
         }
     }
 }

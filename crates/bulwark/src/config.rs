@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bulwark_core::DeniedPublish;
 use bulwark_proto::PROTOCOL_MAX_PACKET_SIZE;
 use bulwark_server::tls::{CertFiles, ClientAuth, IdentitySource, TlsSettings, TlsVersion};
 use bulwark_server::{
@@ -31,6 +32,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "dangerous_allow_anonymous",
         ],
     ),
+    ("acl", &["file", "dangerous_allow_all", "denied_publish"]),
     (
         "auth",
         &[
@@ -508,6 +510,45 @@ fn read_auth(r: &mut Reader, table: &Table, base: &Path) -> AuthSettings {
     auth
 }
 
+/// `[acl]`: an ACL file, or the explicit choice to run without authorization.
+fn read_acl(r: &mut Reader, root: &Table, config: &mut ServerConfig, base: &Path) {
+    let s = "acl";
+    let section = r.section(root, s);
+    let (file, allow_all) = match section {
+        Some(t) => {
+            if let Some(v) = r.string(t, s, "denied_publish") {
+                config.broker.denied_publish = match v {
+                    "drop" => DeniedPublish::Drop,
+                    "disconnect" => DeniedPublish::Disconnect,
+                    other => {
+                        r.problems.push(format!(
+                            "acl.denied_publish = \"{other}\": use \"drop\" or \"disconnect\""
+                        ));
+                        DeniedPublish::Drop
+                    }
+                };
+            }
+            (
+                path(r, t, s, "file", base),
+                r.boolean(t, s, "dangerous_allow_all").unwrap_or(false),
+            )
+        }
+        None => (None, false),
+    };
+    match (file, allow_all) {
+        (Some(_), true) => r.problems.push(
+            "acl: give either file or dangerous_allow_all = true, not both".to_owned(),
+        ),
+        (Some(file), false) => config.acl.file = Some(file),
+        (None, true) => config.acl.file = None,
+        (None, false) => r.problems.push(
+            "acl: no ACL file: set [acl] file = \"acl.toml\" (rules, default deny: docs/acl.md), \
+             or dangerous_allow_all = true to let every client publish and subscribe anywhere"
+                .to_owned(),
+        ),
+    }
+}
+
 fn read_jwt(r: &mut Reader, t: &Table, base: &Path) -> JwtAuthSettings {
     let s = "auth.jwt";
     r.unknown_keys(t, s);
@@ -769,6 +810,7 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
     if let Some(t) = r.section(&root, "auth") {
         config.auth = read_auth(&mut r, t, base);
     }
+    read_acl(&mut r, &root, &mut config, base);
     if let Some(t) = r.section(&root, "server") {
         if let Some(v) = r.integer(t, "server", "shutdown_grace", 0, 3600) {
             config.shutdown_grace = Duration::from_secs(v);

@@ -5,6 +5,7 @@
 //! below it.
 #![forbid(unsafe_code)]
 
+mod acl;
 mod cert;
 mod config;
 mod user;
@@ -73,6 +74,9 @@ enum Command {
     /// Manage the users of the password store: add, passwd, remove, disable, enable, groups,
     /// list, import-mosquitto.
     User(user::UserArgs),
+    /// ACL files: explain a decision (check), find mistakes (lint), convert a Mosquitto
+    /// acl_file (import-mosquitto).
+    Acl(acl::AclArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bulwark_bench::run(args),
         Command::Cert(args) => cert::run(args),
         Command::User(args) => user::run(args),
+        Command::Acl(args) => acl::run(args),
     }
 }
 

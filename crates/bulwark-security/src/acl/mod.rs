@@ -1,0 +1,1032 @@
+//! Authorization: ACL rules (a TOML file, or a JWT's ACL claim), compiled once, resolved once
+//! per connection into a [`ClientAcl`] that answers "may this client publish here / subscribe
+//! to this filter / receive this message".
+//!
+//! The decisions:
+//! - default deny: nothing is allowed unless a rule allows it;
+//! - an explicit deny beats any allow, whatever their order;
+//! - `$` topics (`$SYS/#`, ...) only through rules whose pattern names them: `#` and `+` never
+//!   match them (the MQTT matching rule);
+//! - template values (`{username}`, `{client_id}`, `{cert_cn}`) are substituted as literal
+//!   text; a value that is empty, contains `+`, `#`, `/` or NUL, or would make a pattern start
+//!   with `$`, makes that pattern of the rule match nothing for this client;
+//! - SUBSCRIBE: a filter is granted only if one allow rule's pattern contains every topic the
+//!   filter can match, and no deny rule's pattern shares a topic with it; the granted QoS is
+//!   at most the allow rule's `max_qos`;
+//! - PUBLISH: allowed if an allow rule matches the topic with a `max_qos` at least the
+//!   message's and `retain = true` for a retained message, and no deny rule matches it.
+
+pub mod lint;
+mod pattern;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use pattern::Pattern;
+
+/// Rules this long at most are read from a file (a guard against a runaway file).
+pub const MAX_RULES: usize = 100_000;
+/// Topics of one rule at most.
+pub const MAX_TOPICS_PER_RULE: usize = 1024;
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// The rule grants.
+    Allow,
+    /// The rule refuses, whatever any allow says.
+    Deny,
+}
+
+/// What a rule is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// PUBLISH (and will messages).
+    Publish,
+    /// SUBSCRIBE (and receiving messages: retained ones, after a reload).
+    Subscribe,
+    /// Both.
+    All,
+}
+
+impl Action {
+    fn covers_publish(self) -> bool {
+        matches!(self, Self::Publish | Self::All)
+    }
+
+    fn covers_subscribe(self) -> bool {
+        matches!(self, Self::Subscribe | Self::All)
+    }
+
+    /// The name used in files and messages.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Subscribe => "subscribe",
+            Self::All => "all",
+        }
+    }
+}
+
+/// Which clients a rule speaks of, by how they logged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    /// Clients that presented credentials (the default).
+    Authenticated,
+    /// Clients let in without credentials (`dangerous_allow_anonymous` listeners).
+    Anonymous,
+    /// Both.
+    Any,
+}
+
+/// A template variable of a topic pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Var {
+    /// `{username}`
+    Username,
+    /// `{client_id}`
+    ClientId,
+    /// `{cert_cn}`: the common name of the client's verified certificate.
+    CertCn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Var(Var),
+}
+
+/// A topic pattern as written, templates unresolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+    text: String,
+    /// Set when the pattern has no variables: compiled once for everybody.
+    fixed: Option<Pattern>,
+}
+
+impl Template {
+    /// Parses `text`, checking its templates and the grammar of the pattern they make.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('}') else {
+                return Err(format!("{text:?}: `{{` without `}}`"));
+            };
+            let var = match &after[..close] {
+                "username" => Var::Username,
+                "client_id" => Var::ClientId,
+                "cert_cn" => Var::CertCn,
+                other => {
+                    return Err(format!(
+                        "{text:?}: unknown template {{{other}}} (use {{username}}, {{client_id}} or {{cert_cn}})"
+                    ));
+                }
+            };
+            parts.push(Part::Var(var));
+            rest = &after[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("{text:?}: `}}` without `{{`"));
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        // The grammar, with every variable standing for one ordinary name.
+        let sample: String = parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                Part::Var(_) => "v",
+            })
+            .collect();
+        let compiled = Pattern::parse(&sample).map_err(|why| format!("{text:?}: {why}"))?;
+        let fixed = parts
+            .iter()
+            .all(|p| matches!(p, Part::Text(_)))
+            .then_some(compiled);
+        Ok(Self {
+            parts,
+            text: text.to_owned(),
+            fixed,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The variables the pattern uses.
+    pub fn vars(&self) -> impl Iterator<Item = Var> + '_ {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(v) => Some(*v),
+            Part::Text(_) => None,
+        })
+    }
+
+    /// Whether the pattern (templates aside) matches every non-`$` topic (`#`, `+/#`).
+    pub fn matches_everything(&self) -> bool {
+        self.fixed.as_ref().is_some_and(Pattern::matches_everything)
+    }
+
+    /// Whether the pattern names a `$` topic (`$SYS/...`).
+    pub fn is_dollar(&self) -> bool {
+        matches!(self.parts.first(), Some(Part::Text(t)) if t.starts_with('$'))
+    }
+
+    /// The pattern for one client, or `None` when a value it needs is missing or unsafe.
+    fn resolve(&self, values: &Values<'_>) -> Option<Pattern> {
+        if let Some(fixed) = &self.fixed {
+            return Some(fixed.clone());
+        }
+        let mut out = String::with_capacity(self.text.len() + 32);
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Var(var) => {
+                    let value = values.get(*var)?;
+                    if !safe_value(value) || (out.is_empty() && value.starts_with('$')) {
+                        return None;
+                    }
+                    out.push_str(value);
+                }
+            }
+        }
+        Pattern::parse(&out).ok()
+    }
+
+    /// For lint: the compiled pattern with every variable standing for `v`.
+    fn sample(&self) -> Option<Pattern> {
+        let text: String = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                Part::Var(_) => "v",
+            })
+            .collect();
+        Pattern::parse(&text).ok()
+    }
+}
+
+/// A template value may be substituted only if it is one ordinary topic level.
+fn safe_value(value: &str) -> bool {
+    !value.is_empty() && !value.contains(['+', '#', '/', '\0'])
+}
+
+/// The values templates take for one client.
+struct Values<'a> {
+    username: Option<&'a str>,
+    client_id: &'a str,
+    cert_cn: Option<&'a str>,
+}
+
+impl Values<'_> {
+    fn get(&self, var: Var) -> Option<&str> {
+        match var {
+            Var::Username => self.username,
+            Var::ClientId => Some(self.client_id),
+            Var::CertCn => self.cert_cn,
+        }
+    }
+}
+
+/// An IPv4 or IPv6 network, `addr/len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a single address.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { addr, len })
+    }
+
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Who a rule applies to: every condition given must hold (each list: any of its values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    /// Usernames.
+    pub users: Vec<String>,
+    /// Groups (of the password store, or a JWT's groups).
+    pub groups: Vec<String>,
+    /// Client identifiers, compared exactly.
+    pub client_ids: Vec<String>,
+    /// Common names of the client certificate.
+    pub cert_cns: Vec<String>,
+    /// Listener names.
+    pub listeners: Vec<String>,
+    /// Source networks.
+    pub sources: Vec<Cidr>,
+    /// Authenticated, anonymous or both.
+    pub clients: Clients,
+}
+
+impl Who {
+    fn applies(&self, p: &Principal, client_id: &str) -> bool {
+        let clients = match self.clients {
+            Clients::Authenticated => p.authenticated,
+            Clients::Anonymous => !p.authenticated,
+            Clients::Any => true,
+        };
+        let any = |list: &[String], value: Option<&str>| {
+            list.is_empty() || value.is_some_and(|v| list.iter().any(|x| x == v))
+        };
+        clients
+            && any(&self.users, p.username.as_deref())
+            && (self.groups.is_empty()
+                || p.groups.iter().any(|g| self.groups.iter().any(|x| **x == **g)))
+            && any(&self.client_ids, Some(client_id))
+            && any(&self.cert_cns, p.cert_cn.as_deref())
+            && any(&self.listeners, p.listener.as_deref())
+            && (self.sources.is_empty()
+                || p.address.is_some_and(|a| self.sources.iter().any(|c| c.contains(a))))
+    }
+
+    /// Whether every client this `Who` applies to is also one `other` applies to.
+    pub fn within(&self, other: &Who) -> bool {
+        let sub = |mine: &[String], theirs: &[String]| {
+            theirs.is_empty() || (!mine.is_empty() && mine.iter().all(|m| theirs.contains(m)))
+        };
+        let clients = match (other.clients, self.clients) {
+            (Clients::Any, _) => true,
+            (a, b) => a == b,
+        };
+        clients
+            && sub(&self.users, &other.users)
+            && sub(&self.groups, &other.groups)
+            && sub(&self.client_ids, &other.client_ids)
+            && sub(&self.cert_cns, &other.cert_cns)
+            && sub(&self.listeners, &other.listeners)
+            && (other.sources.is_empty()
+                || (!self.sources.is_empty() && self.sources.iter().all(|s| other.sources.contains(s))))
+    }
+
+    fn is_everyone(&self) -> bool {
+        self.users.is_empty()
+            && self.groups.is_empty()
+            && self.client_ids.is_empty()
+            && self.cert_cns.is_empty()
+            && self.listeners.is_empty()
+            && self.sources.is_empty()
+    }
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Allow or deny.
+    pub permission: Permission,
+    /// Publish, subscribe or both.
+    pub action: Action,
+    /// Who it applies to.
+    pub who: Who,
+    /// The topic patterns.
+    pub topics: Vec<Template>,
+    /// Allow rules: whether a retained PUBLISH (or will) is allowed.
+    pub retain: bool,
+    /// Allow rules: the highest QoS allowed.
+    pub max_qos: u8,
+    /// Where the rule is written.
+    pub origin: Origin,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let permission = match self.permission {
+            Permission::Allow => "allow",
+            Permission::Deny => "deny",
+        };
+        let topics: Vec<&str> = self.topics.iter().map(Template::as_str).collect();
+        write!(f, "{permission} {} {}", self.action.as_str(), topics.join(" "))?;
+        let w = &self.who;
+        for (name, list) in [
+            ("user", &w.users),
+            ("group", &w.groups),
+            ("client_id", &w.client_ids),
+            ("cert_cn", &w.cert_cns),
+            ("listener", &w.listeners),
+        ] {
+            if !list.is_empty() {
+                write!(f, " {name}={}", list.join(","))?;
+            }
+        }
+        if !w.sources.is_empty() {
+            let sources: Vec<String> = w.sources.iter().map(ToString::to_string).collect();
+            write!(f, " source={}", sources.join(","))?;
+        }
+        match w.clients {
+            Clients::Authenticated => {}
+            Clients::Anonymous => f.write_str(" clients=anonymous")?,
+            Clients::Any => f.write_str(" clients=any")?,
+        }
+        if self.permission == Permission::Allow {
+            if self.max_qos < 2 {
+                write!(f, " max_qos={}", self.max_qos)?;
+            }
+            if !self.retain && self.action.covers_publish() {
+                f.write_str(" retain=false")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a rule is written: a file's line, or the position in a token's claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The file name, or `jwt claim`.
+    pub source: Arc<str>,
+    /// The 1-based line in the file, or the rule's position in the claim.
+    pub line: u32,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.source, self.line)
+    }
+}
+
+/// A compiled set of rules: an ACL file, or one token's claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclRules {
+    rules: Vec<Rule>,
+    admin_groups: Vec<String>,
+}
+
+/// The groups `bulwark acl lint` lets grant `#` when a file does not name its own.
+pub const DEFAULT_ADMIN_GROUPS: [&str; 2] = ["admin", "admins"];
+
+/// Why an ACL file or claim was refused: every problem, each with its line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct AclError {
+    /// One line per problem, `source:line: what`.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    admin_groups: Option<Vec<String>>,
+    #[serde(default)]
+    rule: Vec<toml::Spanned<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    permission: Option<String>,
+    action: Option<String>,
+    topic: Option<OneOrMany>,
+    topics: Option<Vec<String>>,
+    user: Option<OneOrMany>,
+    group: Option<OneOrMany>,
+    client_id: Option<OneOrMany>,
+    cert_cn: Option<OneOrMany>,
+    listener: Option<OneOrMany>,
+    source: Option<OneOrMany>,
+    clients: Option<String>,
+    retain: Option<bool>,
+    max_qos: Option<i64>,
+}
+
+impl AclRules {
+    /// No rules: everything is denied.
+    pub fn empty() -> Self {
+        Self {
+            rules: Vec::new(),
+            admin_groups: DEFAULT_ADMIN_GROUPS.iter().map(|g| (*g).to_owned()).collect(),
+        }
+    }
+
+    /// Parses an ACL file's text; `source` names it in errors and decisions.
+    pub fn parse(text: &str, source: &str) -> Result<Self, AclError> {
+        let raw: RawFile = toml::from_str(text).map_err(|err| AclError {
+            problems: vec![format!("{source}: {}", err.to_string().trim_end())],
+        })?;
+        if raw.rule.len() > MAX_RULES {
+            return Err(AclError {
+                problems: vec![format!(
+                    "{source}: {} rules, more than the {MAX_RULES} allowed",
+                    raw.rule.len()
+                )],
+            });
+        }
+        let name: Arc<str> = Arc::from(source);
+        let mut problems = Vec::new();
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        for spanned in raw.rule {
+            let line = line_of(text, spanned.span().start);
+            let origin = Origin {
+                source: name.clone(),
+                line,
+            };
+            match compile(spanned.into_inner(), origin, true) {
+                Ok(rule) => rules.push(rule),
+                Err(errs) => problems.extend(errs.into_iter().map(|e| format!("{source}:{line}: {e}"))),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(AclError { problems });
+        }
+        Ok(Self {
+            rules,
+            admin_groups: raw.admin_groups.unwrap_or_else(|| {
+                DEFAULT_ADMIN_GROUPS.iter().map(|g| (*g).to_owned()).collect()
+            }),
+        })
+    }
+
+    /// The rules of a JWT's ACL claim: either `{"publish": [..], "subscribe": [..], "all":
+    /// [..]}` (allow rules), or an array of rule objects with the file's keys `permission`,
+    /// `action`, `topic`/`topics`, `max_qos`, `retain` (no "who" keys: the token is the who).
+    pub fn from_claim(claim: &serde_json::Value) -> Result<Self, AclError> {
+        let source: Arc<str> = Arc::from("jwt claim");
+        let fail = |why: String| AclError {
+            problems: vec![format!("jwt claim: {why}")],
+        };
+        let mut raws: Vec<RawRule> = Vec::new();
+        match claim {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    let action = match key.as_str() {
+                        "publish" | "pub" => "publish",
+                        "subscribe" | "sub" => "subscribe",
+                        "all" => "all",
+                        other => return Err(fail(format!("unknown key {other:?} (use publish, subscribe or all)"))),
+                    };
+                    let topics: Vec<String> = serde_json::from_value(value.clone())
+                        .map_err(|_| fail(format!("{key:?} must be a list of topic patterns")))?;
+                    raws.push(RawRule {
+                        permission: Some("allow".to_owned()),
+                        action: Some(action.to_owned()),
+                        topic: None,
+                        topics: Some(topics),
+                        ..RawRule::blank()
+                    });
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    #[derive(Deserialize)]
+                    #[serde(deny_unknown_fields)]
+                    struct ClaimRule {
+                        permission: Option<String>,
+                        action: Option<String>,
+                        topic: Option<String>,
+                        topics: Option<Vec<String>>,
+                        retain: Option<bool>,
+                        max_qos: Option<i64>,
+                    }
+                    let c: ClaimRule = serde_json::from_value(item.clone())
+                        .map_err(|err| fail(format!("rule {}: {err}", raws.len() + 1)))?;
+                    raws.push(RawRule {
+                        permission: c.permission,
+                        action: c.action,
+                        topic: c.topic.map(OneOrMany::One),
+                        topics: c.topics,
+                        retain: c.retain,
+                        max_qos: c.max_qos,
+                        ..RawRule::blank()
+                    });
+                }
+            }
+            _ => return Err(fail("must be an object or an array".to_owned())),
+        }
+        if raws.len() > MAX_RULES {
+            return Err(fail("too many rules".to_owned()));
+        }
+        let mut rules = Vec::new();
+        let mut problems = Vec::new();
+        for (i, raw) in raws.into_iter().enumerate() {
+            let origin = Origin {
+                source: source.clone(),
+                line: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            };
+            match compile(raw, origin, false) {
+                Ok(mut rule) => {
+                    // A token speaks for its bearer, whoever authenticated with it.
+                    rule.who.clients = Clients::Any;
+                    rules.push(rule);
+                }
+                Err(errs) => problems.extend(errs.into_iter().map(|e| format!("jwt claim: rule {}: {e}", i + 1))),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(AclError { problems });
+        }
+        Ok(Self {
+            rules,
+            admin_groups: Vec::new(),
+        })
+    }
+
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The groups whose rules may grant `#` without a lint warning.
+    pub fn admin_groups(&self) -> &[String] {
+        &self.admin_groups
+    }
+
+    /// The rules that apply to one client, templates filled in: done once per connection
+    /// (and again after a reload). `claim` adds a token's rules.
+    pub fn resolve(&self, who: &Principal, client_id: &str) -> ClientAcl {
+        let values = Values {
+            username: who.username.as_deref(),
+            client_id,
+            cert_cn: who.cert_cn.as_deref(),
+        };
+        let mut acl = ClientAcl::default();
+        let claim = who.claim.as_deref().map_or(&[][..], |c| &c.rules[..]);
+        for rule in self.rules.iter().chain(claim) {
+            if !rule.who.applies(who, client_id) {
+                continue;
+            }
+            for template in &rule.topics {
+                let Some(pattern) = template.resolve(&values) else {
+                    continue;
+                };
+                let entry = Entry {
+                    pattern,
+                    allow: rule.permission == Permission::Allow,
+                    max_qos: rule.max_qos,
+                    retain: rule.retain,
+                    origin: rule.origin.clone(),
+                };
+                if rule.action.covers_publish() {
+                    acl.publish.push(entry.clone());
+                }
+                if rule.action.covers_subscribe() {
+                    acl.subscribe.push(entry);
+                }
+            }
+        }
+        // Denies first: they are all consulted, and the first allow that fits decides.
+        acl.publish.sort_by_key(|e| e.allow);
+        acl.subscribe.sort_by_key(|e| e.allow);
+        acl
+    }
+}
+
+impl RawRule {
+    fn blank() -> Self {
+        Self {
+            permission: None,
+            action: None,
+            topic: None,
+            topics: None,
+            user: None,
+            group: None,
+            client_id: None,
+            cert_cn: None,
+            listener: None,
+            source: None,
+            clients: None,
+            retain: None,
+            max_qos: None,
+        }
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> u32 {
+    let upto = text.get(..offset).unwrap_or(text);
+    u32::try_from(upto.bytes().filter(|b| *b == b'\n').count() + 1).unwrap_or(u32::MAX)
+}
+
+/// Checks one rule; every problem is returned.
+fn compile(raw: RawRule, origin: Origin, who_allowed: bool) -> Result<Rule, Vec<String>> {
+    let mut problems = Vec::new();
+    let permission = match raw.permission.as_deref() {
+        Some("allow") => Permission::Allow,
+        Some("deny") => Permission::Deny,
+        Some(other) => {
+            problems.push(format!("permission {other:?}: use \"allow\" or \"deny\""));
+            Permission::Deny
+        }
+        None => {
+            problems.push("permission missing (\"allow\" or \"deny\")".to_owned());
+            Permission::Deny
+        }
+    };
+    let action = match raw.action.as_deref() {
+        Some("publish") => Action::Publish,
+        Some("subscribe") => Action::Subscribe,
+        Some("all") => Action::All,
+        Some(other) => {
+            problems.push(format!("action {other:?}: use \"publish\", \"subscribe\" or \"all\""));
+            Action::All
+        }
+        None => {
+            problems.push("action missing (\"publish\", \"subscribe\" or \"all\")".to_owned());
+            Action::All
+        }
+    };
+    let texts: Vec<String> = match (raw.topic, raw.topics) {
+        (Some(_), Some(_)) => {
+            problems.push("give `topic` or `topics`, not both".to_owned());
+            Vec::new()
+        }
+        (Some(t), None) => t.into_vec(),
+        (None, Some(t)) => t,
+        (None, None) => {
+            problems.push("topic missing".to_owned());
+            Vec::new()
+        }
+    };
+    if texts.len() > MAX_TOPICS_PER_RULE {
+        problems.push(format!("more than {MAX_TOPICS_PER_RULE} topics"));
+    }
+    let mut topics = Vec::with_capacity(texts.len());
+    for text in &texts {
+        match Template::parse(text) {
+            Ok(t) => topics.push(t),
+            Err(why) => problems.push(why),
+        }
+    }
+    if texts.is_empty() && !problems.iter().any(|p| p.starts_with("topic")) {
+        problems.push("the topic list is empty".to_owned());
+    }
+    let clients = match raw.clients.as_deref() {
+        None | Some("authenticated") => Clients::Authenticated,
+        Some("anonymous") => Clients::Anonymous,
+        Some("any") => Clients::Any,
+        Some(other) => {
+            problems.push(format!(
+                "clients {other:?}: use \"authenticated\", \"anonymous\" or \"any\""
+            ));
+            Clients::Authenticated
+        }
+    };
+    let list = |value: Option<OneOrMany>, name: &str, problems: &mut Vec<String>| {
+        let values = value.map(OneOrMany::into_vec).unwrap_or_default();
+        if values.iter().any(String::is_empty) {
+            problems.push(format!("{name}: empty value"));
+        }
+        values
+    };
+    let users = list(raw.user, "user", &mut problems);
+    let groups = list(raw.group, "group", &mut problems);
+    let client_ids = list(raw.client_id, "client_id", &mut problems);
+    let cert_cns = list(raw.cert_cn, "cert_cn", &mut problems);
+    let listeners = list(raw.listener, "listener", &mut problems);
+    let mut sources = Vec::new();
+    for text in raw.source.map(OneOrMany::into_vec).unwrap_or_default() {
+        match Cidr::parse(&text) {
+            Ok(c) => sources.push(c),
+            Err(why) => problems.push(format!("source {why}")),
+        }
+    }
+    if clients == Clients::Anonymous && !(users.is_empty() && groups.is_empty() && cert_cns.is_empty()) {
+        problems.push(
+            "clients = \"anonymous\" cannot be combined with user, group or cert_cn (anonymous clients have none)"
+                .to_owned(),
+        );
+    }
+    let who = Who {
+        users,
+        groups,
+        client_ids,
+        cert_cns,
+        listeners,
+        sources,
+        clients,
+    };
+    if !who_allowed && !who.is_everyone() {
+        problems.push("a claim's rules cannot say who they apply to".to_owned());
+    }
+    let max_qos = match raw.max_qos {
+        None => 2,
+        Some(q @ 0..=2) => u8::try_from(q).unwrap_or(2),
+        Some(other) => {
+            problems.push(format!("max_qos {other}: use 0, 1 or 2"));
+            2
+        }
+    };
+    if permission == Permission::Deny && (raw.max_qos.is_some() || raw.retain.is_some()) {
+        problems.push(
+            "max_qos and retain limit what an allow rule grants; a deny rule denies at every QoS"
+                .to_owned(),
+        );
+    }
+    if raw.retain.is_some() && action == Action::Subscribe {
+        problems.push("retain applies to publishing; this rule is subscribe-only".to_owned());
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Rule {
+        permission,
+        action,
+        who,
+        topics,
+        retain: raw.retain.unwrap_or(true),
+        max_qos,
+        origin,
+    })
+}
+
+/// What the rules know of a client, beyond its client identifier (which the engine settles).
+#[derive(Debug, Clone, Default)]
+pub struct Principal {
+    /// The authenticated username; `None` for anonymous clients.
+    pub username: Option<Arc<str>>,
+    /// The user's groups.
+    pub groups: Vec<Arc<str>>,
+    /// The common name of the verified client certificate.
+    pub cert_cn: Option<Arc<str>>,
+    /// The listener it connected to.
+    pub listener: Option<Arc<str>>,
+    /// Its source address.
+    pub address: Option<IpAddr>,
+    /// Whether it presented credentials (false: let in anonymously).
+    pub authenticated: bool,
+    /// Rules from its token's ACL claim.
+    pub claim: Option<Arc<AclRules>>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    pattern: Pattern,
+    allow: bool,
+    max_qos: u8,
+    retain: bool,
+    origin: Origin,
+}
+
+/// The rules of one client, resolved: checks allocate nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ClientAcl {
+    publish: Vec<Entry>,
+    subscribe: Vec<Entry>,
+}
+
+/// Why a decision came out as it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// An allow rule grants it.
+    Allowed,
+    /// A deny rule matches.
+    DeniedByRule,
+    /// No rule allows it (the default).
+    NoRule,
+    /// An allow rule matches the topic but not at this QoS.
+    QosAbove(u8),
+    /// An allow rule matches the topic but not with the retain flag.
+    RetainNotAllowed,
+}
+
+/// An answer, with the rule that gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allowed or not.
+    pub allowed: bool,
+    /// For an allowed SUBSCRIBE: the QoS granted (the request, capped by the rule).
+    pub qos: u8,
+    /// The rule that decided (`None`: no rule matched, the default deny).
+    pub origin: Option<Origin>,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Decision {
+    fn deny(origin: Option<Origin>, reason: Reason) -> Self {
+        Self {
+            allowed: false,
+            qos: 0,
+            origin,
+            reason,
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = self
+            .origin
+            .as_ref()
+            .map_or_else(String::new, |o| format!(" ({o})"));
+        match &self.reason {
+            Reason::Allowed => write!(f, "allowed{at}"),
+            Reason::DeniedByRule => write!(f, "denied by a deny rule{at}"),
+            Reason::NoRule => f.write_str("no rule allows it"),
+            Reason::QosAbove(max) => write!(f, "the allowing rule{at} allows at most QoS {max}"),
+            Reason::RetainNotAllowed => write!(f, "the allowing rule{at} does not allow retain"),
+        }
+    }
+}
+
+impl ClientAcl {
+    /// Whether no rule applies to this client at all (everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.publish.is_empty() && self.subscribe.is_empty()
+    }
+
+    /// May the client publish to `topic` (a topic name) at `qos`, with `retain`?
+    pub fn check_publish(&self, topic: &str, qos: u8, retain: bool) -> Decision {
+        let mut near: Option<Decision> = None;
+        for entry in &self.publish {
+            if !entry.pattern.matches_topic(topic) {
+                continue;
+            }
+            if !entry.allow {
+                return Decision::deny(Some(entry.origin.clone()), Reason::DeniedByRule);
+            }
+            if qos > entry.max_qos {
+                near.get_or_insert(Decision::deny(
+                    Some(entry.origin.clone()),
+                    Reason::QosAbove(entry.max_qos),
+                ));
+            } else if retain && !entry.retain {
+                near.get_or_insert(Decision::deny(
+                    Some(entry.origin.clone()),
+                    Reason::RetainNotAllowed,
+                ));
+            } else {
+                return Decision {
+                    allowed: true,
+                    qos,
+                    origin: Some(entry.origin.clone()),
+                    reason: Reason::Allowed,
+                };
+            }
+        }
+        near.unwrap_or_else(|| Decision::deny(None, Reason::NoRule))
+    }
+
+    /// Whether `check_publish` allows it, without building the explanation.
+    pub fn may_publish(&self, topic: &str, qos: u8, retain: bool) -> bool {
+        for entry in &self.publish {
+            if entry.pattern.matches_topic(topic) {
+                if !entry.allow {
+                    return false;
+                }
+                if qos <= entry.max_qos && (!retain || entry.retain) {
+                    // Denies come first: none matched.
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// May the client subscribe to `filter` (the topic filter, without any `$share/{name}/`)
+    /// at `qos`? The granted QoS is in the decision.
+    pub fn check_subscribe(&self, filter: &str, qos: u8) -> Decision {
+        let Ok(filter) = Pattern::parse(filter) else {
+            return Decision::deny(None, Reason::NoRule);
+        };
+        let mut best: Option<&Entry> = None;
+        for entry in &self.subscribe {
+            if !entry.allow {
+                if entry.pattern.overlaps(&filter) {
+                    return Decision::deny(Some(entry.origin.clone()), Reason::DeniedByRule);
+                }
+            } else if entry.pattern.contains(&filter)
+                && best.is_none_or(|b| entry.max_qos > b.max_qos)
+            {
+                best = Some(entry);
+            }
+        }
+        match best {
+            Some(entry) => Decision {
+                allowed: true,
+                qos: qos.min(entry.max_qos),
+                origin: Some(entry.origin.clone()),
+                reason: Reason::Allowed,
+            },
+            None => Decision::deny(None, Reason::NoRule),
+        }
+    }
+
+    /// May the client receive a message published to `topic` (retained messages, and
+    /// everything after a reload)?
+    pub fn may_receive(&self, topic: &str) -> bool {
+        let mut allowed = false;
+        for entry in &self.subscribe {
+            if entry.pattern.matches_topic(topic) {
+                if !entry.allow {
+                    return false;
+                }
+                allowed = true;
+                break;
+            }
+        }
+        allowed
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+//! Topic patterns of ACL rules once their templates are filled in: a pattern is an MQTT topic
+//! filter (`+` one level, `#` the rest), compared with topic names for PUBLISH and with
+//! topic filters for SUBSCRIBE.
+//!
+//! Both comparisons keep the `$` rule of MQTT [MQTT-4.7.2-1]: a topic whose first level starts
+//! with `$` is matched only by a pattern whose first level names it, never by `+` or `#`.
+
+/// One level of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Level {
+    Literal(Box<str>),
+    /// `+`
+    One,
+    /// `#` (always the last level)
+    Rest,
+}
+
+/// A compiled pattern: its levels, checked once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pattern {
+    levels: Box<[Level]>,
+    text: Box<str>,
+}
+
+impl Pattern {
+    /// Parses a filled-in pattern. Errors say what is wrong, for the rule's error message.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("the topic pattern is empty".to_owned());
+        }
+        if text.contains('\0') {
+            return Err("the topic pattern contains NUL".to_owned());
+        }
+        let parts: Vec<&str> = text.split('/').collect();
+        let last = parts.len() - 1;
+        let mut levels = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            levels.push(match *part {
+                "+" => Level::One,
+                "#" if i == last => Level::Rest,
+                "#" => return Err("`#` must be the last level of the pattern".to_owned()),
+                p if p.contains(['+', '#']) => {
+                    return Err(format!(
+                        "level {p:?}: `+` and `#` must stand alone in their level"
+                    ));
+                }
+                p => Level::Literal(p.into()),
+            });
+        }
+        Ok(Self {
+            levels: levels.into_boxed_slice(),
+            text: text.into(),
+        })
+    }
+
+    /// The pattern as written (templates filled in).
+    pub(crate) fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the first level is a `$` name (`$SYS/...`).
+    pub(crate) fn is_dollar(&self) -> bool {
+        matches!(self.levels.first(), Some(Level::Literal(l)) if l.starts_with('$'))
+    }
+
+    /// Whether the pattern matches every topic that does not start with `$` (`#`, `+/#`, ...).
+    pub(crate) fn matches_everything(&self) -> bool {
+        match self.levels.split_last() {
+            Some((Level::Rest, rest)) => rest.iter().all(|l| *l == Level::One) && rest.len() <= 1,
+            _ => false,
+        }
+    }
+
+    /// Whether the topic name `topic` (no wildcards) is matched.
+    pub(crate) fn matches_topic(&self, topic: &str) -> bool {
+        if topic.starts_with('$') && !self.is_dollar() {
+            return false;
+        }
+        let mut names = topic.split('/');
+        for level in &self.levels {
+            match level {
+                Level::Rest => return true,
+                Level::One => {
+                    if names.next().is_none() {
+                        return false;
+                    }
+                }
+                Level::Literal(l) => {
+                    if names.next() != Some(&**l) {
+                        return false;
+                    }
+                }
+            }
+        }
+        names.next().is_none()
+    }
+
+    /// Whether every topic the filter `filter` can match is matched by this pattern.
+    pub(crate) fn contains(&self, filter: &Pattern) -> bool {
+        if filter.is_dollar() && !self.is_dollar() {
+            // The filter names a `$` topic: only a pattern naming it too covers it.
+            return false;
+        }
+        let mine = &self.levels;
+        let theirs = &filter.levels;
+        let mut i = 0;
+        loop {
+            match (mine.get(i), theirs.get(i)) {
+                (Some(Level::Rest), _) => return true,
+                (None, None) => return true,
+                // The filter's `#` also matches its parent level, and every level below.
+                (_, Some(Level::Rest)) | (None, Some(_)) | (Some(_), None) => return false,
+                (Some(Level::One), Some(_)) => {}
+                (Some(Level::Literal(a)), Some(Level::Literal(b))) if a == b => {}
+                (Some(Level::Literal(_)), Some(_)) => return false,
+            }
+            i += 1;
+        }
+    }
+
+    /// Whether some topic is matched both by this pattern and by the filter `filter`.
+    pub(crate) fn overlaps(&self, filter: &Pattern) -> bool {
+        let (a, b) = (&self.levels, &filter.levels);
+        // A `$` topic needs a literal `$` first level on both sides; a wildcard first level on
+        // one side meets only non-`$` topics, which a literal `$` level on the other excludes.
+        if self.is_dollar() != filter.is_dollar()
+            && (matches!(a.first(), Some(Level::One | Level::Rest))
+                || matches!(b.first(), Some(Level::One | Level::Rest)))
+        {
+            return false;
+        }
+        let mut i = 0;
+        loop {
+            match (a.get(i), b.get(i)) {
+                (Some(Level::Rest), _) | (_, Some(Level::Rest)) => return true,
+                (None, None) => return true,
+                (None, Some(_)) | (Some(_), None) => return false,
+                (Some(Level::One), Some(_)) | (Some(_), Some(Level::One)) => {}
+                (Some(Level::Literal(x)), Some(Level::Literal(y))) => {
+                    if x != y {
+                        return false;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Pattern {
+        Pattern::parse(text).unwrap()
+    }
+
+    #[test]
+    fn grammar_is_checked() {
+        for bad in ["", "a/#/b", "a+", "a/b#", "#/a", "x\0y"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["#", "+", "a/+/b", "a/#", "/", "$SYS/#", "+/+"] {
+            assert!(Pattern::parse(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn topics_are_matched_as_mqtt_does() {
+        let cases = [
+            ("#", "a", true),
+            ("#", "a/b/c", true),
+            ("#", "$SYS/x", false),
+            ("+/#", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("$SYS/#", "$SYS", true),
+            ("a/#", "a", true),
+            ("a/#", "ab", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a/b/c", false),
+            ("a/+", "a", false),
+            ("a/+", "a/", true),
+            ("a/b", "a/b", true),
+            ("a/b", "a/b/", false),
+            ("+", "", true),
+            ("+/+", "/", true),
+        ];
+        for (pattern, topic, expected) in cases {
+            assert_eq!(p(pattern).matches_topic(topic), expected, "{pattern} {topic}");
+        }
+    }
+
+    #[test]
+    fn containment_covers_every_topic_of_the_filter() {
+        let cases = [
+            ("#", "a/b", true),
+            ("#", "#", true),
+            ("#", "$SYS/#", false),
+            ("$SYS/#", "$SYS/broker/+", true),
+            ("a/#", "a/#", true),
+            ("a/#", "a", true),
+            ("a/#", "a/+/c", true),
+            ("a/+", "a/#", false),
+            ("a/+", "a/+", true),
+            ("a/+", "a/b", true),
+            ("a/b", "a/+", false),
+            ("a/b", "a/b/#", false),
+            ("a/b/#", "a/#", false),
+            ("+/b", "a/b", true),
+            ("+/b", "+/b", true),
+            ("+/b", "#", false),
+            ("a", "a", true),
+            ("a", "a/b", false),
+        ];
+        for (pattern, filter, expected) in cases {
+            assert_eq!(p(pattern).contains(&p(filter)), expected, "{pattern} ⊇ {filter}");
+        }
+    }
+
+    #[test]
+    fn overlap_finds_a_common_topic() {
+        let cases = [
+            ("sensor/secret/#", "sensor/#", true),
+            ("sensor/secret/#", "sensor/+", true),
+            ("sensor/secret/#", "sensor/public", false),
+            ("a/+/c", "a/b/+", true),
+            ("a/b", "a/b/#", true),
+            ("a/b/c", "a/b", false),
+            ("#", "$SYS/#", false),
+            ("+", "$SYS", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("$SYS/x", "$SYS/y", false),
+            ("#", "#", true),
+            ("+", "a/b", false),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(p(a).overlaps(&p(b)), expected, "{a} ∩ {b}");
+            assert_eq!(p(b).overlaps(&p(a)), expected, "{b} ∩ {a}");
+        }
+    }
+
+    #[test]
+    fn everything_patterns_are_recognised() {
+        assert!(p("#").matches_everything());
+        assert!(p("+/#").matches_everything());
+        assert!(!p("a/#").matches_everything());
+        assert!(!p("$SYS/#").matches_everything());
+        assert!(!p("+").matches_everything());
+    }
+}
