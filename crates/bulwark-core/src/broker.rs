@@ -13,9 +13,12 @@ use bulwark_proto::{
     QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionId, SubscriptionOptions,
     TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
 };
+use bulwark_security::acl::{AclRules, Principal};
+use bulwark_security::event::EventKind;
 use bytes::Bytes;
 
-use crate::config::BrokerConfig;
+use crate::authz::{AuthzEvent, ConnAuthz};
+use crate::config::{BrokerConfig, DeniedPublish};
 use crate::index::SubscriptionIndex;
 use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
 use crate::session::{QueueLimits, Session, SubscriptionRecord};
@@ -120,6 +123,12 @@ pub struct Stats {
     pub bytes_received: u64,
     /// Bytes written to clients.
     pub bytes_sent: u64,
+    /// PUBLISH packets (and wills) the ACL refused.
+    pub publishes_denied: u64,
+    /// Subscriptions the ACL refused or removed.
+    pub subscriptions_denied: u64,
+    /// Authorization events dropped because the caller did not drain them.
+    pub events_dropped: u64,
 }
 
 /// What an index entry stands for.
@@ -163,6 +172,9 @@ struct Target {
 struct PendingWill {
     at: Instant,
     will: Box<Will>,
+    /// Who the will is published as: checked against the ACL in force when it is sent.
+    principal: Arc<Principal>,
+    client_id: Arc<str>,
 }
 
 /// Topic alias mappings of one connection, both ways.
@@ -190,6 +202,7 @@ struct Conn {
     /// Boxed: most clients have none, and every connection pays for the field.
     will: Option<Box<Will>>,
     connect_expiry_was_zero: bool,
+    authz: ConnAuthz,
 }
 
 impl Conn {
@@ -206,6 +219,9 @@ pub struct ConnectAuth {
     pub method: Option<MqttString>,
     /// The server's last Authentication Data, if the method has one.
     pub data: Option<Bytes>,
+    /// Who the client was authenticated as, for the ACL (`None`: an anonymous client with
+    /// nothing known of it).
+    pub principal: Option<Arc<Principal>>,
 }
 
 /// The broker engine, sans I/O.
@@ -247,7 +263,16 @@ pub struct Broker {
     /// Bodies shared within the current `publish_message`; empty outside it.
     shared: Vec<SharedBody>,
     shutting_down: bool,
+    /// The ACL in force; `None`: no authorization, everything is allowed.
+    acl: Option<Arc<AclRules>>,
+    /// Authorization events not yet taken by [`Broker::poll_event`] (bounded: see
+    /// [`MAX_PENDING_EVENTS`]).
+    events: VecDeque<AuthzEvent>,
 }
+
+/// Authorization events held for the caller at most; more are dropped (counted in
+/// [`Stats::events_dropped`]). The caller drains them after every call.
+const MAX_PENDING_EVENTS: usize = 4096;
 
 /// The version `$SYS/broker/version` reports.
 const VERSION: &str = concat!("bulwark ", env!("CARGO_PKG_VERSION"));
@@ -281,6 +306,8 @@ impl Broker {
             hit_groups: Vec::new(),
             shared: Vec::new(),
             shutting_down: false,
+            acl: None,
+            events: VecDeque::new(),
         }
     }
 
@@ -323,6 +350,30 @@ impl Broker {
     /// The next instruction for a connection driver.
     pub fn poll_output(&mut self) -> Option<(ConnectionId, Output)> {
         self.outputs.pop_front()
+    }
+
+    /// The next authorization event (a denial, a revoked subscription, a refused client
+    /// identifier), for the audit trail. Drain after every call, like [`Broker::poll_output`].
+    pub fn poll_event(&mut self) -> Option<AuthzEvent> {
+        self.events.pop_front()
+    }
+
+    /// Puts `rules` in force (`None`: no authorization). Every connection's rules are
+    /// resolved again: subscriptions no longer allowed are removed, queued messages it may no
+    /// longer receive are dropped, and new publish rules apply from the next PUBLISH on.
+    pub fn set_acl(&mut self, rules: Option<Arc<AclRules>>, now: Instant) {
+        self.acl = rules;
+        let conns: Vec<ConnectionId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.reauthorize(conn, None, now);
+        }
+    }
+
+    /// Replaces what is known of connection `conn`'s client (a re-authentication with new
+    /// credentials, such as a token with another ACL claim) and applies it as
+    /// [`Broker::set_acl`] does.
+    pub fn set_principal(&mut self, conn: ConnectionId, principal: Arc<Principal>, now: Instant) {
+        self.reauthorize(conn, Some(principal), now);
     }
 
     /// When [`Broker::handle_timeout`] must next be called.
@@ -392,6 +443,7 @@ impl Broker {
         now: Instant,
     ) {
         let version = connect.protocol_version;
+        let principal = auth.principal.clone().unwrap_or_default();
         if self.shutting_down {
             return self.refuse(
                 conn,
@@ -485,12 +537,41 @@ impl Broker {
         if let Some(key) = self.client_ids.get(&client_id)
             && self.owners.get(key).is_some_and(|o| *o != owner)
         {
+            self.push_event(AuthzEvent {
+                kind: EventKind::ClientIdRefused,
+                client_id: client_id.clone(),
+                principal,
+                action: "connect",
+                topic: "".into(),
+                reason: "the client identifier belongs to another user's session".to_owned(),
+            });
             return self.refuse(
                 conn,
                 version,
                 ReasonCode::NotAuthorized,
                 "the client identifier belongs to another user",
             );
+        }
+        let authz = ConnAuthz::new(self.acl.as_deref(), principal.clone(), &client_id);
+        if let (Some(will), Some(acl)) = (&connect.will, &authz.acl) {
+            let (topic, qos, retain) = (will.topic.as_str(), will.qos.as_u8(), will.retain);
+            if !acl.may_publish(topic, qos, retain) {
+                self.stats.publishes_denied += 1;
+                self.push_event(AuthzEvent {
+                    kind: EventKind::AclDenied,
+                    client_id: client_id.clone(),
+                    principal,
+                    action: "will",
+                    topic: topic.into(),
+                    reason: acl.check_publish(topic, qos, retain).to_string(),
+                });
+                return self.refuse(
+                    conn,
+                    version,
+                    ReasonCode::NotAuthorized,
+                    "the will message is not authorized",
+                );
+            }
         }
         // Takeover: the old connection goes first, its will and session handled as a loss.
         if let Some(&key) = self.client_ids.get(&client_id)
@@ -549,8 +630,14 @@ impl Broker {
             problem_information: connect.properties.request_problem_information != Some(false),
             will: connect.will.map(Box::new),
             connect_expiry_was_zero: requested_expiry == 0,
+            authz,
         };
         self.conns.insert(conn, Box::new(state));
+        if present {
+            // The stored session may hold what this identity (or the rules since) no longer
+            // allows.
+            self.prune(conn, now);
+        }
         self.online.insert(key, conn);
         self.stats.connections_total += 1;
 
@@ -818,6 +905,14 @@ impl Broker {
                 );
             }
         }
+        let allowed = self
+            .conns
+            .get(&conn_id)
+            .and_then(|c| c.authz.acl.as_ref())
+            .is_none_or(|acl| acl.may_publish(topic.as_str(), qos.as_u8(), retain));
+        if !allowed {
+            return self.deny_publish(conn_id, &topic, qos, retain, packet_id, now);
+        }
         if retain
             && !payload.is_empty()
             && !self.retained.contains_key(topic.as_str())
@@ -857,6 +952,170 @@ impl Broker {
         let v5 = self.conns.get(&conn_id).is_some_and(|c| c.is_v5());
         let code = if v5 { code } else { ReasonCode::Success };
         self.answer_publish(conn_id, qos, packet_id, code, "");
+    }
+
+    /// A PUBLISH the ACL refused: a 5.0 QoS 1/2 one is answered 0x87; others are dropped
+    /// (acknowledged as usual) or end the connection, as `denied_publish` says.
+    fn deny_publish(
+        &mut self,
+        conn_id: ConnectionId,
+        topic: &TopicName,
+        qos: QoS,
+        retain: bool,
+        packet_id: Option<PacketId>,
+        now: Instant,
+    ) {
+        self.stats.publishes_denied += 1;
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let v5 = conn.is_v5();
+        let reason = conn.authz.acl.as_ref().map_or_else(String::new, |acl| {
+            acl.check_publish(topic.as_str(), qos.as_u8(), retain)
+                .to_string()
+        });
+        self.record(
+            conn_id,
+            EventKind::AclDenied,
+            "publish",
+            topic.as_str(),
+            reason,
+            now,
+        );
+        if v5 && qos != QoS::AtMostOnce {
+            return self.answer_publish(
+                conn_id,
+                qos,
+                packet_id,
+                ReasonCode::NotAuthorized,
+                "not authorized",
+            );
+        }
+        match self.config.denied_publish {
+            DeniedPublish::Disconnect => {
+                self.disconnect(
+                    conn_id,
+                    ReasonCode::NotAuthorized,
+                    "publish not authorized",
+                    now,
+                );
+            }
+            DeniedPublish::Drop => {
+                if qos == QoS::ExactlyOnce
+                    && let (Some(id), Some(conn)) = (packet_id, self.conns.get_mut(&conn_id))
+                {
+                    conn.session.qos2_record(id);
+                }
+                self.answer_publish(conn_id, qos, packet_id, ReasonCode::Success, "");
+            }
+        }
+    }
+
+    /// Records an authorization event of a connection, within its event budget.
+    fn record(
+        &mut self,
+        conn_id: ConnectionId,
+        kind: EventKind,
+        action: &'static str,
+        topic: &str,
+        reason: String,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let Some(suppressed) = conn.authz.admit_event(now) else {
+            return;
+        };
+        let reason = if suppressed > 0 {
+            format!("{reason} ({suppressed} earlier events of this connection not recorded)")
+        } else {
+            reason
+        };
+        let event = AuthzEvent {
+            kind,
+            client_id: conn.session.client_id.clone(),
+            principal: conn.authz.principal.clone(),
+            action,
+            topic: topic.into(),
+            reason,
+        };
+        self.push_event(event);
+    }
+
+    fn push_event(&mut self, event: AuthzEvent) {
+        if self.events.len() >= MAX_PENDING_EVENTS {
+            self.stats.events_dropped += 1;
+        } else {
+            self.events.push_back(event);
+        }
+    }
+
+    /// Resolves connection `conn_id`'s rules again (with a new principal, if given) and
+    /// prunes what they no longer allow.
+    fn reauthorize(
+        &mut self,
+        conn_id: ConnectionId,
+        principal: Option<Arc<Principal>>,
+        now: Instant,
+    ) {
+        let rules = self.acl.clone();
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let principal = principal.unwrap_or_else(|| conn.authz.principal.clone());
+        let fresh = ConnAuthz::new(rules.as_deref(), principal, &conn.session.client_id);
+        conn.authz.acl = fresh.acl;
+        conn.authz.principal = fresh.principal;
+        self.prune(conn_id, now);
+    }
+
+    /// Removes the subscriptions connection `conn_id`'s rules do not allow (and lowers the
+    /// QoS of those allowed at a lower one), and drops queued messages it may not receive.
+    fn prune(&mut self, conn_id: ConnectionId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let Conn { session, authz, .. } = &mut **conn;
+        let Some(acl) = authz.acl.as_ref() else {
+            return;
+        };
+        let key = session.key;
+        let mut revoked = Vec::new();
+        let mut lowered = Vec::new();
+        for (text, record) in &mut session.subscriptions {
+            let decision =
+                acl.check_subscribe(record.filter.match_filter(), record.options.qos.as_u8());
+            if !decision.allowed {
+                revoked.push((text.clone(), decision.to_string()));
+            } else if decision.qos < record.options.qos.as_u8() {
+                record.options.qos = QoS::from_u8(decision.qos).unwrap_or(QoS::AtMostOnce);
+                lowered.push(record.clone());
+            }
+        }
+        session.retain_queued(|d| acl.may_receive(d.message.topic.as_str()));
+        let mut filters = Vec::with_capacity(revoked.len());
+        for (text, reason) in revoked {
+            if let Some(record) = session.subscriptions.remove(&text) {
+                filters.push((record.filter, reason));
+            }
+        }
+        for record in lowered {
+            self.index_subscription(key, &record.filter, record.options, record.id);
+        }
+        for (filter, reason) in filters {
+            self.subscriptions = self.subscriptions.saturating_sub(1);
+            self.stats.subscriptions_denied += 1;
+            self.unindex_subscription(key, &filter);
+            self.record(
+                conn_id,
+                EventKind::SubscriptionRevoked,
+                "subscribe",
+                filter.as_str(),
+                reason,
+                now,
+            );
+        }
     }
 
     fn handle_puback(&mut self, conn_id: ConnectionId, packet_id: PacketId, now: Instant) {
@@ -945,10 +1204,20 @@ impl Broker {
         let id = subscribe.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained_for = Vec::new();
+        let mut denied = Vec::new();
         for sub in subscribe.subscriptions {
             let text: Box<str> = sub.filter.as_str().into();
+            let decision = self
+                .conns
+                .get(&conn_id)
+                .and_then(|c| c.authz.acl.as_ref())
+                .map(|acl| acl.check_subscribe(sub.filter.match_filter(), sub.options.qos.as_u8()));
             let code = if !self.topic_fits(sub.filter.as_str()) {
                 ReasonCode::TopicFilterInvalid
+            } else if let Some(d) = decision.as_ref().filter(|d| !d.allowed) {
+                self.stats.subscriptions_denied += 1;
+                denied.push((text, d.to_string()));
+                ReasonCode::NotAuthorized
             } else {
                 let Some(conn) = self.conns.get_mut(&conn_id) else {
                     return;
@@ -959,7 +1228,10 @@ impl Broker {
                 {
                     ReasonCode::QuotaExceeded
                 } else {
-                    let options = sub.options;
+                    let mut options = sub.options;
+                    if let Some(d) = &decision {
+                        options.qos = QoS::from_u8(d.qos).unwrap_or(QoS::AtMostOnce);
+                    }
                     conn.session.subscriptions.insert(
                         text,
                         SubscriptionRecord {
@@ -1008,6 +1280,16 @@ impl Broker {
                 reason_codes: codes,
             }),
         );
+        for (filter, reason) in denied {
+            self.record(
+                conn_id,
+                EventKind::AclDenied,
+                "subscribe",
+                &filter,
+                reason,
+                now,
+            );
+        }
         for (filter, qos, id) in retained_for {
             self.send_retained(session_key, &filter, qos, id, now);
         }
@@ -1123,10 +1405,29 @@ impl Broker {
                 .into_iter()
                 .collect()
         };
+        let conn_id = self.online.get(&session).copied();
         for message in matching {
             if message.is_expired(now) {
                 self.retained.remove(message.topic.as_str());
                 self.stats.messages_expired += 1;
+                continue;
+            }
+            // Defence in depth: the filter was granted, and still each message is checked.
+            let allowed = conn_id
+                .and_then(|c| self.conns.get(&c))
+                .and_then(|c| c.authz.acl.as_ref())
+                .is_none_or(|acl| acl.may_receive(message.topic.as_str()));
+            if !allowed {
+                if let Some(c) = conn_id {
+                    self.record(
+                        c,
+                        EventKind::AclDenied,
+                        "retained",
+                        message.topic.as_str(),
+                        "the client may not receive this topic".to_owned(),
+                        now,
+                    );
+                }
                 continue;
             }
             let delivery = Delivery {
@@ -1203,6 +1504,7 @@ impl Broker {
             mut session,
             will,
             version,
+            authz,
             ..
         } = *conn;
         let key = session.key;
@@ -1216,7 +1518,15 @@ impl Broker {
             let at = now
                 .checked_add(Duration::from_secs(u64::from(delay)))
                 .unwrap_or(now);
-            self.wills.insert(key, PendingWill { at, will });
+            self.wills.insert(
+                key,
+                PendingWill {
+                    at,
+                    will,
+                    principal: authz.principal,
+                    client_id: session.client_id.clone(),
+                },
+            );
             self.will_times.insert((at, key));
         }
         // QoS 1 messages (and QoS 2 not yet received) from shared subscriptions may go to
@@ -1256,7 +1566,7 @@ impl Broker {
         self.owners.remove(&key);
         if let Some(pending) = self.wills.remove(&key) {
             self.will_times.remove(&(pending.at, key));
-            self.publish_will(key, pending.will, now);
+            self.publish_will(key, pending, now);
         }
         for delivery in take_shared(&mut session, true) {
             self.redeliver_shared(delivery, key, now);
@@ -1276,13 +1586,31 @@ impl Broker {
             }
             self.will_times.pop_first();
             if let Some(pending) = self.wills.remove(&key) {
-                self.publish_will(key, pending.will, now);
+                self.publish_will(key, pending, now);
             }
         }
     }
 
-    fn publish_will(&mut self, key: SessionKey, will: Box<Will>, now: Instant) {
-        let will = *will;
+    fn publish_will(&mut self, key: SessionKey, pending: PendingWill, now: Instant) {
+        let will = *pending.will;
+        // Checked again: the rules may have changed since the CONNECT.
+        if let Some(rules) = &self.acl {
+            let acl = rules.resolve(&pending.principal, &pending.client_id);
+            let (topic, qos, retain) = (will.topic.as_str(), will.qos.as_u8(), will.retain);
+            if !acl.may_publish(topic, qos, retain) {
+                self.stats.publishes_denied += 1;
+                let reason = acl.check_publish(topic, qos, retain).to_string();
+                self.push_event(AuthzEvent {
+                    kind: EventKind::AclDenied,
+                    client_id: pending.client_id,
+                    principal: pending.principal,
+                    action: "will",
+                    topic: topic.into(),
+                    reason,
+                });
+                return;
+            }
+        }
         let p = will.properties;
         let properties = PublishProperties {
             payload_format_indicator: p.payload_format_indicator,

@@ -8,6 +8,7 @@
 //! parked sessions are reached only through the [`SessionStore`] trait.
 #![forbid(unsafe_code)]
 
+mod authz;
 mod broker;
 mod config;
 pub mod index;
@@ -16,6 +17,7 @@ mod message;
 mod session;
 mod store;
 
+pub use authz::AuthzEvent;
 pub use broker::{Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, SessionKey, Stats};
 pub use config::{BrokerConfig, DeniedPublish};
 pub use keepalive::KeepAlive;

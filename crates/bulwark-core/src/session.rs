@@ -111,6 +111,21 @@ impl Session {
         self.queue.push_front(delivery);
     }
 
+    /// Keeps only the queued messages `keep` accepts; returns how many were removed.
+    pub fn retain_queued(&mut self, mut keep: impl FnMut(&Delivery) -> bool) -> usize {
+        let before = self.queue.len();
+        let mut bytes = 0;
+        self.queue.retain(|d| {
+            let kept = keep(d);
+            if kept {
+                bytes += d.message.cost();
+            }
+            kept
+        });
+        self.queue_bytes = bytes;
+        before - self.queue.len()
+    }
+
     /// Bytes waiting in the queue.
     pub fn queued_bytes(&self) -> usize {
         self.queue_bytes

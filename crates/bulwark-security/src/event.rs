@@ -29,6 +29,12 @@ pub enum EventKind {
     /// The broker closed a live connection for a security reason (user removed or disabled,
     /// credentials expired, certificate revoked).
     ForcedDisconnect,
+    /// The ACL refused a PUBLISH, SUBSCRIBE, will or retained delivery.
+    AclDenied,
+    /// An ACL reload (or a resumed session's new identity) removed a subscription.
+    SubscriptionRevoked,
+    /// A client identifier that belongs to another user's session was refused.
+    ClientIdRefused,
 }
 
 impl EventKind {
@@ -43,6 +49,9 @@ impl EventKind {
             Self::BannedRefused => "banned_refused",
             Self::Throttled => "throttled",
             Self::ForcedDisconnect => "forced_disconnect",
+            Self::AclDenied => "acl_denied",
+            Self::SubscriptionRevoked => "subscription_revoked",
+            Self::ClientIdRefused => "client_id_refused",
         }
     }
 
@@ -80,6 +89,12 @@ pub struct SecurityEvent {
     /// The authentication method (`password`, `certificate`, `jwt`, `SCRAM-SHA-256`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// What the client tried: `publish`, `subscribe`, `will`, `retained`, `connect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The topic or topic filter concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// Why, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -96,6 +111,8 @@ impl SecurityEvent {
             client_id: None,
             username: None,
             method: None,
+            action: None,
+            topic: None,
             reason: None,
         }
     }

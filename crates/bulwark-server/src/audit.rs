@@ -99,6 +99,8 @@ fn log(event: &SecurityEvent) {
             client_id = e.client_id.as_deref(),
             username = e.username.as_deref(),
             method = e.method.as_deref(),
+            action = e.action.as_deref(),
+            topic = e.topic.as_deref(),
             reason = e.reason.as_deref(),
             "security event"
         );

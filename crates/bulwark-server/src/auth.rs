@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bulwark_core::ConnectionId;
 use bulwark_proto::{Connect, ReasonCode};
+use bulwark_security::acl::AclRules;
 use bulwark_security::cache::CredentialCache;
 use bulwark_security::event::{EventKind, SecurityEvent};
 use bulwark_security::guard::{Admission, GuardSettings, LoginGuard};
@@ -228,14 +229,12 @@ pub(crate) struct Identity {
     /// `None` only for anonymous clients.
     pub(crate) username: Option<Arc<str>>,
     /// The store's groups of the user (for ACLs).
-    #[allow(dead_code, reason = "read by the ACL engine (authorization issue)")]
     pub(crate) groups: Vec<Arc<str>>,
     pub(crate) method: &'static str,
     /// When the credentials stop being valid (a JWT's `exp`).
     pub(crate) expires_at: Option<SystemTime>,
-    /// A JWT's ACL claim.
-    #[allow(dead_code, reason = "read by the ACL engine (authorization issue)")]
-    pub(crate) acl: Option<serde_json::Value>,
+    /// The rules of a JWT's ACL claim.
+    pub(crate) acl: Option<Arc<AclRules>>,
     /// Whether the user is in the password store: removing or disabling it there ends the
     /// connection.
     pub(crate) in_store: bool,
@@ -1089,13 +1088,22 @@ impl AuthService {
                 let expires_at = claims.expires_at.and_then(|exp| {
                     UNIX_EPOCH.checked_add(Duration::from_secs(exp.saturating_add(skew)))
                 });
+                let acl = match claims.acl.as_ref().map(AclRules::from_claim).transpose() {
+                    Ok(rules) => rules.map(Arc::new),
+                    Err(err) => {
+                        return Step::Deny(Refusal::failure(
+                            ReasonCode::NotAuthorized,
+                            format!("JWT: the ACL claim is not usable: {err}"),
+                        ));
+                    }
+                };
                 Step::Allow(Identity {
                     groups: groups_of(&store, &claims.username),
                     in_store: store.get(&claims.username).is_some(),
                     username: Some(Arc::from(claims.username.as_str())),
                     method: "jwt",
                     expires_at,
-                    acl: claims.acl,
+                    acl,
                 })
             }
             Err(err) => Step::Deny(Refusal::failure(

@@ -11,6 +11,7 @@ use bulwark_proto::{
     Auth, ConnAck, Connect, ConnectReturnCode, DecodeError, Decoder, DecoderLimits, Disconnect,
     Encoder, MqttString, Packet, ProtocolVersion, ReasonCode,
 };
+use bulwark_security::acl::Principal;
 use bulwark_security::event::EventKind;
 use bulwark_security::scram::{ScramHash, ScramServer};
 use bytes::BytesMut;
@@ -60,6 +61,7 @@ struct Reauth<'a> {
     connack_sent: bool,
     client_id: &'a str,
     identity: &'a mut Identity,
+    principal: &'a mut Arc<Principal>,
     scram: &'a mut Option<ScramServer>,
     expires: &'a mut Option<tokio::time::Instant>,
 }
@@ -229,6 +231,15 @@ impl<S: Transport> Driver<S> {
     /// identity replaces the CONNECT's username (and client identifier, if so configured):
     /// the client cannot claim another.
     ///
+    /// The common name of the verified client certificate, for ACL rules and templates.
+    fn certificate_cn(&self) -> Option<Arc<str>> {
+        let leaf = self.stream.peer_certificates().and_then(<[_]>::first)?;
+        crate::tls::certificate_identity(leaf, IdentitySource::CommonName)
+            .ok()
+            .flatten()
+            .map(Arc::from)
+    }
+
     /// Returns the certificate's identity, if one was applied.
     fn apply_certificate_identity(&self, connect: &mut Connect) -> Result<Option<String>, String> {
         let (Some(mapping), Some(leaf)) = (
@@ -434,6 +445,7 @@ impl<S: Transport> Driver<S> {
         let reply = ConnectAuth {
             method: Some(method),
             data: None,
+            principal: None,
         };
         self.finish_login(&auth, ticket, &attempt, result, reply)
             .await
@@ -573,6 +585,7 @@ impl<S: Transport> Driver<S> {
         let reply = ConnectAuth {
             method: Some(method),
             data: server_final.map(bytes::Bytes::from),
+            principal: None,
         };
         self.finish_login(&auth, Some(ticket), &attempt, result, reply)
             .await
@@ -663,6 +676,20 @@ impl<S: Transport> Driver<S> {
             Ok((identity, reply)) => {
                 auth.conclude(None, &attempt, &Ok(identity.clone())).await;
                 *state.expires = identity.expires_at.map(deadline_of);
+                // New credentials may carry other groups or another token's ACL claim.
+                if identity.groups != state.identity.groups || identity.acl != state.identity.acl {
+                    let mut principal = (**state.principal).clone();
+                    principal.groups = identity.groups.clone();
+                    principal.claim = identity.acl.clone();
+                    *state.principal = Arc::new(principal);
+                    let update = ToRouter::Principal {
+                        conn: self.conn,
+                        principal: state.principal.clone(),
+                    };
+                    if self.ctx.router.send(update).await.is_err() {
+                        return Err(End::RouterGone);
+                    }
+                }
                 *state.identity = identity;
                 self.push_auth(ReasonCode::Success, method, reply);
                 self.flush().await
@@ -703,8 +730,9 @@ impl<S: Transport> Driver<S> {
         if let Some(max) = connect.properties.maximum_packet_size {
             self.encoder.set_max_packet_size(max.get());
         }
+        let cert_cn = self.certificate_cn();
         // Boxed: the exchange's states need not live in the connection's future.
-        let (mut identity, connect_auth) =
+        let (mut identity, mut connect_auth) =
             match Box::pin(self.authenticate(&mut connect, certificate)).await {
                 Ok(done) => done,
                 Err(end) => return end,
@@ -715,6 +743,16 @@ impl<S: Transport> Driver<S> {
             .username
             .as_deref()
             .and_then(|name| MqttString::new(name).ok());
+        let mut principal = Arc::new(Principal {
+            username: identity.username.clone(),
+            groups: identity.groups.clone(),
+            cert_cn,
+            listener: Some(self.listener.name.clone()),
+            address: Some(self.peer.ip()),
+            authenticated: identity.method != "anonymous",
+            claim: identity.acl.clone(),
+        });
+        connect_auth.principal = Some(principal.clone());
         let method = connect_auth.method.clone();
         let client_id = connect.client_id.as_str().to_owned();
         let mut reauth: Option<ScramServer> = None;
@@ -793,6 +831,7 @@ impl<S: Transport> Driver<S> {
                             connack_sent,
                             client_id: &client_id,
                             identity: &mut identity,
+                            principal: &mut principal,
                             scram: &mut reauth,
                             expires: &mut expires,
                         };

@@ -8,6 +8,7 @@
 //! protocol logic of its own.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub(crate) mod audit;
 pub mod auth;
 mod config;

@@ -33,6 +33,13 @@ pub(crate) enum ToRouter {
     },
     /// The connection ended without the engine asking for it.
     Lost { conn: ConnectionId },
+    /// Put these ACL rules in force (a reload).
+    Acl(Arc<bulwark_security::acl::AclRules>),
+    /// A connection re-authenticated: what is known of its client now.
+    Principal {
+        conn: ConnectionId,
+        principal: Arc<bulwark_security::acl::Principal>,
+    },
     /// Close these connections: their client certificates were revoked.
     Kick {
         conns: Vec<ConnectionId>,
@@ -66,6 +73,8 @@ pub(crate) struct Router {
     /// to register): applied when it does. Dropped after [`PENDING_KICK_LIFE`].
     pub(crate) pending_kicks:
         HashMap<ConnectionId, (bulwark_proto::ReasonCode, &'static str, Instant)>,
+    /// Where the engine's authorization events go.
+    pub(crate) audit: crate::audit::Audit,
 }
 
 /// How long a close waits for its connection's CONNECT. A connection registers with the
@@ -156,6 +165,10 @@ impl Router {
                 peers.remove(&conn);
                 self.pending_kicks.remove(&conn);
             }
+            ToRouter::Acl(rules) => self.broker.set_acl(Some(rules), now),
+            ToRouter::Principal { conn, principal } => {
+                self.broker.set_principal(conn, principal, now);
+            }
             ToRouter::Kick { conns, code, why } => {
                 self.pending_kicks
                     .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < PENDING_KICK_LIFE);
@@ -176,6 +189,15 @@ impl Router {
     /// engine produced them. A fan-out of a batch of messages thus costs one hand-over per
     /// subscriber, not one per delivery.
     fn dispatch(&mut self, peers: &mut HashMap<ConnectionId, Arc<Outbox>>) {
+        if let Some(first) = self.broker.poll_event() {
+            let at = std::time::SystemTime::now();
+            let mut next = Some(first);
+            while let Some(event) = next {
+                self.audit
+                    .record_now(crate::acl::to_security_event(event, at));
+                next = self.broker.poll_event();
+            }
+        }
         let mut groups = std::mem::take(&mut self.groups);
         let mut last: Option<(ConnectionId, usize)> = None;
         while let Some((conn, output)) = self.broker.poll_output() {

@@ -42,6 +42,8 @@ pub enum ServerError {
     },
     /// The password store, a JWT key or the audit file is not usable.
     Auth(String),
+    /// The ACL file cannot be read or has mistakes.
+    Acl(String),
 }
 
 impl std::fmt::Display for ServerError {
@@ -51,6 +53,7 @@ impl std::fmt::Display for ServerError {
             Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Self::Tls { listener, source } => write!(f, "listener {listener}: {source}"),
             Self::Auth(err) => write!(f, "authentication: {err}"),
+            Self::Acl(err) => write!(f, "ACL: {err}"),
         }
     }
 }
@@ -63,6 +66,7 @@ pub struct Server {
     config: ServerConfig,
     listeners: Vec<Bound>,
     auth: Arc<AuthService>,
+    acl: Option<(crate::acl::AclFile, Arc<bulwark_security::acl::AclRules>)>,
 }
 
 /// A bound listener and what it serves.
@@ -92,6 +96,15 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         let auth = Arc::new(AuthService::new(&config.auth).map_err(ServerError::Auth)?);
+        let acl = match &config.acl.file {
+            Some(path) => Some(crate::acl::AclFile::open(path).map_err(ServerError::Acl)?),
+            None => {
+                warn!(
+                    "no ACL file: authorization is off, every client may publish and subscribe anywhere"
+                );
+                None
+            }
+        };
         let mut listeners = Vec::new();
         for listener in &config.listeners {
             // Certificates first: a listener never binds with files it cannot serve.
@@ -164,6 +177,7 @@ impl Server {
             config,
             listeners,
             auth,
+            acl,
         })
     }
 
@@ -182,16 +196,23 @@ impl Server {
             config,
             listeners,
             auth,
+            acl,
         } = self;
+        let (acl_file, rules) = match acl {
+            Some((file, rules)) => (Some(file), Some(rules)),
+            None => (None, None),
+        };
+        let mut broker = Broker::new(
+            config.broker.clone(),
+            Box::new(MemoryStore::new()),
+            Instant::now(),
+        );
+        broker.set_acl(rules, Instant::now());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (router_tx, router_rx) = mpsc::channel(4096);
         let traffic = Arc::new(Traffic::default());
         let router = Router {
-            broker: Broker::new(
-                config.broker.clone(),
-                Box::new(MemoryStore::new()),
-                Instant::now(),
-            ),
+            broker,
             rx: router_rx,
             traffic: traffic.clone(),
             shutdown: stop_rx.clone(),
@@ -201,6 +222,7 @@ impl Server {
             slots: std::collections::HashMap::new(),
             spare: Vec::new(),
             pending_kicks: std::collections::HashMap::new(),
+            audit: auth.audit.clone(),
         };
         let router_task = tokio::spawn(router.run());
         let ctx = Arc::new(DriverContext {
@@ -220,6 +242,7 @@ impl Server {
         // Always: it also keeps SIGHUP from terminating the process.
         accepters.spawn(watch_files(
             acceptors,
+            acl_file,
             auth.clone(),
             config.tls_watch_interval,
             stop_rx.clone(),
@@ -399,12 +422,13 @@ fn mtimes(files: &[std::path::PathBuf]) -> Vec<Option<std::time::SystemTime>> {
         .collect()
 }
 
-/// Reloads TLS listeners' files and the password store when they change (checked every
-/// `interval`) and on SIGHUP. A reload that fails leaves the previous certificates or users in
-/// force and logs why. Connections whose certificate is now revoked, or whose user was removed
+/// Reloads TLS listeners' files, the password store and the ACL file when they change
+/// (checked every `interval`) and on SIGHUP. A reload that fails leaves the previous
+/// certificates, users or rules in force and logs why. Connections whose certificate is now revoked, or whose user was removed
 /// or disabled, are closed.
 async fn watch_files(
     acceptors: Vec<Arc<TlsAcceptor>>,
+    mut acl: Option<crate::acl::AclFile>,
     auth: Arc<AuthService>,
     interval: std::time::Duration,
     mut stop: watch::Receiver<bool>,
@@ -432,7 +456,10 @@ async fn watch_files(
             _ = stop.changed() => return,
         };
         if forced {
-            info!("SIGHUP: reloading TLS files and the password store");
+            info!("SIGHUP: reloading TLS files, the password store and the ACL");
+        }
+        if let Some(rules) = acl.as_mut().and_then(|file| file.reload(forced)) {
+            let _ = router.send(crate::router::ToRouter::Acl(rules)).await;
         }
         auth.prune();
         auth.reload_jwt_files(forced);

@@ -536,9 +536,9 @@ fn read_acl(r: &mut Reader, root: &Table, config: &mut ServerConfig, base: &Path
         None => (None, false),
     };
     match (file, allow_all) {
-        (Some(_), true) => r.problems.push(
-            "acl: give either file or dangerous_allow_all = true, not both".to_owned(),
-        ),
+        (Some(_), true) => r
+            .problems
+            .push("acl: give either file or dangerous_allow_all = true, not both".to_owned()),
         (Some(file), false) => config.acl.file = Some(file),
         (None, true) => config.acl.file = None,
         (None, false) => r.problems.push(
@@ -839,9 +839,19 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
 mod tests {
     use super::*;
 
+    /// `text` with the explicit choice to run without an ACL, which every file must make.
+    fn open(text: &str) -> String {
+        format!("{text}\n[acl]\ndangerous_allow_all = true\n")
+    }
+
     #[test]
     fn empty_file_gives_the_secure_defaults() {
-        let config = parse("", "test").unwrap();
+        let err = parse("", "test").unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.contains("acl: no ACL file")),
+            "{err}"
+        );
+        let config = parse(&open(""), "test").unwrap();
         assert_eq!(config, ServerConfig::default());
         assert_eq!(config.listeners.len(), 1);
         assert!(config.listeners.first().unwrap().bind.ip().is_loopback());
@@ -867,7 +877,7 @@ mod tests {
             [server]
             workers = 3
         "#;
-        let config = parse(text, "test").unwrap();
+        let config = parse(&open(text), "test").unwrap();
         assert_eq!(config.workers, 3);
         assert_eq!(config.worker_threads(), 3);
         assert_eq!(config.listeners.len(), 2);
@@ -897,7 +907,7 @@ mod tests {
             [server]
             workers = 5000
         "#;
-        let err = parse(text, "test").unwrap_err();
+        let err = parse(&open(text), "test").unwrap_err();
         let all = err.problems.join("\n");
         for expected in [
             "colour: unknown",
@@ -935,7 +945,7 @@ mod tests {
             cert = "b.pem"
             key = "b.key"
         "#;
-        let config = parse(text, "/etc/bulwark/bulwark.toml").unwrap();
+        let config = parse(&open(text), "/etc/bulwark/bulwark.toml").unwrap();
         let listener = config.listeners.first().unwrap();
         assert_eq!(listener.name, "tls-0");
         let tls = listener.kind.tls().unwrap();
@@ -979,7 +989,7 @@ mod tests {
             cert = "a"
             key = "b"
         "#;
-        let err = parse(text, "test").unwrap_err();
+        let err = parse(&open(text), "test").unwrap_err();
         let all = err.problems.join("\n");
         for expected in [
             "listener[0].kind = \"quic\": expected \"tcp\", \"tls\", \"ws\" or \"wss\"",
@@ -1025,7 +1035,7 @@ mod tests {
             [listener.websocket]
             path = "/x"
         "#;
-        let err = parse(text, "test").unwrap_err();
+        let err = parse(&open(text), "test").unwrap_err();
         let all = err.problems.join("\n");
         for expected in [
             "listener[2].trusted_proxies is set but proxy_protocol is not true",
@@ -1040,7 +1050,7 @@ mod tests {
             .split("[[listener]]\n            bind = \"127.0.0.1:1883\"")
             .next()
             .unwrap();
-        let config = parse(good, "test").unwrap();
+        let config = parse(&open(good), "test").unwrap();
         let ws = config.listeners.first().unwrap();
         let options = ws.kind.websocket().unwrap();
         assert_eq!(options.path, "/mqtt-ws");
@@ -1060,6 +1070,25 @@ mod tests {
     }
 
     #[test]
+    fn acl_choices_are_read() {
+        let config = parse(
+            "[acl]\nfile = \"acl.toml\"\ndenied_publish = \"disconnect\"\n",
+            "/etc/b/b.toml",
+        )
+        .unwrap();
+        assert_eq!(config.acl.file, Some(PathBuf::from("/etc/b/acl.toml")));
+        assert_eq!(config.broker.denied_publish, DeniedPublish::Disconnect);
+        let err = parse(
+            "[acl]\nfile = \"a\"\ndangerous_allow_all = true\ndenied_publish = \"ignore\"\n",
+            "t",
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("not both"), "{all}");
+        assert!(all.contains("acl.denied_publish = \"ignore\""), "{all}");
+    }
+
+    #[test]
     fn bad_toml_names_the_file() {
         let err = parse("[limits\n", "bulwark.toml").unwrap_err();
         assert!(
@@ -1072,7 +1101,7 @@ mod tests {
 
     #[test]
     fn bad_bind_address_is_explained() {
-        let err = parse("[[listener]]\nbind = \"localhost\"\n", "t").unwrap_err();
+        let err = parse(&open("[[listener]]\nbind = \"localhost\"\n"), "t").unwrap_err();
         assert!(err.to_string().contains("expected ADDRESS:PORT"), "{err}");
     }
 }

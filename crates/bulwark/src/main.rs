@@ -174,9 +174,15 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
     // A certificate from the CA, or a username and password.
     tls.client_auth = bulwark_server::tls::ClientAuth::Optional;
     tls.client_ca = Some(pki.ca.clone());
+    let acl = dir.join(ACL_FILE);
+    if !acl.exists() {
+        bulwark_server::files::write_new(&acl, FIRST_RUN_ACL.as_bytes())
+            .map_err(|e| format!("secure first run in {}: {e}", dir.display()))?;
+    }
     let mut config = ServerConfig::default();
     config.auth.password_file = Some(store.clone());
     config.auth.audit_file = Some(dir.join(AUDIT_FILE));
+    config.acl.file = Some(acl.clone());
     config.listeners.push(ListenerConfig::tls(
         "tls-0",
         SocketAddr::from(([0, 0, 0, 0], 8883)),
@@ -191,10 +197,12 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
          \x20 or with a username and password from {}; no anonymous access\n\
          \x20 make a device certificate:  bulwark cert client --cn DEVICE --ca-dir {shown_dir} --out .\n\
          \x20 then connect:  mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert DEVICE.pem --key DEVICE.key -t '#' -v\n\
-         \x20 add a user:  bulwark user add NAME --file {}",
+         \x20 add a user:  bulwark user add NAME --file {}\n\
+         \x20 ACL (default deny; the group admins may do everything): {}",
         if pki.created { " (just created)" } else { "" },
         store.display(),
         store.display(),
+        acl.display(),
     );
     if let Some(password) = admin {
         eprintln!(
@@ -213,6 +221,36 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
 const PASSWORD_STORE: &str = "passwords.toml";
 const ADMIN_PASSWORD_FILE: &str = "admin-password.txt";
 const AUDIT_FILE: &str = "audit.jsonl";
+const ACL_FILE: &str = "acl.toml";
+
+/// The first run's ACL: administrators may do everything; nobody else anything until a rule
+/// says so.
+const FIRST_RUN_ACL: &str = r##"# Bulwark ACL (docs/acl.md). Default deny: what no rule allows is refused, and a deny
+# beats any allow. Reloaded when the file changes and on SIGHUP; check a decision with
+#   bulwark acl check --file THIS_FILE --user NAME --client-id ID publish|subscribe TOPIC
+
+# Administrators (the group "admins" of the password store): everything, $SYS included.
+[[rule]]
+permission = "allow"
+action = "all"
+group = "admins"
+topics = ["#", "$SYS/#"]
+
+# Examples, to adapt:
+#
+# Each device its own subtree (client ids containing + # / never match):
+# [[rule]]
+# permission = "allow"
+# action = "all"
+# topic = "devices/{client_id}/#"
+#
+# Sensor data read-only for the group "readers":
+# [[rule]]
+# permission = "allow"
+# action = "subscribe"
+# group = "readers"
+# topic = "sensor/#"
+"##;
 
 fn load_config(
     path: Option<&PathBuf>,
@@ -237,10 +275,15 @@ fn load_config(
                 ..ListenerConfig::tcp(format!("tcp-{i}"), bind)
             })
             .collect();
-        // Users of the data directory's store, if there is one.
+        // Users and rules of the data directory, if there are some; without rules, these
+        // loopback test listeners run without authorization (the server warns).
         let store = data_dir.join(PASSWORD_STORE);
         if path.is_none() && store.is_file() {
             config.auth.password_file = Some(store);
+        }
+        let acl = data_dir.join(ACL_FILE);
+        if path.is_none() && acl.is_file() {
+            config.acl.file = Some(acl);
         }
         config.validate().map_err(|err| err.to_string())?;
     }

@@ -141,7 +141,8 @@ fn a_bad_configuration_is_refused_with_every_problem_and_status_2() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("4 configuration errors"), "{err}");
+    assert!(err.contains("5 configuration errors"), "{err}");
+    assert!(err.contains("acl: no ACL file"), "{err}");
     assert!(err.contains("limits.colour: unknown key"), "{err}");
     assert!(err.contains("limits.receive_maximum = 0"), "{err}");
     assert!(err.contains("in clear text"), "{err}");

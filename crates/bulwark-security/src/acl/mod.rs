@@ -281,7 +281,9 @@ impl Cidr {
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -327,12 +329,15 @@ impl Who {
         clients
             && any(&self.users, p.username.as_deref())
             && (self.groups.is_empty()
-                || p.groups.iter().any(|g| self.groups.iter().any(|x| **x == **g)))
+                || p.groups
+                    .iter()
+                    .any(|g| self.groups.iter().any(|x| **x == **g)))
             && any(&self.client_ids, Some(client_id))
             && any(&self.cert_cns, p.cert_cn.as_deref())
             && any(&self.listeners, p.listener.as_deref())
             && (self.sources.is_empty()
-                || p.address.is_some_and(|a| self.sources.iter().any(|c| c.contains(a))))
+                || p.address
+                    .is_some_and(|a| self.sources.iter().any(|c| c.contains(a))))
     }
 
     /// Whether every client this `Who` applies to is also one `other` applies to.
@@ -351,7 +356,8 @@ impl Who {
             && sub(&self.cert_cns, &other.cert_cns)
             && sub(&self.listeners, &other.listeners)
             && (other.sources.is_empty()
-                || (!self.sources.is_empty() && self.sources.iter().all(|s| other.sources.contains(s))))
+                || (!self.sources.is_empty()
+                    && self.sources.iter().all(|s| other.sources.contains(s))))
     }
 
     fn is_everyone(&self) -> bool {
@@ -390,7 +396,12 @@ impl fmt::Display for Rule {
             Permission::Deny => "deny",
         };
         let topics: Vec<&str> = self.topics.iter().map(Template::as_str).collect();
-        write!(f, "{permission} {} {}", self.action.as_str(), topics.join(" "))?;
+        write!(
+            f,
+            "{permission} {} {}",
+            self.action.as_str(),
+            topics.join(" ")
+        )?;
         let w = &self.who;
         for (name, list) in [
             ("user", &w.users),
@@ -504,7 +515,10 @@ impl AclRules {
     pub fn empty() -> Self {
         Self {
             rules: Vec::new(),
-            admin_groups: DEFAULT_ADMIN_GROUPS.iter().map(|g| (*g).to_owned()).collect(),
+            admin_groups: DEFAULT_ADMIN_GROUPS
+                .iter()
+                .map(|g| (*g).to_owned())
+                .collect(),
         }
     }
 
@@ -532,7 +546,9 @@ impl AclRules {
             };
             match compile(spanned.into_inner(), origin, true) {
                 Ok(rule) => rules.push(rule),
-                Err(errs) => problems.extend(errs.into_iter().map(|e| format!("{source}:{line}: {e}"))),
+                Err(errs) => {
+                    problems.extend(errs.into_iter().map(|e| format!("{source}:{line}: {e}")))
+                }
             }
         }
         if !problems.is_empty() {
@@ -541,7 +557,10 @@ impl AclRules {
         Ok(Self {
             rules,
             admin_groups: raw.admin_groups.unwrap_or_else(|| {
-                DEFAULT_ADMIN_GROUPS.iter().map(|g| (*g).to_owned()).collect()
+                DEFAULT_ADMIN_GROUPS
+                    .iter()
+                    .map(|g| (*g).to_owned())
+                    .collect()
             }),
         })
     }
@@ -562,7 +581,11 @@ impl AclRules {
                         "publish" | "pub" => "publish",
                         "subscribe" | "sub" => "subscribe",
                         "all" => "all",
-                        other => return Err(fail(format!("unknown key {other:?} (use publish, subscribe or all)"))),
+                        other => {
+                            return Err(fail(format!(
+                                "unknown key {other:?} (use publish, subscribe or all)"
+                            )));
+                        }
                     };
                     let topics: Vec<String> = serde_json::from_value(value.clone())
                         .map_err(|_| fail(format!("{key:?} must be a list of topic patterns")))?;
@@ -618,7 +641,10 @@ impl AclRules {
                     rule.who.clients = Clients::Any;
                     rules.push(rule);
                 }
-                Err(errs) => problems.extend(errs.into_iter().map(|e| format!("jwt claim: rule {}: {e}", i + 1))),
+                Err(errs) => problems.extend(
+                    errs.into_iter()
+                        .map(|e| format!("jwt claim: rule {}: {e}", i + 1)),
+                ),
             }
         }
         if !problems.is_empty() {
@@ -726,7 +752,9 @@ fn compile(raw: RawRule, origin: Origin, who_allowed: bool) -> Result<Rule, Vec<
         Some("subscribe") => Action::Subscribe,
         Some("all") => Action::All,
         Some(other) => {
-            problems.push(format!("action {other:?}: use \"publish\", \"subscribe\" or \"all\""));
+            problems.push(format!(
+                "action {other:?}: use \"publish\", \"subscribe\" or \"all\""
+            ));
             Action::All
         }
         None => {
@@ -789,7 +817,9 @@ fn compile(raw: RawRule, origin: Origin, who_allowed: bool) -> Result<Rule, Vec<
             Err(why) => problems.push(format!("source {why}")),
         }
     }
-    if clients == Clients::Anonymous && !(users.is_empty() && groups.is_empty() && cert_cns.is_empty()) {
+    if clients == Clients::Anonymous
+        && !(users.is_empty() && groups.is_empty() && cert_cns.is_empty())
+    {
         problems.push(
             "clients = \"anonymous\" cannot be combined with user, group or cert_cn (anonymous clients have none)"
                 .to_owned(),
@@ -839,7 +869,7 @@ fn compile(raw: RawRule, origin: Origin, who_allowed: bool) -> Result<Rule, Vec<
 }
 
 /// What the rules know of a client, beyond its client identifier (which the engine settles).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Principal {
     /// The authenticated username; `None` for anonymous clients.
     pub username: Option<Arc<str>>,

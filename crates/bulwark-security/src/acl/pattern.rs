@@ -186,7 +186,11 @@ mod tests {
             ("+/+", "/", true),
         ];
         for (pattern, topic, expected) in cases {
-            assert_eq!(p(pattern).matches_topic(topic), expected, "{pattern} {topic}");
+            assert_eq!(
+                p(pattern).matches_topic(topic),
+                expected,
+                "{pattern} {topic}"
+            );
         }
     }
 
@@ -213,7 +217,11 @@ mod tests {
             ("a", "a/b", false),
         ];
         for (pattern, filter, expected) in cases {
-            assert_eq!(p(pattern).contains(&p(filter)), expected, "{pattern} ⊇ {filter}");
+            assert_eq!(
+                p(pattern).contains(&p(filter)),
+                expected,
+                "{pattern} ⊇ {filter}"
+            );
         }
     }
 

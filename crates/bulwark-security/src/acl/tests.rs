@@ -64,7 +64,10 @@ fn seed_patterns_decide_as_written() {
 
     let reader = rules.resolve(&user("r", &["readers"]), "r1");
     assert!(reader.check_subscribe("sensor/open/+", 1).allowed);
-    assert!(!reader.check_subscribe("sensor/+/temp", 1).allowed, "reaches sensor/secret/temp");
+    assert!(
+        !reader.check_subscribe("sensor/+/temp", 1).allowed,
+        "reaches sensor/secret/temp"
+    );
     assert!(!reader.may_publish("sensor/a/temp", 0, false), "read-only");
     // sensor/# would reach sensor/secret: refused as a whole.
     let d = reader.check_subscribe("sensor/#", 1);
@@ -80,7 +83,10 @@ fn seed_patterns_decide_as_written() {
     assert_eq!(d.reason, Reason::QosAbove(1));
     let d = controller.check_publish("actuator/valve", 0, true);
     assert_eq!(d.reason, Reason::RetainNotAllowed);
-    assert!(!controller.check_subscribe("actuator/#", 0).allowed, "write-only");
+    assert!(
+        !controller.check_subscribe("actuator/#", 0).allowed,
+        "write-only"
+    );
 
     let admin = rules.resolve(&user("root", &["admins"]), "a");
     // `#` reaches sensor/secret, which a deny rule keeps from everybody.
@@ -89,12 +95,19 @@ fn seed_patterns_decide_as_written() {
     assert!(admin.check_subscribe("+/x", 2).allowed);
     assert!(admin.check_subscribe("$SYS/#", 0).allowed);
     assert!(admin.may_publish("admin/x", 2, true));
-    assert!(!admin.may_publish("sensor/secret/k", 0, false), "deny beats allow");
+    assert!(
+        !admin.may_publish("sensor/secret/k", 0, false),
+        "deny beats allow"
+    );
 
     let east = rules.resolve(&user("east2", &[]), "e");
     assert!(east.check_subscribe("region/us-east/#", 1).allowed);
     assert!(!east.check_subscribe("region/#", 1).allowed);
-    assert!(!rules.resolve(&user("west", &[]), "w").may_publish("region/us-east/a", 0, false));
+    assert!(
+        !rules
+            .resolve(&user("west", &[]), "w")
+            .may_publish("region/us-east/a", 0, false)
+    );
 }
 
 #[test]
@@ -102,7 +115,12 @@ fn unsafe_template_values_match_nothing() {
     let rules = rules();
     for id in ["+", "#", "a/b", "V/evil", "", "x\0y", "$SYS"] {
         let acl = rules.resolve(&user("u", &[]), id);
-        for topic in ["devices/a/b/x", "devices/V/evil/x", "devices/x/y", "devices/+/x"] {
+        for topic in [
+            "devices/a/b/x",
+            "devices/V/evil/x",
+            "devices/x/y",
+            "devices/+/x",
+        ] {
             assert!(!acl.may_publish(topic, 0, false), "{id:?} {topic}");
         }
         for filter in ["devices/#", "devices/+/#", "devices/a/#", "#"] {
@@ -128,7 +146,9 @@ fn a_value_cannot_make_a_dollar_pattern() {
 #[test]
 fn dollar_topics_need_a_rule_naming_them() {
     let text = "[[rule]]\npermission = \"allow\"\naction = \"all\"\ntopics = [\"#\", \"+/#\"]\n";
-    let acl = AclRules::parse(text, "a").unwrap().resolve(&user("u", &[]), "c");
+    let acl = AclRules::parse(text, "a")
+        .unwrap()
+        .resolve(&user("u", &[]), "c");
     assert!(acl.check_subscribe("a/b", 0).allowed);
     assert!(!acl.check_subscribe("$SYS/#", 0).allowed);
     assert!(!acl.check_subscribe("$SYS/broker/uptime", 0).allowed);
@@ -147,8 +167,11 @@ fn default_is_deny() {
 
 #[test]
 fn granted_qos_is_capped_by_the_rule() {
-    let text = "[[rule]]\npermission = \"allow\"\naction = \"subscribe\"\ntopic = \"a/#\"\nmax_qos = 1\n";
-    let acl = AclRules::parse(text, "a").unwrap().resolve(&user("u", &[]), "c");
+    let text =
+        "[[rule]]\npermission = \"allow\"\naction = \"subscribe\"\ntopic = \"a/#\"\nmax_qos = 1\n";
+    let acl = AclRules::parse(text, "a")
+        .unwrap()
+        .resolve(&user("u", &[]), "c");
     let d = acl.check_subscribe("a/b", 2);
     assert!(d.allowed);
     assert_eq!(d.qos, 1);
@@ -260,7 +283,10 @@ source = "10.0.0.0/33"
     let all = err.to_string();
     assert!(all.contains("acl.toml:2: permission \"maybe\""), "{all}");
     assert!(all.contains("acl.toml:2: \"a/#/b\""), "{all}");
-    assert!(all.contains("acl.toml:7: \"devices/{clientid}/x\": unknown template"), "{all}");
+    assert!(
+        all.contains("acl.toml:7: \"devices/{clientid}/x\": unknown template"),
+        "{all}"
+    );
     assert!(all.contains("acl.toml:7: max_qos and retain"), "{all}");
     assert!(all.contains("acl.toml:13: retain applies"), "{all}");
     assert!(all.contains("acl.toml:13: source"), "{all}");
@@ -312,7 +338,10 @@ fn decisions_explain_themselves() {
         acl.check_publish("actuator/v", 1, false).to_string(),
         "allowed (acl.toml:14)"
     );
-    assert_eq!(acl.check_publish("nothing", 0, false).to_string(), "no rule allows it");
+    assert_eq!(
+        acl.check_publish("nothing", 0, false).to_string(),
+        "no rule allows it"
+    );
     assert_eq!(
         rules.rules()[2].to_string(),
         "allow publish actuator/# group=controllers max_qos=1 retain=false"
