@@ -285,6 +285,26 @@ class Client:
             assert granted[0] == expect_granted, (topic, granted)
         return granted[0]
 
+    def subscribe_code(self, topic: str, qos: int = 1) -> int:
+        """SUBSCRIBE and return the SUBACK's code for the filter, refusals included."""
+        if self.version == V5:
+            rc, mid = self._c.subscribe(topic, options=SubscribeOptions(qos=qos))
+        else:
+            rc, mid = self._c.subscribe(topic, qos)
+        assert rc == MQTTErrorCode.MQTT_ERR_SUCCESS, f"subscribe not sent: {rc}"
+        (code,) = self._wait_ack(self._subacks, mid, "SUBACK")
+        return code
+
+    def publish_code(self, topic: str, payload: bytes | str = b"", qos: int = 1) -> int:
+        """PUBLISH at QoS 1 or 2 and return the acknowledgement's reason code (always 0 for
+        3.1.1, which has none)."""
+        info = self._c.publish(topic, payload, qos=qos)
+        assert info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS, f"publish not sent: {info.rc}"
+        info.wait_for_publish(TIMEOUT)
+        assert info.is_published(), f"{self.client_id}: publish to {topic!r} not acknowledged"
+        with self._cond:
+            return self._pub_reasons.pop(info.mid, 0)
+
     def unsubscribe(self, topic: str) -> None:
         rc, mid = self._c.unsubscribe(topic)
         assert rc == MQTTErrorCode.MQTT_ERR_SUCCESS, f"unsubscribe not sent: {rc}"

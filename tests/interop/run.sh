@@ -121,7 +121,40 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.clos
     jwt_secret="interop shared secret for HS256 tokens, 48 bytes"
     printf '%s' "$jwt_secret" >"$work/jwt.secret"
     export MQTT_JWT_SECRET="$jwt_secret"
+    # The ACL: the protocol tests may use any topic on the listeners that let anonymous
+    # clients in; on the secure listener the user has the rules test_acl.py checks.
+    cat >"$work/acl.toml" <<'EOF'
+[[rule]]
+permission = "allow"
+action = "all"
+clients = "any"
+listener = ["open", "tls", "ws", "wss"]
+topics = ["#", "$test/#"]
+
+[[rule]]
+permission = "allow"
+action = "all"
+user = "interop"
+listener = "secure"
+topics = ["bwinterop/#", "bwacl/{username}/#"]
+
+[[rule]]
+permission = "allow"
+action = "subscribe"
+user = "interop"
+topic = "bwacl/public/#"
+
+[[rule]]
+permission = "deny"
+action = "all"
+listener = "secure"
+topic = "bwacl/public/secret/#"
+EOF
+    export MQTT_ACL_PUBLIC="bwacl/public"
     cat >"$cfg" <<EOF
+[acl]
+file = "$work/acl.toml"
+
 [auth]
 password_file = "$work/passwords.toml"
 audit_file = "$work/audit.jsonl"
@@ -131,6 +164,7 @@ hmac_secret_file = "$work/jwt.secret"
 audiences = ["interop"]
 
 [[listener]]
+name = "open"
 bind = "127.0.0.1:$port"
 dangerous_allow_anonymous = true
 
@@ -139,6 +173,7 @@ name = "secure"
 bind = "127.0.0.1:$auth_port"
 
 [[listener]]
+name = "tls"
 kind = "tls"
 bind = "127.0.0.1:$tls_port"
 [listener.tls]
@@ -148,11 +183,13 @@ client_auth = "optional"
 client_ca = "$pki/ca.pem"
 
 [[listener]]
+name = "ws"
 kind = "ws"
 bind = "127.0.0.1:$ws_port"
 dangerous_allow_anonymous = true
 
 [[listener]]
+name = "wss"
 kind = "wss"
 bind = "127.0.0.1:$wss_port"
 dangerous_allow_anonymous = true

@@ -115,7 +115,11 @@ impl Template {
         let mut rest = text;
         while let Some(open) = rest.find('{') {
             if open > 0 {
-                parts.push(Part::Text(rest[..open].to_owned()));
+                let before = &rest[..open];
+                if before.contains('}') {
+                    return Err(format!("{text:?}: `}}` without `{{`"));
+                }
+                parts.push(Part::Text(before.to_owned()));
             }
             let after = &rest[open + 1..];
             let Some(close) = after.find('}') else {
@@ -266,29 +270,42 @@ impl Cidr {
                 .filter(|l| *l <= max)
                 .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
         };
+        // The network address itself, host bits cleared: `10.1.2.3/8` is `10.0.0.0/8`.
+        let addr = match addr {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & v4_mask(len)).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & v6_mask(len)).into()),
+        };
         Ok(Self { addr, len })
     }
 
     /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
+        let mapped = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(_) => None,
         };
+        self.contains_exactly(ip) || mapped.is_some_and(|m| self.contains_exactly(m))
+    }
+
+    fn contains_exactly(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
+                u32::from(net) == u32::from(ip) & v4_mask(self.len)
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
+                u128::from(net) == u128::from(ip) & v6_mask(self.len)
             }
             _ => false,
         }
     }
+}
+
+fn v4_mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+fn v6_mask(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
 }
 
 impl fmt::Display for Cidr {

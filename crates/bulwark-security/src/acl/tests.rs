@@ -290,6 +290,16 @@ source = "10.0.0.0/33"
     assert!(all.contains("acl.toml:7: max_qos and retain"), "{all}");
     assert!(all.contains("acl.toml:13: retain applies"), "{all}");
     assert!(all.contains("acl.toml:13: source"), "{all}");
+    assert!(Template::parse("a}b/{username}").is_err());
+    assert_eq!(
+        Cidr::parse("10.1.2.3/8").unwrap(),
+        Cidr::parse("10.0.0.0/8").unwrap()
+    );
+    assert!(
+        Cidr::parse("::ffff:0:0/96")
+            .unwrap()
+            .contains("::ffff:10.0.0.1".parse().unwrap())
+    );
     let err = AclRules::parse("[[rule]]\npermision = \"allow\"\n", "f").unwrap_err();
     assert!(err.to_string().contains("permision"), "{err}");
     assert!(AclRules::parse("[[rule]]\n", "f").is_err());
