@@ -720,3 +720,62 @@ async fn a_token_acl_claim_adds_rules_for_its_connection() {
     assert_eq!(ack.reason_code, ReasonCode::NotAuthorized, "{ack:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_resumed_session_keeps_only_what_the_rules_now_allow() {
+    let fixture = Fixture::new();
+    let server = fixture.start().await;
+    let v5 = ProtocolVersion::V5;
+    let persistent = || {
+        let mut connect = login(v5, "alice", "alice-p");
+        connect.clean_start = false;
+        connect.properties = ConnectProperties {
+            session_expiry_interval: Some(300),
+            ..ConnectProperties::default()
+        };
+        connect
+    };
+    let (mut alice, _) = Raw::connect(server.addr, &persistent()).await;
+    assert_eq!(
+        sub_code(&mut alice, 1, "sensor/open/#").await,
+        ReasonCode::GrantedQoS1
+    );
+    alice
+        .send(&bulwark_proto::Disconnect::new(ReasonCode::Success))
+        .await;
+    assert!(matches!(
+        alice.recv_within(Duration::from_secs(2)).await,
+        Recv::Closed
+    ));
+    let mut bob = connect_as(&server, v5, "bob", "bob-p").await;
+    assert_eq!(
+        pub_code(&mut bob, 1, "sensor/open/queued").await,
+        ReasonCode::Success
+    );
+
+    let mut canary = connect_as(&server, v5, "alice", "canary-p").await;
+    assert_eq!(
+        sub_code(&mut canary, 1, "sensor/open/#").await,
+        ReasonCode::GrantedQoS1
+    );
+    fixture.write_rules(&RULES.replace("topic = \"sensor/#\"", "topic = \"elsewhere/#\""));
+    fixture
+        .wait_event("subscription_revoked", "sensor/open/#")
+        .await;
+
+    let (mut alice, ack) = Raw::connect(server.addr, &persistent()).await;
+    assert!(ack.session_present);
+    // The queued message and the subscription went with the rule that allowed them.
+    alice.expect_no_publish(QUIET).await;
+    assert_eq!(
+        pub_code(&mut bob, 2, "sensor/open/later").await,
+        ReasonCode::NoMatchingSubscribers
+    );
+    let revoked: Vec<_> = fixture
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "subscription_revoked" && e["client_id"] == "alice-p")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{revoked:#?}");
+    server.stop().await;
+}
