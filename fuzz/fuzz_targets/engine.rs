@@ -1,14 +1,17 @@
 //! An operation-sequence fuzzer for the engine (DESIGN.md rule 8): bytes for up to four
 //! connections go through each one's server decoder into one `Broker`, interleaved with
-//! connection losses and clock jumps. Nothing may panic, and everything the engine asks to send
+//! connection losses, clock jumps and ACL reloads (between none and two rule sets). Nothing
+//! may panic, and everything the engine asks to send
 //! must encode in the connection's version; a PUBLISH must also fit the client's Maximum
 //! Packet Size.
 #![no_main]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulwark_core::{Broker, BrokerConfig, ConnectionId, MemoryStore, Output};
+use bulwark_core::{Broker, BrokerConfig, ConnectAuth, ConnectionId, MemoryStore, Output};
+use bulwark_security::acl::{AclRules, Principal};
 use bulwark_proto::{Decoder, DecoderLimits, Encoder, Packet};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
@@ -33,6 +36,24 @@ fuzz_target!(|data: &[u8]| {
         ..BrokerConfig::default()
     };
     let mut broker = Broker::new(config, Box::new(MemoryStore::new()), now);
+    let rule_sets = [
+        None,
+        AclRules::parse(
+            "[[rule]]\npermission = \"allow\"\naction = \"all\"\nclients = \"any\"\ntopics = [\"#\", \"$SYS/#\"]\n\
+             [[rule]]\npermission = \"deny\"\naction = \"all\"\nclients = \"any\"\ntopic = \"a/#\"\n",
+            "a",
+        )
+        .ok()
+        .map(Arc::new),
+        AclRules::parse(
+            "[[rule]]\npermission = \"allow\"\naction = \"subscribe\"\nclients = \"any\"\ntopic = \"+/b/#\"\n\
+             [[rule]]\npermission = \"allow\"\naction = \"publish\"\nclients = \"any\"\ntopic = \"{client_id}/#\"\nmax_qos = 1\nretain = false\n",
+            "b",
+        )
+        .ok()
+        .map(Arc::new),
+    ];
+    assert!(rule_sets.iter().skip(1).all(Option::is_some));
     let mut conns: HashMap<u64, Conn> = HashMap::new();
     let mut next_id = 0u64;
     let mut rest = data;
@@ -67,7 +88,25 @@ fuzz_target!(|data: &[u8]| {
                             }
                             conn.encoder = Some(encoder);
                             conn.decoder.set_authenticated();
-                            broker.handle_connect(ConnectionId(slot), *connect, now);
+                            // The CONNECT username as the identity: client identifiers belong to users.
+                            let principal = Principal {
+                                username: connect
+                                    .username
+                                    .as_ref()
+                                    .map(|u| Arc::from(u.as_str())),
+                                authenticated: connect.username.is_some(),
+                                ..Principal::default()
+                            };
+                            let auth = ConnectAuth {
+                                principal: Some(Arc::new(principal)),
+                                ..ConnectAuth::default()
+                            };
+                            broker.handle_authenticated_connect(
+                                ConnectionId(slot),
+                                *connect,
+                                auth,
+                                now,
+                            );
                         }
                         Ok(Some(packet)) => broker.handle_packet(ConnectionId(slot), packet, now),
                         Ok(None) => break,
@@ -85,6 +124,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 broker.handle_connection_lost(ConnectionId(slot), now);
             }
+            _ if arg & 0x80 != 0 => {
+                let rules = rule_sets[usize::from(arg & 0x7f) % rule_sets.len()].clone();
+                broker.set_acl(rules, now);
+            }
             _ => {
                 now += Duration::from_secs(u64::from(*arg));
                 if broker.poll_timeout().is_some_and(|t| t <= now) {
@@ -92,6 +135,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
+        while broker.poll_event().is_some() {}
         while let Some((conn, output)) = broker.poll_output() {
             let Some(state) = conns.get_mut(&conn.0) else {
                 panic!("output for a connection that never connected: {conn:?}");
@@ -127,6 +171,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    while broker.poll_event().is_some() {}
     broker.begin_shutdown(now);
     while broker.poll_output().is_some() {}
 });

@@ -869,6 +869,13 @@ impl Broker {
             }
         }
         let session_key = conn.session.key;
+        // Decided while the connection is at hand (one table lookup less); acted on below,
+        // after the checks every client gets.
+        let allowed = conn
+            .authz
+            .acl
+            .as_ref()
+            .is_none_or(|acl| acl.may_publish(topic.as_str(), qos.as_u8(), retain));
         if !self.topic_fits(topic.as_str()) {
             return self.disconnect(
                 conn_id,
@@ -905,11 +912,6 @@ impl Broker {
                 );
             }
         }
-        let allowed = self
-            .conns
-            .get(&conn_id)
-            .and_then(|c| c.authz.acl.as_ref())
-            .is_none_or(|acl| acl.may_publish(topic.as_str(), qos.as_u8(), retain));
         if !allowed {
             return self.deny_publish(conn_id, &topic, qos, retain, packet_id, now);
         }

@@ -196,9 +196,9 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
          \x20 MQTT over TLS on 0.0.0.0:8883, for clients with a certificate from the CA {ca}{}\n\
          \x20 or with a username and password from {}; no anonymous access\n\
          \x20 make a device certificate:  bulwark cert client --cn DEVICE --ca-dir {shown_dir} --out .\n\
-         \x20 then connect:  mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert DEVICE.pem --key DEVICE.key -t '#' -v\n\
+         \x20 then connect:  mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert DEVICE.pem --key DEVICE.key -t 'devices/DEVICE/#' -v\n\
          \x20 add a user:  bulwark user add NAME --file {}\n\
-         \x20 ACL (default deny; the group admins may do everything): {}",
+         \x20 ACL (default deny; the group admins: everything, other users: devices/USER/#): {}",
         if pki.created { " (just created)" } else { "" },
         store.display(),
         store.display(),
@@ -223,8 +223,8 @@ const ADMIN_PASSWORD_FILE: &str = "admin-password.txt";
 const AUDIT_FILE: &str = "audit.jsonl";
 const ACL_FILE: &str = "acl.toml";
 
-/// The first run's ACL: administrators may do everything; nobody else anything until a rule
-/// says so.
+/// The first run's ACL: administrators may do everything, every other user its own
+/// `devices/{username}/#`; anything else waits for a rule.
 const FIRST_RUN_ACL: &str = r##"# Bulwark ACL (docs/acl.md). Default deny: what no rule allows is refused, and a deny
 # beats any allow. Reloaded when the file changes and on SIGHUP; check a decision with
 #   bulwark acl check --file THIS_FILE --user NAME --client-id ID publish|subscribe TOPIC
@@ -236,9 +236,15 @@ action = "all"
 group = "admins"
 topics = ["#", "$SYS/#"]
 
+# Every authenticated user (a certificate's name counts as one) its own subtree.
+[[rule]]
+permission = "allow"
+action = "all"
+topic = "devices/{username}/#"
+
 # Examples, to adapt:
 #
-# Each device its own subtree (client ids containing + # / never match):
+# Each client identifier its own subtree (ids containing + # / never match):
 # [[rule]]
 # permission = "allow"
 # action = "all"
