@@ -34,16 +34,32 @@ pub struct AuthzEvent {
 pub(crate) const EVENTS_PER_WINDOW: u32 = 20;
 pub(crate) const EVENT_WINDOW: Duration = Duration::from_secs(10);
 
-/// A connection's view of authorization.
+/// A connection's view of authorization. Small while idle (three pointers): the resolved
+/// rules and the mutable state are boxed, the state created at first use.
 #[derive(Debug)]
 pub(crate) struct ConnAuthz {
     pub(crate) principal: Arc<Principal>,
     /// `None`: no ACL in force, everything is allowed.
-    pub(crate) acl: Option<ClientAcl>,
+    acl: Option<Box<ClientAcl>>,
+    state: Option<Box<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The last PUBLISH (topic, QoS, retain) the rules allowed: a client publishing to one
+    /// topic again and again is answered by one comparison. Cleared with the rules.
+    last_topic: String,
+    last_qos: u8,
+    last_retain: bool,
+    has_last: bool,
     window_start: Option<Instant>,
     in_window: u32,
     suppressed: u64,
 }
+
+/// Topics longer than this are not remembered as the last allowed one (the memory kept per
+/// connection stays small).
+const MAX_REMEMBERED_TOPIC: usize = 256;
 
 impl ConnAuthz {
     pub(crate) fn new(
@@ -52,28 +68,66 @@ impl ConnAuthz {
         client_id: &str,
     ) -> Self {
         Self {
-            acl: rules.map(|r| r.resolve(&principal, client_id)),
+            acl: rules.map(|r| Box::new(r.resolve(&principal, client_id))),
             principal,
-            window_start: None,
-            in_window: 0,
-            suppressed: 0,
+            state: None,
         }
+    }
+
+    /// The resolved rules, if an ACL is in force.
+    pub(crate) fn acl(&self) -> Option<&ClientAcl> {
+        self.acl.as_deref()
+    }
+
+    /// Takes the rules (and principal) of `fresh`, keeping the event budget.
+    pub(crate) fn replace(&mut self, fresh: Self) {
+        self.acl = fresh.acl;
+        self.principal = fresh.principal;
+        if let Some(state) = self.state.as_mut() {
+            state.has_last = false;
+        }
+    }
+
+    /// Whether the client may publish to `topic` at `qos` with `retain`.
+    pub(crate) fn may_publish(&mut self, topic: &str, qos: u8, retain: bool) -> bool {
+        let Some(acl) = self.acl.as_deref() else {
+            return true;
+        };
+        if let Some(s) = self.state.as_deref()
+            && s.has_last
+            && s.last_qos == qos
+            && s.last_retain == retain
+            && s.last_topic == topic
+        {
+            return true;
+        }
+        let allowed = acl.may_publish(topic, qos, retain);
+        if allowed && topic.len() <= MAX_REMEMBERED_TOPIC {
+            let s = self.state.get_or_insert_with(Box::default);
+            s.last_topic.clear();
+            s.last_topic.push_str(topic);
+            s.last_qos = qos;
+            s.last_retain = retain;
+            s.has_last = true;
+        }
+        allowed
     }
 
     /// Whether to record one more event now; `Some(n)`: yes, with `n` suppressed before it.
     pub(crate) fn admit_event(&mut self, now: Instant) -> Option<u64> {
-        let fresh = self
+        let s = self.state.get_or_insert_with(Box::default);
+        let fresh = s
             .window_start
             .is_none_or(|start| now.saturating_duration_since(start) >= EVENT_WINDOW);
         if fresh {
-            self.window_start = Some(now);
-            self.in_window = 0;
+            s.window_start = Some(now);
+            s.in_window = 0;
         }
-        if self.in_window >= EVENTS_PER_WINDOW {
-            self.suppressed += 1;
+        if s.in_window >= EVENTS_PER_WINDOW {
+            s.suppressed += 1;
             return None;
         }
-        self.in_window += 1;
-        Some(std::mem::take(&mut self.suppressed))
+        s.in_window += 1;
+        Some(std::mem::take(&mut s.suppressed))
     }
 }

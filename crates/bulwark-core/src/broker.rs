@@ -553,7 +553,7 @@ impl Broker {
             );
         }
         let authz = ConnAuthz::new(self.acl.as_deref(), principal.clone(), &client_id);
-        if let (Some(will), Some(acl)) = (&connect.will, &authz.acl) {
+        if let (Some(will), Some(acl)) = (&connect.will, authz.acl()) {
             let (topic, qos, retain) = (will.topic.as_str(), will.qos.as_u8(), will.retain);
             if !acl.may_publish(topic, qos, retain) {
                 self.stats.publishes_denied += 1;
@@ -871,11 +871,7 @@ impl Broker {
         let session_key = conn.session.key;
         // Decided while the connection is at hand (one table lookup less); acted on below,
         // after the checks every client gets.
-        let allowed = conn
-            .authz
-            .acl
-            .as_ref()
-            .is_none_or(|acl| acl.may_publish(topic.as_str(), qos.as_u8(), retain));
+        let allowed = conn.authz.may_publish(topic.as_str(), qos.as_u8(), retain);
         if !self.topic_fits(topic.as_str()) {
             return self.disconnect(
                 conn_id,
@@ -972,7 +968,7 @@ impl Broker {
             return;
         };
         let v5 = conn.is_v5();
-        let reason = conn.authz.acl.as_ref().map_or_else(String::new, |acl| {
+        let reason = conn.authz.acl().map_or_else(String::new, |acl| {
             acl.check_publish(topic.as_str(), qos.as_u8(), retain)
                 .to_string()
         });
@@ -1067,8 +1063,7 @@ impl Broker {
         };
         let principal = principal.unwrap_or_else(|| conn.authz.principal.clone());
         let fresh = ConnAuthz::new(rules.as_deref(), principal, &conn.session.client_id);
-        conn.authz.acl = fresh.acl;
-        conn.authz.principal = fresh.principal;
+        conn.authz.replace(fresh);
         self.prune(conn_id, now);
     }
 
@@ -1079,7 +1074,7 @@ impl Broker {
             return;
         };
         let Conn { session, authz, .. } = &mut **conn;
-        let Some(acl) = authz.acl.as_ref() else {
+        let Some(acl) = authz.acl() else {
             return;
         };
         let key = session.key;
@@ -1212,7 +1207,7 @@ impl Broker {
             let decision = self
                 .conns
                 .get(&conn_id)
-                .and_then(|c| c.authz.acl.as_ref())
+                .and_then(|c| c.authz.acl())
                 .map(|acl| acl.check_subscribe(sub.filter.match_filter(), sub.options.qos.as_u8()));
             let code = if !self.topic_fits(sub.filter.as_str()) {
                 ReasonCode::TopicFilterInvalid
@@ -1417,7 +1412,7 @@ impl Broker {
             // Defence in depth: the filter was granted, and still each message is checked.
             let allowed = conn_id
                 .and_then(|c| self.conns.get(&c))
-                .and_then(|c| c.authz.acl.as_ref())
+                .and_then(|c| c.authz.acl())
                 .is_none_or(|acl| acl.may_receive(message.topic.as_str()));
             if !allowed {
                 if let Some(c) = conn_id {

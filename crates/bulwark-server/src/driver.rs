@@ -62,7 +62,8 @@ struct Reauth<'a> {
     client_id: &'a str,
     identity: &'a mut Identity,
     principal: &'a mut Arc<Principal>,
-    scram: &'a mut Option<ScramServer>,
+    /// Boxed: a re-authentication is rare, and the state sits in every connection's future.
+    scram: &'a mut Option<Box<ScramServer>>,
     expires: &'a mut Option<tokio::time::Instant>,
 }
 
@@ -640,7 +641,7 @@ impl<S: Transport> Driver<S> {
             (ReasonCode::ReAuthenticate, _) if state.scram.is_some() => Err(None),
             (ReasonCode::ReAuthenticate, Some(hash)) => match auth.scram_start(hash, &data) {
                 Ok((server, first)) if Some(server.username()) == username.as_deref() => {
-                    *state.scram = Some(server);
+                    *state.scram = Some(Box::new(server));
                     self.push_auth(ReasonCode::ContinueAuthentication, method, Some(first));
                     return self.flush().await;
                 }
@@ -755,7 +756,7 @@ impl<S: Transport> Driver<S> {
         connect_auth.principal = Some(principal.clone());
         let method = connect_auth.method.clone();
         let client_id = connect.client_id.as_str().to_owned();
-        let mut reauth: Option<ScramServer> = None;
+        let mut reauth: Option<Box<ScramServer>> = None;
         let mut expires = identity.expires_at.map(deadline_of);
         let mut keep_alive_secs = connect.keep_alive;
         let outbox = Arc::new(Outbox::default());

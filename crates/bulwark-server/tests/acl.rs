@@ -550,8 +550,9 @@ async fn a_reload_removes_live_subscriptions_and_changes_publish_rights_at_once(
         .await;
     assert_eq!(event["username"], "alice");
 
+    // The same topic as before the reload: nothing remembered outlives the rules.
     assert_eq!(
-        pub_code(&mut bob, 2, "sensor/open/b").await,
+        pub_code(&mut bob, 2, "sensor/open/a").await,
         ReasonCode::NotAuthorized
     );
     assert!(allowed(pub_code(&mut bob, 3, "actuator/x").await));

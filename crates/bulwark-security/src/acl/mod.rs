@@ -105,7 +105,7 @@ pub struct Template {
     parts: Vec<Part>,
     text: String,
     /// Set when the pattern has no variables: compiled once for everybody.
-    fixed: Option<Pattern>,
+    fixed: Option<Arc<Pattern>>,
 }
 
 impl Template {
@@ -156,7 +156,7 @@ impl Template {
         let fixed = parts
             .iter()
             .all(|p| matches!(p, Part::Text(_)))
-            .then_some(compiled);
+            .then(|| Arc::new(compiled));
         Ok(Self {
             parts,
             text: text.to_owned(),
@@ -179,7 +179,7 @@ impl Template {
 
     /// Whether the pattern (templates aside) matches every non-`$` topic (`#`, `+/#`).
     pub fn matches_everything(&self) -> bool {
-        self.fixed.as_ref().is_some_and(Pattern::matches_everything)
+        self.fixed.as_ref().is_some_and(|p| p.matches_everything())
     }
 
     /// Whether the pattern names a `$` topic (`$SYS/...`).
@@ -188,8 +188,9 @@ impl Template {
     }
 
     /// The pattern for one client, or `None` when a value it needs is missing or unsafe.
-    fn resolve(&self, values: &Values<'_>) -> Option<Pattern> {
+    fn resolve(&self, values: &Values<'_>) -> Option<Arc<Pattern>> {
         if let Some(fixed) = &self.fixed {
+            // Shared by every client: no copy.
             return Some(fixed.clone());
         }
         let mut out = String::with_capacity(self.text.len() + 32);
@@ -205,7 +206,7 @@ impl Template {
                 }
             }
         }
-        Pattern::parse(&out).ok()
+        Pattern::parse(&out).ok().map(Arc::new)
     }
 
     /// For lint: the compiled pattern with every variable standing for `v`.
@@ -719,6 +720,8 @@ impl AclRules {
         // Denies first: they are all consulted, and the first allow that fits decides.
         acl.publish.sort_by_key(|e| e.allow);
         acl.subscribe.sort_by_key(|e| e.allow);
+        acl.publish.shrink_to_fit();
+        acl.subscribe.shrink_to_fit();
         acl
     }
 }
@@ -906,7 +909,7 @@ pub struct Principal {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    pattern: Pattern,
+    pattern: Arc<Pattern>,
     allow: bool,
     max_qos: u8,
     retain: bool,

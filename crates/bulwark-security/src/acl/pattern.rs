@@ -6,9 +6,11 @@
 //! with `$` is matched only by a pattern whose first level names it, never by `+` or `#`.
 
 /// One level of a pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Level {
-    Literal(Box<str>),
+    /// A name: the byte range of the pattern's text it occupies (one allocation holds every
+    /// level's text; a connection resolves its patterns with few allocations).
+    Literal(u32, u32),
     /// `+`
     One,
     /// `#` (always the last level)
@@ -31,11 +33,17 @@ impl Pattern {
         if text.contains('\0') {
             return Err("the topic pattern contains NUL".to_owned());
         }
+        let Ok(total) = u32::try_from(text.len()) else {
+            return Err("the topic pattern is too long".to_owned());
+        };
         let parts: Vec<&str> = text.split('/').collect();
         let last = parts.len() - 1;
         let mut levels = Vec::with_capacity(parts.len());
+        let mut start = 0u32;
         for (i, part) in parts.iter().enumerate() {
-            levels.push(match *part {
+            // Within `total`, which fits a u32.
+            let end = start.saturating_add(u32::try_from(part.len()).unwrap_or(total));
+            let level = match *part {
                 "+" => Level::One,
                 "#" if i == last => Level::Rest,
                 "#" => return Err("`#` must be the last level of the pattern".to_owned()),
@@ -44,8 +52,10 @@ impl Pattern {
                         "level {p:?}: `+` and `#` must stand alone in their level"
                     ));
                 }
-                p => Level::Literal(p.into()),
-            });
+                _ => Level::Literal(start, end),
+            };
+            levels.push(level);
+            start = end.saturating_add(1);
         }
         Ok(Self {
             levels: levels.into_boxed_slice(),
@@ -58,9 +68,16 @@ impl Pattern {
         &self.text
     }
 
+    /// The text of a literal level.
+    fn name(&self, start: u32, end: u32) -> &str {
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
     /// Whether the first level is a `$` name (`$SYS/...`).
     pub(crate) fn is_dollar(&self) -> bool {
-        matches!(self.levels.first(), Some(Level::Literal(l)) if l.starts_with('$'))
+        matches!(self.levels.first(), Some(&Level::Literal(a, b)) if self.name(a, b).starts_with('$'))
     }
 
     /// Whether the pattern matches every topic that does not start with `$` (`#`, `+/#`, ...).
@@ -93,8 +110,8 @@ impl Pattern {
                         .position(|b| *b == b'/')
                         .and_then(|p| r.get(p + 1..));
                 }
-                Level::Literal(l) => {
-                    let Some(after) = r.strip_prefix(l.as_bytes()) else {
+                &Level::Literal(a, b) => {
+                    let Some(after) = r.strip_prefix(self.name(a, b).as_bytes()) else {
                         return false;
                     };
                     rest = match after.split_first() {
@@ -124,8 +141,9 @@ impl Pattern {
                 // The filter's `#` also matches its parent level, and every level below.
                 (_, Some(Level::Rest)) | (None, Some(_)) | (Some(_), None) => return false,
                 (Some(Level::One), Some(_)) => {}
-                (Some(Level::Literal(a)), Some(Level::Literal(b))) if a == b => {}
-                (Some(Level::Literal(_)), Some(_)) => return false,
+                (Some(&Level::Literal(a0, a1)), Some(&Level::Literal(b0, b1)))
+                    if self.name(a0, a1) == filter.name(b0, b1) => {}
+                (Some(Level::Literal(..)), Some(_)) => return false,
             }
             i += 1;
         }
@@ -149,8 +167,8 @@ impl Pattern {
                 (None, None) => return true,
                 (None, Some(_)) | (Some(_), None) => return false,
                 (Some(Level::One), Some(_)) | (Some(_), Some(Level::One)) => {}
-                (Some(Level::Literal(x)), Some(Level::Literal(y))) => {
-                    if x != y {
+                (Some(&Level::Literal(a0, a1)), Some(&Level::Literal(b0, b1))) => {
+                    if self.name(a0, a1) != filter.name(b0, b1) {
                         return false;
                     }
                 }
