@@ -129,6 +129,9 @@ pub struct Stats {
     pub subscriptions_denied: u64,
     /// Authorization events dropped because the caller did not drain them.
     pub events_dropped: u64,
+    /// Sockets refused by admission control before any handshake (reported by the server
+    /// with [`Broker::add_refused`]).
+    pub connections_refused: u64,
 }
 
 /// What an index entry stands for.
@@ -345,6 +348,11 @@ impl Broker {
     pub fn add_traffic(&mut self, received: u64, sent: u64) {
         self.stats.bytes_received += received;
         self.stats.bytes_sent += sent;
+    }
+
+    /// Adds sockets the server refused at accept to the counters.
+    pub fn add_refused(&mut self, refused: u64) {
+        self.stats.connections_refused += refused;
     }
 
     /// The next instruction for a connection driver.
@@ -1891,7 +1899,7 @@ impl Broker {
     fn publish_sys(&mut self, now: Instant) {
         let uptime = now.saturating_duration_since(self.started).as_secs();
         let s = self.stats;
-        let values: [(&str, String); 13] = [
+        let values: [(&str, String); 16] = [
             ("version", VERSION.to_owned()),
             ("uptime", format!("{uptime} seconds")),
             ("clients/connected", self.conns.len().to_string()),
@@ -1908,6 +1916,9 @@ impl Broker {
             ("subscriptions/count", self.subscriptions.to_string()),
             ("retained messages/count", self.retained.len().to_string()),
             ("messages/expired", s.messages_expired.to_string()),
+            ("clients/refused", s.connections_refused.to_string()),
+            ("messages/denied", s.publishes_denied.to_string()),
+            ("subscriptions/denied", s.subscriptions_denied.to_string()),
         ];
         for (name, value) in values {
             let Ok(topic) = TopicName::new(&format!("$SYS/broker/{name}")) else {

@@ -35,6 +35,8 @@ pub enum EventKind {
     SubscriptionRevoked,
     /// A client identifier that belongs to another user's session was refused.
     ClientIdRefused,
+    /// A socket was closed at accept by admission control (a per-source cap or rate).
+    ConnectionRefused,
 }
 
 impl EventKind {
@@ -52,6 +54,7 @@ impl EventKind {
             Self::AclDenied => "acl_denied",
             Self::SubscriptionRevoked => "subscription_revoked",
             Self::ClientIdRefused => "client_id_refused",
+            Self::ConnectionRefused => "connection_refused",
         }
     }
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod admission;
 pub mod cache;
 pub mod event;
 pub mod guard;

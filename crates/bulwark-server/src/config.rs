@@ -162,6 +162,9 @@ pub struct ServerConfig {
     pub auth: AuthSettings,
     /// Authorization: the ACL file.
     pub acl: AclSettings,
+    /// Admission control: caps on connections and handshakes, per source and in all, and a
+    /// per-source connection rate, applied before any TLS work.
+    pub admission: bulwark_security::admission::AdmissionSettings,
 }
 
 /// Authorization settings.
@@ -200,6 +203,7 @@ impl Default for ServerConfig {
             tls_watch_interval: Duration::from_secs(5),
             auth: AuthSettings::default(),
             acl: AclSettings::default(),
+            admission: bulwark_security::admission::AdmissionSettings::default(),
         }
     }
 }
@@ -232,6 +236,9 @@ impl ServerConfig {
     /// Checks rules that span fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        if let Err(err) = self.admission.validate() {
+            problems.push(format!("admission: {err}"));
+        }
         if self.listeners.is_empty() {
             problems.push("listener: at least one listener is needed".to_owned());
         }

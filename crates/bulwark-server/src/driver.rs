@@ -110,17 +110,18 @@ enum End {
 /// The task of one connection. A plain function returning the future, so that the socket
 /// and context are moved into the future once, not kept both as arguments and as locals.
 ///
-/// `accepted` is when the socket was accepted: the CONNECT timeout counts from then, TLS and
+/// The CONNECT timeout counts from when the socket was accepted (`permit.at`), TLS and
 /// WebSocket handshakes included.
 pub(crate) fn drive<S: Transport>(
     stream: S,
     peer: SocketAddr,
     conn: ConnectionId,
     ctx: Arc<DriverContext>,
-    accepted: tokio::time::Instant,
     identity: Option<CertIdentity>,
     listener: Arc<ListenerAuth>,
+    permit: Arc<crate::gate::Permit>,
 ) -> impl Future<Output = ()> {
+    let accepted = permit.at;
     let mut driver = Driver {
         stream,
         peer,
@@ -133,6 +134,7 @@ pub(crate) fn drive<S: Transport>(
         out: BytesMut::new(),
         ctx,
         registered: false,
+        permit,
     };
     async move {
         let end = driver.run().await;
@@ -159,6 +161,8 @@ struct Driver<S> {
     out: BytesMut,
     ctx: Arc<DriverContext>,
     registered: bool,
+    /// Its place in admission control, released when the connection ends.
+    permit: Arc<crate::gate::Permit>,
 }
 
 impl<S: Transport> Driver<S> {
@@ -754,6 +758,7 @@ impl<S: Transport> Driver<S> {
             claim: identity.acl.clone(),
         });
         connect_auth.principal = Some(principal.clone());
+        self.permit.handshake_done();
         let method = connect_auth.method.clone();
         let client_id = connect.client_id.as_str().to_owned();
         let mut reauth: Option<Box<ScramServer>> = None;

@@ -14,6 +14,7 @@ pub mod auth;
 mod config;
 mod driver;
 pub mod files;
+mod gate;
 pub(crate) mod jwks;
 mod outbox;
 pub(crate) mod proxy;

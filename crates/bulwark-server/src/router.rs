@@ -53,6 +53,8 @@ pub(crate) enum ToRouter {
 pub(crate) struct Traffic {
     pub(crate) received: AtomicU64,
     pub(crate) sent: AtomicU64,
+    /// Sockets refused by admission control.
+    pub(crate) refused: AtomicU64,
 }
 
 pub(crate) struct Router {
@@ -91,6 +93,7 @@ impl Router {
         let mut peers: HashMap<ConnectionId, Arc<Outbox>> = HashMap::new();
         let mut batch = Vec::with_capacity(256);
         let mut seen_traffic = (0u64, 0u64);
+        let mut seen_refused = 0u64;
         let mut stopping = false;
         loop {
             let deadline = self.broker.poll_timeout();
@@ -118,6 +121,9 @@ impl Router {
                         sent.saturating_sub(seen_traffic.1),
                     );
                     seen_traffic = (received, sent);
+                    let refused = self.traffic.refused.load(Ordering::Relaxed);
+                    self.broker.add_refused(refused.saturating_sub(seen_refused));
+                    seen_refused = refused;
                     self.broker.handle_timeout(Instant::now());
                 }
                 changed = self.shutdown.changed(), if !stopping => {

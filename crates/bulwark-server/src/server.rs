@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::auth::{AuthService, ListenerAuth};
 use crate::config::{ConfigError, ListenerKind, ServerConfig};
 use crate::driver::{CertIdentity, DriverContext, drive};
+use crate::gate::{Gate, Permit};
 use crate::proxy::TrustedProxies;
 use crate::router::{Router, Traffic};
 use crate::tls::{ClientAuth, TlsAcceptor, TlsError};
@@ -234,6 +235,11 @@ impl Server {
             auth: auth.clone(),
         });
         let next_conn = Arc::new(AtomicU64::new(1));
+        let gate = Arc::new(Gate::new(
+            config.admission.clone(),
+            auth.audit.clone(),
+            ctx.traffic.clone(),
+        ));
         let mut accepters = JoinSet::new();
         // Every driver holds a clone; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -266,6 +272,8 @@ impl Server {
             }
             let ctx = ctx.clone();
             let next_conn = next_conn.clone();
+            let gate = gate.clone();
+            let behind_proxy = layers.as_ref().is_some_and(|l| l.proxy.is_some());
             let alive = alive_tx.clone();
             let mut stop = stop_rx.clone();
             let listener_auth = listener_auth.clone();
@@ -284,6 +292,13 @@ impl Server {
                                     }
                                     continue;
                                 }
+                                // Before any TLS work. Behind a trusted proxy the client's own
+                                // address is admitted once the PROXY header names it.
+                                let Ok(permit) = gate.admit(peer.ip(), &name, !behind_proxy, at) else {
+                                    drop(stream);
+                                    continue;
+                                };
+                                let permit = Arc::new(permit);
                                 let _ = stream.set_nodelay(true);
                                 let conn = ConnectionId(next_conn.fetch_add(1, Ordering::Relaxed));
                                 let guard = ConnGuard::new(alive.clone(), (max_connections > 0).then(|| open.clone()));
@@ -292,14 +307,14 @@ impl Server {
                                 match &layers {
                                     None => {
                                         tokio::spawn(async move {
-                                            drive(stream, peer, conn, ctx, at, None, listener_auth).await;
+                                            drive(stream, peer, conn, ctx, None, listener_auth, permit).await;
                                             drop(guard);
                                         });
                                     }
                                     Some(layers) => {
                                         let layers = layers.clone();
                                         tokio::spawn(async move {
-                                            serve_layered(stream, peer, conn, ctx, at, &layers).await;
+                                            serve_layered(stream, peer, conn, ctx, &layers, permit).await;
                                             drop(guard);
                                         });
                                     }
@@ -339,9 +354,10 @@ async fn serve_layered(
     peer: SocketAddr,
     conn: ConnectionId,
     ctx: Arc<DriverContext>,
-    at: tokio::time::Instant,
     layers: &Layers,
+    permit: Arc<Permit>,
 ) {
+    let at = permit.at;
     let deadline = at + ctx.connect_timeout;
     let peer = match &layers.proxy {
         None => peer,
@@ -349,7 +365,13 @@ async fn serve_layered(
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let limit = left.min(crate::proxy::DEFAULT_HEADER_TIMEOUT);
             match crate::proxy::accept(&mut stream, peer, trusted, limit).await {
-                Ok(client) => client,
+                Ok(client) => {
+                    if let Err(why) = permit.rebind(client.ip(), &layers.auth.name) {
+                        info!(%peer, %client, conn = conn.0, why = why.as_str(), "connection refused");
+                        return;
+                    }
+                    client
+                }
                 Err(err) => {
                     info!(%peer, conn = conn.0, %err, "PROXY protocol header refused");
                     return;
@@ -358,7 +380,7 @@ async fn serve_layered(
         }
     };
     let Some(acceptor) = &layers.tls else {
-        return serve_websocket(stream, peer, conn, ctx, at, None, layers).await;
+        return serve_websocket(stream, peer, conn, ctx, None, layers, permit).await;
     };
     let settings = acceptor.settings();
     let limit = deadline.min(at + settings.handshake_timeout);
@@ -386,7 +408,7 @@ async fn serve_layered(
         }
         _ => false,
     };
-    serve_websocket(tls, peer, conn, ctx, at, identity, layers).await;
+    serve_websocket(tls, peer, conn, ctx, identity, layers, permit).await;
     if registered {
         acceptor.unregister(conn);
     }
@@ -398,17 +420,18 @@ async fn serve_websocket<S: Transport>(
     peer: SocketAddr,
     conn: ConnectionId,
     ctx: Arc<DriverContext>,
-    at: tokio::time::Instant,
     identity: Option<CertIdentity>,
     layers: &Layers,
+    permit: Arc<Permit>,
 ) {
     let listener = layers.auth.clone();
+    let at = permit.at;
     let Some(options) = &layers.ws else {
-        return drive(stream, peer, conn, ctx, at, identity, listener).await;
+        return drive(stream, peer, conn, ctx, identity, listener, permit).await;
     };
     let deadline = at + ctx.connect_timeout;
     match tokio::time::timeout_at(deadline, crate::ws::accept(stream, options)).await {
-        Ok(Ok(ws)) => drive(ws, peer, conn, ctx, at, identity, listener).await,
+        Ok(Ok(ws)) => drive(ws, peer, conn, ctx, identity, listener, permit).await,
         Ok(Err(err)) => info!(%peer, conn = conn.0, %err, "WebSocket handshake refused"),
         Err(_) => info!(%peer, conn = conn.0, "WebSocket handshake timed out"),
     }

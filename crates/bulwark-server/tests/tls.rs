@@ -468,6 +468,41 @@ async fn a_stalled_handshake_is_closed() {
 }
 
 #[tokio::test]
+async fn five_hundred_stalled_handshakes_are_closed_while_a_client_connects() {
+    let pki = Pki::new("tls-stall-500");
+    pki.leaf("server", "localhost", &["localhost"], false, 50);
+    let mut settings = pki.settings();
+    settings.handshake_timeout = Duration::from_secs(2);
+    let server = tls_server(settings).await;
+    let started = std::time::Instant::now();
+    let mut stalled = Vec::with_capacity(500);
+    for i in 0..500u32 {
+        // From many loopback addresses, as a botnet would: half a record header, then nothing.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let local = std::net::Ipv4Addr::new(127, 0, 1, u8::try_from(1 + i % 250).unwrap());
+        socket.bind(SocketAddr::new(local.into(), 0)).unwrap();
+        let mut tcp = socket.connect(server.addr).await.unwrap();
+        tcp.write_all(&[0x16, 0x03]).await.unwrap();
+        stalled.push(tcp);
+    }
+    // A real client is served meanwhile.
+    let mut client = connect_as(server.addr, &pki, None).await.unwrap();
+    assert_eq!(
+        mqtt_connect_v3(&mut client, "busy-day").await.unwrap()[3],
+        0
+    );
+    let mut buf = [0u8; 64];
+    for tcp in &mut stalled {
+        let left = Duration::from_secs(6).saturating_sub(started.elapsed());
+        let closed = tokio::time::timeout(left, tcp.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert_alive(&mut client).await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_crl_reload_closes_connections_whose_certificate_is_now_revoked() {
     let pki = Pki::new("tls-evict");
     pki.leaf("server", "localhost", &["localhost"], false, 60);

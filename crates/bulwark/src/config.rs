@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use bulwark_core::DeniedPublish;
 use bulwark_proto::PROTOCOL_MAX_PACKET_SIZE;
+use bulwark_security::acl::Cidr;
+use bulwark_security::admission::AdmissionSettings;
 use bulwark_server::tls::{CertFiles, ClientAuth, IdentitySource, TlsSettings, TlsVersion};
 use bulwark_server::{
     AuthSettings, Authenticator, ConfigError, JwtAuthSettings, ListenerConfig, ListenerKind,
@@ -33,6 +35,21 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("acl", &["file", "dangerous_allow_all", "denied_publish"]),
+    (
+        "admission",
+        &[
+            "max_connections",
+            "max_per_address",
+            "max_per_prefix",
+            "max_handshakes",
+            "max_handshakes_per_address",
+            "rate",
+            "burst",
+            "cooldown",
+            "exempt",
+            "max_tracked",
+        ],
+    ),
     (
         "auth",
         &[
@@ -510,6 +527,49 @@ fn read_auth(r: &mut Reader, table: &Table, base: &Path) -> AuthSettings {
     auth
 }
 
+/// `[admission]`: connection caps and rates, before any TLS work.
+fn read_admission(r: &mut Reader, t: &Table, a: &mut AdmissionSettings) {
+    let s = "admission";
+    let count = 100_000_000;
+    if let Some(v) = r.integer(t, s, "max_connections", 0, count) {
+        a.max_connections = to_usize(v);
+    }
+    if let Some(v) = r.integer(t, s, "max_per_address", 0, count) {
+        a.max_per_address = to_usize(v);
+    }
+    if let Some(v) = r.integer(t, s, "max_per_prefix", 0, count) {
+        a.max_per_prefix = to_usize(v);
+    }
+    if let Some(v) = r.integer(t, s, "max_handshakes", 0, count) {
+        a.max_handshakes = to_usize(v);
+    }
+    if let Some(v) = r.integer(t, s, "max_handshakes_per_address", 0, count) {
+        a.max_handshakes_per_address = to_usize(v);
+    }
+    if let Some(v) = r.integer(t, s, "rate", 0, 1_000_000) {
+        a.rate = to_u32(v);
+    }
+    if let Some(v) = r.integer(t, s, "burst", 1, 1_000_000) {
+        a.burst = to_u32(v);
+    }
+    if let Some(v) = r.integer(t, s, "cooldown", 0, 86_400) {
+        a.cooldown = Duration::from_secs(v);
+    }
+    if let Some(v) = r.integer(t, s, "max_tracked", 1, 100_000_000) {
+        a.max_tracked = to_usize(v);
+    }
+    if t.contains_key("exempt") {
+        let mut exempt = Vec::new();
+        for text in r.string_list(t, s, "exempt") {
+            match Cidr::parse(&text) {
+                Ok(cidr) => exempt.push(cidr),
+                Err(err) => r.problems.push(format!("admission.exempt: {err}")),
+            }
+        }
+        a.exempt = exempt;
+    }
+}
+
 /// `[acl]`: an ACL file, or the explicit choice to run without authorization.
 fn read_acl(r: &mut Reader, root: &Table, config: &mut ServerConfig, base: &Path) {
     let s = "acl";
@@ -811,6 +871,9 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
         config.auth = read_auth(&mut r, t, base);
     }
     read_acl(&mut r, &root, &mut config, base);
+    if let Some(t) = r.section(&root, "admission") {
+        read_admission(&mut r, t, &mut config.admission);
+    }
     if let Some(t) = r.section(&root, "server") {
         if let Some(v) = r.integer(t, "server", "shutdown_grace", 0, 3600) {
             config.shutdown_grace = Duration::from_secs(v);
@@ -1086,6 +1149,27 @@ mod tests {
         let all = err.problems.join("\n");
         assert!(all.contains("not both"), "{all}");
         assert!(all.contains("acl.denied_publish = \"ignore\""), "{all}");
+    }
+
+    #[test]
+    fn admission_is_read() {
+        let text =
+            "[admission]\nmax_per_address = 7\nrate = 0\ncooldown = 3\nexempt = [\"10.0.0.0/8\"]\n";
+        let config = parse(&open(text), "t").unwrap();
+        let a = &config.admission;
+        assert_eq!(a.max_per_address, 7);
+        assert_eq!(a.rate, 0);
+        assert_eq!(a.cooldown, Duration::from_secs(3));
+        assert_eq!(a.exempt.len(), 1);
+        let err = parse(
+            &open("[admission]\nexempt = [\"10.0.0.0/40\"]\nburst = 0\nsize = 1\n"),
+            "t",
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("admission.exempt"), "{all}");
+        assert!(all.contains("admission.burst = 0"), "{all}");
+        assert!(all.contains("admission.size"), "{all}");
     }
 
     #[test]

@@ -1,0 +1,176 @@
+//! Denial of service end to end: admission control before any handshake, and sockets that
+//! never finish their CONNECT, on real sockets from several 127/8 source addresses.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bulwark_proto::{ProtocolVersion, QoS, ReasonCode};
+use bulwark_security::admission::AdmissionSettings;
+use common::{Raw, Recv, connect_packet};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+fn from(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
+}
+
+async fn tcp_from(addr: SocketAddr, local: IpAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(local, 0)).unwrap();
+    tokio::time::timeout(common::WAIT, socket.connect(addr))
+        .await
+        .expect("TCP connect in time")
+        .expect("TCP connect")
+}
+
+/// Whether the server closes `stream` within `within` without sending anything.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// A 5.0 client from `local`: CONNECT, expecting success.
+async fn mqtt_from(addr: SocketAddr, local: IpAddr, id: &str) -> Raw {
+    let mut raw = Raw::tcp_from(addr, local, ProtocolVersion::V5).await;
+    raw.send(&connect_packet(ProtocolVersion::V5, id)).await;
+    match raw.recv().await {
+        bulwark_proto::Packet::ConnAck(ack) => {
+            assert_eq!(ack.reason_code, ReasonCode::Success, "{ack:?}");
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    raw
+}
+
+#[tokio::test]
+async fn a_connection_flood_from_one_address_does_not_stop_another() {
+    let server = common::start_with(|c| {
+        c.admission = AdmissionSettings {
+            exempt: Vec::new(),
+            rate: 2,
+            burst: 20,
+            cooldown: Duration::from_secs(30),
+            ..AdmissionSettings::default()
+        };
+    })
+    .await;
+    let attacker = from(2);
+    // All at once, then see which the server kept: the burst, give or take a token refilled
+    // while the loop ran.
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        streams.push(tcp_from(server.addr, attacker).await);
+    }
+    let mut kept = 0;
+    for stream in &mut streams {
+        if !closed_within(stream, Duration::from_millis(20)).await {
+            kept += 1;
+        }
+    }
+    assert!(
+        (20..=23).contains(&kept),
+        "the burst is let in, the rest refused: {kept}"
+    );
+    // Cooling off: even a single new socket from the attacker is refused now.
+    let mut again = tcp_from(server.addr, attacker).await;
+    assert!(closed_within(&mut again, Duration::from_millis(500)).await);
+    // Another address connects and works.
+    let mut other = mqtt_from(server.addr, from(3), "bystander").await;
+    other.subscribe_qos(1, "t/#", QoS::AtLeastOnce).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn per_address_caps_hold_without_a_rate() {
+    let server = common::start_with(|c| {
+        c.admission = AdmissionSettings {
+            exempt: Vec::new(),
+            rate: 0,
+            max_per_address: 5,
+            max_handshakes_per_address: 3,
+            ..AdmissionSettings::default()
+        };
+    })
+    .await;
+    // Three silent sockets use the address's handshake room ...
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tcp_from(server.addr, from(4)).await);
+    }
+    let mut fourth = tcp_from(server.addr, from(4)).await;
+    assert!(closed_within(&mut fourth, Duration::from_millis(500)).await);
+    // ... while a finished login does not count as a handshake any more.
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(mqtt_from(server.addr, from(4), &format!("c{i}")).await);
+    }
+    let mut sixth = tcp_from(server.addr, from(4)).await;
+    assert!(
+        closed_within(&mut sixth, Duration::from_millis(500)).await,
+        "max_per_address"
+    );
+    let _ = mqtt_from(server.addr, from(5), "elsewhere").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_silent_sockets_are_closed_on_time_while_a_client_works() {
+    let server = common::start_with(|c| c.connect_timeout = Duration::from_secs(2)).await;
+    let mut subscriber = mqtt_from(server.addr, from(1), "worker-sub").await;
+    subscriber
+        .subscribe_qos(1, "work/#", QoS::AtLeastOnce)
+        .await;
+    let mut publisher = mqtt_from(server.addr, from(1), "worker-pub").await;
+    let started = Instant::now();
+    let mut silent = Vec::with_capacity(1000);
+    for i in 0..1000u32 {
+        // Spread over addresses, as a botnet would.
+        let local = from(10 + u8::try_from(i % 200).unwrap());
+        silent.push(tcp_from(server.addr, local).await);
+    }
+    // Meanwhile messages still flow both ways.
+    for n in 1..=20u16 {
+        publisher
+            .send(&common::publish("work/item", QoS::AtLeastOnce, n, b"x"))
+            .await;
+        let got = subscriber.recv_publish().await;
+        assert_eq!(got.topic.as_str(), "work/item");
+    }
+    let mut open = 0;
+    for stream in &mut silent {
+        let left = Duration::from_secs(5).saturating_sub(started.elapsed());
+        if !closed_within(stream, left).await {
+            open += 1;
+        }
+    }
+    let took = started.elapsed();
+    assert_eq!(open, 0, "every silent socket is closed");
+    assert!(
+        took < Duration::from_secs(5),
+        "closed by the 2 s CONNECT timeout: {took:?}"
+    );
+    // The working clients are still connected.
+    publisher
+        .send(&common::publish("work/done", QoS::AtMostOnce, 0, b"y"))
+        .await;
+    assert_eq!(subscriber.recv_publish().await.topic.as_str(), "work/done");
+    assert!(matches!(
+        subscriber.recv_within(Duration::from_millis(50)).await,
+        Recv::Timeout
+    ));
+    server.stop().await;
+}
