@@ -15,4 +15,5 @@ pub mod guard;
 pub mod jwt;
 pub mod password;
 pub mod policy;
+pub mod rate;
 pub mod scram;

@@ -165,6 +165,8 @@ pub struct ServerConfig {
     /// Admission control: caps on connections and handshakes, per source and in all, and a
     /// per-source connection rate, applied before any TLS work.
     pub admission: bulwark_security::admission::AdmissionSettings,
+    /// Per-client message and byte rates (default: none), enforced by backpressure.
+    pub rates: bulwark_security::rate::RateSettings,
 }
 
 /// Authorization settings.
@@ -204,6 +206,7 @@ impl Default for ServerConfig {
             auth: AuthSettings::default(),
             acl: AclSettings::default(),
             admission: bulwark_security::admission::AdmissionSettings::default(),
+            rates: bulwark_security::rate::RateSettings::default(),
         }
     }
 }
@@ -238,6 +241,9 @@ impl ServerConfig {
         let mut problems = Vec::new();
         if let Err(err) = self.admission.validate() {
             problems.push(format!("admission: {err}"));
+        }
+        if let Err(err) = self.rates.validate() {
+            problems.push(format!("rate: {err}"));
         }
         if self.listeners.is_empty() {
             problems.push("listener: at least one listener is needed".to_owned());

@@ -42,6 +42,8 @@ pub(crate) struct DriverContext {
     pub(crate) write_timeout: Duration,
     pub(crate) traffic: Arc<Traffic>,
     pub(crate) auth: Arc<AuthService>,
+    /// Per-client message and byte rates.
+    pub(crate) rates: bulwark_security::rate::RateSettings,
 }
 
 /// How a listener turns a verified client certificate into the MQTT identity.
@@ -779,6 +781,18 @@ impl<S: Transport> Driver<S> {
         let mut batch: Vec<Packet> = Vec::new();
         let mut connack_sent = false;
         self.release_read_buffer();
+        // Over its rate, the client is not read until it is back within it: TCP carries the
+        // backpressure to it, and nothing it sent is dropped. Boxed: most clients have none.
+        let mut limiter = {
+            let groups: Vec<&str> = identity.groups.iter().map(|g| &**g).collect();
+            let limit = self.ctx.rates.for_client(
+                &self.listener.name,
+                identity.username.as_deref(),
+                &groups,
+            );
+            bulwark_security::rate::Limiter::new(limit, Instant::now()).map(Box::new)
+        };
+        let mut paused_until: Option<tokio::time::Instant> = None;
 
         // Phase 2: packets both ways until one side ends it.
         loop {
@@ -797,11 +811,19 @@ impl<S: Transport> Driver<S> {
                     None => std::future::pending().await,
                 }
             };
+            let pause = async {
+                match paused_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut published = 0u64;
             tokio::select! {
-                read = self.read_some(READ_CHUNK) => {
-                    if let Err(end) = read {
-                        return end;
-                    }
+                read = self.read_some(READ_CHUNK), if paused_until.is_none() => {
+                    let read = match read {
+                        Ok(n) => n,
+                        Err(end) => return end,
+                    };
                     keep_alive.handle_activity(Instant::now());
                     // Packets go to the engine in order; an AUTH is handled where it stands,
                     // after the packets before it and before the ones after it.
@@ -817,7 +839,10 @@ impl<S: Transport> Driver<S> {
                                     auth = Some(packet);
                                     break None;
                                 }
-                                Ok(Some(packet)) => batch.push(packet),
+                                Ok(Some(packet)) => {
+                                    published += u64::from(matches!(packet, Packet::Publish(_)));
+                                    batch.push(packet);
+                                }
                                 Ok(None) => break None,
                                 Err(err) => break Some(Box::new(err)),
                             }
@@ -861,6 +886,17 @@ impl<S: Transport> Driver<S> {
                     if let Err(end) = self.flush().await {
                         return end;
                     }
+                    if let Some(limiter) = limiter.as_mut() {
+                        let wait = limiter.take(published, read as u64, Instant::now());
+                        if !wait.is_zero() {
+                            paused_until = Some(tokio::time::Instant::now() + wait);
+                        }
+                    }
+                }
+                () = pause => {
+                    paused_until = None;
+                    // The client was not silent: it was not being read.
+                    keep_alive.handle_activity(Instant::now());
                 }
                 () = outbox.ready() => {
                     let mut close = false;
@@ -910,7 +946,7 @@ impl<S: Transport> Driver<S> {
                     self.ctx.auth.forced_disconnect(self.conn, "credentials expired (JWT exp) without re-authentication");
                     return End::Expired;
                 }
-                () = ka_sleep => {
+                () = ka_sleep, if paused_until.is_none() => {
                     if version.is_v5() {
                         let _ = self
                             .encoder

@@ -233,6 +233,7 @@ impl Server {
             write_timeout: config.write_timeout,
             traffic,
             auth: auth.clone(),
+            rates: config.rates.clone(),
         });
         let next_conn = Arc::new(AtomicU64::new(1));
         let gate = Arc::new(Gate::new(

@@ -174,3 +174,44 @@ async fn a_thousand_silent_sockets_are_closed_on_time_while_a_client_works() {
     ));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_over_its_rate_is_slowed_not_dropped() {
+    use bulwark_security::rate::{RateLimit, RateOverride, RateSettings};
+    let server = common::start_with(|c| {
+        c.rates = RateSettings {
+            default: RateLimit::default(),
+            overrides: vec![RateOverride {
+                listener: Some("test".to_owned()),
+                limit: RateLimit {
+                    messages_per_second: 40,
+                    messages_burst: 5,
+                    bytes_per_second: 40 * 1024,
+                    bytes_burst: 4 * 1024,
+                },
+                ..RateOverride::default()
+            }],
+        };
+    })
+    .await;
+    let mut subscriber = mqtt_from(server.addr, from(1), "rate-sub").await;
+    subscriber.subscribe_qos(1, "rate/#", QoS::AtMostOnce).await;
+    let mut publisher = mqtt_from(server.addr, from(1), "rate-pub").await;
+    let payload: &'static [u8] = &[7u8; 1000];
+    let started = Instant::now();
+    for _ in 0..60 {
+        publisher
+            .send(&common::publish("rate/x", QoS::AtMostOnce, 0, payload))
+            .await;
+    }
+    for i in 0..60 {
+        let got = subscriber.recv_publish().await;
+        assert_eq!(got.payload.len(), 1000, "message {i}");
+    }
+    let took = started.elapsed();
+    // 60 messages (60 KB) at 40/s (40 KB/s) after a burst of 5 (4 KB): at least 1.3 s, less
+    // what one read can take beyond the rate.
+    assert!(took >= Duration::from_millis(1000), "not slowed: {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    server.stop().await;
+}

@@ -9,6 +9,7 @@ use bulwark_core::DeniedPublish;
 use bulwark_proto::PROTOCOL_MAX_PACKET_SIZE;
 use bulwark_security::acl::Cidr;
 use bulwark_security::admission::AdmissionSettings;
+use bulwark_security::rate::{RateLimit, RateOverride};
 use bulwark_server::tls::{CertFiles, ClientAuth, IdentitySource, TlsSettings, TlsVersion};
 use bulwark_server::{
     AuthSettings, Authenticator, ConfigError, JwtAuthSettings, ListenerConfig, ListenerKind,
@@ -35,6 +36,28 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("acl", &["file", "dangerous_allow_all", "denied_publish"]),
+    (
+        "rate",
+        &[
+            "messages_per_second",
+            "messages_burst",
+            "bytes_per_second",
+            "bytes_burst",
+            "override",
+        ],
+    ),
+    (
+        "rate.override",
+        &[
+            "listener",
+            "user",
+            "group",
+            "messages_per_second",
+            "messages_burst",
+            "bytes_per_second",
+            "bytes_burst",
+        ],
+    ),
     (
         "admission",
         &[
@@ -570,6 +593,26 @@ fn read_admission(r: &mut Reader, t: &Table, a: &mut AdmissionSettings) {
     }
 }
 
+/// The four keys of a rate limit; a burst left out is one second's worth.
+fn read_rate_limit(r: &mut Reader, t: &Table, s: &str) -> RateLimit {
+    let mut limit = RateLimit::default();
+    if let Some(v) = r.integer(t, s, "messages_per_second", 0, 10_000_000) {
+        limit.messages_per_second = to_u32(v);
+    }
+    limit.messages_burst = match r.integer(t, s, "messages_burst", 1, 10_000_000) {
+        Some(v) => to_u32(v),
+        None => limit.messages_per_second,
+    };
+    if let Some(v) = r.integer(t, s, "bytes_per_second", 0, 1 << 40) {
+        limit.bytes_per_second = v;
+    }
+    limit.bytes_burst = match r.integer(t, s, "bytes_burst", 1, 1 << 40) {
+        Some(v) => v,
+        None => limit.bytes_per_second,
+    };
+    limit
+}
+
 /// `[acl]`: an ACL file, or the explicit choice to run without authorization.
 fn read_acl(r: &mut Reader, root: &Table, config: &mut ServerConfig, base: &Path) {
     let s = "acl";
@@ -874,6 +917,36 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
     if let Some(t) = r.section(&root, "admission") {
         read_admission(&mut r, t, &mut config.admission);
     }
+    if let Some(t) = r.section(&root, "rate") {
+        config.rates.default = read_rate_limit(&mut r, t, "rate");
+        match t.get("override") {
+            None => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let section = format!("rate.override[{i}]");
+                    let Some(o) = item.as_table() else {
+                        r.problems.push(format!("{section}: expected a table"));
+                        continue;
+                    };
+                    r.unknown_keys_as(o, "rate.override", &section);
+                    let listener = r.string(o, &section, "listener").map(str::to_owned);
+                    let users = r.string_list(o, &section, "user");
+                    let groups = r.string_list(o, &section, "group");
+                    let limit = read_rate_limit(&mut r, o, &section);
+                    config.rates.overrides.push(RateOverride {
+                        listener,
+                        users,
+                        groups,
+                        limit,
+                    });
+                }
+            }
+            Some(other) => r.problems.push(format!(
+                "rate.override: expected [[rate.override]] tables, found {}",
+                describe(other)
+            )),
+        }
+    }
     if let Some(t) = r.section(&root, "server") {
         if let Some(v) = r.integer(t, "server", "shutdown_grace", 0, 3600) {
             config.shutdown_grace = Duration::from_secs(v);
@@ -1170,6 +1243,25 @@ mod tests {
         assert!(all.contains("admission.exempt"), "{all}");
         assert!(all.contains("admission.burst = 0"), "{all}");
         assert!(all.contains("admission.size"), "{all}");
+    }
+
+    #[test]
+    fn rates_are_read() {
+        let text = "[rate]\nmessages_per_second = 50\n[[rate.override]]\ngroup = \"meters\"\nbytes_per_second = 100\nbytes_burst = 500\n";
+        let config = parse(&open(text), "t").unwrap();
+        assert_eq!(config.rates.default.messages_per_second, 50);
+        assert_eq!(config.rates.default.messages_burst, 50, "a second's worth");
+        let o = &config.rates.overrides[0];
+        assert_eq!(o.groups, vec!["meters".to_owned()]);
+        assert_eq!((o.limit.bytes_per_second, o.limit.bytes_burst), (100, 500));
+        let err = parse(
+            &open("[rate]\nspeed = 1\n[[rate.override]]\nuser = 5\n"),
+            "t",
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(all.contains("rate.speed: unknown key"), "{all}");
+        assert!(all.contains("rate.override[0].user"), "{all}");
     }
 
     #[test]
