@@ -21,6 +21,7 @@ use crate::authz::{AuthzEvent, ConnAuthz};
 use crate::config::{BrokerConfig, DeniedPublish};
 use crate::index::SubscriptionIndex;
 use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
+use crate::quota::Quotas;
 use crate::session::{QueueLimits, Session, SubscriptionRecord};
 use crate::store::SessionStore;
 
@@ -271,6 +272,7 @@ pub struct Broker {
     /// Authorization events not yet taken by [`Broker::poll_event`] (bounded: see
     /// [`MAX_PENDING_EVENTS`]).
     events: VecDeque<AuthzEvent>,
+    quotas: Quotas,
 }
 
 /// Authorization events held for the caller at most; more are dropped (counted in
@@ -311,6 +313,7 @@ impl Broker {
             shutting_down: false,
             acl: None,
             events: VecDeque::new(),
+            quotas: Quotas::default(),
         }
     }
 
@@ -919,19 +922,19 @@ impl Broker {
         if !allowed {
             return self.deny_publish(conn_id, &topic, qos, retain, packet_id, now);
         }
-        if retain
-            && !payload.is_empty()
-            && !self.retained.contains_key(topic.as_str())
-            && self.retained.len() >= self.config.max_retained_messages
-        {
-            self.stats.retained_refused += 1;
-            return self.answer_publish(
-                conn_id,
-                qos,
-                packet_id,
-                ReasonCode::QuotaExceeded,
-                "retained message limit reached",
-            );
+        if retain && !payload.is_empty() {
+            let owner = self.owner_of(session_key);
+            let cost = payload.len() + topic.as_str().len();
+            if let Some(why) = self.retained_refusal(topic.as_str(), cost, owner.as_ref()) {
+                self.stats.retained_refused += 1;
+                return self.answer_publish(
+                    conn_id,
+                    qos,
+                    packet_id,
+                    ReasonCode::QuotaExceeded,
+                    why,
+                );
+            }
         }
         let expires_at = Message::expiry_from(now, properties.message_expiry_interval);
         properties.message_expiry_interval = None;
@@ -958,6 +961,46 @@ impl Broker {
         let v5 = self.conns.get(&conn_id).is_some_and(|c| c.is_v5());
         let code = if v5 { code } else { ReasonCode::Success };
         self.answer_publish(conn_id, qos, packet_id, code, "");
+    }
+
+    /// The user a session belongs to (`None`: an anonymous client's).
+    fn owner_of(&self, key: SessionKey) -> Option<Arc<str>> {
+        self.owners.get(&key).cloned().flatten()
+    }
+
+    /// Why a retained message of `cost` bytes stored by `owner` may not replace what `topic`
+    /// holds, if it may not.
+    fn retained_refusal(
+        &self,
+        topic: &str,
+        cost: usize,
+        owner: Option<&Arc<str>>,
+    ) -> Option<&'static str> {
+        let c = &self.config;
+        if !self.retained.contains_key(topic) && self.retained.len() >= c.max_retained_messages {
+            return Some("retained message limit reached");
+        }
+        let ((count, bytes), total) = self.quotas.after_store(topic, cost, owner);
+        let over = |limit: usize, value: usize| limit > 0 && value > limit;
+        if over(c.max_retained_bytes, total) {
+            return Some("retained bytes limit reached");
+        }
+        if owner.is_some() {
+            if over(c.max_retained_per_user, count) {
+                return Some("retained messages per user limit reached");
+            }
+            if over(c.max_retained_bytes_per_user, bytes) {
+                return Some("retained bytes per user limit reached");
+            }
+        }
+        None
+    }
+
+    /// Adds `n` (negative: removes) subscriptions to the count of the session's user.
+    fn count_subscriptions(&mut self, key: SessionKey, n: isize) {
+        if let Some(user) = self.owner_of(key) {
+            self.quotas.add_subscriptions(&user, n);
+        }
     }
 
     /// A PUBLISH the ACL refused: a 5.0 QoS 1/2 one is answered 0x87; others are dropped
@@ -1110,6 +1153,7 @@ impl Broker {
         }
         for (filter, reason) in filters {
             self.subscriptions = self.subscriptions.saturating_sub(1);
+            self.count_subscriptions(key, -1);
             self.stats.subscriptions_denied += 1;
             self.unindex_subscription(key, &filter);
             self.record(
@@ -1228,8 +1272,17 @@ impl Broker {
                     return;
                 };
                 let existed = conn.session.subscriptions.contains_key(&text);
+                let per_user = self.config.max_subscriptions_per_user;
+                let user_full = per_user > 0
+                    && self
+                        .owners
+                        .get(&session_key)
+                        .and_then(Option::as_deref)
+                        .is_some_and(|u| self.quotas.subscriptions_of(u) >= per_user);
                 if !existed
-                    && conn.session.subscriptions.len() >= self.config.max_subscriptions_per_session
+                    && (conn.session.subscriptions.len()
+                        >= self.config.max_subscriptions_per_session
+                        || user_full)
                 {
                     ReasonCode::QuotaExceeded
                 } else {
@@ -1247,6 +1300,7 @@ impl Broker {
                     );
                     if !existed {
                         self.subscriptions += 1;
+                        self.count_subscriptions(session_key, 1);
                     }
                     self.index_subscription(session_key, &sub.filter, options, id);
                     let send = match options.retain_handling {
@@ -1414,6 +1468,7 @@ impl Broker {
         for message in matching {
             if message.is_expired(now) {
                 self.retained.remove(message.topic.as_str());
+                self.quotas.removed(message.topic.as_str());
                 self.stats.messages_expired += 1;
                 continue;
             }
@@ -1456,6 +1511,7 @@ impl Broker {
             let removed = conn.session.subscriptions.remove(filter.as_str());
             codes.push(if removed.is_some() {
                 self.subscriptions = self.subscriptions.saturating_sub(1);
+                self.count_subscriptions(key, -1);
                 self.unindex_subscription(key, &filter);
                 ReasonCode::Success
             } else {
@@ -1562,17 +1618,19 @@ impl Broker {
             .map(|(_, record)| record.filter)
             .collect();
         self.subscriptions = self.subscriptions.saturating_sub(records.len());
+        self.count_subscriptions(key, -isize::try_from(records.len()).unwrap_or(isize::MAX));
         for filter in &records {
             self.unindex_subscription(key, filter);
         }
         if self.client_ids.get(&session.client_id) == Some(&key) {
             self.client_ids.remove(&session.client_id);
         }
-        self.owners.remove(&key);
+        // The will goes first: a retained will counts for the session's user.
         if let Some(pending) = self.wills.remove(&key) {
             self.will_times.remove(&(pending.at, key));
             self.publish_will(key, pending, now);
         }
+        self.owners.remove(&key);
         for delivery in take_shared(&mut session, true) {
             self.redeliver_shared(delivery, key, now);
         }
@@ -1627,13 +1685,16 @@ impl Broker {
             subscription_identifiers: Vec::new(),
             content_type: p.content_type,
         };
-        if will.retain
-            && !will.payload.is_empty()
-            && !self.retained.contains_key(will.topic.as_str())
-            && self.retained.len() >= self.config.max_retained_messages
-        {
-            self.stats.retained_refused += 1;
-            return;
+        if will.retain && !will.payload.is_empty() {
+            let owner = self.owner_of(key);
+            let cost = will.payload.len() + will.topic.as_str().len();
+            if self
+                .retained_refusal(will.topic.as_str(), cost, owner.as_ref())
+                .is_some()
+            {
+                self.stats.retained_refused += 1;
+                return;
+            }
         }
         let message = Arc::new(Message {
             topic: will.topic,
@@ -1655,7 +1716,11 @@ impl Broker {
         if message.retain {
             if message.payload.is_empty() {
                 self.retained.remove(message.topic.as_str());
+                self.quotas.removed(message.topic.as_str());
             } else {
+                let owner = message.publisher.and_then(|k| self.owner_of(k));
+                self.quotas
+                    .stored(message.topic.as_str(), message.cost(), owner);
                 self.retained
                     .insert(message.topic.as_str().into(), message.clone());
             }
@@ -1899,7 +1964,7 @@ impl Broker {
     fn publish_sys(&mut self, now: Instant) {
         let uptime = now.saturating_duration_since(self.started).as_secs();
         let s = self.stats;
-        let values: [(&str, String); 16] = [
+        let values: [(&str, String); 17] = [
             ("version", VERSION.to_owned()),
             ("uptime", format!("{uptime} seconds")),
             ("clients/connected", self.conns.len().to_string()),
@@ -1915,6 +1980,10 @@ impl Broker {
             ("bytes/sent", s.bytes_sent.to_string()),
             ("subscriptions/count", self.subscriptions.to_string()),
             ("retained messages/count", self.retained.len().to_string()),
+            (
+                "retained messages/bytes",
+                self.quotas.retained_bytes().to_string(),
+            ),
             ("messages/expired", s.messages_expired.to_string()),
             ("clients/refused", s.connections_refused.to_string()),
             ("messages/denied", s.publishes_denied.to_string()),

@@ -53,6 +53,17 @@ pub struct BrokerConfig {
     /// code (QoS 0, or MQTT 3.1/3.1.1): dropped (acknowledged as usual) or the client is
     /// disconnected. A 5.0 QoS 1/2 PUBLISH always gets PUBACK/PUBREC 0x87.
     pub denied_publish: DeniedPublish,
+    /// Bytes (topics and payloads) the retained store holds at most; a retained message that
+    /// would take it over is refused like one over `max_retained_messages`. 0: no cap.
+    pub max_retained_bytes: usize,
+    /// Subscriptions one user's sessions may hold together; 0: no cap. At the cap a new
+    /// filter gets SUBACK 0x97 (3.1.1: 0x80).
+    pub max_subscriptions_per_user: usize,
+    /// Retained messages one user may have stored; 0: no cap. At the cap a retained PUBLISH
+    /// to a new topic gets 0x97 (5.0 QoS 1/2) and is not published.
+    pub max_retained_per_user: usize,
+    /// Retained bytes one user may have stored; 0: no cap. As `max_retained_per_user`.
+    pub max_retained_bytes_per_user: usize,
 }
 
 /// What a denied PUBLISH that cannot carry a reason code does.
@@ -87,6 +98,10 @@ impl Default for BrokerConfig {
             sys_interval: Some(Duration::from_secs(10)),
             response_information_prefix: None,
             denied_publish: DeniedPublish::Drop,
+            max_retained_bytes: 256 * 1024 * 1024,
+            max_subscriptions_per_user: 0,
+            max_retained_per_user: 0,
+            max_retained_bytes_per_user: 0,
         }
     }
 }

@@ -181,6 +181,9 @@ pub struct AuthSettings {
     pub guard: GuardSettings,
     /// JWT authentication, if configured.
     pub jwt: Option<JwtAuthSettings>,
+    /// Connections one username may have open at once; 0: no cap. A connection with a
+    /// client id the user already has open takes the old one over and is not refused.
+    pub max_connections_per_user: usize,
 }
 
 impl Default for AuthSettings {
@@ -194,6 +197,7 @@ impl Default for AuthSettings {
             credential_cache_size: bulwark_security::cache::DEFAULT_MAX_ENTRIES,
             guard: GuardSettings::default(),
             jwt: None,
+            max_connections_per_user: 0,
         }
     }
 }
@@ -272,6 +276,16 @@ impl Refusal {
         }
     }
 
+    /// Valid credentials refused for a quota: not a guess, and not a failed login.
+    pub(crate) fn quota(reason: impl Into<String>) -> Self {
+        Self {
+            code: ReasonCode::QuotaExceeded,
+            reason: reason.into(),
+            counts: Counts::No,
+            kind: EventKind::AuthFailure,
+        }
+    }
+
     /// A failed re-authentication.
     pub(crate) fn reauth(reason: impl Into<String>) -> Self {
         Self {
@@ -298,6 +312,7 @@ impl Refusal {
             ReasonCode::Banned => "banned",
             ReasonCode::ServerBusy => "server busy",
             ReasonCode::BadAuthenticationMethod => "unsupported authentication method",
+            ReasonCode::QuotaExceeded => "quota exceeded",
             _ => "not authorized",
         }
     }
@@ -359,6 +374,23 @@ enum Step {
     Allow(Identity),
     Deny(Refusal),
     NotMine,
+}
+
+/// The live, authenticated connections, and each user's.
+#[derive(Debug, Default)]
+struct LiveTable {
+    conns: HashMap<ConnectionId, Live>,
+    by_user: HashMap<Arc<str>, Vec<ConnectionId>>,
+}
+
+/// Why a connection could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotRegistered {
+    /// The user was removed or disabled during the login.
+    Gone,
+    /// The user has `max_connections_per_user` connections (other than the client id's own,
+    /// which this one takes over).
+    Quota,
 }
 
 /// A live, authenticated connection.
@@ -601,7 +633,8 @@ pub(crate) struct AuthService {
     /// how many were not recorded since (they come in floods).
     quiet: Mutex<HashMap<std::net::IpAddr, (Instant, u32)>>,
     pool: HashPool,
-    live: Mutex<HashMap<ConnectionId, Live>>,
+    live: Mutex<LiveTable>,
+    max_connections_per_user: usize,
     pub(crate) audit: Audit,
 }
 
@@ -675,7 +708,8 @@ impl AuthService {
                 pending: AtomicUsize::new(0),
                 max_pending: settings.max_pending_logins.max(1),
             },
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(LiveTable::default()),
+            max_connections_per_user: settings.max_connections_per_user,
             audit,
         })
     }
@@ -1181,15 +1215,34 @@ impl AuthService {
         conn: ConnectionId,
         attempt: &Attempt<'_>,
         identity: &Identity,
-    ) -> bool {
+    ) -> Result<(), NotRegistered> {
         let mut live = lock(&self.live);
         if identity.in_store
             && let Some(name) = identity.username.as_deref()
             && self.store().get(name).is_none_or(|u| u.disabled)
         {
-            return false;
+            return Err(NotRegistered::Gone);
         }
-        live.insert(
+        if let Some(name) = &identity.username {
+            let max = self.max_connections_per_user;
+            let theirs = live.by_user.get(name).map_or(&[][..], Vec::as_slice);
+            // A connection with the same client id is about to be taken over: not counted.
+            let others = theirs
+                .iter()
+                .filter(|c| {
+                    attempt.client_id.is_empty()
+                        || live
+                            .conns
+                            .get(c)
+                            .is_none_or(|l| l.client_id != attempt.client_id)
+                })
+                .count();
+            if max > 0 && others >= max {
+                return Err(NotRegistered::Quota);
+            }
+            live.by_user.entry(name.clone()).or_default().push(conn);
+        }
+        live.conns.insert(
             conn,
             Live {
                 username: identity.username.clone(),
@@ -1199,18 +1252,29 @@ impl AuthService {
                 client_id: attempt.client_id.to_owned(),
             },
         );
-        true
+        Ok(())
     }
 
     pub(crate) fn unregister(&self, conn: ConnectionId) {
-        lock(&self.live).remove(&conn);
+        let mut live = lock(&self.live);
+        let Some(gone) = live.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(name) = gone.username
+            && let Some(theirs) = live.by_user.get_mut(&name)
+        {
+            theirs.retain(|c| *c != conn);
+            if theirs.is_empty() {
+                live.by_user.remove(&name);
+            }
+        }
     }
 
     /// A forced disconnect of `conn`, as a security event.
     pub(crate) fn forced_disconnect(&self, conn: ConnectionId, reason: &str) {
         let mut event = SecurityEvent::new(EventKind::ForcedDisconnect, SystemTime::now());
         event.reason = Some(reason.to_owned());
-        if let Some(l) = lock(&self.live).get(&conn) {
+        if let Some(l) = lock(&self.live).conns.get(&conn) {
             event.listener = Some(l.listener.to_string());
             event.remote = Some(l.peer.to_string());
             event.client_id = (!l.client_id.is_empty()).then(|| l.client_id.clone());
@@ -1252,6 +1316,7 @@ impl AuthService {
         // Under the live registry's lock: see `register`.
         let live = lock(&self.live);
         let affected: Vec<ConnectionId> = live
+            .conns
             .iter()
             .filter(|(_, l)| {
                 l.in_store

@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::auth::{
-    Attempt, AuthService, Authenticator, Counts, Identity, ListenerAuth, Refusal, Ticket,
+    Attempt, AuthService, Authenticator, Counts, Identity, ListenerAuth, NotRegistered, Refusal,
+    Ticket,
 };
 use crate::outbox::Outbox;
 use crate::router::{ToRouter, Traffic};
@@ -469,10 +470,16 @@ impl<S: Transport> Driver<S> {
         reply: ConnectAuth,
     ) -> Result<(Identity, ConnectAuth), End> {
         let result = match result {
-            Ok(identity) if !auth.register(self.conn, attempt, &identity) => Err(Refusal::failure(
-                ReasonCode::BadUserNameOrPassword,
-                "the user was removed or disabled during the login",
-            )),
+            Ok(identity) => match auth.register(self.conn, attempt, &identity) {
+                Ok(()) => Ok(identity),
+                Err(NotRegistered::Gone) => Err(Refusal::failure(
+                    ReasonCode::BadUserNameOrPassword,
+                    "the user was removed or disabled during the login",
+                )),
+                Err(NotRegistered::Quota) => Err(Refusal::quota(
+                    "the user has max_connections_per_user connections open",
+                )),
+            },
             other => other,
         };
         auth.conclude(ticket, attempt, &result).await;

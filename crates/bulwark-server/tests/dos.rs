@@ -215,3 +215,167 @@ async fn a_client_over_its_rate_is_slowed_not_dropped() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     server.stop().await;
 }
+
+/// The reason code of the PUBACK for packet `id`, skipping other packets.
+async fn puback_code(raw: &mut Raw, id: u16) -> ReasonCode {
+    loop {
+        match raw.recv().await {
+            bulwark_proto::Packet::PubAck(ack) if ack.packet_id == common::pid(id) => {
+                return ack.reason_code;
+            }
+            bulwark_proto::Packet::PubAck(_) | bulwark_proto::Packet::Publish(_) => {}
+            other => panic!("expected PUBACK {id}, got {other:?}"),
+        }
+    }
+}
+
+async fn suback_code(raw: &mut Raw, id: u16, filter: &str) -> ReasonCode {
+    let options = bulwark_proto::SubscriptionOptions::qos(QoS::AtMostOnce);
+    raw.subscribe(id, filter, options, None).await.reason_codes[0]
+}
+
+#[tokio::test]
+async fn storms_hit_their_limits_with_the_documented_codes() {
+    let server = common::start_with(|c| {
+        c.broker.max_subscriptions_per_session = 5;
+        c.broker.receive_maximum = 3;
+        c.broker.max_retained_messages = 4;
+        c.broker.max_user_properties = 4;
+    })
+    .await;
+    // A subscription storm: the sixth filter is over the session's cap.
+    let mut raw = mqtt_from(server.addr, from(1), "storm-sub").await;
+    for i in 1..=5u16 {
+        assert_eq!(
+            suback_code(&mut raw, i, &format!("s/{i}")).await,
+            ReasonCode::Success
+        );
+    }
+    assert_eq!(
+        suback_code(&mut raw, 6, "s/6").await,
+        ReasonCode::QuotaExceeded
+    );
+    // A retained storm: the fifth retained topic is over the broker's cap.
+    let mut retained = mqtt_from(server.addr, from(1), "storm-retain").await;
+    for i in 1..=5u16 {
+        let mut p = common::publish(&format!("r/{i}"), QoS::AtLeastOnce, i, b"keep");
+        p.retain = true;
+        retained.send(&p).await;
+        let code = puback_code(&mut retained, i).await;
+        let expected = if i <= 4 {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::QuotaExceeded
+        };
+        assert_eq!(code, expected, "retained {i}");
+    }
+    // A QoS 2 flood without PUBREL: past the Receive Maximum, the client is disconnected.
+    let mut qos2 = mqtt_from(server.addr, from(1), "storm-qos2").await;
+    for i in 1..=4u16 {
+        qos2.send(&common::publish("q/x", QoS::ExactlyOnce, i, b"x"))
+            .await;
+    }
+    qos2.expect_disconnect(ReasonCode::ReceiveMaximumExceeded)
+        .await;
+    // A user-property flood.
+    let mut props = mqtt_from(server.addr, from(1), "storm-props").await;
+    let mut p = common::publish("p/x", QoS::AtMostOnce, 0, b"x");
+    for i in 0..5 {
+        p.properties
+            .user_properties
+            .push(common::user_property(&format!("k{i}"), "v"));
+    }
+    props.send(&p).await;
+    props.expect_disconnect(ReasonCode::QuotaExceeded).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn per_user_quotas_hold_across_connections() {
+    use bulwark_security::password::{Argon2Params, PasswordStore, hash_password};
+    const PASSWORD: &str = "violet-Harbour-lantern-93";
+    let dir = std::env::temp_dir().join(common::unique("bulwark-quota"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut store = PasswordStore::new();
+    let hash = hash_password(PASSWORD, &Argon2Params::default()).unwrap();
+    store.add("u1", &hash, Vec::new()).unwrap();
+    store.add("u2", &hash, Vec::new()).unwrap();
+    let store_path = dir.join("passwords.toml");
+    bulwark_server::files::save_store(&store_path, &store).unwrap();
+    let server = common::start_secure_with(|c| {
+        c.auth.password_file = Some(store_path.clone());
+        c.auth.max_connections_per_user = 2;
+        c.broker.max_subscriptions_per_user = 3;
+        c.broker.max_retained_per_user = 2;
+        c.broker.max_retained_bytes_per_user = 100;
+    })
+    .await;
+    let login = |user: &str, id: &str| {
+        let mut connect = connect_packet(ProtocolVersion::V5, id);
+        connect.username = Some(common::string(user));
+        connect.password = Some(bytes::Bytes::from(PASSWORD));
+        connect
+    };
+    let (mut c1, ack) = Raw::connect(server.addr, &login("u1", "c1")).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let (mut c2, ack) = Raw::connect(server.addr, &login("u1", "c2")).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let (_c3, ack) = Raw::connect(server.addr, &login("u1", "c3")).await;
+    assert_eq!(
+        ack.reason_code,
+        ReasonCode::QuotaExceeded,
+        "a third connection"
+    );
+    let (_other, ack) = Raw::connect(server.addr, &login("u2", "c3")).await;
+    assert_eq!(
+        ack.reason_code,
+        ReasonCode::Success,
+        "another user is not affected"
+    );
+
+    // Subscriptions count over both of u1's sessions.
+    assert_eq!(suback_code(&mut c1, 1, "a/1").await, ReasonCode::Success);
+    assert_eq!(suback_code(&mut c1, 2, "a/2").await, ReasonCode::Success);
+    assert_eq!(suback_code(&mut c2, 1, "a/3").await, ReasonCode::Success);
+    assert_eq!(
+        suback_code(&mut c2, 2, "a/4").await,
+        ReasonCode::QuotaExceeded
+    );
+    // Re-subscribing to a filter it has is not a new subscription.
+    assert_eq!(suback_code(&mut c2, 3, "a/3").await, ReasonCode::Success);
+
+    // Retained messages and bytes per user.
+    let retained = |topic: &str, id: u16, payload: &'static [u8]| {
+        let mut p = common::publish(topic, QoS::AtLeastOnce, id, payload);
+        p.retain = true;
+        p
+    };
+    c1.send(&retained("r/1", 10, b"one")).await;
+    assert_eq!(
+        puback_code(&mut c1, 10).await,
+        ReasonCode::NoMatchingSubscribers
+    );
+    c2.send(&retained("r/2", 11, b"two")).await;
+    assert_eq!(
+        puback_code(&mut c2, 11).await,
+        ReasonCode::NoMatchingSubscribers
+    );
+    c1.send(&retained("r/3", 12, b"three")).await;
+    assert_eq!(puback_code(&mut c1, 12).await, ReasonCode::QuotaExceeded);
+    // Replacing one of its own is fine; one too large for the byte quota is not.
+    c1.send(&retained("r/1", 13, b"uno")).await;
+    assert_eq!(
+        puback_code(&mut c1, 13).await,
+        ReasonCode::NoMatchingSubscribers
+    );
+    c1.send(&retained("r/1", 14, &[b'x'; 200])).await;
+    assert_eq!(puback_code(&mut c1, 14).await, ReasonCode::QuotaExceeded);
+
+    // Taking over its own client id is not a new connection.
+    c1.send(&bulwark_proto::Disconnect::new(ReasonCode::Success))
+        .await;
+    let (_c2_again, ack) = Raw::connect(server.addr, &login("u1", "c2")).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success, "takeover of c2");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -164,7 +164,12 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_client_id_length",
             "max_user_properties",
             "max_retained_messages",
+            "max_retained_bytes",
             "topic_alias_maximum",
+            "max_connections_per_user",
+            "max_subscriptions_per_user",
+            "max_retained_per_user",
+            "max_retained_bytes_per_user",
         ],
     ),
     (
@@ -831,6 +836,8 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
         }
     }
 
+    // A [limits] key of the authentication settings, applied once [auth] is read.
+    let mut per_user_connections = None;
     if let Some(t) = r.section(&root, "limits") {
         let s = "limits";
         let b = &mut config.broker;
@@ -887,6 +894,19 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
         if let Some(v) = r.integer(t, s, "topic_alias_maximum", 0, 65_535) {
             b.topic_alias_maximum = to_u16(v);
         }
+        if let Some(v) = r.integer(t, s, "max_retained_bytes", 0, 1 << 40) {
+            b.max_retained_bytes = to_usize(v);
+        }
+        if let Some(v) = r.integer(t, s, "max_subscriptions_per_user", 0, 100_000_000) {
+            b.max_subscriptions_per_user = to_usize(v);
+        }
+        if let Some(v) = r.integer(t, s, "max_retained_per_user", 0, 100_000_000) {
+            b.max_retained_per_user = to_usize(v);
+        }
+        if let Some(v) = r.integer(t, s, "max_retained_bytes_per_user", 0, 1 << 40) {
+            b.max_retained_bytes_per_user = to_usize(v);
+        }
+        per_user_connections = r.integer(t, s, "max_connections_per_user", 0, 100_000_000);
     }
     if let Some(t) = r.section(&root, "mqtt") {
         if let Some(v) = r.boolean(t, "mqtt", "queue_qos0_offline") {
@@ -912,6 +932,9 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
     }
     if let Some(t) = r.section(&root, "auth") {
         config.auth = read_auth(&mut r, t, base);
+    }
+    if let Some(v) = per_user_connections {
+        config.auth.max_connections_per_user = to_usize(v);
     }
     read_acl(&mut r, &root, &mut config, base);
     if let Some(t) = r.section(&root, "admission") {
