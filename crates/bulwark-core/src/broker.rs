@@ -273,6 +273,8 @@ pub struct Broker {
     /// [`MAX_PENDING_EVENTS`]).
     events: VecDeque<AuthzEvent>,
     quotas: Quotas,
+    /// When each overflowing session's last slow-consumer event was (bounded).
+    overflow_events: HashMap<SessionKey, Instant>,
 }
 
 /// Authorization events held for the caller at most; more are dropped (counted in
@@ -314,6 +316,7 @@ impl Broker {
             acl: None,
             events: VecDeque::new(),
             quotas: Quotas::default(),
+            overflow_events: HashMap::new(),
         }
     }
 
@@ -408,6 +411,7 @@ impl Broker {
         QueueLimits {
             max_messages: self.config.max_queued_messages,
             max_bytes: self.config.max_queued_bytes,
+            when_full: self.config.queue_full,
         }
     }
 
@@ -1625,6 +1629,7 @@ impl Broker {
         if self.client_ids.get(&session.client_id) == Some(&key) {
             self.client_ids.remove(&session.client_id);
         }
+        self.overflow_events.remove(&key);
         // The will goes first: a retained will counts for the session's user.
         if let Some(pending) = self.wills.remove(&key) {
             self.will_times.remove(&(pending.at, key));
@@ -1849,8 +1854,25 @@ impl Broker {
                     conn.session.inflight.len() < conn.send_window && conn.session.queue.is_empty();
                 if delivery.qos == QoS::AtMostOnce || window_open {
                     self.send(conn_id, delivery, now);
-                } else if conn.session.enqueue(delivery, limits).is_err() {
-                    self.stats.messages_dropped_queue_full += 1;
+                    return;
+                }
+                let topic = delivery.message.topic.clone();
+                match conn.session.enqueue(delivery, limits) {
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        self.queue_overflow(session, Some(conn_id), &topic, dropped, now)
+                    }
+                    Err(_) => {
+                        self.queue_overflow(session, Some(conn_id), &topic, 1, now);
+                        if limits.when_full == crate::session::QueuePolicy::Disconnect {
+                            self.disconnect(
+                                conn_id,
+                                ReasonCode::QuotaExceeded,
+                                "the session's queue is full (the client does not keep up)",
+                                now,
+                            );
+                        }
+                    }
                 }
             }
             None => {
@@ -1858,11 +1880,63 @@ impl Broker {
                     self.stats.messages_dropped_offline_qos0 += 1;
                     return;
                 }
-                if self.store.enqueue(session, delivery, limits).is_err() {
-                    self.stats.messages_dropped_queue_full += 1;
+                let topic = delivery.message.topic.clone();
+                match self.store.enqueue(session, delivery, limits) {
+                    Ok(None | Some(0)) => {}
+                    Ok(Some(dropped)) => self.queue_overflow(session, None, &topic, dropped, now),
+                    Err(_) => self.queue_overflow(session, None, &topic, 1, now),
                 }
             }
         }
+    }
+
+    /// `dropped` messages of a session were lost to its full queue: counted, and recorded as
+    /// a security event at most once per session every [`crate::authz::EVENT_WINDOW`].
+    fn queue_overflow(
+        &mut self,
+        session: SessionKey,
+        conn: Option<ConnectionId>,
+        topic: &TopicName,
+        dropped: usize,
+        now: Instant,
+    ) {
+        self.stats.messages_dropped_queue_full += dropped as u64;
+        let due = self
+            .overflow_events
+            .get(&session)
+            .is_none_or(|at| now.saturating_duration_since(*at) >= crate::authz::EVENT_WINDOW);
+        if !due {
+            return;
+        }
+        if self.overflow_events.len() >= MAX_PENDING_EVENTS {
+            self.overflow_events
+                .retain(|_, at| now.saturating_duration_since(*at) < crate::authz::EVENT_WINDOW);
+        }
+        self.overflow_events.insert(session, now);
+        let principal = conn
+            .and_then(|c| self.conns.get(&c))
+            .map(|c| c.authz.principal.clone())
+            .unwrap_or_default();
+        let client_id = match conn.and_then(|c| self.conns.get(&c)) {
+            Some(c) => c.session.client_id.clone(),
+            None => self
+                .store
+                .get(session)
+                .map_or_else(|| Arc::from(""), |s| s.client_id.clone()),
+        };
+        let policy = match self.config.queue_full {
+            crate::session::QueuePolicy::DropNewest => "drop_newest",
+            crate::session::QueuePolicy::DropOldest => "drop_oldest",
+            crate::session::QueuePolicy::Disconnect => "disconnect",
+        };
+        self.push_event(AuthzEvent {
+            kind: EventKind::SlowConsumer,
+            client_id,
+            principal,
+            action: "deliver",
+            topic: topic.as_str().into(),
+            reason: format!("session queue full ({policy}): {dropped} message(s) dropped"),
+        });
     }
 
     /// Sends queued messages while the client's window has room.

@@ -53,6 +53,9 @@ pub struct BrokerConfig {
     /// code (QoS 0, or MQTT 3.1/3.1.1): dropped (acknowledged as usual) or the client is
     /// disconnected. A 5.0 QoS 1/2 PUBLISH always gets PUBACK/PUBREC 0x87.
     pub denied_publish: DeniedPublish,
+    /// What a session queue at `max_queued_messages` or `max_queued_bytes` does with one more
+    /// QoS 1/2 message, once its queued QoS 0 messages are dropped.
+    pub queue_full: crate::session::QueuePolicy,
     /// Bytes (topics and payloads) the retained store holds at most; a retained message that
     /// would take it over is refused like one over `max_retained_messages`. 0: no cap.
     pub max_retained_bytes: usize,
@@ -98,6 +101,7 @@ impl Default for BrokerConfig {
             sys_interval: Some(Duration::from_secs(10)),
             response_information_prefix: None,
             denied_publish: DeniedPublish::Drop,
+            queue_full: crate::session::QueuePolicy::DropNewest,
             max_retained_bytes: 256 * 1024 * 1024,
             max_subscriptions_per_user: 0,
             max_retained_per_user: 0,

@@ -23,5 +23,5 @@ pub use broker::{Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, Ses
 pub use config::{BrokerConfig, DeniedPublish};
 pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
-pub use session::{QueueFull, QueueLimits, Session, SubscriptionRecord};
+pub use session::{QueueFull, QueueLimits, QueuePolicy, Session, SubscriptionRecord};
 pub use store::{MemoryStore, SessionStore};

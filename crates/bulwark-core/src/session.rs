@@ -26,6 +26,22 @@ pub struct QueueLimits {
     pub max_messages: usize,
     /// Bytes (payload and topic) at most.
     pub max_bytes: usize,
+    /// What a full queue does with one more message, once queued QoS 0 messages are gone.
+    pub when_full: QueuePolicy,
+}
+
+/// What a full session queue does with a QoS 1/2 message that does not fit, after dropping
+/// its queued QoS 0 messages (oldest first) did not make room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueuePolicy {
+    /// The new message is dropped.
+    #[default]
+    DropNewest,
+    /// The oldest queued messages are dropped until the new one fits.
+    DropOldest,
+    /// The new message is dropped and a connected client is disconnected (5.0: DISCONNECT
+    /// 0x97); for a stored session, as `DropNewest`.
+    Disconnect,
 }
 
 /// Why a message was not queued.
@@ -84,18 +100,61 @@ impl Session {
         }
     }
 
-    /// Appends a message to the queue, or says why it does not fit.
-    pub fn enqueue(&mut self, delivery: Delivery, limits: QueueLimits) -> Result<(), QueueFull> {
-        if self.queue.len() >= limits.max_messages {
-            return Err(QueueFull::Messages);
-        }
+    /// Appends a message to the queue. A message that does not fit first makes room by
+    /// dropping queued QoS 0 messages, oldest first (a QoS 0 message itself never does), then
+    /// as `limits.when_full` says. Returns how many queued messages were dropped, or why this
+    /// one was not queued.
+    pub fn enqueue(&mut self, delivery: Delivery, limits: QueueLimits) -> Result<usize, QueueFull> {
         let cost = delivery.message.cost();
-        if self.queue_bytes.saturating_add(cost) > limits.max_bytes {
-            return Err(QueueFull::Bytes);
+        let fits = |s: &Self| {
+            if s.queue.len() >= limits.max_messages {
+                Err(QueueFull::Messages)
+            } else if s.queue_bytes.saturating_add(cost) > limits.max_bytes {
+                Err(QueueFull::Bytes)
+            } else {
+                Ok(())
+            }
+        };
+        let mut dropped = 0;
+        if let Err(full) = fits(self) {
+            if delivery.qos == bulwark_proto::QoS::AtMostOnce
+                || limits.max_messages == 0
+                || cost > limits.max_bytes
+            {
+                return Err(full);
+            }
+            dropped += self.drop_until(|s| fits(s).is_ok(), true);
+            if let Err(full) = fits(self) {
+                if limits.when_full != QueuePolicy::DropOldest {
+                    return Err(full);
+                }
+                dropped += self.drop_until(|s| fits(s).is_ok(), false);
+            }
         }
         self.queue_bytes += cost;
         self.queue.push_back(delivery);
-        Ok(())
+        Ok(dropped)
+    }
+
+    /// Drops queued messages, oldest first (only QoS 0 ones if `only_qos0`), until `fits`
+    /// holds; returns how many.
+    fn drop_until(&mut self, fits: impl Fn(&Self) -> bool, only_qos0: bool) -> usize {
+        let mut dropped = 0;
+        let mut i = 0;
+        while !fits(self) {
+            let Some(d) = self.queue.get(i) else {
+                break;
+            };
+            if only_qos0 && d.qos != bulwark_proto::QoS::AtMostOnce {
+                i += 1;
+                continue;
+            }
+            if let Some(gone) = self.queue.remove(i) {
+                self.queue_bytes = self.queue_bytes.saturating_sub(gone.message.cost());
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// Takes the oldest queued message.
@@ -245,14 +304,55 @@ mod tests {
         let limits = QueueLimits {
             max_messages: 2,
             max_bytes: 20,
+            when_full: QueuePolicy::DropNewest,
         };
-        assert_eq!(s.enqueue(delivery(9), limits), Ok(()));
+        assert_eq!(s.enqueue(delivery(9), limits), Ok(0));
         assert_eq!(s.enqueue(delivery(10), limits), Err(QueueFull::Bytes));
-        assert_eq!(s.enqueue(delivery(5), limits), Ok(()));
+        assert_eq!(s.enqueue(delivery(5), limits), Ok(0));
         assert_eq!(s.enqueue(delivery(0), limits), Err(QueueFull::Messages));
         assert_eq!(s.queued_bytes(), 16);
         assert_eq!(s.dequeue().unwrap().message.payload.len(), 9);
         assert_eq!(s.queued_bytes(), 6);
+    }
+
+    #[test]
+    fn a_full_queue_drops_qos0_first_then_as_its_policy_says() {
+        let qos0 = |len| Delivery {
+            qos: QoS::AtMostOnce,
+            ..delivery(len)
+        };
+        for policy in [QueuePolicy::DropNewest, QueuePolicy::DropOldest] {
+            let limits = QueueLimits {
+                max_messages: 3,
+                max_bytes: 100,
+                when_full: policy,
+            };
+            let mut s = Session::new(SessionKey(1), "c".into(), 0);
+            assert_eq!(s.enqueue(delivery(10), limits), Ok(0));
+            assert_eq!(s.enqueue(qos0(10), limits), Ok(0));
+            assert_eq!(s.enqueue(delivery(10), limits), Ok(0));
+            // Full by count: the QoS 0 message goes, whatever the policy.
+            assert_eq!(s.enqueue(delivery(20), limits), Ok(1));
+            assert!(s.queue.iter().all(|d| d.qos == QoS::AtLeastOnce));
+            // A QoS 0 message never pushes others out.
+            assert_eq!(s.enqueue(qos0(1), limits), Err(QueueFull::Messages));
+            let next = s.enqueue(delivery(30), limits);
+            match policy {
+                QueuePolicy::DropOldest => {
+                    assert_eq!(next, Ok(1));
+                    assert_eq!(s.queue.front().unwrap().message.payload.len(), 10);
+                    assert_eq!(s.queue.back().unwrap().message.payload.len(), 30);
+                }
+                _ => assert_eq!(next, Err(QueueFull::Messages)),
+            }
+            assert_eq!(
+                s.queued_bytes(),
+                s.queue.iter().map(|d| d.message.cost()).sum::<usize>()
+            );
+            // Larger than the whole queue: refused, nothing dropped for it.
+            assert!(s.enqueue(delivery(200), limits).is_err());
+            assert_eq!(s.queue.len(), 3);
+        }
     }
 
     #[test]

@@ -18,13 +18,15 @@ pub trait SessionStore: Debug + Send {
     fn park(&mut self, session: Session, expires_at: Option<Instant>);
     /// Takes a parked session out (its client is back, or it is being discarded).
     fn take(&mut self, key: SessionKey) -> Option<Session>;
-    /// Queues a message for a parked session. `Ok(false)` if no such session is parked.
+    /// Queues a message for a parked session, as [`Session::enqueue`] does: `Ok(Some(n))`
+    /// when queued with `n` older messages dropped for it, `Ok(None)` if no such session is
+    /// parked.
     fn enqueue(
         &mut self,
         key: SessionKey,
         delivery: Delivery,
         limits: QueueLimits,
-    ) -> Result<bool, QueueFull>;
+    ) -> Result<Option<usize>, QueueFull>;
     /// Reads a parked session.
     fn get(&self, key: SessionKey) -> Option<&Session>;
     /// Removes and returns every session whose expiry is at or before `now`.
@@ -77,10 +79,10 @@ impl SessionStore for MemoryStore {
         key: SessionKey,
         delivery: Delivery,
         limits: QueueLimits,
-    ) -> Result<bool, QueueFull> {
+    ) -> Result<Option<usize>, QueueFull> {
         match self.sessions.get_mut(&key) {
-            Some((session, _)) => session.enqueue(delivery, limits).map(|()| true),
-            None => Ok(false),
+            Some((session, _)) => session.enqueue(delivery, limits).map(Some),
+            None => Ok(None),
         }
     }
 

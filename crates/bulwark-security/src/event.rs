@@ -37,6 +37,8 @@ pub enum EventKind {
     ClientIdRefused,
     /// A socket was closed at accept by admission control (a per-source cap or rate).
     ConnectionRefused,
+    /// A session's queue was full: messages were dropped, or its client disconnected.
+    SlowConsumer,
 }
 
 impl EventKind {
@@ -55,6 +57,7 @@ impl EventKind {
             Self::SubscriptionRevoked => "subscription_revoked",
             Self::ClientIdRefused => "client_id_refused",
             Self::ConnectionRefused => "connection_refused",
+            Self::SlowConsumer => "slow_consumer",
         }
     }
 

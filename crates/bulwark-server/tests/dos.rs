@@ -379,3 +379,104 @@ async fn per_user_quotas_hold_across_connections() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A subscriber that does not read while `n` QoS 1 messages are published to it, then reads
+/// (acknowledging each if `ack`) until nothing more comes; returns the payload numbers it got
+/// and the other packets.
+async fn stalled_subscriber_run(
+    server: &common::TestServer,
+    id: &str,
+    n: u16,
+    ack: bool,
+) -> (Vec<u16>, Vec<bulwark_proto::Packet>) {
+    let mut sub = mqtt_from(server.addr, from(1), id).await;
+    let options = bulwark_proto::SubscriptionOptions::qos(QoS::AtLeastOnce);
+    sub.subscribe(1, &format!("slow/{id}"), options, None).await;
+    let mut publisher = mqtt_from(server.addr, from(1), &format!("{id}-pub")).await;
+    for i in 1..=n {
+        let payload: &'static [u8] = Box::leak(i.to_be_bytes().to_vec().into_boxed_slice());
+        publisher
+            .send(&common::publish(
+                &format!("slow/{id}"),
+                QoS::AtLeastOnce,
+                i,
+                payload,
+            ))
+            .await;
+        // The publisher is never held up by the slow subscriber.
+        assert!(matches!(
+            publisher.recv().await,
+            bulwark_proto::Packet::PubAck(_)
+        ));
+    }
+    let mut got = Vec::new();
+    let mut other = Vec::new();
+    loop {
+        match sub.recv_within(Duration::from_millis(300)).await {
+            Recv::Packet(bulwark_proto::Packet::Publish(p)) => {
+                let bytes: [u8; 2] = p.payload.as_ref().try_into().unwrap();
+                got.push(u16::from_be_bytes(bytes));
+                if let Some(id) = p.packet_id.filter(|_| ack) {
+                    sub.send(&bulwark_proto::PubAck::new(id)).await;
+                }
+            }
+            Recv::Packet(packet) => other.push(packet),
+            Recv::Timeout | Recv::Closed => return (got, other),
+            Recv::Invalid(err) => panic!("{err}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_bounded_by_its_queue() {
+    use bulwark_core::QueuePolicy;
+    for policy in [
+        QueuePolicy::DropNewest,
+        QueuePolicy::DropOldest,
+        QueuePolicy::Disconnect,
+    ] {
+        let dir = std::env::temp_dir().join(common::unique("bulwark-slow"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let server = common::start_with(|c| {
+            c.broker.max_inflight_out = 10;
+            c.broker.max_queued_messages = 50;
+            c.broker.queue_full = policy;
+            c.auth.audit_file = Some(audit.clone());
+        })
+        .await;
+        // Disconnected, the client has nobody to acknowledge to.
+        let ack = policy != QueuePolicy::Disconnect;
+        let (got, other) = stalled_subscriber_run(&server, "s", 300, ack).await;
+        match policy {
+            QueuePolicy::DropNewest => {
+                // The window's 10, then the 50 queued: the oldest, in order.
+                assert_eq!(got, (1..=60).collect::<Vec<u16>>());
+            }
+            QueuePolicy::DropOldest => {
+                // The window's 10, then the newest 50.
+                let mut expected: Vec<u16> = (1..=10).collect();
+                expected.extend(251..=300);
+                assert_eq!(got, expected);
+            }
+            QueuePolicy::Disconnect => {
+                assert!(got.len() <= 10, "{got:?}");
+                assert!(
+                    other.iter().any(|p| matches!(p, bulwark_proto::Packet::Disconnect(d) if d.reason_code == ReasonCode::QuotaExceeded)),
+                    "{other:?}"
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let text = std::fs::read_to_string(&audit).unwrap_or_default();
+            if text.contains("\"kind\":\"slow_consumer\"") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no slow_consumer event: {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

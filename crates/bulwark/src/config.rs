@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bulwark_core::DeniedPublish;
+use bulwark_core::{DeniedPublish, QueuePolicy};
 use bulwark_proto::PROTOCOL_MAX_PACKET_SIZE;
 use bulwark_security::acl::Cidr;
 use bulwark_security::admission::AdmissionSettings;
@@ -158,6 +158,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_inflight_out",
             "max_queued_messages",
             "max_queued_bytes",
+            "queue_full",
             "max_subscriptions_per_session",
             "max_topic_levels",
             "max_topic_length",
@@ -893,6 +894,19 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
         }
         if let Some(v) = r.integer(t, s, "topic_alias_maximum", 0, 65_535) {
             b.topic_alias_maximum = to_u16(v);
+        }
+        if let Some(v) = r.string(t, s, "queue_full") {
+            b.queue_full = match v {
+                "drop_newest" => QueuePolicy::DropNewest,
+                "drop_oldest" => QueuePolicy::DropOldest,
+                "disconnect" => QueuePolicy::Disconnect,
+                other => {
+                    r.problems.push(format!(
+                        "limits.queue_full = \"{other}\": use \"drop_newest\", \"drop_oldest\" or \"disconnect\""
+                    ));
+                    QueuePolicy::DropNewest
+                }
+            };
         }
         if let Some(v) = r.integer(t, s, "max_retained_bytes", 0, 1 << 40) {
             b.max_retained_bytes = to_usize(v);
