@@ -110,6 +110,8 @@ pub enum Refused {
     Rate,
     /// The source is still cooling off from going over its rate.
     Cooling,
+    /// The address is on the ban list.
+    Banned,
 }
 
 impl Refused {
@@ -123,6 +125,7 @@ impl Refused {
             Self::AddressHandshakes => "max_handshakes_per_address reached",
             Self::Rate => "connection rate exceeded",
             Self::Cooling => "cooling off after exceeding the connection rate",
+            Self::Banned => "banned",
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod admission;
+pub mod ban;
 pub mod cache;
 pub mod event;
 pub mod guard;

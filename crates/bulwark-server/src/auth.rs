@@ -276,6 +276,16 @@ impl Refusal {
         }
     }
 
+    /// A banned client (by username, client id or address): not a guess.
+    pub(crate) fn banned(reason: impl Into<String>) -> Self {
+        Self {
+            code: ReasonCode::Banned,
+            reason: reason.into(),
+            counts: Counts::No,
+            kind: EventKind::BannedRefused,
+        }
+    }
+
     /// Valid credentials refused for a quota: not a guess, and not a failed login.
     pub(crate) fn quota(reason: impl Into<String>) -> Self {
         Self {
@@ -1268,6 +1278,19 @@ impl AuthService {
                 live.by_user.remove(&name);
             }
         }
+    }
+
+    /// The live connections whose address, username and client id `hit` picks.
+    pub(crate) fn live_matching(
+        &self,
+        hit: impl Fn(std::net::IpAddr, Option<&str>, &str) -> bool,
+    ) -> Vec<ConnectionId> {
+        lock(&self.live)
+            .conns
+            .iter()
+            .filter(|(_, l)| hit(l.peer.ip(), l.username.as_deref(), &l.client_id))
+            .map(|(conn, _)| *conn)
+            .collect()
     }
 
     /// A forced disconnect of `conn`, as a security event.

@@ -167,6 +167,8 @@ pub struct ServerConfig {
     pub admission: bulwark_security::admission::AdmissionSettings,
     /// Per-client message and byte rates (default: none), enforced by backpressure.
     pub rates: bulwark_security::rate::RateSettings,
+    /// The ban list and automatic bans.
+    pub bans: crate::bans::BanSettings,
 }
 
 /// Authorization settings.
@@ -207,6 +209,7 @@ impl Default for ServerConfig {
             acl: AclSettings::default(),
             admission: bulwark_security::admission::AdmissionSettings::default(),
             rates: bulwark_security::rate::RateSettings::default(),
+            bans: crate::bans::BanSettings::default(),
         }
     }
 }

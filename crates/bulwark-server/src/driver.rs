@@ -12,7 +12,7 @@ use bulwark_proto::{
     Encoder, MqttString, Packet, ProtocolVersion, ReasonCode,
 };
 use bulwark_security::acl::Principal;
-use bulwark_security::event::EventKind;
+use bulwark_security::event::{EventKind, SecurityEvent};
 use bulwark_security::scram::{ScramHash, ScramServer};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +45,8 @@ pub(crate) struct DriverContext {
     pub(crate) auth: Arc<AuthService>,
     /// Per-client message and byte rates.
     pub(crate) rates: bulwark_security::rate::RateSettings,
+    /// The ban list and the abuse tracker.
+    pub(crate) bans: Arc<crate::bans::Bans>,
 }
 
 /// How a listener turns a verified client certificate into the MQTT identity.
@@ -145,6 +147,16 @@ pub(crate) fn drive<S: Transport>(
             let _ = driver.ctx.router.send(ToRouter::Lost { conn }).await;
         }
         driver.ctx.auth.unregister(conn);
+        let offence = match &end {
+            End::Decode(_) => Some("protocol violation"),
+            End::ConnectTimeout => Some("CONNECT timeout"),
+            _ => None,
+        };
+        if let Some(what) = offence
+            && let Some(ban) = driver.ctx.bans.offence(peer.ip(), what)
+        {
+            driver.ban_now(&ban).await;
+        }
         match &end {
             End::Closed | End::Engine => debug!(%peer, conn = conn.0, ?end, "connection closed"),
             _ => info!(%peer, conn = conn.0, ?end, "connection ended"),
@@ -239,6 +251,26 @@ impl<S: Transport> Driver<S> {
     /// identity replaces the CONNECT's username (and client identifier, if so configured):
     /// the client cannot claim another.
     ///
+    /// Records a ban the broker just made and closes the live connections it covers.
+    async fn ban_now(&self, ban: &bulwark_security::ban::Ban) {
+        let mut event = SecurityEvent::new(EventKind::Ban, std::time::SystemTime::now());
+        event.listener = Some(self.listener.name.to_string());
+        event.remote = Some(self.peer.to_string());
+        event.reason = Some(format!("{}: {}", ban.target, ban.reason));
+        self.ctx.auth.audit.record(event).await;
+        let now = crate::bans::unix_now();
+        let list = {
+            let mut list = bulwark_security::ban::BanList::new();
+            let _ = list.add(ban.clone());
+            list
+        };
+        let conns = self
+            .ctx
+            .auth
+            .live_matching(|ip, user, id| list.client_ban(ip, user, id, now).is_some());
+        crate::bans::enforce(&self.ctx.auth, &self.ctx.router, conns, "banned").await;
+    }
+
     /// The common name of the verified client certificate, for ACL rules and templates.
     fn certificate_cn(&self) -> Option<Arc<str>> {
         let leaf = self.stream.peer_certificates().and_then(<[_]>::first)?;
@@ -469,7 +501,24 @@ impl<S: Transport> Driver<S> {
         result: Result<Identity, Refusal>,
         reply: ConnectAuth,
     ) -> Result<(Identity, ConnectAuth), End> {
+        let bans = &self.ctx.bans;
+        let ip = self.peer.ip();
+        let existing = result.as_ref().ok().and_then(|identity| {
+            bans.client_ban(ip, identity.username.as_deref(), attempt.client_id)
+        });
+        let fresh = match (&existing, &result) {
+            (None, Ok(_)) => bans.connected(ip, attempt.client_id),
+            _ => None,
+        };
+        if let Some(ban) = &fresh {
+            // Just made (flapping): the client id's other connections go too.
+            self.ban_now(ban).await;
+        }
+        let banned = existing.or(fresh);
         let result = match result {
+            Ok(_) if banned.is_some() => Err(Refusal::banned(
+                banned.as_ref().map_or("banned", |b| b.reason.as_str()),
+            )),
             Ok(identity) => match auth.register(self.conn, attempt, &identity) {
                 Ok(()) => Ok(identity),
                 Err(NotRegistered::Gone) => Err(Refusal::failure(

@@ -25,15 +25,22 @@ pub(crate) struct Gate {
     audit: Audit,
     /// Counts the sockets refused, for `$SYS`.
     traffic: Arc<Traffic>,
+    bans: Arc<crate::bans::Bans>,
     last_events: Mutex<std::collections::HashMap<IpAddr, Instant>>,
 }
 
 impl Gate {
-    pub(crate) fn new(settings: AdmissionSettings, audit: Audit, traffic: Arc<Traffic>) -> Self {
+    pub(crate) fn new(
+        settings: AdmissionSettings,
+        audit: Audit,
+        traffic: Arc<Traffic>,
+        bans: Arc<crate::bans::Bans>,
+    ) -> Self {
         Self {
             state: Mutex::new(Admission::new(settings)),
             audit,
             traffic,
+            bans,
             last_events: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -53,7 +60,9 @@ impl Gate {
         at: tokio::time::Instant,
     ) -> Result<Permit, Refused> {
         let now = Instant::now();
-        let result = if per_source {
+        let result = if per_source && self.bans.address_ban(ip).is_some() {
+            Err(Refused::Banned)
+        } else if per_source {
             self.lock().admit(ip, now)
         } else {
             self.lock().admit_counted(ip)
@@ -98,8 +107,12 @@ impl Gate {
             }
             last.insert(ip, now);
         }
-        let mut event =
-            SecurityEvent::new(EventKind::ConnectionRefused, std::time::SystemTime::now());
+        let kind = if why == Refused::Banned {
+            EventKind::BannedRefused
+        } else {
+            EventKind::ConnectionRefused
+        };
+        let mut event = SecurityEvent::new(kind, std::time::SystemTime::now());
         event.listener = Some(listener.to_owned());
         event.remote = Some(ip.to_string());
         event.reason = Some(why.as_str().to_owned());
@@ -134,7 +147,11 @@ impl Permit {
         let mut ip = self.ip.lock().unwrap_or_else(PoisonError::into_inner);
         let result = {
             let mut state = self.gate.lock();
-            let result = state.admit(client, now);
+            let result = if self.gate.bans.address_ban(client).is_some() {
+                Err(Refused::Banned)
+            } else {
+                state.admit(client, now)
+            };
             if result.is_ok() {
                 state.release(*ip, true);
             }

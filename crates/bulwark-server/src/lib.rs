@@ -11,6 +11,7 @@
 pub mod acl;
 pub(crate) mod audit;
 pub mod auth;
+pub mod bans;
 mod config;
 mod driver;
 pub mod files;

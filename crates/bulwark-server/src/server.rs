@@ -45,6 +45,8 @@ pub enum ServerError {
     Auth(String),
     /// The ACL file cannot be read or has mistakes.
     Acl(String),
+    /// The ban file cannot be read or has mistakes.
+    Bans(String),
 }
 
 impl std::fmt::Display for ServerError {
@@ -55,6 +57,7 @@ impl std::fmt::Display for ServerError {
             Self::Tls { listener, source } => write!(f, "listener {listener}: {source}"),
             Self::Auth(err) => write!(f, "authentication: {err}"),
             Self::Acl(err) => write!(f, "ACL: {err}"),
+            Self::Bans(err) => write!(f, "bans: {err}"),
         }
     }
 }
@@ -68,6 +71,7 @@ pub struct Server {
     listeners: Vec<Bound>,
     auth: Arc<AuthService>,
     acl: Option<(crate::acl::AclFile, Arc<bulwark_security::acl::AclRules>)>,
+    bans: Arc<crate::bans::Bans>,
 }
 
 /// A bound listener and what it serves.
@@ -97,6 +101,8 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         let auth = Arc::new(AuthService::new(&config.auth).map_err(ServerError::Auth)?);
+        let bans =
+            Arc::new(crate::bans::Bans::open(config.bans.clone()).map_err(ServerError::Bans)?);
         let acl = match &config.acl.file {
             Some(path) => Some(crate::acl::AclFile::open(path).map_err(ServerError::Acl)?),
             None => {
@@ -179,6 +185,7 @@ impl Server {
             listeners,
             auth,
             acl,
+            bans,
         })
     }
 
@@ -198,6 +205,7 @@ impl Server {
             listeners,
             auth,
             acl,
+            bans,
         } = self;
         let (acl_file, rules) = match acl {
             Some((file, rules)) => (Some(file), Some(rules)),
@@ -234,12 +242,14 @@ impl Server {
             traffic,
             auth: auth.clone(),
             rates: config.rates.clone(),
+            bans: bans.clone(),
         });
         let next_conn = Arc::new(AtomicU64::new(1));
         let gate = Arc::new(Gate::new(
             config.admission.clone(),
             auth.audit.clone(),
             ctx.traffic.clone(),
+            bans.clone(),
         ));
         let mut accepters = JoinSet::new();
         // Every driver holds a clone; when all are dropped, every connection has ended.
@@ -250,6 +260,7 @@ impl Server {
         accepters.spawn(watch_files(
             acceptors,
             acl_file,
+            bans.clone(),
             auth.clone(),
             config.tls_watch_interval,
             stop_rx.clone(),
@@ -453,6 +464,7 @@ fn mtimes(files: &[std::path::PathBuf]) -> Vec<Option<std::time::SystemTime>> {
 async fn watch_files(
     acceptors: Vec<Arc<TlsAcceptor>>,
     mut acl: Option<crate::acl::AclFile>,
+    bans: Arc<crate::bans::Bans>,
     auth: Arc<AuthService>,
     interval: std::time::Duration,
     mut stop: watch::Receiver<bool>,
@@ -484,6 +496,12 @@ async fn watch_files(
         }
         if let Some(rules) = acl.as_mut().and_then(|file| file.reload(forced)) {
             let _ = router.send(crate::router::ToRouter::Acl(rules)).await;
+        }
+        if let Some(list) = bans.reload(forced) {
+            let now = crate::bans::unix_now();
+            let conns =
+                auth.live_matching(|ip, user, id| list.client_ban(ip, user, id, now).is_some());
+            crate::bans::enforce(&auth, &router, conns, "banned (ban list reloaded)").await;
         }
         auth.prune();
         auth.reload_jwt_files(forced);

@@ -480,3 +480,96 @@ async fn a_subscriber_that_stops_reading_is_bounded_by_its_queue() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Waits until the audit file at `path` has an event of `kind`.
+async fn wait_audit(path: &std::path::Path, kind: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains(&format!("\"kind\":\"{kind}\"")))
+        {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no {kind} event in {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn repeated_protocol_violations_lead_to_a_ban_that_survives_a_restart() {
+    use bulwark_server::bans::BanSettings;
+    let dir = std::env::temp_dir().join(common::unique("bulwark-bans"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let settings = BanSettings {
+        file: Some(dir.join("bans.toml")),
+        offences: 3,
+        exempt: Vec::new(),
+        ..BanSettings::default()
+    };
+    let configure = |c: &mut bulwark_server::ServerConfig| {
+        c.bans = settings.clone();
+        c.auth.audit_file = Some(audit.clone());
+        c.tls_watch_interval = Duration::from_millis(200);
+    };
+    let server = common::start_with(configure).await;
+    let offender = from(7);
+    for _ in 0..3 {
+        let mut raw = Raw::tcp_from(server.addr, offender, ProtocolVersion::V5).await;
+        // A CONNACK from a client: a protocol violation as the first packet.
+        raw.send_bytes(&[0x20, 0x02, 0x00, 0x00]).await;
+        assert!(matches!(
+            raw.recv_within(common::WAIT).await,
+            Recv::Closed | Recv::Packet(_)
+        ));
+    }
+    let event = wait_audit(&audit, "ban").await;
+    assert!(event.contains("127.0.0.7"), "{event}");
+    let mut again = tcp_from(server.addr, offender).await;
+    assert!(
+        closed_within(&mut again, Duration::from_millis(500)).await,
+        "banned at accept"
+    );
+    let _ = mqtt_from(server.addr, from(8), "innocent").await;
+    server.stop().await;
+
+    // The ban is in the file, so a restarted broker keeps it.
+    let text = std::fs::read_to_string(dir.join("bans.toml")).unwrap();
+    assert!(
+        text.contains("127.0.0.7/32") && text.contains("by = \"auto\""),
+        "{text}"
+    );
+    let server = common::start_with(configure).await;
+    let mut after = tcp_from(server.addr, offender).await;
+    assert!(
+        closed_within(&mut after, Duration::from_millis(500)).await,
+        "still banned"
+    );
+    let _ = mqtt_from(server.addr, from(8), "innocent-2").await;
+
+    // A ban added to the file applies to a live connection at once.
+    let mut victim = mqtt_from(server.addr, from(9), "to-be-banned").await;
+    let mut list = bulwark_server::bans::load(&dir.join("bans.toml")).unwrap();
+    list.add(bulwark_security::ban::Ban {
+        target: bulwark_security::ban::BanTarget::ClientId("to-be-banned".to_owned()),
+        expires: None,
+        reason: "test".to_owned(),
+        created: 0,
+        by: "operator".to_owned(),
+    })
+    .unwrap();
+    bulwark_server::files::write_atomic(&dir.join("bans.toml"), list.to_toml().as_bytes()).unwrap();
+    victim
+        .expect_disconnect(ReasonCode::AdministrativeAction)
+        .await;
+    let (_raw, ack) = Raw::connect(
+        server.addr,
+        &connect_packet(ProtocolVersion::V5, "to-be-banned"),
+    )
+    .await;
+    assert_eq!(ack.reason_code, ReasonCode::Banned);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

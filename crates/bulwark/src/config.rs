@@ -37,6 +37,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("acl", &["file", "dangerous_allow_all", "denied_publish"]),
     (
+        "bans",
+        &["file", "offences", "flaps", "window", "duration", "exempt"],
+    ),
+    (
         "rate",
         &[
             "messages_per_second",
@@ -587,16 +591,24 @@ fn read_admission(r: &mut Reader, t: &Table, a: &mut AdmissionSettings) {
     if let Some(v) = r.integer(t, s, "max_tracked", 1, 100_000_000) {
         a.max_tracked = to_usize(v);
     }
-    if t.contains_key("exempt") {
-        let mut exempt = Vec::new();
-        for text in r.string_list(t, s, "exempt") {
-            match Cidr::parse(&text) {
-                Ok(cidr) => exempt.push(cidr),
-                Err(err) => r.problems.push(format!("admission.exempt: {err}")),
-            }
-        }
+    if let Some(exempt) = cidr_list(r, t, s, "exempt") {
         a.exempt = exempt;
     }
+}
+
+/// A list of networks (`10.0.0.0/8`, `::1`), if the key is there.
+fn cidr_list(r: &mut Reader, t: &Table, s: &str, key: &str) -> Option<Vec<Cidr>> {
+    if !t.contains_key(key) {
+        return None;
+    }
+    let mut out = Vec::new();
+    for text in r.string_list(t, s, key) {
+        match Cidr::parse(&text) {
+            Ok(cidr) => out.push(cidr),
+            Err(err) => r.problems.push(format!("{s}.{key}: {err}")),
+        }
+    }
+    Some(out)
 }
 
 /// The four keys of a rate limit; a burst left out is one second's worth.
@@ -954,6 +966,26 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
     if let Some(t) = r.section(&root, "admission") {
         read_admission(&mut r, t, &mut config.admission);
     }
+    if let Some(t) = r.section(&root, "bans") {
+        let s = "bans";
+        let b = &mut config.bans;
+        b.file = path(&mut r, t, s, "file", base);
+        if let Some(v) = r.integer(t, s, "offences", 0, 1_000_000) {
+            b.offences = to_u32(v);
+        }
+        if let Some(v) = r.integer(t, s, "flaps", 0, 1_000_000) {
+            b.flaps = to_u32(v);
+        }
+        if let Some(v) = r.integer(t, s, "window", 1, 86_400) {
+            b.window = Duration::from_secs(v);
+        }
+        if let Some(v) = r.integer(t, s, "duration", 1, 365 * 86_400) {
+            b.duration = Duration::from_secs(v);
+        }
+        if let Some(exempt) = cidr_list(&mut r, t, s, "exempt") {
+            b.exempt = exempt;
+        }
+    }
     if let Some(t) = r.section(&root, "rate") {
         config.rates.default = read_rate_limit(&mut r, t, "rate");
         match t.get("override") {
@@ -1299,6 +1331,24 @@ mod tests {
         let all = err.problems.join("\n");
         assert!(all.contains("rate.speed: unknown key"), "{all}");
         assert!(all.contains("rate.override[0].user"), "{all}");
+    }
+
+    #[test]
+    fn bans_are_read() {
+        let text =
+            "[bans]\nfile = \"bans.toml\"\noffences = 3\nflaps = 0\nduration = 60\nexempt = []\n";
+        let config = parse(&open(text), "/etc/b/b.toml").unwrap();
+        let b = &config.bans;
+        assert_eq!(b.file, Some(PathBuf::from("/etc/b/bans.toml")));
+        assert_eq!((b.offences, b.flaps), (3, 0));
+        assert_eq!(b.duration, Duration::from_secs(60));
+        assert!(b.exempt.is_empty());
+        let err = parse(&open("[bans]\nexempt = [\"x\"]\nwindow = 0\n"), "t").unwrap_err();
+        let all = err.problems.join("\n");
+        assert!(
+            all.contains("bans.exempt") && all.contains("bans.window = 0"),
+            "{all}"
+        );
     }
 
     #[test]

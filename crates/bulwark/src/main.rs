@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod acl;
+mod ban;
 mod cert;
 mod config;
 mod user;
@@ -77,6 +78,8 @@ enum Command {
     /// ACL files: explain a decision (check), find mistakes (lint), convert a Mosquitto
     /// acl_file (import-mosquitto).
     Acl(acl::AclArgs),
+    /// The ban list: add, remove, list bans of addresses, usernames and client ids.
+    Ban(ban::BanArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
         Command::Cert(args) => cert::run(args),
         Command::User(args) => user::run(args),
         Command::Acl(args) => acl::run(args),
+        Command::Ban(args) => ban::run(args),
     }
 }
 
@@ -183,6 +187,7 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
     config.auth.password_file = Some(store.clone());
     config.auth.audit_file = Some(dir.join(AUDIT_FILE));
     config.acl.file = Some(acl.clone());
+    config.bans.file = Some(dir.join(BANS_FILE));
     config.listeners.push(ListenerConfig::tls(
         "tls-0",
         SocketAddr::from(([0, 0, 0, 0], 8883)),
@@ -222,6 +227,7 @@ const PASSWORD_STORE: &str = "passwords.toml";
 const ADMIN_PASSWORD_FILE: &str = "admin-password.txt";
 const AUDIT_FILE: &str = "audit.jsonl";
 const ACL_FILE: &str = "acl.toml";
+const BANS_FILE: &str = "bans.toml";
 
 /// The first run's ACL: administrators may do everything, every other user its own
 /// `devices/{username}/#`; anything else waits for a rule.
@@ -290,6 +296,9 @@ fn load_config(
         let acl = data_dir.join(ACL_FILE);
         if path.is_none() && acl.is_file() {
             config.acl.file = Some(acl);
+        }
+        if path.is_none() {
+            config.bans.file = Some(data_dir.join(BANS_FILE));
         }
         config.validate().map_err(|err| err.to_string())?;
     }

@@ -279,6 +279,12 @@ impl Cidr {
         Ok(Self { addr, len })
     }
 
+    /// The network of one address.
+    pub fn host(ip: IpAddr) -> Self {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        Self { addr: ip, len }
+    }
+
     /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let mapped = match ip {
