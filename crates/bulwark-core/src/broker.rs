@@ -133,6 +133,8 @@ pub struct Stats {
     /// Sockets refused by admission control before any handshake (reported by the server
     /// with [`Broker::add_refused`]).
     pub connections_refused: u64,
+    /// Queued messages dropped because memory was over its watermark ([`Broker::shed`]).
+    pub messages_shed: u64,
 }
 
 /// What an index entry stands for.
@@ -370,6 +372,55 @@ impl Broker {
     /// identifier), for the audit trail. Drain after every call, like [`Broker::poll_output`].
     pub fn poll_event(&mut self) -> Option<AuthzEvent> {
         self.events.pop_front()
+    }
+
+    /// Memory is over its watermark: drops queued messages until `bytes` are freed, QoS 0
+    /// first, then the oldest messages of the largest queues (connected sessions first, then
+    /// stored ones). Returns the messages and bytes dropped; they are counted, and recorded as
+    /// one `overload` event.
+    pub fn shed(&mut self, bytes: usize) -> (usize, usize) {
+        let (mut messages, mut freed) = (0usize, 0usize);
+        for qos0_only in [true, false] {
+            let mut order: Vec<(usize, ConnectionId)> = self
+                .conns
+                .iter()
+                .map(|(id, c)| (c.session.queued_bytes(), *id))
+                .filter(|(b, _)| *b > 0)
+                .collect();
+            order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+            for (_, id) in order {
+                if freed >= bytes {
+                    break;
+                }
+                if let Some(c) = self.conns.get_mut(&id) {
+                    let (m, b) = c.session.shed(bytes - freed, qos0_only);
+                    messages += m;
+                    freed += b;
+                }
+            }
+            if freed < bytes {
+                let (m, b) = self.store.shed(bytes - freed, qos0_only);
+                messages += m;
+                freed += b;
+            }
+            if freed >= bytes {
+                break;
+            }
+        }
+        self.stats.messages_shed += messages as u64;
+        if messages > 0 {
+            self.push_event(AuthzEvent {
+                kind: EventKind::Overload,
+                client_id: Arc::from(""),
+                principal: Arc::default(),
+                action: "shed",
+                topic: "".into(),
+                reason: format!(
+                    "memory over its watermark: {messages} queued message(s), {freed} bytes dropped"
+                ),
+            });
+        }
+        (messages, freed)
     }
 
     /// Puts `rules` in force (`None`: no authorization). Every connection's rules are
@@ -2048,7 +2099,8 @@ impl Broker {
             ("messages/sent", s.messages_sent.to_string()),
             (
                 "messages/dropped",
-                (s.messages_dropped_queue_full + s.messages_dropped_too_large).to_string(),
+                (s.messages_dropped_queue_full + s.messages_dropped_too_large + s.messages_shed)
+                    .to_string(),
             ),
             ("bytes/received", s.bytes_received.to_string()),
             ("bytes/sent", s.bytes_sent.to_string()),

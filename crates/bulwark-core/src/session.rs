@@ -123,12 +123,12 @@ impl Session {
             {
                 return Err(full);
             }
-            dropped += self.drop_until(|s| fits(s).is_ok(), true);
+            dropped += self.drop_oldest(true, |s, _| fits(s).is_ok()).0;
             if let Err(full) = fits(self) {
                 if limits.when_full != QueuePolicy::DropOldest {
                     return Err(full);
                 }
-                dropped += self.drop_until(|s| fits(s).is_ok(), false);
+                dropped += self.drop_oldest(false, |s, _| fits(s).is_ok()).0;
             }
         }
         self.queue_bytes += cost;
@@ -136,12 +136,16 @@ impl Session {
         Ok(dropped)
     }
 
-    /// Drops queued messages, oldest first (only QoS 0 ones if `only_qos0`), until `fits`
-    /// holds; returns how many.
-    fn drop_until(&mut self, fits: impl Fn(&Self) -> bool, only_qos0: bool) -> usize {
-        let mut dropped = 0;
+    /// Drops queued messages, oldest first (only QoS 0 ones if `only_qos0`), until `done`
+    /// (given the bytes freed so far) holds; returns the messages and bytes dropped.
+    fn drop_oldest(
+        &mut self,
+        only_qos0: bool,
+        done: impl Fn(&Self, usize) -> bool,
+    ) -> (usize, usize) {
+        let (mut messages, mut bytes) = (0, 0);
         let mut i = 0;
-        while !fits(self) {
+        while !done(self, bytes) {
             let Some(d) = self.queue.get(i) else {
                 break;
             };
@@ -150,11 +154,19 @@ impl Session {
                 continue;
             }
             if let Some(gone) = self.queue.remove(i) {
-                self.queue_bytes = self.queue_bytes.saturating_sub(gone.message.cost());
-                dropped += 1;
+                let cost = gone.message.cost();
+                self.queue_bytes = self.queue_bytes.saturating_sub(cost);
+                messages += 1;
+                bytes += cost;
             }
         }
-        dropped
+        (messages, bytes)
+    }
+
+    /// Drops queued messages, oldest first (only QoS 0 ones if `qos0_only`), until `want`
+    /// bytes are freed; returns the messages and bytes dropped.
+    pub fn shed(&mut self, want: usize, qos0_only: bool) -> (usize, usize) {
+        self.drop_oldest(qos0_only, |_, freed| freed >= want)
     }
 
     /// Takes the oldest queued message.

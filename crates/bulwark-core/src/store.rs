@@ -33,6 +33,10 @@ pub trait SessionStore: Debug + Send {
     fn take_expired(&mut self, now: Instant) -> Vec<Session>;
     /// The earliest expiry among parked sessions.
     fn next_expiry(&self) -> Option<Instant>;
+    /// Drops queued messages of parked sessions, the largest queues first and oldest
+    /// messages first (only QoS 0 ones if `qos0_only`), until `want` bytes are freed; returns
+    /// the messages and bytes dropped.
+    fn shed(&mut self, want: usize, qos0_only: bool) -> (usize, usize);
     /// Parked sessions.
     fn len(&self) -> usize;
     /// Whether no session is parked.
@@ -106,6 +110,28 @@ impl SessionStore for MemoryStore {
 
     fn next_expiry(&self) -> Option<Instant> {
         self.expiries.first().map(|&(at, _)| at)
+    }
+
+    fn shed(&mut self, want: usize, qos0_only: bool) -> (usize, usize) {
+        let mut order: Vec<(usize, SessionKey)> = self
+            .sessions
+            .iter()
+            .map(|(k, (s, _))| (s.queued_bytes(), *k))
+            .filter(|(b, _)| *b > 0)
+            .collect();
+        order.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+        let (mut messages, mut bytes) = (0, 0);
+        for (_, key) in order {
+            if bytes >= want {
+                break;
+            }
+            if let Some((session, _)) = self.sessions.get_mut(&key) {
+                let (m, b) = session.shed(want - bytes, qos0_only);
+                messages += m;
+                bytes += b;
+            }
+        }
+        (messages, bytes)
     }
 
     fn len(&self) -> usize {

@@ -112,6 +112,8 @@ pub enum Refused {
     Cooling,
     /// The address is on the ban list.
     Banned,
+    /// The broker's memory is over its watermark.
+    Overloaded,
 }
 
 impl Refused {
@@ -126,13 +128,14 @@ impl Refused {
             Self::Rate => "connection rate exceeded",
             Self::Cooling => "cooling off after exceeding the connection rate",
             Self::Banned => "banned",
+            Self::Overloaded => "memory over its watermark",
         }
     }
 
     /// Whether this refusal is about one source (worth a security event) rather than the
     /// whole broker being full.
     pub const fn is_per_source(self) -> bool {
-        !matches!(self, Self::Total | Self::Handshakes)
+        !matches!(self, Self::Total | Self::Handshakes | Self::Overloaded)
     }
 }
 

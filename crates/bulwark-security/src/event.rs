@@ -39,6 +39,8 @@ pub enum EventKind {
     ConnectionRefused,
     /// A session's queue was full: messages were dropped, or its client disconnected.
     SlowConsumer,
+    /// Memory went over its watermark: new connections refused, queued messages shed.
+    Overload,
 }
 
 impl EventKind {
@@ -58,6 +60,7 @@ impl EventKind {
             Self::ClientIdRefused => "client_id_refused",
             Self::ConnectionRefused => "connection_refused",
             Self::SlowConsumer => "slow_consumer",
+            Self::Overload => "overload",
         }
     }
 

@@ -169,6 +169,10 @@ pub struct ServerConfig {
     pub rates: bulwark_security::rate::RateSettings,
     /// The ban list and automatic bans.
     pub bans: crate::bans::BanSettings,
+    /// Resident memory (bytes) above which new connections are refused and queued messages
+    /// are shed; 0: not watched. Default: three quarters of the machine's memory (0 where it
+    /// cannot be read).
+    pub memory_watermark: u64,
 }
 
 /// Authorization settings.
@@ -210,6 +214,7 @@ impl Default for ServerConfig {
             admission: bulwark_security::admission::AdmissionSettings::default(),
             rates: bulwark_security::rate::RateSettings::default(),
             bans: crate::bans::BanSettings::default(),
+            memory_watermark: crate::memory::default_watermark(),
         }
     }
 }

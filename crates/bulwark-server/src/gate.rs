@@ -26,6 +26,8 @@ pub(crate) struct Gate {
     /// Counts the sockets refused, for `$SYS`.
     traffic: Arc<Traffic>,
     bans: Arc<crate::bans::Bans>,
+    /// Set while memory is over its watermark: every new socket is refused.
+    pub(crate) overloaded: AtomicBool,
     last_events: Mutex<std::collections::HashMap<IpAddr, Instant>>,
 }
 
@@ -41,6 +43,7 @@ impl Gate {
             audit,
             traffic,
             bans,
+            overloaded: AtomicBool::new(false),
             last_events: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -60,7 +63,9 @@ impl Gate {
         at: tokio::time::Instant,
     ) -> Result<Permit, Refused> {
         let now = Instant::now();
-        let result = if per_source && self.bans.address_ban(ip).is_some() {
+        let result = if self.overloaded.load(Ordering::Relaxed) {
+            Err(Refused::Overloaded)
+        } else if per_source && self.bans.address_ban(ip).is_some() {
             Err(Refused::Banned)
         } else if per_source {
             self.lock().admit(ip, now)

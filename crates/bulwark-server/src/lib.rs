@@ -17,6 +17,7 @@ mod driver;
 pub mod files;
 mod gate;
 pub(crate) mod jwks;
+mod memory;
 mod outbox;
 pub(crate) mod proxy;
 mod router;

@@ -33,6 +33,8 @@ pub(crate) enum ToRouter {
     },
     /// The connection ended without the engine asking for it.
     Lost { conn: ConnectionId },
+    /// Memory is over its watermark: drop this many bytes of queued messages.
+    Shed(usize),
     /// Put these ACL rules in force (a reload).
     Acl(Arc<bulwark_security::acl::AclRules>),
     /// A connection re-authenticated: what is known of its client now.
@@ -172,6 +174,14 @@ impl Router {
                 self.pending_kicks.remove(&conn);
             }
             ToRouter::Acl(rules) => self.broker.set_acl(Some(rules), now),
+            ToRouter::Shed(bytes) => {
+                let (messages, freed) = self.broker.shed(bytes);
+                tracing::warn!(
+                    messages,
+                    freed,
+                    "memory over its watermark: queued messages shed"
+                );
+            }
             ToRouter::Principal { conn, principal } => {
                 self.broker.set_principal(conn, principal, now);
             }

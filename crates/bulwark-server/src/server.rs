@@ -267,6 +267,15 @@ impl Server {
             ctx.router.clone(),
         ));
         accepters.spawn(auth.clone().refresh_jwks(stop_rx.clone()));
+        if config.memory_watermark > 0 {
+            accepters.spawn(crate::memory::watch(
+                config.memory_watermark,
+                gate.clone(),
+                ctx.router.clone(),
+                auth.audit.clone(),
+                stop_rx.clone(),
+            ));
+        }
         for Bound {
             name,
             max_connections,

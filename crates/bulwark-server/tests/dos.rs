@@ -483,16 +483,18 @@ async fn a_subscriber_that_stops_reading_is_bounded_by_its_queue() {
 
 /// Waits until the audit file at `path` has an event of `kind`.
 async fn wait_audit(path: &std::path::Path, kind: &str) -> String {
+    wait_audit_line(path, &format!("\"kind\":\"{kind}\"")).await
+}
+
+/// Waits until the audit file at `path` has a line containing `needle`.
+async fn wait_audit_line(path: &std::path::Path, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.contains(&format!("\"kind\":\"{kind}\"")))
-        {
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
             return line.to_owned();
         }
-        assert!(Instant::now() < deadline, "no {kind} event in {text}");
+        assert!(Instant::now() < deadline, "no {needle} in {text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -570,6 +572,68 @@ async fn repeated_protocol_violations_lead_to_a_ban_that_survives_a_restart() {
     )
     .await;
     assert_eq!(ack.reason_code, ReasonCode::Banned);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn over_the_memory_watermark_new_connections_are_refused_and_queues_shed() {
+    let dir = std::env::temp_dir().join(common::unique("bulwark-mem"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let server = common::start_with(|c| {
+        // Far below any real process: over from the first reading, a second after start.
+        c.memory_watermark = 1;
+        c.auth.audit_file = Some(audit.clone());
+    })
+    .await;
+    let mut worker = mqtt_from(server.addr, from(1), "mem-worker").await;
+    worker.subscribe_qos(1, "mem/#", QoS::AtMostOnce).await;
+    // A stored session with queued messages, for the shedding.
+    let mut parked = Raw::tcp_from(server.addr, from(1), ProtocolVersion::V5).await;
+    let mut connect = connect_packet(ProtocolVersion::V5, "mem-parked");
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(300);
+    parked.send(&connect).await;
+    assert!(matches!(
+        parked.recv().await,
+        bulwark_proto::Packet::ConnAck(_)
+    ));
+    parked.subscribe_qos(1, "mem/#", QoS::AtLeastOnce).await;
+    parked
+        .send(&bulwark_proto::Disconnect::new(ReasonCode::Success))
+        .await;
+    for i in 1..=20u16 {
+        worker
+            .send(&common::publish(
+                "mem/x",
+                QoS::AtLeastOnce,
+                i,
+                b"queued for the parked session",
+            ))
+            .await;
+    }
+    let event = wait_audit(&audit, "overload").await;
+    assert!(event.contains("watermark"), "{event}");
+    let mut refused = tcp_from(server.addr, from(2)).await;
+    assert!(
+        closed_within(&mut refused, Duration::from_millis(500)).await,
+        "refused when over"
+    );
+    // The connected client keeps working.
+    worker
+        .send(&common::publish(
+            "mem/live",
+            QoS::AtMostOnce,
+            0,
+            b"still here",
+        ))
+        .await;
+    let got = worker.recv_publish().await;
+    assert!(got.topic.as_str().starts_with("mem/"));
+    // The stored session's queue was shed.
+    let text = wait_audit_line(&audit, "\"action\":\"shed\"").await;
+    assert!(text.contains("queued message"), "{text}");
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -188,7 +188,12 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("sys", &["interval"]),
     (
         "server",
-        &["shutdown_grace", "workers", "tls_watch_interval"],
+        &[
+            "shutdown_grace",
+            "workers",
+            "tls_watch_interval",
+            "memory_watermark",
+        ],
     ),
 ];
 
@@ -1019,6 +1024,9 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
     if let Some(t) = r.section(&root, "server") {
         if let Some(v) = r.integer(t, "server", "shutdown_grace", 0, 3600) {
             config.shutdown_grace = Duration::from_secs(v);
+        }
+        if let Some(v) = r.integer(t, "server", "memory_watermark", 0, 1 << 50) {
+            config.memory_watermark = v;
         }
         if let Some(v) = r.integer(t, "server", "tls_watch_interval", 1, 3600) {
             config.tls_watch_interval = Duration::from_secs(v);
