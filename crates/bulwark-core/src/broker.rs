@@ -135,6 +135,9 @@ pub struct Stats {
     pub connections_refused: u64,
     /// Queued messages dropped because memory was over its watermark ([`Broker::shed`]).
     pub messages_shed: u64,
+    /// Connections closed because their client broke the protocol or a limit (reported by
+    /// the server with [`Broker::add_expelled`]: it also sees what the decoder refuses).
+    pub connections_expelled: u64,
 }
 
 /// What an index entry stands for.
@@ -274,6 +277,9 @@ pub struct Broker {
     /// Authorization events not yet taken by [`Broker::poll_event`] (bounded: see
     /// [`MAX_PENDING_EVENTS`]).
     events: VecDeque<AuthzEvent>,
+    /// Connections closed for breaking the protocol or a limit, not yet taken by
+    /// [`Broker::poll_offence`] (bounded like `events`).
+    offences: VecDeque<(ConnectionId, ReasonCode)>,
     quotas: Quotas,
     /// When each overflowing session's last slow-consumer event was (bounded).
     overflow_events: HashMap<SessionKey, Instant>,
@@ -317,6 +323,7 @@ impl Broker {
             shutting_down: false,
             acl: None,
             events: VecDeque::new(),
+            offences: VecDeque::new(),
             quotas: Quotas::default(),
             overflow_events: HashMap::new(),
         }
@@ -358,6 +365,11 @@ impl Broker {
         self.stats.bytes_sent += sent;
     }
 
+    /// Adds connections the server closed for a protocol violation or a limit to the counters.
+    pub fn add_expelled(&mut self, expelled: u64) {
+        self.stats.connections_expelled += expelled;
+    }
+
     /// Adds sockets the server refused at accept to the counters.
     pub fn add_refused(&mut self, refused: u64) {
         self.stats.connections_refused += refused;
@@ -372,6 +384,14 @@ impl Broker {
     /// identifier), for the audit trail. Drain after every call, like [`Broker::poll_output`].
     pub fn poll_event(&mut self) -> Option<AuthzEvent> {
         self.events.pop_front()
+    }
+
+    /// The next connection the engine closed because its client broke the protocol or one of
+    /// the broker's limits (a QoS 2 flood past the Receive Maximum, too many user properties,
+    /// an invalid topic alias, ...), with the reason code it was closed with: abuse for the
+    /// server to count against the client's address. Drain it with [`Broker::poll_output`].
+    pub fn poll_offence(&mut self) -> Option<(ConnectionId, ReasonCode)> {
+        self.offences.pop_front()
     }
 
     /// Memory is over its watermark: drops queued messages until `bytes` are freed, QoS 0
@@ -810,7 +830,7 @@ impl Broker {
             Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(conn, unsubscribe),
             Packet::PingReq => self.push(conn, Packet::PingResp),
             Packet::Disconnect(disconnect) => self.handle_disconnect(conn, disconnect, now),
-            Packet::Auth(_) => self.disconnect(
+            Packet::Auth(_) => self.expel(
                 conn,
                 ReasonCode::ProtocolError,
                 "AUTH without an authentication method in CONNECT",
@@ -822,9 +842,23 @@ impl Broker {
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
             | Packet::PingResp => {
-                self.disconnect(conn, ReasonCode::ProtocolError, "unexpected packet", now);
+                self.expel(conn, ReasonCode::ProtocolError, "unexpected packet", now);
             }
         }
+    }
+
+    /// [`Broker::disconnect`] for a client that broke the protocol or a limit: also queued
+    /// for [`Broker::poll_offence`].
+    fn expel(&mut self, conn: ConnectionId, code: ReasonCode, why: &str, now: Instant) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        if self.offences.len() >= MAX_PENDING_EVENTS {
+            self.stats.events_dropped += 1;
+        } else {
+            self.offences.push_back((conn, code));
+        }
+        self.disconnect(conn, code, why, now);
     }
 
     /// Sends DISCONNECT (5.0) with `code`, closes, and handles the loss (the will is sent).
@@ -895,7 +929,7 @@ impl Broker {
             ..
         } = publish;
         if properties.user_properties.len() > max_user {
-            return self.disconnect(
+            return self.expel(
                 conn_id,
                 ReasonCode::QuotaExceeded,
                 "too many user properties",
@@ -904,7 +938,7 @@ impl Broker {
         }
         if let Some(alias) = properties.topic_alias.take() {
             if alias.get() > alias_max {
-                return self.disconnect(
+                return self.expel(
                     conn_id,
                     ReasonCode::TopicAliasInvalid,
                     "topic alias above the Topic Alias Maximum",
@@ -919,7 +953,7 @@ impl Broker {
                 {
                     Some(known) => topic = known.clone(),
                     None => {
-                        return self.disconnect(
+                        return self.expel(
                             conn_id,
                             ReasonCode::ProtocolError,
                             "unknown topic alias",
@@ -939,7 +973,7 @@ impl Broker {
         // after the checks every client gets.
         let allowed = conn.authz.may_publish(topic.as_str(), qos.as_u8(), retain);
         if !self.topic_fits(topic.as_str()) {
-            return self.disconnect(
+            return self.expel(
                 conn_id,
                 ReasonCode::TopicNameInvalid,
                 "topic name too long or too deep",
@@ -966,7 +1000,7 @@ impl Broker {
                 return self.push(conn_id, Packet::PubRec(PubRec::new(id)));
             }
             if conn.session.qos2_pending() >= usize::from(self.config.receive_maximum) {
-                return self.disconnect(
+                return self.expel(
                     conn_id,
                     ReasonCode::ReceiveMaximumExceeded,
                     "more QoS 2 messages awaiting PUBREL than the Receive Maximum",
@@ -1294,7 +1328,7 @@ impl Broker {
 
     fn handle_subscribe(&mut self, conn_id: ConnectionId, subscribe: Subscribe, now: Instant) {
         if subscribe.properties.user_properties.len() > self.config.max_user_properties {
-            return self.disconnect(
+            return self.expel(
                 conn_id,
                 ReasonCode::QuotaExceeded,
                 "too many user properties",
@@ -1593,7 +1627,7 @@ impl Broker {
         if let Some(expiry) = disconnect.properties.session_expiry_interval {
             if conn.connect_expiry_was_zero && expiry != 0 {
                 // [MQTT-3.14.2-2]
-                return self.disconnect(
+                return self.expel(
                     conn_id,
                     ReasonCode::ProtocolError,
                     "Session Expiry Interval set in DISCONNECT after 0 in CONNECT",
@@ -2089,7 +2123,7 @@ impl Broker {
     fn publish_sys(&mut self, now: Instant) {
         let uptime = now.saturating_duration_since(self.started).as_secs();
         let s = self.stats;
-        let values: [(&str, String); 17] = [
+        let values: [(&str, String); 18] = [
             ("version", VERSION.to_owned()),
             ("uptime", format!("{uptime} seconds")),
             ("clients/connected", self.conns.len().to_string()),
@@ -2112,6 +2146,7 @@ impl Broker {
             ),
             ("messages/expired", s.messages_expired.to_string()),
             ("clients/refused", s.connections_refused.to_string()),
+            ("clients/expelled", s.connections_expelled.to_string()),
             ("messages/denied", s.publishes_denied.to_string()),
             ("subscriptions/denied", s.subscriptions_denied.to_string()),
         ];

@@ -295,6 +295,12 @@ fn receive_maximum_exceeded_disconnects_with_0x93() {
         [Output::Packet(Packet::Disconnect(d)), Output::Close] if d.reason_code == ReasonCode::ReceiveMaximumExceeded),
         "{out:?}"
     );
+    // A flood past a limit is abuse the server counts against the client's address.
+    assert_eq!(
+        h.broker.poll_offence(),
+        Some((ConnectionId(1), ReasonCode::ReceiveMaximumExceeded))
+    );
+    assert_eq!(h.broker.poll_offence(), None);
 }
 
 #[test]
@@ -413,6 +419,8 @@ fn takeover_closes_the_old_connection_with_0x8e() {
     );
     assert_eq!(h.broker.connected(), 1);
     assert_eq!(h.broker.session_subscriptions("same").len(), 1);
+    // Being taken over is not the old client's fault.
+    assert_eq!(h.broker.poll_offence(), None);
 }
 
 #[test]

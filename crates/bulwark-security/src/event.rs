@@ -41,6 +41,10 @@ pub enum EventKind {
     SlowConsumer,
     /// Memory went over its watermark: new connections refused, queued messages shed.
     Overload,
+    /// The broker closed a connection whose client broke the protocol (a malformed packet, an
+    /// invalid topic alias, ...) or one of its limits (a QoS 2 flood past the Receive
+    /// Maximum, too many user properties, a packet over the maximum size, ...).
+    ProtocolViolation,
 }
 
 impl EventKind {
@@ -61,6 +65,7 @@ impl EventKind {
             Self::ConnectionRefused => "connection_refused",
             Self::SlowConsumer => "slow_consumer",
             Self::Overload => "overload",
+            Self::ProtocolViolation => "protocol_violation",
         }
     }
 

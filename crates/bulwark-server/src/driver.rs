@@ -72,6 +72,18 @@ struct Reauth<'a> {
     expires: &'a mut Option<tokio::time::Instant>,
 }
 
+/// Whether the engine closed a connection with `code` for a limit rather than a protocol
+/// error.
+fn is_limit(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::QuotaExceeded
+            | ReasonCode::ReceiveMaximumExceeded
+            | ReasonCode::PacketTooLarge
+            | ReasonCode::MessageRateTooHigh
+    )
+}
+
 /// The method name of a re-authentication, as a static string for the identity.
 fn method_name(method: &MqttString) -> &'static str {
     match ScramHash::from_method(method.as_str()) {
@@ -103,6 +115,8 @@ enum End {
     ConnectTimeout,
     WriteTimeout,
     Engine,
+    /// The engine closed the connection because its client broke the protocol or a limit.
+    Expelled(ReasonCode),
     RouterGone,
     /// A client certificate's identity was refused.
     Identity,
@@ -147,8 +161,19 @@ pub(crate) fn drive<S: Transport>(
             let _ = driver.ctx.router.send(ToRouter::Lost { conn }).await;
         }
         driver.ctx.auth.unregister(conn);
+        let violation = match &end {
+            End::Decode(err) => Some(err.reason_code()),
+            End::Expelled(code) => Some(*code),
+            _ => None,
+        };
+        if let Some(code) = violation {
+            driver.ctx.traffic.expelled.fetch_add(1, Ordering::Relaxed);
+            driver.violation_event(code, &end).await;
+        }
         let offence = match &end {
             End::Decode(_) => Some("protocol violation"),
+            End::Expelled(code) if is_limit(*code) => Some("limit exceeded"),
+            End::Expelled(_) => Some("protocol violation"),
             End::ConnectTimeout => Some("CONNECT timeout"),
             _ => None,
         };
@@ -252,6 +277,19 @@ impl<S: Transport> Driver<S> {
     /// the client cannot claim another.
     ///
     /// Records a ban the broker just made and closes the live connections it covers.
+    /// Records a `protocol_violation` event: the connection was closed with `code`.
+    async fn violation_event(&self, code: ReasonCode, end: &End) {
+        let mut event =
+            SecurityEvent::new(EventKind::ProtocolViolation, std::time::SystemTime::now());
+        event.listener = Some(self.listener.name.to_string());
+        event.remote = Some(self.peer.to_string());
+        event.reason = Some(match end {
+            End::Decode(err) => format!("{code}: {err}"),
+            _ => code.to_string(),
+        });
+        self.ctx.auth.audit.record(event).await;
+    }
+
     async fn ban_now(&self, ban: &bulwark_security::ban::Ban) {
         let mut event = SecurityEvent::new(EventKind::Ban, std::time::SystemTime::now());
         event.listener = Some(self.listener.name.to_string());
@@ -989,7 +1027,10 @@ impl<S: Transport> Driver<S> {
                     }
                     if close {
                         let _ = self.stream.shutdown().await;
-                        return End::Engine;
+                        return match outbox.offence() {
+                            Some(code) => End::Expelled(code),
+                            None => End::Engine,
+                        };
                     }
                 }
                 () = expiry => {

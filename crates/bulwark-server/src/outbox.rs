@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bulwark_core::Output;
-use bulwark_proto::QoS;
+use bulwark_proto::{QoS, ReasonCode};
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
@@ -18,6 +18,9 @@ struct State {
     queue: VecDeque<Output>,
     /// Payload and topic bytes of the PUBLISH packets in `queue`.
     backlog: usize,
+    /// Set when the engine closed the connection because its client broke the protocol or a
+    /// limit: the reason code it was closed with.
+    offence: Option<ReasonCode>,
 }
 
 /// Outputs waiting for one driver.
@@ -80,6 +83,18 @@ impl Outbox {
             }
             Err(_) => VecDeque::new(),
         }
+    }
+
+    /// Records that the engine closed this connection for `code`, an offence of its client.
+    pub(crate) fn mark_offence(&self, code: ReasonCode) {
+        if let Ok(mut state) = self.state.lock() {
+            state.offence = Some(code);
+        }
+    }
+
+    /// The offence recorded by [`Outbox::mark_offence`], if any.
+    pub(crate) fn offence(&self) -> Option<ReasonCode> {
+        self.state.lock().ok().and_then(|state| state.offence)
     }
 
     /// Resolves once something has been pushed since the last [`Outbox::take`].

@@ -57,6 +57,8 @@ pub(crate) struct Traffic {
     pub(crate) sent: AtomicU64,
     /// Sockets refused by admission control.
     pub(crate) refused: AtomicU64,
+    /// Connections closed because their client broke the protocol or a limit.
+    pub(crate) expelled: AtomicU64,
 }
 
 pub(crate) struct Router {
@@ -96,6 +98,7 @@ impl Router {
         let mut batch = Vec::with_capacity(256);
         let mut seen_traffic = (0u64, 0u64);
         let mut seen_refused = 0u64;
+        let mut seen_expelled = 0u64;
         let mut stopping = false;
         loop {
             let deadline = self.broker.poll_timeout();
@@ -126,6 +129,9 @@ impl Router {
                     let refused = self.traffic.refused.load(Ordering::Relaxed);
                     self.broker.add_refused(refused.saturating_sub(seen_refused));
                     seen_refused = refused;
+                    let expelled = self.traffic.expelled.load(Ordering::Relaxed);
+                    self.broker.add_expelled(expelled.saturating_sub(seen_expelled));
+                    seen_expelled = expelled;
                     self.broker.handle_timeout(Instant::now());
                 }
                 changed = self.shutdown.changed(), if !stopping => {
@@ -212,6 +218,12 @@ impl Router {
                 self.audit
                     .record_now(crate::acl::to_security_event(event, at));
                 next = self.broker.poll_event();
+            }
+        }
+        // Before the outputs: the close that follows an offence removes the connection's outbox.
+        while let Some((conn, code)) = self.broker.poll_offence() {
+            if let Some(outbox) = peers.get(&conn) {
+                outbox.mark_offence(code);
             }
         }
         let mut groups = std::mem::take(&mut self.groups);

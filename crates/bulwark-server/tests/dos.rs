@@ -23,13 +23,35 @@ fn from(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
 }
 
-async fn tcp_from(addr: SocketAddr, local: IpAddr) -> TcpStream {
+/// A socket from `local`, or `None` if the server reset it before the connect completed (a
+/// socket refused at accept is reset at once, which may overtake the connect).
+async fn try_tcp_from(addr: SocketAddr, local: IpAddr) -> Option<TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(local, 0)).unwrap();
-    tokio::time::timeout(common::WAIT, socket.connect(addr))
+    match tokio::time::timeout(common::WAIT, socket.connect(addr))
         .await
         .expect("TCP connect in time")
-        .expect("TCP connect")
+    {
+        Ok(stream) => Some(stream),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Err(err) => panic!("TCP connect: {err}"),
+    }
+}
+
+/// A socket from `local` the server accepted and has not reset.
+async fn tcp_from(addr: SocketAddr, local: IpAddr) -> TcpStream {
+    try_tcp_from(addr, local)
+        .await
+        .expect("TCP connect, not reset")
+}
+
+/// Whether a new socket from `local` is refused: reset at once, or closed within `within`
+/// without the server sending anything.
+async fn refused(addr: SocketAddr, local: IpAddr, within: Duration) -> bool {
+    match try_tcp_from(addr, local).await {
+        None => true,
+        Some(mut stream) => closed_within(&mut stream, within).await,
+    }
 }
 
 /// Whether the server closes `stream` within `within` without sending anything.
@@ -71,7 +93,7 @@ async fn a_connection_flood_from_one_address_does_not_stop_another() {
     // while the loop ran.
     let mut streams = Vec::new();
     for _ in 0..100 {
-        streams.push(tcp_from(server.addr, attacker).await);
+        streams.extend(try_tcp_from(server.addr, attacker).await);
     }
     let mut kept = 0;
     for stream in &mut streams {
@@ -84,8 +106,7 @@ async fn a_connection_flood_from_one_address_does_not_stop_another() {
         "the burst is let in, the rest refused: {kept}"
     );
     // Cooling off: even a single new socket from the attacker is refused now.
-    let mut again = tcp_from(server.addr, attacker).await;
-    assert!(closed_within(&mut again, Duration::from_millis(500)).await);
+    assert!(refused(server.addr, attacker, Duration::from_millis(500)).await);
     // Another address connects and works.
     let mut other = mqtt_from(server.addr, from(3), "bystander").await;
     other.subscribe_qos(1, "t/#", QoS::AtLeastOnce).await;
@@ -109,8 +130,7 @@ async fn per_address_caps_hold_without_a_rate() {
     for _ in 0..3 {
         silent.push(tcp_from(server.addr, from(4)).await);
     }
-    let mut fourth = tcp_from(server.addr, from(4)).await;
-    assert!(closed_within(&mut fourth, Duration::from_millis(500)).await);
+    assert!(refused(server.addr, from(4), Duration::from_millis(500)).await);
     // ... while a finished login does not count as a handshake any more.
     drop(silent);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -118,9 +138,8 @@ async fn per_address_caps_hold_without_a_rate() {
     for i in 0..5 {
         clients.push(mqtt_from(server.addr, from(4), &format!("c{i}")).await);
     }
-    let mut sixth = tcp_from(server.addr, from(4)).await;
     assert!(
-        closed_within(&mut sixth, Duration::from_millis(500)).await,
+        refused(server.addr, from(4), Duration::from_millis(500)).await,
         "max_per_address"
     );
     let _ = mqtt_from(server.addr, from(5), "elsewhere").await;
@@ -529,9 +548,8 @@ async fn repeated_protocol_violations_lead_to_a_ban_that_survives_a_restart() {
     }
     let event = wait_audit(&audit, "ban").await;
     assert!(event.contains("127.0.0.7"), "{event}");
-    let mut again = tcp_from(server.addr, offender).await;
     assert!(
-        closed_within(&mut again, Duration::from_millis(500)).await,
+        refused(server.addr, offender, Duration::from_millis(500)).await,
         "banned at accept"
     );
     let _ = mqtt_from(server.addr, from(8), "innocent").await;
@@ -544,9 +562,8 @@ async fn repeated_protocol_violations_lead_to_a_ban_that_survives_a_restart() {
         "{text}"
     );
     let server = common::start_with(configure).await;
-    let mut after = tcp_from(server.addr, offender).await;
     assert!(
-        closed_within(&mut after, Duration::from_millis(500)).await,
+        refused(server.addr, offender, Duration::from_millis(500)).await,
         "still banned"
     );
     let _ = mqtt_from(server.addr, from(8), "innocent-2").await;
@@ -572,6 +589,83 @@ async fn repeated_protocol_violations_lead_to_a_ban_that_survives_a_restart() {
     )
     .await;
     assert_eq!(ack.reason_code, ReasonCode::Banned);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn repeated_limit_hits_lead_to_a_ban() {
+    use bulwark_server::bans::BanSettings;
+    let dir = std::env::temp_dir().join(common::unique("bulwark-limit-bans"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let server = common::start_with(|c| {
+        c.bans = BanSettings {
+            offences: 3,
+            exempt: Vec::new(),
+            ..BanSettings::default()
+        };
+        c.auth.audit_file = Some(audit.clone());
+        c.broker.receive_maximum = 2;
+    })
+    .await;
+    let flooder = from(11);
+    // A QoS 2 flood past the Receive Maximum, from a 5.0 and then from 3.1.1 clients (which get
+    // no DISCONNECT packet, only the close): each is an offence of the address.
+    for (i, version) in [
+        ProtocolVersion::V5,
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V5,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut raw = Raw::tcp_from(server.addr, flooder, version).await;
+        raw.send(&connect_packet(version, &format!("flood-{i}")))
+            .await;
+        assert!(
+            matches!(raw.recv().await, bulwark_proto::Packet::ConnAck(a) if !a.reason_code.is_error())
+        );
+        // PUBREC and, for 5.0, the DISCONNECT, then the close.
+        let mut packets = Vec::new();
+        for id in 1..=3u16 {
+            raw.send(&common::publish("q/x", QoS::ExactlyOnce, id, b"x"))
+                .await;
+        }
+        packets.extend(raw.until_closed(common::WAIT).await);
+        let disconnect = packets.iter().find_map(|p| match p {
+            bulwark_proto::Packet::Disconnect(d) => Some(d.reason_code),
+            _ => None,
+        });
+        let expected = version
+            .is_v5()
+            .then_some(ReasonCode::ReceiveMaximumExceeded);
+        assert_eq!(disconnect, expected, "{packets:?}");
+    }
+    let event = wait_audit(&audit, "protocol_violation").await;
+    assert!(
+        event.contains("127.0.0.11") && event.contains("0x93"),
+        "{event}"
+    );
+    let ban = wait_audit(&audit, "ban").await;
+    assert!(
+        ban.contains("127.0.0.11") && ban.contains("limit exceeded"),
+        "{ban}"
+    );
+    assert!(
+        refused(server.addr, flooder, Duration::from_millis(500)).await,
+        "banned at accept"
+    );
+    // Being taken over is not an offence: the same client id connecting three times from one
+    // address bans nobody.
+    let other = from(12);
+    let mut first = mqtt_from(server.addr, other, "same").await;
+    for _ in 0..3 {
+        let next = mqtt_from(server.addr, other, "same").await;
+        first.expect_disconnect(ReasonCode::SessionTakenOver).await;
+        first = next;
+    }
+    let _ = mqtt_from(server.addr, other, "still-welcome").await;
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -615,9 +709,8 @@ async fn over_the_memory_watermark_new_connections_are_refused_and_queues_shed()
     }
     let event = wait_audit(&audit, "overload").await;
     assert!(event.contains("watermark"), "{event}");
-    let mut refused = tcp_from(server.addr, from(2)).await;
     assert!(
-        closed_within(&mut refused, Duration::from_millis(500)).await,
+        refused(server.addr, from(2), Duration::from_millis(500)).await,
         "refused when over"
     );
     // The connected client keeps working.
