@@ -2,6 +2,7 @@
 //! handshakes, and the non-blocking read and write steps the scenario loops are built from.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use bulwark_proto::{
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -78,6 +79,11 @@ pub(crate) struct Target {
     host: String,
     port: u16,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Local address to connect from; `None`: the system's choice.
+    source: Option<IpAddr>,
+    /// Close with a reset (`SO_LINGER` 0) rather than a FIN, so that connections the loader
+    /// closes first leave no TIME_WAIT behind on its side.
+    reset_on_close: bool,
 }
 
 impl std::fmt::Debug for Target {
@@ -86,6 +92,7 @@ impl std::fmt::Debug for Target {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls.is_some())
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -114,16 +121,72 @@ impl Target {
             host: host.to_owned(),
             port,
             tls,
+            source: None,
+            reset_on_close: false,
         })
+    }
+
+    /// The same target, connected to from `source` (`None`: the system's choice).
+    pub(crate) fn connecting_from(mut self, source: Option<IpAddr>) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// The same target, its connections closed with a reset (what an attacker does: no
+    /// TIME_WAIT, so thousands of connections a second never run out of local ports).
+    pub(crate) fn resetting(mut self) -> Self {
+        self.reset_on_close = true;
+        self
+    }
+
+    /// Whether connections use TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Opens a TCP connection, from the source address if one is set.
+    pub(crate) async fn open_tcp(&self) -> Result<TcpStream, BenchError> {
+        let context = || format!("connect to {}:{}", self.host, self.port);
+        let tcp = match self.source {
+            None => TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|err| BenchError::io(context(), err))?,
+            Some(source) => {
+                let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+                    .await
+                    .map_err(|err| BenchError::io(context(), err))?
+                    .find(|addr| addr.is_ipv4() == source.is_ipv4())
+                    .ok_or_else(|| {
+                        BenchError::Setup(format!(
+                            "{} has no address of the family of the source address {source}",
+                            self.host
+                        ))
+                    })?;
+                let socket = if source.is_ipv4() {
+                    TcpSocket::new_v4()
+                } else {
+                    TcpSocket::new_v6()
+                }
+                .map_err(|err| BenchError::io("create a socket", err))?;
+                socket
+                    .bind(SocketAddr::new(source, 0))
+                    .map_err(|err| BenchError::io(format!("bind to {source}"), err))?;
+                socket
+                    .connect(addr)
+                    .await
+                    .map_err(|err| BenchError::io(format!("{} from {source}", context()), err))?
+            }
+        };
+        if self.reset_on_close {
+            tcp.set_zero_linger()
+                .map_err(|err| BenchError::io("set SO_LINGER", err))?;
+        }
+        Ok(tcp)
     }
 
     /// Opens a connection (and completes the TLS handshake).
     pub(crate) async fn open(&self) -> Result<Stream, BenchError> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|err| {
-                BenchError::io(format!("connect to {}:{}", self.host, self.port), err)
-            })?;
+        let tcp = self.open_tcp().await?;
         // The load generator batches its own writes; Nagle would only add delay.
         tcp.set_nodelay(true)
             .map_err(|err| BenchError::io("set TCP_NODELAY", err))?;

@@ -90,6 +90,7 @@ fn connection_report(o: &BenchOptions, connections: usize) -> Report {
         loader_cpu_percent: None,
         errors: 0,
         first_error: None,
+        flood: None,
     }
 }
 
@@ -98,7 +99,8 @@ fn connection_report(o: &BenchOptions, connections: usize) -> Report {
 /// cover the whole run, opening included.
 pub(crate) async fn run_conn(o: &BenchOptions) -> Result<Report, BenchError> {
     let n = o.connections();
-    let target = Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?;
+    let target =
+        Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?.connecting_from(o.source);
     let params = params(o);
     let random = random_suffix();
     let broker = o.broker_pid.map(Process::Pid);
@@ -249,7 +251,8 @@ async fn hold(
 /// `--workers` loops of connect, CONNECT, CONNACK, DISCONNECT, wait for the broker's close,
 /// for warm-up + duration. Cycles that end in the measured interval are counted.
 pub(crate) async fn run_churn(o: &BenchOptions) -> Result<Report, BenchError> {
-    let target = Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?;
+    let target =
+        Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?.connecting_from(o.source);
     let params = params(o);
     let random = random_suffix();
     let broker = o.broker_pid.map(Process::Pid);

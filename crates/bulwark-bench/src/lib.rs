@@ -4,7 +4,8 @@
 //! Scenarios ([`Scenario`]): `conn` (many idle connections: connect rate, connect latency,
 //! broker memory per connection), `churn` (connect/disconnect loops), `fan-in` (N publishers to
 //! one wildcard subscriber), `pairs` (N publisher/subscriber pairs), `fan-out` (one publisher
-//! to N subscribers) and `latency` (pairs at a fixed rate). Each publication carries its send
+//! to N subscribers), `latency` (pairs at a fixed rate) and `flood` (`latency` undisturbed, then
+//! under a slowloris and a connection flood from another source address). Each publication carries its send
 //! time and sequence number in its payload ([`payload`]), so subscribers measure end-to-end
 //! latency into an HDR histogram and count loss and duplicates per publisher. An end-to-end
 //! [`window`] bounds the publications in flight, so the broker's queues stay bounded and
@@ -25,6 +26,7 @@
 
 mod client;
 mod conn;
+mod flood;
 mod options;
 pub mod payload;
 pub mod procfs;
@@ -38,10 +40,10 @@ use std::process::ExitCode;
 use bulwark_proto::{DecodeError, ReasonCode};
 
 pub use options::{
-    BenchArgs, BenchOptions, DEFAULT_FAN_OUT_DELIVERIES, DEFAULT_INFLIGHT, DEFAULT_WINDOW,
-    Protocol, Scenario,
+    AttackOptions, BenchArgs, BenchOptions, DEFAULT_FAN_OUT_DELIVERIES, DEFAULT_FLOOD_RATE,
+    DEFAULT_INFLIGHT, DEFAULT_SLOWLORIS, DEFAULT_WINDOW, Protocol, Scenario,
 };
-pub use stats::{ConnectStats, Latency, MemoryStats, Report};
+pub use stats::{AttackStats, ConnectStats, FloodStats, Latency, MemoryStats, Report};
 
 /// Why a run could not be made or finished.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,7 @@ pub async fn run_scenario(options: &BenchOptions) -> Result<Report, BenchError> 
     match options.scenario {
         Scenario::Conn => conn::run_conn(options).await,
         Scenario::Churn => conn::run_churn(options).await,
+        Scenario::Flood => flood::run_flood(options).await,
         Scenario::FanIn | Scenario::Pairs | Scenario::FanOut | Scenario::Latency => {
             pubsub::run(options).await
         }

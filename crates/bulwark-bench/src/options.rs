@@ -1,6 +1,7 @@
 //! What to run: the command-line arguments ([`BenchArgs`]) and the checked options the library
 //! runs on ([`BenchOptions`]).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ pub enum Scenario {
     FanOut,
     /// N pairs (default 100) publishing at a fixed total `--rate`; latency percentiles.
     Latency,
+    /// `latency` twice: undisturbed, then while a slowloris and a connection flood run from
+    /// another source address (`--attack-source`); both p99s and their ratio.
+    Flood,
 }
 
 impl Scenario {
@@ -38,6 +42,7 @@ impl Scenario {
             Self::Pairs => "pairs",
             Self::FanOut => "fan-out",
             Self::Latency => "latency",
+            Self::Flood => "flood",
         }
     }
 
@@ -46,7 +51,7 @@ impl Scenario {
     pub fn default_connections(self) -> usize {
         match self {
             Self::Conn | Self::FanOut => 1000,
-            Self::FanIn | Self::Pairs | Self::Latency => 100,
+            Self::FanIn | Self::Pairs | Self::Latency | Self::Flood => 100,
             Self::Churn => 0,
         }
     }
@@ -86,6 +91,12 @@ pub const DEFAULT_FAN_OUT_DELIVERIES: u64 = 20_000;
 /// Default per-connection limit of unacknowledged QoS 1/2 publications.
 pub const DEFAULT_INFLIGHT: u16 = 64;
 
+/// Default `--slowloris`: sockets the flood's attacker holds open, trickling a CONNECT.
+pub const DEFAULT_SLOWLORIS: usize = 1000;
+
+/// Default `--flood-rate`: new connections per second the flood's attacker opens.
+pub const DEFAULT_FLOOD_RATE: u64 = 1000;
+
 /// `bulwark bench`: a load generator for any MQTT broker.
 #[derive(Debug, Clone, clap::Args)]
 #[command(about = "Load-test an MQTT broker (any broker): throughput, latency, connections")]
@@ -99,6 +110,25 @@ pub struct BenchArgs {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Local address the clients connect from (default: the system's choice).
+    #[arg(long, value_name = "ADDR")]
+    pub source: Option<IpAddr>,
+    /// Flood: local address the attack comes from (default 127.0.0.2 for a broker on
+    /// 127.0.0.0/8; required otherwise). Must differ from the clients' address.
+    #[arg(long, value_name = "ADDR")]
+    pub attack_source: Option<IpAddr>,
+    /// Flood: sockets the attacker holds open, each trickling a CONNECT one byte per
+    /// --slowloris-interval (with --tls: sending nothing); 0 turns the slowloris off.
+    #[arg(long, default_value_t = DEFAULT_SLOWLORIS, value_name = "N")]
+    pub slowloris: usize,
+    /// Flood: seconds between the bytes of a slowloris socket, and before one the broker
+    /// closed is reopened.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub slowloris_interval: f64,
+    /// Flood: new connections per second the attacker opens, each sending a CONNECT (no
+    /// credentials) and closing (reset) after the broker's answer; 0 turns the flood off.
+    #[arg(long, default_value_t = DEFAULT_FLOOD_RATE, value_name = "CONN/S")]
+    pub flood_rate: u64,
     /// QoS of every publication and subscription.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
@@ -169,6 +199,30 @@ pub struct BenchArgs {
     pub no_progress: bool,
 }
 
+/// What the `flood` scenario's attacker does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttackOptions {
+    /// Local address of the attack; `None`: 127.0.0.2 for a broker on 127.0.0.0/8.
+    pub source: Option<IpAddr>,
+    /// Slowloris sockets held open (0: none).
+    pub slowloris: usize,
+    /// Between the bytes of a slowloris socket, and before reopening a closed one.
+    pub slowloris_interval: Duration,
+    /// New connections per second (0: none).
+    pub flood_rate: u64,
+}
+
+impl Default for AttackOptions {
+    fn default() -> Self {
+        Self {
+            source: None,
+            slowloris: DEFAULT_SLOWLORIS,
+            slowloris_interval: Duration::from_secs(1),
+            flood_rate: DEFAULT_FLOOD_RATE,
+        }
+    }
+}
+
 /// A checked set of options: what [`crate::run_scenario`] runs.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -178,6 +232,10 @@ pub struct BenchOptions {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// Local address of the clients; `None`: the system's choice.
+    pub source: Option<IpAddr>,
+    /// The flood's attack (unused by the other scenarios).
+    pub attack: AttackOptions,
     /// QoS of publications and subscriptions.
     pub qos: QoS,
     /// Payload bytes (at least 16).
@@ -222,6 +280,8 @@ impl BenchOptions {
             scenario,
             host: host.into(),
             port,
+            source: None,
+            attack: AttackOptions::default(),
             qos: QoS::AtMostOnce,
             payload: 64,
             version: ProtocolVersion::V3_1_1,
@@ -268,6 +328,27 @@ impl BenchOptions {
         if self.duration.is_zero() {
             problems.push("--duration must be more than 0".to_owned());
         }
+        if self.scenario == Scenario::Flood {
+            let a = &self.attack;
+            if a.slowloris == 0 && a.flood_rate == 0 {
+                problems.push(
+                    "flood needs an attack: --slowloris or --flood-rate must be more than 0"
+                        .to_owned(),
+                );
+            }
+            if a.slowloris_interval.is_zero() {
+                problems.push("--slowloris-interval must be more than 0".to_owned());
+            }
+            if a.flood_rate > 1_000_000 {
+                problems.push("--flood-rate must be at most 1000000".to_owned());
+            }
+            if a.source.is_some() && a.source == self.source {
+                problems.push(
+                    "--attack-source must differ from --source: the attack comes from another address than the clients"
+                        .to_owned(),
+                );
+            }
+        }
         if self.version == ProtocolVersion::V3_1 {
             problems.push("MQTT 3.1 is not supported by the load generator".to_owned());
         }
@@ -287,7 +368,7 @@ impl BenchOptions {
     /// Publications per second, if limited.
     pub fn rate(&self) -> Option<u64> {
         match self.scenario {
-            Scenario::Latency => Some(self.rate.unwrap_or(10_000)),
+            Scenario::Latency | Scenario::Flood => Some(self.rate.unwrap_or(10_000)),
             _ => self.rate,
         }
     }
@@ -318,6 +399,7 @@ impl TryFrom<&BenchArgs> for BenchOptions {
         };
         let duration = seconds(args.duration, "--duration")?;
         let warmup = seconds(args.warmup, "--warmup")?;
+        let slowloris_interval = seconds(args.slowloris_interval, "--slowloris-interval")?;
         let progress = if args.no_progress {
             false
         } else {
@@ -329,6 +411,13 @@ impl TryFrom<&BenchArgs> for BenchOptions {
             scenario: args.scenario,
             host: args.host.clone(),
             port: args.port,
+            source: args.source,
+            attack: AttackOptions {
+                source: args.attack_source,
+                slowloris: args.slowloris,
+                slowloris_interval,
+                flood_rate: args.flood_rate,
+            },
             qos: QoS::from_u8(args.qos)
                 .ok_or_else(|| BenchError::Options("--qos must be 0, 1 or 2".to_owned()))?,
             payload: args.payload,
@@ -381,6 +470,20 @@ mod tests {
         let err = o.validate().unwrap_err().to_string();
         assert!(err.contains("--payload"), "{err}");
         assert!(err.contains("--workers"), "{err}");
+    }
+
+    #[test]
+    fn flood_needs_an_attack_from_another_address() {
+        let mut o = BenchOptions::new(Scenario::Flood, "127.0.0.1", 1883);
+        assert!(o.validate().is_ok());
+        assert_eq!(o.rate(), Some(10_000));
+        o.attack.slowloris = 0;
+        o.attack.flood_rate = 0;
+        o.source = Some("127.0.0.5".parse().unwrap());
+        o.attack.source = o.source;
+        let err = o.validate().unwrap_err().to_string();
+        assert!(err.contains("needs an attack"), "{err}");
+        assert!(err.contains("--attack-source must differ"), "{err}");
     }
 
     #[test]

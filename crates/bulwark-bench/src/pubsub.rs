@@ -89,7 +89,11 @@ fn layout(scenario: Scenario, n: usize) -> Layout {
                 .collect(),
             fanout: n as u64,
         },
-        Scenario::Pairs | Scenario::Latency | Scenario::Conn | Scenario::Churn => {
+        Scenario::Pairs
+        | Scenario::Latency
+        | Scenario::Flood
+        | Scenario::Conn
+        | Scenario::Churn => {
             let name = if scenario == Scenario::Latency {
                 "latency"
             } else {
@@ -160,7 +164,8 @@ struct SubStats {
 pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
     let n = o.connections();
     let layout = layout(o.scenario, n);
-    let target = Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?;
+    let target =
+        Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?.connecting_from(o.source);
     let params = ConnectParams {
         version: o.version,
         keep_alive: o.keep_alive,
@@ -326,6 +331,7 @@ pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
         },
         errors,
         first_error,
+        flood: None,
     })
 }
 

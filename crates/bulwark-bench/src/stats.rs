@@ -105,6 +105,17 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// "p50 … µs, p99 … µs, p99.9 … µs, max … µs", for the table.
+    pub fn percentiles(&self) -> String {
+        format!(
+            "p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            micros(self.p50_us),
+            micros(self.p99_us),
+            micros(self.p999_us),
+            micros(self.max_us)
+        )
+    }
+
     /// The summary of a nanosecond histogram, or `None` if it is empty.
     pub fn from_histogram(hist: &Histogram<u64>) -> Option<Self> {
         if hist.is_empty() {
@@ -147,6 +158,55 @@ pub struct MemoryStats {
     pub rss_after_kib: u64,
     /// (after − before) / connections, bytes.
     pub per_connection_bytes: f64,
+}
+
+/// What the flood's attacker did, and what the broker made of it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AttackStats {
+    /// The attack's local address.
+    pub source: String,
+    /// Seconds the attack ran (from its start to the end of the measured run).
+    pub duration_s: f64,
+    /// Slowloris sockets the attacker tries to hold open.
+    pub slowloris_target: usize,
+    /// Slowloris connections the broker accepted at the TCP level.
+    pub slowloris_opened: u64,
+    /// Of those, closed by the broker (refused at once, or timed out).
+    pub slowloris_closed: u64,
+    /// Slowloris connects that failed: refused, or reset by the broker before the connect
+    /// completed (a broker that refuses at accept with a reset).
+    pub slowloris_failed: u64,
+    /// Slowloris sockets still open when the attack stopped.
+    pub slowloris_open_at_end: u64,
+    /// The slowest the broker was to close a slowloris socket, seconds (0 when it closed none).
+    pub slowloris_longest_s: f64,
+    /// New connections per second the flood aimed at.
+    pub flood_rate: u64,
+    /// Flood connections attempted.
+    pub flood_attempts: u64,
+    /// Of those, answered with a successful CONNACK.
+    pub flood_accepted: u64,
+    /// Of those, refused: closed or reset before a CONNACK, a CONNACK with an error, or a
+    /// failed connect or TLS handshake.
+    pub flood_refused: u64,
+    /// Attempts not made because 1,000 were already waiting for the broker.
+    pub flood_skipped: u64,
+}
+
+/// The flood scenario's comparison: the clients undisturbed, and the attack that ran while
+/// they were measured again (the report's own figures).
+#[derive(Debug, Clone, Serialize)]
+pub struct FloodStats {
+    /// Latency of the same clients without the attack.
+    pub baseline_latency: Option<Latency>,
+    /// Deliveries per second without the attack.
+    pub baseline_received_per_s: f64,
+    /// Deliveries expected and not received without the attack.
+    pub baseline_lost: u64,
+    /// The attack.
+    pub attack: AttackStats,
+    /// p99 under attack / p99 undisturbed.
+    pub p99_ratio: Option<f64>,
 }
 
 /// Everything one run measured.
@@ -214,6 +274,8 @@ pub struct Report {
     pub errors: u64,
     /// The first of those failures.
     pub first_error: Option<String>,
+    /// Flood: the undisturbed run and the attack; the other figures are those under attack.
+    pub flood: Option<FloodStats>,
 }
 
 impl Report {
@@ -333,16 +395,7 @@ impl Report {
                 ),
             );
             if let Some(l) = &self.latency {
-                row(
-                    "latency",
-                    format!(
-                        "p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
-                        micros(l.p50_us),
-                        micros(l.p99_us),
-                        micros(l.p999_us),
-                        micros(l.max_us)
-                    ),
-                );
+                row("latency", l.percentiles());
             }
             row(
                 "lost / dup / reordered",
@@ -361,6 +414,9 @@ impl Report {
             if self.unacked > 0 {
                 row("unacknowledged", thousands(self.unacked));
             }
+        }
+        if let Some(f) = &self.flood {
+            flood_rows(f, &mut row);
         }
         if let Some(cpu) = self.broker_cpu_percent {
             row("broker CPU", format!("{cpu:.0} %"));
@@ -388,6 +444,60 @@ impl Report {
             let _ = writeln!(out, "{k:<width$}  {v}");
         }
         out
+    }
+}
+
+/// The flood's rows: the undisturbed latency, the ratio, and what the attack did.
+fn flood_rows(f: &FloodStats, row: &mut impl FnMut(&str, String)) {
+    if let Some(l) = &f.baseline_latency {
+        row("undisturbed latency", l.percentiles());
+    }
+    row(
+        "undisturbed received",
+        format!(
+            "{} msg/s, {} lost",
+            rate(f.baseline_received_per_s),
+            thousands(f.baseline_lost)
+        ),
+    );
+    if let Some(ratio) = f.p99_ratio {
+        row("p99 attack / undisturbed", format!("{ratio:.2}x"));
+    }
+    let a = &f.attack;
+    row(
+        "attack",
+        format!("from {} for {:.1} s", a.source, a.duration_s),
+    );
+    if a.slowloris_target > 0 {
+        row(
+            "slowloris",
+            format!(
+                "{} sockets: {} opened, {} closed by the broker (slowest after {:.1} s), {} refused or reset while connecting, {} open at the end",
+                thousands(a.slowloris_target as u64),
+                thousands(a.slowloris_opened),
+                thousands(a.slowloris_closed),
+                a.slowloris_longest_s,
+                thousands(a.slowloris_failed),
+                thousands(a.slowloris_open_at_end)
+            ),
+        );
+    }
+    if a.flood_rate > 0 {
+        row(
+            "connection flood",
+            format!(
+                "{} conn/s: {} attempts, {} accepted, {} refused{}",
+                thousands(a.flood_rate),
+                thousands(a.flood_attempts),
+                thousands(a.flood_accepted),
+                thousands(a.flood_refused),
+                if a.flood_skipped > 0 {
+                    format!(", {} not made (1,000 pending)", thousands(a.flood_skipped))
+                } else {
+                    String::new()
+                }
+            ),
+        );
     }
 }
 
@@ -527,7 +637,47 @@ mod tests {
             loader_cpu_percent: Some(80.2),
             errors: 0,
             first_error: None,
+            flood: None,
         }
+    }
+
+    #[test]
+    fn flood_table_compares_and_counts() {
+        let mut report = sample_report();
+        report.scenario = Scenario::Flood;
+        let baseline = report.latency.map(|mut l| {
+            l.p99_us = 1050.0;
+            l
+        });
+        report.flood = Some(FloodStats {
+            baseline_latency: baseline,
+            baseline_received_per_s: 10_000.0,
+            baseline_lost: 0,
+            attack: AttackStats {
+                source: "127.0.0.2".to_owned(),
+                duration_s: 13.0,
+                slowloris_target: 1000,
+                slowloris_opened: 1200,
+                slowloris_closed: 1100,
+                slowloris_longest_s: 10.2,
+                flood_rate: 1000,
+                flood_attempts: 13_000,
+                flood_accepted: 200,
+                flood_refused: 12_800,
+                ..AttackStats::default()
+            },
+            p99_ratio: Some(2.0),
+        });
+        let table = report.to_table();
+        assert!(table.contains("p99 attack / undisturbed  2.00x"), "{table}");
+        assert!(
+            table.contains("13,000 attempts, 200 accepted, 12,800 refused"),
+            "{table}"
+        );
+        assert!(table.contains("slowest after 10.2 s"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["flood"]["attack"]["flood_refused"], 12_800);
+        assert_eq!(json["flood"]["baseline_latency"]["p99_us"], 1050.0);
     }
 
     #[test]

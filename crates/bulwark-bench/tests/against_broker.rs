@@ -40,7 +40,14 @@ impl Broker {
         .await
     }
 
-    async fn with_listener(mut listener: bulwark_server::ListenerConfig) -> Self {
+    async fn with_listener(listener: bulwark_server::ListenerConfig) -> Self {
+        Self::configured(listener, |_| {}).await
+    }
+
+    async fn configured(
+        mut listener: bulwark_server::ListenerConfig,
+        configure: impl FnOnce(&mut bulwark_server::ServerConfig),
+    ) -> Self {
         // The bench measures the broker's message path; authentication has its own tests.
         listener.dangerous_allow_anonymous = true;
         let mut c = bulwark_server::ServerConfig {
@@ -48,6 +55,7 @@ impl Broker {
             ..Default::default()
         };
         c.broker.sys_interval = None;
+        configure(&mut c);
         let s = bulwark_server::Server::bind(c).await.unwrap();
         let addr = s.local_addrs()[0];
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -214,6 +222,43 @@ async fn over_tls_with_full_handshakes() {
             assert!(connect.failed > 0, "{}", report.to_table());
         }
     }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_attacks_from_another_address_and_compares() {
+    // Admission as shipped, but with the loopback no longer exempt, so that the attack from
+    // 127.0.0.2 meets the per-source caps; a short CONNECT timeout for the slowloris.
+    let listener = bulwark_server::ListenerConfig::tcp("t", "127.0.0.1:0".parse().unwrap());
+    let broker = Broker::configured(listener, |c| {
+        c.admission.exempt = Vec::new();
+        c.connect_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut o = broker.options(Scenario::Flood);
+    o.connections = Some(5);
+    o.rate = Some(500);
+    o.attack.slowloris = 40;
+    o.attack.slowloris_interval = Duration::from_millis(100);
+    o.attack.flood_rate = 400;
+    let report = run_scenario(&o).await.unwrap();
+    let table = report.to_table();
+    assert_eq!(report.scenario, Scenario::Flood, "{table}");
+    assert_delivered(&report, QoS::AtMostOnce);
+    let flood = report.flood.as_ref().expect("flood figures");
+    assert!(flood.baseline_latency.is_some(), "{table}");
+    assert!(flood.p99_ratio.is_some_and(|r| r > 0.0), "{table}");
+    let a = &flood.attack;
+    assert_eq!(a.source, "127.0.0.2", "{table}");
+    // Past its burst (200) the attacker's address is over its rate (100/s) and in cooldown:
+    // most of the flood is refused, and only the burst and the rate's refill were let in.
+    assert!(a.flood_attempts > 400, "{table}");
+    assert!(a.flood_refused > a.flood_accepted, "{table}");
+    assert!(a.flood_accepted <= 200 + 100 * 5, "{table}");
+    // Slowloris sockets were closed by the broker (refused at once, or at the CONNECT
+    // timeout), never held for much longer than the timeout.
+    assert!(a.slowloris_opened > 0 && a.slowloris_closed > 0, "{table}");
+    assert!(a.slowloris_longest_s < 3.0, "{table}");
     broker.stop().await;
 }
 
