@@ -21,6 +21,7 @@ use crate::authz::{AuthzEvent, ConnAuthz};
 use crate::config::{BrokerConfig, DeniedPublish};
 use crate::index::SubscriptionIndex;
 use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
+use crate::persist::{Journal, Restored, SessionRecord, StoreOp, WillRecord};
 use crate::quota::Quotas;
 use crate::session::{QueueLimits, Session, SubscriptionRecord};
 use crate::store::SessionStore;
@@ -283,6 +284,10 @@ pub struct Broker {
     quotas: Quotas,
     /// When each overflowing session's last slow-consumer event was (bounded).
     overflow_events: HashMap<SessionKey, Instant>,
+    /// Where changes for the durable store go; off without one.
+    journal: Journal,
+    /// Connections whose persistent session's own state changed this round.
+    dirty: Vec<ConnectionId>,
 }
 
 /// Authorization events held for the caller at most; more are dropped (counted in
@@ -326,6 +331,155 @@ impl Broker {
             offences: VecDeque::new(),
             quotas: Quotas::default(),
             overflow_events: HashMap::new(),
+            journal: Journal::off(),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// Records every change to persistent sessions and retained messages from now on, for a
+    /// durable store: call before the first connection (after [`Broker::restore`]), then drain
+    /// [`Broker::take_store_ops`] after every call, as [`Broker::poll_output`].
+    pub fn enable_journal(&mut self) {
+        if !self.journal.is_on() {
+            self.journal = Journal::on();
+        }
+    }
+
+    /// The changes to durable state since the last call, oldest first: the caller commits
+    /// them (atomically, as one batch) before it sends this round's outputs.
+    pub fn take_store_ops(&mut self) -> Vec<StoreOp> {
+        if !self.journal.is_on() {
+            return Vec::new();
+        }
+        let mut dirty = mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for conn_id in dirty.drain(..) {
+            if let Some(conn) = self.conns.get(&conn_id)
+                && conn.session.is_journaled()
+            {
+                let will = conn.will.as_deref().map(|w| WillRecord {
+                    at: None,
+                    delay: will_delay(conn.version, w),
+                    will: w.clone(),
+                    principal: conn.authz.principal.clone(),
+                });
+                let record = self.record_of(&conn.session, None, will);
+                self.journal.push(StoreOp::Session(Box::new(record)));
+            }
+        }
+        self.dirty = dirty;
+        self.journal.take()
+    }
+
+    /// The durable record of `session`, parked since `disconnected_at` (`None`: connected)
+    /// with `will` waiting.
+    fn record_of(
+        &self,
+        session: &Session,
+        disconnected_at: Option<Instant>,
+        will: Option<WillRecord>,
+    ) -> SessionRecord {
+        let mut subscriptions: Vec<SubscriptionRecord> =
+            session.subscriptions.values().cloned().collect();
+        subscriptions.sort_unstable_by(|a, b| a.filter.as_str().cmp(b.filter.as_str()));
+        SessionRecord {
+            client_id: session.client_id.clone(),
+            owner: self.owner_of(session.key),
+            expiry_interval: session.expiry_interval,
+            subscriptions,
+            disconnected_at,
+            will,
+        }
+    }
+
+    /// Brings back what a durable store read at start, and turns the journal on
+    /// ([`Broker::enable_journal`]): persistent sessions, parked, with their subscriptions,
+    /// queued and in-flight messages, QoS 2 identifiers and pending wills (a session whose
+    /// client was connected when the broker stopped counts as disconnected at `now`: its
+    /// expiry and will delay run from the restart), and the retained messages. Time spent down
+    /// counts: a session or message whose expiry ran out meanwhile expires at the first
+    /// [`Broker::handle_timeout`] or delivery. Messages restored from shared subscriptions stay
+    /// with their session. Call once, on a new engine, before the first connection. Returns
+    /// how many sessions and retained messages were restored.
+    pub fn restore(&mut self, restored: Restored, now: Instant) -> (usize, usize) {
+        self.enable_journal();
+        let mut sessions = 0;
+        for r in restored.sessions {
+            let record = r.record;
+            if record.expiry_interval == 0 || self.client_ids.contains_key(&record.client_id) {
+                continue;
+            }
+            let mut session = self.new_session(record.client_id.clone(), record.expiry_interval);
+            let key = session.key;
+            session.set_journal(self.journal.clone());
+            let parked_at = record.disconnected_at.unwrap_or(now);
+            session.parked_at = Some(parked_at);
+            self.owners.insert(key, record.owner);
+            let mut count = 0isize;
+            for sub in record.subscriptions {
+                self.index_subscription(key, &sub.filter, sub.options, sub.id);
+                if session
+                    .subscriptions
+                    .insert(sub.filter.as_str().into(), sub)
+                    .is_none()
+                {
+                    count += 1;
+                }
+            }
+            self.subscriptions += count.unsigned_abs();
+            self.count_subscriptions(key, count);
+            for (seq, mut delivery, sent) in r.messages {
+                delivery.seq = seq;
+                delivery.group = None;
+                session.restore_message(delivery, sent);
+            }
+            for id in r.qos2_received {
+                session.restore_qos2(id);
+            }
+            if let Some(w) = record.will {
+                let at = w.at.unwrap_or_else(|| {
+                    now.checked_add(Duration::from_secs(u64::from(w.delay)))
+                        .unwrap_or(now)
+                });
+                self.wills.insert(
+                    key,
+                    PendingWill {
+                        at,
+                        will: Box::new(w.will),
+                        principal: w.principal,
+                        client_id: session.client_id.clone(),
+                    },
+                );
+                self.will_times.insert((at, key));
+            }
+            let expires_at = if session.expiry_interval == u32::MAX {
+                None
+            } else {
+                parked_at.checked_add(Duration::from_secs(u64::from(session.expiry_interval)))
+            };
+            self.store.park(session, expires_at);
+            sessions += 1;
+        }
+        let mut retained = 0;
+        for (message, owner) in restored.retained {
+            if message.is_expired(now) {
+                self.journal
+                    .push(StoreOp::RetainedCleared(message.topic.clone()));
+                continue;
+            }
+            self.quotas
+                .stored(message.topic.as_str(), message.cost(), owner);
+            self.retained.insert(message.topic.as_str().into(), message);
+            retained += 1;
+        }
+        (sessions, retained)
+    }
+
+    /// Marks connection `conn_id`'s session as changed, for [`Broker::take_store_ops`].
+    fn touch(&mut self, conn_id: ConnectionId) {
+        if self.journal.is_on() {
+            self.dirty.push(conn_id);
         }
     }
 
@@ -688,6 +842,21 @@ impl Broker {
         };
         self.owners.insert(session.key, owner);
         session.expiry_interval = expiry;
+        session.parked_at = None;
+        if self.journal.is_on() {
+            if expiry > 0 {
+                if !session.is_journaled() {
+                    session.set_journal(self.journal.clone());
+                }
+            } else if session.is_journaled() {
+                // No longer persistent: it ends with this connection, and a restart before
+                // that must not bring it back.
+                self.journal.push(StoreOp::SessionEnded {
+                    client_id: session.client_id.clone(),
+                });
+                session.set_journal(Journal::off());
+            }
+        }
 
         let mut encoder = Encoder::new(version);
         if let Some(max) = connect.properties.maximum_packet_size {
@@ -719,6 +888,7 @@ impl Broker {
             authz,
         };
         self.conns.insert(conn, Box::new(state));
+        self.touch(conn);
         if present {
             // The stored session may hold what this identity (or the rules since) no longer
             // allows.
@@ -826,8 +996,14 @@ impl Broker {
             Packet::PubRec(rec) => self.handle_pubrec(conn, rec, now),
             Packet::PubRel(rel) => self.handle_pubrel(conn, rel.packet_id),
             Packet::PubComp(comp) => self.handle_pubcomp(conn, comp.packet_id, now),
-            Packet::Subscribe(subscribe) => self.handle_subscribe(conn, subscribe, now),
-            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(conn, unsubscribe),
+            Packet::Subscribe(subscribe) => {
+                self.handle_subscribe(conn, subscribe, now);
+                self.touch(conn);
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.handle_unsubscribe(conn, unsubscribe);
+                self.touch(conn);
+            }
             Packet::PingReq => self.push(conn, Packet::PingResp),
             Packet::Disconnect(disconnect) => self.handle_disconnect(conn, disconnect, now),
             Packet::Auth(_) => self.expel(
@@ -1240,6 +1416,7 @@ impl Broker {
         for record in lowered {
             self.index_subscription(key, &record.filter, record.options, record.id);
         }
+        self.touch(conn_id);
         for (filter, reason) in filters {
             self.subscriptions = self.subscriptions.saturating_sub(1);
             self.count_subscriptions(key, -1);
@@ -1283,7 +1460,9 @@ impl Broker {
                     }
                     self.pump(conn_id, now);
                 } else {
-                    inflight.state = OutState::AwaitPubComp;
+                    if let Some(p) = pos {
+                        conn.session.mark_released(p);
+                    }
                     self.push(conn_id, Packet::PubRel(PubRel::new(rec.packet_id)));
                 }
             }
@@ -1557,6 +1736,8 @@ impl Broker {
         for message in matching {
             if message.is_expired(now) {
                 self.retained.remove(message.topic.as_str());
+                self.journal
+                    .push(StoreOp::RetainedCleared(message.topic.clone()));
                 self.quotas.removed(message.topic.as_str());
                 self.stats.messages_expired += 1;
                 continue;
@@ -1584,6 +1765,7 @@ impl Broker {
                 retain: true,
                 subscription_ids: id.into_iter().collect(),
                 group: None,
+                seq: 0,
                 message,
             };
             self.deliver_to(session, delivery, now);
@@ -1660,11 +1842,7 @@ impl Broker {
         let key = session.key;
         self.online.remove(&key);
         if let Some(will) = will {
-            let delay = if version.is_v5() {
-                will.properties.will_delay_interval.unwrap_or(0)
-            } else {
-                0
-            };
+            let delay = will_delay(version, &will);
             let at = now
                 .checked_add(Duration::from_secs(u64::from(delay)))
                 .unwrap_or(now);
@@ -1690,6 +1868,17 @@ impl Broker {
             } else {
                 now.checked_add(Duration::from_secs(u64::from(session.expiry_interval)))
             };
+            session.parked_at = Some(now);
+            if session.is_journaled() {
+                let will = self.wills.get(&key).map(|p| WillRecord {
+                    at: Some(p.at),
+                    delay: will_delay(version, &p.will),
+                    will: (*p.will).clone(),
+                    principal: p.principal.clone(),
+                });
+                let record = self.record_of(&session, Some(now), will);
+                self.journal.push(StoreOp::Session(Box::new(record)));
+            }
             self.store.park(session, expires_at);
         }
         self.fire_due_wills(now);
@@ -1701,6 +1890,12 @@ impl Broker {
     /// Ends a session: its subscriptions go, its will is sent, its shared messages move.
     fn end_session(&mut self, mut session: Session, now: Instant) {
         let key = session.key;
+        if session.is_journaled() {
+            self.journal.push(StoreOp::SessionEnded {
+                client_id: session.client_id.clone(),
+            });
+            session.set_journal(Journal::off());
+        }
         let records: Vec<TopicFilter> = session
             .subscriptions
             .drain()
@@ -1726,6 +1921,16 @@ impl Broker {
         }
     }
 
+    /// Records a parked persistent session again (its will was sent).
+    fn save_parked(&mut self, key: SessionKey) {
+        if let Some(session) = self.store.get(key)
+            && session.is_journaled()
+        {
+            let record = self.record_of(session, session.parked_at, None);
+            self.journal.push(StoreOp::Session(Box::new(record)));
+        }
+    }
+
     fn cancel_will(&mut self, key: SessionKey) {
         if let Some(pending) = self.wills.remove(&key) {
             self.will_times.remove(&(pending.at, key));
@@ -1740,6 +1945,7 @@ impl Broker {
             self.will_times.pop_first();
             if let Some(pending) = self.wills.remove(&key) {
                 self.publish_will(key, pending, now);
+                self.save_parked(key);
             }
         }
     }
@@ -1805,10 +2011,19 @@ impl Broker {
     pub fn publish_message(&mut self, message: Arc<Message>, now: Instant) -> usize {
         if message.retain {
             if message.payload.is_empty() {
-                self.retained.remove(message.topic.as_str());
+                if self.retained.remove(message.topic.as_str()).is_some() {
+                    self.journal
+                        .push(StoreOp::RetainedCleared(message.topic.clone()));
+                }
                 self.quotas.removed(message.topic.as_str());
             } else {
                 let owner = message.publisher.and_then(|k| self.owner_of(k));
+                if self.journal.is_on() {
+                    self.journal.push(StoreOp::Retained {
+                        message: message.clone(),
+                        owner: owner.clone(),
+                    });
+                }
                 self.quotas
                     .stored(message.topic.as_str(), message.cost(), owner);
                 self.retained
@@ -1857,6 +2072,7 @@ impl Broker {
                 retain: rap && message.retain,
                 subscription_ids: ids,
                 group: None,
+                seq: 0,
             };
             self.deliver_to(session, delivery, now);
         }
@@ -1911,6 +2127,7 @@ impl Broker {
             retain: member.options.retain_as_published && message.retain,
             subscription_ids: member.id.into_iter().collect(),
             group: Some(group),
+            seq: 0,
         };
         self.deliver_to(member.session, delivery, now);
         true
@@ -2206,18 +2423,7 @@ impl Broker {
 /// Takes the deliveries that came through shared subscriptions out of a session: queued
 /// ones, and in-flight ones not yet received (`all`: also those awaiting PUBREC).
 fn take_shared(session: &mut Session, all: bool) -> Vec<Delivery> {
-    let mut moved = Vec::new();
-    let mut keep = VecDeque::new();
-    while let Some(delivery) = session.dequeue() {
-        if delivery.group.is_some() && delivery.qos != QoS::AtMostOnce {
-            moved.push(delivery);
-        } else {
-            keep.push_back(delivery);
-        }
-    }
-    while let Some(delivery) = keep.pop_back() {
-        session.requeue_front(delivery);
-    }
+    let mut moved = session.take_queued(|d| d.group.is_some() && d.qos != QoS::AtMostOnce);
     let mut pos = 0;
     while let Some(inflight) = session.inflight.get(pos) {
         let movable = inflight.delivery.group.is_some()
@@ -2227,7 +2433,9 @@ fn take_shared(session: &mut Session, all: bool) -> Vec<Delivery> {
                 OutState::AwaitPubComp => false,
             };
         if movable {
-            if let Some(inflight) = session.remove_inflight(pos) {
+            if let Some(mut inflight) = session.remove_inflight(pos) {
+                // It leaves this session: the next one numbers it anew.
+                inflight.delivery.seq = 0;
                 moved.push(inflight.delivery);
             }
         } else {
@@ -2235,6 +2443,15 @@ fn take_shared(session: &mut Session, all: bool) -> Vec<Delivery> {
         }
     }
     moved
+}
+
+/// A will's delay: its Will Delay Interval in 5.0, none before.
+fn will_delay(version: ProtocolVersion, will: &Will) -> u32 {
+    if version.is_v5() {
+        will.properties.will_delay_interval.unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 /// The body for `delivery` and its encoded size for `encoder`'s version: one shared with an

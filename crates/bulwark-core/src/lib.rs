@@ -14,6 +14,7 @@ mod config;
 pub mod index;
 mod keepalive;
 mod message;
+pub mod persist;
 mod quota;
 mod session;
 mod store;
@@ -23,5 +24,6 @@ pub use broker::{Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, Ses
 pub use config::{BrokerConfig, DeniedPublish};
 pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
+pub use persist::{Image, Journal, Restored, RestoredSession, SessionRecord, StoreOp, WillRecord};
 pub use session::{QueueFull, QueueLimits, QueuePolicy, Session, SubscriptionRecord};
 pub use store::{MemoryStore, SessionStore};

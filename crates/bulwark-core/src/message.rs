@@ -71,6 +71,9 @@ pub struct Delivery {
     /// Set when the message came through a shared subscription, so that it can go to another
     /// member if this one leaves before acknowledging it.
     pub group: Option<GroupKey>,
+    /// Its number in the session that holds it (for the durable store), given when it is
+    /// queued or sent there; 0 until then.
+    pub seq: u64,
 }
 
 /// Where a QoS 1 or 2 message sent to the client stands.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use bulwark_proto::{PacketId, SubscriptionId, SubscriptionOptions, TopicFilter};
 
 use crate::SessionKey;
-use crate::message::{Delivery, Inflight};
+use crate::message::{Delivery, Inflight, OutState};
+use crate::persist::{Journal, StoreOp};
 
 /// One subscription of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +74,13 @@ pub struct Session {
     /// Packet identifiers in use both ways; created at the first QoS 1/2 exchange and dropped
     /// when none is left, so a session at rest carries no sets.
     ids: Option<Box<PacketIds>>,
+    /// Where a persistent session records its QoS 1/2 messages and QoS 2 identifiers for the
+    /// durable store; off for every other session.
+    journal: Journal,
+    /// The last [`Delivery::seq`] given.
+    last_seq: u64,
+    /// When its client left, while it is parked.
+    pub parked_at: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,14 +105,94 @@ impl Session {
             inflight: VecDeque::new(),
             next_id: 0,
             ids: None,
+            journal: Journal::off(),
+            last_seq: 0,
+            parked_at: None,
         }
+    }
+
+    /// Starts (with a journal that is on) or stops recording this session's changes for the
+    /// durable store.
+    pub fn set_journal(&mut self, journal: Journal) {
+        self.journal = journal;
+    }
+
+    /// Whether this session is recorded for the durable store.
+    pub fn is_journaled(&self) -> bool {
+        self.journal.is_on()
+    }
+
+    /// The journal this session records to.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Gives `delivery` this session's next number unless it has one, and records it.
+    fn record_message(&mut self, delivery: &mut Delivery, sent: Option<(PacketId, OutState)>) {
+        if delivery.qos == bulwark_proto::QoS::AtMostOnce || !self.journal.is_on() {
+            return;
+        }
+        if delivery.seq == 0 {
+            self.last_seq += 1;
+            delivery.seq = self.last_seq;
+        }
+        self.journal.push(StoreOp::Message {
+            client_id: self.client_id.clone(),
+            seq: delivery.seq,
+            delivery: delivery.clone(),
+            sent,
+        });
+    }
+
+    /// Records that `delivery` left this session.
+    fn record_done(&self, delivery: &Delivery) {
+        if delivery.qos != bulwark_proto::QoS::AtMostOnce && delivery.seq != 0 {
+            self.journal.push(StoreOp::MessageDone {
+                client_id: self.client_id.clone(),
+                seq: delivery.seq,
+            });
+        }
+    }
+
+    /// Puts back a message read from the durable store, with its number (and its exchange,
+    /// if it had been sent): nothing is recorded, the store has it.
+    pub fn restore_message(&mut self, delivery: Delivery, sent: Option<(PacketId, OutState)>) {
+        self.last_seq = self.last_seq.max(delivery.seq);
+        match sent {
+            Some((packet_id, state)) => {
+                let ids = self.ids.get_or_insert_with(Box::default);
+                ids.outgoing.insert(packet_id.get());
+                self.next_id = self.next_id.max(packet_id.get());
+                self.inflight.push_back(Inflight {
+                    packet_id,
+                    delivery,
+                    state,
+                });
+            }
+            None => {
+                self.queue_bytes += delivery.message.cost();
+                self.queue.push_back(delivery);
+            }
+        }
+    }
+
+    /// Puts back a QoS 2 identifier read from the durable store.
+    pub fn restore_qos2(&mut self, id: PacketId) {
+        self.ids
+            .get_or_insert_with(Box::default)
+            .incoming_qos2
+            .insert(id.get());
     }
 
     /// Appends a message to the queue. A message that does not fit first makes room by
     /// dropping queued QoS 0 messages, oldest first (a QoS 0 message itself never does), then
     /// as `limits.when_full` says. Returns how many queued messages were dropped, or why this
     /// one was not queued.
-    pub fn enqueue(&mut self, delivery: Delivery, limits: QueueLimits) -> Result<usize, QueueFull> {
+    pub fn enqueue(
+        &mut self,
+        mut delivery: Delivery,
+        limits: QueueLimits,
+    ) -> Result<usize, QueueFull> {
         let cost = delivery.message.cost();
         let fits = |s: &Self| {
             if s.queue.len() >= limits.max_messages {
@@ -131,6 +219,7 @@ impl Session {
                 dropped += self.drop_oldest(false, |s, _| fits(s).is_ok()).0;
             }
         }
+        self.record_message(&mut delivery, None);
         self.queue_bytes += cost;
         self.queue.push_back(delivery);
         Ok(dropped)
@@ -154,6 +243,7 @@ impl Session {
                 continue;
             }
             if let Some(gone) = self.queue.remove(i) {
+                self.record_done(&gone);
                 let cost = gone.message.cost();
                 self.queue_bytes = self.queue_bytes.saturating_sub(cost);
                 messages += 1;
@@ -169,15 +259,18 @@ impl Session {
         self.drop_oldest(qos0_only, |_, freed| freed >= want)
     }
 
-    /// Takes the oldest queued message.
+    /// Takes the oldest queued message. For the durable store it has left the session: sent
+    /// at QoS 1 or 2, it is recorded again in flight ([`Session::push_inflight`]).
     pub fn dequeue(&mut self) -> Option<Delivery> {
         let delivery = self.queue.pop_front()?;
+        self.record_done(&delivery);
         self.queue_bytes = self.queue_bytes.saturating_sub(delivery.message.cost());
         Some(delivery)
     }
 
     /// Puts a message back at the head of the queue (it could not be sent yet).
-    pub fn requeue_front(&mut self, delivery: Delivery) {
+    pub fn requeue_front(&mut self, mut delivery: Delivery) {
+        self.record_message(&mut delivery, None);
         self.queue_bytes += delivery.message.cost();
         self.queue.push_front(delivery);
     }
@@ -186,15 +279,47 @@ impl Session {
     pub fn retain_queued(&mut self, mut keep: impl FnMut(&Delivery) -> bool) -> usize {
         let before = self.queue.len();
         let mut bytes = 0;
+        let mut gone = Vec::new();
         self.queue.retain(|d| {
             let kept = keep(d);
             if kept {
                 bytes += d.message.cost();
+            } else if d.seq != 0 {
+                gone.push(d.seq);
             }
             kept
         });
+        if self.journal.is_on() {
+            for seq in gone {
+                self.journal.push(StoreOp::MessageDone {
+                    client_id: self.client_id.clone(),
+                    seq,
+                });
+            }
+        }
         self.queue_bytes = bytes;
         before - self.queue.len()
+    }
+
+    /// Removes and returns the queued messages `take` picks (those of shared subscriptions
+    /// that move to another member), leaving the others in place. The taken ones leave this
+    /// session: their number is cleared for the session they go to.
+    pub fn take_queued(&mut self, mut take: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while let Some(d) = self.queue.get(i) {
+            if !take(d) {
+                i += 1;
+                continue;
+            }
+            if let Some(mut gone) = self.queue.remove(i) {
+                self.record_done(&gone);
+                self.queue_bytes = self.queue_bytes.saturating_sub(gone.message.cost());
+                gone.seq = 0;
+                taken.push(gone);
+            }
+        }
+        taken
     }
 
     /// Bytes waiting in the queue.
@@ -242,10 +367,17 @@ impl Session {
 
     /// Records a QoS 2 PUBLISH answered with PUBREC.
     pub fn qos2_record(&mut self, id: PacketId) {
-        self.ids
+        let new = self
+            .ids
             .get_or_insert_with(Box::default)
             .incoming_qos2
             .insert(id.get());
+        if new && self.journal.is_on() {
+            self.journal.push(StoreOp::Qos2Received {
+                client_id: self.client_id.clone(),
+                packet_id: id,
+            });
+        }
     }
 
     /// PUBREL for `id`: forgets it; false if it was not known.
@@ -255,16 +387,42 @@ impl Session {
             .as_mut()
             .is_some_and(|ids| ids.incoming_qos2.remove(&id.get()));
         self.drop_empty_ids();
+        if known && self.journal.is_on() {
+            self.journal.push(StoreOp::Qos2Released {
+                client_id: self.client_id.clone(),
+                packet_id: id,
+            });
+        }
         known
     }
 
     /// Records a message as sent with `packet_id` (from [`Session::allocate_id`]).
-    pub fn push_inflight(&mut self, inflight: Inflight) {
+    pub fn push_inflight(&mut self, mut inflight: Inflight) {
         self.ids
             .get_or_insert_with(Box::default)
             .outgoing
             .insert(inflight.packet_id.get());
+        let sent = Some((inflight.packet_id, inflight.state));
+        self.record_message(&mut inflight.delivery, sent);
         self.inflight.push_back(inflight);
+    }
+
+    /// A QoS 2 message in flight at `position` got its PUBREC: PUBREL is sent, PUBCOMP awaited.
+    pub fn mark_released(&mut self, position: usize) {
+        let journal_on = self.journal.is_on();
+        let Some(inflight) = self.inflight.get_mut(position) else {
+            return;
+        };
+        inflight.state = OutState::AwaitPubComp;
+        if journal_on && inflight.delivery.seq != 0 {
+            let op = StoreOp::Message {
+                client_id: self.client_id.clone(),
+                seq: inflight.delivery.seq,
+                delivery: inflight.delivery.clone(),
+                sent: Some((inflight.packet_id, OutState::AwaitPubComp)),
+            };
+            self.journal.push(op);
+        }
     }
 
     /// The position of the message in flight with `packet_id`.
@@ -276,6 +434,7 @@ impl Session {
     /// Removes the message in flight at `position` and frees its identifier.
     pub fn remove_inflight(&mut self, position: usize) -> Option<Inflight> {
         let inflight = self.inflight.remove(position)?;
+        self.record_done(&inflight.delivery);
         if let Some(ids) = self.ids.as_mut() {
             ids.outgoing.remove(&inflight.packet_id.get());
         }
@@ -307,6 +466,7 @@ mod tests {
             retain: false,
             subscription_ids: Vec::new(),
             group: None,
+            seq: 0,
         }
     }
 

@@ -42,6 +42,8 @@ struct Harness {
     broker: Broker,
     now: Instant,
     inbox: HashMap<u64, Vec<Output>>,
+    /// What a durable store holds: every round's operations, committed as the server does.
+    image: bulwark_core::Image,
 }
 
 fn pid(n: u16) -> PacketId {
@@ -82,7 +84,28 @@ impl Harness {
             broker: Broker::new(config, Box::new(MemoryStore::new()), now),
             now,
             inbox: HashMap::new(),
+            image: bulwark_core::Image::new(),
         }
+    }
+
+    /// A broker that journals for a durable store.
+    fn durable() -> Self {
+        let mut h = Self::default();
+        h.broker.enable_journal();
+        h
+    }
+
+    /// The broker stops at once (what was committed is all that is left), the machine is
+    /// down for `secs`, and a new broker starts from the store.
+    fn crash_and_restart(&mut self, secs: u64) {
+        self.image.apply_all(self.broker.take_store_ops());
+        self.now += Duration::from_secs(secs);
+        let config = self.broker.config().clone();
+        let mut broker = Broker::new(config, Box::new(MemoryStore::new()), self.now);
+        broker.restore(self.image.restored(), self.now);
+        self.broker = broker;
+        self.inbox.clear();
+        self.collect();
     }
 
     fn default() -> Self {
@@ -93,6 +116,7 @@ impl Harness {
     }
 
     fn collect(&mut self) {
+        self.image.apply_all(self.broker.take_store_ops());
         while let Some((conn, out)) = self.broker.poll_output() {
             self.inbox.entry(conn.0).or_default().push(out.into());
         }
@@ -1211,4 +1235,185 @@ fn subscribers_of_one_message_share_its_body() {
         .encode(&bodies[&3].to_publish(), &mut copied)
         .unwrap();
     assert_eq!(shared, copied);
+}
+
+// ----- durability: what a restart keeps -----------------------------------------------------
+
+#[test]
+fn without_a_journal_nothing_is_recorded() {
+    let mut h = Harness::default();
+    h.connect(1, v5_persistent("sub", 300));
+    h.sub(1, "t", QoS::AtLeastOnce);
+    assert!(h.broker.take_store_ops().is_empty());
+    assert_eq!(h.image.sessions(), 0);
+}
+
+#[test]
+fn queued_messages_sessions_and_retained_survive_a_restart() {
+    let mut h = Harness::durable();
+    h.connect(1, v5_persistent("sub", 300));
+    h.sub(1, "t/#", QoS::ExactlyOnce);
+    h.lose(1);
+    h.connect(2, connect(ProtocolVersion::V5, "pub"));
+    h.send(
+        2,
+        Packet::Publish(publish("t/1", "one", QoS::AtLeastOnce, Some(1))),
+    );
+    h.send(
+        2,
+        Packet::Publish(publish("t/2", "two", QoS::ExactlyOnce, Some(2))),
+    );
+    h.send(2, Packet::PubRel(PubRel::new(pid(2))));
+    h.send(
+        2,
+        Packet::Publish(publish("t/0", "zero", QoS::AtMostOnce, None)),
+    );
+    let mut kept = publish("r/x", "kept", QoS::AtLeastOnce, Some(3));
+    kept.retain = true;
+    h.send(2, Packet::Publish(kept));
+    assert_eq!(
+        h.image.sessions(),
+        1,
+        "the publisher's session is not persistent"
+    );
+    assert_eq!(h.image.messages(), 2, "QoS 1 and 2 are kept, QoS 0 is not");
+
+    h.crash_and_restart(5);
+    let ack = h.connect(1, v5_persistent("sub", 300));
+    assert!(ack.session_present);
+    let got = h.publishes(1);
+    let payloads: Vec<&[u8]> = got.iter().map(|p| p.payload.as_ref()).collect();
+    assert_eq!(payloads, [b"one".as_slice(), b"two".as_slice()], "{got:?}");
+    assert_eq!(got[0].qos, QoS::AtLeastOnce);
+    assert_eq!(got[1].qos, QoS::ExactlyOnce);
+    // The subscription came back too: a new message reaches the restored session.
+    h.connect(3, connect(ProtocolVersion::V5, "pub-2"));
+    h.send(
+        3,
+        Packet::Publish(publish("t/3", "three", QoS::AtMostOnce, None)),
+    );
+    assert_eq!(h.publishes(1).len(), 1);
+    // So did the retained message.
+    h.connect(4, connect(ProtocolVersion::V5, "reader"));
+    h.sub(4, "r/#", QoS::AtLeastOnce);
+    let retained = h.publishes(4);
+    assert_eq!(retained.len(), 1, "{retained:?}");
+    assert_eq!(retained[0].payload.as_ref(), b"kept");
+    // Acknowledged messages leave the store.
+    for p in got {
+        match p.qos {
+            QoS::AtLeastOnce => h.send(1, Packet::PubAck(PubAck::new(p.packet_id.unwrap()))),
+            _ => {
+                h.send(1, Packet::PubRec(PubRec::new(p.packet_id.unwrap())));
+                h.send(1, Packet::PubComp(PubComp::new(p.packet_id.unwrap())));
+            }
+        }
+    }
+    assert_eq!(h.image.messages(), 0);
+}
+
+#[test]
+fn exactly_once_holds_across_a_restart() {
+    let mut h = Harness::durable();
+    h.connect(1, v5_persistent("sub", 300));
+    h.sub(1, "t", QoS::ExactlyOnce);
+    h.connect(2, v5_persistent("pub", 300));
+    h.send(
+        2,
+        Packet::Publish(publish("t", "once", QoS::ExactlyOnce, Some(9))),
+    );
+    assert!(matches!(
+        h.take(2).as_slice(),
+        [Output::Packet(Packet::PubRec(_))]
+    ));
+    let delivered = h.publishes(1);
+    assert_eq!(delivered.len(), 1);
+    let out_id = delivered[0].packet_id.unwrap();
+    h.send(1, Packet::PubRec(PubRec::new(out_id)));
+    assert!(matches!(
+        h.take(1).as_slice(),
+        [Output::Packet(Packet::PubRel(_))]
+    ));
+
+    // Down before the publisher's PUBREL and the subscriber's PUBCOMP.
+    h.crash_and_restart(1);
+    assert!(h.connect(2, v5_persistent("pub", 300)).session_present);
+    let mut again = publish("t", "once", QoS::ExactlyOnce, Some(9));
+    again.dup = true;
+    h.send(2, Packet::Publish(again));
+    assert!(matches!(
+        h.take(2).as_slice(),
+        [Output::Packet(Packet::PubRec(_))]
+    ));
+    h.send(2, Packet::PubRel(PubRel::new(pid(9))));
+    assert!(matches!(h.take(2).as_slice(),
+        [Output::Packet(Packet::PubComp(c))] if c.reason_code == ReasonCode::Success));
+    // The subscriber is owed the PUBREL, not the message again.
+    assert!(h.connect(1, v5_persistent("sub", 300)).session_present);
+    let out = h.take(1);
+    assert!(
+        matches!(out.as_slice(),
+        [Output::Packet(Packet::PubRel(r))] if r.packet_id == out_id),
+        "{out:?}"
+    );
+    h.send(1, Packet::PubComp(PubComp::new(out_id)));
+    assert_eq!(h.image.messages(), 0);
+}
+
+#[test]
+fn session_expiry_counts_the_time_spent_down() {
+    let mut h = Harness::durable();
+    h.connect(1, v5_persistent("s", 10));
+    h.sub(1, "t", QoS::AtLeastOnce);
+    h.lose(1);
+    h.advance(4);
+    // Down for 7 s: 11 s after the client left, its 10 s have run out.
+    h.crash_and_restart(7);
+    h.advance(0);
+    assert!(!h.connect(1, v5_persistent("s", 10)).session_present);
+    assert!(h.image.sessions() <= 1, "only the new session is stored");
+}
+
+#[test]
+fn a_session_that_stops_being_persistent_leaves_the_store() {
+    let mut h = Harness::durable();
+    h.connect(1, v5_persistent("s", 300));
+    h.sub(1, "t", QoS::AtLeastOnce);
+    h.lose(1);
+    assert_eq!(h.image.sessions(), 1);
+    let mut c = v5_persistent("s", 0);
+    c.clean_start = false;
+    h.connect(1, c);
+    assert_eq!(
+        h.image.sessions(),
+        0,
+        "expiry 0: nothing to bring back after a restart"
+    );
+    h.lose(1);
+    h.crash_and_restart(0);
+    assert!(!h.connect(1, v5_persistent("s", 300)).session_present);
+}
+
+#[test]
+fn a_connected_clients_will_is_sent_after_a_restart() {
+    let mut h = Harness::durable();
+    h.connect(1, connect(ProtocolVersion::V5, "watcher"));
+    h.sub(1, "wills/#", QoS::AtLeastOnce);
+    let mut c = v5_persistent("dev", 300);
+    c.will = Some(Will {
+        topic: TopicName::new("wills/dev").unwrap(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Default::default(),
+    });
+    h.connect(2, c);
+    // The broker stops while "dev" is connected: its connection is lost, so its will is due.
+    h.crash_and_restart(3);
+    h.advance(0);
+    h.connect(3, connect(ProtocolVersion::V5, "watcher-2"));
+    h.sub(3, "wills/#", QoS::AtLeastOnce);
+    let got = h.publishes(3);
+    assert_eq!(got.len(), 1, "the retained will: {got:?}");
+    assert_eq!(got[0].payload.as_ref(), b"gone");
 }
