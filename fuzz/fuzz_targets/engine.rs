@@ -3,14 +3,16 @@
 //! connection losses, clock jumps and ACL reloads (between none and two rule sets). Nothing
 //! may panic, and everything the engine asks to send
 //! must encode in the connection's version; a PUBLISH must also fit the client's Maximum
-//! Packet Size.
+//! Packet Size. The journal for a durable store is on: after every step, the state its
+//! operations describe must hold exactly the persistent sessions and QoS 1/2 messages the
+//! engine holds, and at the end a new engine restored from it must hold them too.
 #![no_main]
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulwark_core::{Broker, BrokerConfig, ConnectAuth, ConnectionId, MemoryStore, Output};
+use bulwark_core::{Broker, BrokerConfig, ConnectAuth, ConnectionId, Image, MemoryStore, Output};
 use bulwark_security::acl::{AclRules, Principal};
 use bulwark_proto::{Decoder, DecoderLimits, Encoder, Packet};
 use bytes::BytesMut;
@@ -35,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
         sys_interval: Some(Duration::from_secs(5)),
         ..BrokerConfig::default()
     };
-    let mut broker = Broker::new(config, Box::new(MemoryStore::new()), now);
+    let mut broker = Broker::new(config.clone(), Box::new(MemoryStore::new()), now);
+    broker.enable_journal();
+    let mut image = Image::new();
     let rule_sets = [
         None,
         AclRules::parse(
@@ -136,6 +140,12 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         while broker.poll_event().is_some() {}
+        image.apply_all(broker.take_store_ops());
+        assert_eq!(
+            broker.journaled(),
+            (image.sessions(), image.messages()),
+            "the journal and the engine disagree"
+        );
         while let Some((conn, output)) = broker.poll_output() {
             let Some(state) = conns.get_mut(&conn.0) else {
                 panic!("output for a connection that never connected: {conn:?}");
@@ -174,4 +184,10 @@ fuzz_target!(|data: &[u8]| {
     while broker.poll_event().is_some() {}
     broker.begin_shutdown(now);
     while broker.poll_output().is_some() {}
+    image.apply_all(broker.take_store_ops());
+    assert_eq!(broker.journaled(), (image.sessions(), image.messages()));
+    // A restart from the store brings back what was journaled.
+    let mut restarted = Broker::new(config, Box::new(MemoryStore::new()), now);
+    restarted.restore(image.restored(), now);
+    assert_eq!(restarted.journaled(), (image.sessions(), image.messages()));
 });

@@ -503,6 +503,32 @@ impl Broker {
         self.client_ids.len()
     }
 
+    /// Sessions recorded for the durable store, and the QoS 1/2 messages they hold (queued and
+    /// in flight): what the store holds once the operations so far are committed. For tests
+    /// and tools.
+    pub fn journaled(&self) -> (usize, usize) {
+        let (mut sessions, mut messages) = (0, 0);
+        for key in self.client_ids.values() {
+            let session = match self.online.get(key).and_then(|c| self.conns.get(c)) {
+                Some(conn) => &conn.session,
+                None => match self.store.get(*key) {
+                    Some(session) => session,
+                    None => continue,
+                },
+            };
+            if session.is_journaled() {
+                sessions += 1;
+                messages += session.inflight.len()
+                    + session
+                        .queue
+                        .iter()
+                        .filter(|d| d.qos != QoS::AtMostOnce)
+                        .count();
+            }
+        }
+        (sessions, messages)
+    }
+
     /// Subscriptions of all sessions.
     pub fn subscription_count(&self) -> usize {
         self.subscriptions

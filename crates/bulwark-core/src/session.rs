@@ -115,6 +115,30 @@ impl Session {
     /// durable store.
     pub fn set_journal(&mut self, journal: Journal) {
         self.journal = journal;
+        if !self.journal.is_on() {
+            return;
+        }
+        // What the session already holds is recorded first, so the store has all of it.
+        let mut queue = std::mem::take(&mut self.queue);
+        for delivery in &mut queue {
+            self.record_message(delivery, None);
+        }
+        self.queue = queue;
+        let mut inflight = std::mem::take(&mut self.inflight);
+        for i in &mut inflight {
+            self.record_message(&mut i.delivery, Some((i.packet_id, i.state)));
+        }
+        self.inflight = inflight;
+        if let Some(ids) = &self.ids {
+            for &id in &ids.incoming_qos2 {
+                if let Some(packet_id) = PacketId::new(id) {
+                    self.journal.push(StoreOp::Qos2Received {
+                        client_id: self.client_id.clone(),
+                        packet_id,
+                    });
+                }
+            }
+        }
     }
 
     /// Whether this session is recorded for the durable store.
