@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bans;
 mod config;
 mod driver;
+mod durable;
 pub mod files;
 mod gate;
 pub(crate) mod jwks;

@@ -81,6 +81,8 @@ pub(crate) struct Router {
         HashMap<ConnectionId, (bulwark_proto::ReasonCode, &'static str, Instant)>,
     /// Where the engine's authorization events go.
     pub(crate) audit: crate::audit::Audit,
+    /// With a durable store: each round's outputs wait here for the commit of its changes.
+    pub(crate) held: Option<crate::durable::Held>,
 }
 
 /// How long a close waits for its connection's CONNECT. A connection registers with the
@@ -95,6 +97,7 @@ const SPARE_MAX_LEN: usize = 1024;
 impl Router {
     pub(crate) async fn run(mut self) {
         let mut peers: HashMap<ConnectionId, Arc<Outbox>> = HashMap::new();
+        let wake = self.held.as_ref().map(|h| h.wake.clone());
         let mut batch = Vec::with_capacity(256);
         let mut seen_traffic = (0u64, 0u64);
         let mut seen_refused = 0u64;
@@ -108,7 +111,15 @@ impl Router {
                     None => std::future::pending().await,
                 }
             };
+            let committed = async {
+                match &wake {
+                    Some(wake) => wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                // A commit finished: `dispatch` below sends what it covered.
+                () = committed => {}
                 n = self.rx.recv_many(&mut batch, 256) => {
                     if n == 0 {
                         break;
@@ -146,6 +157,11 @@ impl Router {
                 // Keep answering drivers until they are gone, so none blocks on a full channel.
                 self.rx.close();
             }
+        }
+        // The last rounds (the sessions parked at shutdown) are committed before the end.
+        self.dispatch(&mut peers);
+        if let Some(held) = self.held.take() {
+            held.finish().await;
         }
     }
 
@@ -248,22 +264,46 @@ impl Router {
             }
         }
         self.slots.clear();
-        for (conn, mut run) in groups.drain(..) {
-            let closes = run.iter().any(|o| matches!(o, Output::Close));
-            if let Some(outbox) = peers.get(&conn) {
-                let dropped = outbox.push(&mut run, self.max_backlog);
-                self.dropped_qos0.fetch_add(dropped, Ordering::Relaxed);
+        match self.held.as_mut() {
+            None => {
+                for (conn, run) in groups.drain(..) {
+                    self.hand_over(peers, conn, run);
+                }
             }
-            if closes {
-                peers.remove(&conn);
-            }
-            // A buffer the outbox did not keep is reused, unless it grew large.
-            run.clear();
-            if run.capacity() > 0 && run.capacity() <= SPARE_MAX_LEN && self.spare.len() < SPARE_MAX
-            {
-                self.spare.push(run);
+            Some(held) => {
+                let ops = self.broker.take_store_ops();
+                let now = held.round(ops, std::mem::take(&mut groups));
+                let ready: Vec<_> = now.into_iter().chain(held.released()).collect();
+                for round in ready {
+                    for (conn, run) in round {
+                        self.hand_over(peers, conn, run);
+                    }
+                }
             }
         }
         self.groups = groups;
+    }
+
+    /// Pushes one connection's outputs to its driver (forgetting the connection if they close
+    /// it) and keeps the emptied buffer for later rounds.
+    fn hand_over(
+        &mut self,
+        peers: &mut HashMap<ConnectionId, Arc<Outbox>>,
+        conn: ConnectionId,
+        mut run: Vec<Output>,
+    ) {
+        let closes = run.iter().any(|o| matches!(o, Output::Close));
+        if let Some(outbox) = peers.get(&conn) {
+            let dropped = outbox.push(&mut run, self.max_backlog);
+            self.dropped_qos0.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if closes {
+            peers.remove(&conn);
+        }
+        // A buffer the outbox did not keep is reused, unless it grew large.
+        run.clear();
+        if run.capacity() > 0 && run.capacity() <= SPARE_MAX_LEN && self.spare.len() < SPARE_MAX {
+            self.spare.push(run);
+        }
     }
 }

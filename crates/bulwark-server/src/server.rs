@@ -10,7 +10,7 @@ use bulwark_core::{Broker, ConnectionId, MemoryStore};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::auth::{AuthService, ListenerAuth};
 use crate::config::{ConfigError, ListenerKind, ServerConfig};
@@ -72,6 +72,8 @@ pub struct Server {
     auth: Arc<AuthService>,
     acl: Option<(crate::acl::AclFile, Arc<bulwark_security::acl::AclRules>)>,
     bans: Arc<crate::bans::Bans>,
+    /// The durable store and what it held at start; `None`: state in memory only.
+    durable: Option<(Box<dyn bulwark_store::Store>, bulwark_store::Restored)>,
 }
 
 /// A bound listener and what it serves.
@@ -194,7 +196,20 @@ impl Server {
             auth,
             acl,
             bans,
+            durable: None,
         })
+    }
+
+    /// Keeps persistent sessions, their QoS 1/2 messages and retained messages in `store`:
+    /// what it holds now is read back (and restored when the server runs), and from then on
+    /// every QoS 1/2 PUBLISH is acknowledged only once it is committed there.
+    pub fn with_store(
+        mut self,
+        mut store: Box<dyn bulwark_store::Store>,
+    ) -> Result<Self, bulwark_store::StoreError> {
+        let restored = store.load()?;
+        self.durable = Some((store, restored));
+        Ok(self)
     }
 
     /// The addresses the listeners are bound to (useful with port 0).
@@ -214,6 +229,7 @@ impl Server {
             auth,
             acl,
             bans,
+            durable,
         } = self;
         let (acl_file, rules) = match acl {
             Some((file, rules)) => (Some(file), Some(rules)),
@@ -225,6 +241,21 @@ impl Server {
             Instant::now(),
         );
         broker.set_acl(rules, Instant::now());
+        let held = match durable {
+            Some((store, restored)) => {
+                let (sessions, retained) = broker.restore(restored, Instant::now());
+                info!(sessions, retained, "restored from the store");
+                match crate::durable::Held::start(store) {
+                    Ok(held) => Some(held),
+                    Err(err) => {
+                        // Without its writer nothing durable could be acknowledged.
+                        error!(%err, "cannot start the store's writer thread; not serving");
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (router_tx, router_rx) = mpsc::channel(4096);
         let traffic = Arc::new(Traffic::default());
@@ -240,6 +271,7 @@ impl Server {
             spare: Vec::new(),
             pending_kicks: std::collections::HashMap::new(),
             audit: auth.audit.clone(),
+            held,
         };
         let router_task = tokio::spawn(router.run());
         let ctx = Arc::new(DriverContext {

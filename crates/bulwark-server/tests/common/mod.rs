@@ -90,6 +90,33 @@ pub async fn start_secure_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestSe
     }
 }
 
+/// An anonymous-friendly broker (as [`start_with`]) keeping its durable state in `store`.
+pub async fn start_durable(
+    adjust: impl FnOnce(&mut ServerConfig),
+    store: Box<dyn bulwark_store::Store>,
+) -> TestServer {
+    let mut config = test_config();
+    adjust(&mut config);
+    for listener in &mut config.listeners {
+        listener.dangerous_allow_anonymous = true;
+    }
+    let server = Server::bind(config)
+        .await
+        .expect("server binds")
+        .with_store(store)
+        .expect("the store reads back");
+    let addr = server.local_addrs()[0];
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+    TestServer {
+        addr,
+        stop: Some(stop_tx),
+        handle: Some(handle),
+    }
+}
+
 impl TestServer {
     pub fn port(&self) -> u16 {
         self.addr.port()

@@ -1,0 +1,162 @@
+//! Durability end to end: with a store, a QoS 1/2 PUBLISH is acknowledged only once the
+//! store holds it for the persistent sessions it is queued to, and a broker started again on
+//! the same store delivers what was acknowledged. The store here is the in-memory image (the
+//! embedded disk store has its own tests); sharing it between two servers stands for a
+//! restart on the same disk.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bulwark_proto::{Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, QoS};
+use bulwark_store::{MemoryImageStore, Restored, Store, StoreError, StoreOp};
+use common::{Raw, connect_packet};
+
+/// A store whose commits take `delay`, and which notes what it holds after each.
+#[derive(Debug)]
+struct SlowStore {
+    inner: MemoryImageStore,
+    delay: Duration,
+    commits: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Store for SlowStore {
+    fn load(&mut self) -> Result<Restored, StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        std::thread::sleep(self.delay);
+        self.inner.commit(ops)?;
+        self.commits.lock().unwrap().push(Instant::now());
+        Ok(())
+    }
+}
+
+fn persistent(id: &str) -> bulwark_proto::Connect {
+    let mut c = connect_packet(ProtocolVersion::V5, id);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(300);
+    c
+}
+
+/// A persistent subscriber of `filter` that then goes away, leaving its session parked.
+async fn park_subscriber(addr: std::net::SocketAddr, id: &str, filter: &str, qos: QoS) {
+    let (mut sub, _) = Raw::connect(addr, &persistent(id)).await;
+    sub.subscribe_qos(1, filter, qos).await;
+    sub.send(&bulwark_proto::Disconnect::new(
+        bulwark_proto::ReasonCode::Success,
+    ))
+    .await;
+    sub.until_closed(common::WAIT).await;
+}
+
+fn pid(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+#[tokio::test]
+async fn an_acknowledgement_waits_for_the_commit() {
+    let image = MemoryImageStore::new();
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let store = SlowStore {
+        inner: image.clone(),
+        delay: Duration::from_millis(300),
+        commits: commits.clone(),
+    };
+    let server = common::start_durable(|_| {}, Box::new(store)).await;
+    park_subscriber(server.addr, "sub", "t", QoS::AtLeastOnce).await;
+    let (mut publisher, _) = Raw::v5(server.addr, "pub").await;
+    let sent = Instant::now();
+    publisher
+        .send(&common::publish("t", QoS::AtLeastOnce, 1, b"kept"))
+        .await;
+    match publisher.recv().await {
+        Packet::PubAck(ack) => assert_eq!(ack.packet_id, pid(1)),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    let acked = Instant::now();
+    // The message is in the store for the parked session, and the commit that put it there
+    // finished before the PUBACK came.
+    assert_eq!(image.image().messages(), 1);
+    let last_commit = *commits.lock().unwrap().last().unwrap();
+    assert!(last_commit <= acked && last_commit > sent);
+    assert!(
+        acked - sent >= Duration::from_millis(250),
+        "{:?}",
+        acked - sent
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_on_the_same_store_delivers_what_was_acknowledged() {
+    let store = MemoryImageStore::new();
+    let server = common::start_durable(|_| {}, Box::new(store.clone())).await;
+    park_subscriber(server.addr, "sub", "t/#", QoS::ExactlyOnce).await;
+    let (mut publisher, _) = Raw::v5(server.addr, "pub").await;
+    for i in 1..=3u16 {
+        publisher
+            .send(&common::publish(
+                &format!("t/{i}"),
+                QoS::AtLeastOnce,
+                i,
+                b"one",
+            ))
+            .await;
+        assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
+    }
+    publisher
+        .send(&common::publish("t/4", QoS::ExactlyOnce, 4, b"two"))
+        .await;
+    assert!(matches!(publisher.recv().await, Packet::PubRec(_)));
+    publisher.send(&PubRel::new(pid(4))).await;
+    assert!(matches!(publisher.recv().await, Packet::PubComp(_)));
+    let mut retained = common::publish("r/x", QoS::AtLeastOnce, 5, b"kept");
+    retained.retain = true;
+    publisher.send(&retained).await;
+    assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
+    server.stop().await;
+
+    let server = common::start_durable(|_| {}, Box::new(store.clone())).await;
+    let (mut sub, ack) = Raw::connect(server.addr, &persistent("sub")).await;
+    assert!(ack.session_present, "{ack:?}");
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let p = sub.recv_publish().await;
+        got.push((p.topic.as_str().to_owned(), p.qos));
+        let id = p.packet_id.unwrap();
+        match p.qos {
+            QoS::AtLeastOnce => sub.send(&PubAck::new(id)).await,
+            _ => {
+                sub.send(&PubRec::new(id)).await;
+                assert!(matches!(sub.recv().await, Packet::PubRel(_)));
+                sub.send(&PubComp::new(id)).await;
+            }
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            ("t/1".to_owned(), QoS::AtLeastOnce),
+            ("t/2".to_owned(), QoS::AtLeastOnce),
+            ("t/3".to_owned(), QoS::AtLeastOnce),
+            ("t/4".to_owned(), QoS::ExactlyOnce),
+        ]
+    );
+    sub.expect_no_publish(Duration::from_millis(200)).await;
+    let (mut reader, _) = Raw::v5(server.addr, "reader").await;
+    reader.subscribe_qos(1, "r/#", QoS::AtLeastOnce).await;
+    assert_eq!(reader.recv_publish().await.payload.as_ref(), b"kept");
+    server.stop().await;
+    // Acknowledged and completed: nothing left for the session.
+    assert_eq!(store.image().messages(), 0);
+}
