@@ -505,7 +505,19 @@ async fn another_user_neither_takes_over_nor_resumes_a_client_id() {
     assert_eq!(ack.reason_code, ReasonCode::Success);
     assert!(ack.session_present, "alice's session survived: {ack:?}");
 
-    let events = fixture.events();
+    // The audit file is written by its own thread: wait for both refusals to reach it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let events = fixture.events();
+        let count = events
+            .iter()
+            .filter(|e| e["kind"] == "client_id_refused")
+            .count();
+        if count >= 2 || Instant::now() >= deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let refused: Vec<_> = events
         .iter()
         .filter(|e| e["kind"] == "client_id_refused")

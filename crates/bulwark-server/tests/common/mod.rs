@@ -77,17 +77,7 @@ pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
 pub async fn start_secure_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let mut config = test_config();
     adjust(&mut config);
-    let server = Server::bind(config).await.expect("server binds");
-    let addr = server.local_addrs()[0];
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(server.run(async {
-        let _ = stop_rx.await;
-    }));
-    TestServer {
-        addr,
-        stop: Some(stop_tx),
-        handle: Some(handle),
-    }
+    spawn(Server::bind(config).await.expect("server binds"))
 }
 
 /// An anonymous-friendly broker (as [`start_with`]) keeping its durable state in `store`.
@@ -100,11 +90,12 @@ pub async fn start_durable(
     for listener in &mut config.listeners {
         listener.dangerous_allow_anonymous = true;
     }
-    let server = Server::bind(config)
-        .await
-        .expect("server binds")
-        .with_store(store)
-        .expect("the store reads back");
+    let server = Server::bind(config).await.expect("server binds");
+    spawn(server.with_store(store).expect("the store reads back"))
+}
+
+/// Runs a bound server until [`TestServer::stop`].
+fn spawn(server: Server) -> TestServer {
     let addr = server.local_addrs()[0];
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(server.run(async {
