@@ -197,7 +197,7 @@ dangerous_allow_anonymous = true
 cert = "$pki/server.pem"
 key = "$pki/server.key"
 EOF
-    cmd=("$bin" serve --config "$cfg")
+    cmd=("$bin" serve --config "$cfg" --data-dir "$work/data")
     ;;
   mosquitto)
     mosq="$(command -v mosquitto || true)"  # /usr/sbin may not be on a user's PATH

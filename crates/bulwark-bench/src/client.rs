@@ -244,6 +244,8 @@ pub(crate) struct ConnectParams {
     pub(crate) password: Option<String>,
     /// The QoS the scenario needs: a broker whose Maximum QoS is lower is an error.
     pub(crate) qos: QoS,
+    /// A persistent session (5.0: expiry 3600 s with Clean Start; 3.1.1: clean session off).
+    pub(crate) persistent: bool,
 }
 
 /// A connected MQTT client. The fields are public to the crate so that a scenario loop can
@@ -289,10 +291,11 @@ impl Client {
             params.version,
             ClientId::new(client_id).map_err(|err| BenchError::Setup(err.to_string()))?,
         );
-        connect.clean_start = true;
+        connect.clean_start = !params.persistent || params.version.is_v5();
         connect.keep_alive = params.keep_alive;
         if params.version.is_v5() {
-            connect.properties.session_expiry_interval = Some(0);
+            connect.properties.session_expiry_interval =
+                Some(if params.persistent { 3_600 } else { 0 });
         }
         if let Some(username) = &params.username {
             connect.username =

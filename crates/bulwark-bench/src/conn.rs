@@ -36,6 +36,7 @@ fn params(o: &BenchOptions) -> ConnectParams {
         username: o.username.clone(),
         password: o.password.clone(),
         qos: QoS::AtMostOnce,
+        persistent: false,
     }
 }
 

@@ -174,6 +174,7 @@ impl Attack {
                 username: None,
                 password: None,
                 qos: QoS::AtMostOnce,
+                persistent: false,
             });
             tasks.spawn(flood(
                 target,

@@ -184,6 +184,11 @@ pub struct BenchArgs {
     /// Keep alive in seconds; idle connections send PINGREQ this often.
     #[arg(long, default_value_t = 30)]
     pub keep_alive: u16,
+    /// Subscribers hold persistent sessions (5.0: Session Expiry Interval 3600 s with Clean
+    /// Start; 3.1.1: clean session off), so a durable broker stores every QoS 1/2 message it
+    /// routes to them until acknowledged.
+    #[arg(long)]
+    pub persistent: bool,
     /// Print the result as one JSON object on standard output.
     #[arg(long)]
     pub json: bool,
@@ -266,6 +271,8 @@ pub struct BenchOptions {
     pub inflight: u16,
     /// Keep alive, seconds.
     pub keep_alive: u16,
+    /// Subscribers hold persistent sessions.
+    pub persistent: bool,
     /// Broker process for CPU and memory figures.
     pub broker_pid: Option<u32>,
     /// Print a progress line every second on standard error.
@@ -297,6 +304,7 @@ impl BenchOptions {
             rate: None,
             inflight: DEFAULT_INFLIGHT,
             keep_alive: 30,
+            persistent: false,
             broker_pid: None,
             progress: false,
         }
@@ -434,6 +442,7 @@ impl TryFrom<&BenchArgs> for BenchOptions {
             rate: args.rate,
             inflight: args.inflight,
             keep_alive: args.keep_alive,
+            persistent: args.persistent,
             broker_pid: args.broker_pid,
             progress,
         };

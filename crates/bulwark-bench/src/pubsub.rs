@@ -172,6 +172,11 @@ pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
         username: o.username.clone(),
         password: o.password.clone(),
         qos: o.qos,
+        persistent: false,
+    };
+    let sub_params = ConnectParams {
+        persistent: o.persistent,
+        ..params.clone()
     };
     let random = random_suffix();
 
@@ -187,7 +192,7 @@ pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
             )
         })
         .collect();
-    let subs = connect_many(&target, &params, sub_ids, o, SUB_READ_CHUNK).await?;
+    let subs = connect_many(&target, &sub_params, sub_ids, o, SUB_READ_CHUNK).await?;
     let pub_ids = (0..layout.publishers.len())
         .map(|i| (client_id(o.scenario, "pub", i, &random), None))
         .collect();

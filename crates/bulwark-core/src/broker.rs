@@ -407,7 +407,14 @@ impl Broker {
         let mut sessions = 0;
         for r in restored.sessions {
             let record = r.record;
-            if record.expiry_interval == 0 || self.client_ids.contains_key(&record.client_id) {
+            if self.client_ids.contains_key(&record.client_id) {
+                continue;
+            }
+            if record.expiry_interval == 0 {
+                // Expired while the broker was down (the store counted the time off).
+                self.journal.push(StoreOp::SessionEnded {
+                    client_id: record.client_id,
+                });
                 continue;
             }
             let mut session = self.new_session(record.client_id.clone(), record.expiry_interval);

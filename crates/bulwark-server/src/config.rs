@@ -173,6 +173,18 @@ pub struct ServerConfig {
     /// are shed; 0: not watched. Default: three quarters of the machine's memory (0 where it
     /// cannot be read).
     pub memory_watermark: u64,
+    /// Where persistent sessions, their QoS 1/2 messages and retained messages are kept.
+    pub storage: StorageSettings,
+}
+
+/// Durable storage (`[storage]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageSettings {
+    /// The store file; `None`: state is kept in memory only and lost at a restart (the
+    /// library's default; `bulwark serve` keeps `store.redb` in its data directory).
+    pub path: Option<PathBuf>,
+    /// When commits reach the disk.
+    pub sync: bulwark_store::SyncPolicy,
 }
 
 /// Authorization settings.
@@ -215,6 +227,7 @@ impl Default for ServerConfig {
             rates: bulwark_security::rate::RateSettings::default(),
             bans: crate::bans::BanSettings::default(),
             memory_watermark: crate::memory::default_watermark(),
+            storage: StorageSettings::default(),
         }
     }
 }

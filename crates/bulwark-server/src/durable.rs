@@ -110,7 +110,23 @@ fn writer(
     committed: Arc<AtomicU64>,
     wake: Arc<Notify>,
 ) {
-    while let Ok((mut last, mut ops)) = batches.recv() {
+    loop {
+        let next = match store.idle_interval() {
+            Some(every) => match batches.recv_timeout(every) {
+                Ok(batch) => Some(batch),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(err) = store.idle() {
+                        tracing::error!(%err, "the store's background work failed");
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            },
+            None => batches.recv().ok(),
+        };
+        let Some((mut last, mut ops)) = next else {
+            break;
+        };
         // Group commit: everything that arrived while the last commit ran goes in this one.
         while let Ok((seq, more)) = batches.try_recv() {
             last = seq;
@@ -134,5 +150,9 @@ fn writer(
         }
         committed.store(last, Ordering::Release);
         wake.notify_one();
+    }
+    // Stopping: make everything committed durable (periodic sync).
+    if let Err(err) = store.idle() {
+        tracing::error!(%err, "the store's last sync failed");
     }
 }

@@ -28,7 +28,9 @@ mod transport;
 pub(crate) mod ws;
 
 pub use auth::{AuthSettings, Authenticator, JwtAuthSettings};
-pub use config::{AclSettings, ConfigError, ListenerConfig, ListenerKind, ServerConfig};
+pub use config::{
+    AclSettings, ConfigError, ListenerConfig, ListenerKind, ServerConfig, StorageSettings,
+};
 pub use proxy::TrustedProxies;
 pub use server::{Server, ServerError};
 pub use ws::WsOptions;

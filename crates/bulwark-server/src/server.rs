@@ -47,6 +47,8 @@ pub enum ServerError {
     Acl(String),
     /// The ban file cannot be read or has mistakes.
     Bans(String),
+    /// The durable store cannot be opened or read back.
+    Store(bulwark_store::StoreError),
 }
 
 impl std::fmt::Display for ServerError {
@@ -55,6 +57,7 @@ impl std::fmt::Display for ServerError {
             Self::Config(err) => err.fmt(f),
             Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Self::Tls { listener, source } => write!(f, "listener {listener}: {source}"),
+            Self::Store(err) => write!(f, "storage: {err}"),
             Self::Auth(err) => write!(f, "authentication: {err}"),
             Self::Acl(err) => write!(f, "ACL: {err}"),
             Self::Bans(err) => write!(f, "bans: {err}"),
@@ -110,6 +113,21 @@ impl Server {
     /// Validates the configuration and binds every listener.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         config.validate().map_err(ServerError::Config)?;
+        // The store first: a broker that cannot read back what it acknowledged does not start.
+        let durable = match &config.storage.path {
+            Some(path) => {
+                let mut store = bulwark_store::DiskStore::open(path, config.storage.sync)
+                    .map_err(ServerError::Store)?;
+                let restored =
+                    bulwark_store::Store::load(&mut store).map_err(ServerError::Store)?;
+                info!(path = %path.display(), sync = ?config.storage.sync, "durable storage");
+                Some((Box::new(store) as Box<dyn bulwark_store::Store>, restored))
+            }
+            None => {
+                info!("storage in memory: sessions and retained messages are lost at a restart");
+                None
+            }
+        };
         let auth = Arc::new(AuthService::new(&config.auth).map_err(ServerError::Auth)?);
         let bans =
             Arc::new(crate::bans::Bans::open(config.bans.clone()).map_err(ServerError::Bans)?);
@@ -196,7 +214,7 @@ impl Server {
             auth,
             acl,
             bans,
-            durable: None,
+            durable,
         })
     }
 

@@ -9,9 +9,16 @@
 //! own, where a commit may block on the disk.
 #![forbid(unsafe_code)]
 
+mod disk;
+mod record;
+
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use bulwark_core::{Image, Restored, StoreOp};
+pub use disk::{CheckReport, DiskStore, SyncPolicy};
+
+pub(crate) use bulwark_core::persist::Sent;
 
 /// Why a store could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +46,15 @@ pub trait Store: Send + std::fmt::Debug {
     fn load(&mut self) -> Result<Restored, StoreError>;
     /// Applies `ops` as one atomic, durable batch.
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
+    /// Called when no commit came for [`Store::idle_interval`]: time for background work
+    /// (a periodic sync, compaction).
+    fn idle(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// How long without commits before [`Store::idle`]; `None`: never.
+    fn idle_interval(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A store in memory: lost with the process, shared by whoever holds a clone (tests restart a

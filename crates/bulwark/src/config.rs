@@ -15,6 +15,7 @@ use bulwark_server::{
     AuthSettings, Authenticator, ConfigError, JwtAuthSettings, ListenerConfig, ListenerKind,
     ServerConfig, TrustedProxies, WsOptions,
 };
+use bulwark_store::SyncPolicy;
 use toml::{Table, Value};
 
 /// Sections and the keys each may hold; anything else is reported as unknown.
@@ -36,6 +37,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("acl", &["file", "dangerous_allow_all", "denied_publish"]),
+    ("storage", &["kind", "path", "sync", "sync_interval"]),
     (
         "bans",
         &["file", "offences", "flaps", "window", "duration", "exempt"],
@@ -816,7 +818,75 @@ fn read_tls(r: &mut Reader, table: &Table, section: &str, base: &Path) -> Option
     Some(settings)
 }
 
+/// The store's file name in the data directory.
+pub(crate) const STORE_FILE: &str = "store.redb";
+
+/// [`parse_in`] with the default data directory, `bulwark-data`.
 pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigError> {
+    parse_in(text, source, Path::new("bulwark-data"))
+}
+
+/// `[storage]`: on disk in `data_dir` unless the file says otherwise.
+fn read_storage(
+    r: &mut Reader,
+    root: &Table,
+    config: &mut ServerConfig,
+    base: &Path,
+    data_dir: &Path,
+) {
+    let s = "storage";
+    let mut settings = bulwark_server::StorageSettings {
+        path: Some(data_dir.join(STORE_FILE)),
+        sync: SyncPolicy::Always,
+    };
+    if let Some(t) = r.section(root, s) {
+        let path = path(r, t, s, "path", base);
+        match r.string(t, s, "kind") {
+            None | Some("disk") => {
+                if let Some(path) = path {
+                    settings.path = Some(path);
+                }
+            }
+            Some("memory") => {
+                settings.path = None;
+                if path.is_some() {
+                    r.problems
+                        .push("storage.path: not used with kind = \"memory\"".to_owned());
+                }
+            }
+            Some(other) => r.problems.push(format!(
+                "storage.kind = \"{other}\": use \"disk\" or \"memory\""
+            )),
+        }
+        let interval = r
+            .integer(t, s, "sync_interval", 1, 3_600)
+            .map(Duration::from_secs);
+        match r.string(t, s, "sync") {
+            None | Some("always") => {
+                if interval.is_some() {
+                    r.problems.push(
+                        "storage.sync_interval: only used with sync = \"periodic\"".to_owned(),
+                    );
+                }
+            }
+            Some("periodic") => {
+                settings.sync = SyncPolicy::Periodic(interval.unwrap_or(Duration::from_secs(1)));
+            }
+            Some(other) => r.problems.push(format!(
+                "storage.sync = \"{other}\": use \"always\" or \"periodic\""
+            )),
+        }
+    }
+    config.storage = settings;
+}
+
+/// Reads a configuration file; relative paths are relative to the file, and the store lives
+/// in `data_dir` unless `[storage]` says otherwise.
+pub(crate) fn parse_in(
+    text: &str,
+    source: &str,
+    data_dir: &Path,
+) -> Result<ServerConfig, ConfigError> {
     // Relative file names in the configuration are relative to the file itself.
     let base = Path::new(source).parent().unwrap_or(Path::new(""));
     let root: Table = text.parse().map_err(|err: toml::de::Error| ConfigError {
@@ -968,6 +1038,7 @@ pub(crate) fn parse(text: &str, source: &str) -> Result<ServerConfig, ConfigErro
         config.auth.max_connections_per_user = to_usize(v);
     }
     read_acl(&mut r, &root, &mut config, base);
+    read_storage(&mut r, &root, &mut config, base, data_dir);
     if let Some(t) = r.section(&root, "admission") {
         read_admission(&mut r, t, &mut config.admission);
     }
@@ -1065,9 +1136,63 @@ mod tests {
             "{err}"
         );
         let config = parse(&open(""), "test").unwrap();
-        assert_eq!(config, ServerConfig::default());
+        // The library's defaults, but the store on disk, synced at every commit.
+        assert_eq!(
+            config,
+            ServerConfig {
+                storage: bulwark_server::StorageSettings {
+                    path: Some(PathBuf::from("bulwark-data/store.redb")),
+                    sync: SyncPolicy::Always,
+                },
+                ..ServerConfig::default()
+            }
+        );
         assert_eq!(config.listeners.len(), 1);
         assert!(config.listeners.first().unwrap().bind.ip().is_loopback());
+    }
+
+    #[test]
+    fn storage_is_read() {
+        let dir = Path::new("/var/lib/b");
+        let config = parse_in(&open(""), "/etc/b/bulwark.toml", dir).unwrap();
+        assert_eq!(
+            config.storage.path,
+            Some(PathBuf::from("/var/lib/b/store.redb"))
+        );
+        let config = parse_in(
+            &open("[storage]\npath = \"s/x.redb\"\nsync = \"periodic\"\nsync_interval = 5\n"),
+            "/etc/b/bulwark.toml",
+            dir,
+        )
+        .unwrap();
+        assert_eq!(config.storage.path, Some(PathBuf::from("/etc/b/s/x.redb")));
+        assert_eq!(
+            config.storage.sync,
+            SyncPolicy::Periodic(Duration::from_secs(5))
+        );
+        let config = parse_in(&open("[storage]\nkind = \"memory\"\n"), "t", dir).unwrap();
+        assert_eq!(config.storage.path, None);
+        let err = parse_in(
+            &open("[storage]\nkind = \"tape\"\nsync = \"never\"\nsync_interval = 0\nx = 1\n"),
+            "t",
+            dir,
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for part in [
+            "storage.kind = \"tape\"",
+            "storage.sync = \"never\"",
+            "storage.sync_interval = 0",
+            "storage.x",
+        ] {
+            assert!(all.contains(part), "{part}: {all}");
+        }
+        let err = parse_in(&open("[storage]\nsync_interval = 2\n"), "t", dir).unwrap_err();
+        assert!(
+            err.problems
+                .join("\n")
+                .contains("only used with sync = \"periodic\"")
+        );
     }
 
     #[test]

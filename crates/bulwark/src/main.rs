@@ -9,6 +9,7 @@ mod acl;
 mod ban;
 mod cert;
 mod config;
+mod store;
 mod user;
 
 use std::net::SocketAddr;
@@ -80,6 +81,8 @@ enum Command {
     Acl(acl::AclArgs),
     /// The ban list: add, remove, list bans of addresses, usernames and client ids.
     Ban(ban::BanArgs),
+    /// The durable store (sessions, queued and retained messages): check, repair.
+    Store(store::StoreArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
         Command::User(args) => user::run(args),
         Command::Acl(args) => acl::run(args),
         Command::Ban(args) => ban::run(args),
+        Command::Store(args) => store::run(args),
     }
 }
 
@@ -188,6 +192,7 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
     config.auth.audit_file = Some(dir.join(AUDIT_FILE));
     config.acl.file = Some(acl.clone());
     config.bans.file = Some(dir.join(BANS_FILE));
+    config.storage.path = Some(dir.join(config::STORE_FILE));
     config.listeners.push(ListenerConfig::tls(
         "tls-0",
         SocketAddr::from(([0, 0, 0, 0], 8883)),
@@ -274,9 +279,16 @@ fn load_config(
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-            config::parse(&text, &path.display().to_string()).map_err(|err| err.to_string())?
+            config::parse_in(&text, &path.display().to_string(), data_dir)
+                .map_err(|err| err.to_string())?
         }
-        None => ServerConfig::default(),
+        None => ServerConfig {
+            storage: bulwark_server::StorageSettings {
+                path: Some(data_dir.join(config::STORE_FILE)),
+                ..Default::default()
+            },
+            ..ServerConfig::default()
+        },
     };
     if !listen.is_empty() {
         config.listeners = listen

@@ -55,12 +55,19 @@ fn read_log_until(rx: &std::sync::mpsc::Receiver<String>, done: impl Fn(&str) ->
 /// the exit status and what it logged.
 #[cfg(unix)]
 fn serve_then(signal: &str, workers: &str) -> (std::process::ExitStatus, String) {
+    // A data directory of its own: the store in it is locked by the broker using it.
+    let data = std::env::temp_dir().join(format!(
+        "bulwark-cli-{}-{signal}-{workers}",
+        std::process::id()
+    ));
     let (mut child, rx) = spawn_serve(&[
         "--listen",
         "127.0.0.1:0",
         "--dangerous-allow-anonymous",
         "--workers",
         workers,
+        "--data-dir",
+        data.to_str().unwrap(),
     ]);
     let mut log = read_log_until(&rx, |log| log.contains("listening"));
     if !log.contains("listening") {
@@ -100,6 +107,7 @@ fn serve_then(signal: &str, workers: &str) -> (std::process::ExitStatus, String)
                 log.push_str(&line);
                 log.push('\n');
             }
+            let _ = std::fs::remove_dir_all(&data);
             return (status, log);
         }
         if started.elapsed() > Duration::from_secs(10) {
