@@ -4,18 +4,26 @@
 //! Each round of the router that changed durable state sends its operations to the writer
 //! thread as one batch, numbered; the writer takes every batch waiting, commits them as one
 //! (group commit: one sync for as many rounds as arrived meanwhile), and publishes the number
-//! of the last batch committed. The round's outputs (PUBACK, PUBREC, deliveries, ...) wait in
-//! [`Held`] until then; a round without operations that follows a held one waits behind it, so
-//! every connection's outputs keep their order. A commit that fails is retried (once a second,
-//! logged) and nothing it covers is sent meanwhile: an acknowledgement is never sent for what
-//! the store does not hold.
+//! of the last batch committed. The round's outputs (PUBACK, PUBREC, QoS 2 deliveries, ...)
+//! wait in [`Held`] until then, by connection: a connection with outputs waiting gets every
+//! later output queued behind them, so each connection's outputs keep their order. A commit
+//! that fails is retried (once a second, logged) and nothing it covers is sent meanwhile: an
+//! acknowledgement is never sent for what the store does not hold.
+//!
+//! QoS 0 and QoS 1 deliveries to a connection with nothing waiting go out at once: the
+//! publisher's acknowledgement still waits for the commit, and if the broker stops before it,
+//! the publisher sends the message again, which QoS 1 allows its subscribers to receive twice.
+//! A subscriber that acknowledges before the commit makes the message's record and its removal
+//! land in the same commit, where neither reaches the disk. QoS 2 deliveries always wait
+//! (exactly once).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bulwark_core::{ConnectionId, Output, StoreOp};
+use bulwark_proto::QoS;
 use bulwark_store::Store;
 use tokio::sync::Notify;
 
@@ -34,7 +42,14 @@ pub(crate) struct Held {
     /// The number of the last batch sent.
     sent: u64,
     rounds: VecDeque<(u64, Round)>,
+    /// Connections with outputs in `rounds`, and in how many of them.
+    waiting: HashMap<ConnectionId, usize>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Whether `output` may go out before the commit of its round: a QoS 0 or 1 delivery.
+fn early(output: &Output) -> bool {
+    matches!(output, Output::Publish(p) if p.publish.qos != QoS::ExactlyOnce)
 }
 
 impl Held {
@@ -53,26 +68,52 @@ impl Held {
             wake,
             sent: 0,
             rounds: VecDeque::new(),
+            waiting: HashMap::new(),
             thread: Some(thread),
         })
     }
 
-    /// Takes one round: sent at once (returned) if it changed nothing durable and nothing is
-    /// waiting, else held behind the commit of its operations (or of the last batch sent).
+    /// Takes one round and returns what may be sent now: a connection with outputs waiting
+    /// waits with all of this round's too; otherwise its outputs go now if the round changed
+    /// nothing durable, and else its leading QoS 0/1 deliveries go now and the rest waits for
+    /// the commit of the round's operations.
     pub(crate) fn round(&mut self, ops: Vec<StoreOp>, round: Round) -> Option<Round> {
         if ops.is_empty() && self.rounds.is_empty() {
             return Some(round);
         }
-        if !ops.is_empty() {
+        let durable = !ops.is_empty();
+        if durable {
             self.sent += 1;
             if self.to_writer.send((self.sent, ops)).is_err() {
                 tracing::error!("the store's writer has stopped: acknowledgements are held");
             }
         }
-        if !round.is_empty() {
-            self.rounds.push_back((self.sent, round));
+        let mut now = Vec::new();
+        let mut later = Vec::new();
+        for (conn, mut outputs) in round {
+            if !self.waiting.contains_key(&conn) {
+                let ready = if durable {
+                    outputs.iter().take_while(|o| early(o)).count()
+                } else {
+                    outputs.len()
+                };
+                if ready == outputs.len() {
+                    now.push((conn, outputs));
+                    continue;
+                }
+                let rest = outputs.split_off(ready);
+                if !outputs.is_empty() {
+                    now.push((conn, outputs));
+                }
+                outputs = rest;
+            }
+            *self.waiting.entry(conn).or_default() += 1;
+            later.push((conn, outputs));
         }
-        None
+        if !later.is_empty() {
+            self.rounds.push_back((self.sent, later));
+        }
+        (!now.is_empty()).then_some(now)
     }
 
     /// The rounds whose batches are committed, oldest first.
@@ -85,6 +126,14 @@ impl Held {
             .is_some_and(|(seq, _)| *seq <= committed)
         {
             if let Some((_, round)) = self.rounds.pop_front() {
+                for (conn, _) in &round {
+                    if let Some(n) = self.waiting.get_mut(conn) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.waiting.remove(conn);
+                        }
+                    }
+                }
                 out.push(round);
             }
         }

@@ -160,3 +160,64 @@ async fn a_restart_on_the_same_store_delivers_what_was_acknowledged() {
     // Acknowledged and completed: nothing left for the session.
     assert_eq!(store.image().messages(), 0);
 }
+
+/// A connected persistent subscriber gets a QoS 1 message at once (the publisher's PUBACK
+/// still waits for the commit: a stop before it makes the publisher send it again, which QoS 1
+/// allows), but a QoS 2 message only once it is stored (exactly once across a crash).
+#[tokio::test]
+async fn qos1_deliveries_go_before_the_commit_and_qos2_ones_after() {
+    let image = MemoryImageStore::new();
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let store = SlowStore {
+        inner: image.clone(),
+        delay: Duration::from_millis(300),
+        commits: commits.clone(),
+    };
+    let server = common::start_durable(|_| {}, Box::new(store)).await;
+    for (qos, early) in [(QoS::AtLeastOnce, true), (QoS::ExactlyOnce, false)] {
+        let topic = format!("t{}", qos.as_u8());
+        let (mut sub, _) =
+            Raw::connect(server.addr, &persistent(&format!("sub{}", qos.as_u8()))).await;
+        sub.subscribe_qos(1, &topic, qos).await;
+        // Nothing in flight on the store's side before the publication.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (mut publisher, _) = Raw::v5(server.addr, &format!("pub{}", qos.as_u8())).await;
+        let p = common::publish(&topic, qos, 1, b"m");
+        let sent = Instant::now();
+        publisher.send(&p).await;
+        let delivered = sub.recv_publish().await;
+        let got = Instant::now() - sent;
+        assert_eq!(delivered.payload.as_ref(), b"m");
+        if early {
+            assert!(
+                got < Duration::from_millis(250),
+                "QoS 1 delivered after {got:?}"
+            );
+        } else {
+            assert!(
+                got >= Duration::from_millis(250),
+                "QoS 2 delivered after {got:?}"
+            );
+        }
+        // The publisher's acknowledgement waits for the commit either way.
+        let acked = loop {
+            match publisher.recv().await {
+                Packet::PubAck(_) | Packet::PubRec(_) => break Instant::now() - sent,
+                _ => {}
+            }
+        };
+        assert!(acked >= Duration::from_millis(250), "{acked:?}");
+        server_quiet(&mut sub, &mut publisher).await;
+    }
+    server.stop().await;
+}
+
+/// Drops the two connections cleanly.
+async fn server_quiet(sub: &mut Raw, publisher: &mut Raw) {
+    for c in [sub, publisher] {
+        c.send(&bulwark_proto::Disconnect::new(
+            bulwark_proto::ReasonCode::Success,
+        ))
+        .await;
+    }
+}

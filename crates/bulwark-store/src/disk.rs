@@ -7,7 +7,7 @@
 //! `meta` (the layout version). Records are checksummed ([`crate::record`]), on top of
 //! redb's own page checksums, so that a damaged record is named.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,9 @@ const SESSIONS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("se
 const MESSAGES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("messages");
 const QOS2: TableDefinition<'static, (&str, u16), ()> = TableDefinition::new("qos2");
 const RETAINED: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("retained");
+
+/// By client id, the highest message number in the file.
+type TopSeqs = HashMap<Arc<str>, u64>;
 
 /// The key in `meta` holding the layout version.
 const LAYOUT_KEY: &str = "layout";
@@ -118,6 +121,9 @@ pub struct DiskStore {
     unsynced_since: Option<Instant>,
     commits_since_compact: u64,
     last_compact: Instant,
+    /// By session, the highest message number written to the file, once [`Store::load`] has
+    /// read it (`None` before: then every removal is written).
+    written: Option<TopSeqs>,
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -200,6 +206,7 @@ impl DiskStore {
             unsynced_since: None,
             commits_since_compact: 0,
             last_compact: Instant::now(),
+            written: None,
         };
         store.check_layout()?;
         Ok(store)
@@ -248,7 +255,8 @@ impl DiskStore {
     }
 
     /// Reads everything, collecting damaged records instead of stopping at the first.
-    fn read_all(&self) -> Result<(Restored, CheckReport), StoreError> {
+    /// Also returns, by client id, the highest message number in the file (orphans too).
+    fn read_all(&self) -> Result<(Restored, CheckReport, TopSeqs), StoreError> {
         let p = &self.path;
         let clock = self.clock;
         let mut report = CheckReport {
@@ -258,6 +266,7 @@ impl DiskStore {
         };
         let txn = self.db.begin_read().map_err(|e| storage(p, e))?;
         let mut sessions: BTreeMap<Arc<str>, RestoredSession> = BTreeMap::new();
+        let mut top: HashMap<Arc<str>, u64> = HashMap::new();
         let table = txn.open_table(SESSIONS).map_err(|e| storage(p, e))?;
         for entry in table.iter().map_err(|e| storage(p, e))? {
             let (k, v) = entry.map_err(|e| storage(p, e))?;
@@ -291,6 +300,12 @@ impl DiskStore {
         for entry in table.iter().map_err(|e| storage(p, e))? {
             let (k, v) = entry.map_err(|e| storage(p, e))?;
             let (client_id, seq) = k.value();
+            match top.get_mut(client_id) {
+                Some(t) => *t = (*t).max(seq),
+                None => {
+                    top.insert(Arc::from(client_id), seq);
+                }
+            }
             match record::decode_message(v.value(), seq, clock) {
                 Ok((delivery, sent)) => match sessions.get_mut(client_id) {
                     Some(s) => {
@@ -344,6 +359,7 @@ impl DiskStore {
                 retained,
             },
             report,
+            top,
         ))
     }
 
@@ -353,7 +369,7 @@ impl DiskStore {
     pub fn check_file(path: impl AsRef<Path>) -> Result<CheckReport, StoreError> {
         let path = path.as_ref();
         let store = Self::open(path, SyncPolicy::Always)?;
-        let (_, mut report) = store.read_all()?;
+        let (_, mut report, _) = store.read_all()?;
         drop(store);
         // redb's page check may rewrite what it checks (a repair): run it on a copy, so that
         // checking changes nothing.
@@ -572,14 +588,59 @@ impl DiskStore {
         Ok(())
     }
 
-    fn apply(&self, txn: &redb::WriteTransaction, ops: &[StoreOp]) -> Result<(), StoreError> {
+    /// Which operations of `ops` need not reach the disk ([`superseded`]), and also the
+    /// removal of a message written and removed within this batch (its record is not on the
+    /// disk: its number is above every one written for its session so far).
+    fn moot(&self, ops: &[StoreOp]) -> Vec<bool> {
+        let (mut skip, done_last) = superseded(ops);
+        if let Some(written) = &self.written {
+            for i in done_last {
+                if let Some(StoreOp::MessageDone { client_id, seq }) = ops.get(i)
+                    && *seq > written.get(client_id).copied().unwrap_or(0)
+                    && let Some(s) = skip.get_mut(i)
+                {
+                    *s = true;
+                }
+            }
+        }
+        skip
+    }
+
+    /// Keeps `written` up to date after a commit of `ops` (less `skip`).
+    fn note_written(&mut self, ops: &[StoreOp], skip: &[bool]) {
+        let Some(written) = &mut self.written else {
+            return;
+        };
+        for (op, skip) in ops.iter().zip(skip) {
+            match op {
+                StoreOp::Message { client_id, seq, .. } if !skip => {
+                    let top = written.entry(client_id.clone()).or_default();
+                    *top = (*top).max(*seq);
+                }
+                StoreOp::SessionEnded { client_id } => {
+                    written.remove(client_id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn apply(
+        &self,
+        txn: &redb::WriteTransaction,
+        ops: &[StoreOp],
+        skip: &[bool],
+    ) -> Result<(), StoreError> {
         let p = &self.path;
         let clock = self.clock;
         let mut sessions = txn.open_table(SESSIONS).map_err(|e| storage(p, e))?;
         let mut messages = txn.open_table(MESSAGES).map_err(|e| storage(p, e))?;
         let mut qos2 = txn.open_table(QOS2).map_err(|e| storage(p, e))?;
         let mut retained = txn.open_table(RETAINED).map_err(|e| storage(p, e))?;
-        for op in ops {
+        for (op, skip) in ops.iter().zip(skip) {
+            if *skip {
+                continue;
+            }
             match op {
                 StoreOp::Session(record) => {
                     let bytes = record::encode_session(record, clock);
@@ -641,6 +702,73 @@ impl DiskStore {
     }
 }
 
+/// What a later operation of the same batch makes moot: a message, QoS 2 identifier,
+/// session record or retained message written again (or removed) further on. A message sent
+/// at once is recorded queued, taken from the queue and recorded in flight within one round;
+/// only the last of those reaches the disk. `SessionEnded` is never skipped (it removes what
+/// earlier batches wrote).
+///
+/// Also returns where a message's last operation in the batch is its removal, after an
+/// earlier one of the batch wrote it: candidates for [`DiskStore::moot`].
+fn superseded(ops: &[StoreOp]) -> (Vec<bool>, Vec<usize>) {
+    use std::collections::HashSet;
+    #[derive(PartialEq, Eq, Hash)]
+    enum Key<'a> {
+        Message(&'a str, u64),
+        Qos2(&'a str, u16),
+        Session(&'a str),
+        Retained(&'a str),
+    }
+    let mut later: HashSet<Key<'_>> = HashSet::new();
+    let mut skip = vec![false; ops.len()];
+    // Messages whose last operation is a removal, by where it is; `true` once an earlier
+    // write of the batch is seen.
+    let mut removed: HashMap<Key<'_>, (usize, bool)> = HashMap::new();
+    let mut ended: HashSet<&str> = HashSet::new();
+    for (i, (op, skip)) in ops.iter().zip(skip.iter_mut()).enumerate().rev() {
+        let key = match op {
+            StoreOp::Message { client_id, seq, .. } => {
+                if let Some((_, written)) = removed.get_mut(&Key::Message(client_id, *seq)) {
+                    *written = true;
+                }
+                Key::Message(client_id, *seq)
+            }
+            StoreOp::MessageDone { client_id, seq } => {
+                let key = Key::Message(client_id, *seq);
+                if !later.contains(&key) {
+                    removed.insert(Key::Message(client_id, *seq), (i, false));
+                }
+                key
+            }
+            StoreOp::Qos2Received {
+                client_id,
+                packet_id,
+            }
+            | StoreOp::Qos2Released {
+                client_id,
+                packet_id,
+            } => Key::Qos2(client_id, packet_id.get()),
+            StoreOp::Session(record) => Key::Session(&record.client_id),
+            StoreOp::SessionEnded { client_id } => {
+                later.insert(Key::Session(client_id));
+                ended.insert(client_id);
+                continue;
+            }
+            StoreOp::Retained { message, .. } => Key::Retained(message.topic.as_str()),
+            StoreOp::RetainedCleared(topic) => Key::Retained(topic.as_str()),
+        };
+        *skip = !later.insert(key);
+    }
+    let done_last = removed
+        .into_iter()
+        .filter(|(key, (_, written))| {
+            *written && !matches!(key, Key::Message(client_id, _) if ended.contains(client_id))
+        })
+        .map(|(_, (i, _))| i)
+        .collect();
+    (skip, done_last)
+}
+
 /// An error opening the file, with what an operator can do about it.
 fn open_error(path: &Path, err: DatabaseError) -> StoreError {
     match err {
@@ -659,7 +787,7 @@ fn open_error(path: &Path, err: DatabaseError) -> StoreError {
 
 impl Store for DiskStore {
     fn load(&mut self) -> Result<Restored, StoreError> {
-        let (restored, report) = self.read_all()?;
+        let (restored, report, top) = self.read_all()?;
         if let Some(first) = report.damaged.first() {
             return Err(StoreError::Corrupt(format!(
                 "{}: {} damaged record(s), the first: {first}; `bulwark store check --path {}` lists them, `bulwark store repair` removes them",
@@ -670,6 +798,7 @@ impl Store for DiskStore {
         }
         // Start from a compact file: what a long run left free goes back to the disk.
         self.compact()?;
+        self.written = Some(top);
         Ok(restored)
     }
 
@@ -688,12 +817,14 @@ impl Store for DiskStore {
             txn.set_durability(Durability::None)
                 .map_err(|e| storage(&p, e))?;
         }
-        let applied = self.apply(&txn, ops);
+        let skip = self.moot(ops);
+        let applied = self.apply(&txn, ops, &skip);
         if let Err(err) = applied {
             let _ = txn.abort();
             return Err(err);
         }
         txn.commit().map_err(|e| storage(&p, e))?;
+        self.note_written(ops, &skip);
         if durable {
             self.unsynced_since = None;
         } else if self.unsynced_since.is_none() {

@@ -317,3 +317,87 @@ fn a_file_that_cannot_be_opened_is_moved_aside_by_repair() {
         .unwrap();
     assert_eq!(restored, Restored::default());
 }
+
+/// Everything in one commit: operations that later ones make moot are not written, and the
+/// result is the same as applying every one in order.
+#[test]
+fn one_batch_of_everything_reads_back_the_same() {
+    let dir = dir();
+    let path = dir.path().join("store.redb");
+    let mut all: Vec<StoreOp> = ops().into_iter().flatten().collect();
+    // A session ended and begun again in the same batch, with a message of each life.
+    all.extend([
+        queued("again", 1, b"first life", None),
+        StoreOp::SessionEnded {
+            client_id: Arc::from("again"),
+        },
+        session("again", &["a"]),
+        queued("again", 1, b"second life", Some((4, OutState::AwaitPubRec))),
+    ]);
+    DiskStore::open(&path, SyncPolicy::Always)
+        .unwrap()
+        .commit(&all)
+        .unwrap();
+    let mut image = Image::new();
+    image.apply_all(all);
+    let restored = DiskStore::open(&path, SyncPolicy::Always)
+        .unwrap()
+        .load()
+        .unwrap();
+    assert_eq!(restored, image.restored());
+    let again = &restored.sessions[0];
+    assert_eq!(&*again.record.client_id, "again");
+    assert_eq!(again.messages.len(), 1);
+    assert_eq!(&again.messages[0].1.message.payload[..], b"second life");
+}
+
+/// A message written and acknowledged within one commit never reaches the disk, and that
+/// shortcut never leaves a record behind: not for a message written by an earlier commit, nor
+/// over an orphaned record of the same number.
+#[test]
+fn a_message_written_and_removed_in_one_commit_leaves_nothing() {
+    let dir = dir();
+    let path = dir.path().join("store.redb");
+    let done = |seq| StoreOp::MessageDone {
+        client_id: Arc::from("c"),
+        seq,
+    };
+    let mut image = Image::new();
+    let batches = vec![
+        // An orphan: a message of "c" before "c" has a record (left by a damaged file, say).
+        vec![queued("c", 5, b"orphan", None)],
+        vec![session("c", &["t"]), queued("c", 2, b"two", None)],
+        // After the reopen below: 3 is new and gone at once, 5 is rewritten and removed (over
+        // the orphan: numbered above every message of the session's own), 2 was written
+        // before and is removed.
+        vec![
+            queued("c", 3, b"three", Some((1, OutState::AwaitPubAck))),
+            done(3),
+            queued("c", 5, b"five", None),
+            done(5),
+            queued("c", 4, b"four", None),
+        ],
+        vec![done(2)],
+    ];
+    for (i, batch) in batches.into_iter().enumerate() {
+        let mut store = DiskStore::open(&path, SyncPolicy::Always).unwrap();
+        if i >= 2 {
+            store.load().unwrap();
+        }
+        store.commit(&batch).unwrap();
+        image.apply_all(batch);
+    }
+    let restored = DiskStore::open(&path, SyncPolicy::Always)
+        .unwrap()
+        .load()
+        .unwrap();
+    assert_eq!(restored, image.restored());
+    let seqs: Vec<u64> = restored.sessions[0]
+        .messages
+        .iter()
+        .map(|(s, _, _)| *s)
+        .collect();
+    assert_eq!(seqs, vec![4]);
+    let report = DiskStore::check_file(&path).unwrap();
+    assert_eq!((report.messages, report.orphans), (1, 0), "{report}");
+}
