@@ -2051,7 +2051,8 @@ impl Broker {
                 self.quotas.removed(message.topic.as_str());
             } else {
                 let owner = message.publisher.and_then(|k| self.owner_of(k));
-                if self.journal.is_on() {
+                // `$SYS` topics are the broker's own, published again after a restart.
+                if self.journal.is_on() && !message.topic.is_system() {
                     self.journal.push(StoreOp::Retained {
                         message: message.clone(),
                         owner: owner.clone(),

@@ -208,11 +208,13 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
          \x20 make a device certificate:  bulwark cert client --cn DEVICE --ca-dir {shown_dir} --out .\n\
          \x20 then connect:  mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert DEVICE.pem --key DEVICE.key -t 'devices/DEVICE/#' -v\n\
          \x20 add a user:  bulwark user add NAME --file {}\n\
-         \x20 ACL (default deny; the group admins: everything, other users: devices/USER/#): {}",
+         \x20 ACL (default deny; the group admins: everything, other users: devices/USER/#): {}\n\
+         \x20 sessions and retained messages survive restarts in {}",
         if pki.created { " (just created)" } else { "" },
         store.display(),
         store.display(),
         acl.display(),
+        dir.join(config::STORE_FILE).display(),
     );
     if let Some(password) = admin {
         eprintln!(

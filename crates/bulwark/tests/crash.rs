@@ -39,14 +39,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback listener for anyone, no authorization, roomy session queues unless `extra`
+/// has its own `[limits]`.
 fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let cfg = dir.join("bulwark.toml");
+    let limits = if extra.contains("[limits]") {
+        ""
+    } else {
+        "[limits]\nmax_queued_messages = 100000\nmax_queued_bytes = 104857600\n\n"
+    };
     std::fs::write(
         &cfg,
         format!(
             "[[listener]]\nname = \"open\"\nbind = \"127.0.0.1:{port}\"\ndangerous_allow_anonymous = true\n\n\
-             [acl]\ndangerous_allow_all = true\n\n\
-             [limits]\nmax_queued_messages = 100000\nmax_queued_bytes = 104857600\n\n{extra}"
+             [acl]\ndangerous_allow_all = true\n\n{limits}{extra}"
         ),
     )
     .unwrap();
@@ -534,5 +540,65 @@ fn a_damaged_store_stops_the_broker_with_its_name_and_store_repair_fixes_it() {
     assert_eq!(got.len(), 19, "{got:?}");
     assert!(!got.iter().any(|(t, _)| t == "payload-007"));
     broker.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a session holds in the store is bounded by its queue limit, and the file gives the
+/// space back once the messages are delivered (compaction at start).
+#[test]
+fn a_session_holds_at_most_its_queue_in_the_store_and_the_file_shrinks_after_delivery() {
+    let dir = temp_dir("bounded");
+    let port = free_port();
+    let limits = "[limits]\nmax_queued_messages = 500\n";
+    let broker = Broker::start(&dir, port, limits);
+    {
+        let (mut c, _) = Client::connect(port, "slow", true, 3_600);
+        c.subscribe("b/#", QoS::AtLeastOnce);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut p, _) = Client::connect(port, "pub", true, 0);
+    let payload = "x".repeat(4_000);
+    for round in 0..20u32 {
+        for i in 1..=100u16 {
+            p.send(&publish(
+                "b/x",
+                QoS::AtLeastOnce,
+                i,
+                format!("{round}-{i}-{payload}"),
+                false,
+            ));
+        }
+        for _ in 0..100 {
+            assert!(matches!(
+                p.recv(Duration::from_secs(10)),
+                Some(Packet::PubAck(_))
+            ));
+        }
+    }
+    broker.stop();
+    let store = dir.join("data/store.redb");
+    let full = std::fs::metadata(&store).unwrap().len();
+    let check = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["store", "check", "--path"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{text}");
+    assert!(text.contains("messages: 500,"), "{text}");
+
+    let broker = Broker::start(&dir, port, limits);
+    let (mut c, _) = Client::connect(port, "slow", false, 3_600);
+    assert_eq!(c.drain(Duration::from_secs(2)).len(), 500);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    broker.stop();
+    // Compacted at the next start.
+    Broker::start(&dir, port, limits).stop();
+    let empty = std::fs::metadata(&store).unwrap().len();
+    assert!(
+        empty * 4 < full,
+        "{full} bytes with 500 messages of 4 KB, {empty} bytes once delivered"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
