@@ -272,8 +272,10 @@ impl Router {
             }
             Some(held) => {
                 let ops = self.broker.take_store_ops();
-                let now = held.round(ops, std::mem::take(&mut groups));
-                let ready: Vec<_> = now.into_iter().chain(held.released()).collect();
+                // What the last commits released first (older), so that their connections
+                // are no longer held for this round.
+                let mut ready = held.released();
+                ready.extend(held.round(ops, std::mem::take(&mut groups)));
                 for round in ready {
                     for (conn, run) in round {
                         self.hand_over(peers, conn, run);
