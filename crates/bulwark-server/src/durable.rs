@@ -191,6 +191,9 @@ fn writer(
                         tracing::error!(%err, failures, "the store refused a commit; acknowledgements wait until it succeeds");
                     }
                     std::thread::sleep(RETRY);
+                    if let Err(err) = store.recover() {
+                        tracing::error!(%err, "the store cannot be opened again");
+                    }
                 }
             }
         }

@@ -72,8 +72,11 @@ pub struct CheckReport {
     /// Damaged records, each named with what is wrong.
     pub damaged: Vec<String>,
     /// Messages or QoS 2 identifiers of sessions the store does not hold (left by a removed
-    /// session record): harmless, never delivered, removed by repair.
+    /// session record): never delivered, removed at the broker's next start and by repair.
     pub orphans: u64,
+    /// The file was not closed cleanly (a crash) and was recovered to its last commit, as
+    /// the broker does at start: not damage.
+    pub recovered: bool,
 }
 
 impl CheckReport {
@@ -92,6 +95,12 @@ impl std::fmt::Display for CheckReport {
             "  sessions: {}, messages: {}, QoS 2 identifiers: {}, retained: {}",
             self.sessions, self.messages, self.qos2, self.retained
         )?;
+        if self.recovered {
+            writeln!(
+                f,
+                "  not closed cleanly (a crash): recovered to its last commit, as the broker does at start"
+            )?;
+        }
         if self.orphans > 0 {
             writeln!(
                 f,
@@ -113,7 +122,8 @@ impl std::fmt::Display for CheckReport {
 
 /// Durable state in one redb file.
 pub struct DiskStore {
-    db: Database,
+    /// `None` only between a failed commit and the reopen that follows it.
+    db: Option<Database>,
     path: PathBuf,
     sync: SyncPolicy,
     clock: Clock,
@@ -163,14 +173,8 @@ fn storage(path: &Path, err: impl Into<redb::Error>) -> StoreError {
             path.display(),
             path.display()
         )),
-        redb::Error::DatabaseAlreadyOpen => StoreError::Io {
-            context: format!(
-                "{} is in use by another process (another broker on the same data directory?)",
-                path.display()
-            ),
-            source: std::io::Error::new(std::io::ErrorKind::WouldBlock, "locked"),
-        },
-        redb::Error::UpgradeRequired(v) => StoreError::Corrupt(format!(
+        redb::Error::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
+        redb::Error::UpgradeRequired(v) => StoreError::Format(format!(
             "{}: written in storage file format {v}, which this build does not read",
             path.display()
         )),
@@ -191,25 +195,35 @@ impl DiskStore {
             && meta.len() == 0
         {
             return Err(StoreError::Corrupt(format!(
-                "{}: the file is empty (truncated?); move it away to start with an empty store",
+                "{}: the file is empty (truncated?); `bulwark store repair --path {}` moves it aside",
+                path.display(),
                 path.display()
             )));
         }
-        let db = Database::builder()
-            .create(&path)
-            .map_err(|e| open_error(&path, e))?;
-        let store = Self {
-            db,
-            path,
-            sync,
-            clock: Clock::now(),
-            unsynced_since: None,
-            commits_since_compact: 0,
-            last_compact: Instant::now(),
-            written: None,
-        };
+        let db = open_db(&path, &mut Database::builder())?;
+        let store = Self::with_db(db, path, sync);
         store.check_layout()?;
         Ok(store)
+    }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or_else(|| closed(&self.path))
+    }
+
+    fn db_mut(&mut self) -> Result<&mut Database, StoreError> {
+        match self.db.as_mut() {
+            Some(db) => Ok(db),
+            None => Err(closed(&self.path)),
+        }
+    }
+
+    /// Closes and opens the file again: after a failed commit, redb refuses every later
+    /// one on the same handle (its state in memory may no longer match the file).
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        drop(self.db.take());
+        self.db = Some(open_db(&self.path, &mut Database::builder())?);
+        self.unsynced_since = None;
+        Ok(())
     }
 
     /// The file.
@@ -220,7 +234,7 @@ impl DiskStore {
     /// Creates the tables of a new store, or checks an existing store's layout version.
     fn check_layout(&self) -> Result<(), StoreError> {
         let p = &self.path;
-        let txn = self.db.begin_write().map_err(|e| storage(p, e))?;
+        let txn = self.db()?.begin_write().map_err(|e| storage(p, e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| storage(p, e))?;
             let found = meta
@@ -230,8 +244,8 @@ impl DiskStore {
             match found {
                 Some(LAYOUT) => {}
                 Some(other) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "{}: store layout {other}, this build reads layout {LAYOUT}",
+                    return Err(StoreError::Format(format!(
+                        "{}: store layout {other}, this build reads layout {LAYOUT} (written by another version of Bulwark)",
                         p.display()
                     )));
                 }
@@ -264,7 +278,7 @@ impl DiskStore {
             file_bytes: std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
             ..CheckReport::default()
         };
-        let txn = self.db.begin_read().map_err(|e| storage(p, e))?;
+        let txn = self.db()?.begin_read().map_err(|e| storage(p, e))?;
         let mut sessions: BTreeMap<Arc<str>, RestoredSession> = BTreeMap::new();
         let mut top: HashMap<Arc<str>, u64> = HashMap::new();
         let table = txn.open_table(SESSIONS).map_err(|e| storage(p, e))?;
@@ -363,37 +377,96 @@ impl DiskStore {
         ))
     }
 
-    /// Checks the store at `path` without changing what it holds: every record is read back
-    /// and decoded, then redb checks every page's checksum. The broker must not be running
-    /// on it (the file is locked while it does).
+    /// A store on an open handle.
+    fn with_db(db: Database, path: PathBuf, sync: SyncPolicy) -> Self {
+        Self {
+            db: Some(db),
+            path,
+            sync,
+            clock: Clock::now(),
+            unsynced_since: None,
+            commits_since_compact: 0,
+            last_compact: Instant::now(),
+            written: None,
+        }
+    }
+
+    /// Checks the store at `path` without changing it: the file is copied beside itself
+    /// (`NAME.checking`, removed afterwards), and on the copy every record is read back and
+    /// decoded and redb verifies every page's checksum. Refused while a broker uses the file.
     pub fn check_file(path: impl AsRef<Path>) -> Result<CheckReport, StoreError> {
         let path = path.as_ref();
-        let store = Self::open(path, SyncPolicy::Always)?;
-        let (_, mut report, _) = store.read_all()?;
-        drop(store);
-        // redb's page check may rewrite what it checks (a repair): run it on a copy, so that
-        // checking changes nothing.
-        let copy = path.with_file_name(format!(
-            "{}.checking",
-            path.file_name()
-                .map_or_else(|| "store".into(), |n| n.to_string_lossy())
-        ));
+        if !path.is_file() {
+            return Err(io(
+                path,
+                "no store at",
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        // A broker holds the file's lock: a read-only open is refused then.
+        if let Err(StoreError::InUse(p)) = guarded(path, || {
+            redb::ReadOnlyDatabase::open(path)
+                .map(drop)
+                .map_err(|e| storage(path, e))
+        }) {
+            return Err(StoreError::InUse(p));
+        }
+        let name = path
+            .file_name()
+            .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
+        let copy = path.with_file_name(format!("{name}.checking"));
         std::fs::copy(path, &copy).map_err(|e| io(&copy, "cannot copy the store to", e))?;
-        let verdict = Self::open(&copy, SyncPolicy::Always).and_then(|mut c| {
-            let p = c.path.clone();
-            c.db.check_integrity().map_err(|e| storage(&p, e))
-        });
+        let result = Self::check_copy(path, &copy);
         let _ = std::fs::remove_file(&copy);
-        match verdict {
+        let (from, to) = (copy.to_string_lossy(), path.to_string_lossy());
+        match result {
+            Ok(mut report) => {
+                for d in &mut report.damaged {
+                    *d = d.replace(&*from, &to);
+                }
+                Ok(report)
+            }
+            Err(StoreError::Corrupt(why)) => Err(StoreError::Corrupt(why.replace(&*from, &to))),
+            Err(StoreError::Format(why)) => Err(StoreError::Format(why.replace(&*from, &to))),
+            Err(other) => Err(other),
+        }
+    }
+
+    fn check_copy(path: &Path, copy: &Path) -> Result<CheckReport, StoreError> {
+        let recovered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = recovered.clone();
+        let mut builder = Database::builder();
+        builder.set_repair_callback(move |_| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let db = open_db(copy, &mut builder)?;
+        let mut store = Self::with_db(db, copy.to_path_buf(), SyncPolicy::Always);
+        store.check_layout()?;
+        let mut report = match guarded(copy, || store.read_all()) {
+            Ok((_, report, _)) => report,
+            Err(StoreError::Corrupt(why)) => CheckReport {
+                damaged: vec![why],
+                ..CheckReport::default()
+            },
+            Err(other) => return Err(other),
+        };
+        report.path = path.to_path_buf();
+        report.file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        report.recovered = recovered.load(std::sync::atomic::Ordering::Relaxed);
+        let p = copy.to_path_buf();
+        match guarded(copy, || {
+            store
+                .db_mut()?
+                .check_integrity()
+                .map_err(|e| storage(&p, e))
+        }) {
             Ok(true) => {}
             Ok(false) => report.damaged.push(
-                "the file was not closed cleanly and needs a repair to its last commit".to_owned(),
+                "pages failed their checksums; redb fell back to the last commit whose pages are intact, which may lose the newest commits".to_owned(),
             ),
-            Err(err) => report.damaged.push(format!(
-                "the file's pages fail their checksums: {}",
-                err.to_string()
-                    .replace(&*copy.to_string_lossy(), &path.to_string_lossy())
-            )),
+            Err(err) => report
+                .damaged
+                .push(format!("the file's pages fail their checksums: {err}")),
         }
         Ok(report)
     }
@@ -402,17 +475,18 @@ impl DiskStore {
     /// session) is copied to a new file, which takes the old one's place; the old file is
     /// kept beside it as `NAME.damaged-UNIXTIME`. A file redb cannot open at all is moved
     /// aside the same way and an empty store takes its place. Returns what was found (and so
-    /// lost) and where the old file went; `None` if there was nothing to repair.
+    /// lost) and where the old file went; `None` if there was nothing to repair. A store in
+    /// use, or written by a newer build, is refused.
     pub fn repair_file(
         path: impl AsRef<Path>,
     ) -> Result<(CheckReport, Option<PathBuf>), StoreError> {
         let path = path.as_ref().to_path_buf();
-        let report = match Self::check_file(&path) {
+        let readable = match Self::check_file(&path) {
             Ok(report) if report.is_clean() && report.orphans == 0 => return Ok((report, None)),
-            Ok(report) => Some(report),
+            Ok(_) => true,
             Err(StoreError::Corrupt(why)) => {
                 tracing::warn!(%why, "the store cannot be opened; replacing it with an empty one");
-                None
+                false
             }
             Err(other) => return Err(other),
         };
@@ -422,25 +496,44 @@ impl DiskStore {
         let name = path
             .file_name()
             .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
-        let aside = path.with_file_name(format!("{name}.damaged-{unix}"));
+        let mut aside = path.with_file_name(format!("{name}.damaged-{unix}"));
+        for n in 1.. {
+            if !aside.exists() {
+                break;
+            }
+            aside = path.with_file_name(format!("{name}.damaged-{unix}-{n}"));
+        }
         let fresh = path.with_file_name(format!("{name}.repairing"));
         let _ = std::fs::remove_file(&fresh);
-        let report = match report {
-            Some(_) => {
-                let source = Self::open(&path, SyncPolicy::Always)?;
-                let mut target = Self::open(&fresh, SyncPolicy::Always)?;
-                let report = source.salvage(&mut target)?;
-                drop(source);
-                drop(target);
-                report
+        let salvaged = if readable {
+            let mut target = Self::open(&fresh, SyncPolicy::Always)?;
+            let outcome = Self::open(&path, SyncPolicy::Always)
+                .and_then(|source| guarded(&path, || source.salvage(&mut target)));
+            drop(target);
+            match outcome {
+                Ok(report) => Some(report),
+                Err(StoreError::Corrupt(why)) => {
+                    tracing::warn!(%why, "the store cannot be read; replacing it with an empty one");
+                    let _ = std::fs::remove_file(&fresh);
+                    None
+                }
+                Err(other) => {
+                    let _ = std::fs::remove_file(&fresh);
+                    return Err(other);
+                }
             }
+        } else {
+            None
+        };
+        let report = match salvaged {
+            Some(report) => report,
             None => {
                 drop(Self::open(&fresh, SyncPolicy::Always)?);
                 CheckReport {
                     path: path.clone(),
                     file_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
                     damaged: vec![
-                        "the whole file (redb could not open it): everything it held".to_owned(),
+                        "the whole file (redb could not read it): everything it held".to_owned(),
                     ],
                     ..CheckReport::default()
                 }
@@ -465,9 +558,9 @@ impl DiskStore {
             file_bytes: std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
             ..CheckReport::default()
         };
-        let src = self.db.begin_read().map_err(|e| storage(p, e))?;
+        let src = self.db()?.begin_read().map_err(|e| storage(p, e))?;
         let t = &target.path;
-        let dst = target.db.begin_write().map_err(|e| storage(t, e))?;
+        let dst = target.db()?.begin_write().map_err(|e| storage(t, e))?;
         let mut live = std::collections::BTreeSet::new();
         {
             let mut out = dst.open_table(SESSIONS).map_err(|e| storage(t, e))?;
@@ -529,6 +622,10 @@ impl DiskStore {
                 } else if packet_id != 0 {
                     out.insert((id, packet_id), ()).map_err(|e| storage(t, e))?;
                     report.qos2 += 1;
+                } else {
+                    report.damaged.push(format!(
+                        "QoS 2 identifier of session {id:?}: packet identifier 0"
+                    ));
                 }
             }
             let mut out = dst.open_table(RETAINED).map_err(|e| storage(t, e))?;
@@ -559,11 +656,43 @@ impl DiskStore {
         Ok(report)
     }
 
+    /// Removes the messages and QoS 2 identifiers of client ids without a session record
+    /// (a later session with that id must not find them); returns how many.
+    fn remove_orphans(&mut self, restored: &Restored) -> Result<u64, StoreError> {
+        let p = self.path.clone();
+        let live: std::collections::HashSet<&str> = restored
+            .sessions
+            .iter()
+            .map(|s| &*s.record.client_id)
+            .collect();
+        let txn = self.db()?.begin_write().map_err(|e| storage(&p, e))?;
+        let mut removed = 0u64;
+        {
+            let mut messages = txn.open_table(MESSAGES).map_err(|e| storage(&p, e))?;
+            messages
+                .retain(|(id, _), _| {
+                    let keep = live.contains(id);
+                    removed += u64::from(!keep);
+                    keep
+                })
+                .map_err(|e| storage(&p, e))?;
+            let mut qos2 = txn.open_table(QOS2).map_err(|e| storage(&p, e))?;
+            qos2.retain(|(id, _), ()| {
+                let keep = live.contains(id);
+                removed += u64::from(!keep);
+                keep
+            })
+            .map_err(|e| storage(&p, e))?;
+        }
+        txn.commit().map_err(|e| storage(&p, e))?;
+        Ok(removed)
+    }
+
     /// Gives free pages back to the file system, as far as redb can.
     pub fn compact(&mut self) -> Result<(), StoreError> {
         self.sync_now()?;
         for _ in 0..8 {
-            match self.db.compact() {
+            match self.db_mut()?.compact() {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(err) => return Err(storage(&self.path, err)),
@@ -578,7 +707,7 @@ impl DiskStore {
     fn sync_now(&mut self) -> Result<(), StoreError> {
         if self.unsynced_since.is_some() {
             let p = &self.path;
-            let mut txn = self.db.begin_write().map_err(|e| storage(p, e))?;
+            let mut txn = self.db()?.begin_write().map_err(|e| storage(p, e))?;
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| storage(p, e))?;
             txn.set_quick_repair(true);
@@ -769,6 +898,43 @@ fn superseded(ops: &[StoreOp]) -> (Vec<bool>, Vec<usize>) {
     (skip, done_last)
 }
 
+/// The handle is closed (a reopen after a failed commit failed too).
+fn closed(path: &Path) -> StoreError {
+    StoreError::Io {
+        context: format!(
+            "the store {} is closed after a failed commit",
+            path.display()
+        ),
+        source: std::io::Error::other("closed"),
+    }
+}
+
+/// Runs `f`, turning a panic inside redb (which a file damaged outside it can cause) into an
+/// error naming the file.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            Err(StoreError::Corrupt(format!(
+                "{}: the file cannot be read ({why}); `bulwark store repair --path {}` keeps what reads back",
+                path.display(),
+                path.display()
+            )))
+        }
+    }
+}
+
+fn open_db(path: &Path, builder: &mut redb::Builder) -> Result<Database, StoreError> {
+    guarded(path, || {
+        builder.create(path).map_err(|e| open_error(path, e))
+    })
+}
+
 /// An error opening the file, with what an operator can do about it.
 fn open_error(path: &Path, err: DatabaseError) -> StoreError {
     match err {
@@ -787,7 +953,8 @@ fn open_error(path: &Path, err: DatabaseError) -> StoreError {
 
 impl Store for DiskStore {
     fn load(&mut self) -> Result<Restored, StoreError> {
-        let (restored, report, top) = self.read_all()?;
+        let path = self.path.clone();
+        let (restored, report, top) = guarded(&path, || self.read_all())?;
         if let Some(first) = report.damaged.first() {
             return Err(StoreError::Corrupt(format!(
                 "{}: {} damaged record(s), the first: {first}; `bulwark store check --path {}` lists them, `bulwark store repair` removes them",
@@ -795,6 +962,13 @@ impl Store for DiskStore {
                 report.damaged.len(),
                 self.path.display()
             )));
+        }
+        if report.orphans > 0 {
+            let removed = self.remove_orphans(&restored)?;
+            tracing::warn!(
+                removed,
+                "removed messages and QoS 2 identifiers of sessions the store does not hold"
+            );
         }
         // Start from a compact file: what a long run left free goes back to the disk.
         self.compact()?;
@@ -804,7 +978,7 @@ impl Store for DiskStore {
 
     fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         let p = self.path.clone();
-        let mut txn = self.db.begin_write().map_err(|e| storage(&p, e))?;
+        let mut txn = self.db()?.begin_write().map_err(|e| storage(&p, e))?;
         let durable = match self.sync {
             SyncPolicy::Always => true,
             SyncPolicy::Periodic(every) => self
@@ -832,6 +1006,10 @@ impl Store for DiskStore {
         }
         self.commits_since_compact += 1;
         Ok(())
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        self.reopen()
     }
 
     fn idle(&mut self) -> Result<(), StoreError> {

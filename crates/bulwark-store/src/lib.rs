@@ -34,6 +34,12 @@ pub enum StoreError {
     /// What is stored does not read back: named, so that an operator knows what is damaged.
     #[error("the store is damaged: {0}")]
     Corrupt(String),
+    /// Another process (another broker on the same data directory?) has the store open.
+    #[error("{} is in use by another process (another broker on the same data directory?)", .0.display())]
+    InUse(std::path::PathBuf),
+    /// The store was written by a version of Bulwark this one cannot read.
+    #[error("{0}")]
+    Format(String),
 }
 
 /// Durable state: committed in batches, read back at start.
@@ -49,6 +55,11 @@ pub trait Store: Send + std::fmt::Debug {
     /// Called when no commit came for [`Store::idle_interval`]: time for background work
     /// (a periodic sync, compaction).
     fn idle(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Called after a failed commit, before it is tried again: a store that needs to, opens
+    /// its file again.
+    fn recover(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
     /// How long without commits before [`Store::idle`]; `None`: never.

@@ -206,6 +206,15 @@ fn a_second_broker_on_the_same_file_is_refused() {
     let _first = DiskStore::open(&path, SyncPolicy::Always).unwrap();
     let err = DiskStore::open(&path, SyncPolicy::Always).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
+    // Checking or repairing it meanwhile is refused too.
+    assert!(matches!(
+        DiskStore::check_file(&path),
+        Err(StoreError::InUse(_))
+    ));
+    assert!(matches!(
+        DiskStore::repair_file(&path),
+        Err(StoreError::InUse(_))
+    ));
 }
 
 #[test]

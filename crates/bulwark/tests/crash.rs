@@ -330,6 +330,23 @@ fn sigkill_mid_stream_loses_no_acknowledged_message() {
         acked.len()
     );
 
+    // `store check` on the killed broker's file: intact, recovered as a start would, and the
+    // file itself left as it was.
+    let store = dir.join("data/store.redb");
+    let before = std::fs::read(&store).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["store", "check", "--path"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{text}");
+    assert!(text.contains("no damage found"), "{text}");
+    assert!(
+        std::fs::read(&store).unwrap() == before,
+        "check changed the file"
+    );
+
     let broker = Broker::start(&dir, port, "");
     for (id, qos) in subscribers {
         let (mut c, ack) = Client::connect(port, id, false, 3_600);
