@@ -20,6 +20,14 @@ pub use disk::{CheckReport, DiskStore, SyncPolicy};
 
 pub(crate) use bulwark_core::persist::Sent;
 
+/// For the fuzzer: `body` (a record without its checksum) is read as every kind of record,
+/// with and without a valid checksum appended; whatever reads back must write out and read
+/// back the same. Panics otherwise.
+#[doc(hidden)]
+pub fn check_record_bytes(body: &[u8]) {
+    record::fuzz(body);
+}
+
 /// Why a store could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

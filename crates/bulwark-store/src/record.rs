@@ -642,6 +642,28 @@ pub(crate) fn decode_session(record: &[u8], clock: Clock) -> Read<DecodedSession
     })
 }
 
+/// For the fuzzer ([`crate::check_record_bytes`]): `body` with its checksum appended, read as
+/// every kind of record; whatever reads back must write out and read back the same.
+pub(crate) fn fuzz(body: &[u8]) {
+    let mut record = body.to_vec();
+    record.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    let clock = Clock::now();
+    for bytes in [body, &record[..]] {
+        if let Ok((delivery, sent)) = decode_message(bytes, 7, clock) {
+            let again = encode_message(&delivery, sent, clock);
+            assert!(decode_message(&again, 7, clock) == Ok((delivery, sent)));
+        }
+        if let Ok((message, owner)) = decode_retained(bytes, clock) {
+            let again = encode_retained(&message, owner.as_deref(), clock);
+            assert!(decode_retained(&again, clock) == Ok((message, owner)));
+        }
+        if let Ok(session) = decode_session(bytes, clock) {
+            let again = encode_session(&session.record, clock);
+            assert!(decode_session(&again, clock).map(|s| s.record) == Ok(session.record));
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
 mod tests {
@@ -693,6 +715,60 @@ mod tests {
         assert_eq!(sent_back, sent);
         assert_eq!(back.message.expires_at, Some(at));
         assert_eq!(back, delivery);
+    }
+
+    /// The fuzzer's check holds for real records; with `BULWARK_STORE_SEEDS=DIR` their bodies
+    /// are written there (the fuzzer's seeds, `fuzz/seeds/store_records`).
+    #[test]
+    fn real_records_pass_the_fuzzers_check() {
+        let clock = Clock::now();
+        let delivery = Delivery {
+            message: Arc::new(message(Some(clock.instant + Duration::from_secs(9)))),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            subscription_ids: vec![SubscriptionId::new(3).unwrap()],
+            group: None,
+            seq: 1,
+        };
+        let records = [
+            encode_message(
+                &delivery,
+                Some((PacketId::new(9).unwrap(), OutState::AwaitPubComp)),
+                clock,
+            ),
+            encode_retained(&message(None), Some("u"), clock),
+            encode_session(
+                &SessionRecord {
+                    client_id: Arc::from("c"),
+                    owner: None,
+                    expiry_interval: 60,
+                    subscriptions: Vec::new(),
+                    disconnected_at: Some(clock.instant),
+                    will: Some(WillRecord {
+                        at: None,
+                        delay: 5,
+                        will: Will {
+                            topic: TopicName::new("w").unwrap(),
+                            payload: Bytes::from_static(b"gone"),
+                            qos: QoS::AtLeastOnce,
+                            retain: false,
+                            properties: WillProperties::default(),
+                        },
+                        principal: Arc::new(Principal::default()),
+                    }),
+                },
+                clock,
+            ),
+        ];
+        let dir = std::env::var_os("BULWARK_STORE_SEEDS");
+        for (i, record) in records.iter().enumerate() {
+            let body = &record[..record.len() - 4];
+            fuzz(body);
+            if let Some(dir) = &dir {
+                std::fs::write(std::path::Path::new(dir).join(format!("record-{i}")), body)
+                    .unwrap();
+            }
+        }
     }
 
     #[test]
