@@ -66,10 +66,11 @@ impl Clock {
         if ms >= self.unix_ms {
             let ahead = Duration::from_millis(ms - self.unix_ms);
             // Centuries ahead: as far as the clock goes, which is "never" in practice.
-            Ok(self
-                .instant
-                .checked_add(ahead)
-                .unwrap_or(self.instant + Duration::from_secs(100 * 365 * 86_400)))
+            Ok(self.instant.checked_add(ahead).unwrap_or_else(|| {
+                self.instant
+                    .checked_add(Duration::from_secs(100 * 365 * 86_400))
+                    .unwrap_or(self.instant)
+            }))
         } else {
             let ago = Duration::from_millis(self.unix_ms - ms);
             self.instant.checked_sub(ago).ok_or(ago)

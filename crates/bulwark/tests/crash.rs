@@ -329,6 +329,10 @@ fn sigkill_mid_stream_loses_no_acknowledged_message() {
         "only {} of {sent} acknowledged before the kill",
         acked.len()
     );
+    eprintln!(
+        "{} of {sent} messages acknowledged before the kill",
+        acked.len()
+    );
 
     // `store check` on the killed broker's file: intact, recovered as a start would, and the
     // file itself left as it was.
@@ -613,6 +617,7 @@ fn a_session_holds_at_most_its_queue_in_the_store_and_the_file_shrinks_after_del
     // Compacted at the next start.
     Broker::start(&dir, port, limits).stop();
     let empty = std::fs::metadata(&store).unwrap().len();
+    eprintln!("store: {full} bytes holding 500 messages of 4 KB, {empty} bytes once delivered");
     assert!(
         empty * 4 < full,
         "{full} bytes with 500 messages of 4 KB, {empty} bytes once delivered"
