@@ -249,6 +249,19 @@ fn publish(topic: &str, qos: QoS, id: u16, payload: String, retain: bool) -> Pub
     p
 }
 
+/// Runs `bulwark store COMMAND --path STORE`: its exit status and standard output.
+fn store_tool(command: &str, store: &Path) -> (std::process::ExitStatus, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["store", command, "--path"])
+        .arg(store)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bulwark-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -338,13 +351,8 @@ fn sigkill_mid_stream_loses_no_acknowledged_message() {
     // file itself left as it was.
     let store = dir.join("data/store.redb");
     let before = std::fs::read(&store).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(["store", "check", "--path"])
-        .arg(&store)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{text}");
+    let (check, text) = store_tool("check", &store);
+    assert!(check.success(), "{text}");
     assert!(text.contains("no damage found"), "{text}");
     assert!(
         std::fs::read(&store).unwrap() == before,
@@ -534,24 +542,14 @@ fn a_damaged_store_stops_the_broker_with_its_name_and_store_repair_fixes_it() {
         err.contains("store.redb") && err.contains("session \"holder\""),
         "{err}"
     );
-    let check = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(["store", "check", "--path"])
-        .arg(&store)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&check.stdout);
-    assert_eq!(check.status.code(), Some(1), "{text}");
+    let (check, text) = store_tool("check", &store);
+    assert_eq!(check.code(), Some(1), "{text}");
     assert!(
         text.contains("message") && text.contains("checksum"),
         "{text}"
     );
-    let repair = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(["store", "repair", "--path"])
-        .arg(&store)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&repair.stdout);
-    assert!(repair.status.success(), "{text}");
+    let (repair, text) = store_tool("repair", &store);
+    assert!(repair.success(), "{text}");
     assert!(text.contains("kept 1 sessions, 19 messages"), "{text}");
 
     let broker = Broker::start(&dir, port, "");
@@ -599,13 +597,8 @@ fn a_session_holds_at_most_its_queue_in_the_store_and_the_file_shrinks_after_del
     broker.stop();
     let store = dir.join("data/store.redb");
     let full = std::fs::metadata(&store).unwrap().len();
-    let check = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(["store", "check", "--path"])
-        .arg(&store)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{text}");
+    let (check, text) = store_tool("check", &store);
+    assert!(check.success(), "{text}");
     assert!(text.contains("messages: 500,"), "{text}");
 
     let broker = Broker::start(&dir, port, limits);
