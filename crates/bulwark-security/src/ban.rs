@@ -4,7 +4,9 @@
 //!
 //! ```toml
 //! [[ban]]
-//! address = "203.0.113.0/24"     # or: username = "..." or client_id = "..."
+//! address = "203.0.113.0/24"     # or: username = "..." or client_id = "...", or both of
+//!                                # these: that client id used by that user only
+//!                                # (username = "" for anonymous clients)
 //! expires = 1764744000           # Unix time in seconds; left out: never
 //! reason = "credential stuffing"
 //! created = 1764657600
@@ -30,8 +32,17 @@ pub enum BanTarget {
     Address(Cidr),
     /// An authenticated username.
     Username(String),
-    /// A client identifier.
+    /// A client identifier, whoever uses it.
     ClientId(String),
+    /// A client identifier used by one user (`None`: by anonymous clients): the broker's own
+    /// bans for flapping take this form, so that one user's behaviour never locks another
+    /// user, the identifier's rightful owner say, out of it.
+    UserClientId {
+        /// The user; `None` for anonymous clients.
+        username: Option<String>,
+        /// The client identifier.
+        client_id: String,
+    },
 }
 
 impl fmt::Display for BanTarget {
@@ -40,6 +51,14 @@ impl fmt::Display for BanTarget {
             Self::Address(c) => write!(f, "address {c}"),
             Self::Username(u) => write!(f, "username {u:?}"),
             Self::ClientId(c) => write!(f, "client id {c:?}"),
+            Self::UserClientId {
+                username: Some(u),
+                client_id,
+            } => write!(f, "client id {client_id:?} of user {u:?}"),
+            Self::UserClientId {
+                username: None,
+                client_id,
+            } => write!(f, "client id {client_id:?} of anonymous clients"),
         }
     }
 }
@@ -131,9 +150,13 @@ impl BanList {
                 },
                 (None, Some(u), None) if !u.is_empty() => Some(BanTarget::Username(u)),
                 (None, None, Some(c)) if !c.is_empty() => Some(BanTarget::ClientId(c)),
+                (None, Some(u), Some(c)) if !c.is_empty() => Some(BanTarget::UserClientId {
+                    username: (!u.is_empty()).then_some(u),
+                    client_id: c,
+                }),
                 _ => {
                     problems.push(format!(
-                        "{source}:{line}: a ban names exactly one of address, username, client_id (not empty)"
+                        "{source}:{line}: a ban names one of address, username, client_id (not empty), or a username and a client_id"
                     ));
                     None
                 }
@@ -168,6 +191,14 @@ impl BanList {
                 }
                 BanTarget::Username(u) => out.push_str(&format!("username = {}\n", quote(u))),
                 BanTarget::ClientId(c) => out.push_str(&format!("client_id = {}\n", quote(c))),
+                BanTarget::UserClientId {
+                    username,
+                    client_id,
+                } => {
+                    let user = username.as_deref().unwrap_or("");
+                    out.push_str(&format!("username = {}\n", quote(user)));
+                    out.push_str(&format!("client_id = {}\n", quote(client_id)));
+                }
             }
             if let Some(e) = ban.expires {
                 out.push_str(&format!("expires = {e}\n"));
@@ -231,6 +262,10 @@ impl BanList {
                     BanTarget::Address(c) => c.contains(ip),
                     BanTarget::Username(u) => username == Some(u.as_str()),
                     BanTarget::ClientId(c) => !client_id.is_empty() && client_id == c,
+                    BanTarget::UserClientId {
+                        username: u,
+                        client_id: c,
+                    } => !client_id.is_empty() && client_id == c && username == u.as_deref(),
                 }
         })
     }
@@ -279,8 +314,39 @@ mod tests {
                 .is_none()
         );
         assert!(list.client_ban(ip("11.0.0.1"), None, "", 0).is_none());
+        // A client id banned for one user leaves it to everyone else.
+        list.add(ban(
+            BanTarget::UserClientId {
+                username: Some("bob".into()),
+                client_id: "shared".into(),
+            },
+            None,
+        ))
+        .unwrap();
+        list.add(ban(
+            BanTarget::UserClientId {
+                username: None,
+                client_id: "anon".into(),
+            },
+            None,
+        ))
+        .unwrap();
+        assert!(
+            list.client_ban(ip("11.0.0.1"), Some("bob"), "shared", 0)
+                .is_some()
+        );
+        assert!(
+            list.client_ban(ip("11.0.0.1"), Some("alice"), "shared", 0)
+                .is_none()
+        );
+        assert!(list.client_ban(ip("11.0.0.1"), None, "shared", 0).is_none());
+        assert!(list.client_ban(ip("11.0.0.1"), None, "anon", 0).is_some());
+        assert!(
+            list.client_ban(ip("11.0.0.1"), Some("bob"), "anon", 0)
+                .is_none()
+        );
         assert!(list.prune(100));
-        assert_eq!(list.bans().len(), 1);
+        assert_eq!(list.bans().len(), 3);
         assert!(list.remove(&BanTarget::Username("mallory".into())));
         assert!(!list.remove(&BanTarget::Username("mallory".into())));
     }
@@ -298,15 +364,21 @@ mod tests {
             ..ban(BanTarget::ClientId("odd \"id\"".into()), None)
         })
         .unwrap();
+        for username in [Some("bob".to_owned()), None] {
+            list.add(ban(
+                BanTarget::UserClientId {
+                    username,
+                    client_id: "dev-1".into(),
+                },
+                Some(7),
+            ))
+            .unwrap();
+        }
         let text = list.to_toml();
         assert_eq!(BanList::parse(&text, "bans.toml").unwrap(), list);
-        let bad =
-            "[[ban]]\nusername = \"a\"\nclient_id = \"b\"\n\n[[ban]]\naddress = \"10.0.0.0/99\"\n";
+        let bad = "[[ban]]\naddress = \"10.0.0.1\"\nclient_id = \"b\"\n\n[[ban]]\naddress = \"10.0.0.0/99\"\n";
         let err = BanList::parse(bad, "bans.toml").unwrap_err().to_string();
-        assert!(
-            err.contains("bans.toml:1: a ban names exactly one"),
-            "{err}"
-        );
+        assert!(err.contains("bans.toml:1: a ban names one of"), "{err}");
         assert!(err.contains("bans.toml:5:"), "{err}");
         assert!(BanList::parse("[[ban]]\nwho = 1\n", "b").is_err());
     }

@@ -69,6 +69,13 @@ impl CredentialCache {
         Some(mac.finalize().into_bytes().into())
     }
 
+    /// A keyed fingerprint of `name` and `password` (the HMAC the cache keeps), to recognise
+    /// logins with the same credentials without holding the password; `None` only if the MAC
+    /// cannot be keyed.
+    pub fn fingerprint(&self, name: &str, password: &[u8]) -> Option<[u8; 32]> {
+        self.digest(name, password)
+    }
+
     /// Whether `name` logged in with exactly `password` within the TTL.
     pub fn check(&self, name: &str, password: &[u8], now: Instant) -> bool {
         let Some(entry) = self.entries.get(name) else {

@@ -4,19 +4,26 @@
 //! username. The address key is an IPv4 address as it is, an IPv6 address by its /64 prefix (one
 //! host usually controls a whole /64), and an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the
 //! IPv4 address; see [`address_key`]. The username key is the exact string (no case folding);
-//! a login without a username counts against its address only.
+//! a login without a username counts against its address only. Addresses in
+//! [`GuardSettings::exempt`] (loopback by default, as for admission control and automatic bans)
+//! are never delayed, serialized, throttled or banned: their failures count against the
+//! usernames they try only.
 //!
 //! Call order, per login attempt:
 //!
-//! 1. [`LoginGuard::admit`] before the credentials are checked. [`Admission::Banned`] and
+//! 1. [`LoginGuard::admit`] before anything is checked. [`Admission::Banned`] and
 //!    [`Admission::Throttled`] refuse the attempt without checking anything;
-//!    [`Admission::Proceed`] says how long to wait before checking, and counts the attempt as
-//!    in flight.
-//! 2. After the check, exactly once per [`Admission::Proceed`]: [`LoginGuard::finish_failure`],
+//!    [`Admission::Proceed`] says how long to wait first.
+//! 2. If the attempt was admitted while none of its keys was in backoff
+//!    ([`LoginGuard::in_backoff`] said no), [`LoginGuard::recheck`] right before its
+//!    credentials are evaluated (when a hash check gets its turn, when a SCRAM proof arrives):
+//!    failures that came back meanwhile apply to it, so that attempts queued in parallel do not
+//!    slip past the backoff that their predecessors' failures started.
+//! 3. After the check, exactly once per [`Admission::Proceed`]: [`LoginGuard::finish_failure`],
 //!    [`LoginGuard::finish_success`], or [`LoginGuard::release`] for an attempt that ended
 //!    without a verdict. ([`LoginGuard::record_failure`] and [`LoginGuard::record_success`]
 //!    count an outcome without touching the attempts in flight.)
-//! 3. Now and then (say once a minute), [`LoginGuard::prune`] to forget what has expired.
+//! 4. Now and then (say once a minute), [`LoginGuard::prune`] to forget what has expired.
 //!
 //! The scheme, with the defaults of [`GuardSettings`]:
 //!
@@ -26,9 +33,12 @@
 //!   1 s, after 6 2 s, after 7 4 s, and so on. An attempt waits for the larger of its address's
 //!   and its username's delay, so guessing one account from many addresses is slowed as much as
 //!   guessing many accounts from one address.
-//! - Attempts still in flight count as failures until their outcome is known, so opening many
-//!   connections at once gains an attacker nothing: the sixth parallel attempt of a fresh
-//!   address already waits.
+//! - Only failures count. Attempts in flight do not: a fleet of devices behind one address
+//!   (or a whole fleet reconnecting after a restart) logs in at the speed of the hash checks,
+//!   never delayed by its own concurrency. Parallel guessing is stopped by the re-check before
+//!   each evaluation instead: once the failures of the first evaluations are in, every attempt
+//!   still queued waits its turn. An address thus gets at most `backoff_after` failures plus
+//!   the evaluations that were running at once (the hash pool's size) before its first delay.
 //! - Attempts from an address in backoff are serialized: each takes the next free slot at least
 //!   one delay after the previous one. An attempt whose slot is more than `max_wait` (60 s) away
 //!   is refused at once ([`Admission::Throttled`]) instead of holding a connection open.
@@ -55,6 +65,8 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
+use crate::acl::Cidr;
+
 /// How failed logins are counted and answered; see the [module documentation](self).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardSettings {
@@ -75,6 +87,10 @@ pub struct GuardSettings {
     pub ban_duration: Duration,
     /// Most entries in each table (addresses, usernames). Default 100 000.
     pub max_tracked: usize,
+    /// Addresses never delayed, serialized, throttled or banned (their failures still count
+    /// against the usernames they try). Default: the loopback networks, as for admission
+    /// control and automatic bans.
+    pub exempt: Vec<Cidr>,
 }
 
 impl Default for GuardSettings {
@@ -88,6 +104,7 @@ impl Default for GuardSettings {
             ban_after: 20,
             ban_duration: Duration::from_secs(10 * 60),
             max_tracked: 100_000,
+            exempt: crate::admission::loopback(),
         }
     }
 }
@@ -198,7 +215,8 @@ struct Entry {
     next_free: Option<Instant>,
     /// Addresses only.
     banned_until: Option<Instant>,
-    /// Attempts admitted whose outcome is not known yet.
+    /// Attempts admitted whose outcome is not known yet: they keep the entry (and the slots
+    /// they reserved) alive, but never count as failures.
     in_flight: u32,
 }
 
@@ -239,12 +257,6 @@ impl Entry {
             None => !self.window_passed(now, window),
         };
         if counted { self.count } else { 0 }
-    }
-
-    /// The failures plus the attempts in flight, as the backoff sees them.
-    fn effective_count(&self, now: Instant, window: Duration) -> u32 {
-        self.current_count(now, window)
-            .saturating_add(self.in_flight)
     }
 }
 
@@ -339,7 +351,7 @@ fn backoff_slot(
     settings: &GuardSettings,
     now: Instant,
 ) -> Option<(Duration, Instant)> {
-    let delay = settings.delay_for(entry.effective_count(now, settings.window))?;
+    let delay = settings.delay_for(entry.current_count(now, settings.window))?;
     let slot = now
         .max(saturating_add(entry.last_failure, delay))
         .max(entry.next_free.unwrap_or(now));
@@ -359,8 +371,7 @@ fn entry_for<'t, K: Copy + Eq + Hash>(
     table.entry(key).or_insert_with(|| placeholder(now))
 }
 
-/// An entry with no failure yet: a holder for attempts in flight. Its "last failure" is now, so
-/// that attempts in flight past the threshold wait from now.
+/// An entry with no failure yet: a holder for attempts in flight.
 fn placeholder(now: Instant) -> Entry {
     Entry::new(now)
 }
@@ -419,18 +430,67 @@ impl LoginGuard {
         &self.settings
     }
 
-    /// Called before credentials are checked: says whether to evaluate them and after what wait.
+    /// Whether `address` is in [`GuardSettings::exempt`].
+    fn is_exempt(&self, address: IpAddr) -> bool {
+        let address = address_key(address);
+        self.settings.exempt.iter().any(|c| c.contains(address))
+    }
+
+    /// Called before anything is checked: says whether to evaluate the credentials and after
+    /// what wait, and counts the attempt as in flight.
     ///
     /// A banned address is refused first. Keys below the backoff threshold give a zero delay and
     /// are left as they are. Keys in backoff each give a slot: the latest of `now`, the key's
     /// next free slot and its last failure plus its delay. The attempt takes the latest slot of
     /// its keys; if that is more than `max_wait` away it is [`Admission::Throttled`] and nothing
-    /// changes, otherwise each key's next free slot moves to that slot plus its own delay.
+    /// changes, otherwise the address's next free slot moves to that slot plus its delay. An
+    /// exempt address is never banned, delayed or throttled (its username still may delay it).
     pub fn admit(&mut self, address: IpAddr, username: Option<&str>, now: Instant) -> Admission {
-        let address_key = address_key(address);
-        if let Some(until) = self
-            .addresses
-            .get(&address_key)
+        self.take_slot(address, username, now, true)
+    }
+
+    /// Called again right before the credentials of an attempt are evaluated, if it was
+    /// admitted while [`in_backoff`](Self::in_backoff) said no: the failures counted since its
+    /// admission apply to it (a slot, a wait, a refusal), as [`admit`](Self::admit) would have
+    /// answered now. The attempt stays in flight either way.
+    pub fn recheck(&mut self, address: IpAddr, username: Option<&str>, now: Instant) -> Admission {
+        self.take_slot(address, username, now, false)
+    }
+
+    /// Whether an attempt of this address and username would be delayed or serialized now (or
+    /// refused: a banned address counts as in backoff). An attempt admitted while this was
+    /// false is [`recheck`](Self::recheck)ed before its evaluation.
+    pub fn in_backoff(&self, address: IpAddr, username: Option<&str>, now: Instant) -> bool {
+        let settings = &self.settings;
+        let counted = |entry: &Entry| {
+            entry.banned_at(now).is_some()
+                || settings
+                    .delay_for(entry.current_count(now, settings.window))
+                    .is_some()
+        };
+        let by_address = !self.is_exempt(address)
+            && self
+                .addresses
+                .get(&address_key(address))
+                .is_some_and(counted);
+        let by_username = username.is_some_and(|name| {
+            self.usernames
+                .get(&self.username_keys.key(name))
+                .is_some_and(counted)
+        });
+        by_address || by_username
+    }
+
+    fn take_slot(
+        &mut self,
+        address: IpAddr,
+        username: Option<&str>,
+        now: Instant,
+        new_attempt: bool,
+    ) -> Admission {
+        let address_key = (!self.is_exempt(address)).then(|| address_key(address));
+        if let Some(until) = address_key
+            .and_then(|key| self.addresses.get(&key))
             .and_then(|entry| entry.banned_at(now))
         {
             return Admission::Banned {
@@ -440,15 +500,14 @@ impl LoginGuard {
         let username_key = username.map(|name| self.username_keys.key(name));
 
         let settings = &self.settings;
-        let by_address = self
-            .addresses
-            .get(&address_key)
+        let by_address = address_key
+            .and_then(|key| self.addresses.get(&key))
             .and_then(|entry| backoff_slot(entry, settings, now));
         // A username only delays: no serialization, no throttling (see the module docs).
         let by_username = username_key
             .and_then(|key| self.usernames.get(&key))
             .and_then(|entry| {
-                let delay = settings.delay_for(entry.effective_count(now, settings.window))?;
+                let delay = settings.delay_for(entry.current_count(now, settings.window))?;
                 Some(now.max(saturating_add(entry.last_failure, delay)))
             });
         let address_slot = by_address.map_or(now, |(_, slot)| slot);
@@ -457,36 +516,50 @@ impl LoginGuard {
         }
         let slot = address_slot.max(by_username.unwrap_or(now));
         let wait = slot.saturating_duration_since(now);
-        let settings = self.settings.clone();
-        let entry = entry_for(&mut self.addresses, address_key, &settings, now);
-        if let Some((delay, _)) = by_address {
-            entry.next_free = Some(saturating_add(address_slot, delay));
+        if let Some(key) = address_key
+            && (new_attempt || by_address.is_some())
+        {
+            let entry = entry_for(&mut self.addresses, key, &self.settings, now);
+            if let Some((delay, _)) = by_address {
+                entry.next_free = Some(saturating_add(address_slot, delay));
+            }
+            if new_attempt {
+                entry.in_flight = entry.in_flight.saturating_add(1);
+            }
         }
-        entry.in_flight = entry.in_flight.saturating_add(1);
-        if let Some(key) = username_key {
-            let entry = entry_for(&mut self.usernames, key, &settings, now);
+        if let Some(key) = username_key
+            && new_attempt
+        {
+            let entry = entry_for(&mut self.usernames, key, &self.settings, now);
             entry.in_flight = entry.in_flight.saturating_add(1);
         }
         Admission::Proceed { delay: wait }
     }
 
-    /// Counts a failed login against the address and the username, and bans the address when
-    /// its count reaches `ban_after`.
+    /// Counts a failed login against the address (unless it is exempt) and the username, and
+    /// bans the address when its count reaches `ban_after`.
     pub fn record_failure(
         &mut self,
         address: IpAddr,
         username: Option<&str>,
         now: Instant,
     ) -> FailureOutcome {
+        let exempt = self.is_exempt(address);
         let settings = &self.settings;
-        let address_entry = count_failure(&mut self.addresses, address_key(address), settings, now);
-        let address_failures = address_entry.count;
-        let already_banned = address_entry.banned_at(now).is_some();
-        let banned =
-            !already_banned && settings.ban_after > 0 && address_failures >= settings.ban_after;
-        if banned {
-            address_entry.banned_until = Some(saturating_add(now, settings.ban_duration));
-        }
+        let (address_failures, banned) = if exempt {
+            (0, false)
+        } else {
+            let address_entry =
+                count_failure(&mut self.addresses, address_key(address), settings, now);
+            let address_failures = address_entry.count;
+            let already_banned = address_entry.banned_at(now).is_some();
+            let banned =
+                !already_banned && settings.ban_after > 0 && address_failures >= settings.ban_after;
+            if banned {
+                address_entry.banned_until = Some(saturating_add(now, settings.ban_duration));
+            }
+            (address_failures, banned)
+        };
 
         let username_failures = match username {
             Some(name) => {
@@ -551,11 +624,26 @@ impl LoginGuard {
         self.record_success(address, username, now);
     }
 
-    /// Whether `address` (its key: IPv6 by /64) is banned at `now`.
-    pub fn is_banned(&self, address: IpAddr, now: Instant) -> bool {
+    /// How long the ban of `address` still lasts, if it is banned at `now` (never, if it is
+    /// exempt). For attempts that skip the backoff (no credentials to guess, a remembered
+    /// password) but not the ban.
+    pub fn banned_for(&self, address: IpAddr, now: Instant) -> Option<Duration> {
+        if self.is_exempt(address) {
+            return None;
+        }
         self.addresses
             .get(&address_key(address))
-            .is_some_and(|entry| entry.banned_at(now).is_some())
+            .and_then(|entry| entry.banned_at(now))
+            .map(|until| until.saturating_duration_since(now))
+    }
+
+    /// Whether `address` (its key: IPv6 by /64) is banned at `now` (never, if it is exempt).
+    pub fn is_banned(&self, address: IpAddr, now: Instant) -> bool {
+        !self.is_exempt(address)
+            && self
+                .addresses
+                .get(&address_key(address))
+                .is_some_and(|entry| entry.banned_at(now).is_some())
     }
 
     /// Lifts a ban and forgets the address's failures. Returns whether the address had a ban on
@@ -709,24 +797,53 @@ mod tests {
             assert_eq!(out.username_failures, i + 1);
             assert!(!out.banned);
         }
-        // Four failures: one more attempt goes at once; a second one in parallel would make
-        // five (the one in flight counts as a failure until its outcome is known).
-        assert_eq!(
-            guard.admit(addr, Some("alice"), t0),
-            proceed(Duration::ZERO)
-        );
-        assert_eq!(guard.admit(addr, Some("alice"), t0), proceed(SEC));
-        // When both end without a verdict, nothing was counted.
-        guard.release(addr, Some("alice"));
-        guard.release(addr, Some("alice"));
-        assert_eq!(
-            guard.admit(v4(9), Some("alice"), t0),
-            proceed(Duration::ZERO)
-        );
+        // Four failures: attempts in flight are no failures, so any number of parallel
+        // attempts goes at once (each is re-checked before its evaluation instead).
+        for _ in 0..100 {
+            assert_eq!(
+                guard.admit(addr, Some("alice"), t0),
+                proceed(Duration::ZERO)
+            );
+        }
+        assert!(!guard.in_backoff(addr, Some("alice"), t0));
+        // One more failure: the attempts still queued wait from their re-check on.
+        guard.finish_failure(addr, Some("alice"), t0);
+        assert!(guard.in_backoff(addr, Some("alice"), t0));
+        assert_eq!(guard.recheck(addr, Some("alice"), t0), proceed(SEC));
+        assert_eq!(guard.recheck(addr, Some("alice"), t0), proceed(2 * SEC));
+        for _ in 0..99 {
+            guard.release(addr, Some("alice"));
+        }
+        // Another address is delayed by the username only, and not serialized.
+        assert_eq!(guard.admit(v4(9), Some("alice"), t0), proceed(SEC));
+        assert_eq!(guard.admit(v4(9), Some("alice"), t0), proceed(SEC));
     }
 
     #[test]
-    fn parallel_attempts_of_a_fresh_address_count_while_in_flight() {
+    fn parallel_logins_of_a_fresh_address_are_not_delayed() {
+        // A fleet behind one address (or reconnecting after a restart): nothing failed, so
+        // nothing waits, however many are in flight at once.
+        let mut guard = LoginGuard::new(GuardSettings::default());
+        let addr = v4(7);
+        let t0 = Instant::now();
+        for i in 0..10_000u32 {
+            let name = format!("device-{i}");
+            assert_eq!(guard.admit(addr, Some(&name), t0), proceed(Duration::ZERO));
+            assert_eq!(
+                guard.admit(addr, Some("shared"), t0),
+                proceed(Duration::ZERO)
+            );
+        }
+        assert!(!guard.in_backoff(addr, Some("shared"), t0));
+        for i in 0..10_000u32 {
+            guard.finish_success(addr, Some(&format!("device-{i}")), t0);
+            guard.finish_success(addr, Some("shared"), t0);
+        }
+        assert_eq!(guard.admit(addr, None, t0), proceed(Duration::ZERO));
+    }
+
+    #[test]
+    fn parallel_guesses_are_stopped_at_their_recheck() {
         let settings = GuardSettings {
             ban_after: 0,
             ..GuardSettings::default()
@@ -734,24 +851,68 @@ mod tests {
         let mut guard = LoginGuard::new(settings);
         let addr = v4(7);
         let t0 = Instant::now();
-        let mut admitted = 0;
-        let mut immediate = 0;
+        // A thousand parallel guesses are admitted at once...
         for _ in 0..1000 {
-            match guard.admit(addr, None, t0) {
+            assert_eq!(guard.admit(addr, None, t0), proceed(Duration::ZERO));
+        }
+        // ...and evaluated one after another (the hash pool), each re-checked first, each a
+        // failure: the waits of the re-checks are 0 five times, then 1, 2, 4, 8, 16 s, then
+        // 30 s each: one guess every 30 s, however many connections wait.
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..1000 {
+            match guard.recheck(addr, None, now) {
                 Admission::Proceed { delay } => {
-                    admitted += 1;
-                    if delay.is_zero() {
-                        immediate += 1;
-                    }
+                    waits.push(delay.as_secs());
+                    now += delay;
+                    guard.finish_failure(addr, None, now);
                 }
-                Admission::Throttled => {}
+                Admission::Throttled => guard.release(addr, None),
                 other => panic!("{other:?}"),
             }
         }
-        // Five at once, then slots 1, 2, 4, 8, 16 and 32 s away, and nothing within the 60 s
-        // bound after that: a thousand parallel connections get eleven guesses.
-        assert_eq!(immediate, 5);
-        assert_eq!(admitted, 11);
+        assert_eq!(waits[..10], [0, 0, 0, 0, 0, 1, 2, 4, 8, 16]);
+        assert!(waits[10..].iter().all(|&w| w == 30));
+        // Re-checked in parallel instead, the queued attempts are serialized and the ones more
+        // than 60 s away are refused unchecked.
+        let mut guard = LoginGuard::new(GuardSettings::default());
+        let mut admitted = 0;
+        for _ in 0..1000 {
+            guard.admit(addr, None, t0);
+        }
+        fail_n(&mut guard, addr, None, 5, t0);
+        for _ in 0..1000 {
+            if let Admission::Proceed { .. } = guard.recheck(addr, None, t0) {
+                admitted += 1;
+            }
+        }
+        // Slots 1, 2, 3, ... 60 s away: one a second.
+        assert_eq!(admitted, 60);
+    }
+
+    #[test]
+    fn exempt_addresses_are_never_delayed_or_banned() {
+        let mut guard = LoginGuard::new(GuardSettings::default());
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        let out = fail_n(&mut guard, local, None, 100, t0);
+        assert_eq!((out.address_failures, out.banned), (0, false));
+        assert!(!guard.is_banned(local, t0));
+        assert!(!guard.in_backoff(local, None, t0));
+        assert_eq!(guard.admit(local, None, t0), proceed(Duration::ZERO));
+        assert_eq!(guard.admit(mapped, None, t0), proceed(Duration::ZERO));
+        assert_eq!(guard.tracked(), (0, 0));
+        // The usernames it guesses at are still slowed, from anywhere.
+        fail_n(&mut guard, local, Some("alice"), 6, t0);
+        assert_eq!(guard.admit(local, Some("alice"), t0), proceed(2 * SEC));
+        assert_eq!(guard.admit(v4(1), Some("alice"), t0), proceed(2 * SEC));
+        // Without the exemption the same address is banned.
+        let mut strict = LoginGuard::new(GuardSettings {
+            exempt: Vec::new(),
+            ..GuardSettings::default()
+        });
+        assert!(fail_n(&mut strict, local, None, 20, t0).banned);
     }
 
     #[test]
@@ -797,11 +958,10 @@ mod tests {
         let addr = v4(1);
         let t0 = Instant::now();
         fail_n(&mut guard, addr, None, 6, t0);
-        // Six failures (2 s), and each attempt in flight counts as one more: the slots are
-        // 2, 4 and 8 s after the last failure.
+        // Six failures (2 s): the slots are one delay apart, 2, 4 and 6 s after the last failure.
         assert_eq!(guard.admit(addr, None, t0), proceed(2 * SEC));
         assert_eq!(guard.admit(addr, None, t0), proceed(4 * SEC));
-        assert_eq!(guard.admit(addr, None, t0), proceed(8 * SEC));
+        assert_eq!(guard.admit(addr, None, t0), proceed(6 * SEC));
         // Another address is not in backoff.
         assert_eq!(guard.admit(v4(2), None, t0), proceed(Duration::ZERO));
     }
@@ -816,14 +976,14 @@ mod tests {
         let addr = v4(1);
         let t0 = Instant::now();
         fail_n(&mut guard, addr, None, 6, t0); // 2 s delay
-        assert_eq!(guard.admit(addr, None, t0), proceed(2 * SEC));
-        assert_eq!(guard.admit(addr, None, t0), proceed(4 * SEC));
-        assert_eq!(guard.admit(addr, None, t0), proceed(8 * SEC));
-        // The next slot would be 16 s away.
+        for slot in [2, 4, 6, 8, 10] {
+            assert_eq!(guard.admit(addr, None, t0), proceed(slot * SEC));
+        }
+        // The next slot would be 12 s away.
         assert_eq!(guard.admit(addr, None, t0), Admission::Throttled);
         assert_eq!(guard.admit(addr, None, t0), Admission::Throttled);
-        // Refusals took no slot: seven seconds later the next slot is still 16 s after t0.
-        assert_eq!(guard.admit(addr, None, t0 + 7 * SEC), proceed(9 * SEC));
+        // Refusals took no slot: seven seconds later the next slot is still 12 s after t0.
+        assert_eq!(guard.admit(addr, None, t0 + 7 * SEC), proceed(5 * SEC));
     }
 
     #[test]
@@ -1009,9 +1169,10 @@ mod tests {
             let out = guard.record_failure(v4(i), Some("admin"), t0);
             assert_eq!(out.address_failures, 1);
         }
-        // A seventh address is delayed on that account, and serialized with the others.
+        // A seventh address is delayed on that account; a username is never serialized, so an
+        // eighth in parallel waits the same delay.
         assert_eq!(guard.admit(v4(100), Some("admin"), t0), proceed(2 * SEC));
-        assert_eq!(guard.admit(v4(101), Some("admin"), t0), proceed(4 * SEC));
+        assert_eq!(guard.admit(v4(101), Some("admin"), t0), proceed(2 * SEC));
         // Another account from those addresses is not delayed.
         assert_eq!(
             guard.admit(v4(100), Some("alice"), t0),
@@ -1035,8 +1196,8 @@ mod tests {
         fail_n(&mut guard, addr, None, 3, t0);
         assert_eq!(guard.admit(addr, Some("carol"), t0), proceed(8 * SEC));
         // The username is not serialized: from another address, with the attempt above in
-        // flight (6 counted), it only asks for its delay.
-        assert_eq!(guard.admit(v4(2), Some("carol"), t0), proceed(2 * SEC));
+        // flight, it only asks for its delay.
+        assert_eq!(guard.admit(v4(2), Some("carol"), t0), proceed(SEC));
         // The address is: its next slot is one delay after the first attempt's.
         assert_eq!(guard.admit(addr, None, t0), proceed(16 * SEC));
     }
@@ -1272,6 +1433,7 @@ mod tests {
             ban_after: 2,
             ban_duration: Duration::MAX,
             max_tracked: 1,
+            exempt: Vec::new(),
         };
         let mut guard = LoginGuard::new(settings);
         let t0 = Instant::now();

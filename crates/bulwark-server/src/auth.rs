@@ -7,18 +7,23 @@
 //!
 //! Around the chain stands the [`LoginGuard`]: failures are counted per source address and
 //! per username; past a threshold attempts wait (exponential backoff, serialized), and an
-//! address with many failures is banned for a while. Unknown users and wrong passwords get
-//! the same reason code after the same work (the store verifies a dummy hash for unknown
+//! address with many failures is banned for a while. Only failures count: attempts in flight
+//! never do, and an attempt admitted before its keys were in backoff is checked again right
+//! before its credentials are evaluated ([`AuthService::before_verdict`]). A CONNECT without
+//! any credentials on an anonymous listener, and a login the credential cache knows, guess
+//! nothing: they skip the backoff (not the address's ban). Unknown users and wrong passwords
+//! get the same reason code after the same work (the store verifies a dummy hash for unknown
 //! names). Password hashes are checked on blocking threads, at most `hash_concurrency` at a
 //! time and with at most `max_pending_logins` waiting, so a login flood cannot take the
-//! cores that move messages.
+//! cores that move messages; concurrent logins with the same username and password share one
+//! check (single flight), and the credential cache serves the ones after it.
 //!
 //! Every decision is a [`SecurityEvent`] (see `audit`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -353,12 +358,18 @@ impl Attempt<'_> {
     }
 }
 
-/// An attempt the guard admitted: its outcome must be counted, or the attempt released (on
-/// drop) so that it stops counting as in flight.
+/// An attempt past the gate: its outcome must be counted, or the attempt released (on drop)
+/// so that it stops counting as in flight.
 pub(crate) struct Ticket<'a> {
     auth: &'a AuthService,
     address: std::net::IpAddr,
     username: Option<String>,
+    /// Whether the guard counts this attempt in flight (false for attempts that skipped the
+    /// backoff: no credentials on an anonymous listener, a login the cache knows).
+    guarded: bool,
+    /// Whether the guard is to be asked again before the credentials are evaluated: the
+    /// attempt was admitted while none of its keys was in backoff.
+    recheck: AtomicBool,
     open: bool,
 }
 
@@ -373,7 +384,7 @@ impl std::fmt::Debug for Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        if self.open {
+        if self.open && self.guarded {
             lock(&self.auth.guard).release(self.address, self.username.as_deref());
         }
     }
@@ -430,21 +441,43 @@ impl Drop for Pending<'_> {
     }
 }
 
-impl HashPool {
-    /// Runs `work` on a blocking thread; `None` if the queue is full.
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        let _pending = Pending(&self.pending);
-        let permit = self.permits.clone().acquire_owned().await.ok()?;
+/// A turn of the pool: a place in its queue and a thread's permit.
+struct Turn<'a> {
+    _pending: Pending<'a>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Turn<'_> {
+    /// Runs `work` on a blocking thread with this turn.
+    async fn run<T: Send + 'static>(self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let Self { _pending, permit } = self;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()
         })
         .await
         .ok()
+    }
+}
+
+impl HashPool {
+    /// Waits for a turn; `None` if the queue is full.
+    async fn turn(&self) -> Option<Turn<'_>> {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let pending = Pending(&self.pending);
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        Some(Turn {
+            _pending: pending,
+            permit,
+        })
+    }
+
+    /// Runs `work` on a blocking thread; `None` if the queue is full.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        self.turn().await?.run(work).await
     }
 }
 
@@ -637,6 +670,9 @@ pub(crate) struct AuthService {
     guard: Mutex<LoginGuard>,
     /// Recently verified passwords; cleared whenever the store is reloaded.
     verified: Mutex<CredentialCache>,
+    /// Password checks under way, by the fingerprint of their username and password: a login
+    /// with the same credentials waits for that check instead of running its own.
+    flights: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     /// Bumped at every store reload.
     generation: AtomicU64,
     /// Per address: when a refusal of a banned or throttled attempt was last recorded, and
@@ -712,6 +748,7 @@ impl AuthService {
                 .ok_or("the operating system's random generator is unavailable")?,
             ),
             generation: AtomicU64::new(0),
+            flights: Mutex::new(HashMap::new()),
             quiet: Mutex::new(HashMap::new()),
             pool: HashPool {
                 permits: Arc::new(Semaphore::new(settings.hash_threads())),
@@ -733,53 +770,109 @@ impl AuthService {
     }
 
     /// Admission through the guard: waits out a backoff delay; refuses banned addresses and
-    /// attempts the backoff queue cannot take. `password`, when the CONNECT has one, lets a
-    /// login the credential cache knows skip its username's backoff (the username's delay
-    /// is there to slow guessing, and this is no guess).
+    /// attempts the backoff queue cannot take. `password` is the CONNECT's, if it has one.
+    ///
+    /// Two kinds of attempt guess nothing and skip the backoff (an address ban still refuses
+    /// them): a CONNECT without any credentials on a listener that lets anonymous clients in
+    /// (there is nothing to guess, and it must not wait for someone else's bad passwords from
+    /// the same address), and a login whose username and password the credential cache knows
+    /// (a hit needs the right password, so this is no guess either).
     pub(crate) async fn gate(
         &self,
         attempt: &Attempt<'_>,
         password: Option<&[u8]>,
     ) -> Result<Ticket<'_>, Refusal> {
+        let now = Instant::now();
+        let anonymous = attempt.method == "connect"
+            && attempt.username.is_none()
+            && password.is_none()
+            && attempt.listener.allow_anonymous;
         let known = match (attempt.username, password) {
-            (Some(name), Some(password)) => {
-                lock(&self.verified).check(name, password, Instant::now())
-            }
+            (Some(name), Some(password)) => lock(&self.verified).check(name, password, now),
             _ => false,
         };
-        let username = if known { None } else { attempt.username };
         let address = attempt.peer.ip();
-        let admission = lock(&self.guard).admit(address, username, Instant::now());
+        let ticket = |guarded: bool, recheck: bool| Ticket {
+            auth: self,
+            address,
+            username: attempt.username.map(str::to_owned),
+            guarded,
+            recheck: AtomicBool::new(recheck),
+            open: true,
+        };
+        if anonymous || known {
+            return match lock(&self.guard).banned_for(address, now) {
+                Some(remaining) => Err(Self::address_banned(remaining)),
+                None => Ok(ticket(false, false)),
+            };
+        }
+        let (admission, recheck) = {
+            let mut guard = lock(&self.guard);
+            let recheck = !guard.in_backoff(address, attempt.username, now);
+            (guard.admit(address, attempt.username, now), recheck)
+        };
         match admission {
             Admission::Proceed { delay } => {
-                let ticket = Ticket {
-                    auth: self,
-                    address,
-                    username: username.map(str::to_owned),
-                    open: true,
-                };
+                let ticket = ticket(true, recheck);
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
                 Ok(ticket)
             }
-            Admission::Throttled => Err(Refusal {
-                code: ReasonCode::BadUserNameOrPassword,
-                reason: "too many failed logins: refused without checking".into(),
-                counts: Counts::No,
-                kind: EventKind::Throttled,
-            }),
-            Admission::Banned { remaining } => Err(Refusal {
-                code: ReasonCode::Banned,
-                reason: format!("address banned for {} s more", remaining.as_secs()),
-                counts: Counts::No,
-                kind: EventKind::BannedRefused,
-            }),
+            Admission::Throttled => Err(Self::throttled()),
+            Admission::Banned { remaining } => Err(Self::address_banned(remaining)),
+        }
+    }
+
+    fn throttled() -> Refusal {
+        Refusal {
+            code: ReasonCode::BadUserNameOrPassword,
+            reason: "too many failed logins: refused without checking".into(),
+            counts: Counts::No,
+            kind: EventKind::Throttled,
+        }
+    }
+
+    fn address_banned(remaining: Duration) -> Refusal {
+        Refusal {
+            code: ReasonCode::Banned,
+            reason: format!("address banned for {} s more", remaining.as_secs()),
+            counts: Counts::No,
+            kind: EventKind::BannedRefused,
+        }
+    }
+
+    /// Called right before an attempt's credentials are evaluated (a password hash check gets
+    /// its turn, a SCRAM proof arrived): if the attempt was admitted while none of its keys was
+    /// in backoff, failures counted since then apply to it now (it waits its turn, or is
+    /// refused unchecked), so that a burst of parallel guesses is slowed as soon as the first
+    /// of them have failed. Attempts admitted in backoff already waited their turn.
+    pub(crate) async fn before_verdict(&self, ticket: &Ticket<'_>) -> Result<(), Refusal> {
+        let delay = self.recheck(ticket)?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(())
+    }
+
+    /// The guard's re-check of [`before_verdict`](Self::before_verdict): the wait, or the
+    /// refusal (once per ticket; zero after that).
+    fn recheck(&self, ticket: &Ticket<'_>) -> Result<Duration, Refusal> {
+        if !ticket.guarded || !ticket.recheck.swap(false, Ordering::AcqRel) {
+            return Ok(Duration::ZERO);
+        }
+        let admission =
+            lock(&self.guard).recheck(ticket.address, ticket.username.as_deref(), Instant::now());
+        match admission {
+            Admission::Proceed { delay } => Ok(delay),
+            Admission::Throttled => Err(Self::throttled()),
+            Admission::Banned { remaining } => Err(Self::address_banned(remaining)),
         }
     }
 
     /// Records the outcome of a login: the guard's counts (ending the admitted attempt, if
-    /// there is a ticket) and the security event.
+    /// there is a ticket) and the security event. A success clears the username's failures
+    /// however it was verified (the credential cache included).
     pub(crate) async fn conclude(
         &self,
         ticket: Option<Ticket<'_>>,
@@ -789,26 +882,24 @@ impl AuthService {
         let now = Instant::now();
         let address = attempt.peer.ip();
         let mut ticket = ticket;
-        // The ticket's username is the one the guard admitted (none for a cached login).
-        let admitted_user = ticket.as_ref().map(|t| t.username.clone());
-        let username = match &admitted_user {
-            Some(name) => name.as_deref(),
-            None => attempt.username,
-        };
+        // The attempt the guard counts in flight, if any, under the username it was admitted.
+        let in_flight = ticket
+            .as_ref()
+            .filter(|t| t.guarded)
+            .map(|t| t.username.clone());
         if let Some(t) = ticket.as_mut() {
             t.open = false;
         }
-        let had_ticket = ticket.is_some();
         drop(ticket);
+        let username = attempt.username;
         match result {
             Ok(identity) => {
                 {
                     let mut guard = lock(&self.guard);
-                    if had_ticket {
-                        guard.finish_success(address, username, now);
-                    } else {
-                        guard.record_success(address, username, now);
+                    if let Some(admitted) = &in_flight {
+                        guard.release(address, admitted.as_deref());
                     }
+                    guard.record_success(address, username, now);
                 }
                 let kind = if attempt.reauth {
                     EventKind::ReauthSuccess
@@ -823,8 +914,8 @@ impl AuthService {
             Err(refusal) => {
                 let outcome = {
                     let mut guard = lock(&self.guard);
-                    if had_ticket {
-                        guard.release(address, username);
+                    if let Some(admitted) = &in_flight {
+                        guard.release(address, admitted.as_deref());
                     }
                     match refusal.counts {
                         Counts::No => None,
@@ -901,6 +992,7 @@ impl AuthService {
         listener: &ListenerAuth,
         connect: &Connect,
         certificate: Option<&str>,
+        ticket: &Ticket<'_>,
     ) -> Result<Identity, Refusal> {
         let username = connect.username.as_ref().map(|u| u.as_str());
         let password = connect.password.as_deref();
@@ -912,7 +1004,8 @@ impl AuthService {
                 },
                 Authenticator::CertificateAndPassword => match (certificate, password) {
                     (Some(name), Some(password)) => {
-                        self.password(name, password, "certificate+password").await
+                        self.password(ticket, name, password, "certificate+password")
+                            .await
                     }
                     (Some(_), None) => Step::Deny(Refusal::failure(
                         ReasonCode::BadUserNameOrPassword,
@@ -930,7 +1023,9 @@ impl AuthService {
                 // Only through an Authentication Method (see the driver).
                 Authenticator::Scram => Step::NotMine,
                 Authenticator::Password => match (username, password) {
-                    (Some(name), Some(password)) => self.password(name, password, "password").await,
+                    (Some(name), Some(password)) => {
+                        self.password(ticket, name, password, "password").await
+                    }
                     (Some(_), None) => Step::Deny(Refusal::failure(
                         ReasonCode::BadUserNameOrPassword,
                         "no password given",
@@ -987,30 +1082,128 @@ impl AuthService {
         })
     }
 
-    async fn password(self: &Arc<Self>, name: &str, password: &[u8], method: &'static str) -> Step {
-        // The store generation this check starts from: a reload meanwhile must not leave the
-        // password it replaced in the credential cache.
-        let generation = self.generation.load(Ordering::Acquire);
-        let store = self.store();
-        let allowed = |store: &PasswordStore| {
-            Step::Allow(Identity {
-                username: Some(Arc::from(name)),
-                groups: groups_of(store, name),
-                method,
-                expires_at: None,
-                acl: None,
-                in_store: true,
-            })
+    /// Checks a username and password: from the credential cache if it knows them, else by
+    /// joining a check of the same credentials already under way (single flight: a fleet that
+    /// reconnects at once costs one hash check per user), else by a hash check of its own.
+    async fn password(
+        self: &Arc<Self>,
+        ticket: &Ticket<'_>,
+        name: &str,
+        password: &[u8],
+        method: &'static str,
+    ) -> Step {
+        loop {
+            // The store generation this check starts from: a reload meanwhile must not leave
+            // the password it replaced in the credential cache.
+            let generation = self.generation.load(Ordering::Acquire);
+            let store = self.store();
+            let (cached, fingerprint) = {
+                let cache = lock(&self.verified);
+                (
+                    cache.check(name, password, Instant::now()),
+                    cache.fingerprint(name, password),
+                )
+            };
+            if cached && store.get(name).is_some_and(|r| !r.disabled) {
+                return allowed(&store, name, method);
+            }
+            let role = fingerprint.map(|key| {
+                let mut flights = lock(&self.flights);
+                match flights.get(&key) {
+                    Some(flight) => Err(flight.subscribe()),
+                    None => {
+                        let flight = Arc::new(Flight::default());
+                        flights.insert(key, flight.clone());
+                        Ok(Leader {
+                            auth: self,
+                            key,
+                            flight,
+                        })
+                    }
+                }
+            });
+            let leader = match role {
+                Some(Err(mut waiting)) => {
+                    let outcome = waiting
+                        .wait_for(Option::is_some)
+                        .await
+                        .ok()
+                        .and_then(|outcome| *outcome);
+                    match outcome {
+                        Some(FlightOutcome::Allowed { generation })
+                            if generation == self.generation.load(Ordering::Acquire) =>
+                        {
+                            let store = self.store();
+                            if store.get(name).is_some_and(|r| !r.disabled) {
+                                return allowed(&store, name, method);
+                            }
+                            continue;
+                        }
+                        Some(FlightOutcome::Refused) => {
+                            // The same guess as one that just failed: it tells nothing new, so
+                            // it is not counted again.
+                            return Step::Deny(Refusal {
+                                code: ReasonCode::BadUserNameOrPassword,
+                                reason: "unknown user or wrong password (the same credentials \
+                                         failed in a concurrent login)"
+                                    .into(),
+                                counts: Counts::No,
+                                kind: EventKind::AuthFailure,
+                            });
+                        }
+                        // Abandoned, or the store changed meanwhile: check again.
+                        _ => continue,
+                    }
+                }
+                Some(Ok(leader)) => Some(leader),
+                None => None,
+            };
+            let step = self
+                .verify_password(ticket, name, password, method, generation, store)
+                .await;
+            if let Some(leader) = leader {
+                leader.finish(match &step {
+                    Step::Allow(_) => FlightOutcome::Allowed { generation },
+                    Step::Deny(refusal) if refusal.counts == Counts::Both => FlightOutcome::Refused,
+                    _ => FlightOutcome::Abandoned,
+                });
+            }
+            return step;
+        }
+    }
+
+    /// One hash check of a username and password, after the guard's re-check.
+    async fn verify_password(
+        self: &Arc<Self>,
+        ticket: &Ticket<'_>,
+        name: &str,
+        password: &[u8],
+        method: &'static str,
+        generation: u64,
+        store: Arc<PasswordStore>,
+    ) -> Step {
+        // The guard is asked again when the check gets its turn, not when it joins the queue:
+        // the failures of the checks before it are known by then.
+        let Some(mut turn) = self.pool.turn().await else {
+            return Step::Deny(Refusal::busy());
         };
-        let cached = lock(&self.verified).check(name, password, Instant::now());
-        if cached && store.get(name).is_some_and(|r| !r.disabled) {
-            return allowed(&store);
+        match self.recheck(ticket) {
+            Err(refusal) => return Step::Deny(refusal),
+            Ok(delay) if !delay.is_zero() => {
+                // Waiting is not done holding a thread's permit.
+                drop(turn);
+                tokio::time::sleep(delay).await;
+                match self.pool.turn().await {
+                    Some(again) => turn = again,
+                    None => return Step::Deny(Refusal::busy()),
+                }
+            }
+            Ok(_) => {}
         }
         let old_hash = store.get(name).map(|r| r.password.clone());
         let (owned_name, owned_password) = (name.to_owned(), password.to_vec());
         let checked = store.clone();
-        let Some(verdict) = self
-            .pool
+        let Some(verdict) = turn
             .run(move || checked.verify(&owned_name, &owned_password))
             .await
         else {
@@ -1030,7 +1223,7 @@ impl AuthService {
                     let (this, name, text) = (Arc::clone(self), name.to_owned(), text.to_owned());
                     tokio::spawn(async move { this.upgrade_hash(&name, &text, old).await });
                 }
-                allowed(&store)
+                allowed(&store, name, method)
             }
             Verdict::Deny => Step::Deny(Refusal::failure(
                 ReasonCode::BadUserNameOrPassword,
@@ -1391,6 +1584,75 @@ impl AuthService {
     /// Prunes the guard's expired entries.
     pub(crate) fn prune(&self) {
         lock(&self.guard).prune(Instant::now());
+    }
+}
+
+/// The identity of a user whose password was right.
+fn allowed(store: &PasswordStore, name: &str, method: &'static str) -> Step {
+    Step::Allow(Identity {
+        username: Some(Arc::from(name)),
+        groups: groups_of(store, name),
+        method,
+        expires_at: None,
+        acl: None,
+        in_store: true,
+    })
+}
+
+/// How a shared password check ended, as the logins that waited for it see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlightOutcome {
+    /// The password is right (as of this store generation).
+    Allowed { generation: u64 },
+    /// The password is wrong, or the user unknown or disabled.
+    Refused,
+    /// No verdict (server busy, the check's client left, the guard refused it): each waiting
+    /// login checks for itself.
+    Abandoned,
+}
+
+/// A password check under way, that logins with the same credentials wait for.
+#[derive(Debug, Default)]
+struct Flight(tokio::sync::watch::Sender<Option<FlightOutcome>>);
+
+impl Flight {
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<FlightOutcome>> {
+        self.0.subscribe()
+    }
+}
+
+/// The login that runs a shared check. Dropped without [`Leader::finish`] (its client went
+/// away mid-check), the check counts as abandoned.
+struct Leader<'a> {
+    auth: &'a AuthService,
+    key: [u8; 32],
+    flight: Arc<Flight>,
+}
+
+impl Leader<'_> {
+    fn finish(self, outcome: FlightOutcome) {
+        self.flight.0.send_replace(Some(outcome));
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let mut flights = lock(&self.auth.flights);
+        if flights
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            flights.remove(&self.key);
+        }
+        drop(flights);
+        self.flight.0.send_if_modified(|outcome| {
+            if outcome.is_none() {
+                *outcome = Some(FlightOutcome::Abandoned);
+                true
+            } else {
+                false
+            }
+        });
     }
 }
 

@@ -2,7 +2,9 @@
 //! checked at accept (addresses, before any TLS work) and after authentication (usernames and
 //! client identifiers), and the abuse tracker that bans sources on its own: repeated protocol
 //! violations and CONNECT timeouts from one address, and client identifiers that connect over
-//! and over (flapping).
+//! and over (flapping). Flapping is counted per user and client identifier, and its ban is on
+//! that pair: a user that reconnects with someone else's client identifier bans only itself
+//! from it, never the identifier's owner.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,7 +30,8 @@ pub struct BanSettings {
     /// Offences (protocol violations, CONNECT timeouts) from one address within `window`
     /// that ban it; 0: never.
     pub offences: u32,
-    /// Connections of one client identifier within `window` that ban it (flapping); 0: never.
+    /// Connections of one user with one client identifier within `window` that ban that user
+    /// from that identifier (flapping); 0: never.
     pub flaps: u32,
     /// The window both counts are taken over.
     pub window: Duration,
@@ -61,7 +64,8 @@ pub(crate) fn unix_now() -> u64 {
 #[derive(Debug, Default)]
 struct Tracker {
     offences: HashMap<IpAddr, (u32, Instant)>,
-    flaps: HashMap<String, (u32, Instant)>,
+    /// By (user, client id); `None`: anonymous clients.
+    flaps: HashMap<(Option<String>, String), (u32, Instant)>,
 }
 
 /// The ban list in force and the abuse tracker.
@@ -184,20 +188,31 @@ impl Bans {
         })
     }
 
-    /// Counts one connection of `client_id` from `ip`; the ban it earned by flapping, if any.
-    pub(crate) fn connected(&self, ip: IpAddr, client_id: &str) -> Option<Ban> {
+    /// Counts one connection of `username` (`None`: anonymous) with `client_id` from `ip`; the
+    /// ban it earned by flapping, if any: on that user's use of that client id only.
+    pub(crate) fn connected(
+        &self,
+        ip: IpAddr,
+        username: Option<&str>,
+        client_id: &str,
+    ) -> Option<Ban> {
         let limit = self.settings.flaps;
         if limit == 0 || client_id.is_empty() || self.exempt(ip) {
             return None;
         }
+        let key = (username.map(str::to_owned), client_id.to_owned());
         let count = {
             let mut t = lock(&self.tracker);
-            bump(&mut t.flaps, client_id.to_owned(), self.settings.window)
+            bump(&mut t.flaps, key.clone(), self.settings.window)
         };
         (count >= limit).then(|| {
-            lock(&self.tracker).flaps.remove(client_id);
+            lock(&self.tracker).flaps.remove(&key);
+            let (username, client_id) = key;
             self.auto_ban(
-                BanTarget::ClientId(client_id.to_owned()),
+                BanTarget::UserClientId {
+                    username,
+                    client_id,
+                },
                 format!(
                     "auto: {count} connections within {} s (flapping)",
                     self.settings.window.as_secs()

@@ -465,7 +465,7 @@ impl<S: Transport> Driver<S> {
             let (ticket, result) = match auth.gate(&attempt, connect.password.as_deref()).await {
                 Ok(ticket) => {
                     let result = auth
-                        .check_connect(&listener, connect, certificate.as_deref())
+                        .check_connect(&listener, connect, certificate.as_deref(), &ticket)
                         .await;
                     (Some(ticket), result)
                 }
@@ -545,7 +545,9 @@ impl<S: Transport> Driver<S> {
             bans.client_ban(ip, identity.username.as_deref(), attempt.client_id)
         });
         let fresh = match (&existing, &result) {
-            (None, Ok(_)) => bans.connected(ip, attempt.client_id),
+            (None, Ok(identity)) => {
+                bans.connected(ip, identity.username.as_deref(), attempt.client_id)
+            }
             _ => None,
         };
         if let Some(ban) = &fresh {
@@ -656,12 +658,15 @@ impl<S: Transport> Driver<S> {
                     && reply.properties.authentication_method.as_ref() == Some(&method) =>
             {
                 let data = reply.properties.authentication_data.unwrap_or_default();
-                server
-                    .finish(&data)
-                    .map(|(server_final, name)| {
-                        (auth.scram_identity(&name, hash.method()), server_final)
-                    })
-                    .map_err(|err| AuthService::scram_refusal(&err))
+                // Failures counted since the exchange began apply before its proof is checked.
+                auth.before_verdict(&ticket).await.and_then(|()| {
+                    server
+                        .finish(&data)
+                        .map(|(server_final, name)| {
+                            (auth.scram_identity(&name, hash.method()), server_final)
+                        })
+                        .map_err(|err| AuthService::scram_refusal(&err))
+                })
             }
             Ok(_) => Err(Refusal::failure(
                 ReasonCode::ProtocolError,

@@ -115,6 +115,9 @@ impl Fixture {
         config.auth.password_file = Some(self.store_path());
         config.auth.audit_file = Some(self.audit_path());
         config.tls_watch_interval = Duration::from_millis(200);
+        // These tests play attackers and fleets on 127.0.0.0/8: no address is exempt from the
+        // login guard unless a test says so.
+        config.auth.guard.exempt = Vec::new();
     }
 
     async fn start(&self) -> TestServer {
@@ -1157,49 +1160,314 @@ async fn parallel_guesses_from_one_address_are_not_all_checked() {
             c.auth.guard.ban_after = 0;
         })
         .await;
-    // Thirty SCRAM exchanges opened at once from one address: each admitted one gets the
-    // server-first-message (and could then guess); the others are refused unchecked.
+    // Thirty SCRAM exchanges opened at once from one address, each sending a wrong proof:
+    // every one gets its server-first-message (nothing has failed yet), but each proof is
+    // checked only after the guard is asked again, so once the first ones have failed the
+    // others wait their turn or are refused unchecked.
     let mut tasks = Vec::new();
     for _ in 0..30 {
         let addr = server.addr;
         tasks.push(tokio::spawn(async move {
-            let client = ScramClient::new(ScramHash::Sha256, "alice", "a guess").unwrap();
+            let mut client = ScramClient::new(ScramHash::Sha256, "alice", "a guess").unwrap();
             let mut connect = connect_packet(ProtocolVersion::V5, "p");
             connect.properties.authentication_method = Some(string("SCRAM-SHA-256"));
             connect.properties.authentication_data = Some(Bytes::from(client.client_first()));
             let mut raw = Raw::tcp_from(addr, local(60), ProtocolVersion::V5).await;
             raw.send(&connect).await;
-            let first = raw.recv_within(Duration::from_secs(10)).await;
-            (first, raw)
+            let first = match raw.recv_within(Duration::from_secs(10)).await {
+                Recv::Packet(Packet::Auth(auth)) => auth.properties.authentication_data.unwrap(),
+                other => panic!("{other:?}"),
+            };
+            let last = client.client_final(&first).unwrap();
+            raw.send(&auth_packet(
+                ReasonCode::ContinueAuthentication,
+                "SCRAM-SHA-256",
+                last,
+            ))
+            .await;
+            match raw.recv_within(Duration::from_secs(10)).await {
+                Recv::Packet(Packet::ConnAck(ack)) => ack.reason_code,
+                other => panic!("{other:?}"),
+            }
         }));
     }
-    let mut admitted = 0;
-    let mut refused = 0;
-    let mut open = Vec::new();
     for task in tasks {
-        let (first, raw) = task.await.unwrap();
-        match first {
-            Recv::Packet(Packet::Auth(_)) => admitted += 1,
-            Recv::Packet(Packet::ConnAck(ack)) => {
-                assert_eq!(ack.reason_code, ReasonCode::BadUserNameOrPassword);
-                refused += 1;
-            }
-            other => panic!("{other:?}"),
-        }
-        open.push(raw);
+        assert_eq!(task.await.unwrap(), ReasonCode::BadUserNameOrPassword);
     }
-    // Three at once (backoff after 3), then one slot each 0.2-0.4 s apart within the 1 s bound.
-    assert!(admitted <= 7, "{admitted} admitted, {refused} refused");
-    assert_eq!(admitted + refused, 30);
-    drop(open);
-    // The flood of refusals is one event (the next one, 10 s on, says how many were left out).
+    // Three checked at once (backoff after 3), then one slot each 0.2 s apart within the 1 s
+    // bound (five more); the rest refused unchecked.
     fixture.wait_event("throttled", Some("alice")).await;
+    let checked = fixture
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "auth_failure" && e["username"] == "alice")
+        .count();
+    assert!((3..=8).contains(&checked), "{checked} proofs checked");
+    // The flood of refusals is one event (the next one, 10 s on, says how many were left out).
     let throttled = fixture
         .events()
         .iter()
         .filter(|e| e["kind"] == "throttled")
         .count();
-    assert_eq!(throttled, 1, "{refused} refused");
+    assert_eq!(throttled, 1);
+    server.stop().await;
+}
+
+/// Sends every CONNECT at once, each on its own connection from `from`, and returns each
+/// CONNACK's reason code (`None`: closed without one) and how long the slowest took.
+async fn storm(
+    addr: SocketAddr,
+    from: IpAddr,
+    connects: Vec<bulwark_proto::Connect>,
+) -> (Vec<Option<ReasonCode>>, Duration) {
+    let started = Instant::now();
+    let tasks: Vec<_> = connects
+        .into_iter()
+        .map(|connect| {
+            tokio::spawn(async move {
+                let mut raw = Raw::tcp_from(addr, from, connect.protocol_version).await;
+                raw.send(&connect).await;
+                let code = match raw.recv_within(Duration::from_secs(60)).await {
+                    Recv::Packet(Packet::ConnAck(ack)) => Some(ack.reason_code),
+                    _ => None,
+                };
+                (code, raw)
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    let mut open = Vec::new();
+    for task in tasks {
+        let (code, raw) = task.await.unwrap();
+        codes.push(code);
+        open.push(raw);
+    }
+    (codes, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_fleet_of_one_user_reconnecting_at_once_gets_in() {
+    // A fresh broker (nothing cached, nothing failed): two hundred devices of one user
+    // connect in the same instant from one address, as after a broker restart. The guard
+    // does not exempt the address; only failures may slow anyone down, and none happened.
+    let fixture = Fixture::new();
+    let server = fixture.start_with(|c| c.auth.hash_concurrency = 1).await;
+    let connects = (0..200).map(|i| alice_v5(&format!("fleet-{i}"))).collect();
+    let (codes, took) = storm(server.addr, local(1), connects).await;
+    assert!(
+        codes.iter().all(|c| *c == Some(ReasonCode::Success)),
+        "{codes:?}"
+    );
+    // One hash check for all of them (single flight, then the cache): no second of backoff.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let events = fixture.events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["kind"] == "throttled" || e["kind"] == "auth_failure"),
+        "{events:#?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_fleet_of_distinct_users_on_one_address_gets_in_at_the_pace_of_the_hashes() {
+    let fixture = Fixture::new();
+    let mut store = fixture.store();
+    let hash = hash_password(ALICE_PASSWORD, &Argon2Params::default()).unwrap();
+    for i in 0..40 {
+        store
+            .add(&format!("device-{i}"), &hash, Vec::new())
+            .unwrap();
+    }
+    fixture.save(&store);
+    let server = fixture.start_with(|c| c.auth.hash_concurrency = 1).await;
+    let connects = (0..40)
+        .map(|i| {
+            let name = format!("device-{i}");
+            credentials(
+                ProtocolVersion::V5,
+                &name,
+                Some(&name),
+                Some(ALICE_PASSWORD.as_bytes()),
+            )
+        })
+        .collect();
+    let (codes, took) = storm(server.addr, local(1), connects).await;
+    // Forty hash checks one after another, none delayed, none refused.
+    assert!(
+        codes.iter().all(|c| *c == Some(ReasonCode::Success)),
+        "{codes:?}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_in_a_storm_is_checked_once_and_counted_once() {
+    let fixture = Fixture::new();
+    let server = fixture
+        .start_with(|c| {
+            c.auth.hash_concurrency = 1;
+            c.auth.guard.ban_after = 3;
+        })
+        .await;
+    // Fifty connections with the same wrong password: one check, one failure, no ban.
+    let connects = (0..50)
+        .map(|i| {
+            credentials(
+                ProtocolVersion::V5,
+                &format!("old-{i}"),
+                Some("alice"),
+                Some(b"last year's password"),
+            )
+        })
+        .collect();
+    let (codes, _) = storm(server.addr, local(3), connects).await;
+    assert!(
+        codes
+            .iter()
+            .all(|c| *c == Some(ReasonCode::BadUserNameOrPassword)),
+        "{codes:?}"
+    );
+    assert_eq!(
+        code_from(server.addr, local(3), &alice_v5("fixed")).await,
+        Some(ReasonCode::Success)
+    );
+    assert!(
+        !fixture.events().iter().any(|e| e["kind"] == "ban"),
+        "{:#?}",
+        fixture.events()
+    );
+    server.stop().await;
+}
+
+/// Settings whose backoff is long enough to tell apart from a prompt answer: 5 s from the
+/// third failure on; `ban_after` failures ban an address (0: never).
+fn slow_guard(config: &mut ServerConfig, ban_after: u32) {
+    let g = &mut config.auth.guard;
+    g.backoff_after = 3;
+    g.initial_delay = Duration::from_secs(5);
+    g.max_delay = Duration::from_secs(5);
+    g.ban_after = ban_after;
+}
+
+/// A wrong password for `user` from `from`; returns the CONNACK's code.
+async fn guess_from(addr: SocketAddr, from: IpAddr, user: &str) -> Option<ReasonCode> {
+    let guess = credentials(ProtocolVersion::V5, "g", Some(user), Some(b"a guess"));
+    code_from(addr, from, &guess).await
+}
+
+/// Asserts that `started` is less than `most` ago: not delayed by seconds of backoff.
+fn prompt(started: Instant, most: Duration) {
+    assert!(started.elapsed() < most, "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_login_from_the_credential_cache_clears_the_usernames_failures() {
+    let fixture = Fixture::new();
+    let server = fixture.start_with(|c| slow_guard(c, 0)).await;
+    // Alice logs in: her password is now in the credential cache.
+    assert_eq!(
+        code_from(server.addr, local(1), &alice_v5("a")).await,
+        Some(ReasonCode::Success)
+    );
+    // Three wrong guesses at her account from three addresses: the username is in backoff.
+    for n in 0..3u8 {
+        assert_eq!(
+            guess_from(server.addr, local(20 + n), "alice").await,
+            Some(ReasonCode::BadUserNameOrPassword)
+        );
+    }
+    // Alice again, served from the cache: a success, which clears her username's failures.
+    assert_eq!(
+        code_from(server.addr, local(1), &alice_v5("a")).await,
+        Some(ReasonCode::Success)
+    );
+    // So a typo of hers from a fresh address is checked at once, not 5 s later.
+    let started = Instant::now();
+    assert_eq!(
+        guess_from(server.addr, local(30), "alice").await,
+        Some(ReasonCode::BadUserNameOrPassword)
+    );
+    prompt(started, Duration::from_secs(3));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn exempt_addresses_are_not_slowed_or_banned_by_the_login_guard() {
+    let fixture = Fixture::new();
+    let server = fixture
+        .start_with(|c| {
+            slow_guard(c, 5);
+            c.auth.guard.exempt = vec![bulwark_security::acl::Cidr::parse("127.0.0.1/32").unwrap()];
+        })
+        .await;
+    // Twenty-five bad logins (each for another unknown name, so no username is in backoff)
+    // from the exempt address: none waits, none bans it.
+    let started = Instant::now();
+    for n in 0..25 {
+        assert_eq!(
+            guess_from(server.addr, local(1), &format!("nobody-{n}")).await,
+            Some(ReasonCode::BadUserNameOrPassword),
+            "guess {n}"
+        );
+    }
+    prompt(started, Duration::from_secs(15));
+    assert_eq!(
+        code_from(server.addr, local(1), &alice_v5("a")).await,
+        Some(ReasonCode::Success)
+    );
+    // The same from an address that is not exempt ends in a ban.
+    for n in 0..5 {
+        let _ = guess_from(server.addr, local(2), &format!("nobody-{n}")).await;
+    }
+    assert_eq!(
+        code_from(server.addr, local(2), &alice_v5("a")).await,
+        Some(ReasonCode::Banned)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_connects_are_not_delayed_by_password_backoff_but_bans_hold() {
+    let fixture = Fixture::new();
+    let anonymous = |c: &mut ServerConfig, ban_after: u32| {
+        slow_guard(c, ban_after);
+        c.listeners[0].dangerous_allow_anonymous = true;
+    };
+    let server = fixture.start_with(|c| anonymous(c, 0)).await;
+    for n in 0..3 {
+        assert_eq!(
+            guess_from(server.addr, local(2), &format!("nobody-{n}")).await,
+            Some(ReasonCode::BadUserNameOrPassword)
+        );
+    }
+    // The address is in backoff for password logins; an anonymous client has nothing to guess.
+    let started = Instant::now();
+    for version in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
+        assert_eq!(
+            code_from(server.addr, local(2), &connect_packet(version, "anon")).await,
+            Some(ReasonCode::Success)
+        );
+    }
+    prompt(started, Duration::from_secs(3));
+    server.stop().await;
+
+    // A banned address stays banned for anonymous clients too.
+    let server = fixture.start_with(|c| anonymous(c, 3)).await;
+    for n in 0..3 {
+        let _ = guess_from(server.addr, local(3), &format!("nobody-{n}")).await;
+    }
+    let anon = connect_packet(ProtocolVersion::V5, "anon");
+    assert_eq!(
+        code_from(server.addr, local(3), &anon).await,
+        Some(ReasonCode::Banned)
+    );
+    assert_eq!(
+        code_from(server.addr, local(4), &anon).await,
+        Some(ReasonCode::Success)
+    );
     server.stop().await;
 }
 
