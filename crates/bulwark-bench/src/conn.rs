@@ -40,6 +40,18 @@ fn params(o: &BenchOptions) -> ConnectParams {
     }
 }
 
+/// `params` for connection `i`: `{i}` in the username stands for its number, so that each
+/// device logs in as a user of its own.
+fn numbered(params: &ConnectParams, i: usize) -> ConnectParams {
+    let mut params = params.clone();
+    if let Some(name) = params.username.as_mut()
+        && name.contains("{i}")
+    {
+        *name = name.replace("{i}", &i.to_string());
+    }
+    params
+}
+
 fn samples(process: Option<Process>) -> (Option<CpuSample>, Option<CpuSample>) {
     (
         process.and_then(procfs::cpu_sample),
@@ -119,7 +131,7 @@ pub(crate) async fn run_conn(o: &BenchOptions) -> Result<Report, BenchError> {
     let mut tasks = JoinSet::new();
     for i in 0..n {
         let id = client_id(Scenario::Conn, "idle", i, &random);
-        let (target, params, limit) = (target.clone(), params.clone(), limit.clone());
+        let (target, params, limit) = (target.clone(), numbered(&params, i), limit.clone());
         let (latency, connected, failed, errors) = (
             latency.clone(),
             connected.clone(),

@@ -150,7 +150,8 @@ pub struct BenchArgs {
     /// measures resumed rather than full handshakes per second.
     #[arg(long, requires = "tls")]
     pub tls_no_resume: bool,
-    /// User name for every connection.
+    /// User name for every connection. Conn: `{i}` in it stands for the connection's number
+    /// (`--username 'device-{i}'`: one user per device).
     #[arg(long)]
     pub username: Option<String>,
     /// Password for every connection.

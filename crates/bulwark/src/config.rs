@@ -103,6 +103,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "ban_after",
             "ban_duration",
             "max_tracked",
+            "exempt",
         ],
     ),
     (
@@ -546,6 +547,9 @@ fn read_auth(r: &mut Reader, table: &Table, base: &Path) -> AuthSettings {
             }
             if let Some(v) = r.integer(t, s, "max_tracked", 1, 100_000_000) {
                 g.max_tracked = to_usize(v);
+            }
+            if let Some(exempt) = cidr_list(r, t, s, "exempt") {
+                g.exempt = exempt;
             }
             if let Err(err) = g.validate() {
                 r.problems.push(format!("auth.backoff: {err}"));
@@ -1424,6 +1428,22 @@ mod tests {
         let all = err.problems.join("\n");
         assert!(all.contains("not both"), "{all}");
         assert!(all.contains("acl.denied_publish = \"ignore\""), "{all}");
+    }
+
+    #[test]
+    fn the_login_backoff_exempt_list_is_read() {
+        let config = parse(&open("[admission]\n"), "t").unwrap();
+        assert_eq!(config.auth.guard.exempt.len(), 2, "loopback by default");
+        let text = "[auth.backoff]\nexempt = [\"10.0.0.0/8\"]\n";
+        let config = parse(&open(text), "t").unwrap();
+        assert_eq!(config.auth.guard.exempt.len(), 1);
+        let config = parse(&open("[auth.backoff]\nexempt = []\n"), "t").unwrap();
+        assert!(config.auth.guard.exempt.is_empty());
+        let err = parse(&open("[auth.backoff]\nexempt = [\"x\"]\n"), "t").unwrap_err();
+        assert!(
+            err.problems.join("\n").contains("auth.backoff.exempt"),
+            "{err:?}"
+        );
     }
 
     #[test]
