@@ -31,6 +31,13 @@ impl Broker {
     /// A broker with one TLS listener, the test certificate of tests/data (ECDSA P-256, for
     /// localhost and 127.0.0.1, signed by tests/data/ca.pem).
     async fn start_tls() -> Self {
+        // A checkout gives the key the umask's mode; the broker serves owner-only keys.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data("server.key"), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
         let tls = bulwark_server::tls::TlsSettings::new(data("server.pem"), data("server.key"));
         Self::with_listener(bulwark_server::ListenerConfig::tls(
             "t",

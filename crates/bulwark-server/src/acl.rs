@@ -16,6 +16,7 @@ pub const MAX_ACL_FILE_BYTES: u64 = 64 << 20;
 
 /// Reads and compiles the ACL file at `path`.
 pub fn load(path: &Path) -> Result<AclRules, String> {
+    crate::files::warn_if_open(path, "ACL file");
     let text = crate::files::read_text(path, "the ACL file", MAX_ACL_FILE_BYTES)?;
     AclRules::parse(&text, &path.display().to_string()).map_err(|err| err.to_string())
 }

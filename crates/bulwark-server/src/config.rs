@@ -78,6 +78,10 @@ pub struct ListenerConfig {
     /// Lets clients without any credentials in (they are refused with 0x87 otherwise); a
     /// warning is logged at every start.
     pub dangerous_allow_anonymous: bool,
+    /// When the host does not have the address (no IPv6, an address not configured on any
+    /// interface), the listener is skipped with a warning instead of stopping the start.
+    /// Any other bind error (address in use, permission) still stops it.
+    pub optional: bool,
 }
 
 impl ListenerConfig {
@@ -92,6 +96,7 @@ impl ListenerConfig {
             max_connections: 0,
             authenticators: Vec::new(),
             dangerous_allow_anonymous: false,
+            optional: false,
         }
     }
 
@@ -106,6 +111,7 @@ impl ListenerConfig {
             max_connections: 0,
             authenticators: Vec::new(),
             dangerous_allow_anonymous: false,
+            optional: false,
         }
     }
 

@@ -35,6 +35,68 @@ pub fn read_text(path: &Path, what: &str, max: u64) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("the {what} {} is not UTF-8 text", path.display()))
 }
 
+/// Who besides the owner may read or write a file, from its permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenTo {
+    /// The file's permission bits (`mode & 0o777`).
+    pub mode: u32,
+    /// Others (not the owner, not the group) may read it.
+    pub others_read: bool,
+}
+
+impl OpenTo {
+    /// What a warning says: the mode and who may do what.
+    pub fn describe(&self) -> String {
+        let mut who = Vec::new();
+        if self.mode & 0o040 != 0 {
+            who.push("its group can read it");
+        }
+        if self.mode & 0o020 != 0 {
+            who.push("its group can write it");
+        }
+        if self.mode & 0o004 != 0 {
+            who.push("every user can read it");
+        }
+        if self.mode & 0o002 != 0 {
+            who.push("every user can write it");
+        }
+        format!("mode {:04o}: {}", self.mode, who.join(", "))
+    }
+}
+
+/// `Some` when users other than the file's owner may read or write `path` (group or other
+/// permission bits set), as ssh checks its keys; `None` for an owner-only file, a file that
+/// cannot be looked at (reading it reports that), or on systems without Unix modes.
+pub fn open_to_others(path: &Path) -> Option<OpenTo> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(OpenTo {
+            mode,
+            others_read: mode & 0o004 != 0,
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Logs a warning when a file that holds secrets or decides access (the password store, the
+/// ACL) may be read or written by users other than its owner: at start and at every reload.
+pub fn warn_if_open(path: &Path, what: &str) {
+    if let Some(open) = open_to_others(path) {
+        tracing::warn!(
+            file = %path.display(),
+            "the {what} is open to other users ({}); restrict it with `chmod 600 {}`",
+            open.describe(),
+            path.display()
+        );
+    }
+}
+
 /// Reads and parses the password store. A missing file is an empty store when `create` is
 /// set, an error naming the file otherwise.
 pub fn load_store(path: &Path, create: bool) -> Result<PasswordStore, String> {
@@ -52,6 +114,7 @@ pub fn load_store(path: &Path, create: bool) -> Result<PasswordStore, String> {
         }
         Err(err) => return Err(format!("cannot look at {}: {err}", path.display())),
     }
+    warn_if_open(path, "password store");
     let text = read_text(path, "password store", MAX_STORE_BYTES)?;
     PasswordStore::parse(&text).map_err(|err| format!("{}: {err}", path.display()))
 }

@@ -99,6 +99,32 @@ fn refuse(stream: tokio::net::TcpStream) {
     drop(stream);
 }
 
+/// Binds a listening socket. An IPv6 address listens on IPv6 only, so that `[::]:P` and
+/// `0.0.0.0:P` can both be listeners (the first run has both) and each listener's address is
+/// exactly what it serves, whatever the host's `bindv6only` setting.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // As tokio's own bind: a restarted broker can bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Whether a bind failed because the host lacks the address or its family (no IPv6).
+fn address_unavailable(err: &std::io::Error) -> bool {
+    /// `EAFNOSUPPORT` on Linux: the kernel has no IPv6.
+    const FAMILY_NOT_SUPPORTED: i32 = 97;
+    err.kind() == std::io::ErrorKind::AddrNotAvailable
+        || err.raw_os_error() == Some(FAMILY_NOT_SUPPORTED)
+}
+
 /// What stands between an accepted socket and MQTT: a PROXY header, TLS, WebSocket, in that
 /// order. `None` in [`Bound`] for plain TCP, which takes the direct path.
 #[derive(Debug)]
@@ -152,13 +178,24 @@ impl Server {
                     },
                 )?)),
             };
-            let socket =
-                TcpListener::bind(listener.bind)
-                    .await
-                    .map_err(|source| ServerError::Bind {
+            let socket = match bind_listener(listener.bind) {
+                Ok(socket) => socket,
+                Err(source) if listener.optional && address_unavailable(&source) => {
+                    warn!(
+                        listener = %listener.name,
+                        addr = %listener.bind,
+                        error = %source,
+                        "this host does not have the address: listener skipped"
+                    );
+                    continue;
+                }
+                Err(source) => {
+                    return Err(ServerError::Bind {
                         addr: listener.bind,
                         source,
-                    })?;
+                    });
+                }
+            };
             if listener.dangerous_plaintext && !listener.bind.ip().is_loopback() {
                 warn!(
                     listener = %listener.name,

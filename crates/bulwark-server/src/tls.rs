@@ -99,6 +99,10 @@ pub struct TlsSettings {
     pub identity: IdentitySource,
     /// Use the certificate identity as the client identifier too.
     pub identity_as_client_id: bool,
+    /// Serves private keys that every user of the machine can read (mode `o+r`), which are
+    /// refused otherwise, as ssh refuses such keys. A key its group can read is served with a
+    /// warning either way (e.g. a group shared with a certificate manager).
+    pub dangerous_key_readable_by_others: bool,
 }
 
 impl TlsSettings {
@@ -119,6 +123,7 @@ impl TlsSettings {
             crl: Vec::new(),
             identity: IdentitySource::CommonName,
             identity_as_client_id: false,
+            dangerous_key_readable_by_others: false,
         }
     }
 
@@ -240,7 +245,37 @@ fn check_leaf(cert: &CertificateDer<'_>, path: &Path) -> Result<Vec<String>, Tls
     Ok(names)
 }
 
-fn load_certified(files: &CertFiles, provider: &CryptoProvider) -> Result<Named, TlsError> {
+/// Refuses a private key file every user can read (unless `allow_readable`), warns about one
+/// its group can read or anyone but its owner can write. Checked at every load, so a reload
+/// of a key whose mode was opened up keeps the key in force and says why.
+fn check_key_mode(path: &Path, allow_readable: bool) -> Result<(), TlsError> {
+    let Some(open) = crate::files::open_to_others(path) else {
+        return Ok(());
+    };
+    if open.others_read && !allow_readable {
+        return Err(err(format!(
+            "private key {}: every user of this machine can read it ({}); restrict it with \
+             `chmod 600 {}` (or set dangerous_key_readable_by_others = true in [listener.tls])",
+            path.display(),
+            open.describe(),
+            path.display()
+        )));
+    }
+    tracing::warn!(
+        key = %path.display(),
+        "the private key is open to other users ({}); restrict it with `chmod 600 {}`",
+        open.describe(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn load_certified(
+    files: &CertFiles,
+    provider: &CryptoProvider,
+    allow_readable_key: bool,
+) -> Result<Named, TlsError> {
+    check_key_mode(&files.key, allow_readable_key)?;
     let chain = load_certs(&files.cert, "certificate")?;
     let key_pem = read(&files.key, "private key")?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
@@ -332,10 +367,11 @@ fn build_with_verifier(
     settings: &TlsSettings,
 ) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), TlsError> {
     let provider = provider();
-    let default = load_certified(&settings.cert, &provider)?;
+    let allow_readable = settings.dangerous_key_readable_by_others;
+    let default = load_certified(&settings.cert, &provider, allow_readable)?;
     let mut others = Vec::new();
     for files in &settings.sni {
-        let named = load_certified(files, &provider)?;
+        let named = load_certified(files, &provider, allow_readable)?;
         if named.names.is_empty() {
             return Err(err(format!(
                 "certificate {}: has no DNS names for SNI to select it by",

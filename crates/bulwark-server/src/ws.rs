@@ -100,6 +100,10 @@ pub(crate) enum WsError {
         /// The first `Origin` sent (an excerpt), if any.
         origin: Option<String>,
     },
+    /// A well-formed HTTP request that asks for no WebSocket upgrade (a browser opening the
+    /// listener's address as a page, a health check); answered with HTTP 426 Upgrade Required
+    /// and a short text saying what is served here.
+    NotAnUpgrade(TungError),
     /// The handshake failed: an I/O error, a malformed or oversized HTTP request, or a request
     /// that is not a valid WebSocket upgrade.
     Handshake(TungError),
@@ -112,6 +116,7 @@ impl WsError {
             Self::WrongPath { .. } => StatusCode::NOT_FOUND,
             Self::OriginNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::NoMqttSubprotocol { .. } | Self::Handshake(_) => StatusCode::BAD_REQUEST,
+            Self::NotAnUpgrade(_) => StatusCode::UPGRADE_REQUIRED,
         }
     }
 
@@ -124,6 +129,10 @@ impl WsError {
             }
             Self::OriginNotAllowed { .. } => "origin not allowed\n",
             Self::Handshake(_) => "bad request\n",
+            Self::NotAnUpgrade(_) => {
+                "This is an MQTT over WebSocket endpoint: connect with an MQTT client over a \
+                 WebSocket (subprotocol \"mqtt\"), not as a web page.\n"
+            }
         }
     }
 }
@@ -156,6 +165,10 @@ impl fmt::Display for WsError {
                 "WebSocket upgrade refused (HTTP 403): origin {origin:?} is not allowed"
             ),
             Self::Handshake(err) => write!(f, "WebSocket handshake failed: {err}"),
+            Self::NotAnUpgrade(err) => write!(
+                f,
+                "HTTP request without a WebSocket upgrade, answered with HTTP 426: {err}"
+            ),
         }
     }
 }
@@ -163,7 +176,7 @@ impl fmt::Display for WsError {
 impl StdError for WsError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            Self::Handshake(err) => Some(err),
+            Self::Handshake(err) | Self::NotAnUpgrade(err) => Some(err),
             _ => None,
         }
     }
@@ -180,9 +193,12 @@ impl StdError for WsError {
 /// client fails at once rather than later in some proxy. A refused request gets its HTTP
 /// answer before this returns the error.
 ///
+/// A well-formed request that asks for no upgrade at all (a browser visiting the address)
+/// gets HTTP 426 Upgrade Required with a short text, rather than an empty reply.
+///
 /// There is no time limit here: the caller bounds the handshake (the CONNECT timeout counts
 /// from the TCP accept). tungstenite bounds its size (64 KiB of request, 124 headers).
-pub(crate) async fn accept<S>(stream: S, options: &WsOptions) -> Result<WsStream<S>, WsError>
+pub(crate) async fn accept<S>(mut stream: S, options: &WsOptions) -> Result<WsStream<S>, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -207,13 +223,55 @@ where
             Err(answer)
         }
     };
+    // The handshake borrows the stream, so that a request tungstenite refuses without an
+    // answer can still be answered here. It reads nothing past the request (see the module
+    // documentation), so the stream is whole again once the borrow ends.
     let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await;
+        tokio_tungstenite::accept_hdr_async_with_config(&mut stream, callback, Some(config))
+            .await
+            .map(drop);
     if let Some(refused) = refusal {
         return Err(refused);
     }
-    let ws = handshake.map_err(WsError::Handshake)?;
-    Ok(WsStream::new(ws.into_inner(), config))
+    match handshake {
+        Ok(()) => Ok(WsStream::new(stream, config)),
+        Err(err) if asks_no_upgrade(&err) => {
+            let refused = WsError::NotAnUpgrade(err);
+            answer_plainly(&mut stream, &refused).await;
+            Err(refused)
+        }
+        Err(err) => Err(WsError::Handshake(err)),
+    }
+}
+
+/// Whether tungstenite refused a complete, well-formed HTTP request because it does not ask
+/// for a WebSocket upgrade (as opposed to a broken one, or an I/O error).
+fn asks_no_upgrade(err: &TungError) -> bool {
+    matches!(
+        err,
+        TungError::Protocol(
+            ProtocolError::MissingConnectionUpgradeHeader
+                | ProtocolError::MissingUpgradeWebSocketHeader
+        )
+    )
+}
+
+/// Writes `refused`'s HTTP answer and closes the writing side; errors are moot (the connection
+/// ends either way).
+async fn answer_plainly<S: AsyncWrite + Unpin>(stream: &mut S, refused: &WsError) {
+    use tokio::io::AsyncWriteExt;
+    let body = refused.body();
+    let status = refused.status();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The tungstenite configuration for `options`.
@@ -378,6 +436,11 @@ impl<S> WsStream<S> {
     /// The underlying stream (for its peer address, or a TLS stream's client certificates).
     pub(crate) fn get_ref(&self) -> &S {
         &self.ws.get_ref().inner
+    }
+
+    /// Whether part of a received message has not been read yet.
+    pub(crate) fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 
     /// Moves as much of the unread message as fits into `buf`.
@@ -933,25 +996,51 @@ mod tests {
         server.unwrap();
     }
 
-    #[tokio::test]
-    async fn plain_http_request_is_a_handshake_error() {
+    /// Sends `request` to [`accept`] and reads whatever comes back until the server closes.
+    async fn answer_to(request: &'static [u8]) -> (Result<(), WsError>, Vec<u8>) {
         let (listener, addr) = listen().await;
         let client = async {
             let mut tcp = TcpStream::connect(addr).await.unwrap();
-            tcp.write_all(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
-            tcp
+            tcp.write_all(request).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tcp.read_to_end(&mut answer).await;
+            answer
         };
         let server = async {
             let (tcp, _) = listener.accept().await.unwrap();
-            accept(tcp, &WsOptions::default()).await
+            accept(tcp, &WsOptions::default()).await.map(drop)
         };
-        let (server, _tcp) = timeout(LIMIT, async { tokio::join!(server, client) })
+        timeout(LIMIT, async { tokio::join!(server, client) })
             .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn plain_http_request_is_answered_426_upgrade_required() {
+        let (server, answer) = answer_to(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let err = server.unwrap_err();
+        assert!(matches!(err, WsError::NotAnUpgrade(_)), "{err:?}");
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("\r\nUpgrade: websocket\r\n"), "{answer}");
+        assert!(answer.ends_with("not as a web page.\n"), "{answer}");
+        let length = answer
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Length: "))
             .unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap();
+        assert_eq!(length.parse::<usize>().unwrap(), body.len());
+    }
+
+    #[tokio::test]
+    async fn a_broken_request_is_a_handshake_error_without_an_answer() {
+        let (server, answer) = answer_to(b"\x10\x0c\x00\x04MQTT\r\n\r\n").await;
         let err = server.unwrap_err();
         assert!(matches!(err, WsError::Handshake(_)), "{err:?}");
+        assert!(answer.is_empty(), "{answer:?}");
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer()).unwrap();
         std::fs::write(self.dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+        common::write_private_key(&self.dir.join(format!("{stem}.key")), &key.serialize_pem());
         SerialNumber::from(serial)
     }
 
@@ -719,4 +719,46 @@ async fn client_certificates_authenticate_alone_or_with_a_password() {
         0x86
     );
     server.stop().await;
+}
+
+/// A private key every user of the machine can read is refused, at start and at a reload
+/// (which keeps the key in force), unless `dangerous_key_readable_by_others` says otherwise;
+/// one its group can read is served (with a warning), as is an owner-only one.
+#[cfg(unix)]
+#[test]
+fn a_private_key_every_user_can_read_is_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new("tls-key-mode");
+    pki.leaf("server", "localhost", &["localhost"], false, 70);
+    let key = pki.path("server.key");
+    let chmod = |mode: u32| {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    chmod(0o644);
+    let err = bulwark_server::tls::TlsAcceptor::new(pki.settings()).unwrap_err();
+    assert!(
+        err.0.contains("every user of this machine can read it")
+            && err.0.contains("mode 0644")
+            && err.0.contains("chmod 600")
+            && err.0.contains("dangerous_key_readable_by_others"),
+        "{err}"
+    );
+    let mut allowed = pki.settings();
+    allowed.dangerous_key_readable_by_others = true;
+    bulwark_server::tls::TlsAcceptor::new(allowed).unwrap();
+    for mode in [0o640, 0o600, 0o400] {
+        chmod(mode);
+        bulwark_server::tls::TlsAcceptor::new(pki.settings())
+            .unwrap_or_else(|err| panic!("mode {mode:o}: {err}"));
+    }
+    // A reload after the mode was opened up fails; the acceptor keeps its configuration.
+    let acceptor = bulwark_server::tls::TlsAcceptor::new(pki.settings()).unwrap();
+    chmod(0o604);
+    let err = acceptor.reload().unwrap_err();
+    assert!(
+        err.0.contains("every user of this machine can read it"),
+        "{err}"
+    );
+    chmod(0o600);
+    acceptor.reload().unwrap();
 }

@@ -103,6 +103,35 @@ fn std_tcp(addr: SocketAddr) -> std::net::TcpStream {
     tcp
 }
 
+/// Writes `bytes` and reports whether the server closed the socket without answering. A
+/// server that refuses a socket may reset it before the write, during it or after it: a failed
+/// write, a reset at the read and an end of stream all mean "closed"; an answer or a read
+/// timeout (nothing happened) does not.
+fn closed_without_answer(tcp: &mut std::net::TcpStream, bytes: &[u8]) -> bool {
+    if tcp.write_all(bytes).is_err() {
+        return true;
+    }
+    closed(tcp.read(&mut [0u8; 4]))
+}
+
+/// Whether a read's outcome means the peer closed the connection (end of stream or reset).
+fn closed(read: std::io::Result<usize>) -> bool {
+    match read {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => closed_by(&err),
+    }
+}
+
+/// Whether a read failed because the peer closed the connection, not because the read timed
+/// out.
+fn closed_by(err: &std::io::Error) -> bool {
+    !matches!(
+        err.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 #[tokio::test]
 async fn mqtt_over_websocket() {
     let server = common::start_with(|c| {
@@ -144,7 +173,7 @@ async fn mqtt_over_websocket_over_tls() {
     std::fs::create_dir_all(&dir).unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     std::fs::write(dir.join("c.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("k.pem"), cert.signing_key.serialize_pem()).unwrap();
+    common::write_private_key(&dir.join("k.pem"), &cert.signing_key.serialize_pem());
     let settings = TlsSettings::new(dir.join("c.pem"), dir.join("k.pem"));
     let server = common::start_with(|c| {
         c.listeners = vec![ListenerConfig {
@@ -216,9 +245,7 @@ async fn proxy_protocol_from_a_trusted_address_only() {
         assert_eq!(connack_v2, [0x20, 2, 0, 0]);
         // No header on a PROXY listener: closed without an answer.
         let mut bare = std_tcp(addr);
-        bare.write_all(&connect_packet("p2")).unwrap();
-        let mut buf = [0u8; 4];
-        let closed = matches!(bare.read(&mut buf), Ok(0) | Err(_));
+        let closed = closed_without_answer(&mut bare, &connect_packet("p2"));
         (connack, closed)
     })
     .await;
@@ -240,9 +267,7 @@ async fn proxy_protocol_from_a_trusted_address_only() {
         let mut bytes = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
         bytes.extend_from_slice(&[203, 0, 113, 7, 10, 0, 0, 1, 0x9c, 0x40, 0x07, 0x5b]);
         bytes.extend_from_slice(&connect_packet("p3"));
-        tcp.write_all(&bytes).unwrap();
-        let mut buf = [0u8; 4];
-        matches!(tcp.read(&mut buf), Ok(0) | Err(_))
+        closed_without_answer(&mut tcp, &bytes)
     })
     .await;
     assert!(closed);
@@ -262,11 +287,16 @@ async fn a_listener_at_max_connections_closes_the_next_one() {
     let connack = |id: &'static str| {
         move || {
             let mut tcp = std_tcp(addr);
-            tcp.write_all(&connect_packet(id)).unwrap();
+            // A refused socket may be reset before the CONNECT is written: the write fails.
+            if tcp.write_all(&connect_packet(id)).is_err() {
+                return None;
+            }
             let mut buf = [0u8; 4];
-            match tcp.read(&mut buf) {
-                Ok(4) => Some(tcp),
-                _ => None,
+            match tcp.read_exact(&mut buf) {
+                Ok(()) if buf == [0x20, 2, 0, 0] => Some(tcp),
+                Ok(()) => panic!("expected a CONNACK, got {buf:?}"),
+                Err(err) if closed_by(&err) => None,
+                Err(err) => panic!("neither a CONNACK nor a close: {err}"),
             }
         }
     };
@@ -286,4 +316,57 @@ async fn a_listener_at_max_connections_closes_the_next_one() {
     assert!(again.is_some(), "a freed slot is usable");
     drop(second);
     server.stop().await;
+}
+
+/// An IPv6 wildcard listener listens on IPv6 only, so it shares its port with an IPv4 one (the
+/// first run listens on 0.0.0.0:8883 and [::]:8883); an optional listener whose address this
+/// host does not have is skipped, a required one stops the start.
+#[tokio::test]
+async fn ipv4_and_ipv6_listeners_share_a_port_and_an_absent_address_is_skipped_if_optional() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let has_ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    // An address of the documentation range: on no interface of this host.
+    let absent: SocketAddr = "[2001:db8::1]:0".parse().unwrap();
+    let mut config = common::test_config();
+    config.listeners = vec![ListenerConfig::tcp(
+        "v4",
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    )];
+    if has_ipv6 {
+        config.listeners.push(ListenerConfig {
+            dangerous_plaintext: true,
+            ..ListenerConfig::tcp(
+                "v6",
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            )
+        });
+    }
+    config.listeners.push(ListenerConfig {
+        optional: true,
+        dangerous_plaintext: true,
+        ..ListenerConfig::tcp("absent", absent)
+    });
+    let server = bulwark_server::Server::bind(config.clone()).await.unwrap();
+    let mut bound = server.local_addrs();
+    bound.sort();
+    let mut expected = vec![SocketAddr::from(([127, 0, 0, 1], port))];
+    if has_ipv6 {
+        expected.push(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+        std::net::TcpStream::connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))
+            .unwrap();
+    }
+    expected.sort();
+    assert_eq!(bound, expected);
+    drop(server);
+
+    if let Some(absent) = config.listeners.last_mut() {
+        absent.optional = false;
+    }
+    config.listeners.retain(|l| l.name == "absent");
+    let err = bulwark_server::Server::bind(config).await.unwrap_err();
+    assert!(err.to_string().contains("2001:db8::1"), "{err}");
 }

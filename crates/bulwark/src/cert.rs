@@ -47,6 +47,9 @@ const MAX_UNIX_TIME: u64 = 253_402_300_799;
 /// Names every first-run server certificate carries.
 const FIRST_RUN_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
+/// The broker's data directory by default (`bulwark serve --data-dir`).
+const DATA_DIR: &str = "bulwark-data";
+
 const KEY_MODE: u32 = 0o600;
 const CERT_MODE: u32 = 0o644;
 
@@ -61,8 +64,9 @@ pub(crate) struct CertArgs {
 enum CertCommand {
     /// Create a certificate authority: DIR/ca.pem (certificate) and DIR/ca.key (private key).
     Ca {
-        /// Directory to write to (created with mode 0700 if missing).
-        #[arg(long, value_name = "DIR", default_value = ".")]
+        /// Directory to write to (created with mode 0700 if missing); the default is the
+        /// broker's data directory.
+        #[arg(long, value_name = "DIR", default_value = DATA_DIR)]
         out: PathBuf,
         /// The CA's common name.
         #[arg(long, default_value = DEFAULT_CA_NAME)]
@@ -86,11 +90,21 @@ enum CertCommand {
         leaf: LeafArgs,
     },
     /// Create a device (client) certificate signed by the CA: DIR/DEVICE.pem and
-    /// DIR/DEVICE.key. The common name is the device's identity on the broker.
+    /// DIR/DEVICE.key (and DIR/DEVICE.p12 with --p12). The common name is the device's identity
+    /// on the broker.
     Client {
         /// The device's name: its certificate's common name and the files' name.
         #[arg(long, value_name = "DEVICE")]
         cn: String,
+        /// Also write DIR/DEVICE.p12 (PKCS#12: the key, the certificate and the CA certificate,
+        /// AES-256 encrypted), what browsers and operating systems import a client
+        /// certificate from. Its password is generated and printed once, unless
+        /// --p12-password-file names a file to read it from.
+        #[arg(long)]
+        p12: bool,
+        /// Read the PKCS#12 password from the first line of this file instead.
+        #[arg(long, value_name = "FILE", requires = "p12")]
+        p12_password_file: Option<PathBuf>,
         #[command(flatten)]
         leaf: LeafArgs,
     },
@@ -99,12 +113,14 @@ enum CertCommand {
 /// Options every certificate signed by the CA takes.
 #[derive(Debug, clap::Args)]
 struct LeafArgs {
-    /// Directory holding ca.pem and ca.key.
-    #[arg(long, value_name = "DIR", default_value = ".")]
+    /// Directory holding ca.pem and ca.key; the default is the broker's data directory, where
+    /// `bulwark serve` makes its CA.
+    #[arg(long, value_name = "DIR", default_value = DATA_DIR)]
     ca_dir: PathBuf,
-    /// Directory to write to (created with mode 0700 if missing).
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    out: PathBuf,
+    /// Directory to write to (created with mode 0700 if missing); the default is --ca-dir, so
+    /// that private keys stay out of the working tree.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     /// Days the certificate is valid (never past the CA's own end).
     #[arg(long, default_value_t = DEFAULT_LEAF_DAYS,
           value_parser = clap::value_parser!(u32).range(1..=MAX_DAYS))]
@@ -112,6 +128,13 @@ struct LeafArgs {
     /// Replace existing files.
     #[arg(long)]
     force: bool,
+}
+
+impl LeafArgs {
+    /// Where the files go: --out, else the CA's directory.
+    fn out(&self) -> &Path {
+        self.out.as_deref().unwrap_or(&self.ca_dir)
+    }
 }
 
 /// Runs `bulwark cert ...`: 0 on success, 1 with `error: ...` on stderr otherwise.
@@ -124,7 +147,15 @@ pub(crate) fn run(args: CertArgs) -> ExitCode {
             force,
         } => run_ca(&out, &name, days, force),
         CertCommand::Server { names, leaf } => run_server(&names, &leaf),
-        CertCommand::Client { cn, leaf } => run_client(&cn, &leaf),
+        CertCommand::Client {
+            cn,
+            p12,
+            p12_password_file,
+            leaf,
+        } => {
+            let p12 = p12.then_some(p12_password_file);
+            run_client(&cn, p12.as_ref().map(Option::as_deref), &leaf)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -218,8 +249,8 @@ fn run_ca(out: &Path, name: &str, days: u32, force: bool) -> Result<(), String> 
 fn run_server(names: &[String], leaf: &LeafArgs) -> Result<(), String> {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let sans = subject_alt_names(&names)?;
-    let cert_path = leaf.out.join(SERVER_CERT);
-    let key_path = leaf.out.join(SERVER_KEY);
+    let cert_path = leaf.out().join(SERVER_CERT);
+    let key_path = leaf.out().join(SERVER_KEY);
     let authority = load_ca(&leaf.ca_dir)?;
     refuse_existing(&[&key_path, &cert_path], leaf.force)?;
     let issued = make_leaf(
@@ -230,7 +261,7 @@ fn run_server(names: &[String], leaf: &LeafArgs) -> Result<(), String> {
         leaf.days,
     )?;
     let chain = chain_pem(&issued.cert_pem, &authority.cert_block);
-    ensure_dir(&leaf.out)?;
+    ensure_dir(leaf.out())?;
     replace_if(leaf.force, &[&key_path, &cert_path])?;
     write_files(&[
         (&key_path, &issued.key_pem, KEY_MODE),
@@ -254,12 +285,19 @@ fn run_server(names: &[String], leaf: &LeafArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn run_client(cn: &str, leaf: &LeafArgs) -> Result<(), String> {
+/// `cert client`; `p12` is `Some` for --p12, with the password file if one is named.
+fn run_client(cn: &str, p12: Option<Option<&Path>>, leaf: &LeafArgs) -> Result<(), String> {
     check_device_name(cn)?;
-    let cert_path = leaf.out.join(format!("{cn}.pem"));
-    let key_path = leaf.out.join(format!("{cn}.key"));
+    let out = leaf.out();
+    let cert_path = out.join(format!("{cn}.pem"));
+    let key_path = out.join(format!("{cn}.key"));
+    let p12_path = out.join(format!("{cn}.p12"));
     let authority = load_ca(&leaf.ca_dir)?;
-    for path in [&cert_path, &key_path] {
+    let mut paths: Vec<&Path> = vec![&key_path, &cert_path];
+    if p12.is_some() {
+        paths.push(&p12_path);
+    }
+    for path in &paths {
         if same_file(path, &authority.cert_path) || same_file(path, &authority.key_path) {
             return Err(format!(
                 "refusing to write the device certificate for {cn:?} over the CA's own file {}",
@@ -267,7 +305,17 @@ fn run_client(cn: &str, leaf: &LeafArgs) -> Result<(), String> {
             ));
         }
     }
-    refuse_existing(&[&key_path, &cert_path], leaf.force)?;
+    refuse_existing(&paths, leaf.force)?;
+    // The password before anything is written: a bad password file leaves no files behind.
+    let p12_password = match p12 {
+        None => None,
+        Some(Some(file)) => Some((read_p12_password(file)?, false)),
+        Some(None) => Some((
+            bulwark_security::password::generate_password(24)
+                .ok_or("the operating system's random generator is unavailable")?,
+            true,
+        )),
+    };
     let issued = make_leaf(
         &authority,
         cn,
@@ -275,12 +323,23 @@ fn run_client(cn: &str, leaf: &LeafArgs) -> Result<(), String> {
         ExtendedKeyUsagePurpose::ClientAuth,
         leaf.days,
     )?;
-    ensure_dir(&leaf.out)?;
-    replace_if(leaf.force, &[&key_path, &cert_path])?;
+    let p12_bytes = match &p12_password {
+        Some((password, _)) => Some(pkcs12(cn, &issued, &authority.cert_der, password)?),
+        None => None,
+    };
+    ensure_dir(out)?;
+    replace_if(leaf.force, &paths)?;
     write_files(&[
         (&key_path, &issued.key_pem, KEY_MODE),
         (&cert_path, &issued.cert_pem, CERT_MODE),
     ])?;
+    if let Some(bytes) = &p12_bytes
+        && let Err(err) = create_file_bytes(&p12_path, bytes, KEY_MODE)
+    {
+        let _ = fs::remove_file(&key_path);
+        let _ = fs::remove_file(&cert_path);
+        return Err(err);
+    }
     if issued.clamped {
         println!(
             "note: the CA ends sooner than {} days; so does this certificate",
@@ -295,13 +354,65 @@ fn run_client(cn: &str, leaf: &LeafArgs) -> Result<(), String> {
         "wrote {} (device certificate, CN={cn}, for TLS client authentication)",
         cert_path.display()
     );
+    if let Some((password, generated)) = &p12_password {
+        println!(
+            "wrote {} (PKCS#12 with the key, the certificate and the CA certificate, mode 0600: \
+             import it into a browser or the system's certificate store)",
+            p12_path.display()
+        );
+        if *generated {
+            println!("PKCS#12 password (shown this once): {password}");
+        }
+    }
     println!(
-        "try: mosquitto_pub --cafile {} --cert {} --key {} -h localhost -p 8883 -t test -m hello",
-        shell_word(&authority.cert_path),
-        shell_word(&cert_path),
-        shell_word(&key_path)
+        "{}",
+        client_hint(cn, &authority.cert_path, &cert_path, &key_path)
     );
     Ok(())
+}
+
+/// How to try a new device certificate. The topic is one the first run's ACL lets the device
+/// use (`devices/{username}/#`, and a certificate's common name is its username), so the hint
+/// works as printed against `bulwark serve`'s defaults.
+fn client_hint(cn: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+    let topic = shell_word(Path::new(&format!("devices/{cn}/hello")));
+    format!(
+        "try (the default ACL lets {cn:?} use devices/{cn}/#):\n\
+         \x20 mosquitto_pub --cafile {} --cert {} --key {} -h localhost -p 8883 -t {topic} -m hello",
+        shell_word(ca),
+        shell_word(cert),
+        shell_word(key),
+    )
+}
+
+/// The first line of `file`, the PKCS#12 password.
+fn read_p12_password(file: &Path) -> Result<String, String> {
+    let text = read_limited(file, "PKCS#12 password file", "name an existing file")?;
+    let password = text.lines().next().unwrap_or("");
+    if password.is_empty() {
+        return Err(format!(
+            "the PKCS#12 password file {} is empty",
+            file.display()
+        ));
+    }
+    Ok(password.to_owned())
+}
+
+/// A PKCS#12 archive of the device's key and certificate chain (the certificate, then the CA
+/// certificate), encrypted with PBES2 (PBKDF2-HMAC-SHA-256, AES-256-CBC) and an HMAC-SHA-256
+/// MAC: what current browsers, operating systems and OpenSSL 3 import.
+fn pkcs12(cn: &str, issued: &Issued, ca_der: &[u8], password: &str) -> Result<Vec<u8>, String> {
+    use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
+    let bad = |err: p12_keystore::error::Error| format!("cannot write the PKCS#12 file: {err}");
+    let leaf = Certificate::from_der(&issued.cert_der).map_err(bad)?;
+    let ca = Certificate::from_der(ca_der).map_err(bad)?;
+    let key = PrivateKey::from_der(&issued.key_der).map_err(bad)?;
+    let mut store = KeyStore::new();
+    store.add_entry(
+        cn,
+        KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(cn, key, [leaf, ca])),
+    );
+    store.writer(password).write().map_err(bad)
 }
 
 /// A fresh certificate and its private key, both PEM.
@@ -309,6 +420,10 @@ fn run_client(cn: &str, leaf: &LeafArgs) -> Result<(), String> {
 struct Issued {
     cert_pem: String,
     key_pem: String,
+    /// The certificate, DER.
+    cert_der: Vec<u8>,
+    /// The private key, PKCS#8 DER.
+    key_der: Vec<u8>,
     /// The validity was cut to end with the CA's.
     clamped: bool,
 }
@@ -368,6 +483,8 @@ fn make_ca(name: &str, days: u32) -> Result<Issued, String> {
     Ok(Issued {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
         clamped: false,
     })
 }
@@ -381,6 +498,8 @@ struct Authority {
     issuer: Issuer<'static, KeyPair>,
     /// The CA certificate's PEM block as found in the file.
     cert_block: String,
+    /// The CA certificate, DER.
+    cert_der: Vec<u8>,
     /// The CA's subject name, DER, which every certificate it signs must carry as issuer.
     subject_der: Vec<u8>,
     /// The CA's notAfter, in seconds since 1970.
@@ -476,6 +595,7 @@ fn authority(
         key_path,
         issuer,
         cert_block,
+        cert_der: der.to_vec(),
     })
 }
 
@@ -542,6 +662,8 @@ fn make_leaf(
     Ok(Issued {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
         clamped,
     })
 }
@@ -782,6 +904,11 @@ fn write_files(files: &[(&Path, &str, u32)]) -> Result<(), String> {
 }
 
 fn create_file(path: &Path, contents: &str, mode: u32) -> Result<(), String> {
+    create_file_bytes(path, contents.as_bytes(), mode)
+}
+
+/// [`create_file`] for binary contents.
+fn create_file_bytes(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -801,9 +928,7 @@ fn create_file(path: &Path, contents: &str, mode: u32) -> Result<(), String> {
             format!("cannot create {}: {err}", path.display())
         }
     })?;
-    let result = file
-        .write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all());
+    let result = file.write_all(contents).and_then(|()| file.sync_all());
     if let Err(err) = result {
         drop(file);
         let _ = fs::remove_file(path);

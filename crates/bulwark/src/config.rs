@@ -34,6 +34,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "websocket",
             "authenticators",
             "dangerous_allow_anonymous",
+            "optional",
         ],
     ),
     ("acl", &["file", "dangerous_allow_all", "denied_publish"]),
@@ -149,6 +150,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "crl",
             "identity",
             "identity_as_client_id",
+            "dangerous_key_readable_by_others",
         ],
     ),
     ("listener.tls.sni", &["cert", "key", "ocsp"]),
@@ -485,6 +487,7 @@ fn read_listener(
     let dangerous_allow_anonymous = r
         .boolean(table, section, "dangerous_allow_anonymous")
         .unwrap_or(false);
+    let optional = r.boolean(table, section, "optional").unwrap_or(false);
     Some(ListenerConfig {
         name,
         bind: bind?,
@@ -494,6 +497,7 @@ fn read_listener(
         max_connections,
         authenticators,
         dangerous_allow_anonymous,
+        optional,
     })
 }
 
@@ -817,6 +821,9 @@ fn read_tls(r: &mut Reader, table: &Table, section: &str, base: &Path) -> Option
     }
     if let Some(v) = r.boolean(table, section, "identity_as_client_id") {
         settings.identity_as_client_id = v;
+    }
+    if let Some(v) = r.boolean(table, section, "dangerous_key_readable_by_others") {
+        settings.dangerous_key_readable_by_others = v;
     }
     settings.cert = cert?;
     Some(settings)

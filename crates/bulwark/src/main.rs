@@ -9,6 +9,7 @@ mod acl;
 mod ban;
 mod cert;
 mod config;
+mod logging;
 mod store;
 mod user;
 
@@ -22,7 +23,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
 
 #[derive(Debug, Parser)]
-#[command(name = "bulwark", version, about = "A security-first MQTT broker")]
+#[command(
+    name = "bulwark",
+    version,
+    about = "A security-first MQTT broker",
+    long_about = "A security-first MQTT broker.\n\n\
+        `bulwark serve` without a configuration file runs the secure first run: a CA, a server \
+        certificate, a password store with the user \"admin\" and an ACL are made in \
+        ./bulwark-data; MQTT over TLS is served on 0.0.0.0:8883 and [::]:8883 (clients with a \
+        certificate from that CA or a username and password) and plain MQTT on 127.0.0.1:1883 \
+        and [::1]:1883 (this machine only, with passwords). Nobody connects anonymously."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,13 +41,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the broker. Without a configuration file: one plaintext listener on
-    /// 127.0.0.1:1883 and the documented defaults (docs/config.md).
+    /// Run the broker. Without --config or --listen: the secure first run (a CA, a server
+    /// certificate, the user "admin" and an ACL in --data-dir; MQTT over TLS on 0.0.0.0:8883
+    /// and [::]:8883, plain MQTT with passwords on 127.0.0.1:1883 and [::1]:1883).
+    #[command(long_about = SERVE_ABOUT)]
     Serve {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Listen on this address instead of the configured listeners (repeatable).
+        /// Plain MQTT (no TLS) on this address instead of the configured or first-run
+        /// listeners (repeatable; loopback only). Users and ACL come from --data-dir when it
+        /// has them; without a password store nobody gets in unless
+        /// --dangerous-allow-anonymous is given.
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Vec<SocketAddr>,
         /// Log format.
@@ -45,8 +61,9 @@ enum Command {
         /// Log filter, e.g. "info" or "bulwark_server=debug" (RUST_LOG also works).
         #[arg(long, default_value = "info")]
         log_level: String,
-        /// Where the secure first run (no --config, no --listen) keeps its generated CA and
-        /// server certificate.
+        /// The data directory: the first run's CA, server certificate and key, password
+        /// store, admin password, ACL, ban list and audit file, and the durable store
+        /// (store.redb) unless the configuration names another place. Made if missing.
         #[arg(long, value_name = "DIR", default_value = "bulwark-data")]
         data_dir: PathBuf,
         /// Lets clients without credentials in on the --listen listeners (loopback only,
@@ -84,6 +101,27 @@ enum Command {
     /// The durable store (sessions, queued and retained messages): check, repair.
     Store(store::StoreArgs),
 }
+
+/// The long help of `bulwark serve`: what each way to start it serves.
+const SERVE_ABOUT: &str = "Run the broker.
+
+Without --config or --listen (the secure first run), serve makes, once, in --data-dir
+(./bulwark-data): a CA (ca.pem, ca.key) and a server certificate for this host, localhost,
+127.0.0.1 and ::1 (server.pem, server.key); a password store (passwords.toml) with the user
+\"admin\" and a generated password (admin-password.txt, mode 0600); an ACL (acl.toml: admin may
+do everything, every other user its own devices/USERNAME/#); and it keeps the durable store
+(store.redb), the ban list and the audit file there. It serves:
+  MQTT over TLS on 0.0.0.0:8883 and [::]:8883, to clients with a certificate from that CA or a
+    username and password;
+  plain MQTT on 127.0.0.1:1883 and [::1]:1883 (this machine only), with passwords.
+Nobody connects anonymously. A host without IPv6 serves the IPv4 listeners only.
+
+With --config FILE: the listeners and settings of that file (every key: docs/config.md).
+
+With --listen ADDR:PORT: plain MQTT on that loopback address instead, with the users and ACL
+of --data-dir if it has them (no ACL file: authorization is off); without a password store
+nobody gets in: add a user with `bulwark user add NAME --file DATA_DIR/passwords.toml`, or
+let anyone in for local testing with --dangerous-allow-anonymous.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
@@ -147,18 +185,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours only on a terminal: not in files, pipes or journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    logging::init(
+        match format {
+            LogFormat::Text => logging::Format::Text,
+            LogFormat::Json => logging::Format::Json,
+        },
+        level,
+    );
 }
 
 /// The secure first run: no configuration given. A CA and a server certificate in `dir`
@@ -193,20 +226,16 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
     config.acl.file = Some(acl.clone());
     config.bans.file = Some(dir.join(BANS_FILE));
     config.storage.path = Some(dir.join(config::STORE_FILE));
-    config.listeners.push(ListenerConfig::tls(
-        "tls-0",
-        SocketAddr::from(([0, 0, 0, 0], 8883)),
-        tls,
-    ));
+    config.listeners = first_run_listeners(&tls);
     let ca = pki.ca.display();
     let shown_dir = dir.display();
     eprintln!(
         "bulwark: no configuration given: secure defaults.\n\
-         \x20 plaintext MQTT on 127.0.0.1:1883 (this machine only)\n\
-         \x20 MQTT over TLS on 0.0.0.0:8883, for clients with a certificate from the CA {ca}{}\n\
+         \x20 plaintext MQTT on 127.0.0.1:1883 and [::1]:1883 (this machine only), with passwords\n\
+         \x20 MQTT over TLS on 0.0.0.0:8883 and [::]:8883, for clients with a certificate from the CA {ca}{}\n\
          \x20 or with a username and password from {}; no anonymous access\n\
-         \x20 make a device certificate:  bulwark cert client --cn DEVICE --ca-dir {shown_dir} --out .\n\
-         \x20 then connect:  mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert DEVICE.pem --key DEVICE.key -t 'devices/DEVICE/#' -v\n\
+         \x20 make a device certificate:  bulwark cert client --cn DEVICE --ca-dir {shown_dir}\n\
+         \x20 then connect:  mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert {shown_dir}/DEVICE.pem --key {shown_dir}/DEVICE.key -t 'devices/DEVICE/#' -v\n\
          \x20 add a user:  bulwark user add NAME --file {}\n\
          \x20 ACL (default deny; the group admins: everything, other users: devices/USER/#): {}\n\
          \x20 sessions and retained messages survive restarts in {}",
@@ -217,15 +246,59 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
         dir.join(config::STORE_FILE).display(),
     );
     if let Some(password) = admin {
-        eprintln!(
-            "bulwark: created the user \"admin\" with the password (shown this once, also in {}, mode 0600):\n\
-             \x20   {password}\n\
-             \x20 connect:  mosquitto_sub -h 127.0.0.1 -p 1883 -u admin -P '{password}' -t '#' -v",
-            admin_file.display()
+        eprint!(
+            "{}",
+            admin_notice(
+                &password,
+                &admin_file,
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+            )
         );
     }
     config.validate().map_err(|err| err.to_string())?;
     Ok(config)
+}
+
+/// The first run's listeners: TLS on every address, IPv4 and IPv6, and plaintext on loopback,
+/// IPv4 and IPv6. The IPv6 ones are optional: a host without IPv6 serves the IPv4 ones.
+fn first_run_listeners(tls: &bulwark_server::tls::TlsSettings) -> Vec<ListenerConfig> {
+    let optional = |listener: ListenerConfig| ListenerConfig {
+        optional: true,
+        ..listener
+    };
+    vec![
+        ListenerConfig::tcp("tcp-0", SocketAddr::from(([127, 0, 0, 1], 1883))),
+        optional(ListenerConfig::tcp(
+            "tcp-1",
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 1883)),
+        )),
+        ListenerConfig::tls("tls-0", SocketAddr::from(([0, 0, 0, 0], 8883)), tls.clone()),
+        optional(ListenerConfig::tls(
+            "tls-1",
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 8883)),
+            tls.clone(),
+        )),
+    ]
+}
+
+/// What the first run says about the administrator's new password. The password itself only
+/// goes to a terminal: standard error of a service ends up in journals and log files, where a
+/// password must not, so there it points to the 0600 file instead.
+fn admin_notice(password: &str, file: &std::path::Path, terminal: bool) -> String {
+    let file = file.display();
+    let connect = format!(
+        "\x20 connect:  mosquitto_sub -h 127.0.0.1 -p 1883 -u admin -P \"$(cat {file})\" -t '#' -v\n"
+    );
+    if terminal {
+        format!(
+            "bulwark: created the user \"admin\" with the password (shown this once, also in {file}, mode 0600):\n\
+             \x20   {password}\n{connect}"
+        )
+    } else {
+        format!(
+            "bulwark: created the user \"admin\"; its password is in {file} (mode 0600, readable by this user only)\n{connect}"
+        )
+    }
 }
 
 /// The first run's password store, administrator password and audit file, in the data
@@ -306,6 +379,8 @@ fn load_config(
         let store = data_dir.join(PASSWORD_STORE);
         if path.is_none() && store.is_file() {
             config.auth.password_file = Some(store);
+        } else if path.is_none() && !allow_anonymous {
+            eprintln!("{}", no_password_store_notice(data_dir));
         }
         let acl = data_dir.join(ACL_FILE);
         if path.is_none() && acl.is_file() {
@@ -331,9 +406,20 @@ fn serve(
     init_logging(log_format, log_level);
     let first_run = config_path.is_none() && listen.is_empty();
     let loaded = if first_run {
-        first_run_config(data_dir)
+        check_data_dir(data_dir).and_then(|()| first_run_config(data_dir))
     } else {
-        load_config(config_path.as_ref(), listen, data_dir, allow_anonymous)
+        load_config(config_path.as_ref(), listen, data_dir, allow_anonymous).and_then(|config| {
+            let uses_data_dir = config_path.is_none()
+                || config
+                    .storage
+                    .path
+                    .as_ref()
+                    .is_some_and(|path| path.starts_with(data_dir));
+            if uses_data_dir {
+                check_data_dir(data_dir)?;
+            }
+            Ok(config)
+        })
     };
     let mut config = match loaded {
         Ok(config) => config,
@@ -378,6 +464,32 @@ fn serve(
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// What `serve --listen` says when the data directory has no password store: without one, and
+/// without anonymous access, no client can get in.
+fn no_password_store_notice(data_dir: &std::path::Path) -> String {
+    let store = data_dir.join(PASSWORD_STORE);
+    format!(
+        "bulwark: no password store ({} does not exist): no client can log in.\n\
+         \x20 add a user, then start again:  bulwark user add NAME --file {}\n\
+         \x20 or let anyone in, for local testing only:  bulwark serve --listen ADDR:PORT --dangerous-allow-anonymous\n\
+         \x20 (`bulwark serve` without --listen makes a password store with the user \"admin\" in {})",
+        store.display(),
+        store.display(),
+        data_dir.display()
+    )
+}
+
+/// The data directory must be a directory, or not exist yet (it is made then).
+fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err(format!(
+            "--data-dir {}: this is a file, not a directory; name a directory (it is made if missing)",
+            dir.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

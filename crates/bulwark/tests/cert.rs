@@ -389,3 +389,76 @@ fn bad_server_names_and_days_are_refused() {
     let out = bulwark(&["ca", "--out", d, "--force", "--days", "99999999"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+/// `cert client` without --out writes next to the CA (the data directory), not into the working
+/// directory; its hint publishes to a topic the first run's ACL allows the device; --p12 writes
+/// a PKCS#12 file (mode 0600) with the key and the chain that reads back with its password.
+#[test]
+fn a_device_certificate_goes_to_the_ca_directory_with_a_working_hint_and_a_pkcs12_file() {
+    let tmp = TempDir::new("cert", "p12");
+    let dir = tmp.0.join("data");
+    let d = p(&dir);
+    succeeds(&["ca", "--out", d]);
+    let out = succeeds(&["client", "--cn", "sensor-7", "--ca-dir", d, "--p12"]);
+    for name in ["sensor-7.pem", "sensor-7.key", "sensor-7.p12"] {
+        assert!(dir.join(name).is_file(), "{name} not in {d}: {out}");
+    }
+    #[cfg(unix)]
+    assert_eq!(mode(&dir.join("sensor-7.p12")), 0o600);
+    let example = out
+        .lines()
+        .find(|line| line.contains("mosquitto_pub"))
+        .unwrap_or_else(|| panic!("no mosquitto_pub example in {out}"));
+    assert!(example.contains("-t devices/sensor-7/hello"), "{example}");
+    // The topic is one the default rule (every user its own devices/{username}/#) allows.
+    let acl = dir.join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[[rule]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"devices/{username}/#\"\n",
+    )
+    .unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["acl", "check", "--file", p(&acl), "--user", "sensor-7"])
+        .args(["--client-id", "c", "publish", "devices/sensor-7/hello"])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check.stdout));
+
+    let password = out
+        .lines()
+        .find_map(|line| line.strip_prefix("PKCS#12 password (shown this once): "))
+        .unwrap_or_else(|| panic!("no password in {out}"));
+    let p12 = dir.join("sensor-7.p12");
+    let store = read_p12(&p12, password).unwrap();
+    let (_, chain) = store.private_key_chain().expect("a key with its chain");
+    assert_eq!(chain.certs().len(), 2, "the certificate and the CA");
+    assert!(chain.certs()[0].subject().contains("sensor-7"));
+    assert!(read_p12(&p12, "wrong password").is_err());
+    if have_openssl() {
+        openssl_ok(&[
+            "pkcs12",
+            "-in",
+            p(&p12),
+            "-passin",
+            &format!("pass:{password}"),
+            "-nokeys",
+        ]);
+    }
+
+    // A password from a file; an existing .p12 is not replaced without --force.
+    let pass_file = tmp.0.join("p12-pass");
+    std::fs::write(&pass_file, "correct horse battery\n").unwrap();
+    let mut args = vec!["client", "--cn", "sensor-7", "--ca-dir", d, "--p12"];
+    args.extend(["--p12-password-file", p(&pass_file)]);
+    let err = fails(&args);
+    assert!(err.contains("already exists"), "{err}");
+    args.push("--force");
+    let out = succeeds(&args);
+    assert!(!out.contains("PKCS#12 password"), "{out}");
+    read_p12(&p12, "correct horse battery").unwrap();
+}
+
+fn read_p12(path: &Path, password: &str) -> p12_keystore::Result<p12_keystore::KeyStore> {
+    let bytes = std::fs::read(path).unwrap();
+    p12_keystore::KeyStore::from_pkcs12(&bytes, password, p12_keystore::Pkcs12ImportPolicy::Strict)
+}

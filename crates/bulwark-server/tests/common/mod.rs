@@ -31,6 +31,17 @@ pub const QUIET: Duration = Duration::from_millis(300);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Writes a private key readable by its owner only (mode 0600), as the server requires of
+/// the keys it serves.
+pub fn write_private_key(path: &std::path::Path, pem: &str) {
+    std::fs::write(path, pem).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
 /// A name no other test uses (client ids, topics).
 pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
