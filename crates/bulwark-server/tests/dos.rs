@@ -730,3 +730,92 @@ async fn over_the_memory_watermark_new_connections_are_refused_and_queues_shed()
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn flapping_bans_only_the_flapping_user_from_a_client_id_never_its_owner() {
+    use bulwark_security::password::{Argon2Params, PasswordStore, hash_password};
+    use bulwark_server::bans::BanSettings;
+    const PASSWORD: &str = "violet-Harbour-lantern-93";
+    let dir = std::env::temp_dir().join(common::unique("bulwark-flaps"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut store = PasswordStore::new();
+    let hash = hash_password(PASSWORD, &Argon2Params::default()).unwrap();
+    store.add("alice", &hash, Vec::new()).unwrap();
+    store.add("bob", &hash, Vec::new()).unwrap();
+    let store_path = dir.join("passwords.toml");
+    bulwark_server::files::save_store(&store_path, &store).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let server = common::start_secure_with(|c| {
+        c.auth.password_file = Some(store_path.clone());
+        c.auth.audit_file = Some(audit.clone());
+        c.bans = BanSettings {
+            file: Some(dir.join("bans.toml")),
+            flaps: 5,
+            // 127.0.0.1 is exempt, 127.0.0.7 (bob's) is not.
+            exempt: vec![bulwark_security::acl::Cidr::parse("127.0.0.1/32").unwrap()],
+            ..BanSettings::default()
+        };
+    })
+    .await;
+    let login = |user: &str, id: &str| {
+        let mut connect = connect_packet(ProtocolVersion::V5, id);
+        connect.username = Some(common::string(user));
+        connect.password = Some(bytes::Bytes::from(PASSWORD));
+        connect
+    };
+    let code_from = |local: IpAddr, user: &'static str, id: &'static str| {
+        let connect = login(user, id);
+        async move {
+            let mut raw = Raw::tcp_from(server.addr, local, ProtocolVersion::V5).await;
+            raw.send(&connect).await;
+            let code = match raw.recv().await {
+                bulwark_proto::Packet::ConnAck(ack) => ack.reason_code,
+                other => panic!("expected CONNACK, got {other:?}"),
+            };
+            if code == ReasonCode::Success {
+                raw.send(&bulwark_proto::Disconnect::new(ReasonCode::Success))
+                    .await;
+                raw.until_closed(common::WAIT).await;
+            }
+            code
+        }
+    };
+    // Bob connects over and over with a client id nobody holds, which is alice's: the fifth
+    // connection within the window is refused and bans him from that id.
+    for n in 0..4 {
+        assert_eq!(
+            code_from(from(7), "bob", "alice-device").await,
+            ReasonCode::Success,
+            "connection {n}"
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            code_from(from(7), "bob", "alice-device").await,
+            ReasonCode::Banned
+        );
+    }
+    let ban = wait_audit(&audit, "ban").await;
+    assert!(ban.contains("of user \\\"bob\\\""), "{ban}");
+    // Only from it.
+    assert_eq!(
+        code_from(from(7), "bob", "bob-device").await,
+        ReasonCode::Success
+    );
+    // Alice, the id's owner, gets in from the exempt address and from bob's.
+    assert_eq!(
+        code_from(from(1), "alice", "alice-device").await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        code_from(from(7), "alice", "alice-device").await,
+        ReasonCode::Success
+    );
+    let text = std::fs::read_to_string(dir.join("bans.toml")).unwrap();
+    assert!(
+        text.contains("username = \"bob\"") && text.contains("client_id = \"alice-device\""),
+        "{text}"
+    );
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
