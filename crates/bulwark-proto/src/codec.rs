@@ -192,6 +192,14 @@ impl Decoder {
             (PacketType::Connect, _) => {
                 // Known before the body is decoded, so a refusal can answer in kind.
                 self.version = Connect::peek_version(&frame);
+                if self.version != Some(ProtocolVersion::V3_1)
+                    && header.flags != PacketType::Connect.required_flags()
+                {
+                    return Err(DecodeError::malformed(
+                        reserved_flags_rule(PacketType::Connect),
+                        "reserved fixed header flags have the wrong value",
+                    ));
+                }
                 ProtocolVersion::V5
             }
             (_, Some(version)) => version,
@@ -228,7 +236,12 @@ impl Decoder {
             ));
         }
         let flags = first & 0x0F;
-        if kind != PacketType::Publish && flags != kind.required_flags() {
+        // MQTT 3.1 gave these flags no rule (its clients set DUP on a retried PUBREL,
+        // SUBSCRIBE or UNSUBSCRIBE): only 3.1.1 and 5.0 reserve them. A CONNECT's version is
+        // not known yet here: its flags are checked once its protocol level is read.
+        let unreserved = self.version == Some(ProtocolVersion::V3_1)
+            || (kind == PacketType::Connect && self.version.is_none());
+        if kind != PacketType::Publish && !unreserved && flags != kind.required_flags() {
             return Err(DecodeError::malformed(
                 reserved_flags_rule(kind),
                 "reserved fixed header flags have the wrong value",

@@ -263,6 +263,56 @@ fn mqtt_3_1_2_3_reserved_connect_flag_is_malformed() {
     }
 }
 
+/// A 3.1 CONNECT ("MQIsdp", level 3) with client id `c`, connect flags `flags`, and the
+/// fixed header's first byte `first`.
+fn connect_v31(first: u8, flags: u8) -> Vec<u8> {
+    packet(first, &connect_raw(b"MQIsdp", 3, flags, &s(b"c"))[2..])
+}
+
+#[test]
+fn mqtt_3_1_did_not_reserve_connect_flag_bit_0_nor_the_fixed_header_flags() {
+    // MQTT 3.1 (§3.1 "Connect flags", §2.1 "Fixed header") gives bit 0 of the connect flags
+    // and the CONNECT's fixed-header flags no rule: a 3.1 broker accepts them.
+    for (first, flags) in [(0x10, CLEAN | 1), (0x14, CLEAN), (0x1f, CLEAN | 1)] {
+        let packets = server(&connect_v31(first, flags)).unwrap();
+        let [Packet::Connect(connect)] = packets.as_slice() else {
+            panic!("one CONNECT: {packets:?}");
+        };
+        assert_eq!(connect.protocol_version, ProtocolVersion::V3_1);
+        assert!(connect.clean_start);
+    }
+    // 3.1.1 and 5.0 do reserve the fixed header's flags [MQTT-2.1.3-1].
+    let mut v311 = connect_v311(CLEAN, &s(b"c"));
+    v311[0] = 0x14;
+    assert_malformed(server(&v311), "MQTT-2.1.3-1");
+}
+
+#[test]
+fn mqtt_3_1_retries_may_set_dup_on_pubrel_subscribe_and_unsubscribe() {
+    // 3.1 clients set DUP (and QoS 1) when they send PUBREL, SUBSCRIBE or UNSUBSCRIBE again.
+    let mut bytes = connect_v31(0x10, CLEAN);
+    bytes.extend_from_slice(b"\x6a\x02\x00\x01");
+    bytes.extend(packet(0x8a, &[&[0, 2][..], &s(b"t"), &[1]].concat()));
+    bytes.extend(packet(0xaa, &[&[0, 3][..], &s(b"t")].concat()));
+    let packets = server(&bytes).unwrap();
+    assert!(
+        matches!(
+            packets.as_slice(),
+            [
+                Packet::Connect(_),
+                Packet::PubRel(_),
+                Packet::Subscribe(_),
+                Packet::Unsubscribe(_)
+            ]
+        ),
+        "{packets:?}"
+    );
+    // The same PUBREL from a 3.1.1 client is malformed [MQTT-3.6.1-1].
+    let mut bytes = connect_v311(CLEAN, &s(b"c"));
+    bytes.extend_from_slice(b"\x6a\x02\x00\x01");
+    assert!(server(&bytes).is_err());
+}
+
 #[test]
 fn clean_start_flag_decodes() {
     assert!(decode_connect(&connect_v5(CLEAN, &[], &s(b"c"))).clean_start);

@@ -264,10 +264,12 @@ fn mqtt_5_2_1_2_packet_type_0_is_malformed() {
 
 #[test]
 fn mqtt_2_1_3_1_reserved_flags_are_checked_on_the_fixed_header() {
-    // CONNECT and CONNACK have flags 0000; the body never arrives.
+    // CONNECT and CONNACK have flags 0000. A CONNECT's are checked once its protocol level
+    // is known (MQTT 3.1 did not reserve them).
     let mut decoder = Decoder::server(DecoderLimits::default());
-    decoder.handle_bytes(&[0x12, 0x20]);
+    decoder.handle_bytes(b"\x12\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00");
     assert_poll_error(&mut decoder, ReasonCode::MalformedPacket, "MQTT-2.1.3-1");
+    // A CONNACK's are checked before its body arrives.
     let mut decoder = Decoder::client(V5, DecoderLimits::default());
     decoder.handle_bytes(&[0x28, 3]);
     assert_poll_error(&mut decoder, ReasonCode::MalformedPacket, "MQTT-2.1.3-1");

@@ -74,7 +74,8 @@ impl Connect {
         let level = r.u8("protocol level")?;
         let version = protocol_version(&name, level)?;
         let flags = r.u8("connect flags")?;
-        if flags & 0b0000_0001 != 0 {
+        // MQTT 3.1 did not reserve bit 0.
+        if flags & 0b0000_0001 != 0 && version != ProtocolVersion::V3_1 {
             return Err(DecodeError::malformed(
                 "MQTT-3.1.2-3",
                 "reserved connect flag is not 0",
