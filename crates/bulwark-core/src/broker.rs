@@ -178,6 +178,17 @@ struct Target {
     id: Option<SubscriptionId>,
 }
 
+/// What a CONNACK accepting a connection says, besides the enhanced authentication's result.
+struct ConnackFields<'a> {
+    version: ProtocolVersion,
+    expiry: u32,
+    requested_expiry: u32,
+    assigned: Option<&'a str>,
+    server_keep_alive: Option<u16>,
+    response_information: bool,
+    client_id: &'a str,
+}
+
 #[derive(Debug)]
 struct PendingWill {
     at: Instant,
@@ -501,6 +512,18 @@ impl Broker {
     }
 
     /// Connected clients.
+    /// The live connection of the session `client_id` names, if it has one: the connection a
+    /// CONNECT with that identifier would take over.
+    pub fn live_connection(&self, client_id: &str) -> Option<ConnectionId> {
+        let key = self.client_ids.get(client_id)?;
+        self.online.get(key).copied()
+    }
+
+    /// Whether `conn` is a connection the engine accepted and has not closed.
+    pub fn is_live(&self, conn: ConnectionId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
     pub fn connected(&self) -> usize {
         self.conns.len()
     }
@@ -846,6 +869,30 @@ impl Broker {
                 );
             }
         }
+        let mut encoder = Encoder::new(version);
+        if let Some(max) = connect.properties.maximum_packet_size {
+            encoder.set_max_packet_size(max.get());
+        }
+        // Checked before anything changes (a takeover included): a client whose Maximum
+        // Packet Size leaves no room for the CONNACK cannot use the connection [MQTT-3.1.2-25].
+        let connack = ConnackFields {
+            version,
+            expiry,
+            requested_expiry,
+            assigned: assigned.as_deref(),
+            server_keep_alive,
+            response_information: connect.properties.request_response_information == Some(true),
+            client_id: &client_id,
+        };
+        let Some(mut connack) = self.fitting_connack(&connack, auth.method, auth.data, &encoder)
+        else {
+            return self.refuse(
+                conn,
+                version,
+                ReasonCode::PacketTooLarge,
+                "the CONNACK does not fit the client's Maximum Packet Size",
+            );
+        };
         // Takeover: the old connection goes first, its will and session handled as a loss.
         if let Some(&key) = self.client_ids.get(&client_id)
             && let Some(&old) = self.online.get(&key)
@@ -891,10 +938,6 @@ impl Broker {
             }
         }
 
-        let mut encoder = Encoder::new(version);
-        if let Some(max) = connect.properties.maximum_packet_size {
-            encoder.set_max_packet_size(max.get());
-        }
         let client_window = connect
             .properties
             .receive_maximum
@@ -906,8 +949,6 @@ impl Broker {
             0
         };
         let key = session.key;
-        let requested_response_information =
-            connect.properties.request_response_information == Some(true);
         let state = Conn {
             session,
             version,
@@ -930,33 +971,59 @@ impl Broker {
         self.online.insert(key, conn);
         self.stats.connections_total += 1;
 
-        let mut connack = ConnAck::new(present, ReasonCode::Success);
-        if version.is_v5() {
-            let p = &mut connack.properties;
-            if expiry != requested_expiry {
-                p.session_expiry_interval = Some(expiry);
-            }
-            p.receive_maximum = NonZeroU16::new(self.config.receive_maximum);
-            p.retain_available = Some(true);
-            p.maximum_packet_size = std::num::NonZeroU32::new(self.config.max_packet_size);
-            p.assigned_client_identifier = assigned.and_then(|id| MqttString::new(&id).ok());
-            p.topic_alias_maximum = Some(self.config.topic_alias_maximum);
-            p.wildcard_subscription_available = Some(true);
-            p.subscription_identifiers_available = Some(true);
-            p.shared_subscription_available = Some(true);
-            p.server_keep_alive = server_keep_alive;
-            p.authentication_method = auth.method;
-            p.authentication_data = auth.data;
-            if requested_response_information {
-                p.response_information = self
-                    .config
-                    .response_information_prefix
-                    .as_ref()
-                    .and_then(|prefix| MqttString::new(&format!("{prefix}{client_id}")).ok());
+        connack.session_present = present;
+        self.push(conn, Packet::ConnAck(connack));
+        self.resume(conn, now);
+    }
+
+    /// The CONNACK accepting a connection, within the client's Maximum Packet Size: a
+    /// property is sent only where its value differs from what its absence means (§3.2.2.3),
+    /// and the optional Response Information goes first when room is short. `None` when even
+    /// that does not fit.
+    fn fitting_connack(
+        &self,
+        fields: &ConnackFields<'_>,
+        method: Option<MqttString>,
+        data: Option<Bytes>,
+        encoder: &Encoder,
+    ) -> Option<Box<ConnAck>> {
+        let mut connack = Box::new(ConnAck::new(false, ReasonCode::Success));
+        if !fields.version.is_v5() {
+            return Some(connack);
+        }
+        let p = &mut connack.properties;
+        if fields.expiry != fields.requested_expiry {
+            p.session_expiry_interval = Some(fields.expiry);
+        }
+        // Absent: 65,535, no limit, 0, and "available" for the four capabilities, which
+        // this broker always has.
+        p.receive_maximum =
+            NonZeroU16::new(self.config.receive_maximum).filter(|m| m.get() < u16::MAX);
+        p.maximum_packet_size = std::num::NonZeroU32::new(self.config.max_packet_size)
+            .filter(|m| m.get() < bulwark_proto::PROTOCOL_MAX_PACKET_SIZE);
+        p.topic_alias_maximum = Some(self.config.topic_alias_maximum).filter(|m| *m > 0);
+        p.assigned_client_identifier = fields.assigned.and_then(|id| MqttString::new(id).ok());
+        p.server_keep_alive = fields.server_keep_alive;
+        p.authentication_method = method;
+        p.authentication_data = data;
+        if fields.response_information {
+            p.response_information = self
+                .config
+                .response_information_prefix
+                .as_ref()
+                .and_then(|prefix| MqttString::new(&format!("{prefix}{}", fields.client_id)).ok());
+        }
+        let mut packet = Packet::ConnAck(connack);
+        if !encoder.fits(&packet) {
+            packet.strip_diagnostics();
+            if let Packet::ConnAck(ack) = &mut packet {
+                ack.properties.response_information = None;
             }
         }
-        self.push(conn, Packet::ConnAck(Box::new(connack)));
-        self.resume(conn, now);
+        match packet {
+            Packet::ConnAck(ack) if encoder.fits(&*ack) => Some(ack),
+            _ => None,
+        }
     }
 
     fn assign_client_id(&mut self) -> Arc<str> {
@@ -1466,26 +1533,50 @@ impl Broker {
         }
     }
 
-    fn handle_puback(&mut self, conn_id: ConnectionId, packet_id: PacketId, now: Instant) {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
-            return;
-        };
-        if let Some(pos) = conn.session.inflight_position(packet_id)
-            && conn.session.inflight.get(pos).map(|i| i.state) == Some(OutState::AwaitPubAck)
+    /// The state of the outgoing message `packet_id` names, if it is in flight.
+    fn inflight_state(&self, conn_id: ConnectionId, packet_id: PacketId) -> Option<OutState> {
+        let conn = self.conns.get(&conn_id)?;
+        let pos = conn.session.inflight_position(packet_id)?;
+        conn.session.inflight.get(pos).map(|i| i.state)
+    }
+
+    /// An acknowledgement of the wrong type for the message in flight under its identifier
+    /// (a PUBREC or PUBCOMP for a QoS 1 message, a PUBACK for a QoS 2 one, a PUBCOMP before
+    /// the PUBREL): the client and the server no longer agree on the exchange, a Protocol
+    /// Error (§4.3.2, §4.3.3, §4.13) in every version.
+    fn wrong_acknowledgement(&mut self, conn_id: ConnectionId, why: &str, now: Instant) {
+        self.expel(conn_id, ReasonCode::ProtocolError, why, now);
+    }
+
+    /// The exchange of the outgoing message `packet_id` is complete: its place in the window
+    /// goes to the next message.
+    fn completed(&mut self, conn_id: ConnectionId, packet_id: PacketId, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(&conn_id)
+            && let Some(pos) = conn.session.inflight_position(packet_id)
         {
             conn.session.remove_inflight(pos);
-            self.pump(conn_id, now);
+        }
+        self.pump(conn_id, now);
+    }
+
+    fn handle_puback(&mut self, conn_id: ConnectionId, packet_id: PacketId, now: Instant) {
+        match self.inflight_state(conn_id, packet_id) {
+            Some(OutState::AwaitPubAck) => self.completed(conn_id, packet_id, now),
+            Some(OutState::AwaitPubRec | OutState::AwaitPubComp) => {
+                self.wrong_acknowledgement(conn_id, "PUBACK for a QoS 2 message", now);
+            }
+            // A late duplicate (the message was acknowledged already): nothing to do.
+            None => {}
         }
     }
 
     fn handle_pubrec(&mut self, conn_id: ConnectionId, rec: PubRec, now: Instant) {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
-            return;
-        };
-        let pos = conn.session.inflight_position(rec.packet_id);
-        let awaiting = pos.and_then(|p| conn.session.inflight.get_mut(p));
-        match awaiting {
-            Some(inflight) if inflight.state == OutState::AwaitPubRec => {
+        match self.inflight_state(conn_id, rec.packet_id) {
+            Some(OutState::AwaitPubRec) => {
+                let Some(conn) = self.conns.get_mut(&conn_id) else {
+                    return;
+                };
+                let pos = conn.session.inflight_position(rec.packet_id);
                 if rec.reason_code.is_error() {
                     // The client refused the message: the exchange ends here (§4.3.3).
                     if let Some(p) = pos {
@@ -1499,10 +1590,22 @@ impl Broker {
                     self.push(conn_id, Packet::PubRel(PubRel::new(rec.packet_id)));
                 }
             }
-            Some(inflight) if inflight.state == OutState::AwaitPubComp => {
+            // A PUBREC sent again (ours was lost or is on its way): the PUBREL again.
+            Some(OutState::AwaitPubComp) => {
                 self.push(conn_id, Packet::PubRel(PubRel::new(rec.packet_id)));
             }
-            _ => {
+            Some(OutState::AwaitPubAck) => {
+                self.wrong_acknowledgement(conn_id, "PUBREC for a QoS 1 message", now);
+            }
+            // A refusal of nothing ends nothing: a PUBREL only follows a PUBREC below 0x80
+            // [MQTT-4.3.3-4].
+            None if rec.reason_code.is_error() => {}
+            None => {
+                let Some(conn) = self.conns.get(&conn_id) else {
+                    return;
+                };
+                // 5.0 answers an identifier it does not know with 0x92 (§3.6.2.1); 3.1.1
+                // has only the plain PUBREL.
                 let mut rel = PubRel::new(rec.packet_id);
                 if conn.is_v5() {
                     rel.reason_code = ReasonCode::PacketIdentifierNotFound;
@@ -1525,14 +1628,16 @@ impl Broker {
     }
 
     fn handle_pubcomp(&mut self, conn_id: ConnectionId, packet_id: PacketId, now: Instant) {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
-            return;
-        };
-        if let Some(pos) = conn.session.inflight_position(packet_id)
-            && conn.session.inflight.get(pos).map(|i| i.state) == Some(OutState::AwaitPubComp)
-        {
-            conn.session.remove_inflight(pos);
-            self.pump(conn_id, now);
+        match self.inflight_state(conn_id, packet_id) {
+            Some(OutState::AwaitPubComp) => self.completed(conn_id, packet_id, now),
+            Some(OutState::AwaitPubAck) => {
+                self.wrong_acknowledgement(conn_id, "PUBCOMP for a QoS 1 message", now);
+            }
+            Some(OutState::AwaitPubRec) => {
+                self.wrong_acknowledgement(conn_id, "PUBCOMP before PUBREC and PUBREL", now);
+            }
+            // A late duplicate of a PUBCOMP already received: nothing to do.
+            None => {}
         }
     }
 

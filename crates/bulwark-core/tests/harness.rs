@@ -1417,3 +1417,175 @@ fn a_connected_clients_will_is_sent_after_a_restart() {
     assert_eq!(got.len(), 1, "the retained will: {got:?}");
     assert_eq!(got[0].payload.as_ref(), b"gone");
 }
+
+/// The size of `ack` on the wire.
+fn connack_len(ack: &bulwark_proto::ConnAck, version: ProtocolVersion) -> usize {
+    let mut buf = bytes::BytesMut::new();
+    bulwark_proto::Encoder::new(version)
+        .encode(&Packet::ConnAck(Box::new(ack.clone())), &mut buf)
+        .unwrap()
+}
+
+#[test]
+fn connack_fits_the_clients_maximum_packet_size() {
+    // [MQTT-3.1.2-25]: the server sends no packet larger than the client's Maximum Packet
+    // Size. Properties whose value is what their absence means are left out (§3.2.2.3).
+    let mut h = Harness::new(BrokerConfig {
+        sys_interval: None,
+        response_information_prefix: Some("replies/".to_owned()),
+        ..BrokerConfig::default()
+    });
+    let mut c = connect(ProtocolVersion::V5, "plain");
+    let ack = h.connect(1, c.clone());
+    let p = &ack.properties;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(p.retain_available, None, "absent means available");
+    assert_eq!(p.wildcard_subscription_available, None);
+    assert_eq!(p.subscription_identifiers_available, None);
+    assert_eq!(p.shared_subscription_available, None);
+    assert_eq!(p.receive_maximum, NonZeroU16::new(128));
+    assert_eq!(p.topic_alias_maximum, Some(64));
+    assert_eq!(p.maximum_packet_size, NonZeroU32::new(1024 * 1024));
+    assert_eq!(connack_len(&ack, ProtocolVersion::V5), 16);
+
+    // A Maximum Packet Size of 20: the CONNACK fits.
+    c = connect(ProtocolVersion::V5, "small");
+    c.properties.maximum_packet_size = NonZeroU32::new(20);
+    let ack = h.connect(2, c.clone());
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(connack_len(&ack, ProtocolVersion::V5) <= 20);
+
+    // Response Information asked for, but no room for it: left out, the rest stays.
+    c.client_id = ClientId::new("small-info").unwrap();
+    c.properties.request_response_information = Some(true);
+    let ack = h.connect(3, c.clone());
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(ack.properties.response_information, None);
+    assert!(connack_len(&ack, ProtocolVersion::V5) <= 20);
+    // With room, it is sent.
+    c.client_id = ClientId::new("roomy-info").unwrap();
+    c.properties.maximum_packet_size = NonZeroU32::new(200);
+    let ack = h.connect(4, c);
+    assert_eq!(
+        ack.properties.response_information.unwrap().as_str(),
+        "replies/roomy-info"
+    );
+
+    // No room for the accepting CONNACK (16 bytes) at all: refused with 0x95, which fits in
+    // 5 bytes, and closed; nothing changes (no session, no takeover).
+    h.connect(5, v5_persistent("tight", 300));
+    let mut tight = v5_persistent("tight", 300);
+    tight.properties.maximum_packet_size = NonZeroU32::new(8);
+    h.broker.handle_connect(ConnectionId(6), tight, h.now);
+    h.collect();
+    let out = h.take(6);
+    match out.as_slice() {
+        [Output::Packet(Packet::ConnAck(ack)), Output::Close] => {
+            assert_eq!(ack.reason_code, ReasonCode::PacketTooLarge);
+            assert!(
+                connack_len(ack, ProtocolVersion::V5) > 8,
+                "the driver strips the reason string"
+            );
+        }
+        other => panic!("expected CONNACK 0x95 and close, got {other:?}"),
+    }
+    assert!(
+        h.take(5).is_empty(),
+        "the live connection was not taken over"
+    );
+    assert_eq!(h.broker.connected(), 5);
+}
+
+/// A subscriber `sub` (on connection 1, `version`) that has one message of `qos` in flight;
+/// returns its packet identifier.
+fn one_in_flight(h: &mut Harness, version: ProtocolVersion, qos: QoS) -> PacketId {
+    h.connect(1, connect(version, "sub"));
+    h.sub(1, "t", qos);
+    h.connect(2, connect(ProtocolVersion::V5, "pub"));
+    h.send(2, Packet::Publish(publish("t", "m", qos, Some(1))));
+    h.take(2);
+    h.publishes(1).remove(0).packet_id.unwrap()
+}
+
+/// The connection was closed as a protocol error: DISCONNECT 0x82 first in 5.0.
+fn assert_protocol_error(h: &mut Harness, conn: u64, version: ProtocolVersion) {
+    let out = h.take(conn);
+    match (version, out.as_slice()) {
+        (ProtocolVersion::V5, [Output::Packet(Packet::Disconnect(d)), Output::Close]) => {
+            assert_eq!(d.reason_code, ReasonCode::ProtocolError);
+        }
+        (ProtocolVersion::V5, other) => panic!("expected DISCONNECT 0x82, got {other:?}"),
+        (_, [Output::Close]) => {}
+        (_, other) => panic!("expected the connection closed, got {other:?}"),
+    }
+    assert_eq!(
+        h.broker.poll_offence(),
+        Some((ConnectionId(conn), ReasonCode::ProtocolError))
+    );
+}
+
+#[test]
+fn acknowledgements_of_the_wrong_type_are_protocol_errors() {
+    for version in [
+        ProtocolVersion::V5,
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V3_1,
+    ] {
+        // PUBREC for a QoS 1 message: not answered with PUBREL, the connection is closed.
+        let mut h = Harness::default();
+        let id = one_in_flight(&mut h, version, QoS::AtLeastOnce);
+        h.send(1, Packet::PubRec(PubRec::new(id)));
+        assert_protocol_error(&mut h, 1, version);
+
+        // PUBCOMP for a QoS 1 message.
+        let mut h = Harness::default();
+        let id = one_in_flight(&mut h, version, QoS::AtLeastOnce);
+        h.send(1, Packet::PubComp(PubComp::new(id)));
+        assert_protocol_error(&mut h, 1, version);
+
+        // PUBACK for a QoS 2 message.
+        let mut h = Harness::default();
+        let id = one_in_flight(&mut h, version, QoS::ExactlyOnce);
+        h.send(1, Packet::PubAck(PubAck::new(id)));
+        assert_protocol_error(&mut h, 1, version);
+
+        // PUBCOMP for a QoS 2 message before PUBREC and PUBREL.
+        let mut h = Harness::default();
+        let id = one_in_flight(&mut h, version, QoS::ExactlyOnce);
+        h.send(1, Packet::PubComp(PubComp::new(id)));
+        assert_protocol_error(&mut h, 1, version);
+    }
+}
+
+#[test]
+fn acknowledgements_of_nothing_in_flight() {
+    let mut h = Harness::default();
+    let id = one_in_flight(&mut h, ProtocolVersion::V5, QoS::ExactlyOnce);
+    // A PUBREC sent again after the PUBREL: the PUBREL again (§4.3.3).
+    h.send(1, Packet::PubRec(PubRec::new(id)));
+    assert!(
+        matches!(h.take(1).as_slice(), [Output::Packet(Packet::PubRel(r))] if r.packet_id == id)
+    );
+    h.send(1, Packet::PubRec(PubRec::new(id)));
+    assert!(
+        matches!(h.take(1).as_slice(), [Output::Packet(Packet::PubRel(r))] if r.packet_id == id)
+    );
+    h.send(1, Packet::PubComp(PubComp::new(id)));
+    assert!(h.take(1).is_empty());
+    // Late duplicates of acknowledgements already received end nothing.
+    h.send(1, Packet::PubComp(PubComp::new(id)));
+    h.send(1, Packet::PubAck(PubAck::new(pid(77))));
+    assert!(h.take(1).is_empty());
+    // A PUBREC 0x80 for an identifier not in flight: no PUBREL follows a refusal
+    // [MQTT-4.3.3-4].
+    let mut rec = PubRec::new(pid(78));
+    rec.reason_code = ReasonCode::UnspecifiedError;
+    h.send(1, Packet::PubRec(rec));
+    assert!(h.take(1).is_empty());
+    // A PUBREC 0x00 for an identifier not in flight: PUBREL 0x92 (5.0).
+    h.send(1, Packet::PubRec(PubRec::new(pid(79))));
+    assert!(matches!(h.take(1).as_slice(),
+        [Output::Packet(Packet::PubRel(r))] if r.reason_code == ReasonCode::PacketIdentifierNotFound));
+    assert_eq!(h.broker.poll_offence(), None);
+    assert_eq!(h.broker.connected(), 2);
+}
