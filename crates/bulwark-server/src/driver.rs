@@ -17,7 +17,7 @@ use bulwark_security::scram::{ScramHash, ScramServer};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::auth::{
     Attempt, AuthService, Authenticator, Counts, Identity, ListenerAuth, NotRegistered, Refusal,
@@ -186,6 +186,40 @@ pub(crate) fn drive<S: Transport>(
             End::Closed | End::Engine => debug!(%peer, conn = conn.0, ?end, "connection closed"),
             _ => info!(%peer, conn = conn.0, ?end, "connection ended"),
         }
+        if end.closed_by_broker() {
+            driver.linger().await;
+        }
+    }
+}
+
+/// How long a connection the broker closed is still read (and what is read discarded), so
+/// that the client reads the last packet sent (a DISCONNECT, a refusing CONNACK) before the
+/// close: closing a socket with unread input makes the kernel reset the connection, and a
+/// reset throws away what the client had not read yet.
+const LINGER: Duration = Duration::from_secs(1);
+/// At most this much input is discarded while lingering.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+impl End {
+    /// Whether the broker ended the connection while its client may still be writing (and
+    /// reading what the broker said last).
+    fn closed_by_broker(&self) -> bool {
+        match self {
+            Self::Decode(_)
+            | Self::KeepAlive
+            | Self::Engine
+            | Self::Expelled(_)
+            | Self::Identity
+            | Self::Refused
+            | Self::Expired => true,
+            // The client closed, or the socket failed, or does not drain what it is sent,
+            // or never said anything: nothing to wait for.
+            Self::Closed
+            | Self::Io(_)
+            | Self::WriteTimeout
+            | Self::ConnectTimeout
+            | Self::RouterGone => false,
+        }
     }
 }
 
@@ -240,6 +274,33 @@ impl<S: Transport> Driver<S> {
             .received
             .fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Closes the sending side, then reads and discards until the client closes too, for
+    /// at most [`LINGER`] and [`LINGER_BYTES`] (and not past the router's end).
+    async fn linger(&mut self) {
+        let drain = async {
+            // Already shut down on some paths; a failure here still leaves input to read.
+            let _ = self.stream.shutdown().await;
+            // On the heap: every connection's future would carry a buffer on the stack.
+            let mut scratch = vec![0u8; 4096];
+            let mut discarded = 0;
+            while discarded < LINGER_BYTES {
+                match self.stream.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => discarded += n,
+                }
+            }
+        };
+        // At shutdown the router goes once every connection is closed: no lingering then.
+        let router = self.ctx.router.clone();
+        let _ = tokio::time::timeout(LINGER, async {
+            tokio::select! {
+                () = drain => {}
+                () = router.closed() => {}
+            }
+        })
+        .await;
     }
 
     /// Gives the receive buffer back once it holds no partial packet.
@@ -892,9 +953,21 @@ impl<S: Transport> Driver<S> {
             bulwark_security::rate::Limiter::new(limit, Instant::now()).map(Box::new)
         };
         let mut paused_until: Option<tokio::time::Instant> = None;
+        // Packets the client sent right behind its CONNECT, in the same read, are handled
+        // before the next read (which may only find the end of the stream).
+        let mut decode_first = self.decoder.buffered() > 0;
+        // The router asked for everything the client has sent so far (a takeover waits).
+        let mut drain_asked = false;
 
         // Phase 2: packets both ways until one side ends it.
         loop {
+            if drain_asked && !decode_first && !self.stream.input_waiting() {
+                drain_asked = false;
+                let msg = ToRouter::Drained { conn: self.conn };
+                if self.ctx.router.send(msg).await.is_err() {
+                    return End::RouterGone;
+                }
+            }
             let ka_deadline = keep_alive.poll_deadline();
             let ka_sleep = async {
                 match ka_deadline {
@@ -918,7 +991,14 @@ impl<S: Transport> Driver<S> {
             };
             let mut published = 0u64;
             tokio::select! {
-                read = self.read_some(READ_CHUNK), if paused_until.is_none() => {
+                read = async {
+                    if decode_first {
+                        decode_first = false;
+                        Ok(0)
+                    } else {
+                        self.read_some(READ_CHUNK).await
+                    }
+                }, if paused_until.is_none() => {
                     let read = match read {
                         Ok(n) => n,
                         Err(end) => return end,
@@ -998,6 +1078,7 @@ impl<S: Transport> Driver<S> {
                     keep_alive.handle_activity(Instant::now());
                 }
                 () = outbox.ready() => {
+                    drain_asked |= outbox.take_drain();
                     let mut close = false;
                     for output in outbox.take() {
                         match output {
@@ -1018,7 +1099,14 @@ impl<S: Transport> Driver<S> {
                                     }
                                 }
                                 if let Err(err) = self.encoder.encode_fitting(&mut packet, &mut self.out) {
-                                    debug!(conn = self.conn.0, %err, "packet not sent");
+                                    if matches!(*packet, Packet::ConnAck(_)) {
+                                        // Only a client with a Maximum Packet Size below 5
+                                        // bytes gets here: the engine closes it next.
+                                        warn!(peer = %self.peer, conn = self.conn.0, %err,
+                                            "closing: not even a CONNACK fits the client's Maximum Packet Size");
+                                    } else {
+                                        debug!(conn = self.conn.0, %err, "packet not sent");
+                                    }
                                 }
                             }
                             Output::Close => close = true,

@@ -21,6 +21,9 @@ struct State {
     /// Set when the engine closed the connection because its client broke the protocol or a
     /// limit: the reason code it was closed with.
     offence: Option<ReasonCode>,
+    /// The router waits for this connection to forward what it has received (a takeover of
+    /// its client identifier): answered with `ToRouter::Drained`.
+    drain: bool,
 }
 
 /// Outputs waiting for one driver.
@@ -95,6 +98,21 @@ impl Outbox {
     /// The offence recorded by [`Outbox::mark_offence`], if any.
     pub(crate) fn offence(&self) -> Option<ReasonCode> {
         self.state.lock().ok().and_then(|state| state.offence)
+    }
+
+    /// Asks the driver to forward what its client has sent so far, then say so.
+    pub(crate) fn request_drain(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.drain = true;
+        }
+        self.notify.notify_one();
+    }
+
+    /// Whether a drain was asked for since the last call.
+    pub(crate) fn take_drain(&self) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|mut state| std::mem::take(&mut state.drain))
     }
 
     /// Resolves once something has been pushed since the last [`Outbox::take`].

@@ -33,6 +33,9 @@ pub(crate) enum ToRouter {
     },
     /// The connection ended without the engine asking for it.
     Lost { conn: ConnectionId },
+    /// The driver forwarded everything its client had sent when the router asked
+    /// ([`Outbox::request_drain`]).
+    Drained { conn: ConnectionId },
     /// Memory is over its watermark: drop this many bytes of queued messages.
     Shed(usize),
     /// Put these ACL rules in force (a reload).
@@ -85,6 +88,67 @@ pub(crate) struct Router {
     pub(crate) held: Option<crate::durable::Held>,
 }
 
+/// CONNECTs that take a live connection over, waiting until that connection has forwarded
+/// what its client sent before (a DISCONNECT among it decides whether the will goes), by the
+/// connection taken over.
+#[derive(Default)]
+pub(crate) struct Takeovers {
+    waiting: HashMap<ConnectionId, Waiting>,
+    /// The connection each held CONNECT waits for, by the held connection.
+    held: HashMap<ConnectionId, ConnectionId>,
+}
+
+struct Waiting {
+    /// Past this, the CONNECTs go ahead without the driver's answer (it may be blocked on a
+    /// client that does not read).
+    until: Instant,
+    /// The driver answered.
+    drained: bool,
+    connects: Vec<PendingConnect>,
+}
+
+/// A CONNECT held back by a takeover.
+struct PendingConnect {
+    conn: ConnectionId,
+    connect: Box<Connect>,
+    outbox: Arc<Outbox>,
+    auth: bulwark_core::ConnectAuth,
+    /// What its driver sent after the CONNECT (packets, its loss), applied after it.
+    later: Vec<ToRouter>,
+}
+
+/// How long a takeover waits for the old connection's driver to forward what it has.
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Takeovers {
+    fn next_deadline(&self) -> Option<Instant> {
+        self.waiting.values().map(|w| w.until).min()
+    }
+
+    /// Keeps `msg` for after its connection's held CONNECT; gives it back if that connection
+    /// has none.
+    fn hold(&mut self, msg: ToRouter) -> Option<ToRouter> {
+        let conn = match &msg {
+            ToRouter::Packets { conn, .. }
+            | ToRouter::Lost { conn }
+            | ToRouter::Principal { conn, .. } => *conn,
+            _ => return Some(msg),
+        };
+        let pending = self
+            .held
+            .get(&conn)
+            .and_then(|old| self.waiting.get_mut(old))
+            .and_then(|w| w.connects.iter_mut().find(|p| p.conn == conn));
+        match pending {
+            Some(pending) => {
+                pending.later.push(msg);
+                None
+            }
+            None => Some(msg),
+        }
+    }
+}
+
 /// How long a close waits for its connection's CONNECT. A connection registers with the
 /// router right after its authentication; one that never does has ended.
 const PENDING_KICK_LIFE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -103,8 +167,12 @@ impl Router {
         let mut seen_refused = 0u64;
         let mut seen_expelled = 0u64;
         let mut stopping = false;
+        let mut takeovers = Takeovers::default();
         loop {
-            let deadline = self.broker.poll_timeout();
+            let deadline = match (self.broker.poll_timeout(), takeovers.next_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -126,7 +194,7 @@ impl Router {
                     }
                     let now = Instant::now();
                     for msg in batch.drain(..) {
-                        self.apply(msg, &mut peers, now);
+                        self.apply(msg, &mut peers, &mut takeovers, now);
                     }
                 }
                 () = sleep => {
@@ -143,13 +211,21 @@ impl Router {
                     let expelled = self.traffic.expelled.load(Ordering::Relaxed);
                     self.broker.add_expelled(expelled.saturating_sub(seen_expelled));
                     seen_expelled = expelled;
-                    self.broker.handle_timeout(Instant::now());
+                    let now = Instant::now();
+                    self.broker.handle_timeout(now);
+                    self.release_takeovers(&mut peers, &mut takeovers, now);
                 }
                 changed = self.shutdown.changed(), if !stopping => {
                     // A closed sender counts as a shutdown too.
                     let _ = changed;
                     stopping = true;
-                    self.broker.begin_shutdown(Instant::now());
+                    let now = Instant::now();
+                    self.broker.begin_shutdown(now);
+                    // Refused now (the engine is shutting down) rather than left waiting.
+                    for waiting in takeovers.waiting.values_mut() {
+                        waiting.until = now;
+                    }
+                    self.release_takeovers(&mut peers, &mut takeovers, now);
                 }
             }
             self.dispatch(&mut peers);
@@ -165,12 +241,44 @@ impl Router {
         }
     }
 
+    /// Applies the CONNECTs whose takeover need wait no longer: the old connection's driver
+    /// answered, the old connection is gone, or the wait is over.
+    fn release_takeovers(
+        &mut self,
+        peers: &mut HashMap<ConnectionId, Arc<Outbox>>,
+        takeovers: &mut Takeovers,
+        now: Instant,
+    ) {
+        let ready: Vec<ConnectionId> = takeovers
+            .waiting
+            .iter()
+            .filter(|(old, w)| w.drained || w.until <= now || !self.broker.is_live(**old))
+            .map(|(old, _)| *old)
+            .collect();
+        for old in ready {
+            if let Some(waiting) = takeovers.waiting.remove(&old) {
+                for mut pending in waiting.connects {
+                    takeovers.held.remove(&pending.conn);
+                    let later = std::mem::take(&mut pending.later);
+                    self.connect(pending, peers, now);
+                    for msg in later {
+                        self.apply(msg, peers, takeovers, now);
+                    }
+                }
+            }
+        }
+    }
+
     fn apply(
         &mut self,
         msg: ToRouter,
         peers: &mut HashMap<ConnectionId, Arc<Outbox>>,
+        takeovers: &mut Takeovers,
         now: Instant,
     ) {
+        let Some(msg) = takeovers.hold(msg) else {
+            return;
+        };
         match msg {
             ToRouter::Connect {
                 conn,
@@ -178,22 +286,63 @@ impl Router {
                 outbox,
                 auth,
             } => {
-                peers.insert(conn, outbox);
-                self.broker
-                    .handle_authenticated_connect(conn, *connect, auth, now);
-                if let Some((code, why, _)) = self.pending_kicks.remove(&conn) {
-                    self.broker.disconnect(conn, code, why, now);
+                // A takeover waits until the old connection's driver has forwarded what its
+                // client sent before this CONNECT arrived (a DISCONNECT 0x00 there discards
+                // the will [MQTT-3.14.4-3]), whatever order the tasks ran in.
+                let pending = PendingConnect {
+                    conn,
+                    connect,
+                    outbox,
+                    auth,
+                    later: Vec::new(),
+                };
+                if let Some(old) = self
+                    .broker
+                    .live_connection(pending.connect.client_id.as_str())
+                    && old != conn
+                    && let Some(old_outbox) = peers.get(&old)
+                {
+                    takeovers.held.insert(conn, old);
+                    match takeovers.waiting.get_mut(&old) {
+                        Some(waiting) => waiting.connects.push(pending),
+                        None => {
+                            old_outbox.request_drain();
+                            takeovers.waiting.insert(
+                                old,
+                                Waiting {
+                                    until: now + TAKEOVER_WAIT,
+                                    drained: false,
+                                    connects: vec![pending],
+                                },
+                            );
+                        }
+                    }
+                } else {
+                    self.connect(pending, peers, now);
                 }
             }
             ToRouter::Packets { conn, packets } => {
                 for packet in packets {
                     self.broker.handle_packet(conn, packet, now);
                 }
+                if takeovers.waiting.contains_key(&conn) && !self.broker.is_live(conn) {
+                    self.release_takeovers(peers, takeovers, now);
+                }
             }
             ToRouter::Lost { conn } => {
                 self.broker.handle_connection_lost(conn, now);
                 peers.remove(&conn);
                 self.pending_kicks.remove(&conn);
+                if let Some(waiting) = takeovers.waiting.get_mut(&conn) {
+                    waiting.drained = true;
+                }
+                self.release_takeovers(peers, takeovers, now);
+            }
+            ToRouter::Drained { conn } => {
+                if let Some(waiting) = takeovers.waiting.get_mut(&conn) {
+                    waiting.drained = true;
+                }
+                self.release_takeovers(peers, takeovers, now);
             }
             ToRouter::Acl(rules) => self.broker.set_acl(Some(rules), now),
             ToRouter::Shed(bytes) => {
@@ -219,6 +368,28 @@ impl Router {
                     }
                 }
             }
+        }
+    }
+
+    /// Hands a CONNECT to the engine.
+    fn connect(
+        &mut self,
+        pending: PendingConnect,
+        peers: &mut HashMap<ConnectionId, Arc<Outbox>>,
+        now: Instant,
+    ) {
+        let PendingConnect {
+            conn,
+            connect,
+            outbox,
+            auth,
+            later: _,
+        } = pending;
+        peers.insert(conn, outbox);
+        self.broker
+            .handle_authenticated_connect(conn, *connect, auth, now);
+        if let Some((code, why, _)) = self.pending_kicks.remove(&conn) {
+            self.broker.disconnect(conn, code, why, now);
         }
     }
 

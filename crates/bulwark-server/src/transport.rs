@@ -36,6 +36,21 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         None
     }
+
+    /// Whether input (or the end of the stream) has arrived that no read has returned yet,
+    /// asking the kernel itself: the runtime's readiness may not have seen it yet.
+    fn input_waiting(&self) -> bool;
+}
+
+/// Whether the kernel holds unread bytes or the peer's close for `stream`.
+fn socket_has_input(stream: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // The socket is non-blocking: an empty receive queue answers `WouldBlock`; an error is
+    // input too (the next read reports it).
+    !matches!(
+        socket2::SockRef::from(stream).peek(&mut probe),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock
+    )
 }
 
 impl Transport for TcpStream {
@@ -47,6 +62,10 @@ impl Transport for TcpStream {
 
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         TcpStream::try_read_buf(self, buf)
+    }
+
+    fn input_waiting(&self) -> bool {
+        socket_has_input(self)
     }
 }
 
@@ -68,6 +87,11 @@ impl Transport for TlsStream {
     fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         self.get_ref().1.peer_certificates()
     }
+
+    fn input_waiting(&self) -> bool {
+        let (tcp, tls) = self.get_ref();
+        !tls.wants_read() || socket_has_input(tcp)
+    }
 }
 
 impl<S: Transport> Transport for crate::ws::WsStream<S> {
@@ -76,5 +100,9 @@ impl<S: Transport> Transport for crate::ws::WsStream<S> {
 
     fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         self.get_ref().peer_certificates()
+    }
+
+    fn input_waiting(&self) -> bool {
+        self.has_unread() || self.get_ref().input_waiting()
     }
 }
