@@ -271,7 +271,10 @@ impl Reader {
             .map_or(&[][..], |(_, keys)| *keys);
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
-                self.problems.push(format!("{shown}.{key}: unknown key"));
+                self.problems.push(format!(
+                    "{shown}.{key}: unknown key{}",
+                    did_you_mean(key, known.iter().copied())
+                ));
             }
         }
     }
@@ -316,6 +319,117 @@ impl Reader {
         }
         table
     }
+}
+
+/// What the server says when no listener is configured (a follow-on error when every
+/// configured listener was refused).
+const NO_LISTENER: &str = "listener: at least one listener is needed";
+
+/// A listener's bind address, `IP:PORT`, or why it is not one, in the words a newcomer needs:
+/// a host name instead of an address, a port out of range, an IPv6 address without brackets.
+pub(crate) fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    const EXAMPLE: &str = "e.g. \"127.0.0.1:1883\" or \"[::1]:1883\" (this machine only), \
+                           \"0.0.0.0:8883\" or \"[::]:8883\" (every interface)";
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(match text.parse::<std::net::IpAddr>() {
+            Ok(_) => format!("the port is missing: expected IP:PORT, {EXAMPLE}"),
+            Err(_) => format!("expected IP:PORT, {EXAMPLE}"),
+        });
+    };
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    let port_ok = port.parse::<u16>().is_ok();
+    if ip.parse::<std::net::IpAddr>().is_ok() {
+        if host.contains(':') && !host.starts_with('[') {
+            return Err(format!(
+                "an IPv6 address takes brackets before its port: \"[{host}]:{port}\""
+            ));
+        }
+        if !port_ok {
+            return Err(format!(
+                "port {port:?} is not a port number: between 1 and 65535 (0 picks a free one)"
+            ));
+        }
+    }
+    if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(format!(
+            "the port is missing: an IPv6 address takes brackets before its port, \"[{text}]:1883\""
+        ));
+    }
+    Err(format!(
+        "\"{host}\" is not an IP address: a listener binds to an IP address, not a host name; \
+         {EXAMPLE}"
+    ))
+}
+
+/// The TOML syntax error `err` in `text`, with its line and column, and the key for a
+/// duplicate.
+fn toml_error(text: &str, source: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim_end();
+    let Some(span) = err.span() else {
+        return format!("{source}: not valid TOML: {message}");
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit_once('\n')
+        .map_or(before, |(_, last)| last)
+        .chars()
+        .count()
+        + 1;
+    let mut detail = message.to_owned();
+    if message.starts_with("duplicate key") {
+        let key: String = text
+            .get(span.start..)
+            .unwrap_or("")
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '"' | '.'))
+            .collect();
+        let key = key.trim_matches('"');
+        if !key.is_empty() && !message.contains(key) {
+            detail = format!("duplicate key `{key}` (a key may be set once per table)");
+        }
+    }
+    let shown = text.lines().nth(line - 1).unwrap_or("").trim_end();
+    format!("{source}:{line}:{column}: not valid TOML: {detail}\n      {line} | {shown}")
+}
+
+/// `; did you mean "x"?` for the known name closest to `unknown` (at most two edits apart, or
+/// one of them contains the other), or nothing.
+fn did_you_mean<'a>(unknown: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let unknown_lower = unknown.to_ascii_lowercase();
+    let best = known
+        .map(|name| (edit_distance(&unknown_lower, name), name))
+        .filter(|(distance, name)| {
+            *distance <= 2.max(unknown.len() / 4)
+                || (unknown.len() >= 4
+                    && (name.contains(&unknown_lower) || unknown_lower.contains(name)))
+        })
+        .min_by_key(|(distance, _)| *distance);
+    match best {
+        Some((_, name)) => format!("; did you mean \"{name}\"?"),
+        None => String::new(),
+    }
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = Vec::with_capacity(b.len() + 1);
+        current.push(i + 1);
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous.get(j).copied().unwrap_or(0) + usize::from(ca != *cb);
+            let delete = previous.get(j + 1).copied().unwrap_or(0) + 1;
+            let insert = current.get(j).copied().unwrap_or(0) + 1;
+            current.push(substitute.min(delete).min(insert));
+        }
+        previous = current;
+    }
+    previous.last().copied().unwrap_or(0)
 }
 
 fn describe(value: &Value) -> String {
@@ -365,12 +479,11 @@ fn read_listener(
         .boolean(table, section, "dangerous_plaintext")
         .unwrap_or(false);
     let bind = match r.string(table, section, "bind") {
-        Some(bind) => match bind.parse::<SocketAddr>() {
+        Some(bind) => match parse_bind(bind) {
             Ok(bind) => Some(bind),
-            Err(_) => {
-                r.problems.push(format!(
-                    "{section}.bind = \"{bind}\": expected ADDRESS:PORT, e.g. \"127.0.0.1:1883\" or \"[::1]:1883\""
-                ));
+            Err(why) => {
+                r.problems
+                    .push(format!("{section}.bind = \"{bind}\": {why}"));
                 None
             }
         },
@@ -901,7 +1014,7 @@ pub(crate) fn parse_in(
     // Relative file names in the configuration are relative to the file itself.
     let base = Path::new(source).parent().unwrap_or(Path::new(""));
     let root: Table = text.parse().map_err(|err: toml::de::Error| ConfigError {
-        problems: vec![format!("{source}: not valid TOML: {}", err.message())],
+        problems: vec![toml_error(text, source, &err)],
     })?;
     let mut r = Reader {
         problems: Vec::new(),
@@ -909,10 +1022,19 @@ pub(crate) fn parse_in(
     let mut config = ServerConfig::default();
     for key in root.keys() {
         if !SECTIONS.iter().any(|(name, _)| name == key) {
-            r.problems.push(format!("{key}: unknown section or key"));
+            let sections = SECTIONS
+                .iter()
+                .map(|(name, _)| *name)
+                .filter(|name| !name.contains('.'));
+            r.problems.push(format!(
+                "{key}: unknown section or key{}",
+                did_you_mean(key, sections)
+            ));
         }
     }
 
+    // Whether a listener was given but refused: then "no listener left" is a follow-on error.
+    let mut listener_refused = false;
     if let Some(value) = root.get("listener") {
         match value.as_array() {
             Some(entries) => {
@@ -921,17 +1043,21 @@ pub(crate) fn parse_in(
                     let section = format!("listener[{i}]");
                     let Some(table) = entry.as_table() else {
                         r.problems.push(format!("{section}: expected a table"));
+                        listener_refused = true;
                         continue;
                     };
-                    r.unknown_keys(table, "listener");
-                    if let Some(listener) = read_listener(&mut r, table, &section, i, base) {
-                        config.listeners.push(listener);
+                    r.unknown_keys_as(table, "listener", &section);
+                    match read_listener(&mut r, table, &section, i, base) {
+                        Some(listener) => config.listeners.push(listener),
+                        None => listener_refused = true,
                     }
                 }
             }
-            None => r
-                .problems
-                .push("listener: expected [[listener]] tables".to_owned()),
+            None => {
+                r.problems
+                    .push("listener: expected [[listener]] tables".to_owned());
+                listener_refused = true;
+            }
         }
     }
 
@@ -1118,7 +1244,12 @@ pub(crate) fn parse_in(
         }
     }
     if let Err(err) = config.validate() {
-        r.problems.extend(err.problems);
+        // With listeners given and refused above, "none left" is not news.
+        r.problems.extend(
+            err.problems
+                .into_iter()
+                .filter(|p| !(listener_refused && p == NO_LISTENER)),
+        );
     }
     if r.problems.is_empty() {
         Ok(config)
@@ -1260,7 +1391,7 @@ mod tests {
         let all = err.problems.join("\n");
         for expected in [
             "colour: unknown",
-            "listener.port: unknown key",
+            "listener[0].port: unknown key",
             "sends credentials and payloads in clear text",
             "limits.receive_maximum = 0: must be between 1 and 65535",
             "limits.max_topic_levels: expected a non-negative integer, found the string \"many\"",
@@ -1512,19 +1643,74 @@ mod tests {
     }
 
     #[test]
-    fn bad_toml_names_the_file() {
+    fn bad_toml_names_the_file_line_and_column() {
         let err = parse("[limits\n", "bulwark.toml").unwrap_err();
+        let first = err.problems.first().unwrap();
         assert!(
-            err.problems
-                .first()
-                .unwrap()
-                .starts_with("bulwark.toml: not valid TOML")
+            first.starts_with("bulwark.toml:1:8: not valid TOML: unclosed table"),
+            "{first}"
+        );
+        assert!(first.contains("1 | [limits"), "{first}");
+        let err = parse(
+            "[acl]\ndangerous_allow_all = true\n[[listener]]\nbind = \"127.0.0.1:1\"\nbind = \"127.0.0.1:2\"\n",
+            "b.toml",
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        let first = err.problems.first().unwrap();
+        assert!(
+            first.starts_with("b.toml:5:1: not valid TOML: duplicate key `bind`"),
+            "{first}"
         );
     }
 
     #[test]
-    fn bad_bind_address_is_explained() {
+    fn unknown_keys_and_sections_get_a_suggestion() {
+        let text = "[limts]\n[[listener]]\nbind = \"127.0.0.1:1\"\nkidn = \"tcp\"\n[limits]\nmax_packet_sise = 100\ncolour = 1\n";
+        let err = parse(&open(text), "t").unwrap_err();
+        let all = err.problems.join("\n");
+        for expected in [
+            "limts: unknown section or key; did you mean \"limits\"?",
+            "listener[0].kidn: unknown key; did you mean \"kind\"?",
+            "limits.max_packet_sise: unknown key; did you mean \"max_packet_size\"?",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert!(
+            all.contains("limits.colour: unknown key\n")
+                || all.ends_with("limits.colour: unknown key"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_refused_listener_causes_no_follow_on_errors() {
+        let err = parse(&open("[[listener]]\nbind = \"localhost:1885\"\n"), "t").unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        // Without any listener given, the default one serves; an empty list is still refused.
+        let err = parse(&open("listener = []\n"), "t").unwrap_err();
+        assert!(err.to_string().contains("at least one listener"), "{err}");
+    }
+
+    #[test]
+    fn bad_bind_addresses_are_explained() {
+        for (bind, expected) in [
+            ("localhost", "expected IP:PORT"),
+            ("localhost:1885", "\"localhost\" is not an IP address"),
+            ("127.0.0.1:99999", "port \"99999\" is not a port number"),
+            ("127.0.0.1", "the port is missing"),
+            ("::1", "the port is missing"),
+            ("fe80::1:1883", "takes brackets"),
+            ("127.0.0.1:port", "not a port number"),
+        ] {
+            let err = parse_bind(bind).unwrap_err();
+            assert!(err.contains(expected), "{bind}: {err}");
+        }
+        assert_eq!(
+            parse_bind("[::1]:1883").unwrap(),
+            "[::1]:1883".parse::<SocketAddr>().unwrap()
+        );
         let err = parse(&open("[[listener]]\nbind = \"localhost\"\n"), "t").unwrap_err();
-        assert!(err.to_string().contains("expected ADDRESS:PORT"), "{err}");
+        assert!(err.to_string().contains("expected IP:PORT"), "{err}");
     }
 }

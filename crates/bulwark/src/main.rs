@@ -53,7 +53,7 @@ enum Command {
         /// listeners (repeatable; loopback only). Users and ACL come from --data-dir when it
         /// has them; without a password store nobody gets in unless
         /// --dangerous-allow-anonymous is given.
-        #[arg(long, value_name = "ADDR:PORT")]
+        #[arg(long, value_name = "IP:PORT", value_parser = config::parse_bind)]
         listen: Vec<SocketAddr>,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]

@@ -11,6 +11,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 fn bulwark() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bulwark"))
 }
@@ -294,4 +296,159 @@ fn connack_code(addr: &str, credentials: Option<(&str, &str)>) -> u8 {
     std::io::Read::read_exact(&mut socket, &mut head).unwrap();
     assert_eq!(head[0], 0x20, "not a CONNACK: {head:?}");
     head[3]
+}
+
+/// The help texts describe the default run as it is: TLS on every address with a generated CA,
+/// plaintext with passwords on loopback, IPv4 and IPv6.
+#[test]
+fn the_help_tells_what_the_default_run_serves() {
+    for args in [&["--help"][..], &["serve", "--help"]] {
+        let out = bulwark().args(args).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
+        for part in [
+            "0.0.0.0:8883",
+            "[::]:8883",
+            "127.0.0.1:1883",
+            "[::1]:1883",
+            "CA",
+            "admin",
+        ] {
+            assert!(help.contains(part), "{args:?}: no {part:?} in {help}");
+        }
+        assert!(!help.contains("one plaintext listener"), "{help}");
+    }
+}
+
+/// Starts `serve ARGS` and returns its log up to "listening" (or its end), and the child.
+fn serve_until_listening(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    String,
+) {
+    let (mut child, rx) = spawn_serve(args);
+    let log = read_log_until(&rx, |log| log.contains("listening"));
+    if !log.contains("listening") {
+        let _ = child.kill();
+        panic!("the broker did not start listening:\n{log}");
+    }
+    (child, rx, log)
+}
+
+/// `serve --listen` in a fresh directory: no password store, so nobody could log in; it says
+/// so and how to add a user or let anonymous clients in for local testing.
+#[test]
+fn listen_without_a_password_store_says_how_to_let_someone_in() {
+    let tmp = common::TempDir::new("cli", "fresh");
+    let data = tmp.0.join("data");
+    let (mut child, _rx, log) = serve_until_listening(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let store = data.join("passwords.toml");
+    for part in [
+        "no password store".to_owned(),
+        "no client can log in".to_owned(),
+        format!("bulwark user add NAME --file {}", store.display()),
+        "--dangerous-allow-anonymous".to_owned(),
+    ] {
+        assert!(log.contains(&part), "no {part:?} in:\n{log}");
+    }
+    // With anonymous access allowed, nothing to say.
+    let (mut child, _rx, log) = serve_until_listening(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--dangerous-allow-anonymous",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!log.contains("no password store"), "{log}");
+}
+
+/// A password store and an ACL file other users may read or write are warned about at start,
+/// and the ACL again at its reload (SIGHUP), as ssh does for its files.
+#[cfg(unix)]
+#[test]
+fn files_open_to_other_users_are_warned_about_at_start_and_reload() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = common::TempDir::new("cli", "modes");
+    let data = tmp.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let store = data.join("passwords.toml");
+    let acl = data.join("acl.toml");
+    bulwark_server::files::save_store(&store, &bulwark_security::password::PasswordStore::new())
+        .unwrap();
+    let rule =
+        "[[rule]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"devices/{username}/#\"\n";
+    std::fs::write(&acl, rule).unwrap();
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    chmod(&store, 0o644);
+    chmod(&acl, 0o666);
+    let (mut child, rx, log) = serve_until_listening(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let stop = |mut child: std::process::Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    if !(log.contains("the password store is open to other users")
+        && log.contains("mode 0644")
+        && log.contains("every user can read it")
+        && log.contains("the ACL file is open to other users")
+        && log.contains("every user can write it"))
+    {
+        stop(child);
+        panic!("no warnings in:\n{log}");
+    }
+    std::fs::write(&acl, format!("{rule}\n# changed\n")).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let reload = read_log_until(&rx, |log| log.contains("ACL reloaded"));
+    stop(child);
+    assert!(
+        reload.contains("the ACL file is open to other users"),
+        "no warning at the reload:\n{reload}"
+    );
+}
+
+/// `--data-dir` naming a file is explained as such, not as "File exists".
+#[test]
+fn a_data_dir_that_is_a_file_is_explained() {
+    let tmp = common::TempDir::new("cli", "datafile");
+    let file = tmp.0.join("afile");
+    std::fs::write(&file, "").unwrap();
+    for args in [
+        &["serve", "--data-dir", file.to_str().unwrap()][..],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            file.to_str().unwrap(),
+        ],
+    ] {
+        let out = bulwark().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("is a file, not a directory") && !err.contains("File exists"),
+            "{err}"
+        );
+    }
 }
