@@ -10,6 +10,14 @@
 //! that fails is retried (once a second, logged) and nothing it covers is sent meanwhile: an
 //! acknowledgement is never sent for what the store does not hold.
 //!
+//! While the store refuses its commits (a full disk, say), nothing waits for it that need not:
+//! a CONNECT asking for a session the store would hold (or resuming one) is refused with
+//! CONNACK 0x88 Server unavailable (3.1.1: return code 3) instead of waiting for a commit that
+//! may never come, and a connection that is to close (shutdown, takeover, a limit) closes at
+//! once, its waiting acknowledgements dropped: its client sends those messages again, so
+//! nothing it was told is stored is lost. At shutdown the writer gives up on a failing store
+//! instead of retrying forever; what it could not store was never acknowledged.
+//!
 //! QoS 0 and QoS 1 deliveries to a connection with nothing waiting go out at once: the
 //! publisher's acknowledgement still waits for the commit, and if the broker stops before it,
 //! the publisher sends the message again, which QoS 1 allows its subscribers to receive twice.
@@ -19,16 +27,29 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bulwark_core::{ConnectionId, Output, StoreOp};
-use bulwark_proto::QoS;
+use bulwark_proto::{ConnAck, Connect, Packet, QoS, ReasonCode};
 use bulwark_store::Store;
 use tokio::sync::Notify;
 
-/// How long the writer waits before it retries a failed commit.
+/// How long the writer waits before it retries a failed commit ...
 const RETRY: Duration = Duration::from_secs(1);
+/// ... in steps this long, to notice a shutdown.
+const RETRY_STEP: Duration = Duration::from_millis(50);
+
+/// What the writer and the router share besides the batches.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The number of the last batch committed.
+    committed: AtomicU64,
+    /// The last commit failed and none has succeeded since.
+    failing: AtomicBool,
+    /// The broker is stopping: a commit that fails is given up, not retried.
+    stopping: AtomicBool,
+}
 
 /// One round's outputs, by connection, in the order the engine produced them.
 pub(crate) type Round = Vec<(ConnectionId, Vec<Output>)>;
@@ -36,8 +57,8 @@ pub(crate) type Round = Vec<(ConnectionId, Vec<Output>)>;
 /// The router's side: batches to the writer, and the rounds waiting for them.
 pub(crate) struct Held {
     to_writer: std::sync::mpsc::Sender<(u64, Vec<StoreOp>)>,
-    committed: Arc<AtomicU64>,
-    /// Woken by the writer after each commit.
+    shared: Arc<Shared>,
+    /// Woken by the writer after each commit, and when commits start failing.
     pub(crate) wake: Arc<Notify>,
     /// The number of the last batch sent.
     sent: u64,
@@ -52,19 +73,67 @@ fn early(output: &Output) -> bool {
     matches!(output, Output::Publish(p) if p.publish.qos != QoS::ExactlyOnce)
 }
 
+/// Whether the CONNACK of `connect` would wait for a commit: it asks for a session that
+/// outlives the connection (3.1.1 Clean Session 0, 5.0 a Session Expiry Interval), or to resume
+/// one (5.0 Clean Start 0), which the store holds.
+fn needs_store(connect: &Connect) -> bool {
+    !connect.clean_start
+        || connect
+            .properties
+            .session_expiry_interval
+            .is_some_and(|secs| secs > 0)
+}
+
+/// CONNACK 0x88 Server unavailable (3.1.1: return code 3), then the close.
+fn unavailable() -> Vec<Output> {
+    vec![
+        Output::Packet(Box::new(Packet::ConnAck(Box::new(ConnAck::new(
+            false,
+            ReasonCode::ServerUnavailable,
+        ))))),
+        Output::Close,
+    ]
+}
+
+/// What a connection that is to close gets while the store fails, from everything it had
+/// waiting plus this round's outputs (in order, ending with its close): its DISCONNECT and
+/// the close; or, if its CONNACK was among them (not sent yet), CONNACK 0x88 and the close.
+/// Everything else is dropped: acknowledgements of what the store does not hold (the client
+/// sends those messages again) and QoS 2 deliveries (sent again at the next connection).
+fn close_now(outputs: Vec<Output>) -> Vec<Output> {
+    let mut connack = false;
+    let mut kept = Vec::new();
+    for output in outputs {
+        match output {
+            Output::Packet(packet) => match *packet {
+                Packet::ConnAck(_) => connack = true,
+                Packet::Disconnect(d) => kept.push(Output::Packet(Box::new(Packet::Disconnect(d)))),
+                _ => {}
+            },
+            Output::Close => break,
+            Output::Publish(_) => {}
+        }
+    }
+    if connack {
+        return unavailable();
+    }
+    kept.push(Output::Close);
+    kept
+}
+
 impl Held {
     /// Starts the writer thread on `store`.
     pub(crate) fn start(store: Box<dyn Store>) -> std::io::Result<Self> {
         let (to_writer, from_router) = std::sync::mpsc::channel();
-        let committed = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared::default());
         let wake = Arc::new(Notify::new());
-        let (c, w) = (committed.clone(), wake.clone());
+        let (c, w) = (shared.clone(), wake.clone());
         let thread = std::thread::Builder::new()
             .name("bulwark-store".to_owned())
             .spawn(move || writer(store, from_router, c, w))?;
         Ok(Self {
             to_writer,
-            committed,
+            shared,
             wake,
             sent: 0,
             rounds: VecDeque::new(),
@@ -88,9 +157,16 @@ impl Held {
                 tracing::error!("the store's writer has stopped: acknowledgements are held");
             }
         }
+        let failing = self.failing();
         let mut now = Vec::new();
         let mut later = Vec::new();
         for (conn, mut outputs) in round {
+            if failing && outputs.iter().any(|o| matches!(o, Output::Close)) {
+                let mut all = self.take_waiting(conn);
+                all.append(&mut outputs);
+                now.push((conn, close_now(all)));
+                continue;
+            }
             if !self.waiting.contains_key(&conn) {
                 let ready = if durable {
                     outputs.iter().take_while(|o| early(o)).count()
@@ -116,10 +192,74 @@ impl Held {
         (!now.is_empty()).then_some(now)
     }
 
-    /// The rounds whose batches are committed, oldest first.
+    /// Whether the store refuses its commits now: the last one failed, none succeeded since.
+    pub(crate) fn failing(&self) -> bool {
+        self.shared.failing.load(Ordering::Acquire)
+    }
+
+    /// Refuses `connect` on `outbox` (CONNACK 0x88, then the close; true) if the store is
+    /// failing and its CONNACK would wait for a commit. The engine never sees it.
+    pub(crate) fn refuse_connect(
+        &self,
+        connect: &Connect,
+        outbox: &crate::outbox::Outbox,
+        max_backlog: usize,
+    ) -> bool {
+        if !self.failing() || !needs_store(connect) {
+            return false;
+        }
+        tracing::warn!(
+            client_id = connect.client_id.as_str(),
+            "CONNECT refused (server unavailable): its session needs the store, which is refusing commits"
+        );
+        outbox.push(&mut unavailable(), max_backlog);
+        true
+    }
+
+    /// Takes everything `conn` has waiting, in order, out of the held rounds.
+    fn take_waiting(&mut self, conn: ConnectionId) -> Vec<Output> {
+        let mut taken = Vec::new();
+        if self.waiting.remove(&conn).is_none() {
+            return taken;
+        }
+        for (_, round) in &mut self.rounds {
+            round.retain_mut(|(c, outputs)| {
+                if *c == conn {
+                    taken.append(outputs);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.rounds.retain(|(_, round)| !round.is_empty());
+        taken
+    }
+
+    /// The rounds whose batches are committed, oldest first; while the store fails, also the
+    /// closes of connections with outputs waiting (see [`close_now`]).
     pub(crate) fn released(&mut self) -> Vec<Round> {
-        let committed = self.committed.load(Ordering::Acquire);
+        let committed = self.shared.committed.load(Ordering::Acquire);
         let mut out = Vec::new();
+        if self.failing() {
+            let closing: Vec<ConnectionId> = self
+                .rounds
+                .iter()
+                .flat_map(|(_, round)| round.iter())
+                .filter(|(_, outputs)| outputs.iter().any(|o| matches!(o, Output::Close)))
+                .map(|(conn, _)| *conn)
+                .collect();
+            let mut closes = Vec::new();
+            for conn in closing {
+                let all = self.take_waiting(conn);
+                if !all.is_empty() {
+                    closes.push((conn, close_now(all)));
+                }
+            }
+            if !closes.is_empty() {
+                out.push(closes);
+            }
+        }
         while self
             .rounds
             .front()
@@ -141,11 +281,16 @@ impl Held {
     }
 
     /// Lets the writer commit what it was sent and waits for it to stop: at shutdown, so
-    /// that the sessions parked last are in the store before the process ends.
+    /// that the sessions parked last are in the store before the process ends. A store that
+    /// refuses a commit now is not retried: what it did not take was never acknowledged.
     pub(crate) async fn finish(self) {
         let Self {
-            to_writer, thread, ..
+            to_writer,
+            thread,
+            shared,
+            ..
         } = self;
+        shared.stopping.store(true, Ordering::Release);
         drop(to_writer);
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -156,7 +301,7 @@ impl Held {
 fn writer(
     mut store: Box<dyn Store>,
     batches: std::sync::mpsc::Receiver<(u64, Vec<StoreOp>)>,
-    committed: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     wake: Arc<Notify>,
 ) {
     loop {
@@ -182,25 +327,43 @@ fn writer(
             ops.extend(more);
         }
         let mut failures = 0u32;
-        loop {
+        let stored = loop {
             match store.commit(&ops) {
-                Ok(()) => break,
+                Ok(()) => break true,
                 Err(err) => {
                     failures += 1;
+                    if failures == 1 {
+                        // The router refuses what would wait for the store, and lets
+                        // connections that are to close go.
+                        shared.failing.store(true, Ordering::Release);
+                        wake.notify_one();
+                    }
+                    if shared.stopping.load(Ordering::Acquire) {
+                        tracing::error!(%err, operations = ops.len(), "the store refused a commit at shutdown: given up (nothing it covers was acknowledged)");
+                        break false;
+                    }
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::error!(%err, failures, "the store refused a commit; acknowledgements wait until it succeeds");
                     }
-                    std::thread::sleep(RETRY);
+                    let mut waited = Duration::ZERO;
+                    while waited < RETRY && !shared.stopping.load(Ordering::Acquire) {
+                        std::thread::sleep(RETRY_STEP);
+                        waited += RETRY_STEP;
+                    }
                     if let Err(err) = store.recover() {
                         tracing::error!(%err, "the store cannot be opened again");
                     }
                 }
             }
+        };
+        if !stored {
+            continue;
         }
         if failures > 0 {
             tracing::warn!(failures, "the store commits again");
+            shared.failing.store(false, Ordering::Release);
         }
-        committed.store(last, Ordering::Release);
+        shared.committed.store(last, Ordering::Release);
         wake.notify_one();
     }
     // Stopping: make everything committed durable (periodic sync).

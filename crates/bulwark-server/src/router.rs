@@ -286,6 +286,12 @@ impl Router {
                 outbox,
                 auth,
             } => {
+                // A failing store refuses a session it would hold rather than leave it waiting.
+                if let Some(held) = &self.held
+                    && held.refuse_connect(&connect, &outbox, self.max_backlog)
+                {
+                    return;
+                }
                 // A takeover waits until the old connection's driver has forwarded what its
                 // client sent before this CONNECT arrived (a DISCONNECT 0x00 there discards
                 // the will [MQTT-3.14.4-3]), whatever order the tasks ran in.

@@ -221,3 +221,85 @@ async fn server_quiet(sub: &mut Raw, publisher: &mut Raw) {
         .await;
     }
 }
+
+/// A store whose commits fail while `full` is set, as on a full disk.
+#[derive(Debug)]
+struct FullDisk {
+    inner: MemoryImageStore,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for FullDisk {
+    fn load(&mut self) -> Result<Restored, StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                context: "writing the test store".to_owned(),
+                source: std::io::Error::from_raw_os_error(28), // ENOSPC
+            });
+        }
+        self.inner.commit(ops)
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_refuses_resumes_and_does_not_hold_up_shutdown() {
+    let image = MemoryImageStore::new();
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = FullDisk {
+        inner: image.clone(),
+        full: full.clone(),
+    };
+    let server = common::start_durable(|_| {}, Box::new(store)).await;
+    park_subscriber(server.addr, "sub", "t", QoS::AtLeastOnce).await;
+    full.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // A QoS 1 message for the parked session cannot be stored: it is not acknowledged.
+    let (mut publisher, _) = Raw::v5(server.addr, "pub").await;
+    publisher
+        .send(&common::publish("t", QoS::AtLeastOnce, 1, b"unstored"))
+        .await;
+    publisher
+        .expect_no_publish(Duration::from_millis(500))
+        .await;
+
+    // Resuming the session needs the store: refused at once, 5.0 0x88 and 3.1.1 code 3.
+    let (_raw, ack) = Raw::connect(server.addr, &persistent("sub")).await;
+    assert_eq!(
+        ack.reason_code,
+        bulwark_proto::ReasonCode::ServerUnavailable
+    );
+    let mut v311 = connect_packet(ProtocolVersion::V3_1_1, "sub");
+    v311.clean_start = false;
+    let (_raw, ack) = Raw::connect(server.addr, &v311).await;
+    assert_eq!(
+        ack.reason_code,
+        bulwark_proto::ReasonCode::ServerUnavailable
+    );
+    // A client that needs no store still gets in.
+    let (_clean, _) = Raw::v5(server.addr, "clean").await;
+
+    // Shutdown ends within the grace period (2 s here; `stop` allows 5), the publisher told
+    // to go without the acknowledgement of what was never stored.
+    let stopped = Instant::now();
+    server.stop().await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let rest = publisher.until_closed(common::WAIT).await;
+    assert!(
+        !rest.iter().any(|p| matches!(p, Packet::PubAck(_))),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|p| matches!(p, Packet::Disconnect(d)
+            if d.reason_code == bulwark_proto::ReasonCode::ServerShuttingDown)),
+        "{rest:?}"
+    );
+    assert_eq!(image.image().messages(), 0);
+}
