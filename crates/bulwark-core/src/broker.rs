@@ -293,8 +293,10 @@ pub struct Broker {
     /// [`Broker::poll_offence`] (bounded like `events`).
     offences: VecDeque<(ConnectionId, ReasonCode)>,
     quotas: Quotas,
-    /// When each overflowing session's last slow-consumer event was (bounded).
-    overflow_events: HashMap<SessionKey, Instant>,
+    /// Each overflowing session's slow-consumer reports (bounded).
+    overflow_events: HashMap<SessionKey, Overflow>,
+    /// When the first drops not reported yet are due to be (see [`Overflow`]).
+    next_overflow_report: Option<Instant>,
     /// Where changes for the durable store go; off without one.
     journal: Journal,
     /// Connections whose persistent session's own state changed this round.
@@ -304,6 +306,20 @@ pub struct Broker {
 /// Authorization events held for the caller at most; more are dropped (counted in
 /// [`Stats::events_dropped`]). The caller drains them after every call.
 const MAX_PENDING_EVENTS: usize = 4096;
+
+/// One session's slow-consumer reports: one event at most every
+/// [`crate::authz::EVENT_WINDOW`]; drops in between are counted, and reported together when
+/// the window ends (by [`Broker::handle_timeout`]) or with the next drop after it, so that
+/// the events add up to every message dropped.
+#[derive(Debug, Clone)]
+struct Overflow {
+    /// When the last event was.
+    at: Instant,
+    /// Messages dropped since, not reported yet.
+    unreported: u64,
+    /// The topic of the last of them.
+    topic: TopicName,
+}
 
 /// The version `$SYS/broker/version` reports.
 const VERSION: &str = concat!("bulwark ", env!("CARGO_PKG_VERSION"));
@@ -342,6 +358,7 @@ impl Broker {
             offences: VecDeque::new(),
             quotas: Quotas::default(),
             overflow_events: HashMap::new(),
+            next_overflow_report: None,
             journal: Journal::off(),
             dirty: Vec::new(),
         }
@@ -677,6 +694,7 @@ impl Broker {
             self.will_times.first().map(|&(at, _)| at),
             self.store.next_expiry(),
             self.next_sys,
+            self.next_overflow_report,
         ]
         .into_iter()
         .flatten()
@@ -2332,7 +2350,8 @@ impl Broker {
     }
 
     /// `dropped` messages of a session were lost to its full queue: counted, and recorded as
-    /// a security event at most once per session every [`crate::authz::EVENT_WINDOW`].
+    /// a security event at most once per session every [`crate::authz::EVENT_WINDOW`] (see
+    /// [`Overflow`]: the events add up to every message dropped).
     fn queue_overflow(
         &mut self,
         session: SessionKey,
@@ -2342,18 +2361,81 @@ impl Broker {
         now: Instant,
     ) {
         self.stats.messages_dropped_queue_full += dropped as u64;
-        let due = self
-            .overflow_events
-            .get(&session)
-            .is_none_or(|at| now.saturating_duration_since(*at) >= crate::authz::EVENT_WINDOW);
-        if !due {
-            return;
-        }
+        let dropped = dropped as u64;
+        let window = crate::authz::EVENT_WINDOW;
+        let unreported = match self.overflow_events.get_mut(&session) {
+            Some(o) if now.saturating_duration_since(o.at) < window => {
+                o.unreported = o.unreported.saturating_add(dropped);
+                o.topic = topic.clone();
+                let due = o.at.checked_add(window).unwrap_or(now);
+                self.next_overflow_report =
+                    Some(self.next_overflow_report.map_or(due, |at| at.min(due)));
+                return;
+            }
+            Some(o) => o.unreported,
+            None => 0,
+        };
         if self.overflow_events.len() >= MAX_PENDING_EVENTS {
             self.overflow_events
-                .retain(|_, at| now.saturating_duration_since(*at) < crate::authz::EVENT_WINDOW);
+                .retain(|_, o| now.saturating_duration_since(o.at) < window);
         }
-        self.overflow_events.insert(session, now);
+        self.overflow_events.insert(
+            session,
+            Overflow {
+                at: now,
+                unreported: 0,
+                topic: topic.clone(),
+            },
+        );
+        let conn = conn.or_else(|| {
+            self.conns
+                .iter()
+                .find(|(_, c)| c.session.key == session)
+                .map(|(id, _)| *id)
+        });
+        self.overflow_event(session, conn, topic, dropped.saturating_add(unreported));
+    }
+
+    /// Reports the drops of every session whose window has ended since its last event.
+    fn report_overflows(&mut self, now: Instant) {
+        if self.next_overflow_report.is_none_or(|at| at > now) {
+            return;
+        }
+        self.next_overflow_report = None;
+        let window = crate::authz::EVENT_WINDOW;
+        let mut due = Vec::new();
+        for (session, o) in &mut self.overflow_events {
+            if o.unreported == 0 {
+                continue;
+            }
+            let end = o.at.checked_add(window).unwrap_or(now);
+            if end <= now {
+                due.push((*session, o.topic.clone(), o.unreported));
+                o.at = now;
+                o.unreported = 0;
+            } else {
+                self.next_overflow_report =
+                    Some(self.next_overflow_report.map_or(end, |at| at.min(end)));
+            }
+        }
+        for (session, topic, count) in due {
+            let conn = self
+                .conns
+                .iter()
+                .find(|(_, c)| c.session.key == session)
+                .map(|(id, _)| *id);
+            self.overflow_event(session, conn, &topic, count);
+        }
+    }
+
+    /// The slow-consumer event of `count` messages of `session` dropped.
+    fn overflow_event(
+        &mut self,
+        session: SessionKey,
+        conn: Option<ConnectionId>,
+        topic: &TopicName,
+        count: u64,
+    ) {
         let principal = conn
             .and_then(|c| self.conns.get(&c))
             .map(|c| c.authz.principal.clone())
@@ -2376,7 +2458,7 @@ impl Broker {
             principal,
             action: "deliver",
             topic: topic.as_str().into(),
-            reason: format!("session queue full ({policy}): {dropped} message(s) dropped"),
+            reason: format!("session queue full ({policy}): {count} message(s) dropped"),
         });
     }
 
@@ -2465,6 +2547,7 @@ impl Broker {
     /// Fires what is due at `now`: delayed wills, session expiry, `$SYS` publication.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.fire_due_wills(now);
+        self.report_overflows(now);
         for session in self.store.take_expired(now) {
             self.end_session(session, now);
         }

@@ -819,3 +819,54 @@ async fn flapping_bans_only_the_flapping_user_from_a_client_id_never_its_owner()
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn slow_consumer_events_add_up_to_every_message_dropped() {
+    let dir = std::env::temp_dir().join(common::unique("bulwark-dropped"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let server = common::start_with(|c| {
+        c.broker.max_queued_messages = 5;
+        c.auth.audit_file = Some(audit.clone());
+    })
+    .await;
+    // A persistent subscriber goes away; 205 messages for it: 5 queued, 200 dropped.
+    let mut sub = connect_packet(ProtocolVersion::V5, "parked");
+    sub.clean_start = false;
+    sub.properties.session_expiry_interval = Some(300);
+    let (mut raw, _) = Raw::connect(server.addr, &sub).await;
+    raw.subscribe_qos(1, "drop/t", QoS::AtLeastOnce).await;
+    raw.send(&bulwark_proto::Disconnect::new(ReasonCode::Success))
+        .await;
+    raw.until_closed(common::WAIT).await;
+    let mut publisher = mqtt_from(server.addr, from(1), "dropper").await;
+    for id in 1..=205u16 {
+        publisher
+            .send(&common::publish("drop/t", QoS::AtLeastOnce, id, b"x"))
+            .await;
+        puback_code(&mut publisher, id).await;
+    }
+    // The first drop is reported at once, the other 199 when its 10 s window ends.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let counts: Vec<u64> = text
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"slow_consumer\""))
+            .filter_map(|l| {
+                let event: serde_json::Value = serde_json::from_str(l).ok()?;
+                let reason = event["reason"].as_str()?.to_owned();
+                let (_, tail) = reason.split_once("): ")?;
+                tail.split_once(' ')?.0.parse().ok()
+            })
+            .collect();
+        if counts.iter().sum::<u64>() == 200 {
+            assert_eq!(counts, [1, 199]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{counts:?} in {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
