@@ -816,11 +816,20 @@ impl AuthService {
                 let ticket = ticket(true, recheck);
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
+                    self.not_banned(address)?;
                 }
                 Ok(ticket)
             }
             Admission::Throttled => Err(Self::throttled()),
             Admission::Banned { remaining } => Err(Self::address_banned(remaining)),
+        }
+    }
+
+    /// Refuses an attempt whose address was banned while it waited its turn.
+    fn not_banned(&self, address: std::net::IpAddr) -> Result<(), Refusal> {
+        match lock(&self.guard).banned_for(address, Instant::now()) {
+            Some(remaining) => Err(Self::address_banned(remaining)),
+            None => Ok(()),
         }
     }
 
@@ -851,6 +860,7 @@ impl AuthService {
         let delay = self.recheck(ticket)?;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
+            self.not_banned(ticket.address)?;
         }
         Ok(())
     }
@@ -1193,6 +1203,9 @@ impl AuthService {
                 // Waiting is not done holding a thread's permit.
                 drop(turn);
                 tokio::time::sleep(delay).await;
+                if let Err(refusal) = self.not_banned(ticket.address) {
+                    return Step::Deny(refusal);
+                }
                 match self.pool.turn().await {
                     Some(again) => turn = again,
                     None => return Step::Deny(Refusal::busy()),

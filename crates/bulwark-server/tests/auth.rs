@@ -1150,23 +1150,11 @@ async fn a_changed_password_is_not_served_from_the_credential_cache() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn parallel_guesses_from_one_address_are_not_all_checked() {
-    let fixture = Fixture::new();
-    let server = fixture
-        .start_with(|c| {
-            quick_guard(c);
-            c.auth.guard.max_wait = Duration::from_secs(1);
-            c.auth.guard.ban_after = 0;
-        })
-        .await;
-    // Thirty SCRAM exchanges opened at once from one address, each sending a wrong proof:
-    // every one gets its server-first-message (nothing has failed yet), but each proof is
-    // checked only after the guard is asked again, so once the first ones have failed the
-    // others wait their turn or are refused unchecked.
+/// Runs `n` SCRAM logins of alice with a wrong password at once from 127.0.0.60; returns each
+/// CONNACK's reason code.
+async fn parallel_scram_guesses(addr: SocketAddr, n: usize) -> Vec<ReasonCode> {
     let mut tasks = Vec::new();
-    for _ in 0..30 {
-        let addr = server.addr;
+    for _ in 0..n {
         tasks.push(tokio::spawn(async move {
             let mut client = ScramClient::new(ScramHash::Sha256, "alice", "a guess").unwrap();
             let mut connect = connect_packet(ProtocolVersion::V5, "p");
@@ -1191,8 +1179,29 @@ async fn parallel_guesses_from_one_address_are_not_all_checked() {
             }
         }));
     }
+    let mut codes = Vec::new();
     for task in tasks {
-        assert_eq!(task.await.unwrap(), ReasonCode::BadUserNameOrPassword);
+        codes.push(task.await.unwrap());
+    }
+    codes
+}
+
+#[tokio::test]
+async fn parallel_guesses_from_one_address_are_not_all_checked() {
+    let fixture = Fixture::new();
+    let server = fixture
+        .start_with(|c| {
+            quick_guard(c);
+            c.auth.guard.max_wait = Duration::from_secs(1);
+            c.auth.guard.ban_after = 0;
+        })
+        .await;
+    // Thirty SCRAM exchanges opened at once from one address, each sending a wrong proof:
+    // every one gets its server-first-message (nothing has failed yet), but each proof is
+    // checked only after the guard is asked again, so once the first ones have failed the
+    // others wait their turn or are refused unchecked.
+    for code in parallel_scram_guesses(server.addr, 30).await {
+        assert_eq!(code, ReasonCode::BadUserNameOrPassword);
     }
     // Three checked at once (backoff after 3), then one slot each 0.2 s apart within the 1 s
     // bound (five more); the rest refused unchecked.
@@ -1210,6 +1219,33 @@ async fn parallel_guesses_from_one_address_are_not_all_checked() {
         .filter(|e| e["kind"] == "throttled")
         .count();
     assert_eq!(throttled, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_ban_stops_the_guesses_still_waiting_their_turn() {
+    let fixture = Fixture::new();
+    let server = fixture
+        .start_with(|c| {
+            quick_guard(c);
+            c.auth.guard.ban_after = 5;
+        })
+        .await;
+    let codes = parallel_scram_guesses(server.addr, 30).await;
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, ReasonCode::BadUserNameOrPassword | ReasonCode::Banned)),
+        "{codes:?}"
+    );
+    // The fifth failure banned the address: the proofs still waiting were not checked.
+    fixture.wait_event("ban", None).await;
+    let checked = fixture
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "auth_failure" && e["username"] == "alice")
+        .count();
+    assert_eq!(checked, 5, "{codes:?}");
     server.stop().await;
 }
 
