@@ -152,6 +152,9 @@ enum SubKey {
 struct SubEntry {
     options: SubscriptionOptions,
     id: Option<SubscriptionId>,
+    /// The ACL granted the filter with carve-outs: each message's topic is checked before
+    /// delivery through it. Without, nothing is checked (the filter's every topic is allowed).
+    checked: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -159,6 +162,8 @@ struct Member {
     session: SessionKey,
     options: SubscriptionOptions,
     id: Option<SubscriptionId>,
+    /// As [`SubEntry::checked`].
+    checked: bool,
 }
 
 #[derive(Debug)]
@@ -176,6 +181,7 @@ struct Target {
     qos: QoS,
     retain_as_published: bool,
     id: Option<SubscriptionId>,
+    checked: bool,
 }
 
 /// What a CONNACK accepting a connection says, besides the enhanced authentication's result.
@@ -453,7 +459,10 @@ impl Broker {
             self.owners.insert(key, record.owner);
             let mut count = 0isize;
             for sub in record.subscriptions {
-                self.index_subscription(key, &sub.filter, sub.options, sub.id);
+                // Checked or not is decided when the session's client is back (`prune`):
+                // until then its messages are queued, and what it may not receive is
+                // dropped from the queue then.
+                self.index_subscription(key, &sub.filter, sub.options, sub.id, false);
                 if session
                     .subscriptions
                     .insert(sub.filter.as_str().into(), sub)
@@ -1513,15 +1522,19 @@ impl Broker {
         };
         let key = session.key;
         let mut revoked = Vec::new();
-        let mut lowered = Vec::new();
+        // Every subscription kept is indexed again: its QoS may be lower now, and whether its
+        // messages are checked follows the carve-outs of the rules in force.
+        let mut kept = Vec::new();
         for (text, record) in &mut session.subscriptions {
             let decision =
                 acl.check_subscribe(record.filter.match_filter(), record.options.qos.as_u8());
             if !decision.allowed {
                 revoked.push((text.clone(), decision.to_string()));
-            } else if decision.qos < record.options.qos.as_u8() {
-                record.options.qos = QoS::from_u8(decision.qos).unwrap_or(QoS::AtMostOnce);
-                lowered.push(record.clone());
+            } else {
+                if decision.qos < record.options.qos.as_u8() {
+                    record.options.qos = QoS::from_u8(decision.qos).unwrap_or(QoS::AtMostOnce);
+                }
+                kept.push((record.clone(), !decision.carve_outs.is_empty()));
             }
         }
         session.retain_queued(|d| acl.may_receive(d.message.topic.as_str()));
@@ -1531,8 +1544,8 @@ impl Broker {
                 filters.push((record.filter, reason));
             }
         }
-        for record in lowered {
-            self.index_subscription(key, &record.filter, record.options, record.id);
+        for (record, checked) in kept {
+            self.index_subscription(key, &record.filter, record.options, record.id, checked);
         }
         self.touch(conn_id);
         for (filter, reason) in filters {
@@ -1726,7 +1739,8 @@ impl Broker {
                         self.subscriptions += 1;
                         self.count_subscriptions(session_key, 1);
                     }
-                    self.index_subscription(session_key, &sub.filter, options, id);
+                    let checked = decision.as_ref().is_some_and(|d| !d.carve_outs.is_empty());
+                    self.index_subscription(session_key, &sub.filter, options, id, checked);
                     let send = match options.retain_handling {
                         RetainHandling::SendOnSubscribe => true,
                         RetainHandling::SendIfNew => !existed,
@@ -1784,13 +1798,18 @@ impl Broker {
         filter: &TopicFilter,
         options: SubscriptionOptions,
         id: Option<SubscriptionId>,
+        checked: bool,
     ) {
         match filter.share_name() {
             None => {
                 self.index.insert(
                     filter.as_str(),
                     SubKey::Session(session),
-                    SubEntry { options, id },
+                    SubEntry {
+                        options,
+                        id,
+                        checked,
+                    },
                 );
             }
             Some(share) => {
@@ -1826,6 +1845,7 @@ impl Broker {
                         session,
                         options,
                         id,
+                        checked,
                     };
                     match group.members.iter_mut().find(|m| m.session == session) {
                         Some(existing) => *existing = member,
@@ -2201,6 +2221,7 @@ impl Broker {
                             qos: entry.options.qos,
                             retain_as_published: entry.options.retain_as_published,
                             id: entry.id,
+                            checked: entry.checked,
                         });
                     }
                 }
@@ -2216,12 +2237,18 @@ impl Broker {
             let mut qos = first.qos;
             let mut rap = first.retain_as_published;
             let mut ids: Vec<SubscriptionId> = first.id.into_iter().collect();
+            // One subscription without carve-outs that matches is proof enough.
+            let mut checked = first.checked;
             i += 1;
             while let Some(next) = targets.get(i).filter(|t| t.session == session) {
                 qos = qos.max(next.qos);
                 rap |= next.retain_as_published;
                 ids.extend(next.id);
+                checked &= next.checked;
                 i += 1;
+            }
+            if checked && !self.may_receive(session, &message) {
+                continue;
             }
             let delivery = Delivery {
                 message: message.clone(),
@@ -2243,8 +2270,15 @@ impl Broker {
         matched
     }
 
+    /// Whether the connected client of `session` may receive `message` under its ACL's
+    /// carve-outs. A parked session's messages are queued: what its client may not receive
+    /// is dropped from the queue when it is back ([`Broker::prune`]).
+    fn may_receive(&self, session: SessionKey, message: &Message) -> bool {
+        acl_allows(&self.online, &self.conns, session, message)
+    }
+
     /// Picks the next member of a shared group, round robin, preferring connected members,
-    /// never `except`.
+    /// never `except`, never one whose carve-outs keep the message out.
     fn deliver_to_group(
         &mut self,
         group: GroupKey,
@@ -2264,6 +2298,9 @@ impl Broker {
                 continue;
             };
             if Some(member.session) == except {
+                continue;
+            }
+            if member.checked && !acl_allows(&self.online, &self.conns, member.session, message) {
                 continue;
             }
             if self.online.contains_key(&member.session) {
@@ -2782,4 +2819,18 @@ fn apply_alias(conn: &mut Conn, publish: &mut Publish) {
         out.insert(publish.topic.as_str().into(), (alias, clock));
         publish.properties.topic_alias = Some(alias);
     }
+}
+
+/// [`Broker::may_receive`] over the fields it needs, for use while another field is borrowed.
+fn acl_allows(
+    online: &HashMap<SessionKey, ConnectionId>,
+    conns: &HashMap<ConnectionId, Box<Conn>>,
+    session: SessionKey,
+    message: &Message,
+) -> bool {
+    online
+        .get(&session)
+        .and_then(|c| conns.get(c))
+        .and_then(|c| c.authz.acl())
+        .is_none_or(|acl| acl.may_receive(message.topic.as_str()))
 }

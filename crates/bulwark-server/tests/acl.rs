@@ -250,9 +250,14 @@ async fn the_seed_patterns_decide_as_written() {
         sub_code(&mut reader, 1, "sensor/open/#").await,
         ReasonCode::GrantedQoS1
     );
-    // sensor/# would reach sensor/secret/#, which a deny rule keeps from everybody.
+    // sensor/# also reaches sensor/secret/#, which a deny rule keeps from everybody: granted,
+    // with that subtree carved out; sensor/secret/# itself is refused.
     assert_eq!(
         sub_code(&mut reader, 2, "sensor/#").await,
+        ReasonCode::GrantedQoS1
+    );
+    assert_eq!(
+        sub_code(&mut reader, 5, "sensor/secret/#").await,
         ReasonCode::NotAuthorized
     );
     assert_eq!(
@@ -289,10 +294,7 @@ async fn the_seed_patterns_decide_as_written() {
         sub_code(&mut admin, 2, "$SYS/#").await,
         ReasonCode::GrantedQoS1
     );
-    assert_eq!(
-        sub_code(&mut admin, 3, "#").await,
-        ReasonCode::NotAuthorized
-    );
+    assert_eq!(sub_code(&mut admin, 3, "#").await, ReasonCode::GrantedQoS1);
     assert!(allowed(pub_code(&mut admin, 4, "admin/cmd").await));
 
     let mut east = connect_as(&server, v5, "east1", "east-1").await;
@@ -320,7 +322,7 @@ async fn the_seed_patterns_decide_as_written() {
             .contains("no rule allows it"),
         "{event}"
     );
-    let event = fixture.wait_event("acl_denied", "sensor/#").await;
+    let event = fixture.wait_event("acl_denied", "sensor/secret/#").await;
     assert_eq!(event["action"], "subscribe");
     assert!(
         event["reason"].as_str().unwrap().contains("acl.toml:"),
@@ -641,7 +643,7 @@ async fn mqtt_3_1_1_denials_are_dropped_or_disconnect() {
     let ack = reader
         .subscribe(
             1,
-            "sensor/#",
+            "sensor/secret/#",
             SubscriptionOptions::qos(QoS::AtLeastOnce),
             None,
         )
@@ -790,5 +792,111 @@ async fn a_resumed_session_keeps_only_what_the_rules_now_allow() {
         .filter(|e| e["kind"] == "subscription_revoked" && e["client_id"] == "alice-p")
         .collect();
     assert_eq!(revoked.len(), 1, "{revoked:#?}");
+    server.stop().await;
+}
+
+/// "Everything under sensor/ except sensor/secret/": subscriptions that overlap a deny rule.
+const CARVE_OUT_RULES: &str = r##"
+[[rule]]
+permission = "allow"
+action = "subscribe"
+group = "readers"
+topics = ["sensor/#", "sensor/+/+"]
+
+[[rule]]
+permission = "allow"
+action = "publish"
+group = "controllers"
+topic = "sensor/#"
+
+[[rule]]
+permission = "deny"
+action = "subscribe"
+topic = "sensor/secret/#"
+"##;
+
+/// Publishes `topic_name` at QoS 1 (retained or not) and waits for its PUBACK.
+async fn publish_acked(raw: &mut Raw, packet_id: u16, topic_name: &str, retain: bool) {
+    let mut p = common::publish(topic_name, QoS::AtLeastOnce, packet_id, b"x");
+    p.retain = retain;
+    raw.send(&p).await;
+    loop {
+        if let Packet::PubAck(ack) = raw.recv().await {
+            assert!(allowed(ack.reason_code), "{topic_name}: {ack:?}");
+            return;
+        }
+    }
+}
+
+/// The topics of the PUBLISHes `raw` receives up to one to `marker`.
+async fn topics_until(raw: &mut Raw, marker: &str) -> Vec<String> {
+    let mut topics = Vec::new();
+    loop {
+        let got = raw.recv_publish().await;
+        if got.topic.as_str() == marker {
+            return topics;
+        }
+        topics.push(got.topic.as_str().to_owned());
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_that_overlaps_a_deny_rule_is_granted_with_the_carve_out() {
+    let fixture = Fixture::new();
+    fixture.write_rules(CARVE_OUT_RULES);
+    let server = fixture.start().await;
+    let v5 = ProtocolVersion::V5;
+    let mut bob = connect_as(&server, v5, "bob", "bob-carve").await;
+    // Retained messages on both sides of the carve-out, before anyone subscribes.
+    publish_acked(&mut bob, 1, "sensor/open/r", true).await;
+    publish_acked(&mut bob, 2, "sensor/secret/r", true).await;
+
+    let mut alice = connect_as(&server, v5, "alice", "alice-carve").await;
+    assert_eq!(
+        sub_code(&mut alice, 1, "sensor/#").await,
+        ReasonCode::GrantedQoS1
+    );
+    // Retained delivery goes through the carve-out too.
+    assert_eq!(alice.recv_publish().await.topic.as_str(), "sensor/open/r");
+    let mut shared = connect_as(&server, v5, "alice", "alice-shared").await;
+    assert_eq!(
+        sub_code(&mut shared, 1, "$share/g/sensor/#").await,
+        ReasonCode::GrantedQoS1
+    );
+    // Overlapping subscriptions, both with the carve-out: still kept out.
+    let mut both = connect_as(&server, v5, "alice", "alice-both").await;
+    assert_eq!(
+        sub_code(&mut both, 1, "sensor/#").await,
+        ReasonCode::GrantedQoS1
+    );
+    both.recv_publish().await;
+    assert_eq!(
+        sub_code(&mut both, 2, "sensor/+/+").await,
+        ReasonCode::GrantedQoS1
+    );
+    both.recv_publish().await;
+    // A filter inside the carve-out is refused.
+    assert_eq!(
+        sub_code(&mut alice, 2, "sensor/secret/+").await,
+        ReasonCode::NotAuthorized
+    );
+
+    for (i, t) in [
+        "sensor/open/t",
+        "sensor/secret/key",
+        "sensor/a/b/c",
+        "sensor/secret",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        publish_acked(&mut bob, u16::try_from(i + 10).unwrap(), t, false).await;
+    }
+    publish_acked(&mut bob, 20, "sensor/end", false).await;
+    // `sensor/secret/#` covers `sensor/secret` itself too.
+    let expected = ["sensor/open/t", "sensor/a/b/c"];
+    assert_eq!(topics_until(&mut alice, "sensor/end").await, expected);
+    assert_eq!(topics_until(&mut shared, "sensor/end").await, expected);
+    assert_eq!(topics_until(&mut both, "sensor/end").await, expected);
     server.stop().await;
 }

@@ -955,6 +955,10 @@ pub struct Decision {
     pub origin: Option<Origin>,
     /// Why.
     pub reason: Reason,
+    /// For an allowed SUBSCRIBE: the deny rules that keep some of the filter's topics out
+    /// (carve-outs). Messages reach such a subscription only after a check of their topic
+    /// ([`ClientAcl::may_receive`]); without carve-outs none is needed.
+    pub carve_outs: Vec<Origin>,
 }
 
 impl Decision {
@@ -964,6 +968,17 @@ impl Decision {
             qos: 0,
             origin,
             reason,
+            carve_outs: Vec::new(),
+        }
+    }
+
+    fn allow(qos: u8, origin: &Origin) -> Self {
+        Self {
+            allowed: true,
+            qos,
+            origin: Some(origin.clone()),
+            reason: Reason::Allowed,
+            carve_outs: Vec::new(),
         }
     }
 }
@@ -975,7 +990,15 @@ impl fmt::Display for Decision {
             .as_ref()
             .map_or_else(String::new, |o| format!(" ({o})"));
         match &self.reason {
-            Reason::Allowed => write!(f, "allowed{at}"),
+            Reason::Allowed if self.carve_outs.is_empty() => write!(f, "allowed{at}"),
+            Reason::Allowed => {
+                write!(f, "allowed{at} except the topics denied by ")?;
+                for (i, origin) in self.carve_outs.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{origin}")?;
+                }
+                f.write_str(" (each message checked at delivery)")
+            }
             Reason::DeniedByRule => write!(f, "denied by a deny rule{at}"),
             Reason::NoRule => f.write_str("no rule allows it"),
             Reason::QosAbove(max) => write!(f, "the allowing rule{at} allows at most QoS {max}"),
@@ -1011,12 +1034,7 @@ impl ClientAcl {
                     Reason::RetainNotAllowed,
                 ));
             } else {
-                return Decision {
-                    allowed: true,
-                    qos,
-                    origin: Some(entry.origin.clone()),
-                    reason: Reason::Allowed,
-                };
+                return Decision::allow(qos, &entry.origin);
             }
         }
         near.unwrap_or_else(|| Decision::deny(None, Reason::NoRule))
@@ -1040,15 +1058,24 @@ impl ClientAcl {
 
     /// May the client subscribe to `filter` (the topic filter, without any `$share/{name}/`)
     /// at `qos`? The granted QoS is in the decision.
+    ///
+    /// An allow rule must cover every topic the filter can match. A deny rule that covers
+    /// them all refuses it; one that covers only some of them ("everything under X but Y")
+    /// does not: the filter is granted with that rule as a carve-out, and its topics are kept
+    /// from the subscription at delivery ([`Decision::carve_outs`]).
     pub fn check_subscribe(&self, filter: &str, qos: u8) -> Decision {
         let Ok(filter) = Pattern::parse(filter) else {
             return Decision::deny(None, Reason::NoRule);
         };
         let mut best: Option<&Entry> = None;
+        let mut carve_outs = Vec::new();
         for entry in &self.subscribe {
             if !entry.allow {
-                if entry.pattern.overlaps(&filter) {
+                if entry.pattern.contains(&filter) {
                     return Decision::deny(Some(entry.origin.clone()), Reason::DeniedByRule);
+                }
+                if entry.pattern.overlaps(&filter) {
+                    carve_outs.push(entry.origin.clone());
                 }
             } else if entry.pattern.contains(&filter)
                 && best.is_none_or(|b| entry.max_qos > b.max_qos)
@@ -1058,10 +1085,8 @@ impl ClientAcl {
         }
         match best {
             Some(entry) => Decision {
-                allowed: true,
-                qos: qos.min(entry.max_qos),
-                origin: Some(entry.origin.clone()),
-                reason: Reason::Allowed,
+                carve_outs,
+                ..Decision::allow(qos.min(entry.max_qos), &entry.origin)
             },
             None => Decision::deny(None, Reason::NoRule),
         }

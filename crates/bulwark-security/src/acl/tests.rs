@@ -63,14 +63,27 @@ fn seed_patterns_decide_as_written() {
     assert!(!dev.check_subscribe("sensor/#", 0).allowed);
 
     let reader = rules.resolve(&user("r", &["readers"]), "r1");
-    assert!(reader.check_subscribe("sensor/open/+", 1).allowed);
-    assert!(
-        !reader.check_subscribe("sensor/+/temp", 1).allowed,
-        "reaches sensor/secret/temp"
-    );
+    let d = reader.check_subscribe("sensor/open/+", 1);
+    assert!(d.allowed && d.carve_outs.is_empty());
+    // sensor/+/temp also reaches sensor/secret/temp: granted, with the deny rule as a
+    // carve-out checked at delivery.
+    let d = reader.check_subscribe("sensor/+/temp", 1);
+    assert!(d.allowed);
+    assert_eq!(d.carve_outs.len(), 1);
     assert!(!reader.may_publish("sensor/a/temp", 0, false), "read-only");
-    // sensor/# would reach sensor/secret: refused as a whole.
+    // "sensor/# but not sensor/secret": granted with the carve-out.
     let d = reader.check_subscribe("sensor/#", 1);
+    assert!(d.allowed);
+    assert_eq!(d.qos, 1);
+    assert_eq!(d.reason, Reason::Allowed);
+    assert_eq!(d.origin.as_ref().unwrap().to_string(), "acl.toml:8");
+    assert_eq!(d.carve_outs[0].to_string(), "acl.toml:34");
+    assert_eq!(
+        d.to_string(),
+        "allowed (acl.toml:8) except the topics denied by acl.toml:34 (each message checked at delivery)"
+    );
+    // A filter inside the denied subtree is refused as a whole.
+    let d = reader.check_subscribe("sensor/secret/+", 1);
     assert!(!d.allowed);
     assert_eq!(d.reason, Reason::DeniedByRule);
     assert_eq!(d.origin.unwrap().to_string(), "acl.toml:34");
@@ -89,8 +102,11 @@ fn seed_patterns_decide_as_written() {
     );
 
     let admin = rules.resolve(&user("root", &["admins"]), "a");
-    // `#` reaches sensor/secret, which a deny rule keeps from everybody.
-    assert!(!admin.check_subscribe("#", 2).allowed);
+    // `#` reaches sensor/secret, which a deny rule keeps from everybody: a carve-out.
+    let d = admin.check_subscribe("#", 2);
+    assert!(d.allowed);
+    assert_eq!(d.carve_outs.len(), 1);
+    assert!(!admin.check_subscribe("sensor/secret/#", 2).allowed);
     assert!(admin.check_subscribe("admin/#", 2).allowed);
     assert!(admin.check_subscribe("+/x", 2).allowed);
     assert!(admin.check_subscribe("$SYS/#", 0).allowed);
