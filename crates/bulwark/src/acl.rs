@@ -56,6 +56,10 @@ enum AclCommand {
         /// Replace the --out file if it exists.
         #[arg(long, requires = "out")]
         force: bool,
+        /// Leave out the rule that lets the group "admins" (where `bulwark serve`'s first run
+        /// puts the user "admin") do everything; without it, the converted rules alone decide.
+        #[arg(long)]
+        no_admin_rule: bool,
     },
 }
 
@@ -89,9 +93,10 @@ struct CheckArgs {
     /// The client's username.
     #[arg(long, value_name = "USER", required_unless_present = "anonymous")]
     user: Option<String>,
-    /// The client identifier.
+    /// The client identifier; needed only when a rule depends on it (`{client_id}` in a topic,
+    /// or `client_id = ...`).
     #[arg(long, value_name = "ID")]
-    client_id: String,
+    client_id: Option<String>,
     /// The common name of the client's certificate.
     #[arg(long, value_name = "CN")]
     cert_cn: Option<String>,
@@ -157,7 +162,8 @@ pub(crate) fn run(args: AclArgs) -> ExitCode {
             mosquitto_file,
             out,
             force,
-        } => import_mosquitto(&mosquitto_file, out.as_deref(), force),
+            no_admin_rule,
+        } => import_mosquitto(&mosquitto_file, out.as_deref(), force, !no_admin_rule),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -282,7 +288,17 @@ fn check(args: &CheckArgs) -> Result<u8, Failure> {
         authenticated: !args.anonymous,
         claim: None,
     };
-    let acl = loaded.rules.resolve(&principal, &args.client_id);
+    let client_id = match (&args.client_id, rule_using_client_id(&loaded.rules)) {
+        (Some(id), _) => id.as_str(),
+        (None, None) => "",
+        (None, Some(rule)) => {
+            return Err(Failure::input(format!(
+                "the rule at {} depends on the client identifier ({rule}): pass --client-id ID",
+                rule.origin
+            )));
+        }
+    };
+    let acl = loaded.rules.resolve(&principal, client_id);
     let decision = match args.operation {
         Operation::Publish => {
             if checked == "$SYS" || checked.starts_with("$SYS/") {
@@ -296,6 +312,18 @@ fn check(args: &CheckArgs) -> Result<u8, Failure> {
         Operation::Subscribe => acl.check_subscribe(&checked, args.qos.unwrap_or(2)),
     };
     println!("{}", verdict_line(&loaded.rules, &decision, args.operation));
+    for origin in &decision.carve_outs {
+        let rule = loaded
+            .rules
+            .rules()
+            .iter()
+            .find(|r| r.origin == *origin)
+            .map_or_else(String::new, |r| format!("  {r}"));
+        println!("  except  {origin}{rule}");
+    }
+    if !decision.carve_outs.is_empty() {
+        println!("  (carve-outs: messages to the topics these deny rules cover are not delivered)");
+    }
     if matches!(
         decision.reason,
         Reason::QosAbove(_) | Reason::RetainNotAllowed
@@ -303,6 +331,17 @@ fn check(args: &CheckArgs) -> Result<u8, Failure> {
         println!("  {decision}");
     }
     Ok(if decision.allowed { 0 } else { 1 })
+}
+
+/// The first rule whose effect depends on the client identifier, if any.
+fn rule_using_client_id(rules: &AclRules) -> Option<&bulwark_security::acl::Rule> {
+    rules.rules().iter().find(|rule| {
+        !rule.who.client_ids.is_empty()
+            || rule
+                .topics
+                .iter()
+                .any(|topic| topic.as_str().contains("{client_id}"))
+    })
 }
 
 /// `ALLOW  acl.toml:14  allow publish actuator/# ...`: the verdict and the rule that gave it.
@@ -373,19 +412,42 @@ fn other_identities(config: &ServerConfig) -> Option<&'static str> {
     }
 }
 
+/// The rule of the first run's ACL for administrators, the group `bulwark serve` puts the user
+/// "admin" in. An imported ACL starts with it, or the administrator would be locked out.
+pub(crate) const ADMIN_RULE: &str = r##"# Administrators (the group "admins" of the password store): everything, $SYS included.
+[[rule]]
+permission = "allow"
+action = "all"
+group = "admins"
+topics = ["#", "$SYS/#"]
+"##;
+
 /// Printed after a conversion: the one place where the converted rules decide otherwise.
 const SUBSCRIBE_NOTE: &str = "note: Bulwark grants a SUBSCRIBE only if every topic its filter \
 can match is allowed; Mosquitto grants it and filters what it delivers. A client allowed to \
 read sensors/public/# may no longer subscribe to sensors/#. Review the rules, then run \
 `bulwark acl lint`.";
 
-fn import_mosquitto(mosquitto_file: &Path, out: Option<&Path>, force: bool) -> Result<u8, Failure> {
+fn import_mosquitto(
+    mosquitto_file: &Path,
+    out: Option<&Path>,
+    force: bool,
+    admin_rule: bool,
+) -> Result<u8, Failure> {
     let text = files::read_text(mosquitto_file, "Mosquitto acl_file", MAX_FILE_BYTES)
         .map_err(Failure::input)?;
     let source = mosquitto_file.display().to_string();
-    let converted = convert_mosquitto(&text, &source).map_err(Failure::inputs)?;
+    let converted = convert_mosquitto(&text, &source, admin_rule).map_err(Failure::inputs)?;
     for note in &converted.notes {
         eprintln!("note: {note}");
+    }
+    if admin_rule {
+        eprintln!(
+            "note: the output starts with a rule that lets the group \"admins\" do everything, \
+             as the first run's ACL does (`bulwark serve` puts the user \"admin\" in that group): \
+             without it, the converted rules would lock the administrator out. \
+             --no-admin-rule leaves it out."
+        );
     }
     match out {
         None => print!("{}", converted.toml),
@@ -421,11 +483,18 @@ struct Converted {
 /// is a rule of that user (of anonymous clients before any `user` line), `pattern [ACCESS]
 /// TOPIC` a rule of every client with `%u` and `%c` substituted. Every problem is returned,
 /// each with its line.
-fn convert_mosquitto(text: &str, source: &str) -> Result<Converted, Vec<String>> {
+fn convert_mosquitto(text: &str, source: &str, admin_rule: bool) -> Result<Converted, Vec<String>> {
     let mut out = format!(
         "# Converted from the Mosquitto acl_file {} by `bulwark acl import-mosquitto`.\n",
         comment_text(source)
     );
+    if admin_rule {
+        out.push_str(
+            "\n# Not from the Mosquitto file: what the first run's ACL grants administrators\n\
+             # (`--no-admin-rule` leaves it out).\n",
+        );
+        out.push_str(ADMIN_RULE);
+    }
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     let mut user: Option<&str> = None;
@@ -583,9 +652,15 @@ mod tests {
                     user bob smith\n\
                     topic readwrite %u/x\n\
                     pattern read devices/%c/%u/#\n";
-        let converted = convert_mosquitto(text, "acl").unwrap();
+        let converted = convert_mosquitto(text, "acl", false).unwrap();
         let rules = AclRules::parse(&converted.toml, "out").unwrap();
         let shown: Vec<String> = rules.rules().iter().map(ToString::to_string).collect();
+        // With the administrators' rule, it comes first and the converted ones follow.
+        let with_admin = convert_mosquitto(text, "acl", true).unwrap();
+        let with_admin = AclRules::parse(&with_admin.toml, "out").unwrap();
+        let first: Vec<String> = with_admin.rules().iter().map(ToString::to_string).collect();
+        assert_eq!(first[0], "allow all # $SYS/# group=admins");
+        assert_eq!(first[1..], shown[..]);
         assert_eq!(
             shown,
             [
@@ -614,7 +689,7 @@ mod tests {
     #[test]
     fn mosquitto_problems_name_their_lines() {
         let text = "user\ntopic read\nallow x\npattern a/%x\npattern dev-%u\ntopic a/{b}\ntopic a/#/b\npattern read ok/%u\n";
-        let problems = convert_mosquitto(text, "acl").unwrap_err();
+        let problems = convert_mosquitto(text, "acl", true).unwrap_err();
         let lines: Vec<&str> = problems
             .iter()
             .map(|p| p.split(": ").next().unwrap())
@@ -631,13 +706,13 @@ mod tests {
             "{}",
             problems[2]
         );
-        assert!(convert_mosquitto("# nothing\n", "acl").is_err());
+        assert!(convert_mosquitto("# nothing\n", "acl", true).is_err());
     }
 
     #[test]
     fn odd_names_stay_valid_toml() {
         let converted =
-            convert_mosquitto("user we\"ird\\name\u{7}\ntopic a\"b\\c\n", "acl").unwrap();
+            convert_mosquitto("user we\"ird\\name\u{7}\ntopic a\"b\\c\n", "acl", false).unwrap();
         let rules = AclRules::parse(&converted.toml, "out").unwrap();
         let rule = &rules.rules()[0];
         assert_eq!(rule.who.users, ["we\"ird\\name\u{7}"]);

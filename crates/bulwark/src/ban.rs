@@ -121,6 +121,38 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A time in seconds since 1970 as RFC 3339 UTC, to the second (`2026-12-07T11:20:00Z`).
+fn utc(secs: u64) -> String {
+    let time = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_secs(secs))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let text = bulwark_security::event::rfc3339(time);
+    // The event format carries milliseconds; a ban's end is whole seconds.
+    match text.strip_suffix(".000Z") {
+        Some(seconds) => format!("{seconds}Z"),
+        None => text,
+    }
+}
+
+/// A duration as the largest whole units that describe it (`2h`, `1d 3h`, `90s`).
+fn human_duration(secs: u64) -> String {
+    let units = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    let mut left = secs;
+    let mut parts = Vec::new();
+    for (size, unit) in units {
+        let n = left / size;
+        if n > 0 {
+            parts.push(format!("{n}{unit}"));
+            left %= size;
+        }
+    }
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
 /// Runs `bulwark ban ...`.
 pub(crate) fn run(args: BanArgs) -> ExitCode {
     let result = match args.command {
@@ -167,7 +199,11 @@ fn add(
     .map_err(|e| (1, e.to_string()))?;
     save(file, &list)?;
     match expires {
-        Some(e) => println!("banned {shown} for {} s (until Unix time {e})", e - now),
+        Some(e) => println!(
+            "banned {shown} for {} (until {})",
+            human_duration(e - now),
+            utc(e)
+        ),
         None => println!("banned {shown} until removed"),
     }
     Ok(())
@@ -198,7 +234,7 @@ fn list(all: bool, file: &Path) -> Result<(), (u8, String)> {
     for ban in shown {
         let until = match ban.expires {
             None => "until removed".to_owned(),
-            Some(e) if e > now => format!("{} s left", e - now),
+            Some(e) if e > now => format!("until {}, {} left", utc(e), human_duration(e - now)),
             Some(_) => "ended".to_owned(),
         };
         println!("{}  ({until}, by {})  {}", ban.target, ban.by, ban.reason);
@@ -209,6 +245,15 @@ fn list(all: bool, file: &Path) -> Result<(), (u8, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc3339_and_durations_read_as_units() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_796_642_400), "2026-12-07T11:20:00Z");
+        assert_eq!(human_duration(7200), "2h");
+        assert_eq!(human_duration(90_061), "1d 1h 1m 1s");
+        assert_eq!(human_duration(0), "0s");
+    }
 
     #[test]
     fn durations_take_units() {

@@ -217,7 +217,7 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
     tls.client_ca = Some(pki.ca.clone());
     let acl = dir.join(ACL_FILE);
     if !acl.exists() {
-        bulwark_server::files::write_new(&acl, FIRST_RUN_ACL.as_bytes())
+        bulwark_server::files::write_new(&acl, first_run_acl().as_bytes())
             .map_err(|e| format!("secure first run in {}: {e}", dir.display()))?;
     }
     let mut config = ServerConfig::default();
@@ -309,20 +309,21 @@ const AUDIT_FILE: &str = "audit.jsonl";
 const ACL_FILE: &str = "acl.toml";
 const BANS_FILE: &str = "bans.toml";
 
-/// The first run's ACL: administrators may do everything, every other user its own
+/// The first run's ACL: [`FIRST_RUN_ACL_HEAD`], then administrators may do everything
+/// ([`acl::ADMIN_RULE`]), then [`FIRST_RUN_ACL`]: every other user its own
 /// `devices/{username}/#`; anything else waits for a rule.
-const FIRST_RUN_ACL: &str = r##"# Bulwark ACL (docs/acl.md). Default deny: what no rule allows is refused, and a deny
+fn first_run_acl() -> String {
+    format!("{FIRST_RUN_ACL_HEAD}\n{}\n{FIRST_RUN_ACL}", acl::ADMIN_RULE)
+}
+
+const FIRST_RUN_ACL_HEAD: &str =
+    "# Bulwark ACL (docs/acl.md). Default deny: what no rule allows is refused, and a deny
 # beats any allow. Reloaded when the file changes and on SIGHUP; check a decision with
-#   bulwark acl check --file THIS_FILE --user NAME --client-id ID publish|subscribe TOPIC
+#   bulwark acl check --file THIS_FILE --user NAME publish|subscribe TOPIC
+# (--client-id ID too when a rule uses {client_id}).
+";
 
-# Administrators (the group "admins" of the password store): everything, $SYS included.
-[[rule]]
-permission = "allow"
-action = "all"
-group = "admins"
-topics = ["#", "$SYS/#"]
-
-# Every authenticated user (a certificate's name counts as one) its own subtree.
+const FIRST_RUN_ACL: &str = r##"# Every authenticated user (a certificate's name counts as one) its own subtree.
 [[rule]]
 permission = "allow"
 action = "all"

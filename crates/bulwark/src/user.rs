@@ -383,9 +383,10 @@ fn import_mosquitto(path: &Path, mosquitto_file: &Path, groups: &[String]) -> Re
     }
     save(path, &store)?;
     println!(
-        "imported {} user(s) from {} into {}; their Mosquitto hashes keep working and are \
-         upgraded to argon2id at each user's next login; they have no SCRAM keys until \
-         `bulwark user passwd`",
+        "imported {} user(s) from {} into {}; their Mosquitto hashes keep working for \
+         password logins. At each user's first password login the broker replaces the hash \
+         with argon2id and adds SCRAM-SHA-256/512 keys; until then (or until `bulwark user \
+         passwd`) the user cannot log in with SCRAM (MQTT 5 enhanced authentication)",
         entries.len(),
         mosquitto_file.display(),
         path.display()

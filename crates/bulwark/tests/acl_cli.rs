@@ -161,7 +161,8 @@ fn check_explains_the_seed_patterns() {
         default_deny
     );
 
-    // sensor/# is read-only, and never reaches sensor/secret.
+    // sensor/# is read-only, and never reaches sensor/secret: a subscription to it is granted
+    // with sensor/secret/# carved out; one inside sensor/secret/ is refused.
     let reader = |rest: &[&str], code| {
         as_user(
             d,
@@ -176,7 +177,11 @@ fn check_explains_the_seed_patterns() {
         "ALLOW  acl.toml:8  allow subscribe sensor/# group=readers  granted QoS 1\n"
     );
     assert_eq!(
-        reader(&["subscribe", "sensor/#"], 1),
+        reader(&["subscribe", "sensor/#"], 0),
+        "ALLOW  acl.toml:8  allow subscribe sensor/# group=readers  granted QoS 2\n  except  acl.toml:34  deny all sensor/secret/#\n  (carve-outs: messages to the topics these deny rules cover are not delivered)\n"
+    );
+    assert_eq!(
+        reader(&["subscribe", "sensor/secret/+"], 1),
         "DENY  acl.toml:34  deny all sensor/secret/#\n"
     );
     assert_eq!(reader(&["publish", "sensor/open/x"], 1), default_deny);
@@ -186,8 +191,8 @@ fn check_explains_the_seed_patterns() {
         "ALLOW  acl.toml:8  allow subscribe sensor/# group=readers  granted QoS 2\n"
     );
     assert_eq!(
-        reader(&["subscribe", "$share/g/sensor/#"], 1),
-        "DENY  acl.toml:34  deny all sensor/secret/#\n"
+        reader(&["subscribe", "$share/g/sensor/#"], 0),
+        "ALLOW  acl.toml:8  allow subscribe sensor/# group=readers  granted QoS 2\n  except  acl.toml:34  deny all sensor/secret/#\n  (carve-outs: messages to the topics these deny rules cover are not delivered)\n"
     );
 
     // actuator/# is write-only for controllers, at most QoS 1, never retained.
@@ -686,7 +691,22 @@ fn import_mosquitto_then_check() {
         )),
         "{line}"
     );
-    as_user(d, "alice", "a", &["subscribe", "alice/#", "--qos", "1"], 1);
+    // Her subtree but her secret: granted with the deny as a carve-out.
+    let line = as_user(d, "alice", "a", &["subscribe", "alice/#", "--qos", "1"], 0);
+    assert!(
+        line.contains(&format!(
+            "\n  except  {}  deny all alice/secret user=alice\n",
+            at("# line 7: topic deny alice/secret")
+        )),
+        "{line}"
+    );
+    as_user(
+        d,
+        "alice",
+        "a",
+        &["subscribe", "alice/secret", "--qos", "1"],
+        1,
+    );
     let line = as_user(d, "alice", "a", &["publish", "alice/secret"], 1);
     assert_eq!(
         line,
@@ -792,4 +812,94 @@ fn import_mosquitto_reports_bad_lines() {
     assert!(lines[2].contains("%u and %c"), "{}", run.stderr);
     assert!(lines[3].starts_with("error: bad.acl:7: "), "{}", run.stderr);
     assert!(!d.join("acl.toml").exists());
+}
+
+/// An imported Mosquitto ACL used as it is keeps `bulwark serve`'s administrator in (the group
+/// "admins" of the first run's password store), and says so; --no-admin-rule leaves it out.
+#[test]
+fn imported_rules_keep_the_administrator_in() {
+    let dir = TempDir::new("acl", "import-admin");
+    let d = &dir.0;
+    std::fs::write(d.join("mosquitto.acl"), MOSQUITTO).unwrap();
+    write_store(&d.join("passwords.toml"), &[("admin", &["admins"])]);
+    // Imports mosquitto.acl into acl.toml with `extra` arguments; returns whether it said
+    // that the administrators' rule was added.
+    let import = |extra: &[&str]| {
+        let args = [
+            &[
+                "acl",
+                "import-mosquitto",
+                "mosquitto.acl",
+                "--out",
+                "acl.toml",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let run = bulwark(d, &args);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        run.stderr.contains("lock the administrator out")
+    };
+    assert!(import(&[]), "no note about the administrators' rule");
+    // The converted rules use {client_id} (a `pattern` with %c): --client-id is needed.
+    let admin = [
+        "--file",
+        "acl.toml",
+        "--passwords",
+        "passwords.toml",
+        "--user",
+        "admin",
+        "--client-id",
+        "admin-1",
+    ];
+    for (operation, topic) in [
+        ("subscribe", "#"),
+        ("publish", "alice/secret"),
+        ("subscribe", "$SYS/#"),
+    ] {
+        check(d, &[&admin[..], &[operation, topic]].concat(), 0);
+    }
+    assert!(!import(&["--force", "--no-admin-rule"]));
+    check(d, &[&admin[..], &["subscribe", "#"]].concat(), 1);
+}
+
+/// `acl check` needs --client-id only when a rule depends on the client identifier, and then
+/// says which rule.
+#[test]
+fn check_asks_for_a_client_id_only_when_a_rule_uses_it() {
+    let dir = TempDir::new("acl", "no-client-id");
+    let d = &dir.0;
+    let allow_all_on = |topic: &str| {
+        let rule =
+            format!("[[rule]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"{topic}\"\n");
+        std::fs::write(d.join("acl.toml"), rule).unwrap();
+    };
+    let user = |name: &'static str, rest: &[&'static str]| {
+        [&["--file", "acl.toml", "--user", name][..], rest].concat()
+    };
+    allow_all_on("devices/{username}/#");
+    let line = check(d, &user("sensor-1", &["publish", "devices/sensor-1/t"]), 0);
+    assert!(line.starts_with("ALLOW"), "{line}");
+    check(d, &user("sensor-1", &["publish", "devices/sensor-2/t"]), 1);
+
+    allow_all_on("devices/{client_id}/#");
+    let run = bulwark(
+        d,
+        &[
+            &["acl", "check"][..],
+            &user("u", &["publish", "devices/c/t"]),
+        ]
+        .concat(),
+    );
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("acl.toml:1") && run.stderr.contains("pass --client-id"),
+        "{}",
+        run.stderr
+    );
+    check(
+        d,
+        &user("u", &["--client-id", "c", "publish", "devices/c/t"]),
+        0,
+    );
 }

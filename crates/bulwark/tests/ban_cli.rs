@@ -37,6 +37,13 @@ fn bans_are_added_listed_and_removed() {
         f,
     ]);
     assert!(out.status.success(), "{}", text(&out));
+    // The end is a date, not a count of seconds since 1970.
+    let said = text(&out);
+    assert!(said.contains("for 2h (until 20"), "{said}");
+    assert!(
+        said.trim_end().ends_with("Z)") && !said.contains("Unix time"),
+        "{said}"
+    );
     let out = ban(&["add", "--client-id", "bad-device", "--file", f]);
     assert!(out.status.success(), "{}", text(&out));
     let out = ban(&["list", "--file", f]);

@@ -394,7 +394,7 @@ fn files_open_to_other_users_are_warned_about_at_start_and_reload() {
     };
     chmod(&store, 0o644);
     chmod(&acl, 0o666);
-    let (mut child, rx, log) = serve_until_listening(&[
+    let (child, rx, log) = serve_until_listening(&[
         "--listen",
         "127.0.0.1:0",
         "--data-dir",

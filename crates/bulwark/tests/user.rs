@@ -302,7 +302,15 @@ fn import_mosquitto_keeps_hashes_and_refuses_existing_names() {
         "",
     );
     assert!(out.contains("imported 1 user"), "{out}");
-    assert!(out.contains("no SCRAM keys"), "{out}");
+    // SCRAM keys come with the first password login (the server's hash upgrade, tested in
+    // bulwark-server's an_imported_mosquitto_hash_works_and_is_upgraded_at_login), not only
+    // with `bulwark user passwd`.
+    assert!(
+        out.contains("first password login")
+            && out.contains("adds SCRAM-SHA-256/512 keys")
+            && out.contains("cannot log in with SCRAM"),
+        "{out}"
+    );
     #[cfg(unix)]
     assert_eq!(mode(&store), 0o600);
     let parsed = load(&store);
