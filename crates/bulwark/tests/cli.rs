@@ -452,3 +452,34 @@ fn a_data_dir_that_is_a_file_is_explained() {
         );
     }
 }
+
+/// The README promises only what is built: the tamper-evident audit log and the scanner are
+/// future work, so every paragraph naming them says they are not built yet, and `bulwark scan`
+/// is indeed not a command (when it becomes one, the README can say so).
+#[test]
+fn the_readme_promises_only_what_is_built() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    // Paragraphs, and each row of a table on its own.
+    let parts = readme.split("\n\n").flat_map(|paragraph| {
+        if paragraph.starts_with('|') {
+            paragraph.lines().collect::<Vec<_>>()
+        } else {
+            vec![paragraph]
+        }
+    });
+    for part in parts {
+        let lower = part.to_lowercase();
+        if ["tamper-evident", "scanner", "bulwark scan"]
+            .iter()
+            .any(|word| lower.contains(word))
+        {
+            assert!(lower.contains("not built"), "promised as built:\n{part}");
+        }
+    }
+    let scan = bulwark().args(["scan", "--help"]).output().unwrap();
+    assert!(
+        !scan.status.success(),
+        "bulwark scan exists: update the README"
+    );
+}
