@@ -698,6 +698,16 @@ impl Raw {
         self.stream.write_all(bytes).await.expect("write");
     }
 
+    /// Sends `packet` to a server that may close the connection before the whole packet is
+    /// written (it refuses a packet too large from its fixed header, resets a socket it
+    /// refuses): a failed write is then the expected outcome, not a test failure. What the
+    /// server sent before closing is read afterwards ([`Raw::until_closed`]).
+    pub async fn send_to_closing<P: Encode + ?Sized>(&mut self, packet: &P) {
+        let mut buf = BytesMut::new();
+        self.encoder.encode(packet, &mut buf).expect("encodes");
+        let _ = self.stream.write_all(&buf).await;
+    }
+
     /// The next packet, EOF, a decode failure, or a timeout after `within`.
     pub async fn recv_within(&mut self, within: Duration) -> Recv {
         let deadline = tokio::time::Instant::now() + within;
