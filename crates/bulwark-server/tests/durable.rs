@@ -303,3 +303,39 @@ async fn a_failing_store_refuses_resumes_and_does_not_hold_up_shutdown() {
     );
     assert_eq!(image.image().messages(), 0);
 }
+
+#[tokio::test]
+async fn once_the_store_takes_commits_again_everything_held_goes_out() {
+    let image = MemoryImageStore::new();
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = FullDisk {
+        inner: image.clone(),
+        full: full.clone(),
+    };
+    let server = common::start_durable(|_| {}, Box::new(store)).await;
+    park_subscriber(server.addr, "sub", "t", QoS::AtLeastOnce).await;
+    full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut publisher, _) = Raw::v5(server.addr, "pub").await;
+    publisher
+        .send(&common::publish("t", QoS::AtLeastOnce, 1, b"late"))
+        .await;
+    publisher
+        .expect_no_publish(Duration::from_millis(500))
+        .await;
+    let (_refused, ack) = Raw::connect(server.addr, &persistent("sub")).await;
+    assert_eq!(
+        ack.reason_code,
+        bulwark_proto::ReasonCode::ServerUnavailable
+    );
+    // Room on the disk again: the retry stores the message, its PUBACK comes, and the
+    // session can be resumed with the message in it.
+    full.store(false, std::sync::atomic::Ordering::SeqCst);
+    match publisher.recv().await {
+        Packet::PubAck(ack) => assert_eq!(ack.packet_id, pid(1)),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    let (mut sub, ack) = Raw::connect(server.addr, &persistent("sub")).await;
+    assert!(ack.session_present, "{ack:?}");
+    assert_eq!(sub.recv_publish().await.payload.as_ref(), b"late");
+    server.stop().await;
+}
