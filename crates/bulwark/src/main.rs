@@ -28,7 +28,7 @@ use tracing::{error, info};
     version,
     about = "A security-first MQTT broker",
     long_about = "A security-first MQTT broker.\n\n\
-        `bulwark serve` without a configuration file runs the secure first run: a CA, a server \
+        `bulwark serve` without --config and --listen runs the secure first run: a CA, a server \
         certificate, a password store with the user \"admin\" and an ACL are made in \
         ./bulwark-data; MQTT over TLS is served on 0.0.0.0:8883 and [::]:8883 (clients with a \
         certificate from that CA or a username and password) and plain MQTT on 127.0.0.1:1883 \
@@ -50,8 +50,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Plain MQTT (no TLS) on this address instead of the configured or first-run
-        /// listeners (repeatable; loopback only). Users and ACL come from --data-dir when it
-        /// has them; without a password store nobody gets in unless
+        /// listeners (repeatable; loopback only). Without --config, users and ACL come from
+        /// --data-dir when it has them; without a password store nobody gets in unless
         /// --dangerous-allow-anonymous is given.
         #[arg(long, value_name = "IP:PORT", value_parser = config::parse_bind)]
         listen: Vec<SocketAddr>,
@@ -118,9 +118,9 @@ Nobody connects anonymously. A host without IPv6 serves the IPv4 listeners only.
 
 With --config FILE: the listeners and settings of that file (every key: docs/config.md).
 
-With --listen ADDR:PORT: plain MQTT on that loopback address instead, with the users and ACL
-of --data-dir if it has them (no ACL file: authorization is off); without a password store
-nobody gets in: add a user with `bulwark user add NAME --file DATA_DIR/passwords.toml`, or
+With --listen IP:PORT: plain MQTT on that loopback address instead of the listeners; without
+--config, with the users and ACL of --data-dir if it has them (no ACL file: authorization is
+off), and without a password store nobody gets in: add a user with `bulwark user add NAME --file DATA_DIR/passwords.toml`, or
 let anyone in for local testing with --dangerous-allow-anonymous.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -570,4 +570,50 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
                 .ok_or_else(|| format!("not a hex byte: {:?}", String::from_utf8_lossy(pair)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_password_goes_to_a_terminal_only() {
+        let file = std::path::Path::new("data/admin-password.txt");
+        let shown = admin_notice("Secret-Words-99", file, true);
+        assert!(shown.contains("Secret-Words-99"), "{shown}");
+        let logged = admin_notice("Secret-Words-99", file, false);
+        assert!(!logged.contains("Secret-Words-99"), "{logged}");
+        assert!(logged.contains("its password is in data/admin-password.txt"));
+        // The command it suggests reads the file rather than holding the password.
+        for text in [&shown, &logged] {
+            assert!(
+                text.contains("-P \"$(cat data/admin-password.txt)\""),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_run_listens_on_both_families_and_ipv6_is_optional() {
+        let tls = bulwark_server::tls::TlsSettings::new("s.pem", "s.key");
+        let listeners = first_run_listeners(&tls);
+        let shown: Vec<(String, bool)> = listeners
+            .iter()
+            .map(|l| (l.bind.to_string(), l.optional))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("127.0.0.1:1883".to_owned(), false),
+                ("[::1]:1883".to_owned(), true),
+                ("0.0.0.0:8883".to_owned(), false),
+                ("[::]:8883".to_owned(), true),
+            ]
+        );
+        assert!(
+            listeners
+                .iter()
+                .all(|l| l.bind.port() == 8883 || l.bind.ip().is_loopback())
+        );
+    }
 }
