@@ -184,9 +184,10 @@ async fn mqtt_over_websocket_over_tls() {
     .await;
     let addr = server.addr;
     let der = cert.cert.der().clone();
-    let publish = in_thread(move || {
+    // A TLS connection to the listener that trusts the test certificate.
+    let connect = move || {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(der).unwrap();
+        roots.add(der.clone()).unwrap();
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -196,14 +197,36 @@ async fn mqtt_over_websocket_over_tls() {
         .with_no_client_auth();
         let tls = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
             .unwrap();
-        let stream = rustls::StreamOwned::new(tls, std_tcp(addr));
+        rustls::StreamOwned::new(tls, std_tcp(addr))
+    };
+    let again = connect.clone();
+    let publish = in_thread(move || {
         let (mut ws, _) =
-            tungstenite::client::client(ws_request(addr, "wss", "/mqtt", "mqttv3.1"), stream)
+            tungstenite::client::client(ws_request(addr, "wss", "/mqtt", "mqttv3.1"), connect())
                 .unwrap();
         round_trip(&mut ws, "wss1")
     })
     .await;
     assert_eq!(publish, publish_packet("ws/t", b"hi"));
+    // A browser opening the address as a page: a plain HTTPS GET gets HTTP 426 and a line of
+    // text, not an empty reply.
+    let page = in_thread(move || {
+        let mut stream = again();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        // The broker closes after its answer; a TLS close without close_notify reads as an
+        // error after the data, which the answer read so far shows.
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    })
+    .await;
+    assert!(
+        page.starts_with("HTTP/1.1 426 Upgrade Required\r\n")
+            && page.contains("MQTT over WebSocket endpoint"),
+        "{page}"
+    );
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
