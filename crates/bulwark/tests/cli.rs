@@ -248,6 +248,30 @@ fn the_secure_first_run_makes_certificates_once() {
         logs[0]
     );
     assert!(!logs[1].contains("created the user"), "{}", logs[1]);
+    // What the first run suggests works under its own ACL: a device on devices/DEVICE/#, not
+    // on every device's topics; the administrator everywhere.
+    let acl = data.join("acl.toml");
+    let store = data.join("passwords.toml");
+    for (user, operation, topic, allowed) in [
+        ("sensor-1", "publish", "devices/sensor-1/hello", true),
+        ("sensor-1", "subscribe", "devices/sensor-1/#", true),
+        ("sensor-1", "subscribe", "devices/#", false),
+        ("admin", "subscribe", "#", true),
+    ] {
+        let out = bulwark()
+            .args(["acl", "check", "--file", acl.to_str().unwrap()])
+            .args(["--passwords", store.to_str().unwrap(), "--user", user])
+            .args([operation, topic])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(if allowed { 0 } else { 1 }),
+            "{user} {operation} {topic}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     for name in [
         "ca.pem",
         "ca.key",
