@@ -312,14 +312,19 @@ fn check(args: &CheckArgs) -> Result<u8, Failure> {
         Operation::Subscribe => acl.check_subscribe(&checked, args.qos.unwrap_or(2)),
     };
     println!("{}", verdict_line(&loaded.rules, &decision, args.operation));
-    for origin in &decision.carve_outs {
-        let rule = loaded
+    let rule_at = |origin: &bulwark_security::acl::Origin| {
+        loaded
             .rules
             .rules()
             .iter()
             .find(|r| r.origin == *origin)
-            .map_or_else(String::new, |r| format!("  {r}"));
-        println!("  except  {origin}{rule}");
+            .map_or_else(String::new, |r| format!("  {r}"))
+    };
+    for origin in &decision.together {
+        println!("  with  {origin}{}", rule_at(origin));
+    }
+    for origin in &decision.carve_outs {
+        println!("  except  {origin}{}", rule_at(origin));
     }
     if !decision.carve_outs.is_empty() {
         println!("  (carve-outs: messages to the topics these deny rules cover are not delivered)");

@@ -903,3 +903,28 @@ fn check_asks_for_a_client_id_only_when_a_rule_uses_it() {
         0,
     );
 }
+
+#[test]
+fn check_explains_rules_that_cover_a_filter_together() {
+    let dir = TempDir::new("acl", "together");
+    std::fs::write(
+        dir.0.join("acl.toml"),
+        r##"[[rule]]
+permission = "allow"
+action = "subscribe"
+topics = ["logs", "logs/+/#"]
+"##,
+    )
+    .unwrap();
+    let d = &dir.0;
+    // No one pattern covers logs/#; the two do together.
+    assert_eq!(
+        check(
+            d,
+            &["--file", "acl.toml", "--user", "u", "subscribe", "logs/#"],
+            0
+        ),
+        "ALLOW  acl.toml:1  allow subscribe logs logs/+/#  granted QoS 2\n  with  acl.toml:1  \
+         allow subscribe logs logs/+/#\n"
+    );
+}

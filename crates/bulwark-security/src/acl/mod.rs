@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use pattern::Pattern;
+use pattern::{Pattern, union_contains};
 
 /// Rules this long at most are read from a file (a guard against a runaway file).
 pub const MAX_RULES: usize = 100_000;
@@ -959,6 +959,9 @@ pub struct Decision {
     /// (carve-outs). Messages reach such a subscription only after a check of their topic
     /// ([`ClientAcl::may_receive`]); without carve-outs none is needed.
     pub carve_outs: Vec<Origin>,
+    /// For a SUBSCRIBE that no one allow rule covers but several do together: the allow
+    /// rules besides `origin` that cover the filter with it.
+    pub together: Vec<Origin>,
 }
 
 impl Decision {
@@ -969,6 +972,7 @@ impl Decision {
             origin,
             reason,
             carve_outs: Vec::new(),
+            together: Vec::new(),
         }
     }
 
@@ -979,16 +983,18 @@ impl Decision {
             origin: Some(origin.clone()),
             reason: Reason::Allowed,
             carve_outs: Vec::new(),
+            together: Vec::new(),
         }
     }
 }
 
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let with: String = self.together.iter().map(|o| format!(" with {o}")).collect();
         let at = self
             .origin
             .as_ref()
-            .map_or_else(String::new, |o| format!(" ({o})"));
+            .map_or_else(String::new, |o| format!(" ({o}{with})"));
         match &self.reason {
             Reason::Allowed if self.carve_outs.is_empty() => write!(f, "allowed{at}"),
             Reason::Allowed => {
@@ -1059,7 +1065,8 @@ impl ClientAcl {
     /// May the client subscribe to `filter` (the topic filter, without any `$share/{name}/`)
     /// at `qos`? The granted QoS is in the decision.
     ///
-    /// An allow rule must cover every topic the filter can match. A deny rule that covers
+    /// An allow rule must cover every topic the filter can match, or several together where
+    /// no one does ([`Decision::together`]). A deny rule that covers
     /// them all refuses it; one that covers only some of them ("everything under X but Y")
     /// does not: the filter is granted with that rule as a carve-out, and its topics are kept
     /// from the subscription at delivery ([`Decision::carve_outs`]).
@@ -1083,12 +1090,30 @@ impl ClientAcl {
                 best = Some(entry);
             }
         }
-        match best {
-            Some(entry) => Decision {
+        if let Some(entry) = best {
+            return Decision {
                 carve_outs,
                 ..Decision::allow(qos.min(entry.max_qos), &entry.origin)
-            },
-            None => Decision::deny(None, Reason::NoRule),
+            };
+        }
+        // No one rule covers the filter: several may, together. The QoS granted is the
+        // lowest any of them allows.
+        let overlapping: Vec<&Entry> = self
+            .subscribe
+            .iter()
+            .filter(|e| e.allow && e.pattern.overlaps(&filter))
+            .collect();
+        let patterns: Vec<&Pattern> = overlapping.iter().map(|e| &*e.pattern).collect();
+        match overlapping.split_first() {
+            Some((first, rest)) if !rest.is_empty() && union_contains(&patterns, &filter) => {
+                let max_qos = overlapping.iter().map(|e| e.max_qos).min().unwrap_or(0);
+                Decision {
+                    carve_outs,
+                    together: rest.iter().map(|e| e.origin.clone()).collect(),
+                    ..Decision::allow(qos.min(max_qos), &first.origin)
+                }
+            }
+            _ => Decision::deny(None, Reason::NoRule),
         }
     }
 

@@ -178,9 +178,131 @@ impl Pattern {
     }
 }
 
+/// What is left of a pattern from one of its levels on.
+type Suffix<'a> = (&'a Pattern, usize);
+
+impl Pattern {
+    fn level(&self, at: usize) -> Option<Level> {
+        self.levels.get(at).copied()
+    }
+}
+
+/// Whether every topic the filter `filter` can match is matched by at least one of
+/// `patterns` (containment by a union). Exact: the topics of a `+` or `#` level range over
+/// infinitely many names, of which only the patterns' `+` and `#` levels can match all; a
+/// literal level is matched by the patterns with that name or a wildcard there. Linear in the
+/// patterns' total length times the filter's.
+pub(crate) fn union_contains(patterns: &[&Pattern], filter: &Pattern) -> bool {
+    let dollar = filter.is_dollar();
+    let suffixes: Vec<Suffix<'_>> = patterns
+        .iter()
+        // A `$` topic is matched only by patterns naming it [MQTT-4.7.2-1].
+        .filter(|p| !dollar || p.is_dollar())
+        .map(|p| (*p, 0))
+        .collect();
+    covered(&suffixes, filter, 0)
+}
+
+/// Whether the topic suffixes `filter` matches from level `at` are all matched by one of
+/// `suffixes`.
+fn covered(suffixes: &[Suffix<'_>], filter: &Pattern, at: usize) -> bool {
+    if suffixes
+        .iter()
+        .any(|(p, i)| p.level(*i) == Some(Level::Rest))
+    {
+        return true;
+    }
+    match filter.level(at) {
+        // The topic ends here.
+        None => suffixes.iter().any(|(p, i)| p.level(*i).is_none()),
+        Some(Level::Rest) => covered_rest(suffixes, at == 0),
+        Some(Level::One) => {
+            let next = advance(suffixes, |level| level == Level::One);
+            !next.is_empty() && covered(&next, filter, at + 1)
+        }
+        Some(Level::Literal(a, b)) => {
+            let name = filter.name(a, b);
+            let next: Vec<Suffix<'_>> = suffixes
+                .iter()
+                .filter(|(p, i)| match p.level(*i) {
+                    Some(Level::One) => true,
+                    Some(Level::Literal(c, d)) => p.name(c, d) == name,
+                    _ => false,
+                })
+                .map(|(p, i)| (*p, i + 1))
+                .collect();
+            !next.is_empty() && covered(&next, filter, at + 1)
+        }
+    }
+}
+
+/// Whether every suffix (any number of levels, none included unless `top`: a topic has at
+/// least one) is matched by one of `suffixes`: what a `#` level asks.
+fn covered_rest(suffixes: &[Suffix<'_>], top: bool) -> bool {
+    if suffixes
+        .iter()
+        .any(|(p, i)| p.level(*i) == Some(Level::Rest))
+    {
+        return true;
+    }
+    let ends = top || suffixes.iter().any(|(p, i)| p.level(*i).is_none());
+    if !ends {
+        return false;
+    }
+    // One more level of any name, and anything after it.
+    let next = advance(suffixes, |level| level == Level::One);
+    !next.is_empty() && covered_rest(&next, false)
+}
+
+/// The suffixes whose next level passes `keep`, past that level.
+fn advance<'a>(suffixes: &[Suffix<'a>], keep: impl Fn(Level) -> bool) -> Vec<Suffix<'a>> {
+    suffixes
+        .iter()
+        .filter(|(p, i)| p.level(*i).is_some_and(&keep))
+        .map(|(p, i)| (*p, i + 1))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_union_of_patterns_covers_exactly() {
+        let cases: &[(&[&str], &str, bool)] = &[
+            (&["a/#"], "a/+/c", true),
+            (&["a/b", "a/c"], "a/+", false),
+            (&["a", "a/+/#"], "a/#", true),
+            (&["a/+/#"], "a/#", false),
+            (&["a", "a/+", "a/+/+"], "a/#", false),
+            (&["a/+", "a/+/#"], "a/+/#", true),
+            (&["+/x", "+/y"], "+/x", true),
+            (&["+/x", "b/+"], "b/+", true),
+            (&["+/x", "b/y"], "b/+", false),
+            (&["+", "+/#"], "#", true),
+            (&["+"], "#", false),
+            (&["+/+/#", "+"], "#", true),
+            (&["+/+/#", "+", "+/+"], "#", true),
+            (&["a/b/#", "a/c/#", "a/+/d"], "a/+/d", true),
+            (&["#"], "$SYS/#", false),
+            (&["$SYS/a", "$SYS/+/#"], "$SYS/+", true),
+            (&["$SYS/+"], "$SYS/#", false),
+            (&["a/+/c", "a/b/+"], "a/b/c", true),
+        ];
+        for (patterns, filter, expected) in cases {
+            let patterns: Vec<Pattern> = patterns.iter().map(|t| p(t)).collect();
+            let refs: Vec<&Pattern> = patterns.iter().collect();
+            assert_eq!(
+                union_contains(&refs, &p(filter)),
+                *expected,
+                "{patterns:?} ⊇ {filter}"
+            );
+            // One pattern alone: the same answer as containment.
+            if let [one] = refs.as_slice() {
+                assert_eq!(one.contains(&p(filter)), *expected, "{filter}");
+            }
+        }
+    }
 
     fn p(text: &str) -> Pattern {
         Pattern::parse(text).unwrap()

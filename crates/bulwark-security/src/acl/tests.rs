@@ -383,3 +383,57 @@ fn who_within_compares_breadth() {
     assert!(!all.within(readers));
     assert!(readers.within(readers));
 }
+
+#[test]
+fn several_allow_rules_may_cover_a_filter_together() {
+    let rules = AclRules::parse(
+        r##"
+[[rule]]
+permission = "allow"
+action = "subscribe"
+topic = "plant/+/temp"
+max_qos = 2
+
+[[rule]]
+permission = "allow"
+action = "subscribe"
+topic = "plant/hall/+"
+max_qos = 1
+
+[[rule]]
+permission = "allow"
+action = "subscribe"
+topics = ["logs", "logs/+/#"]
+max_qos = 1
+
+[[rule]]
+permission = "deny"
+action = "subscribe"
+topic = "logs/private/#"
+"##,
+        "acl.toml",
+    )
+    .unwrap();
+    let acl = rules.resolve(&user("u", &[]), "c");
+    // plant/hall/temp: both rules (one alone does too: the first).
+    assert!(
+        acl.check_subscribe("plant/hall/temp", 2)
+            .together
+            .is_empty()
+    );
+    // logs/#: `logs` and `logs/+/#` together match every topic it can, none alone does;
+    // the deny is a carve-out. QoS: the lowest of the rules that cover it.
+    let d = acl.check_subscribe("logs/#", 2);
+    assert!(d.allowed, "{d}");
+    assert_eq!(d.qos, 1);
+    assert_eq!(d.together.len(), 1);
+    assert_eq!(d.carve_outs.len(), 1);
+    assert_eq!(
+        d.to_string(),
+        "allowed (acl.toml:14 with acl.toml:14) except the topics denied by acl.toml:20 \
+         (each message checked at delivery)"
+    );
+    // plant/+/+ reaches plant/x/y, which neither rule allows.
+    assert!(!acl.check_subscribe("plant/+/+", 1).allowed);
+    assert!(!acl.check_subscribe("#", 0).allowed);
+}
