@@ -333,12 +333,20 @@ pub(crate) fn parse_bind(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'))
+        && inner.parse::<std::net::Ipv6Addr>().is_ok()
+    {
+        return Err(format!("the port is missing: expected \"{text}:PORT\""));
+    }
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(match text.parse::<std::net::IpAddr>() {
             Ok(_) => format!("the port is missing: expected IP:PORT, {EXAMPLE}"),
             Err(_) => format!("expected IP:PORT, {EXAMPLE}"),
         });
     };
+    if host.is_empty() {
+        return Err(format!("the address before the port is missing: {EXAMPLE}"));
+    }
     let ip = host.trim_start_matches('[').trim_end_matches(']');
     let port_ok = port.parse::<u16>().is_ok();
     if ip.parse::<std::net::IpAddr>().is_ok() {
@@ -1700,6 +1708,9 @@ mod tests {
             ("127.0.0.1:99999", "port \"99999\" is not a port number"),
             ("127.0.0.1", "the port is missing"),
             ("::1", "the port is missing"),
+            ("[::1]", "the port is missing"),
+            ("", "expected IP:PORT"),
+            (":1883", "the address before the port is missing"),
             ("fe80::1:1883", "takes brackets"),
             ("127.0.0.1:port", "not a port number"),
         ] {
