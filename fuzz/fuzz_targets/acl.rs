@@ -44,7 +44,33 @@ fuzz_target!(|data: &[u8]| {
             assert!(decision.qos <= 2);
             // Containment is sound: a granted filter that is a plain topic may be received.
             if decision.allowed && !probe.contains(['+', '#']) {
-                assert!(acl.may_receive(probe), "granted {probe} but may not receive it");
+                assert!(
+                    acl.may_receive(probe),
+                    "granted {probe} but may not receive it"
+                );
+            }
+            // A granted filter (by one allow rule or several together) covers every topic it
+            // matches: what it may not receive is what a deny rule carves out.
+            if decision.allowed
+                && !probe.starts_with("$share/")
+                && let Ok(filter) = bulwark_proto::TopicFilter::new(probe)
+            {
+                for topic in probes.lines().take(16) {
+                    if bulwark_proto::TopicName::new(topic).is_ok_and(|t| filter.matches(&t))
+                        && !acl.may_receive(topic)
+                    {
+                        let denied = acl.check_subscribe(topic, 2).reason;
+                        assert_eq!(
+                            denied,
+                            bulwark_security::acl::Reason::DeniedByRule,
+                            "{probe} granted, {topic} matched by no allow rule"
+                        );
+                        assert!(
+                            !decision.carve_outs.is_empty(),
+                            "{probe}: {topic} carved out silently"
+                        );
+                    }
+                }
             }
         }
     }
