@@ -22,14 +22,16 @@ pub(crate) struct BanArgs {
     command: BanCommand,
 }
 
-/// Who a ban is about: exactly one of these.
+/// Who a ban is about: an address, a username, a client id, or a username and a client id
+/// together (that user's use of that client id, the form of the broker's bans for flapping).
 #[derive(Debug, clap::Args)]
-#[group(required = true, multiple = false)]
+#[group(required = true, multiple = true)]
 struct Target {
     /// A source address or network, e.g. 203.0.113.7 or 203.0.113.0/24.
-    #[arg(long, value_name = "CIDR")]
+    #[arg(long, value_name = "CIDR", conflicts_with_all = ["username", "client_id"])]
     address: Option<String>,
-    /// A username.
+    /// A username; with --client-id, only that user's use of that client id ('' for
+    /// anonymous clients).
     #[arg(long, value_name = "USER")]
     username: Option<String>,
     /// A client identifier.
@@ -41,7 +43,11 @@ impl Target {
     fn parse(&self) -> Result<BanTarget, String> {
         match (&self.address, &self.username, &self.client_id) {
             (Some(a), _, _) => Cidr::parse(a).map(BanTarget::Address),
-            (_, Some(u), _) if !u.is_empty() => Ok(BanTarget::Username(u.clone())),
+            (_, Some(u), Some(c)) if !c.is_empty() => Ok(BanTarget::UserClientId {
+                username: (!u.is_empty()).then(|| u.clone()),
+                client_id: c.clone(),
+            }),
+            (_, Some(u), None) if !u.is_empty() => Ok(BanTarget::Username(u.clone())),
             (_, _, Some(c)) if !c.is_empty() => Ok(BanTarget::ClientId(c.clone())),
             _ => Err("the username or client id is empty".to_owned()),
         }

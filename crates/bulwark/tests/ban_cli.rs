@@ -72,8 +72,44 @@ fn bans_are_added_listed_and_removed() {
         let out = ban(bad);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out));
     }
-    let out = ban(&["add", "--username", "a", "--client-id", "b", "--file", f]);
-    assert!(!out.status.success(), "exactly one target");
+    let out = ban(&[
+        "add",
+        "--address",
+        "10.0.0.1",
+        "--client-id",
+        "b",
+        "--file",
+        f,
+    ]);
+    assert!(!out.status.success(), "an address goes alone");
+    // A username and a client id together: that user's use of that id (an automatic flapping
+    // ban is lifted the same way).
+    let out = ban(&[
+        "add",
+        "--username",
+        "bob",
+        "--client-id",
+        "shared",
+        "--file",
+        f,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = ban(&["list", "--file", f]);
+    assert!(
+        text(&out).contains("client id \"shared\" of user \"bob\""),
+        "{}",
+        text(&out)
+    );
+    let out = ban(&[
+        "remove",
+        "--username",
+        "bob",
+        "--client-id",
+        "shared",
+        "--file",
+        f,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
     std::fs::write(&file, "[[ban]]\nwho = \"x\"\n").unwrap();
     let out = ban(&["list", "--file", f]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
