@@ -161,12 +161,6 @@ impl Held {
         let mut now = Vec::new();
         let mut later = Vec::new();
         for (conn, mut outputs) in round {
-            if failing && outputs.iter().any(|o| matches!(o, Output::Close)) {
-                let mut all = self.take_waiting(conn);
-                all.append(&mut outputs);
-                now.push((conn, close_now(all)));
-                continue;
-            }
             if !self.waiting.contains_key(&conn) {
                 let ready = if durable {
                     outputs.iter().take_while(|o| early(o)).count()
@@ -182,6 +176,13 @@ impl Held {
                     now.push((conn, outputs));
                 }
                 outputs = rest;
+            }
+            // `outputs` would wait for the commit: not a close while the store fails.
+            if failing && outputs.iter().any(|o| matches!(o, Output::Close)) {
+                let mut all = self.take_waiting(conn);
+                all.append(&mut outputs);
+                now.push((conn, close_now(all)));
+                continue;
             }
             *self.waiting.entry(conn).or_default() += 1;
             later.push((conn, outputs));
@@ -369,5 +370,69 @@ fn writer(
     // Stopping: make everything committed durable (periodic sync).
     if let Err(err) = store.idle() {
         tracing::error!(%err, "the store's last sync failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
+    use super::*;
+    use bulwark_proto::{ClientId, Disconnect, PacketId, ProtocolVersion, PubAck};
+
+    fn packet(p: Packet) -> Output {
+        Output::Packet(Box::new(p))
+    }
+
+    fn kinds(outputs: &[Output]) -> Vec<String> {
+        outputs
+            .iter()
+            .map(|o| match o {
+                Output::Packet(p) => match &**p {
+                    Packet::ConnAck(ack) => format!("connack {:?}", ack.reason_code),
+                    Packet::Disconnect(d) => format!("disconnect {:?}", d.reason_code),
+                    other => format!("{:?}", other.packet_type()),
+                },
+                Output::Publish(_) => "publish".to_owned(),
+                Output::Close => "close".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_closing_connection_keeps_only_its_disconnect_or_gets_a_refused_connack() {
+        let puback = packet(Packet::PubAck(PubAck::new(PacketId::new(1).unwrap())));
+        let disconnect = packet(Packet::Disconnect(Disconnect::new(
+            ReasonCode::ServerShuttingDown,
+        )));
+        let out = close_now(vec![puback, disconnect, Output::Close]);
+        assert_eq!(kinds(&out), ["disconnect ServerShuttingDown", "close"]);
+
+        let connack = packet(Packet::ConnAck(Box::new(ConnAck::new(
+            true,
+            ReasonCode::Success,
+        ))));
+        let disconnect = packet(Packet::Disconnect(Disconnect::new(
+            ReasonCode::ServerShuttingDown,
+        )));
+        let out = close_now(vec![connack, disconnect, Output::Close]);
+        assert_eq!(kinds(&out), ["connack ServerUnavailable", "close"]);
+    }
+
+    #[test]
+    fn sessions_that_outlive_the_connection_need_the_store() {
+        let connect = |clean: bool, expiry: Option<u32>| {
+            let mut c = Connect::new(ProtocolVersion::V5, ClientId::new("c").unwrap());
+            c.clean_start = clean;
+            c.properties.session_expiry_interval = expiry;
+            c
+        };
+        assert!(!needs_store(&connect(true, None)));
+        assert!(!needs_store(&connect(true, Some(0))));
+        assert!(needs_store(&connect(true, Some(60))));
+        assert!(needs_store(&connect(false, None)));
+        let mut v311 = Connect::new(ProtocolVersion::V3_1_1, ClientId::new("c").unwrap());
+        v311.clean_start = false;
+        assert!(needs_store(&v311));
     }
 }
