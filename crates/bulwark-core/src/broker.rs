@@ -2085,7 +2085,13 @@ impl Broker {
         if self.client_ids.get(&session.client_id) == Some(&key) {
             self.client_ids.remove(&session.client_id);
         }
-        self.overflow_events.remove(&key);
+        // Drops not reported yet are reported now: the session's record goes.
+        if let Some(overflow) = self.overflow_events.remove(&key)
+            && overflow.unreported > 0
+        {
+            let (topic, count) = (overflow.topic, overflow.unreported);
+            self.overflow_event(key, None, Some(session.client_id.clone()), &topic, count);
+        }
         // The will goes first: a retained will counts for the session's user.
         if let Some(pending) = self.wills.remove(&key) {
             self.will_times.remove(&(pending.at, key));
@@ -2430,7 +2436,13 @@ impl Broker {
                 .find(|(_, c)| c.session.key == session)
                 .map(|(id, _)| *id)
         });
-        self.overflow_event(session, conn, topic, dropped.saturating_add(unreported));
+        self.overflow_event(
+            session,
+            conn,
+            None,
+            topic,
+            dropped.saturating_add(unreported),
+        );
     }
 
     /// Reports the drops of every session whose window has ended since its last event.
@@ -2461,15 +2473,17 @@ impl Broker {
                 .iter()
                 .find(|(_, c)| c.session.key == session)
                 .map(|(id, _)| *id);
-            self.overflow_event(session, conn, &topic, count);
+            self.overflow_event(session, conn, None, &topic, count);
         }
     }
 
-    /// The slow-consumer event of `count` messages of `session` dropped.
+    /// The slow-consumer event of `count` messages of `session` dropped (`client_id`: its
+    /// client id when neither a connection nor the store knows it any more).
     fn overflow_event(
         &mut self,
         session: SessionKey,
         conn: Option<ConnectionId>,
+        client_id: Option<Arc<str>>,
         topic: &TopicName,
         count: u64,
     ) {
@@ -2477,9 +2491,10 @@ impl Broker {
             .and_then(|c| self.conns.get(&c))
             .map(|c| c.authz.principal.clone())
             .unwrap_or_default();
-        let client_id = match conn.and_then(|c| self.conns.get(&c)) {
-            Some(c) => c.session.client_id.clone(),
-            None => self
+        let client_id = match (conn.and_then(|c| self.conns.get(&c)), client_id) {
+            (Some(c), _) => c.session.client_id.clone(),
+            (None, Some(id)) => id,
+            (None, None) => self
                 .store
                 .get(session)
                 .map_or_else(|| Arc::from(""), |s| s.client_id.clone()),

@@ -820,8 +820,10 @@ async fn flapping_bans_only_the_flapping_user_from_a_client_id_never_its_owner()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
-async fn slow_consumer_events_add_up_to_every_message_dropped() {
+/// Parks a persistent session, sends it 205 QoS 1 messages (5 are queued, 200 dropped), ends
+/// the session if `end` (its client comes back with Clean Start), and waits until the audit
+/// file's slow-consumer events count 200 drops, within `within`; returns the counts.
+async fn overflow_counts(end: bool, within: Duration) -> Vec<u64> {
     let dir = std::env::temp_dir().join(common::unique("bulwark-dropped"));
     std::fs::create_dir_all(&dir).unwrap();
     let audit = dir.join("audit.jsonl");
@@ -830,7 +832,6 @@ async fn slow_consumer_events_add_up_to_every_message_dropped() {
         c.auth.audit_file = Some(audit.clone());
     })
     .await;
-    // A persistent subscriber goes away; 205 messages for it: 5 queued, 200 dropped.
     let mut sub = connect_packet(ProtocolVersion::V5, "parked");
     sub.clean_start = false;
     sub.properties.session_expiry_interval = Some(300);
@@ -846,27 +847,48 @@ async fn slow_consumer_events_add_up_to_every_message_dropped() {
             .await;
         puback_code(&mut publisher, id).await;
     }
-    // The first drop is reported at once, the other 199 when its 10 s window ends.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    if end {
+        let (mut raw, ack) =
+            Raw::connect(server.addr, &connect_packet(ProtocolVersion::V5, "parked")).await;
+        assert!(!ack.session_present);
+        raw.send(&bulwark_proto::Disconnect::new(ReasonCode::Success))
+            .await;
+    }
+    let deadline = Instant::now() + within;
+    let counts = loop {
         let text = std::fs::read_to_string(&audit).unwrap_or_default();
         let counts: Vec<u64> = text
             .lines()
             .filter(|l| l.contains("\"kind\":\"slow_consumer\""))
             .filter_map(|l| {
                 let event: serde_json::Value = serde_json::from_str(l).ok()?;
+                assert_eq!(event["client_id"], "parked", "{event}");
                 let reason = event["reason"].as_str()?.to_owned();
                 let (_, tail) = reason.split_once("): ")?;
                 tail.split_once(' ')?.0.parse().ok()
             })
             .collect();
         if counts.iter().sum::<u64>() == 200 {
-            assert_eq!(counts, [1, 199]);
-            break;
+            break counts;
         }
         assert!(Instant::now() < deadline, "{counts:?} in {text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+    counts
+}
+
+#[tokio::test]
+async fn slow_consumer_events_add_up_to_every_message_dropped() {
+    // The first drop is reported at once, the other 199 when its 10 s window ends.
+    let counts = overflow_counts(false, Duration::from_secs(20)).await;
+    assert_eq!(counts, [1, 199]);
+}
+
+#[tokio::test]
+async fn drops_not_reported_yet_are_reported_when_the_session_ends() {
+    // The session ends well within the window: what it dropped is reported then.
+    let counts = overflow_counts(true, Duration::from_secs(8)).await;
+    assert_eq!(counts, [1, 199]);
 }
