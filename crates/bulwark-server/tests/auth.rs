@@ -1355,6 +1355,71 @@ async fn a_fleet_of_distinct_users_on_one_address_gets_in_at_the_pace_of_the_has
 }
 
 #[tokio::test]
+async fn a_full_login_queue_is_not_a_failed_login() {
+    let fixture = Fixture::new();
+    let mut store = fixture.store();
+    // A costly hash, so that the thirty logins below are waiting at the same time.
+    let costly = Argon2Params {
+        t: 20,
+        ..Argon2Params::default()
+    };
+    let hash = hash_password(ALICE_PASSWORD, &costly).unwrap();
+    for i in 0..30 {
+        store
+            .add(&format!("device-{i}"), &hash, Vec::new())
+            .unwrap();
+    }
+    fixture.save(&store);
+    let server = fixture
+        .start_with(|c| {
+            slow_guard(c, 3);
+            c.auth.hash_concurrency = 1;
+            c.auth.max_pending_logins = 2;
+        })
+        .await;
+    let connects = (0..30)
+        .map(|i| {
+            let name = format!("device-{i}");
+            credentials(
+                ProtocolVersion::V5,
+                &name,
+                Some(&name),
+                Some(ALICE_PASSWORD.as_bytes()),
+            )
+        })
+        .collect();
+    let (codes, _) = storm(server.addr, local(5), connects).await;
+    let busy = codes
+        .iter()
+        .filter(|c| **c == Some(ReasonCode::ServerBusy))
+        .count();
+    assert!(busy > 0, "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, Some(ReasonCode::Success | ReasonCode::ServerBusy))),
+        "{codes:?}"
+    );
+    // More than three refusals, none of them a failure: no backoff, no ban for the address.
+    assert!(busy > 3, "{codes:?}");
+    let started = Instant::now();
+    assert_eq!(
+        code_from(server.addr, local(5), &alice_v5("after")).await,
+        Some(ReasonCode::Success)
+    );
+    prompt(started, Duration::from_secs(3));
+    assert!(
+        !fixture
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "ban" || e["kind"] == "throttled"),
+        "{:#?}",
+        fixture.events()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_wrong_password_in_a_storm_is_checked_once_and_counted_once() {
     let fixture = Fixture::new();
     let server = fixture
