@@ -196,7 +196,7 @@ pub(crate) fn drive<S: Transport>(
 /// that the client reads the last packet sent (a DISCONNECT, a refusing CONNACK) before the
 /// close: closing a socket with unread input makes the kernel reset the connection, and a
 /// reset throws away what the client had not read yet.
-const LINGER: Duration = Duration::from_secs(1);
+const LINGER: Duration = Duration::from_secs(2);
 /// At most this much input is discarded while lingering.
 const LINGER_BYTES: usize = 1024 * 1024;
 
