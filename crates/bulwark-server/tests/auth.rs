@@ -1281,21 +1281,51 @@ async fn storm(
     (codes, started.elapsed())
 }
 
+/// argon2id with twenty passes: about 0.2-0.5 s a check here, so that the number of checks
+/// a storm costs shows in its time.
+fn costly_hash() -> String {
+    let costly = Argon2Params {
+        t: 20,
+        ..Argon2Params::default()
+    };
+    hash_password(ALICE_PASSWORD, &costly).unwrap()
+}
+
+/// Adds the users device-0 ... device-{n-1}, each with `hash` (of alice's password).
+fn add_devices(fixture: &Fixture, n: usize, hash: &str) {
+    let mut store = fixture.store();
+    for i in 0..n {
+        store.add(&format!("device-{i}"), hash, Vec::new()).unwrap();
+    }
+    fixture.save(&store);
+}
+
+/// CONNECTs of device-0 ... device-{n-1}, each as its own user.
+fn device_logins(n: usize) -> Vec<bulwark_proto::Connect> {
+    (0..n)
+        .map(|i| {
+            let name = format!("device-{i}");
+            credentials(
+                ProtocolVersion::V5,
+                &name,
+                Some(&name),
+                Some(ALICE_PASSWORD.as_bytes()),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_fleet_of_one_user_reconnecting_at_once_gets_in() {
     // A fresh broker (nothing cached, nothing failed): two hundred devices of one user
     // connect in the same instant from one address, as after a broker restart. The guard
     // does not exempt the address; only failures may slow anyone down, and none happened.
     let fixture = Fixture::new();
-    // A costly hash (about 0.2-0.5 s a check here): two hundred checks one after another
-    // would take more than a minute; the fleet shares one.
+    // A costly hash: two hundred checks one after another would take more than a minute;
+    // the fleet shares one.
     let mut store = fixture.store();
-    let costly = Argon2Params {
-        t: 20,
-        ..Argon2Params::default()
-    };
     let started = Instant::now();
-    let hash = hash_password(ALICE_PASSWORD, &costly).unwrap();
+    let hash = costly_hash();
     let one_check = started.elapsed();
     store.set_password("alice", &hash).unwrap();
     fixture.save(&store);
@@ -1324,27 +1354,10 @@ async fn a_fleet_of_one_user_reconnecting_at_once_gets_in() {
 #[tokio::test]
 async fn a_fleet_of_distinct_users_on_one_address_gets_in_at_the_pace_of_the_hashes() {
     let fixture = Fixture::new();
-    let mut store = fixture.store();
     let hash = hash_password(ALICE_PASSWORD, &Argon2Params::default()).unwrap();
-    for i in 0..40 {
-        store
-            .add(&format!("device-{i}"), &hash, Vec::new())
-            .unwrap();
-    }
-    fixture.save(&store);
+    add_devices(&fixture, 40, &hash);
     let server = fixture.start_with(|c| c.auth.hash_concurrency = 1).await;
-    let connects = (0..40)
-        .map(|i| {
-            let name = format!("device-{i}");
-            credentials(
-                ProtocolVersion::V5,
-                &name,
-                Some(&name),
-                Some(ALICE_PASSWORD.as_bytes()),
-            )
-        })
-        .collect();
-    let (codes, took) = storm(server.addr, local(1), connects).await;
+    let (codes, took) = storm(server.addr, local(1), device_logins(40)).await;
     // Forty hash checks one after another, none delayed, none refused.
     assert!(
         codes.iter().all(|c| *c == Some(ReasonCode::Success)),
@@ -1357,19 +1370,8 @@ async fn a_fleet_of_distinct_users_on_one_address_gets_in_at_the_pace_of_the_has
 #[tokio::test]
 async fn a_full_login_queue_is_not_a_failed_login() {
     let fixture = Fixture::new();
-    let mut store = fixture.store();
     // A costly hash, so that the thirty logins below are waiting at the same time.
-    let costly = Argon2Params {
-        t: 20,
-        ..Argon2Params::default()
-    };
-    let hash = hash_password(ALICE_PASSWORD, &costly).unwrap();
-    for i in 0..30 {
-        store
-            .add(&format!("device-{i}"), &hash, Vec::new())
-            .unwrap();
-    }
-    fixture.save(&store);
+    add_devices(&fixture, 30, &costly_hash());
     let server = fixture
         .start_with(|c| {
             slow_guard(c, 3);
@@ -1377,18 +1379,7 @@ async fn a_full_login_queue_is_not_a_failed_login() {
             c.auth.max_pending_logins = 2;
         })
         .await;
-    let connects = (0..30)
-        .map(|i| {
-            let name = format!("device-{i}");
-            credentials(
-                ProtocolVersion::V5,
-                &name,
-                Some(&name),
-                Some(ALICE_PASSWORD.as_bytes()),
-            )
-        })
-        .collect();
-    let (codes, _) = storm(server.addr, local(5), connects).await;
+    let (codes, _) = storm(server.addr, local(5), device_logins(30)).await;
     let busy = codes
         .iter()
         .filter(|c| **c == Some(ReasonCode::ServerBusy))

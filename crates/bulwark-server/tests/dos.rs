@@ -309,18 +309,28 @@ async fn storms_hit_their_limits_with_the_documented_codes() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn per_user_quotas_hold_across_connections() {
+/// The password of every user [`password_store`] makes.
+const PASSWORD: &str = "violet-Harbour-lantern-93";
+
+/// A new directory with a password store of `users` (password [`PASSWORD`]); returns the
+/// directory and the store's path.
+fn password_store(prefix: &str, users: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
     use bulwark_security::password::{Argon2Params, PasswordStore, hash_password};
-    const PASSWORD: &str = "violet-Harbour-lantern-93";
-    let dir = std::env::temp_dir().join(common::unique("bulwark-quota"));
+    let dir = std::env::temp_dir().join(common::unique(prefix));
     std::fs::create_dir_all(&dir).unwrap();
     let mut store = PasswordStore::new();
     let hash = hash_password(PASSWORD, &Argon2Params::default()).unwrap();
-    store.add("u1", &hash, Vec::new()).unwrap();
-    store.add("u2", &hash, Vec::new()).unwrap();
+    for user in users {
+        store.add(user, &hash, Vec::new()).unwrap();
+    }
     let store_path = dir.join("passwords.toml");
     bulwark_server::files::save_store(&store_path, &store).unwrap();
+    (dir, store_path)
+}
+
+#[tokio::test]
+async fn per_user_quotas_hold_across_connections() {
+    let (dir, store_path) = password_store("bulwark-quota", &["u1", "u2"]);
     let server = common::start_secure_with(|c| {
         c.auth.password_file = Some(store_path.clone());
         c.auth.max_connections_per_user = 2;
@@ -733,17 +743,8 @@ async fn over_the_memory_watermark_new_connections_are_refused_and_queues_shed()
 
 #[tokio::test]
 async fn flapping_bans_only_the_flapping_user_from_a_client_id_never_its_owner() {
-    use bulwark_security::password::{Argon2Params, PasswordStore, hash_password};
     use bulwark_server::bans::BanSettings;
-    const PASSWORD: &str = "violet-Harbour-lantern-93";
-    let dir = std::env::temp_dir().join(common::unique("bulwark-flaps"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut store = PasswordStore::new();
-    let hash = hash_password(PASSWORD, &Argon2Params::default()).unwrap();
-    store.add("alice", &hash, Vec::new()).unwrap();
-    store.add("bob", &hash, Vec::new()).unwrap();
-    let store_path = dir.join("passwords.toml");
-    bulwark_server::files::save_store(&store_path, &store).unwrap();
+    let (dir, store_path) = password_store("bulwark-flaps", &["alice", "bob"]);
     let audit = dir.join("audit.jsonl");
     let server = common::start_secure_with(|c| {
         c.auth.password_file = Some(store_path.clone());

@@ -245,8 +245,10 @@ impl Store for FullDisk {
     }
 }
 
-#[tokio::test]
-async fn a_failing_store_refuses_resumes_and_does_not_hold_up_shutdown() {
+/// A durable server on a store whose disk then fills up: a persistent session "sub" of `t`
+/// parked, and a publisher whose QoS 1 message for it (`payload`) cannot be stored, so its
+/// PUBACK does not come; a resume of "sub" is refused with 0x88.
+async fn full_disk(payload: &'static [u8]) -> FullDiskRun {
     let image = MemoryImageStore::new();
     let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let store = FullDisk {
@@ -256,22 +258,43 @@ async fn a_failing_store_refuses_resumes_and_does_not_hold_up_shutdown() {
     let server = common::start_durable(|_| {}, Box::new(store)).await;
     park_subscriber(server.addr, "sub", "t", QoS::AtLeastOnce).await;
     full.store(true, std::sync::atomic::Ordering::SeqCst);
-
-    // A QoS 1 message for the parked session cannot be stored: it is not acknowledged.
     let (mut publisher, _) = Raw::v5(server.addr, "pub").await;
     publisher
-        .send(&common::publish("t", QoS::AtLeastOnce, 1, b"unstored"))
+        .send(&common::publish("t", QoS::AtLeastOnce, 1, payload))
         .await;
     publisher
         .expect_no_publish(Duration::from_millis(500))
         .await;
-
-    // Resuming the session needs the store: refused at once, 5.0 0x88 and 3.1.1 code 3.
+    // Resuming the session needs the store: refused at once.
     let (_raw, ack) = Raw::connect(server.addr, &persistent("sub")).await;
     assert_eq!(
         ack.reason_code,
         bulwark_proto::ReasonCode::ServerUnavailable
     );
+    FullDiskRun {
+        server,
+        image,
+        full,
+        publisher,
+    }
+}
+
+struct FullDiskRun {
+    server: common::TestServer,
+    image: MemoryImageStore,
+    full: Arc<std::sync::atomic::AtomicBool>,
+    publisher: Raw,
+}
+
+#[tokio::test]
+async fn a_failing_store_refuses_resumes_and_does_not_hold_up_shutdown() {
+    let FullDiskRun {
+        server,
+        image,
+        mut publisher,
+        ..
+    } = full_disk(b"unstored").await;
+    // 3.1.1 is refused with return code 3 (server unavailable).
     let mut v311 = connect_packet(ProtocolVersion::V3_1_1, "sub");
     v311.clean_start = false;
     let (_raw, ack) = Raw::connect(server.addr, &v311).await;
@@ -306,27 +329,12 @@ async fn a_failing_store_refuses_resumes_and_does_not_hold_up_shutdown() {
 
 #[tokio::test]
 async fn once_the_store_takes_commits_again_everything_held_goes_out() {
-    let image = MemoryImageStore::new();
-    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let store = FullDisk {
-        inner: image.clone(),
-        full: full.clone(),
-    };
-    let server = common::start_durable(|_| {}, Box::new(store)).await;
-    park_subscriber(server.addr, "sub", "t", QoS::AtLeastOnce).await;
-    full.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (mut publisher, _) = Raw::v5(server.addr, "pub").await;
-    publisher
-        .send(&common::publish("t", QoS::AtLeastOnce, 1, b"late"))
-        .await;
-    publisher
-        .expect_no_publish(Duration::from_millis(500))
-        .await;
-    let (_refused, ack) = Raw::connect(server.addr, &persistent("sub")).await;
-    assert_eq!(
-        ack.reason_code,
-        bulwark_proto::ReasonCode::ServerUnavailable
-    );
+    let FullDiskRun {
+        server,
+        full,
+        mut publisher,
+        ..
+    } = full_disk(b"late").await;
     // Room on the disk again: the retry stores the message, its PUBACK comes, and the
     // session can be resumed with the message in it.
     full.store(false, std::sync::atomic::Ordering::SeqCst);
