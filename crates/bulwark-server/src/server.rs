@@ -452,12 +452,18 @@ impl Server {
         shutdown.await;
         info!("shutting down");
         let _ = stop_tx.send(true);
+        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
         while accepters.join_next().await.is_some() {}
-        let drained = tokio::time::timeout(config.shutdown_grace, alive_rx.recv()).await;
+        let drained = tokio::time::timeout_at(deadline, alive_rx.recv()).await;
         if drained.is_err() {
             warn!("connections still open after the grace period; leaving them");
         }
-        let _ = router_task.await;
+        // The router ends once the store has the last commit. A store that cannot finish it
+        // (a disk that hangs) does not hold the exit past the grace period: nothing it had
+        // not stored was acknowledged, so nothing acknowledged is lost.
+        if tokio::time::timeout_at(deadline, router_task).await.is_err() {
+            warn!("the store did not finish its last commit within the grace period; stopping without it (what it had not stored was not acknowledged)");
+        }
         info!("stopped");
     }
 }

@@ -347,3 +347,70 @@ async fn once_the_store_takes_commits_again_everything_held_goes_out() {
     assert_eq!(sub.recv_publish().await.payload.as_ref(), b"late");
     server.stop().await;
 }
+
+/// A store whose commits, once `hang` is set, do not return for a minute (a disk that hangs
+/// rather than failing).
+#[derive(Debug)]
+struct HangingDisk {
+    inner: MemoryImageStore,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for HangingDisk {
+    fn load(&mut self) -> Result<Restored, StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        self.inner.commit(ops)
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_hangs_does_not_hold_the_exit_past_the_grace_period() {
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = HangingDisk {
+        inner: MemoryImageStore::new(),
+        hang: hang.clone(),
+    };
+    let server = common::start_durable(
+        |c| c.shutdown_grace = Duration::from_secs(1),
+        Box::new(store),
+    )
+    .await;
+    park_subscriber(server.addr, "hung-sub", "hung/t", QoS::AtLeastOnce).await;
+    hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut publisher, _) = Raw::v5(server.addr, "hung-pub").await;
+    publisher
+        .send(&common::publish(
+            "hung/t",
+            QoS::AtLeastOnce,
+            1,
+            b"never stored",
+        ))
+        .await;
+    // The commit of that message hangs: no PUBACK. Shutdown still ends after the grace period
+    // (1 s), not after the commit.
+    publisher
+        .expect_no_publish(Duration::from_millis(300))
+        .await;
+    let stopped = Instant::now();
+    server.stop().await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        stopped.elapsed()
+    );
+    // The process would exit here; in this test the runtime lives on, and the connection with
+    // it (its close waits behind the commit): it must not have been told the message is stored.
+    loop {
+        match publisher.recv_within(common::QUIET).await {
+            common::Recv::Packet(Packet::PubAck(ack)) => panic!("acknowledged unstored: {ack:?}"),
+            common::Recv::Packet(_) => {}
+            _ => break,
+        }
+    }
+}
