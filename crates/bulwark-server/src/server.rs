@@ -461,8 +461,13 @@ impl Server {
         // The router ends once the store has the last commit. A store that cannot finish it
         // (a disk that hangs) does not hold the exit past the grace period: nothing it had
         // not stored was acknowledged, so nothing acknowledged is lost.
-        if tokio::time::timeout_at(deadline, router_task).await.is_err() {
-            warn!("the store did not finish its last commit within the grace period; stopping without it (what it had not stored was not acknowledged)");
+        if tokio::time::timeout_at(deadline, router_task)
+            .await
+            .is_err()
+        {
+            warn!(
+                "the store did not finish its last commit within the grace period; stopping without it (what it had not stored was not acknowledged)"
+            );
         }
         info!("stopped");
     }
