@@ -545,6 +545,19 @@ impl Broker {
         self.online.get(key).copied()
     }
 
+    /// Whether the session `client_id` names is in the durable store (live or parked): a
+    /// CONNECT that ends it (Clean Start 1) must tell the store so.
+    pub fn holds_stored_session(&self, client_id: &str) -> bool {
+        let Some(&key) = self.client_ids.get(client_id) else {
+            return false;
+        };
+        let session = match self.online.get(&key) {
+            Some(conn) => self.conns.get(conn).map(|c| &c.session),
+            None => self.store.get(key),
+        };
+        session.is_some_and(Session::is_journaled)
+    }
+
     /// Whether `conn` is a connection the engine accepted and has not closed.
     pub fn is_live(&self, conn: ConnectionId) -> bool {
         self.conns.contains_key(&conn)

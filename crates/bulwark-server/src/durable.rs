@@ -199,14 +199,17 @@ impl Held {
     }
 
     /// Refuses `connect` on `outbox` (CONNACK 0x88, then the close; true) if the store is
-    /// failing and its CONNACK would wait for a commit. The engine never sees it.
+    /// failing and its CONNACK would wait for a commit: it asks for a stored session, or ends
+    /// one the store holds (`ends_stored`: Clean Start 1 over a persistent session). The
+    /// engine never sees it.
     pub(crate) fn refuse_connect(
         &self,
         connect: &Connect,
+        ends_stored: bool,
         outbox: &crate::outbox::Outbox,
         max_backlog: usize,
     ) -> bool {
-        if !self.failing() || !needs_store(connect) {
+        if !self.failing() || !(needs_store(connect) || ends_stored) {
             return false;
         }
         tracing::warn!(

@@ -288,7 +288,13 @@ impl Router {
             } => {
                 // A failing store refuses a session it would hold rather than leave it waiting.
                 if let Some(held) = &self.held
-                    && held.refuse_connect(&connect, &outbox, self.max_backlog)
+                    && held.refuse_connect(
+                        &connect,
+                        held.failing()
+                            && self.broker.holds_stored_session(connect.client_id.as_str()),
+                        &outbox,
+                        self.max_backlog,
+                    )
                 {
                     return;
                 }

@@ -302,6 +302,13 @@ async fn a_failing_store_refuses_resumes_and_does_not_hold_up_shutdown() {
         ack.reason_code,
         bulwark_proto::ReasonCode::ServerUnavailable
     );
+    // Nor may a Clean Start 1 CONNECT end the stored session: the store could not record its
+    // end (after a restart it would be back).
+    let (_raw, ack) = Raw::connect(server.addr, &connect_packet(ProtocolVersion::V5, "sub")).await;
+    assert_eq!(
+        ack.reason_code,
+        bulwark_proto::ReasonCode::ServerUnavailable
+    );
     // A client that needs no store still gets in.
     let (_clean, _) = Raw::v5(server.addr, "clean").await;
 
