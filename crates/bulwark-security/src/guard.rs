@@ -40,7 +40,9 @@
 //!   still queued waits its turn. An address thus gets at most `backoff_after` failures plus
 //!   the evaluations that were running at once (the hash pool's size) before its first delay.
 //! - Attempts from an address in backoff are serialized: each takes the next free slot at least
-//!   one delay after the previous one. An attempt whose slot is more than `max_wait` (60 s) away
+//!   one delay after the previous one, and while the previous slot is still ahead the delay
+//!   is at least twice the previous one (parallel guesses are spaced as if each had failed in
+//!   turn). An attempt whose slot is more than `max_wait` (60 s) away
 //!   is refused at once ([`Admission::Throttled`]) instead of holding a connection open.
 //! - A username in backoff delays each attempt by its delay (at most `max_delay`) but is never
 //!   serialized nor throttled on its own: that would let anyone lock a user out by guessing at
@@ -218,6 +220,10 @@ struct Entry {
     /// Attempts admitted whose outcome is not known yet: they keep the entry (and the slots
     /// they reserved) alive, but never count as failures.
     in_flight: u32,
+    /// The delay of the last slot given. While that slot is still ahead, the next attempt's
+    /// delay is at least twice it: parallel guesses from one address in backoff are spaced
+    /// as if each had failed in turn, not one delay apart.
+    last_delay: Duration,
 }
 
 impl Entry {
@@ -228,6 +234,7 @@ impl Entry {
             next_free: None,
             banned_until: None,
             in_flight: 0,
+            last_delay: Duration::ZERO,
         }
     }
 
@@ -345,13 +352,17 @@ fn count_failure<'t, K: Copy + Eq + Hash>(
 }
 
 /// For a key in backoff, its delay and the earliest slot it allows an attempt: the latest of
-/// `now`, its next free slot and its last failure plus its delay. `None` below the threshold.
+/// `now`, its next free slot and its last failure plus its delay. `None` below the threshold,
+/// which only failures reach; above it, a slot given and still ahead doubles the delay.
 fn backoff_slot(
     entry: &Entry,
     settings: &GuardSettings,
     now: Instant,
 ) -> Option<(Duration, Instant)> {
-    let delay = settings.delay_for(entry.current_count(now, settings.window))?;
+    let mut delay = settings.delay_for(entry.current_count(now, settings.window))?;
+    if entry.next_free.is_some_and(|free| free > now) {
+        delay = delay.max(entry.last_delay.saturating_mul(2).min(settings.max_delay));
+    }
     let slot = now
         .max(saturating_add(entry.last_failure, delay))
         .max(entry.next_free.unwrap_or(now));
@@ -520,11 +531,12 @@ impl LoginGuard {
             && (new_attempt || by_address.is_some())
         {
             let entry = entry_for(&mut self.addresses, key, &self.settings, now);
-            if let Some((delay, _)) = by_address {
-                entry.next_free = Some(saturating_add(address_slot, delay));
-            }
             if new_attempt {
                 entry.in_flight = entry.in_flight.saturating_add(1);
+            }
+            if let Some((delay, _)) = by_address {
+                entry.next_free = Some(saturating_add(address_slot, delay));
+                entry.last_delay = delay;
             }
         }
         if let Some(key) = username_key
@@ -886,8 +898,9 @@ mod tests {
                 admitted += 1;
             }
         }
-        // Slots 1, 2, 3, ... 60 s away: one a second.
-        assert_eq!(admitted, 60);
+        // Slots 1, 2, 4, 8, 16 and 32 s away, as if each had failed in turn; the next would
+        // be 64 s away.
+        assert_eq!(admitted, 6);
     }
 
     #[test]
@@ -953,15 +966,21 @@ mod tests {
     }
 
     #[test]
-    fn parallel_admits_are_spaced_by_the_delay() {
+    fn parallel_admits_are_spaced_by_doubling_delays() {
         let mut guard = LoginGuard::new(GuardSettings::default());
         let addr = v4(1);
         let t0 = Instant::now();
         fail_n(&mut guard, addr, None, 6, t0);
-        // Six failures (2 s): the slots are one delay apart, 2, 4 and 6 s after the last failure.
+        // Six failures (2 s): each slot still ahead doubles the next delay, as if each attempt
+        // had failed in turn: 2, 4 and 8 s after the last failure.
         assert_eq!(guard.admit(addr, None, t0), proceed(2 * SEC));
         assert_eq!(guard.admit(addr, None, t0), proceed(4 * SEC));
-        assert_eq!(guard.admit(addr, None, t0), proceed(6 * SEC));
+        assert_eq!(guard.admit(addr, None, t0), proceed(8 * SEC));
+        // Once the slots are behind, the delay is the failures' again.
+        assert_eq!(
+            guard.admit(addr, None, t0 + 40 * SEC),
+            proceed(Duration::ZERO)
+        );
         // Another address is not in backoff.
         assert_eq!(guard.admit(v4(2), None, t0), proceed(Duration::ZERO));
     }
@@ -976,14 +995,14 @@ mod tests {
         let addr = v4(1);
         let t0 = Instant::now();
         fail_n(&mut guard, addr, None, 6, t0); // 2 s delay
-        for slot in [2, 4, 6, 8, 10] {
+        for slot in [2, 4, 8] {
             assert_eq!(guard.admit(addr, None, t0), proceed(slot * SEC));
         }
-        // The next slot would be 12 s away.
+        // The next slot would be 16 s away.
         assert_eq!(guard.admit(addr, None, t0), Admission::Throttled);
         assert_eq!(guard.admit(addr, None, t0), Admission::Throttled);
-        // Refusals took no slot: seven seconds later the next slot is still 12 s after t0.
-        assert_eq!(guard.admit(addr, None, t0 + 7 * SEC), proceed(5 * SEC));
+        // Refusals took no slot: seven seconds later the next slot is still 16 s after t0.
+        assert_eq!(guard.admit(addr, None, t0 + 7 * SEC), proceed(9 * SEC));
     }
 
     #[test]
