@@ -257,14 +257,57 @@ impl Router {
             .collect();
         for old in ready {
             if let Some(waiting) = takeovers.waiting.remove(&old) {
-                for mut pending in waiting.connects {
+                for (i, mut pending) in waiting.connects.into_iter().enumerate() {
                     takeovers.held.remove(&pending.conn);
                     let later = std::mem::take(&mut pending.later);
-                    self.connect(pending, peers, now);
+                    if i == 0 {
+                        self.connect(pending, peers, now);
+                    } else {
+                        // The one before took the identifier over: this one waits for that
+                        // connection in turn.
+                        self.connect_or_wait(pending, peers, takeovers, now);
+                    }
                     for msg in later {
                         self.apply(msg, peers, takeovers, now);
                     }
                 }
+            }
+        }
+    }
+
+    /// Hands a CONNECT to the engine, or holds it while the live connection it would take over
+    /// forwards what its client sent (see [`Takeovers`]).
+    fn connect_or_wait(
+        &mut self,
+        pending: PendingConnect,
+        peers: &mut HashMap<ConnectionId, Arc<Outbox>>,
+        takeovers: &mut Takeovers,
+        now: Instant,
+    ) {
+        let conn = pending.conn;
+        let Some(old) = self
+            .broker
+            .live_connection(pending.connect.client_id.as_str())
+            .filter(|old| *old != conn)
+        else {
+            return self.connect(pending, peers, now);
+        };
+        let Some(old_outbox) = peers.get(&old) else {
+            return self.connect(pending, peers, now);
+        };
+        takeovers.held.insert(conn, old);
+        match takeovers.waiting.get_mut(&old) {
+            Some(waiting) => waiting.connects.push(pending),
+            None => {
+                old_outbox.request_drain();
+                takeovers.waiting.insert(
+                    old,
+                    Waiting {
+                        until: now + TAKEOVER_WAIT,
+                        drained: false,
+                        connects: vec![pending],
+                    },
+                );
             }
         }
     }
@@ -308,30 +351,7 @@ impl Router {
                     auth,
                     later: Vec::new(),
                 };
-                if let Some(old) = self
-                    .broker
-                    .live_connection(pending.connect.client_id.as_str())
-                    && old != conn
-                    && let Some(old_outbox) = peers.get(&old)
-                {
-                    takeovers.held.insert(conn, old);
-                    match takeovers.waiting.get_mut(&old) {
-                        Some(waiting) => waiting.connects.push(pending),
-                        None => {
-                            old_outbox.request_drain();
-                            takeovers.waiting.insert(
-                                old,
-                                Waiting {
-                                    until: now + TAKEOVER_WAIT,
-                                    drained: false,
-                                    connects: vec![pending],
-                                },
-                            );
-                        }
-                    }
-                } else {
-                    self.connect(pending, peers, now);
-                }
+                self.connect_or_wait(pending, peers, takeovers, now);
             }
             ToRouter::Packets { conn, packets } => {
                 for packet in packets {
