@@ -900,3 +900,74 @@ async fn a_subscription_that_overlaps_a_deny_rule_is_granted_with_the_carve_out(
     assert_eq!(topics_until(&mut both, "sensor/end").await, expected);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn carve_outs_hold_for_queued_messages_and_follow_a_reload() {
+    // No deny at first: `sensor/#` is granted whole.
+    let open_rules = CARVE_OUT_RULES.replace("permission = \"deny\"", "permission = \"allow\"");
+    let fixture = Fixture::new();
+    fixture.write_rules(&open_rules);
+    let server = fixture.start().await;
+    let v5 = ProtocolVersion::V5;
+    let persistent = || {
+        let mut connect = login(v5, "alice", "alice-carve-p");
+        connect.clean_start = false;
+        connect.properties = ConnectProperties {
+            session_expiry_interval: Some(300),
+            ..ConnectProperties::default()
+        };
+        connect
+    };
+    let mut bob = connect_as(&server, v5, "bob", "bob-carve-p").await;
+    let mut live = connect_as(&server, v5, "alice", "alice-carve-live").await;
+    assert_eq!(
+        sub_code(&mut live, 1, "sensor/#").await,
+        ReasonCode::GrantedQoS1
+    );
+    let (mut parked, _) = Raw::connect(server.addr, &persistent()).await;
+    assert_eq!(
+        sub_code(&mut parked, 1, "sensor/#").await,
+        ReasonCode::GrantedQoS1
+    );
+    parked
+        .send(&bulwark_proto::Disconnect::new(ReasonCode::Success))
+        .await;
+    parked.until_closed(Duration::from_secs(2)).await;
+    publish_acked(&mut bob, 1, "sensor/secret/before", false).await;
+    assert_eq!(
+        live.recv_publish().await.topic.as_str(),
+        "sensor/secret/before",
+        "no carve-out yet"
+    );
+
+    // The deny comes with a reload: the live subscription stays, its secret topics stop.
+    fixture.write_rules(CARVE_OUT_RULES);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Until the reload is in force, a refused subscription shows it.
+        if sub_code(&mut live, 7, "sensor/secret/x").await == ReasonCode::NotAuthorized {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reload never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // (Messages that matched the probe subscription while it lasted are skipped below.)
+    publish_acked(&mut bob, 2, "sensor/secret/after", false).await;
+    publish_acked(&mut bob, 3, "sensor/open/after", false).await;
+    publish_acked(&mut bob, 4, "sensor/end", false).await;
+    let topics = topics_until(&mut live, "sensor/end").await;
+    assert_eq!(
+        topics,
+        ["sensor/open/after"],
+        "the subscription stays, the carve-out applies"
+    );
+
+    // The parked session queued everything while away; on resume what the rules in force
+    // carve out is dropped from its queue, even a message queued before the deny came.
+    let (mut parked, ack) = Raw::connect(server.addr, &persistent()).await;
+    assert!(ack.session_present);
+    publish_acked(&mut bob, 5, "sensor/end2", false).await;
+    let rest = topics_until(&mut parked, "sensor/end2").await;
+    assert_eq!(rest, ["sensor/open/after", "sensor/end"]);
+    server.stop().await;
+}
