@@ -65,6 +65,9 @@ pub(crate) struct Held {
     rounds: VecDeque<(u64, Round)>,
     /// Connections with outputs in `rounds`, and in how many of them.
     waiting: HashMap<ConnectionId, usize>,
+    /// Connections whose CONNACK (accepting them) was waiting when the store failed: they
+    /// were sent CONNACK 0x88 instead, and the engine must let them go ([`Held::take_refused`]).
+    refused: Vec<ConnectionId>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -138,6 +141,7 @@ impl Held {
             sent: 0,
             rounds: VecDeque::new(),
             waiting: HashMap::new(),
+            refused: Vec::new(),
             thread: Some(thread),
         })
     }
@@ -246,13 +250,22 @@ impl Held {
         let committed = self.shared.committed.load(Ordering::Acquire);
         let mut out = Vec::new();
         if self.failing() {
-            let closing: Vec<ConnectionId> = self
-                .rounds
-                .iter()
-                .flat_map(|(_, round)| round.iter())
-                .filter(|(_, outputs)| outputs.iter().any(|o| matches!(o, Output::Close)))
-                .map(|(conn, _)| *conn)
-                .collect();
+            // Connections to close, and connections whose accepting CONNACK waits (it would
+            // wait as long as the store fails: they are refused instead).
+            let mut closing: Vec<ConnectionId> = Vec::new();
+            for (conn, outputs) in self.rounds.iter().flat_map(|(_, round)| round.iter()) {
+                let closes = outputs.iter().any(|o| matches!(o, Output::Close));
+                let accepts = outputs.iter().any(|o| {
+                    matches!(o, Output::Packet(p)
+                        if matches!(&**p, Packet::ConnAck(a) if !a.reason_code.is_error()))
+                });
+                if (closes || accepts) && !closing.contains(conn) {
+                    if accepts && !closes {
+                        self.refused.push(*conn);
+                    }
+                    closing.push(*conn);
+                }
+            }
             let mut closes = Vec::new();
             for conn in closing {
                 let all = self.take_waiting(conn);
@@ -282,6 +295,12 @@ impl Held {
             }
         }
         out
+    }
+
+    /// The connections refused by [`Held::released`] while the engine still counts them as
+    /// connected.
+    pub(crate) fn take_refused(&mut self) -> Vec<ConnectionId> {
+        std::mem::take(&mut self.refused)
     }
 
     /// Lets the writer commit what it was sent and waits for it to stop: at shutdown, so

@@ -478,11 +478,21 @@ impl Router {
                 // What the last commits released first (older), so that their connections
                 // are no longer held for this round.
                 let mut ready = held.released();
+                let refused = held.take_refused();
                 ready.extend(held.round(ops, std::mem::take(&mut groups)));
                 for round in ready {
                     for (conn, run) in round {
                         self.hand_over(peers, conn, run);
                     }
+                }
+                // Their clients were told 0x88 and closed: to the engine they left normally
+                // (no will: as far as the client knows it never connected). What that
+                // changes goes out with the next round.
+                let now = Instant::now();
+                for conn in refused {
+                    let bye = bulwark_proto::Disconnect::new(bulwark_proto::ReasonCode::Success);
+                    self.broker
+                        .handle_packet(conn, Packet::Disconnect(bye), now);
                 }
             }
         }

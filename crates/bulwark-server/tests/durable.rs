@@ -421,3 +421,61 @@ async fn a_store_that_hangs_does_not_hold_the_exit_past_the_grace_period() {
         }
     }
 }
+
+/// A store whose commits, once `fail` is set, take a while and then fail: a CONNECT can be
+/// waiting for the commit when the store starts failing.
+#[derive(Debug)]
+struct SlowFailure {
+    inner: MemoryImageStore,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for SlowFailure {
+    fn load(&mut self) -> Result<Restored, StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(300));
+            return Err(StoreError::Io {
+                context: "writing the test store".to_owned(),
+                source: std::io::Error::from_raw_os_error(28), // ENOSPC
+            });
+        }
+        self.inner.commit(ops)
+    }
+}
+
+#[tokio::test]
+async fn a_connack_waiting_when_the_store_fails_becomes_0x88_and_the_will_stays_unsent() {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = SlowFailure {
+        inner: MemoryImageStore::new(),
+        fail: fail.clone(),
+    };
+    let server = common::start_durable(|_| {}, Box::new(store)).await;
+    let (mut watcher, _) = Raw::v5(server.addr, "will-watcher").await;
+    watcher
+        .subscribe_qos(1, "wills/caught", QoS::AtMostOnce)
+        .await;
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Its CONNACK waits for the commit of its session, which fails after a while.
+    let mut caught = persistent("caught");
+    caught.will = Some(bulwark_proto::Will {
+        topic: common::topic("wills/caught"),
+        payload: bytes::Bytes::from_static(b"never"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: bulwark_proto::WillProperties::default(),
+    });
+    let (mut raw, ack) = Raw::connect(server.addr, &caught).await;
+    assert_eq!(
+        ack.reason_code,
+        bulwark_proto::ReasonCode::ServerUnavailable
+    );
+    raw.until_closed(common::WAIT).await;
+    // Refused, as far as the client knows: its will is not published.
+    watcher.expect_no_publish(common::QUIET).await;
+    server.stop().await;
+}
