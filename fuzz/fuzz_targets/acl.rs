@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use bulwark_security::acl::lint::{Known, lint};
-use bulwark_security::acl::{AclRules, Principal};
+use bulwark_acl::lint::{Known, lint};
+use bulwark_acl::{AclRules, Principal};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
                         let denied = acl.check_subscribe(topic, 2).reason;
                         assert_eq!(
                             denied,
-                            bulwark_security::acl::Reason::DeniedByRule,
+                            bulwark_acl::Reason::DeniedByRule,
                             "{probe} granted, {topic} matched by no allow rule"
                         );
                         assert!(

@@ -6,8 +6,8 @@
 
 use std::sync::OnceLock;
 
-use bulwark_security::jwt::{self, JwtKeySet, JwtSettings};
-use bulwark_security::scram::{ScramConfig, ScramCredentials, ScramHash, ScramServer};
+use bulwark_auth::jwt::{self, JwtKeySet, JwtSettings};
+use bulwark_auth::scram::{ScramConfig, ScramCredentials, ScramHash, ScramServer};
 use libfuzzer_sys::fuzz_target;
 
 /// An HMAC secret, for a key set that covers the HMAC family.

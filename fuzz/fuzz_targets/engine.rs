@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulwark_core::{Broker, BrokerConfig, ConnectAuth, ConnectionId, Image, MemoryStore, Output};
-use bulwark_security::acl::{AclRules, Principal};
+use bulwark_acl::{AclRules, Principal};
 use bulwark_proto::{Decoder, DecoderLimits, Encoder, Packet};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;

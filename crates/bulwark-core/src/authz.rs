@@ -1,15 +1,15 @@
 //! Authorization inside the engine: each connection's resolved ACL and the record of what
 //! it refused, for the audit trail.
 //!
-//! The rules themselves are `bulwark_security::acl`; the engine holds the compiled set in
+//! The rules themselves are `bulwark_acl`; the engine holds the compiled set in
 //! force, resolves it once per connection (and again after a reload), and asks it on
 //! PUBLISH, SUBSCRIBE, wills and retained delivery.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulwark_security::acl::{AclRules, ClientAcl, Principal};
-use bulwark_security::event::EventKind;
+use bulwark_acl::event::EventKind;
+use bulwark_acl::{AclRules, ClientAcl, Principal};
 
 /// One authorization event, for the caller to stamp with the wall-clock time and record.
 #[derive(Debug, Clone, PartialEq, Eq)]

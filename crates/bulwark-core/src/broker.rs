@@ -7,14 +7,14 @@ use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bulwark_acl::event::EventKind;
+use bulwark_acl::{AclRules, Principal};
 use bulwark_proto::{
     AckProperties, ConnAck, Connect, Disconnect, Encoder, MqttString, Packet, PacketId,
     ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, PublishProperties, PublishWithId,
     QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionId, SubscriptionOptions,
     TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
 };
-use bulwark_security::acl::{AclRules, Principal};
-use bulwark_security::event::EventKind;
 use bytes::Bytes;
 
 use crate::authz::{AuthzEvent, ConnAuthz};

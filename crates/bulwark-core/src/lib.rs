@@ -4,7 +4,8 @@
 //!
 //! The engine is sans I/O: it reads no clock (time is an argument), owns no socket and
 //! spawns no task, so a test can drive it packet by packet with a controlled clock. It
-//! depends on `bulwark-proto` and `bytes` only, and must never depend on an async runtime;
+//! depends on `bulwark-proto`, `bulwark-acl` (authorization decisions) and `bytes` only, and
+//! must never depend on an async runtime or on credential crypto (`bulwark-auth`);
 //! parked sessions are reached only through the [`SessionStore`] trait.
 #![forbid(unsafe_code)]
 

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bulwark_acl::Principal;
 use bulwark_proto::{PacketId, TopicName, Will};
-use bulwark_security::acl::Principal;
 
 use crate::message::{Delivery, Message, OutState};
 use crate::session::SubscriptionRecord;

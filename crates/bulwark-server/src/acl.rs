@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bulwark_acl::AclRules;
+use bulwark_acl::event::SecurityEvent;
 use bulwark_core::AuthzEvent;
-use bulwark_security::acl::AclRules;
-use bulwark_security::event::SecurityEvent;
 use tracing::{info, warn};
 
 /// Largest ACL file read, in bytes.

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bulwark_security::event::SecurityEvent;
+use bulwark_acl::event::SecurityEvent;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 

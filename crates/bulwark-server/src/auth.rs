@@ -27,17 +27,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bulwark_core::ConnectionId;
-use bulwark_proto::{Connect, ReasonCode};
-use bulwark_security::acl::AclRules;
-use bulwark_security::cache::CredentialCache;
-use bulwark_security::event::{EventKind, SecurityEvent};
-use bulwark_security::guard::{Admission, GuardSettings, LoginGuard};
-use bulwark_security::jwt::{self, JwtError, JwtIdentity, JwtKeySet, JwtSettings};
-use bulwark_security::password::{Argon2Params, PasswordStore, Verdict, hash_password};
-use bulwark_security::scram::{
+use bulwark_acl::AclRules;
+use bulwark_acl::event::{EventKind, SecurityEvent};
+use bulwark_auth::cache::CredentialCache;
+use bulwark_auth::guard::{Admission, GuardSettings, LoginGuard};
+use bulwark_auth::jwt::{self, JwtError, JwtIdentity, JwtKeySet, JwtSettings};
+use bulwark_auth::password::{Argon2Params, PasswordStore, Verdict, hash_password};
+use bulwark_auth::scram::{
     DEFAULT_ITERATIONS, ScramConfig, ScramCredentials, ScramError, ScramHash, ScramServer,
 };
+use bulwark_core::ConnectionId;
+use bulwark_proto::{Connect, ReasonCode};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
@@ -198,8 +198,8 @@ impl Default for AuthSettings {
             audit_file: None,
             hash_concurrency: 0,
             max_pending_logins: 1024,
-            credential_cache_ttl: bulwark_security::cache::DEFAULT_TTL,
-            credential_cache_size: bulwark_security::cache::DEFAULT_MAX_ENTRIES,
+            credential_cache_ttl: bulwark_auth::cache::DEFAULT_TTL,
+            credential_cache_size: bulwark_auth::cache::DEFAULT_MAX_ENTRIES,
             guard: GuardSettings::default(),
             jwt: None,
             max_connections_per_user: 0,
@@ -972,7 +972,7 @@ impl AuthService {
                 quiet.clear();
             }
         }
-        let key = bulwark_security::guard::address_key(address);
+        let key = bulwark_auth::guard::address_key(address);
         match quiet.get_mut(&key) {
             Some((at, left_out)) if now.saturating_duration_since(*at) < QUIET_PERIOD => {
                 *left_out = left_out.saturating_add(1);

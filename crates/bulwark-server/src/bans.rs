@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bulwark_security::acl::Cidr;
-use bulwark_security::ban::{Ban, BanList, BanTarget};
+use bulwark_acl::Cidr;
+use bulwark_limits::ban::{Ban, BanList, BanTarget};
 use tracing::{info, warn};
 
 /// Largest ban file read, in bytes.
@@ -49,7 +49,7 @@ impl Default for BanSettings {
             flaps: 100,
             window: Duration::from_secs(60),
             duration: Duration::from_secs(3600),
-            exempt: bulwark_security::admission::loopback(),
+            exempt: bulwark_limits::admission::loopback(),
         }
     }
 }

@@ -170,9 +170,9 @@ pub struct ServerConfig {
     pub acl: AclSettings,
     /// Admission control: caps on connections and handshakes, per source and in all, and a
     /// per-source connection rate, applied before any TLS work.
-    pub admission: bulwark_security::admission::AdmissionSettings,
+    pub admission: bulwark_limits::admission::AdmissionSettings,
     /// Per-client message and byte rates (default: none), enforced by backpressure.
-    pub rates: bulwark_security::rate::RateSettings,
+    pub rates: bulwark_limits::rate::RateSettings,
     /// The ban list and automatic bans.
     pub bans: crate::bans::BanSettings,
     /// Resident memory (bytes) above which new connections are refused and queued messages
@@ -229,8 +229,8 @@ impl Default for ServerConfig {
             tls_watch_interval: Duration::from_secs(5),
             auth: AuthSettings::default(),
             acl: AclSettings::default(),
-            admission: bulwark_security::admission::AdmissionSettings::default(),
-            rates: bulwark_security::rate::RateSettings::default(),
+            admission: bulwark_limits::admission::AdmissionSettings::default(),
+            rates: bulwark_limits::rate::RateSettings::default(),
             bans: crate::bans::BanSettings::default(),
             memory_watermark: crate::memory::default_watermark(),
             storage: StorageSettings::default(),

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bulwark_acl::Principal;
+use bulwark_acl::event::{EventKind, SecurityEvent};
+use bulwark_auth::scram::{ScramHash, ScramServer};
 use bulwark_core::{ConnectAuth, ConnectionId, KeepAlive, Output};
 use bulwark_proto::{
     Auth, ConnAck, Connect, ConnectReturnCode, DecodeError, Decoder, DecoderLimits, Disconnect,
     Encoder, MqttString, Packet, ProtocolVersion, ReasonCode,
 };
-use bulwark_security::acl::Principal;
-use bulwark_security::event::{EventKind, SecurityEvent};
-use bulwark_security::scram::{ScramHash, ScramServer};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -44,7 +44,7 @@ pub(crate) struct DriverContext {
     pub(crate) traffic: Arc<Traffic>,
     pub(crate) auth: Arc<AuthService>,
     /// Per-client message and byte rates.
-    pub(crate) rates: bulwark_security::rate::RateSettings,
+    pub(crate) rates: bulwark_limits::rate::RateSettings,
     /// The ban list and the abuse tracker.
     pub(crate) bans: Arc<crate::bans::Bans>,
 }
@@ -351,7 +351,7 @@ impl<S: Transport> Driver<S> {
         self.ctx.auth.audit.record(event).await;
     }
 
-    async fn ban_now(&self, ban: &bulwark_security::ban::Ban) {
+    async fn ban_now(&self, ban: &bulwark_limits::ban::Ban) {
         let mut event = SecurityEvent::new(EventKind::Ban, std::time::SystemTime::now());
         event.listener = Some(self.listener.name.to_string());
         event.remote = Some(self.peer.to_string());
@@ -359,7 +359,7 @@ impl<S: Transport> Driver<S> {
         self.ctx.auth.audit.record(event).await;
         let now = crate::bans::unix_now();
         let list = {
-            let mut list = bulwark_security::ban::BanList::new();
+            let mut list = bulwark_limits::ban::BanList::new();
             let _ = list.add(ban.clone());
             list
         };
@@ -950,7 +950,7 @@ impl<S: Transport> Driver<S> {
                 identity.username.as_deref(),
                 &groups,
             );
-            bulwark_security::rate::Limiter::new(limit, Instant::now()).map(Box::new)
+            bulwark_limits::rate::Limiter::new(limit, Instant::now()).map(Box::new)
         };
         let mut paused_until: Option<tokio::time::Instant> = None;
         // Packets the client sent right behind its CONNECT, in the same read, are handled

@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bulwark_security::password::PasswordStore;
+use bulwark_auth::password::PasswordStore;
 
 /// Largest password store read, in bytes.
 pub const MAX_STORE_BYTES: u64 = 16 << 20;

@@ -1,5 +1,5 @@
 //! Admission control in the server: every accepted socket asks the shared
-//! [`bulwark_security::admission::Admission`] before any TLS, WebSocket or MQTT work is spent
+//! [`bulwark_limits::admission::Admission`] before any TLS, WebSocket or MQTT work is spent
 //! on it, and holds a [`Permit`] for as long as it lives.
 
 use std::net::IpAddr;
@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use bulwark_security::admission::{Admission, AdmissionSettings, Refused};
-use bulwark_security::event::{EventKind, SecurityEvent};
+use bulwark_acl::event::{EventKind, SecurityEvent};
+use bulwark_limits::admission::{Admission, AdmissionSettings, Refused};
 
 use crate::audit::Audit;
 use crate::router::Traffic;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bulwark_security::event::{EventKind, SecurityEvent};
+use bulwark_acl::event::{EventKind, SecurityEvent};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 

@@ -39,11 +39,11 @@ pub(crate) enum ToRouter {
     /// Memory is over its watermark: drop this many bytes of queued messages.
     Shed(usize),
     /// Put these ACL rules in force (a reload).
-    Acl(Arc<bulwark_security::acl::AclRules>),
+    Acl(Arc<bulwark_acl::AclRules>),
     /// A connection re-authenticated: what is known of its client now.
     Principal {
         conn: ConnectionId,
-        principal: Arc<bulwark_security::acl::Principal>,
+        principal: Arc<bulwark_acl::Principal>,
     },
     /// Close these connections: their client certificates were revoked.
     Kick {

@@ -73,7 +73,7 @@ pub struct Server {
     config: ServerConfig,
     listeners: Vec<Bound>,
     auth: Arc<AuthService>,
-    acl: Option<(crate::acl::AclFile, Arc<bulwark_security::acl::AclRules>)>,
+    acl: Option<(crate::acl::AclFile, Arc<bulwark_acl::AclRules>)>,
     bans: Arc<crate::bans::Bans>,
     /// The durable store and what it held at start; `None`: state in memory only.
     durable: Option<(Box<dyn bulwark_store::Store>, bulwark_store::Restored)>,

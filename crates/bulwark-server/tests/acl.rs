@@ -13,12 +13,12 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bulwark_auth::password::{Argon2Params, PasswordStore, hash_password};
 use bulwark_core::DeniedPublish;
 use bulwark_proto::{
     ConnectProperties, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions, Will,
     WillProperties,
 };
-use bulwark_security::password::{Argon2Params, PasswordStore, hash_password};
 use bulwark_server::{JwtAuthSettings, ServerConfig};
 use bytes::Bytes;
 use common::{QUIET, Raw, Recv, TestServer, connect_packet, string, topic};

@@ -15,9 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bulwark_auth::password::{Argon2Params, PasswordStore, hash_password};
+use bulwark_auth::scram::{ScramClient, ScramCredentials, ScramHash};
 use bulwark_proto::{Auth, AuthProperties, ConnAck, Packet, ProtocolVersion, ReasonCode};
-use bulwark_security::password::{Argon2Params, PasswordStore, hash_password};
-use bulwark_security::scram::{ScramClient, ScramCredentials, ScramHash};
 use bulwark_server::{Authenticator, JwtAuthSettings, ServerConfig};
 use bytes::Bytes;
 use common::{Raw, Recv, TestServer, connect_packet, string};
@@ -1507,7 +1507,7 @@ async fn exempt_addresses_are_not_slowed_or_banned_by_the_login_guard() {
     let server = fixture
         .start_with(|c| {
             slow_guard(c, 5);
-            c.auth.guard.exempt = vec![bulwark_security::acl::Cidr::parse("127.0.0.1/32").unwrap()];
+            c.auth.guard.exempt = vec![bulwark_acl::Cidr::parse("127.0.0.1/32").unwrap()];
         })
         .await;
     // Twenty-five bad logins (each for another unknown name, so no username is in backoff)

@@ -13,8 +13,8 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use bulwark_limits::admission::AdmissionSettings;
 use bulwark_proto::{ProtocolVersion, QoS, ReasonCode};
-use bulwark_security::admission::AdmissionSettings;
 use common::{Raw, Recv, connect_packet};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -196,7 +196,7 @@ async fn a_thousand_silent_sockets_are_closed_on_time_while_a_client_works() {
 
 #[tokio::test]
 async fn a_client_over_its_rate_is_slowed_not_dropped() {
-    use bulwark_security::rate::{RateLimit, RateOverride, RateSettings};
+    use bulwark_limits::rate::{RateLimit, RateOverride, RateSettings};
     let server = common::start_with(|c| {
         c.rates = RateSettings {
             default: RateLimit::default(),
@@ -315,7 +315,7 @@ const PASSWORD: &str = "violet-Harbour-lantern-93";
 /// A new directory with a password store of `users` (password [`PASSWORD`]); returns the
 /// directory and the store's path.
 fn password_store(prefix: &str, users: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
-    use bulwark_security::password::{Argon2Params, PasswordStore, hash_password};
+    use bulwark_auth::password::{Argon2Params, PasswordStore, hash_password};
     let dir = std::env::temp_dir().join(common::unique(prefix));
     std::fs::create_dir_all(&dir).unwrap();
     let mut store = PasswordStore::new();
@@ -581,8 +581,8 @@ async fn repeated_protocol_violations_lead_to_a_ban_that_survives_a_restart() {
     // A ban added to the file applies to a live connection at once.
     let mut victim = mqtt_from(server.addr, from(9), "to-be-banned").await;
     let mut list = bulwark_server::bans::load(&dir.join("bans.toml")).unwrap();
-    list.add(bulwark_security::ban::Ban {
-        target: bulwark_security::ban::BanTarget::ClientId("to-be-banned".to_owned()),
+    list.add(bulwark_limits::ban::Ban {
+        target: bulwark_limits::ban::BanTarget::ClientId("to-be-banned".to_owned()),
         expires: None,
         reason: "test".to_owned(),
         created: 0,
@@ -753,7 +753,7 @@ async fn flapping_bans_only_the_flapping_user_from_a_client_id_never_its_owner()
             file: Some(dir.join("bans.toml")),
             flaps: 5,
             // 127.0.0.1 is exempt, 127.0.0.7 (bob's) is not.
-            exempt: vec![bulwark_security::acl::Cidr::parse("127.0.0.1/32").unwrap()],
+            exempt: vec![bulwark_acl::Cidr::parse("127.0.0.1/32").unwrap()],
             ..BanSettings::default()
         };
     })

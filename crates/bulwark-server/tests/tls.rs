@@ -646,7 +646,7 @@ async fn mqtt_connect_v5_password(stream: &mut Tls, id: &str, user: &str, passwo
 /// chain) or, with `certificate+password`, together with the password of the user it names.
 #[tokio::test]
 async fn client_certificates_authenticate_alone_or_with_a_password() {
-    use bulwark_security::password::{Argon2Params, PasswordStore, hash_password};
+    use bulwark_auth::password::{Argon2Params, PasswordStore, hash_password};
     let pki = Pki::new("tls-cert-auth");
     pki.leaf("server", "localhost", &["localhost"], false, 40);
     pki.leaf("sensor", "sensor-1", &[], true, 41);

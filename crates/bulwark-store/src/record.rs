@@ -12,12 +12,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bulwark_acl::Principal;
 use bulwark_core::{Delivery, Message, OutState, SessionRecord, SubscriptionRecord, WillRecord};
 use bulwark_proto::{
     MqttString, PacketId, PayloadFormat, PublishProperties, QoS, RetainHandling, SubscriptionId,
     SubscriptionOptions, TopicFilter, TopicName, UserProperty, Will, WillProperties,
 };
-use bulwark_security::acl::Principal;
 use bytes::Bytes;
 
 use crate::Sent;

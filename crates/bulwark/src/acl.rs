@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use bulwark_acl::lint::{Known, lint};
+use bulwark_acl::{AclRules, Decision, Principal, Reason, Template};
+use bulwark_auth::password::PasswordStore;
 use bulwark_proto::{TopicFilter, TopicName};
-use bulwark_security::acl::lint::{Known, lint};
-use bulwark_security::acl::{AclRules, Decision, Principal, Reason, Template};
-use bulwark_security::password::PasswordStore;
 use bulwark_server::{Authenticator, ServerConfig, files};
 
 /// The ACL file unless `--file` or `--config` says otherwise.
@@ -312,7 +312,7 @@ fn check(args: &CheckArgs) -> Result<u8, Failure> {
         Operation::Subscribe => acl.check_subscribe(&checked, args.qos.unwrap_or(2)),
     };
     println!("{}", verdict_line(&loaded.rules, &decision, args.operation));
-    let rule_at = |origin: &bulwark_security::acl::Origin| {
+    let rule_at = |origin: &bulwark_acl::Origin| {
         loaded
             .rules
             .rules()
@@ -339,7 +339,7 @@ fn check(args: &CheckArgs) -> Result<u8, Failure> {
 }
 
 /// The first rule whose effect depends on the client identifier, if any.
-fn rule_using_client_id(rules: &AclRules) -> Option<&bulwark_security::acl::Rule> {
+fn rule_using_client_id(rules: &AclRules) -> Option<&bulwark_acl::Rule> {
     rules.rules().iter().find(|rule| {
         !rule.who.client_ids.is_empty()
             || rule

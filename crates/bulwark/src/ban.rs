@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bulwark_security::acl::Cidr;
-use bulwark_security::ban::{Ban, BanList, BanTarget};
+use bulwark_acl::Cidr;
+use bulwark_limits::ban::{Ban, BanList, BanTarget};
 use bulwark_server::files;
 
 /// Where the list lives unless `--file` says otherwise.
@@ -132,7 +132,7 @@ fn utc(secs: u64) -> String {
     let time = std::time::UNIX_EPOCH
         .checked_add(std::time::Duration::from_secs(secs))
         .unwrap_or(std::time::UNIX_EPOCH);
-    let text = bulwark_security::event::rfc3339(time);
+    let text = bulwark_acl::event::rfc3339(time);
     // The event format carries milliseconds; a ban's end is whole seconds.
     match text.strip_suffix(".000Z") {
         Some(seconds) => format!("{seconds}Z"),

@@ -311,7 +311,7 @@ fn run_client(cn: &str, p12: Option<Option<&Path>>, leaf: &LeafArgs) -> Result<(
         None => None,
         Some(Some(file)) => Some((read_p12_password(file)?, false)),
         Some(None) => Some((
-            bulwark_security::password::generate_password(24)
+            bulwark_auth::password::generate_password(24)
                 .ok_or("the operating system's random generator is unavailable")?,
             true,
         )),

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bulwark_acl::Cidr;
 use bulwark_core::{DeniedPublish, QueuePolicy};
+use bulwark_limits::admission::AdmissionSettings;
+use bulwark_limits::rate::{RateLimit, RateOverride};
 use bulwark_proto::PROTOCOL_MAX_PACKET_SIZE;
-use bulwark_security::acl::Cidr;
-use bulwark_security::admission::AdmissionSettings;
-use bulwark_security::rate::{RateLimit, RateOverride};
 use bulwark_server::tls::{CertFiles, ClientAuth, IdentitySource, TlsSettings, TlsVersion};
 use bulwark_server::{
     AuthSettings, Authenticator, ConfigError, JwtAuthSettings, ListenerConfig, ListenerKind,

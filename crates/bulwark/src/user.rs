@@ -1,6 +1,6 @@
 //! `bulwark user`: the password store's users, edited from the command line.
 //!
-//! Every command reads the store file (TOML, see `bulwark_security::password`), changes it in
+//! Every command reads the store file (TOML, see `bulwark_auth::password`), changes it in
 //! memory and writes it back atomically: a temporary file with mode 0600 in the same directory,
 //! synced, then renamed over the store. A store that does not parse is never written.
 //!
@@ -15,11 +15,11 @@ use std::io::{self, BufRead, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bulwark_security::password::{
+use bulwark_auth::password::{
     Argon2Params, PasswordStore, StoreError, UserRecord, hash_password, parse_mosquitto_file,
 };
-use bulwark_security::policy::{MAX_PASSWORD_CHARS, PasswordPolicy};
-use bulwark_security::scram::{DEFAULT_ITERATIONS, ScramCredentials, ScramHash};
+use bulwark_auth::policy::{MAX_PASSWORD_CHARS, PasswordPolicy};
+use bulwark_auth::scram::{DEFAULT_ITERATIONS, ScramCredentials, ScramHash};
 use bulwark_server::files;
 
 /// Where the store lives unless `--file` says otherwise.
@@ -534,7 +534,7 @@ pub(crate) fn ensure_admin(store: &Path, password_file: &Path) -> Result<Option<
     if store.exists() {
         return Ok(None);
     }
-    let password = bulwark_security::password::generate_password(24)
+    let password = bulwark_auth::password::generate_password(24)
         .ok_or("the operating system's random generator is unavailable")?;
     let hash = argon2_hash(&password, &Argon2Params::default()).map_err(|f| f.message)?;
     let (sha256, sha512) = scram_strings(&password).map_err(|f| f.message)?;

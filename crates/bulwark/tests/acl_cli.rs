@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use bulwark_security::password::PasswordStore;
+use bulwark_auth::password::PasswordStore;
 
 mod common;
 use common::TempDir;

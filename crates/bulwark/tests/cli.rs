@@ -408,7 +408,7 @@ fn files_open_to_other_users_are_warned_about_at_start_and_reload() {
     std::fs::create_dir_all(&data).unwrap();
     let store = data.join("passwords.toml");
     let acl = data.join("acl.toml");
-    bulwark_server::files::save_store(&store, &bulwark_security::password::PasswordStore::new())
+    bulwark_server::files::save_store(&store, &bulwark_auth::password::PasswordStore::new())
         .unwrap();
     let rule =
         "[[rule]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"devices/{username}/#\"\n";

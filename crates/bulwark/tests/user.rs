@@ -1,5 +1,5 @@
 //! `bulwark user`: the real binary over a password store in a temporary directory, checked by
-//! parsing the file with `bulwark_security` and verifying passwords against it. Covers add,
+//! parsing the file with `bulwark_auth` and verifying passwords against it. Covers add,
 //! list, passwd, disable, enable, groups, remove, import-mosquitto, the policy refusals, and
 //! broken or missing store files. Argon2 hashing is slow in debug builds, so few commands hash.
 #![allow(
@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use bulwark_security::password::{PasswordStore, Verdict};
+use bulwark_auth::password::{PasswordStore, Verdict};
 
 const ALICE_PASSWORD: &str = "correct horse battery staple";
 const ALICE_NEW_PASSWORD: &str = "quartz mango lantern violin";

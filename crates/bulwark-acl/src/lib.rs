@@ -1,3 +1,13 @@
+//! `bulwark-acl`: authorization as pure evaluation over data, and the vocabulary every
+//! security layer shares. ACL rules (a TOML file, or a JWT's ACL claim), compiled once,
+//! resolved once per connection into a [`ClientAcl`] that answers "may this client publish
+//! here / subscribe to this filter / receive this message"; [`Principal`], what is known of a
+//! client; [`Cidr`] address ranges; [`event`], the one record of a security event.
+//!
+//! The engine (`bulwark-core`) and the store depend on this crate alone of the security
+//! crates: it must never depend on credential crypto (argon2, JWT, SCRAM live in
+//! `bulwark-auth`), on tokio, or on any I/O.
+//!
 //! Authorization: ACL rules (a TOML file, or a JWT's ACL claim), compiled once, resolved once
 //! per connection into a [`ClientAcl`] that answers "may this client publish here / subscribe
 //! to this filter / receive this message".
@@ -16,6 +26,9 @@
 //! - PUBLISH: allowed if an allow rule matches the topic with a `max_qos` at least the
 //!   message's and `retain = true` for a retained message, and no deny rule matches it.
 
+#![forbid(unsafe_code)]
+
+pub mod event;
 pub mod lint;
 mod pattern;
 
@@ -305,6 +318,15 @@ impl Cidr {
             _ => false,
         }
     }
+}
+
+/// The loopback networks (`127.0.0.0/8`, `::1`): what admission control, automatic bans and
+/// the login backoff exempt by default.
+pub fn loopback() -> Vec<Cidr> {
+    ["127.0.0.0/8", "::1/128"]
+        .into_iter()
+        .filter_map(|c| Cidr::parse(c).ok())
+        .collect()
 }
 
 fn v4_mask(len: u8) -> u32 {

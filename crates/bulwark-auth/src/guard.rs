@@ -67,7 +67,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use crate::acl::Cidr;
+use bulwark_acl::Cidr;
 
 /// How failed logins are counted and answered; see the [module documentation](self).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +106,7 @@ impl Default for GuardSettings {
             ban_after: 20,
             ban_duration: Duration::from_secs(10 * 60),
             max_tracked: 100_000,
-            exempt: crate::admission::loopback(),
+            exempt: bulwark_acl::loopback(),
         }
     }
 }

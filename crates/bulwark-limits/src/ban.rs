@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use crate::acl::Cidr;
+use bulwark_acl::Cidr;
 
 /// Entries a ban list holds at most: a bigger file is refused (auto bans stop adding).
 pub const MAX_BANS: usize = 100_000;

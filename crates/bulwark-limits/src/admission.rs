@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use crate::acl::Cidr;
+use bulwark_acl::Cidr;
 
 /// The caps; see the [module documentation](self). 0 turns a count cap off; a `rate` of 0
 /// turns the rate limit off.
@@ -76,12 +76,7 @@ impl Default for AdmissionSettings {
 }
 
 /// The loopback networks, `127.0.0.0/8` and `::1`.
-pub fn loopback() -> Vec<Cidr> {
-    ["127.0.0.0/8", "::1/128"]
-        .into_iter()
-        .filter_map(|c| Cidr::parse(c).ok())
-        .collect()
-}
+pub use bulwark_acl::loopback;
 
 impl AdmissionSettings {
     /// What is wrong with the settings, if anything.
