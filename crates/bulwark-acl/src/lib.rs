@@ -36,6 +36,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use pattern::{Pattern, union_contains};
@@ -258,65 +259,74 @@ impl Values<'_> {
     }
 }
 
-/// An IPv4 or IPv6 network, `addr/len`.
+/// An IPv4 or IPv6 network, `addr/len`: the one address-range type of every configuration
+/// list (ACL `source`, the `exempt` lists, bans, trusted proxies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    len: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
-    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a single address.
+    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a single address (`192.168.1.7`, `::1`).
+    /// Surrounding whitespace is ignored. A network written with bits set beyond its prefix
+    /// (`10.1.2.3/8`) is refused as a likely mistake (one host meant, or the prefix wrong), with
+    /// the network it would be.
     pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
         let (addr, len) = match text.split_once('/') {
             Some((a, l)) => (a, Some(l)),
             None => (text, None),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{text:?} is not an IP address or network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let addr: IpAddr = addr.parse().map_err(|_| {
+            format!(
+                "{text:?}: {addr:?} is not an IPv4 or IPv6 address (expected e.g. 10.0.0.0/8, \
+                 192.168.1.7 or fd00::/8)"
+            )
+        })?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
-            Some(l) => l
-                .parse::<u8>()
-                .ok()
-                .filter(|l| *l <= max)
-                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+            Some(l) if l.is_empty() || l.len() > 3 || !l.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(format!(
+                    "{text:?}: prefix length {l:?} is not a number from 0 to {max}"
+                ));
+            }
+            Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| {
+                format!(
+                    "{text:?}: prefix length {l} is over {max}, the most for this address family"
+                )
+            })?,
         };
-        // The network address itself, host bits cleared: `10.1.2.3/8` is `10.0.0.0/8`.
-        let addr = match addr {
-            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & v4_mask(len)).into()),
-            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & v6_mask(len)).into()),
-        };
-        Ok(Self { addr, len })
+        let net = IpNet::new(addr, len).map_err(|_| {
+            format!("{text:?}: prefix length {len} is over {max}, the most for this address family")
+        })?;
+        if net.addr() != net.network() {
+            return Err(format!(
+                "{text:?}: the address has bits set beyond the /{len} prefix (the network is {}; \
+                 one host is {addr})",
+                net.trunc()
+            ));
+        }
+        Ok(Self(net))
     }
 
     /// The network of one address.
     pub fn host(ip: IpAddr) -> Self {
-        let len = if ip.is_ipv4() { 32 } else { 128 };
-        Self { addr: ip, len }
+        Self(IpNet::from(ip))
     }
 
-    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as IPv4).
+    /// Whether `ip` is in the network. An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, as a
+    /// dual-stack socket reports IPv4 peers) is also looked up as its IPv4 address, and an
+    /// IPv4 address as its mapped form.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let mapped = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
-            IpAddr::V4(_) => None,
-        };
-        self.contains_exactly(ip) || mapped.is_some_and(|m| self.contains_exactly(m))
+        let canonical = ip.to_canonical();
+        self.0.contains(&ip)
+            || self.0.contains(&canonical)
+            || matches!(canonical, IpAddr::V4(v4) if self.0.contains(&IpAddr::V6(v4.to_ipv6_mapped())))
     }
+}
 
-    fn contains_exactly(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                u32::from(net) == u32::from(ip) & v4_mask(self.len)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                u128::from(net) == u128::from(ip) & v6_mask(self.len)
-            }
-            _ => false,
-        }
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.0.addr(), self.0.prefix_len())
     }
 }
 
@@ -327,20 +337,6 @@ pub fn loopback() -> Vec<Cidr> {
         .into_iter()
         .filter_map(|c| Cidr::parse(c).ok())
         .collect()
-}
-
-fn v4_mask(len: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
-}
-
-fn v6_mask(len: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
 }
 
 /// Who a rule applies to: every condition given must hold (each list: any of its values).

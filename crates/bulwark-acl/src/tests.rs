@@ -307,10 +307,12 @@ source = "10.0.0.0/33"
     assert!(all.contains("acl.toml:13: retain applies"), "{all}");
     assert!(all.contains("acl.toml:13: source"), "{all}");
     assert!(Template::parse("a}b/{username}").is_err());
-    assert_eq!(
-        Cidr::parse("10.1.2.3/8").unwrap(),
-        Cidr::parse("10.0.0.0/8").unwrap()
-    );
+    // One address-range type with one rule for host bits everywhere: `10.1.2.3/8` is a
+    // likely mistake (one host meant, or a wider rule than intended), refused with the
+    // network it would be.
+    let err = Cidr::parse("10.1.2.3/8").unwrap_err();
+    assert!(err.contains("the network is 10.0.0.0/8"), "{err}");
+    assert!(err.contains("one host is 10.1.2.3"), "{err}");
     assert!(
         Cidr::parse("::ffff:0:0/96")
             .unwrap()

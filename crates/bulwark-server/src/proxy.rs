@@ -16,8 +16,10 @@
 //! the header, every limit) is done here; the `ppp` crate parses the complete header bytes.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+use bulwark_acl::Cidr;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -38,111 +40,6 @@ const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// Length of the v2 fixed part: signature, version/command, family/protocol, length.
 const V2_FIXED_LEN: usize = 16;
 
-/// One network: an address and a prefix length, with no bits set beyond the prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Network {
-    /// An IPv4 network; the prefix is at most 32.
-    V4(Ipv4Addr, u8),
-    /// An IPv6 network; the prefix is at most 128.
-    V6(Ipv6Addr, u8),
-}
-
-impl Network {
-    /// Parses `addr/prefix` or a bare address (a single host).
-    fn parse(entry: &str) -> Result<Self, String> {
-        let bad = |why: String| format!("invalid trusted proxy entry {entry:?}: {why}");
-        let (addr, prefix) = match entry.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (entry, None),
-        };
-        let addr: IpAddr = addr.parse().map_err(|_| {
-            bad(format!(
-                "{addr:?} is not an IPv4 or IPv6 address (expected e.g. 10.0.0.0/8 or fd00::/8)"
-            ))
-        })?;
-        let max = match addr {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => 128,
-        };
-        let prefix = match prefix {
-            None => max,
-            Some(text) => parse_prefix(text, max).map_err(bad)?,
-        };
-        let network = match addr {
-            IpAddr::V4(a) => Self::V4(a, prefix),
-            IpAddr::V6(a) => Self::V6(a, prefix),
-        };
-        if !network.is_canonical() {
-            return Err(bad(format!(
-                "the address has bits set beyond the /{prefix} prefix (the network is {})",
-                network.base()
-            )));
-        }
-        Ok(network)
-    }
-
-    /// Whether no address bit beyond the prefix is set.
-    fn is_canonical(&self) -> bool {
-        match *self {
-            Self::V4(a, p) => u32::from(a) & !mask_v4(p) == 0,
-            Self::V6(a, p) => u128::from(a) & !mask_v6(p) == 0,
-        }
-    }
-
-    /// The network written with its host bits cleared, for error messages.
-    fn base(&self) -> String {
-        match *self {
-            Self::V4(a, p) => format!("{}/{p}", Ipv4Addr::from(u32::from(a) & mask_v4(p))),
-            Self::V6(a, p) => format!("{}/{p}", Ipv6Addr::from(u128::from(a) & mask_v6(p))),
-        }
-    }
-
-    /// Whether this is an IPv4 network holding `ip`.
-    fn contains_v4(&self, ip: Ipv4Addr) -> bool {
-        match *self {
-            Self::V4(a, p) => (u32::from(ip) ^ u32::from(a)) & mask_v4(p) == 0,
-            Self::V6(..) => false,
-        }
-    }
-
-    /// Whether this is an IPv6 network holding `ip`.
-    fn contains_v6(&self, ip: Ipv6Addr) -> bool {
-        match *self {
-            Self::V6(a, p) => (u128::from(ip) ^ u128::from(a)) & mask_v6(p) == 0,
-            Self::V4(..) => false,
-        }
-    }
-}
-
-/// Parses a prefix length: decimal digits only (no sign, no spaces), at most `max`.
-fn parse_prefix(text: &str, max: u8) -> Result<u8, String> {
-    if text.is_empty() || text.len() > 3 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "prefix length {text:?} is not a number from 0 to {max}"
-        ));
-    }
-    match text.parse::<u8>() {
-        Ok(p) if p <= max => Ok(p),
-        _ => Err(format!(
-            "prefix length {text} is over {max}, the most for this address family"
-        )),
-    }
-}
-
-/// The netmask of an IPv4 prefix (a prefix over 32 is treated as 32).
-fn mask_v4(prefix: u8) -> u32 {
-    u32::MAX
-        .checked_shl(32_u32.saturating_sub(u32::from(prefix)))
-        .unwrap_or(0)
-}
-
-/// The netmask of an IPv6 prefix (a prefix over 128 is treated as 128).
-fn mask_v6(prefix: u8) -> u128 {
-    u128::MAX
-        .checked_shl(128_u32.saturating_sub(u32::from(prefix)))
-        .unwrap_or(0)
-}
-
 /// The source addresses whose PROXY headers are believed: the load balancers in front of the
 /// broker.
 ///
@@ -151,7 +48,7 @@ fn mask_v6(prefix: u8) -> u128 {
 /// dual-stack socket reports IPv4 clients) matches the IPv4 networks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedProxies {
-    networks: Vec<Network>,
+    networks: Vec<Cidr>,
 }
 
 impl TrustedProxies {
@@ -161,22 +58,16 @@ impl TrustedProxies {
     pub fn parse(entries: &[String]) -> Result<Self, String> {
         let networks = entries
             .iter()
-            .map(|entry| Network::parse(entry.trim()))
+            .map(|entry| {
+                Cidr::parse(entry).map_err(|why| format!("invalid trusted proxy entry: {why}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { networks })
     }
 
     /// Whether `ip` lies in one of the networks.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => {
-                let mapped = v4.to_ipv6_mapped();
-                self.networks
-                    .iter()
-                    .any(|n| n.contains_v4(v4) || n.contains_v6(mapped))
-            }
-            IpAddr::V6(v6) => self.networks.iter().any(|n| n.contains_v6(v6)),
-        }
+        self.networks.iter().any(|n| n.contains(ip))
     }
 
     /// Whether no network is listed (then every peer is untrusted).
@@ -621,8 +512,8 @@ mod tests {
     }
 
     fn v6_payload() -> Vec<u8> {
-        let src: Ipv6Addr = "2001:db8::7".parse().unwrap();
-        let dst: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let src: std::net::Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let dst: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
         let mut p = src.octets().to_vec();
         p.extend_from_slice(&dst.octets());
         p.extend_from_slice(&40_000_u16.to_be_bytes());
@@ -1122,14 +1013,15 @@ ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
             "fd00::/8",
             " 0.0.0.0/0 ",
         ]);
+        let shown: Vec<String> = proxies.networks.iter().map(ToString::to_string).collect();
         assert_eq!(
-            proxies.networks,
-            vec![
-                Network::V4(Ipv4Addr::new(10, 0, 0, 0), 8),
-                Network::V4(Ipv4Addr::new(192, 168, 1, 7), 32),
-                Network::V6(Ipv6Addr::LOCALHOST, 128),
-                Network::V6("fd00::".parse().unwrap(), 8),
-                Network::V4(Ipv4Addr::UNSPECIFIED, 0),
+            shown,
+            [
+                "10.0.0.0/8",
+                "192.168.1.7/32",
+                "::1/128",
+                "fd00::/8",
+                "0.0.0.0/0"
             ]
         );
         assert!(!proxies.is_empty());
