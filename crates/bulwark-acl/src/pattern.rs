@@ -27,34 +27,22 @@ pub(crate) struct Pattern {
 impl Pattern {
     /// Parses a filled-in pattern. Errors say what is wrong, for the rule's error message.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        if text.is_empty() {
-            return Err("the topic pattern is empty".to_owned());
-        }
-        if text.contains('\0') {
-            return Err("the topic pattern contains NUL".to_owned());
-        }
+        // MQTT's own topic-filter grammar (non-empty, UTF-8 without NUL, `+` and `#` whole
+        // levels, `#` last), as the codec checks it: one grammar for the wire and the rules.
+        bulwark_proto::TopicFilter::new(text).map_err(|err| err.to_string())?;
         let Ok(total) = u32::try_from(text.len()) else {
             return Err("the topic pattern is too long".to_owned());
         };
-        let parts: Vec<&str> = text.split('/').collect();
-        let last = parts.len() - 1;
-        let mut levels = Vec::with_capacity(parts.len());
+        let mut levels = Vec::new();
         let mut start = 0u32;
-        for (i, part) in parts.iter().enumerate() {
+        for part in text.split('/') {
             // Within `total`, which fits a u32.
             let end = start.saturating_add(u32::try_from(part.len()).unwrap_or(total));
-            let level = match *part {
+            levels.push(match part {
                 "+" => Level::One,
-                "#" if i == last => Level::Rest,
-                "#" => return Err("`#` must be the last level of the pattern".to_owned()),
-                p if p.contains(['+', '#']) => {
-                    return Err(format!(
-                        "level {p:?}: `+` and `#` must stand alone in their level"
-                    ));
-                }
+                "#" => Level::Rest,
                 _ => Level::Literal(start, end),
-            };
-            levels.push(level);
+            });
             start = end.saturating_add(1);
         }
         Ok(Self {
