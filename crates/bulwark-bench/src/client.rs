@@ -14,7 +14,8 @@ use bulwark_proto::{
     ProtocolVersion, QoS, ReasonCode, Subscribe, Subscription, SubscriptionOptions, TopicFilter,
 };
 use bytes::{Bytes, BytesMut};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout_at};
@@ -211,8 +212,8 @@ fn tls_connector(ca: &Path, resume: bool) -> Result<TlsConnector, BenchError> {
     let pem =
         std::fs::read(ca).map_err(|err| BenchError::io(format!("read {}", ca.display()), err))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|err| BenchError::io(format!("parse {}", ca.display()), err))?;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|err| BenchError::Tls(format!("parse {}: {err}", ca.display())))?;
         roots
             .add(cert)
             .map_err(|err| BenchError::Tls(format!("{}: {err}", ca.display())))?;
@@ -523,14 +524,13 @@ mod tests {
     /// A TLS server on 127.0.0.1 (TLS 1.3 and 1.2, session tickets on) that, for each
     /// connection, completes the handshake, writes one byte and closes. Returns its port.
     async fn tls_server() -> u16 {
-        let certs =
-            rustls_pemfile::certs(&mut std::fs::read(data("server.pem")).unwrap().as_slice())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-        let key =
-            rustls_pemfile::private_key(&mut std::fs::read(data("server.key")).unwrap().as_slice())
-                .unwrap()
-                .unwrap();
+        let certs = CertificateDer::pem_slice_iter(&std::fs::read(data("server.pem")).unwrap())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(
+            &std::fs::read(data("server.key")).unwrap(),
+        )
+        .unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
