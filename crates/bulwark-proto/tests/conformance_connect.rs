@@ -12,47 +12,19 @@
     reason = "test code"
 )]
 
+mod common;
+
 use bulwark_proto::{
     ClientId, ConnAck, ConnAckProperties, Connect, ConnectReturnCode, DecodeError, Decoder,
     DecoderLimits, EncodeError, Encoder, MqttString, Packet, PacketType, PayloadFormat,
     ProtocolVersion, Publish, QoS, ReasonCode, TopicName, UserProperty, Will,
 };
 use bytes::{Bytes, BytesMut};
+use common::{packet, string as s, varint};
 
 // ---------------------------------------------------------------------------------------------
 // Byte builders
 // ---------------------------------------------------------------------------------------------
-
-/// A Variable Byte Integer (§1.5.5).
-fn varint(mut value: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if value == 0 {
-            return out;
-        }
-    }
-}
-
-/// A whole packet: first byte, Remaining Length, body.
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    out.extend(varint(body.len()));
-    out.extend_from_slice(body);
-    out
-}
-
-/// Two-byte length and the bytes: a UTF-8 Encoded String or Binary Data (§1.5.4, §1.5.6).
-fn s(bytes: &[u8]) -> Vec<u8> {
-    let mut out = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    out
-}
 
 /// A property block: its Property Length and the properties.
 fn props(content: &[u8]) -> Vec<u8> {

@@ -14,11 +14,14 @@
     reason = "test code"
 )]
 
+mod common;
+
 use bulwark_proto::{
     ClientId, Connect, DecodeError, Decoder, DecoderLimits, EncodeError, Encoder, MqttString,
     Packet, ProtocolVersion, Publish, ReasonCode, TopicFilter, TopicName,
 };
 use bytes::{Bytes, BytesMut};
+use common::{packet, string as s, varint};
 
 /// What the specification says about one input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,34 +46,6 @@ fn verdict<T>(result: &Result<T, DecodeError>) -> Verdict {
 // ---------------------------------------------------------------------------------------------
 // Byte builders and decoding helpers
 // ---------------------------------------------------------------------------------------------
-
-fn varint(mut value: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if value == 0 {
-            return out;
-        }
-    }
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    out.extend(varint(body.len()));
-    out.extend_from_slice(body);
-    out
-}
-
-fn s(bytes: &[u8]) -> Vec<u8> {
-    let mut out = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    out
-}
 
 /// An MQTT 3.1.1 CONNECT with clean session, flags added, and the payload given.
 fn connect_v311(flags: u8, payload: &[u8]) -> Vec<u8> {

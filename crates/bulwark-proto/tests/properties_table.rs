@@ -11,7 +11,10 @@
     reason = "test code"
 )]
 
+mod common;
+
 use bulwark_proto::{DecodeError, Decoder, DecoderLimits, Packet, ProtocolVersion, ReasonCode};
+use common::varint;
 
 /// Where a property block can stand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,30 +208,16 @@ const TABLE: &[(u8, &str, &[u8], &[Place])] = &[
 
 const AUTH_METHOD: &[u8] = &[0x15, 0, 5, b'S', b'C', b'R', b'A', b'M'];
 
-fn varint(mut value: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if value == 0 {
-            break;
-        }
-    }
-}
-
 fn with_len(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
-    varint(body.len(), &mut out);
+    out.extend(varint(body.len()));
     out.extend_from_slice(body);
     out
 }
 
 fn block(props: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    varint(props.len(), &mut out);
+    out.extend(varint(props.len()));
     out.extend_from_slice(props);
     out
 }

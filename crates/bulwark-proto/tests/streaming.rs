@@ -12,6 +12,8 @@
     reason = "test code"
 )]
 
+mod common;
+
 use bulwark_proto::{
     AckProperties, Auth, AuthProperties, DecodeError, Decoder, DecoderLimits, Disconnect,
     DisconnectProperties, EncodeError, Encoder, MqttString, Packet, PacketId, PacketType,
@@ -19,38 +21,11 @@ use bulwark_proto::{
     UnsubAck, UserProperty,
 };
 use bytes::{Bytes, BytesMut};
+use common::{packet, string};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
 const VERSIONS: [ProtocolVersion; 2] = [V5, V311];
-
-fn varint(mut value: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if value == 0 {
-            return out;
-        }
-    }
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    out.extend(varint(body.len()));
-    out.extend_from_slice(body);
-    out
-}
-
-fn string(text: &[u8]) -> Vec<u8> {
-    let mut out = u16::try_from(text.len()).unwrap().to_be_bytes().to_vec();
-    out.extend_from_slice(text);
-    out
-}
 
 fn connect(version: ProtocolVersion) -> Vec<u8> {
     let mut body = string(b"MQTT");
