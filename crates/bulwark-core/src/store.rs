@@ -1,5 +1,6 @@
-//! Where sessions wait while their client is away: the [`SessionStore`] trait and the
-//! in-memory store. A durable store implements the same trait, so the engine does not change.
+//! Where sessions wait while their client is away, in memory: the [`SessionStore`] trait and
+//! `MemoryStore`. Durability does not go through this trait: the engine records every change
+//! of a persistent session in its journal (`persist`), and `bulwark-store` commits that.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;

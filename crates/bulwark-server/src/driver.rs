@@ -333,11 +333,6 @@ impl<S: Transport> Driver<S> {
         Ok(())
     }
 
-    /// With a verified client certificate on a listener that maps it, the certificate's
-    /// identity replaces the CONNECT's username (and client identifier, if so configured):
-    /// the client cannot claim another.
-    ///
-    /// Records a ban the broker just made and closes the live connections it covers.
     /// Records a `protocol_violation` event: the connection was closed with `code`.
     async fn violation_event(&self, code: ReasonCode, end: &End) {
         let mut event =
@@ -351,6 +346,7 @@ impl<S: Transport> Driver<S> {
         self.ctx.auth.audit.record(event).await;
     }
 
+    /// Records a ban the broker just made and closes the live connections it covers.
     async fn ban_now(&self, ban: &bulwark_limits::ban::Ban) {
         let mut event = SecurityEvent::new(EventKind::Ban, std::time::SystemTime::now());
         event.listener = Some(self.listener.name.to_string());
@@ -379,7 +375,9 @@ impl<S: Transport> Driver<S> {
             .map(Arc::from)
     }
 
-    /// Returns the certificate's identity, if one was applied.
+    /// With a verified client certificate on a listener that maps it, the certificate's
+    /// identity replaces the CONNECT's username (and client identifier, if so configured):
+    /// the client cannot claim another. Returns the certificate's identity, if one was applied.
     fn apply_certificate_identity(&self, connect: &mut Connect) -> Result<Option<String>, String> {
         let (Some(mapping), Some(leaf)) = (
             self.identity,
