@@ -136,6 +136,9 @@ pub struct Stats {
     pub connections_refused: u64,
     /// Queued messages dropped because memory was over its watermark ([`Broker::shed`]).
     pub messages_shed: u64,
+    /// QoS 0 messages the server dropped because their connection's unsent backlog was over
+    /// `max_queued_bytes` (reported with [`Broker::add_dropped_backlog`]).
+    pub messages_dropped_backlog: u64,
     /// Connections closed because their client broke the protocol or a limit (reported by
     /// the server with [`Broker::add_expelled`]: it also sees what the decoder refuses).
     pub connections_expelled: u64,
@@ -617,6 +620,11 @@ impl Broker {
     /// Adds connections the server closed for a protocol violation or a limit to the counters.
     pub fn add_expelled(&mut self, expelled: u64) {
         self.stats.connections_expelled += expelled;
+    }
+
+    /// Adds QoS 0 messages dropped for a connection's unsent backlog to the counters.
+    pub fn add_dropped_backlog(&mut self, dropped: u64) {
+        self.stats.messages_dropped_backlog += dropped;
     }
 
     /// Adds sockets the server refused at accept to the counters.
@@ -2637,7 +2645,10 @@ impl Broker {
             ("messages/sent", s.messages_sent.to_string()),
             (
                 "messages/dropped",
-                (s.messages_dropped_queue_full + s.messages_dropped_too_large + s.messages_shed)
+                (s.messages_dropped_queue_full
+                    + s.messages_dropped_too_large
+                    + s.messages_shed
+                    + s.messages_dropped_backlog)
                     .to_string(),
             ),
             ("bytes/received", s.bytes_received.to_string()),

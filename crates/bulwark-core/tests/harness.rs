@@ -1589,3 +1589,20 @@ fn acknowledgements_of_nothing_in_flight() {
     assert_eq!(h.broker.poll_offence(), None);
     assert_eq!(h.broker.connected(), 2);
 }
+
+#[test]
+fn qos0_dropped_for_a_backlog_count_in_sys_messages_dropped() {
+    let mut h = Harness::new(BrokerConfig {
+        sys_interval: Some(Duration::from_secs(10)),
+        ..BrokerConfig::default()
+    });
+    h.advance(0);
+    h.connect(1, connect(ProtocolVersion::V5, "s"));
+    h.sub(1, "$SYS/broker/messages/dropped", QoS::AtMostOnce);
+    assert_eq!(&h.publishes(1)[0].payload[..], b"0");
+    // The server drops QoS 0 messages for a connection whose unsent bytes are over
+    // max_queued_bytes, and reports them.
+    h.broker.add_dropped_backlog(3);
+    h.advance(10);
+    assert_eq!(&h.publishes(1)[0].payload[..], b"3");
+}

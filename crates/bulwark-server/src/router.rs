@@ -65,26 +65,36 @@ pub(crate) struct Traffic {
 }
 
 pub(crate) struct Router {
+    broker: Broker,
+    rx: mpsc::Receiver<ToRouter>,
+    traffic: Arc<Traffic>,
+    shutdown: watch::Receiver<bool>,
+    /// QoS 0 messages are dropped for a connection whose unsent bytes exceed this (counted
+    /// in the engine's statistics, `$SYS/broker/messages/dropped`).
+    max_backlog: usize,
+    /// This round's outputs, one entry per connection (reused between rounds).
+    groups: Vec<(ConnectionId, Vec<Output>)>,
+    /// Where each connection's entry in `groups` is.
+    slots: HashMap<ConnectionId, usize>,
+    /// Emptied output buffers, kept for the next rounds.
+    spare: Vec<Vec<Output>>,
+    /// Closes asked for connections whose CONNECT has not arrived yet (authenticated, about
+    /// to register): applied when it does. Dropped after [`PENDING_KICK_LIFE`].
+    pending_kicks: HashMap<ConnectionId, (bulwark_proto::ReasonCode, &'static str, Instant)>,
+    /// Where the engine's authorization events go.
+    audit: crate::audit::Audit,
+    /// With a durable store: each round's outputs wait here for the commit of its changes.
+    held: Option<crate::durable::Held>,
+}
+
+/// What a router is made of: the engine and the ends of its channels.
+pub(crate) struct RouterParts {
     pub(crate) broker: Broker,
     pub(crate) rx: mpsc::Receiver<ToRouter>,
     pub(crate) traffic: Arc<Traffic>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    /// QoS 0 messages are dropped for a connection whose unsent bytes exceed this.
     pub(crate) max_backlog: usize,
-    pub(crate) dropped_qos0: Arc<AtomicU64>,
-    /// This round's outputs, one entry per connection (reused between rounds).
-    pub(crate) groups: Vec<(ConnectionId, Vec<Output>)>,
-    /// Where each connection's entry in `groups` is.
-    pub(crate) slots: HashMap<ConnectionId, usize>,
-    /// Emptied output buffers, kept for the next rounds.
-    pub(crate) spare: Vec<Vec<Output>>,
-    /// Closes asked for connections whose CONNECT has not arrived yet (authenticated, about
-    /// to register): applied when it does. Dropped after [`PENDING_KICK_LIFE`].
-    pub(crate) pending_kicks:
-        HashMap<ConnectionId, (bulwark_proto::ReasonCode, &'static str, Instant)>,
-    /// Where the engine's authorization events go.
     pub(crate) audit: crate::audit::Audit,
-    /// With a durable store: each round's outputs wait here for the commit of its changes.
     pub(crate) held: Option<crate::durable::Held>,
 }
 
@@ -159,6 +169,31 @@ const SPARE_MAX: usize = 64;
 const SPARE_MAX_LEN: usize = 1024;
 
 impl Router {
+    pub(crate) fn new(parts: RouterParts) -> Self {
+        let RouterParts {
+            broker,
+            rx,
+            traffic,
+            shutdown,
+            max_backlog,
+            audit,
+            held,
+        } = parts;
+        Self {
+            broker,
+            rx,
+            traffic,
+            shutdown,
+            max_backlog,
+            groups: Vec::new(),
+            slots: HashMap::new(),
+            spare: Vec::new(),
+            pending_kicks: HashMap::new(),
+            audit,
+            held,
+        }
+    }
+
     pub(crate) async fn run(mut self) {
         let mut peers: HashMap<ConnectionId, Arc<Outbox>> = HashMap::new();
         let wake = self.held.as_ref().map(|h| h.wake.clone());
@@ -510,7 +545,9 @@ impl Router {
         let closes = run.iter().any(|o| matches!(o, Output::Close));
         if let Some(outbox) = peers.get(&conn) {
             let dropped = outbox.push(&mut run, self.max_backlog);
-            self.dropped_qos0.fetch_add(dropped, Ordering::Relaxed);
+            if dropped > 0 {
+                self.broker.add_dropped_backlog(dropped);
+            }
         }
         if closes {
             peers.remove(&conn);

@@ -17,7 +17,7 @@ use crate::config::{ConfigError, ListenerKind, ServerConfig};
 use crate::driver::{CertIdentity, DriverContext, drive};
 use crate::gate::{Gate, Permit};
 use crate::proxy::TrustedProxies;
-use crate::router::{Router, Traffic};
+use crate::router::{Router, RouterParts, Traffic};
 use crate::tls::{ClientAuth, TlsAcceptor, TlsError};
 use crate::transport::{TlsStream, Transport};
 use crate::ws::WsOptions;
@@ -314,20 +314,15 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (router_tx, router_rx) = mpsc::channel(4096);
         let traffic = Arc::new(Traffic::default());
-        let router = Router {
+        let router = Router::new(RouterParts {
             broker,
             rx: router_rx,
             traffic: traffic.clone(),
             shutdown: stop_rx.clone(),
             max_backlog: config.broker.max_queued_bytes,
-            dropped_qos0: Arc::new(AtomicU64::new(0)),
-            groups: Vec::new(),
-            slots: std::collections::HashMap::new(),
-            spare: Vec::new(),
-            pending_kicks: std::collections::HashMap::new(),
             audit: auth.audit.clone(),
             held,
-        };
+        });
         let router_task = tokio::spawn(router.run());
         let ctx = Arc::new(DriverContext {
             router: router_tx,
