@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulwark_core::{Broker, BrokerConfig, ConnectAuth, ConnectionId, Image, MemoryStore, Output};
+use bulwark_core::{Broker, BrokerConfig, ConnectAuth, ConnectionId, Image, Output};
 use bulwark_acl::{AclRules, Principal};
 use bulwark_proto::{Decoder, DecoderLimits, Encoder, Packet};
 use bytes::BytesMut;
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         sys_interval: Some(Duration::from_secs(5)),
         ..BrokerConfig::default()
     };
-    let mut broker = Broker::new(config.clone(), Box::new(MemoryStore::new()), now);
+    let mut broker = Broker::new(config.clone(), now);
     broker.enable_journal();
     let mut image = Image::new();
     let rule_sets = [
@@ -187,7 +187,7 @@ fuzz_target!(|data: &[u8]| {
     image.apply_all(broker.take_store_ops());
     assert_eq!(broker.journaled(), (image.sessions(), image.messages()));
     // A restart from the store brings back what was journaled.
-    let mut restarted = Broker::new(config, Box::new(MemoryStore::new()), now);
+    let mut restarted = Broker::new(config, now);
     restarted.restore(image.restored(), now);
     assert_eq!(restarted.journaled(), (image.sessions(), image.messages()));
 });

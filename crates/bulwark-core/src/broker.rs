@@ -21,10 +21,10 @@ use crate::authz::{AuthzEvent, ConnAuthz};
 use crate::config::{BrokerConfig, DeniedPublish};
 use crate::index::SubscriptionIndex;
 use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
+use crate::parked::ParkedSessions;
 use crate::persist::{Journal, Restored, SessionRecord, StoreOp, WillRecord};
 use crate::quota::Quotas;
 use crate::session::{QueueLimits, Session, SubscriptionRecord};
-use crate::store::SessionStore;
 
 /// Identifies one network connection, chosen by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -274,7 +274,7 @@ pub struct Broker {
     /// The user each session belongs to (`None`: an anonymous client's): nobody else may
     /// take it over or resume it.
     owners: HashMap<SessionKey, Option<Arc<str>>>,
-    store: Box<dyn SessionStore>,
+    parked: ParkedSessions,
     index: SubscriptionIndex<SubKey, SubEntry>,
     groups: HashMap<(Box<str>, Box<str>), GroupKey>,
     group_members: HashMap<GroupKey, Group>,
@@ -335,7 +335,7 @@ const VERSION: &str = concat!("bulwark ", env!("CARGO_PKG_VERSION"));
 
 impl Broker {
     /// An engine with no sessions, parking sessions in `store`.
-    pub fn new(config: BrokerConfig, store: Box<dyn SessionStore>, now: Instant) -> Self {
+    pub fn new(config: BrokerConfig, now: Instant) -> Self {
         let next_sys = config.sys_interval.map(|_| now);
         Self {
             config,
@@ -344,7 +344,7 @@ impl Broker {
             online: HashMap::new(),
             client_ids: HashMap::new(),
             owners: HashMap::new(),
-            store,
+            parked: ParkedSessions::new(),
             index: SubscriptionIndex::new(),
             groups: HashMap::new(),
             group_members: HashMap::new(),
@@ -505,7 +505,7 @@ impl Broker {
             } else {
                 parked_at.checked_add(Duration::from_secs(u64::from(session.expiry_interval)))
             };
-            self.store.park(session, expires_at);
+            self.parked.park(session, expires_at);
             sessions += 1;
         }
         let mut retained = 0;
@@ -556,7 +556,7 @@ impl Broker {
         };
         let session = match self.online.get(&key) {
             Some(conn) => self.conns.get(conn).map(|c| &c.session),
-            None => self.store.get(key),
+            None => self.parked.get(key),
         };
         session.is_some_and(Session::is_journaled)
     }
@@ -583,7 +583,7 @@ impl Broker {
         for key in self.client_ids.values() {
             let session = match self.online.get(key).and_then(|c| self.conns.get(c)) {
                 Some(conn) => &conn.session,
-                None => match self.store.get(*key) {
+                None => match self.parked.get(*key) {
                     Some(session) => session,
                     None => continue,
                 },
@@ -676,7 +676,7 @@ impl Broker {
                 }
             }
             if freed < bytes {
-                let (m, b) = self.store.shed(bytes - freed, qos0_only);
+                let (m, b) = self.parked.shed(bytes - freed, qos0_only);
                 messages += m;
                 freed += b;
             }
@@ -722,7 +722,7 @@ impl Broker {
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.will_times.first().map(|&(at, _)| at),
-            self.store.next_expiry(),
+            self.parked.next_expiry(),
             self.next_sys,
             self.next_overflow_report,
         ]
@@ -956,7 +956,7 @@ impl Broker {
             .client_ids
             .get(&client_id)
             .copied()
-            .and_then(|key| self.store.take(key));
+            .and_then(|key| self.parked.take(key));
         let (mut session, present) = match existing {
             Some(session) if !connect.clean_start => {
                 self.cancel_will(session.key);
@@ -2076,7 +2076,7 @@ impl Broker {
                 let record = self.record_of(&session, Some(now), will);
                 self.journal.push(StoreOp::Session(Box::new(record)));
             }
-            self.store.park(session, expires_at);
+            self.parked.park(session, expires_at);
         }
         self.fire_due_wills(now);
         for delivery in moved {
@@ -2126,7 +2126,7 @@ impl Broker {
 
     /// Records a parked persistent session again (its will was sent).
     fn save_parked(&mut self, key: SessionKey) {
-        if let Some(session) = self.store.get(key)
+        if let Some(session) = self.parked.get(key)
             && session.is_journaled()
         {
             let record = self.record_of(session, session.parked_at, None);
@@ -2404,7 +2404,7 @@ impl Broker {
                     return;
                 }
                 let topic = delivery.message.topic.clone();
-                match self.store.enqueue(session, delivery, limits) {
+                match self.parked.enqueue(session, delivery, limits) {
                     Ok(None | Some(0)) => {}
                     Ok(Some(dropped)) => self.queue_overflow(session, None, &topic, dropped, now),
                     Err(_) => self.queue_overflow(session, None, &topic, 1, now),
@@ -2516,7 +2516,7 @@ impl Broker {
             (Some(c), _) => c.session.client_id.clone(),
             (None, Some(id)) => id,
             (None, None) => self
-                .store
+                .parked
                 .get(session)
                 .map_or_else(|| Arc::from(""), |s| s.client_id.clone()),
         };
@@ -2621,7 +2621,7 @@ impl Broker {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.fire_due_wills(now);
         self.report_overflows(now);
-        for session in self.store.take_expired(now) {
+        for session in self.parked.take_expired(now) {
             self.end_session(session, now);
         }
         if let (Some(at), Some(interval)) = (self.next_sys, self.config.sys_interval)
@@ -2704,7 +2704,7 @@ impl Broker {
         };
         let session = match self.online.get(key) {
             Some(conn) => self.conns.get(conn).map(|c| &c.session),
-            None => self.store.get(*key),
+            None => self.parked.get(*key),
         };
         session.map_or_else(Vec::new, |s| s.subscriptions.values().cloned().collect())
     }

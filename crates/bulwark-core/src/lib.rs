@@ -5,8 +5,7 @@
 //! The engine is sans I/O: it reads no clock (time is an argument), owns no socket and
 //! spawns no task, so a test can drive it packet by packet with a controlled clock. It
 //! depends on `bulwark-proto`, `bulwark-acl` (authorization decisions) and `bytes` only, and
-//! must never depend on an async runtime or on credential crypto (`bulwark-auth`);
-//! parked sessions are reached only through the [`SessionStore`] trait.
+//! must never depend on an async runtime or on credential crypto (`bulwark-auth`).
 #![forbid(unsafe_code)]
 
 mod authz;
@@ -15,10 +14,10 @@ mod config;
 pub mod index;
 mod keepalive;
 mod message;
+mod parked;
 pub mod persist;
 mod quota;
 mod session;
-mod store;
 
 pub use authz::AuthzEvent;
 pub use broker::{Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, SessionKey, Stats};
@@ -27,4 +26,3 @@ pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
 pub use persist::{Image, Journal, Restored, RestoredSession, SessionRecord, StoreOp, WillRecord};
 pub use session::{QueueFull, QueueLimits, QueuePolicy, Session, SubscriptionRecord};
-pub use store::{MemoryStore, SessionStore};

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::{Duration, Instant};
 
-use bulwark_core::{Broker, BrokerConfig, ConnectionId, MemoryStore};
+use bulwark_core::{Broker, BrokerConfig, ConnectionId};
 use bulwark_proto::{
     ClientId, Connect, Disconnect, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec,
     PubRel, Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionId,
@@ -81,7 +81,7 @@ impl Harness {
     fn new(config: BrokerConfig) -> Self {
         let now = Instant::now();
         Self {
-            broker: Broker::new(config, Box::new(MemoryStore::new()), now),
+            broker: Broker::new(config, now),
             now,
             inbox: HashMap::new(),
             image: bulwark_core::Image::new(),
@@ -101,7 +101,7 @@ impl Harness {
         self.image.apply_all(self.broker.take_store_ops());
         self.now += Duration::from_secs(secs);
         let config = self.broker.config().clone();
-        let mut broker = Broker::new(config, Box::new(MemoryStore::new()), self.now);
+        let mut broker = Broker::new(config, self.now);
         broker.restore(self.image.restored(), self.now);
         self.broker = broker;
         self.inbox.clear();

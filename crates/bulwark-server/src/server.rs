@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use bulwark_core::{Broker, ConnectionId, MemoryStore};
+use bulwark_core::{Broker, ConnectionId};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -290,11 +290,7 @@ impl Server {
             Some((file, rules)) => (Some(file), Some(rules)),
             None => (None, None),
         };
-        let mut broker = Broker::new(
-            config.broker.clone(),
-            Box::new(MemoryStore::new()),
-            Instant::now(),
-        );
+        let mut broker = Broker::new(config.broker.clone(), Instant::now());
         broker.set_acl(rules, Instant::now());
         let held = match durable {
             Some((store, restored)) => {

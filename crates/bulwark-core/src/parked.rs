@@ -1,9 +1,8 @@
-//! Where sessions wait while their client is away, in memory: the [`SessionStore`] trait and
-//! `MemoryStore`. Durability does not go through this trait: the engine records every change
-//! of a persistent session in its journal (`persist`), and `bulwark-store` commits that.
+//! Where sessions wait while their client is away: [`ParkedSessions`], in memory. Durability
+//! is not kept here: the engine records every change of a persistent session in its journal
+//! (`persist`), and `bulwark-store` commits that.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Debug;
 use std::time::Instant;
 
 use crate::SessionKey;
@@ -14,54 +13,20 @@ use crate::session::{QueueFull, QueueLimits, Session};
 ///
 /// The engine parks a session when its connection ends, queues messages for it while it is
 /// parked, and takes it back when its client reconnects or when it expires.
-pub trait SessionStore: Debug + Send {
-    /// Keeps `session` until `expires_at` (`None`: until taken).
-    fn park(&mut self, session: Session, expires_at: Option<Instant>);
-    /// Takes a parked session out (its client is back, or it is being discarded).
-    fn take(&mut self, key: SessionKey) -> Option<Session>;
-    /// Queues a message for a parked session, as [`Session::enqueue`] does: `Ok(Some(n))`
-    /// when queued with `n` older messages dropped for it, `Ok(None)` if no such session is
-    /// parked.
-    fn enqueue(
-        &mut self,
-        key: SessionKey,
-        delivery: Delivery,
-        limits: QueueLimits,
-    ) -> Result<Option<usize>, QueueFull>;
-    /// Reads a parked session.
-    fn get(&self, key: SessionKey) -> Option<&Session>;
-    /// Removes and returns every session whose expiry is at or before `now`.
-    fn take_expired(&mut self, now: Instant) -> Vec<Session>;
-    /// The earliest expiry among parked sessions.
-    fn next_expiry(&self) -> Option<Instant>;
-    /// Drops queued messages of parked sessions, the largest queues first and oldest
-    /// messages first (only QoS 0 ones if `qos0_only`), until `want` bytes are freed; returns
-    /// the messages and bytes dropped.
-    fn shed(&mut self, want: usize, qos0_only: bool) -> (usize, usize);
-    /// Parked sessions.
-    fn len(&self) -> usize;
-    /// Whether no session is parked.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Parked sessions in memory: lost when the process ends.
 #[derive(Debug, Default)]
-pub struct MemoryStore {
+pub(crate) struct ParkedSessions {
     sessions: HashMap<SessionKey, (Session, Option<Instant>)>,
     expiries: BTreeSet<(Instant, SessionKey)>,
 }
 
-impl MemoryStore {
+impl ParkedSessions {
     /// An empty store.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
-}
 
-impl SessionStore for MemoryStore {
-    fn park(&mut self, session: Session, expires_at: Option<Instant>) {
+    /// Keeps `session` until `expires_at` (`None`: until taken).
+    pub(crate) fn park(&mut self, session: Session, expires_at: Option<Instant>) {
         let key = session.key;
         if let Some(at) = expires_at {
             self.expiries.insert((at, key));
@@ -71,7 +36,8 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    fn take(&mut self, key: SessionKey) -> Option<Session> {
+    /// Takes a parked session out (its client is back, or it is being discarded).
+    pub(crate) fn take(&mut self, key: SessionKey) -> Option<Session> {
         let (session, expires_at) = self.sessions.remove(&key)?;
         if let Some(at) = expires_at {
             self.expiries.remove(&(at, key));
@@ -79,7 +45,10 @@ impl SessionStore for MemoryStore {
         Some(session)
     }
 
-    fn enqueue(
+    /// Queues a message for a parked session, as [`Session::enqueue`] does: `Ok(Some(n))`
+    /// when queued with `n` older messages dropped for it, `Ok(None)` if no such session is
+    /// parked.
+    pub(crate) fn enqueue(
         &mut self,
         key: SessionKey,
         delivery: Delivery,
@@ -91,11 +60,13 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    fn get(&self, key: SessionKey) -> Option<&Session> {
+    /// Reads a parked session.
+    pub(crate) fn get(&self, key: SessionKey) -> Option<&Session> {
         self.sessions.get(&key).map(|(session, _)| session)
     }
 
-    fn take_expired(&mut self, now: Instant) -> Vec<Session> {
+    /// Removes and returns every session whose expiry is at or before `now`.
+    pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<Session> {
         let mut expired = Vec::new();
         while let Some(&(at, key)) = self.expiries.first() {
             if at > now {
@@ -109,11 +80,15 @@ impl SessionStore for MemoryStore {
         expired
     }
 
-    fn next_expiry(&self) -> Option<Instant> {
+    /// The earliest expiry among parked sessions.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
         self.expiries.first().map(|&(at, _)| at)
     }
 
-    fn shed(&mut self, want: usize, qos0_only: bool) -> (usize, usize) {
+    /// Drops queued messages of parked sessions, the largest queues first and oldest
+    /// messages first (only QoS 0 ones if `qos0_only`), until `want` bytes are freed; returns
+    /// the messages and bytes dropped.
+    pub(crate) fn shed(&mut self, want: usize, qos0_only: bool) -> (usize, usize) {
         let mut order: Vec<(usize, SessionKey)> = self
             .sessions
             .iter()
@@ -135,6 +110,8 @@ impl SessionStore for MemoryStore {
         (messages, bytes)
     }
 
+    /// Parked sessions.
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.sessions.len()
     }
@@ -149,7 +126,7 @@ mod tests {
     #[test]
     fn parked_sessions_expire_in_order_and_take_removes_the_expiry() {
         let now = Instant::now();
-        let mut store = MemoryStore::new();
+        let mut store = ParkedSessions::new();
         store.park(
             Session::new(SessionKey(1), "a".into(), 10),
             Some(now + Duration::from_secs(10)),
