@@ -24,7 +24,8 @@ use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
 use crate::parked::ParkedSessions;
 use crate::persist::{Journal, Restored, SessionRecord, StoreOp, WillRecord};
 use crate::quota::Quotas;
-use crate::session::{QueueLimits, Session, SubscriptionRecord};
+use crate::session::{QueueLimits, Session};
+use crate::subscription::SubscriptionRecord;
 
 /// Identifies one network connection, chosen by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -18,6 +18,7 @@ mod parked;
 pub mod persist;
 mod quota;
 mod session;
+mod subscription;
 
 pub use authz::AuthzEvent;
 pub use broker::{Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, SessionKey, Stats};
@@ -25,4 +26,5 @@ pub use config::{BrokerConfig, DeniedPublish};
 pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
 pub use persist::{Image, Journal, Restored, RestoredSession, SessionRecord, StoreOp, WillRecord};
-pub use session::{QueueFull, QueueLimits, QueuePolicy, Session, SubscriptionRecord};
+pub use session::{QueueFull, QueueLimits, QueuePolicy, Session};
+pub use subscription::SubscriptionRecord;

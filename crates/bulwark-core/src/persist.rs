@@ -16,7 +16,7 @@ use bulwark_acl::Principal;
 use bulwark_proto::{PacketId, TopicName, Will};
 
 use crate::message::{Delivery, Message, OutState};
-use crate::session::SubscriptionRecord;
+use crate::subscription::SubscriptionRecord;
 
 /// A message's exchange, if it was sent: the packet identifier and where it stands.
 pub type Sent = Option<(PacketId, OutState)>;

@@ -3,22 +3,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use bulwark_proto::{PacketId, SubscriptionId, SubscriptionOptions, TopicFilter};
+use bulwark_proto::PacketId;
 
 use crate::SessionKey;
 use crate::message::{Delivery, Inflight, OutState};
 use crate::persist::{Journal, StoreOp};
-
-/// One subscription of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriptionRecord {
-    /// The filter as subscribed (with its `$share/{name}/` prefix, if any).
-    pub filter: TopicFilter,
-    /// Options as granted (QoS lowered to what the broker supports).
-    pub options: SubscriptionOptions,
-    /// The Subscription Identifier given with it.
-    pub id: Option<SubscriptionId>,
-}
+use crate::subscription::SubscriptionRecord;
 
 /// Bounds of a session's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
