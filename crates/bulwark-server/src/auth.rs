@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bulwark_acl::AclRules;
@@ -42,6 +42,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::audit::Audit;
+use crate::sync::{lock, read, write};
 
 /// One link of a listener's authenticator chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -634,21 +635,6 @@ impl JwtRuntime {
             other => other,
         }
     }
-}
-
-/// Locks `mutex`, also after a panic elsewhere poisoned it: every value behind these locks
-/// (counters, maps, the current store) stays usable, and refusing every login or skipping
-/// every check from then on would both be worse.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn unix_now() -> u64 {

@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::sync::lock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bulwark_acl::Cidr;
@@ -77,10 +79,6 @@ pub(crate) struct Bans {
     tracker: Mutex<Tracker>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -114,10 +112,7 @@ impl Bans {
     }
 
     fn list(&self) -> Arc<BanList> {
-        self.list
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.list).clone()
     }
 
     /// The ban in force on this address, if any.
@@ -152,7 +147,7 @@ impl Bans {
             Ok(list) => {
                 info!(file = %path.display(), bans = list.bans().len(), "ban list reloaded");
                 let list = Arc::new(list);
-                *self.list.write().unwrap_or_else(PoisonError::into_inner) = list.clone();
+                *crate::sync::write(&self.list) = list.clone();
                 Some(list)
             }
             Err(err) => {
@@ -231,7 +226,7 @@ impl Bans {
             created: now,
             by: "auto".to_owned(),
         };
-        let mut guard = self.list.write().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = crate::sync::write(&self.list);
         let mut list = (**guard).clone();
         list.prune(now);
         if let Err(err) = list.add(ban.clone()) {

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bulwark_acl::event::{EventKind, SecurityEvent};
@@ -49,8 +49,7 @@ impl Gate {
     }
 
     fn lock(&self) -> MutexGuard<'_, Admission> {
-        // The state stays consistent through a panic elsewhere: every update is one step.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Admits a socket from `ip` (`per_source`: false for a trusted proxy's own address, which
@@ -94,10 +93,7 @@ impl Gate {
             return;
         }
         {
-            let mut last = self
-                .last_events
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut last = crate::sync::lock(&self.last_events);
             if last
                 .get(&ip)
                 .is_some_and(|t| now.saturating_duration_since(*t) < EVENT_INTERVAL)
@@ -140,7 +136,7 @@ impl Permit {
     /// The connection is authenticated: it no longer counts as in its handshake.
     pub(crate) fn handshake_done(&self) {
         if !self.done.swap(true, Ordering::AcqRel) {
-            let ip = *self.ip.lock().unwrap_or_else(PoisonError::into_inner);
+            let ip = *crate::sync::lock(&self.ip);
             self.gate.lock().handshake_done(ip);
         }
     }
@@ -149,7 +145,7 @@ impl Permit {
     /// against the client's address, which must itself be admitted.
     pub(crate) fn rebind(&self, client: IpAddr, listener: &str) -> Result<(), Refused> {
         let now = Instant::now();
-        let mut ip = self.ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ip = crate::sync::lock(&self.ip);
         let result = {
             let mut state = self.gate.lock();
             let result = if self.gate.bans.address_ban(client).is_some() {
@@ -179,7 +175,10 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let ip = *self.ip.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let ip = *self
+            .ip
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let in_handshake = !*self.done.get_mut();
         self.gate.lock().release(ip, in_handshake);
     }

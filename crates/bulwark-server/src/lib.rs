@@ -23,6 +23,7 @@ mod outbox;
 pub(crate) mod proxy;
 mod router;
 mod server;
+mod sync;
 pub mod tls;
 mod transport;
 pub(crate) mod ws;

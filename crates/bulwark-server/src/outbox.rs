@@ -13,6 +13,8 @@ use bulwark_core::Output;
 use bulwark_proto::{QoS, ReasonCode};
 use tokio::sync::Notify;
 
+use crate::sync::lock;
+
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Output>,
@@ -47,10 +49,7 @@ impl Outbox {
     pub(crate) fn push(&self, outputs: &mut Vec<Output>, max_backlog: usize) -> u64 {
         let mut dropped = 0;
         {
-            let Ok(mut state) = self.state.lock() else {
-                outputs.clear();
-                return 0;
-            };
+            let mut state = lock(&self.state);
             let batch_cost: usize = outputs.iter().map(cost).sum();
             if state.queue.is_empty() && batch_cost <= max_backlog {
                 // The common case: the driver took everything already and the batch drops
@@ -79,40 +78,30 @@ impl Outbox {
 
     /// Takes everything waiting (nothing allocated is left behind).
     pub(crate) fn take(&self) -> VecDeque<Output> {
-        match self.state.lock() {
-            Ok(mut state) => {
-                state.backlog = 0;
-                std::mem::take(&mut state.queue)
-            }
-            Err(_) => VecDeque::new(),
-        }
+        let mut state = lock(&self.state);
+        state.backlog = 0;
+        std::mem::take(&mut state.queue)
     }
 
     /// Records that the engine closed this connection for `code`, an offence of its client.
     pub(crate) fn mark_offence(&self, code: ReasonCode) {
-        if let Ok(mut state) = self.state.lock() {
-            state.offence = Some(code);
-        }
+        lock(&self.state).offence = Some(code);
     }
 
     /// The offence recorded by [`Outbox::mark_offence`], if any.
     pub(crate) fn offence(&self) -> Option<ReasonCode> {
-        self.state.lock().ok().and_then(|state| state.offence)
+        lock(&self.state).offence
     }
 
     /// Asks the driver to forward what its client has sent so far, then say so.
     pub(crate) fn request_drain(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            state.drain = true;
-        }
+        lock(&self.state).drain = true;
         self.notify.notify_one();
     }
 
     /// Whether a drain was asked for since the last call.
     pub(crate) fn take_drain(&self) -> bool {
-        self.state
-            .lock()
-            .is_ok_and(|mut state| std::mem::take(&mut state.drain))
+        std::mem::take(&mut lock(&self.state).drain)
     }
 
     /// Resolves once something has been pushed since the last [`Outbox::take`].

@@ -458,10 +458,7 @@ impl TlsAcceptor {
 
     /// The configuration for the next handshake.
     pub fn config(&self) -> Arc<ServerConfig> {
-        match self.current.read() {
-            Ok(current) => current.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::read(&self.current).clone()
     }
 
     /// Reads the files again; on success the new configuration serves every later handshake,
@@ -469,14 +466,8 @@ impl TlsAcceptor {
     /// client certificate the new CRLs revoke: the caller closes them.
     pub fn reload(&self) -> Result<Vec<ConnectionId>, TlsError> {
         let (config, verifier) = build_with_verifier(&self.settings)?;
-        match self.current.write() {
-            Ok(mut current) => *current = config,
-            Err(poisoned) => *poisoned.into_inner() = config,
-        }
-        let clients = match self.clients.lock() {
-            Ok(clients) => clients,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        *crate::sync::write(&self.current) = config;
+        let clients = crate::sync::lock(&self.clients);
         let now = UnixTime::now();
         let mut revoked: Vec<ConnectionId> = clients
             .iter()
@@ -499,16 +490,12 @@ impl TlsAcceptor {
 
     /// Remembers the certificate chain a connection presented, for revocation on reload.
     pub(crate) fn register(&self, conn: ConnectionId, chain: &[CertificateDer<'static>]) {
-        if let Ok(mut clients) = self.clients.lock() {
-            clients.insert(conn, chain.to_vec());
-        }
+        crate::sync::lock(&self.clients).insert(conn, chain.to_vec());
     }
 
     /// Forgets a connection that ended.
     pub(crate) fn unregister(&self, conn: ConnectionId) {
-        if let Ok(mut clients) = self.clients.lock() {
-            clients.remove(&conn);
-        }
+        crate::sync::lock(&self.clients).remove(&conn);
     }
 }
 

@@ -15,7 +15,9 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::mem;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
@@ -719,11 +721,6 @@ impl Wake for TaskWakers {
             }
         }
     }
-}
-
-/// A waker slot; a panic elsewhere while it was held leaves a usable `Option`.
-fn lock(slot: &Mutex<Option<Waker>>) -> MutexGuard<'_, Option<Waker>> {
-    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The async stream seen as a non-blocking `Read + Write` for tungstenite: `Pending` becomes
