@@ -138,6 +138,10 @@ impl Takeovers {
     /// Keeps `msg` for after its connection's held CONNECT; gives it back if that connection
     /// has none.
     fn hold(&mut self, msg: ToRouter) -> Option<ToRouter> {
+        // The hot path: nothing is held.
+        if self.held.is_empty() {
+            return Some(msg);
+        }
         let conn = match &msg {
             ToRouter::Packets { conn, .. }
             | ToRouter::Lost { conn }
@@ -392,7 +396,10 @@ impl Router {
                 for packet in packets {
                     self.broker.handle_packet(conn, packet, now);
                 }
-                if takeovers.waiting.contains_key(&conn) && !self.broker.is_live(conn) {
+                if !takeovers.waiting.is_empty()
+                    && takeovers.waiting.contains_key(&conn)
+                    && !self.broker.is_live(conn)
+                {
                     self.release_takeovers(peers, takeovers, now);
                 }
             }
