@@ -100,13 +100,13 @@ def toml_str(value):
 def start_broker(kind, bins, port, work, broker_core, tls=None):
     """Starts `kind` listening on 127.0.0.1:port: plain MQTT, or with `tls` (make_certs's paths)
     MQTT over TLS only."""
-    if kind == "bulwark" and tls is None:
+    if kind in ("bulwark", "baseline") and tls is None:
         # Every broker of the comparison lets anonymous clients in (Mosquitto: allow_anonymous
         # true); authentication is measured on its own (docs/benchmarks.md, "Security on").
-        cmd = [bins["bulwark"], "serve", "--listen", f"127.0.0.1:{port}",
+        cmd = [bins[kind], "serve", "--listen", f"127.0.0.1:{port}",
                "--dangerous-allow-anonymous", "--log-level", "warn"]
-    elif kind == "bulwark":
-        conf = os.path.join(work, "bulwark.toml")
+    elif kind in ("bulwark", "baseline"):
+        conf = os.path.join(work, f"{kind}.toml")
         with open(conf, "w") as f:
             f.write(
                 f'[[listener]]\nkind = "tls"\nbind = "127.0.0.1:{port}"\n'
@@ -116,7 +116,7 @@ def start_broker(kind, bins, port, work, broker_core, tls=None):
                 # The comparison measures the message path; authorization has its own run.
                 '[acl]\ndangerous_allow_all = true\n'
             )
-        cmd = [bins["bulwark"], "serve", "--config", conf, "--log-level", "warn"]
+        cmd = [bins[kind], "serve", "--config", conf, "--log-level", "warn"]
     elif kind == "mosquitto":
         conf = os.path.join(work, "mosquitto.conf")
         with open(conf, "w") as f:
@@ -204,8 +204,14 @@ def main():
     ap.add_argument("--brokers", default="mosquitto,rumqttd,bulwark")
     ap.add_argument("--only", default="", help="comma-separated scenario indexes (0-based)")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    ap.add_argument("--baseline", help="another Bulwark binary (say, built from an older commit), "
+                    "run as broker 'baseline' with Bulwark's settings: `--brokers baseline,bulwark "
+                    "--baseline OLD` compares two builds side by side (the loader is --bulwark's)")
     a = ap.parse_args()
-    bins = {"bulwark": a.bulwark, "mosquitto": a.mosquitto, "rumqttd": a.rumqttd}
+    bins = {"bulwark": a.bulwark, "mosquitto": a.mosquitto, "rumqttd": a.rumqttd,
+            "baseline": a.baseline}
+    if "baseline" in a.brokers.split(",") and not a.baseline:
+        ap.error("--brokers baseline needs --baseline PATH")
     brokers = a.brokers.split(",")
     cores = os.sched_getaffinity(0)
     broker_core, loader_core = (str(min(cores)), str(max(cores))) if len(cores) > 1 else ("0", "0")
@@ -269,12 +275,14 @@ def main():
                       "the loader verifying it and resuming no session, so every connection is a "
                       "full handshake.")
     lines.append("")
-    lines.append(f"Versions: {version([bins['bulwark'], '--version'])}; "
-                 f"{version([bins['mosquitto'], '-h'])}; {version([bins['rumqttd'], '--version'])}.")
+    versions = {"bulwark": [bins["bulwark"], "--version"], "baseline": [bins["baseline"], "--version"],
+                "mosquitto": [bins["mosquitto"], "-h"], "rumqttd": [bins["rumqttd"], "--version"]}
+    lines.append("Versions: " + "; ".join(f"{b}: {version(versions[b])}" for b in brokers) + ".")
     lines.append("")
     lines.append("Command: `bash scripts/bench-compare.sh" + (" --write`" if a.write else "`"))
     lines.append("")
-    header = "| scenario | " + " | ".join(brokers) + " | Bulwark vs best peer | target |"
+    versus = "baseline" if brokers == ["baseline", "bulwark"] else "best peer"
+    header = "| scenario | " + " | ".join(brokers) + f" | Bulwark vs {versus} | target |"
     lines.append(header)
     lines.append("|" + "---|" * (len(brokers) + 3))
     for scenario in scenarios:
