@@ -3,81 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+pub(super) use bulwark_auth::lenient::{Field, describe};
 use toml::{Table, Value};
-
-/// One key's value: the type the key takes, or the value found instead.
-///
-/// Every key of the file's sections is an `Option<Field<T>>`, so that reading the file into the
-/// section structs never stops at the first wrong value: the validation pass names every key
-/// whose value is of the wrong type, together with every other problem.
-#[derive(Debug, Clone)]
-pub(super) enum Field<T> {
-    /// The value, of the expected type.
-    Given(T),
-    /// A value of another type.
-    Wrong(Value),
-}
-
-impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = restore_dates(Value::deserialize(deserializer)?);
-        if value.is_datetime() {
-            // No key takes a date.
-            return Ok(Self::Wrong(value));
-        }
-        Ok(match T::deserialize(hide_dates(value.clone())) {
-            Ok(given) => Self::Given(given),
-            Err(_) => Self::Wrong(value),
-        })
-    }
-}
-
-/// The key of the one-key table that stands for a date inside a value handed on to serde.
-const DATE_KEY: &str = "$__bulwark_config_date";
-
-/// `value` with every nested date replaced by a one-key table: [`Value`] hands a date on to
-/// serde as a string, which a string key would then take.
-fn hide_dates(value: Value) -> Value {
-    match value {
-        Value::Datetime(date) => {
-            let mut table = Table::new();
-            table.insert(DATE_KEY.to_owned(), Value::String(date.to_string()));
-            Value::Table(table)
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(hide_dates).collect()),
-        Value::Table(table) => Value::Table(
-            table
-                .into_iter()
-                .map(|(key, value)| (key, hide_dates(value)))
-                .collect(),
-        ),
-        other => other,
-    }
-}
-
-/// The inverse of [`hide_dates`], so that problems describe a date as a date.
-fn restore_dates(value: Value) -> Value {
-    match value {
-        Value::Table(table) => {
-            if table.len() == 1
-                && let Some(Value::String(text)) = table.get(DATE_KEY)
-                && let Ok(date) = text.parse()
-            {
-                return Value::Datetime(date);
-            }
-            Value::Table(
-                table
-                    .into_iter()
-                    .map(|(key, value)| (key, restore_dates(value)))
-                    .collect(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(restore_dates).collect()),
-        other => other,
-    }
-}
 
 /// Declares a section of the file: a struct whose every key is an `Option<Field<T>>`, the keys
 /// the file gave that it does not know, and [`Section::KEYS`], from the one list. A key that
@@ -368,19 +295,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
         previous = current;
     }
     previous.last().copied().unwrap_or(0)
-}
-
-/// A value as a problem report shows it.
-pub(super) fn describe(value: &Value) -> String {
-    match value {
-        Value::String(s) => format!("the string \"{s}\""),
-        Value::Integer(i) => format!("the integer {i}"),
-        Value::Float(f) => format!("the number {f}"),
-        Value::Boolean(b) => format!("{b}"),
-        Value::Datetime(d) => format!("the date {d}"),
-        Value::Array(_) => "an array".to_owned(),
-        Value::Table(_) => "a table".to_owned(),
-    }
 }
 
 pub(super) fn to_u32(v: u64) -> u32 {
