@@ -35,6 +35,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
 
+use crate::lenient::Field;
+
 /// The comment line [`PasswordStore::to_toml`] writes first.
 pub const STORE_HEADER: &str = "# Bulwark password store: edit with `bulwark user`, not by hand.";
 
@@ -333,38 +335,40 @@ impl PasswordStore {
     /// (control characters, NUL, `+`, `#`, `/`), duplicate names, unsafe or duplicate groups,
     /// and password hashes that are neither argon2id PHC strings nor supported Mosquitto hashes.
     pub fn parse(text: &str) -> Result<Self, StoreError> {
-        let table: toml::Table = toml::from_str(text).map_err(|err| StoreError::Syntax {
+        let syntax = |err: toml::de::Error| StoreError::Syntax {
             line: err.span().map_or(1, |span| line_of(text, span.start)),
             message: err.message().trim_end().to_owned(),
-        })?;
+        };
+        // The syntax first, as a plain table, then the lenient typed read (which a valid
+        // TOML document always passes).
+        toml::from_str::<toml::Table>(text).map_err(syntax)?;
+        let file: StoreFile = toml::from_str(text).map_err(syntax)?;
         let mut problems = Vec::new();
-        for key in table.keys() {
-            if key != "user" {
-                problems.push(format!(
-                    "unknown top-level key {:?}: the file holds only [[user]] tables",
-                    shown(key)
-                ));
-            }
+        for key in file.unknown.keys() {
+            problems.push(format!(
+                "unknown top-level key {:?}: the file holds only [[user]] tables",
+                shown(key)
+            ));
         }
         let mut users = Vec::new();
-        match table.get("user") {
+        match &file.user {
             None => {}
-            Some(toml::Value::Array(items)) => {
+            Some(Field::Given(items)) => {
                 for (index, item) in items.iter().enumerate() {
                     match item {
-                        toml::Value::Table(entry) => {
-                            if let Some(user) = parse_user(index, entry, &mut problems) {
+                        Field::Given(entry) => {
+                            if let Some(user) = check_user(index, entry, &mut problems) {
                                 users.push(user);
                             }
                         }
-                        _ => problems.push(format!(
+                        Field::Wrong(_) => problems.push(format!(
                             "user #{}: not a table (write each user as a [[user]] section)",
                             index + 1
                         )),
                     }
                 }
             }
-            Some(_) => problems.push(
+            Some(Field::Wrong(_)) => problems.push(
                 "`user` is not an array of tables: write each user as a [[user]] section"
                     .to_owned(),
             ),
@@ -862,16 +866,40 @@ fn check_groups_for(user: &str, groups: &[String]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Reads one `[[user]]` table, adding its problems; `None` when it has any.
-fn parse_user(
+/// The store file as serde reads it: every value kept, of the right type or not, so that
+/// [`PasswordStore::parse`] can name every problem.
+#[derive(Deserialize)]
+struct StoreFile {
+    user: Option<Field<Vec<Field<UserEntry>>>>,
+    /// Keys other than `user`.
+    #[serde(flatten)]
+    unknown: toml::Table,
+}
+
+/// One `[[user]]` table as serde reads it; its keys are [`STORE_KEYS`].
+#[derive(Deserialize)]
+struct UserEntry {
+    name: Option<Field<String>>,
+    password: Option<Field<String>>,
+    groups: Option<Field<Vec<Field<String>>>>,
+    disabled: Option<Field<bool>>,
+    scram_sha256: Option<Field<String>>,
+    scram_sha512: Option<Field<String>>,
+    /// Keys the store does not know.
+    #[serde(flatten)]
+    unknown: toml::Table,
+}
+
+/// Checks one `[[user]]` table, adding its problems; `None` when it has any.
+fn check_user(
     index: usize,
-    entry: &toml::Table,
+    entry: &UserEntry,
     problems: &mut Vec<String>,
 ) -> Option<(usize, UserRecord)> {
     let before = problems.len();
-    let name = match entry.get("name") {
-        Some(toml::Value::String(name)) => Some(name.as_str()),
-        Some(_) => {
+    let name = match &entry.name {
+        Some(Field::Given(name)) => Some(name.as_str()),
+        Some(Field::Wrong(_)) => {
             problems.push(format!("{}: `name` is not a string", label(index, None)));
             None
         }
@@ -884,23 +912,21 @@ fn parse_user(
     if let Some(Err(reason)) = name.map(check_name) {
         problems.push(format!("{who}: name {reason}"));
     }
-    for key in entry.keys() {
-        if !STORE_KEYS.contains(&key.as_str()) {
-            problems.push(format!(
-                "{who}: unknown key {:?} (known: {})",
-                shown(key),
-                STORE_KEYS.join(", ")
-            ));
-        }
+    for key in entry.unknown.keys() {
+        problems.push(format!(
+            "{who}: unknown key {:?} (known: {})",
+            shown(key),
+            STORE_KEYS.join(", ")
+        ));
     }
-    let password = match entry.get("password") {
-        Some(toml::Value::String(hash)) => {
+    let password = match &entry.password {
+        Some(Field::Given(hash)) => {
             if let Err(reason) = parse_hash(hash) {
                 problems.push(format!("{who}: `password`: {reason}"));
             }
             Some(hash.clone())
         }
-        Some(_) => {
+        Some(Field::Wrong(_)) => {
             problems.push(format!("{who}: `password` is not a string"));
             None
         }
@@ -910,12 +936,12 @@ fn parse_user(
         }
     };
     let mut groups = Vec::new();
-    match entry.get("groups") {
+    match &entry.groups {
         None => {}
-        Some(toml::Value::Array(items)) => {
+        Some(Field::Given(items)) => {
             for item in items {
                 match item {
-                    toml::Value::String(group) => {
+                    Field::Given(group) => {
                         if let Err(reason) = check_name(group) {
                             problems.push(format!("{who}: group {:?}: {reason}", shown(group)));
                         } else if groups.contains(group) {
@@ -924,30 +950,32 @@ fn parse_user(
                             groups.push(group.clone());
                         }
                     }
-                    _ => problems.push(format!("{who}: `groups` holds a non-string")),
+                    Field::Wrong(_) => problems.push(format!("{who}: `groups` holds a non-string")),
                 }
             }
         }
-        Some(_) => problems.push(format!("{who}: `groups` is not an array of strings")),
+        Some(Field::Wrong(_)) => {
+            problems.push(format!("{who}: `groups` is not an array of strings"));
+        }
     }
-    let disabled = match entry.get("disabled") {
+    let disabled = match &entry.disabled {
         None => false,
-        Some(toml::Value::Boolean(disabled)) => *disabled,
-        Some(_) => {
+        Some(Field::Given(disabled)) => *disabled,
+        Some(Field::Wrong(_)) => {
             problems.push(format!("{who}: `disabled` is not true or false"));
             false
         }
     };
-    let mut scram = |key: &str| match entry.get(key) {
+    let mut scram = |key: &str, field: &Option<Field<String>>| match field {
         None => None,
-        Some(toml::Value::String(value)) => Some(value.clone()),
-        Some(_) => {
+        Some(Field::Given(value)) => Some(value.clone()),
+        Some(Field::Wrong(_)) => {
             problems.push(format!("{who}: `{key}` is not a string"));
             None
         }
     };
-    let scram_sha256 = scram("scram_sha256");
-    let scram_sha512 = scram("scram_sha512");
+    let scram_sha256 = scram("scram_sha256", &entry.scram_sha256);
+    let scram_sha512 = scram("scram_sha512", &entry.scram_sha512);
     if problems.len() != before {
         return None;
     }

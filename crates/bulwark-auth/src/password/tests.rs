@@ -353,6 +353,22 @@ fn toml_round_trip_keeps_scram_verbatim() {
 }
 
 #[test]
+fn dates_are_not_strings_and_every_store_key_is_read() {
+    let found = problems("[[user]]\nname = 1979-05-27\npassword = \"x\"\n");
+    assert!(
+        found.iter().any(|p| p.contains("`name` is not a string")),
+        "{found:?}"
+    );
+    let mut table = toml::Table::new();
+    for key in STORE_KEYS {
+        table.insert((*key).to_owned(), toml::Value::Boolean(true));
+    }
+    let text = toml::to_string(&table).unwrap();
+    let entry: UserEntry = toml::from_str(&text).unwrap();
+    assert!(entry.unknown.is_empty(), "{:?}", entry.unknown);
+}
+
+#[test]
 fn parse_errors_name_each_problem() {
     let ok = cheap_hash("x");
     let m6 = mosquitto_sha512("x", b"saltsaltsalt");
