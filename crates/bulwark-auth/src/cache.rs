@@ -62,7 +62,7 @@ impl CredentialCache {
     }
 
     fn digest(&self, name: &str, password: &[u8]) -> Option<[u8; 32]> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).ok()?;
+        let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.key).ok()?;
         mac.update(&u64::try_from(name.len()).unwrap_or(u64::MAX).to_be_bytes());
         mac.update(name.as_bytes());
         mac.update(password);

@@ -6,7 +6,7 @@
     reason = "test code"
 )]
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 use sha2::Sha256;

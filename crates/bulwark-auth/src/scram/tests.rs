@@ -41,12 +41,12 @@ fn rfc_credentials() -> ScramCredentials {
 fn t_hmac(hash: ScramHash, key: &[u8], data: &[u8]) -> Vec<u8> {
     match hash {
         ScramHash::Sha256 => {
-            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+            let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key).unwrap();
             mac.update(data);
             mac.finalize().into_bytes().to_vec()
         }
         ScramHash::Sha512 => {
-            let mut mac = <Hmac<Sha512> as Mac>::new_from_slice(key).unwrap();
+            let mut mac = <Hmac<Sha512> as hmac::KeyInit>::new_from_slice(key).unwrap();
             mac.update(data);
             mac.finalize().into_bytes().to_vec()
         }
