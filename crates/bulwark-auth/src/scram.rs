@@ -227,7 +227,8 @@ fn hmac_parts<M: Mac + hmac::digest::KeyInit>(
     key: &[u8],
     parts: &[&[u8]],
 ) -> Result<Vec<u8>, ScramError> {
-    let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key).map_err(|_| ScramError::Internal)?;
+    let mut mac =
+        <M as hmac::digest::KeyInit>::new_from_slice(key).map_err(|_| ScramError::Internal)?;
     for part in parts {
         mac.update(part);
     }
