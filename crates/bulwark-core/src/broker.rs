@@ -457,7 +457,7 @@ impl Broker {
             }
             let mut session = self.new_session(record.client_id.clone(), record.expiry_interval);
             let key = session.key;
-            session.set_journal(self.journal.clone());
+            session.start_journal(&mut self.journal);
             let parked_at = record.disconnected_at.unwrap_or(now);
             session.parked_at = Some(parked_at);
             self.owners.insert(key, record.owner);
@@ -671,13 +671,15 @@ impl Broker {
                     break;
                 }
                 if let Some(c) = self.conns.get_mut(&id) {
-                    let (m, b) = c.session.shed(bytes - freed, qos0_only);
+                    let (m, b) = c.session.shed(&mut self.journal, bytes - freed, qos0_only);
                     messages += m;
                     freed += b;
                 }
             }
             if freed < bytes {
-                let (m, b) = self.parked.shed(bytes - freed, qos0_only);
+                let (m, b) = self
+                    .parked
+                    .shed(&mut self.journal, bytes - freed, qos0_only);
                 messages += m;
                 freed += b;
             }
@@ -975,7 +977,7 @@ impl Broker {
         if self.journal.is_on() {
             if expiry > 0 {
                 if !session.is_journaled() {
-                    session.set_journal(self.journal.clone());
+                    session.start_journal(&mut self.journal);
                 }
             } else if session.is_journaled() {
                 // No longer persistent: it ends with this connection, and a restart before
@@ -983,7 +985,7 @@ impl Broker {
                 self.journal.push(StoreOp::SessionEnded {
                     client_id: session.client_id.clone(),
                 });
-                session.set_journal(Journal::off());
+                session.stop_journal();
             }
         }
 
@@ -1119,7 +1121,7 @@ impl Broker {
             }
         }
         for pos in expired.into_iter().rev() {
-            conn.session.remove_inflight(pos);
+            conn.session.remove_inflight(&mut self.journal, pos);
             self.stats.messages_dropped_too_large += 1;
         }
         for packet in resend {
@@ -1370,7 +1372,7 @@ impl Broker {
         if qos == QoS::ExactlyOnce
             && let (Some(id), Some(conn)) = (packet_id, self.conns.get_mut(&conn_id))
         {
-            conn.session.qos2_record(id);
+            conn.session.qos2_record(&mut self.journal, id);
         }
         let v5 = self.conns.get(&conn_id).is_some_and(|c| c.is_v5());
         let code = if v5 { code } else { ReasonCode::Success };
@@ -1467,7 +1469,7 @@ impl Broker {
                 if qos == QoS::ExactlyOnce
                     && let (Some(id), Some(conn)) = (packet_id, self.conns.get_mut(&conn_id))
                 {
-                    conn.session.qos2_record(id);
+                    conn.session.qos2_record(&mut self.journal, id);
                 }
                 self.answer_publish(conn_id, qos, packet_id, ReasonCode::Success, "");
             }
@@ -1559,7 +1561,9 @@ impl Broker {
                 kept.push((record.clone(), !decision.carve_outs.is_empty()));
             }
         }
-        session.retain_queued(|d| acl.may_receive(d.message.topic.as_str()));
+        session.retain_queued(&mut self.journal, |d| {
+            acl.may_receive(d.message.topic.as_str())
+        });
         let mut filters = Vec::with_capacity(revoked.len());
         for (text, reason) in revoked {
             if let Some(record) = session.subscriptions.remove(&text) {
@@ -1607,7 +1611,7 @@ impl Broker {
         if let Some(conn) = self.conns.get_mut(&conn_id)
             && let Some(pos) = conn.session.inflight_position(packet_id)
         {
-            conn.session.remove_inflight(pos);
+            conn.session.remove_inflight(&mut self.journal, pos);
         }
         self.pump(conn_id, now);
     }
@@ -1633,12 +1637,12 @@ impl Broker {
                 if rec.reason_code.is_error() {
                     // The client refused the message: the exchange ends here (§4.3.3).
                     if let Some(p) = pos {
-                        conn.session.remove_inflight(p);
+                        conn.session.remove_inflight(&mut self.journal, p);
                     }
                     self.pump(conn_id, now);
                 } else {
                     if let Some(p) = pos {
-                        conn.session.mark_released(p);
+                        conn.session.mark_released(&mut self.journal, p);
                     }
                     self.push(conn_id, Packet::PubRel(PubRel::new(rec.packet_id)));
                 }
@@ -1672,7 +1676,7 @@ impl Broker {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        let known = conn.session.qos2_release(packet_id);
+        let known = conn.session.qos2_release(&mut self.journal, packet_id);
         let mut comp = PubComp::new(packet_id);
         if !known && conn.is_v5() {
             comp.reason_code = ReasonCode::PacketIdentifierNotFound;
@@ -2057,7 +2061,7 @@ impl Broker {
         }
         // QoS 1 messages (and QoS 2 not yet received) from shared subscriptions may go to
         // another member of the group (§4.8.2).
-        let moved = take_shared(&mut session, false);
+        let moved = take_shared(&mut self.journal, &mut session, false);
         if session.expiry_interval == 0 {
             self.end_session(session, now);
         } else {
@@ -2092,7 +2096,7 @@ impl Broker {
             self.journal.push(StoreOp::SessionEnded {
                 client_id: session.client_id.clone(),
             });
-            session.set_journal(Journal::off());
+            session.stop_journal();
         }
         let records: Vec<TopicFilter> = session
             .subscriptions
@@ -2120,7 +2124,7 @@ impl Broker {
             self.publish_will(key, pending, now);
         }
         self.owners.remove(&key);
-        for delivery in take_shared(&mut session, true) {
+        for delivery in take_shared(&mut self.journal, &mut session, true) {
             self.redeliver_shared(delivery, key, now);
         }
     }
@@ -2381,7 +2385,7 @@ impl Broker {
                     return;
                 }
                 let topic = delivery.message.topic.clone();
-                match conn.session.enqueue(delivery, limits) {
+                match conn.session.enqueue(&mut self.journal, delivery, limits) {
                     Ok(0) => {}
                     Ok(dropped) => {
                         self.queue_overflow(session, Some(conn_id), &topic, dropped, now)
@@ -2405,7 +2409,10 @@ impl Broker {
                     return;
                 }
                 let topic = delivery.message.topic.clone();
-                match self.parked.enqueue(session, delivery, limits) {
+                match self
+                    .parked
+                    .enqueue(&mut self.journal, session, delivery, limits)
+                {
                     Ok(None | Some(0)) => {}
                     Ok(Some(dropped)) => self.queue_overflow(session, None, &topic, dropped, now),
                     Err(_) => self.queue_overflow(session, None, &topic, 1, now),
@@ -2553,7 +2560,7 @@ impl Broker {
                     return;
                 }
             }
-            let Some(delivery) = conn.session.dequeue() else {
+            let Some(delivery) = conn.session.dequeue(&mut self.journal) else {
                 return;
             };
             if !self.send(conn_id, delivery, now) {
@@ -2582,7 +2589,7 @@ impl Broker {
         let mut packet_id = None;
         if delivery.qos != QoS::AtMostOnce {
             let Some(id) = conn.session.allocate_id() else {
-                conn.session.requeue_front(delivery);
+                conn.session.requeue_front(&mut self.journal, delivery);
                 return false;
             };
             packet_id = Some(id);
@@ -2591,11 +2598,14 @@ impl Broker {
             } else {
                 OutState::AwaitPubRec
             };
-            conn.session.push_inflight(Inflight {
-                packet_id: id,
-                delivery,
-                state,
-            });
+            conn.session.push_inflight(
+                &mut self.journal,
+                Inflight {
+                    packet_id: id,
+                    delivery,
+                    state,
+                },
+            );
         }
         // A Topic Alias property takes 3 bytes; only assign one if they fit. The body then
         // becomes this connection's own.
@@ -2721,8 +2731,8 @@ impl Broker {
 
 /// Takes the deliveries that came through shared subscriptions out of a session: queued
 /// ones, and in-flight ones not yet received (`all`: also those awaiting PUBREC).
-fn take_shared(session: &mut Session, all: bool) -> Vec<Delivery> {
-    let mut moved = session.take_queued(|d| d.group.is_some() && d.qos != QoS::AtMostOnce);
+fn take_shared(journal: &mut Journal, session: &mut Session, all: bool) -> Vec<Delivery> {
+    let mut moved = session.take_queued(journal, |d| d.group.is_some() && d.qos != QoS::AtMostOnce);
     let mut pos = 0;
     while let Some(inflight) = session.inflight.get(pos) {
         let movable = inflight.delivery.group.is_some()
@@ -2732,7 +2742,7 @@ fn take_shared(session: &mut Session, all: bool) -> Vec<Delivery> {
                 OutState::AwaitPubComp => false,
             };
         if movable {
-            if let Some(mut inflight) = session.remove_inflight(pos) {
+            if let Some(mut inflight) = session.remove_inflight(journal, pos) {
                 // It leaves this session: the next one numbers it anew.
                 inflight.delivery.seq = 0;
                 moved.push(inflight.delivery);
