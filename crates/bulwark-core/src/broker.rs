@@ -24,6 +24,7 @@ use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
 use crate::parked::ParkedSessions;
 use crate::persist::{Journal, Restored, SessionRecord, StoreOp, WillRecord};
 use crate::quota::Quotas;
+use crate::retained::RetainedStore;
 use crate::session::{QueueLimits, Session};
 use crate::subscription::SubscriptionRecord;
 
@@ -279,7 +280,7 @@ pub struct Broker {
     index: SubscriptionIndex<SubKey, SubEntry>,
     groups: HashMap<(Box<str>, Box<str>), GroupKey>,
     group_members: HashMap<GroupKey, Group>,
-    retained: HashMap<Box<str>, Arc<Message>>,
+    retained: RetainedStore,
     wills: HashMap<SessionKey, PendingWill>,
     will_times: BTreeSet<(Instant, SessionKey)>,
     outputs: VecDeque<(ConnectionId, Output)>,
@@ -349,7 +350,7 @@ impl Broker {
             index: SubscriptionIndex::new(),
             groups: HashMap::new(),
             group_members: HashMap::new(),
-            retained: HashMap::new(),
+            retained: RetainedStore::new(),
             wills: HashMap::new(),
             will_times: BTreeSet::new(),
             outputs: VecDeque::new(),
@@ -518,7 +519,7 @@ impl Broker {
             }
             self.quotas
                 .stored(message.topic.as_str(), message.cost(), owner);
-            self.retained.insert(message.topic.as_str().into(), message);
+            self.retained.insert(message);
             retained += 1;
         }
         (sessions, retained)
@@ -1393,7 +1394,7 @@ impl Broker {
         owner: Option<&Arc<str>>,
     ) -> Option<&'static str> {
         let c = &self.config;
-        if !self.retained.contains_key(topic) && self.retained.len() >= c.max_retained_messages {
+        if !self.retained.contains(topic) && self.retained.len() >= c.max_retained_messages {
             return Some("retained message limit reached");
         }
         let ((count, bytes), total) = self.quotas.after_store(topic, cost, owner);
@@ -1919,12 +1920,8 @@ impl Broker {
         now: Instant,
     ) {
         let matching: Vec<Arc<Message>> = if filter.has_wildcards() {
-            let mut found: Vec<Arc<Message>> = self
-                .retained
-                .values()
-                .filter(|m| filter.matches(&m.topic))
-                .cloned()
-                .collect();
+            let mut found = Vec::new();
+            self.retained.matching(filter.match_filter(), &mut found);
             found.sort_by(|a, b| a.topic.cmp(&b.topic));
             found
         } else {
@@ -2235,8 +2232,7 @@ impl Broker {
                 }
                 self.quotas
                     .stored(message.topic.as_str(), message.cost(), owner);
-                self.retained
-                    .insert(message.topic.as_str().into(), message.clone());
+                self.retained.insert(message.clone());
             }
         }
         let mut targets = mem::take(&mut self.targets);

@@ -17,6 +17,7 @@ mod message;
 mod parked;
 pub mod persist;
 mod quota;
+mod retained;
 mod session;
 mod subscription;
 
