@@ -45,18 +45,29 @@ pub enum Output {
     /// Send this PUBLISH: a body shared with the message's other subscribers, with this
     /// connection's packet identifier and DUP flag.
     Publish(OutgoingPublish),
+    /// The engine accepted the connection: the accepting CONNACK follows at once. The driver
+    /// treats its client as authenticated from here on and holds it to this keep alive.
+    Accepted(Accepted),
     /// Close the connection once everything before this has been sent.
     Close,
 }
 
+/// What the driver of a connection the engine accepted must know (see [`Output::Accepted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The keep alive the client must honour, seconds (0: none): the Server Keep Alive when
+    /// the engine sets one in the CONNACK, the client's own otherwise.
+    pub keep_alive: u16,
+}
+
 impl Output {
     /// The packet this output sends, as an owned value (a shared PUBLISH is copied); `None`
-    /// for [`Output::Close`]. For tests and tools: drivers encode [`OutgoingPublish::encodable`].
+    /// for [`Output::Accepted`] and [`Output::Close`]. For tests and tools: drivers encode [`OutgoingPublish::encodable`].
     pub fn into_packet(self) -> Option<Packet> {
         match self {
             Self::Packet(packet) => Some(*packet),
             Self::Publish(publish) => Some(Packet::Publish(publish.to_publish())),
-            Self::Close => None,
+            Self::Accepted(_) | Self::Close => None,
         }
     }
 }
@@ -791,6 +802,7 @@ impl Broker {
         now: Instant,
     ) {
         let version = connect.protocol_version;
+        let connect_keep_alive = connect.keep_alive;
         let principal = auth.principal.clone().unwrap_or_default();
         if self.shutting_down {
             return self.refuse(
@@ -880,8 +892,12 @@ impl Broker {
         let expiry = requested_expiry.min(self.config.max_session_expiry_interval);
 
         // A client identifier, live or with a stored session, belongs to the user who made it:
-        // another user neither takes the connection over nor resumes the session.
-        let owner: Option<Arc<str>> = connect.username.as_ref().map(|u| Arc::from(u.as_str()));
+        // another user neither takes the connection over nor resumes the session. The user is
+        // the authenticated one; without a principal (no authentication ran), the CONNECT's.
+        let owner: Option<Arc<str>> = match &auth.principal {
+            Some(principal) => principal.username.clone(),
+            None => connect.username.as_ref().map(|u| Arc::from(u.as_str())),
+        };
         if let Some(key) = self.client_ids.get(&client_id)
             && self.owners.get(key).is_some_and(|o| *o != owner)
         {
@@ -1024,6 +1040,9 @@ impl Broker {
         self.stats.connections_total += 1;
 
         connack.session_present = present;
+        let keep_alive = server_keep_alive.unwrap_or(connect_keep_alive);
+        self.outputs
+            .push_back((conn, Output::Accepted(Accepted { keep_alive })));
         self.push(conn, Packet::ConnAck(connack));
         self.resume(conn, now);
     }

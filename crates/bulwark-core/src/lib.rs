@@ -22,7 +22,9 @@ mod session;
 mod subscription;
 
 pub use authz::AuthzEvent;
-pub use broker::{Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, SessionKey, Stats};
+pub use broker::{
+    Accepted, Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, SessionKey, Stats,
+};
 pub use config::{BrokerConfig, DeniedPublish};
 pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
