@@ -11,9 +11,9 @@ use bulwark_acl::event::EventKind;
 use bulwark_acl::{AclRules, Principal};
 use bulwark_proto::{
     AckProperties, ConnAck, Connect, Disconnect, Encoder, MqttString, Packet, PacketId,
-    ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, PublishProperties, PublishWithId,
-    QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionId, SubscriptionOptions,
-    TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
+    ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, PublishProperties, QoS, ReasonCode,
+    RetainHandling, SubAck, Subscribe, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName,
+    UnsubAck, Unsubscribe, Will,
 };
 use bytes::Bytes;
 
@@ -21,6 +21,8 @@ use crate::authz::{AuthzEvent, ConnAuthz};
 use crate::config::{BrokerConfig, DeniedPublish};
 use crate::index::SubscriptionIndex;
 use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
+pub use crate::output::{Accepted, OutgoingPublish, Output};
+use crate::output::{Aliases, Bodies, build_publish};
 use crate::parked::ParkedSessions;
 use crate::persist::{Journal, Restored, SessionRecord, StoreOp, WillRecord};
 use crate::quota::Quotas;
@@ -35,85 +37,6 @@ pub struct ConnectionId(pub u64);
 /// Identifies one session for as long as it lives (across reconnections).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionKey(pub u64);
-
-/// What the engine asks the connection driver to do. Small (24 bytes): outputs are moved
-/// several times on their way to the socket, once per delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// Send this packet.
-    Packet(Box<Packet>),
-    /// Send this PUBLISH: a body shared with the message's other subscribers, with this
-    /// connection's packet identifier and DUP flag.
-    Publish(OutgoingPublish),
-    /// The engine accepted the connection: the accepting CONNACK follows at once. The driver
-    /// treats its client as authenticated from here on and holds it to this keep alive.
-    Accepted(Accepted),
-    /// Close the connection once everything before this has been sent.
-    Close,
-}
-
-/// What the driver of a connection the engine accepted must know (see [`Output::Accepted`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Accepted {
-    /// The keep alive the client must honour, seconds (0: none): the Server Keep Alive when
-    /// the engine sets one in the CONNACK, the client's own otherwise.
-    pub keep_alive: u16,
-}
-
-impl Output {
-    /// The packet this output sends, as an owned value (a shared PUBLISH is copied); `None`
-    /// for [`Output::Accepted`] and [`Output::Close`]. For tests and tools: drivers encode [`OutgoingPublish::encodable`].
-    pub fn into_packet(self) -> Option<Packet> {
-        match self {
-            Self::Packet(packet) => Some(*packet),
-            Self::Publish(publish) => Some(Packet::Publish(publish.to_publish())),
-            Self::Accepted(_) | Self::Close => None,
-        }
-    }
-}
-
-/// A PUBLISH on its way to one subscriber.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutgoingPublish {
-    /// Everything but the packet identifier and DUP flag (whose values there are unset).
-    pub publish: Arc<Publish>,
-    /// Present exactly when the QoS is 1 or 2.
-    pub packet_id: Option<PacketId>,
-    /// Set on a re-delivery.
-    pub dup: bool,
-}
-
-impl OutgoingPublish {
-    /// What to hand the encoder.
-    pub fn encodable(&self) -> PublishWithId<'_> {
-        PublishWithId {
-            publish: &self.publish,
-            packet_id: self.packet_id,
-            dup: self.dup,
-        }
-    }
-
-    /// An owned copy with this subscriber's packet identifier and DUP flag.
-    pub fn to_publish(&self) -> Publish {
-        let mut publish = (*self.publish).clone();
-        publish.packet_id = self.packet_id;
-        publish.dup = self.dup;
-        publish
-    }
-}
-
-/// A PUBLISH body built during one [`Broker::publish_message`], shared by every subscriber
-/// that gets it in the same shape.
-#[derive(Debug)]
-struct SharedBody {
-    message: Arc<Message>,
-    qos: QoS,
-    retain: bool,
-    publish: Arc<Publish>,
-    /// Encoded size with a packet identifier where the QoS needs one, by version: index 0 for
-    /// 3.1/3.1.1, 1 for 5.0; computed when first needed.
-    sizes: [Option<u64>; 2],
-}
 
 /// Counters, read for `$SYS` and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -220,16 +143,6 @@ struct PendingWill {
     client_id: Arc<str>,
 }
 
-/// Topic alias mappings of one connection, both ways.
-#[derive(Debug, Default)]
-struct Aliases {
-    /// Client to broker: alias to topic.
-    inbound: HashMap<u16, TopicName>,
-    /// Broker to client: topic to alias and when it was last used.
-    outbound: HashMap<Box<str>, (NonZeroU16, u64)>,
-    clock: u64,
-}
-
 /// Engine state of one connected client.
 #[derive(Debug)]
 struct Conn {
@@ -304,7 +217,7 @@ pub struct Broker {
     targets: Vec<Target>,
     hit_groups: Vec<GroupKey>,
     /// Bodies shared within the current `publish_message`; empty outside it.
-    shared: Vec<SharedBody>,
+    bodies: Bodies,
     shutting_down: bool,
     /// The ACL in force; `None`: no authorization, everything is allowed.
     acl: Option<Arc<AclRules>>,
@@ -373,7 +286,7 @@ impl Broker {
             next_sys,
             targets: Vec::new(),
             hit_groups: Vec::new(),
-            shared: Vec::new(),
+            bodies: Bodies::default(),
             shutting_down: false,
             acl: None,
             events: VecDeque::new(),
@@ -1293,11 +1206,7 @@ impl Broker {
                 );
             }
             if topic.is_empty() {
-                match conn
-                    .aliases
-                    .as_ref()
-                    .and_then(|a| a.inbound.get(&alias.get()))
-                {
+                match conn.aliases.as_ref().and_then(|a| a.inbound(alias.get())) {
                     Some(known) => topic = known.clone(),
                     None => {
                         return self.expel(
@@ -1311,8 +1220,7 @@ impl Broker {
             } else {
                 conn.aliases
                     .get_or_insert_with(Box::default)
-                    .inbound
-                    .insert(alias.get(), topic.clone());
+                    .set_inbound(alias.get(), topic.clone());
             }
         }
         let session_key = conn.session.key;
@@ -2313,7 +2221,7 @@ impl Broker {
         self.targets = targets;
         self.hit_groups = groups;
         // Nothing outlives the call: the bodies are referenced by the outputs alone.
-        self.shared.clear();
+        self.bodies.clear();
         matched
     }
 
@@ -2594,7 +2502,7 @@ impl Broker {
             self.stats.messages_expired += 1;
             return true;
         }
-        let (mut body, size) = shared_body(&mut self.shared, &delivery, &conn.encoder, now);
+        let (mut body, size) = self.bodies.body_for(&delivery, &conn.encoder, now);
         let max = u64::from(conn.encoder.max_packet_size());
         if size > max {
             // [MQTT-3.1.2-25]: a message too large for the client is not sent to it.
@@ -2626,7 +2534,9 @@ impl Broker {
         // becomes this connection's own.
         if conn.alias_max_out > 0 && size + 3 <= max {
             let mut own = Arc::unwrap_or_clone(body);
-            apply_alias(conn, &mut own);
+            conn.aliases
+                .get_or_insert_with(Box::default)
+                .apply_outbound(conn.alias_max_out, &mut own);
             body = Arc::new(own);
         }
         self.stats.messages_sent += 1;
@@ -2775,114 +2685,6 @@ fn will_delay(version: ProtocolVersion, will: &Will) -> u32 {
         will.properties.will_delay_interval.unwrap_or(0)
     } else {
         0
-    }
-}
-
-/// The body for `delivery` and its encoded size for `encoder`'s version: one shared with an
-/// earlier subscriber of the same message in the same shape where there is one. A delivery
-/// with Subscription Identifiers gets a body of its own.
-fn shared_body(
-    cache: &mut Vec<SharedBody>,
-    delivery: &Delivery,
-    encoder: &Encoder,
-    now: Instant,
-) -> (Arc<Publish>, u64) {
-    let version = usize::from(encoder.version().is_v5());
-    let size_of = |publish: &Publish| {
-        let placeholder = (delivery.qos != QoS::AtMostOnce)
-            .then(|| PacketId::new(1))
-            .flatten();
-        let with = PublishWithId {
-            publish,
-            packet_id: placeholder,
-            dup: false,
-        };
-        encoder.encoded_len(&with).unwrap_or(u64::MAX)
-    };
-    if !delivery.subscription_ids.is_empty() {
-        let publish = build_publish(delivery, now);
-        let size = size_of(&publish);
-        return (Arc::new(publish), size);
-    }
-    let found = cache.iter().position(|b| {
-        Arc::ptr_eq(&b.message, &delivery.message)
-            && b.qos == delivery.qos
-            && b.retain == delivery.retain
-    });
-    let at = found.unwrap_or_else(|| {
-        cache.push(SharedBody {
-            message: delivery.message.clone(),
-            qos: delivery.qos,
-            retain: delivery.retain,
-            publish: Arc::new(build_publish(delivery, now)),
-            sizes: [None; 2],
-        });
-        cache.len() - 1
-    });
-    let Some(body) = cache.get_mut(at) else {
-        let publish = build_publish(delivery, now);
-        let size = size_of(&publish);
-        return (Arc::new(publish), size);
-    };
-    let size = match body.sizes.get(version).copied().flatten() {
-        Some(size) => size,
-        None => {
-            let size = size_of(&body.publish);
-            if let Some(slot) = body.sizes.get_mut(version) {
-                *slot = Some(size);
-            }
-            size
-        }
-    };
-    (body.publish.clone(), size)
-}
-
-/// The PUBLISH for a delivery, without packet identifier or alias.
-fn build_publish(delivery: &Delivery, now: Instant) -> Publish {
-    let message = &delivery.message;
-    let mut properties = message.properties.clone();
-    properties.message_expiry_interval = message.remaining_expiry(now);
-    properties.subscription_identifiers = delivery.subscription_ids.clone();
-    Publish {
-        dup: false,
-        qos: delivery.qos,
-        retain: delivery.retain,
-        topic: message.topic.clone(),
-        packet_id: None,
-        properties,
-        payload: message.payload.clone(),
-    }
-}
-
-/// Broker-to-client topic aliases: a topic seen before is sent as its alias alone; a new
-/// topic takes a free alias, or the least recently used one once all are taken.
-fn apply_alias(conn: &mut Conn, publish: &mut Publish) {
-    let max = usize::from(conn.alias_max_out);
-    let aliases = conn.aliases.get_or_insert_with(Box::default);
-    aliases.clock += 1;
-    let clock = aliases.clock;
-    let out = &mut aliases.outbound;
-    if let Some((alias, used)) = out.get_mut(publish.topic.as_str()) {
-        *used = clock;
-        publish.properties.topic_alias = Some(*alias);
-        publish.topic = TopicName::empty_for_alias();
-        return;
-    }
-    let alias = if out.len() < max {
-        u16::try_from(out.len() + 1).ok().and_then(NonZeroU16::new)
-    } else {
-        let oldest = out
-            .iter()
-            .min_by_key(|(_, (_, used))| *used)
-            .map(|(topic, (alias, _))| (topic.clone(), *alias));
-        oldest.map(|(topic, alias)| {
-            out.remove(&topic);
-            alias
-        })
-    };
-    if let Some(alias) = alias {
-        out.insert(publish.topic.as_str().into(), (alias, clock));
-        publish.properties.topic_alias = Some(alias);
     }
 }
 

@@ -14,6 +14,7 @@ mod config;
 pub mod index;
 mod keepalive;
 mod message;
+mod output;
 mod parked;
 pub mod persist;
 mod quota;
