@@ -21,13 +21,14 @@ use crate::authz::{AuthzEvent, ConnAuthz};
 use crate::config::{BrokerConfig, DeniedPublish};
 use crate::index::SubscriptionIndex;
 use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
-pub use crate::output::{Accepted, OutgoingPublish, Output};
+use crate::output::{Accepted, OutgoingPublish, Output};
 use crate::output::{Aliases, Bodies, build_publish};
 use crate::parked::ParkedSessions;
 use crate::persist::{Journal, Restored, SessionRecord, StoreOp, WillRecord};
 use crate::quota::Quotas;
 use crate::retained::RetainedStore;
 use crate::session::{QueueLimits, Session};
+use crate::stats::{Gauges, Stats, Sys};
 use crate::subscription::SubscriptionRecord;
 
 /// Identifies one network connection, chosen by the caller.
@@ -37,48 +38,6 @@ pub struct ConnectionId(pub u64);
 /// Identifies one session for as long as it lives (across reconnections).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionKey(pub u64);
-
-/// Counters, read for `$SYS` and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Connections accepted since start.
-    pub connections_total: u64,
-    /// PUBLISH packets received from clients.
-    pub messages_received: u64,
-    /// PUBLISH packets sent to clients.
-    pub messages_sent: u64,
-    /// Messages not queued because a session's queue was full.
-    pub messages_dropped_queue_full: u64,
-    /// Messages not sent because they were larger than the subscriber's Maximum Packet Size.
-    pub messages_dropped_too_large: u64,
-    /// Messages discarded because their Message Expiry Interval ran out before delivery.
-    pub messages_expired: u64,
-    /// QoS 0 messages not queued for offline sessions (`queue_qos0_offline = false`).
-    pub messages_dropped_offline_qos0: u64,
-    /// Retained messages refused because `max_retained_messages` was reached.
-    pub retained_refused: u64,
-    /// Bytes read from clients (reported by the server with [`Broker::add_traffic`]).
-    pub bytes_received: u64,
-    /// Bytes written to clients.
-    pub bytes_sent: u64,
-    /// PUBLISH packets (and wills) the ACL refused.
-    pub publishes_denied: u64,
-    /// Subscriptions the ACL refused or removed.
-    pub subscriptions_denied: u64,
-    /// Authorization events dropped because the caller did not drain them.
-    pub events_dropped: u64,
-    /// Sockets refused by admission control before any handshake (reported by the server
-    /// with [`Broker::add_refused`]).
-    pub connections_refused: u64,
-    /// Queued messages dropped because memory was over its watermark ([`Broker::shed`]).
-    pub messages_shed: u64,
-    /// QoS 0 messages the server dropped because their connection's unsent backlog was over
-    /// `max_queued_bytes` (reported with [`Broker::add_dropped_backlog`]).
-    pub messages_dropped_backlog: u64,
-    /// Connections closed because their client broke the protocol or a limit (reported by
-    /// the server with [`Broker::add_expelled`]: it also sees what the decoder refuses).
-    pub connections_expelled: u64,
-}
 
 /// What an index entry stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,7 +150,7 @@ pub struct ConnectAuth {
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
-    started: Instant,
+    sys: Sys,
     /// Boxed values: the table holds pointers, so its spare capacity costs 16 bytes a slot
     /// rather than a whole connection's state.
     conns: HashMap<ConnectionId, Box<Conn>>,
@@ -213,7 +172,6 @@ pub struct Broker {
     next_assigned_id: u64,
     subscriptions: usize,
     stats: Stats,
-    next_sys: Option<Instant>,
     targets: Vec<Target>,
     hit_groups: Vec<GroupKey>,
     /// Bodies shared within the current `publish_message`; empty outside it.
@@ -256,16 +214,13 @@ struct Overflow {
     topic: TopicName,
 }
 
-/// The version `$SYS/broker/version` reports.
-const VERSION: &str = concat!("bulwark ", env!("CARGO_PKG_VERSION"));
-
 impl Broker {
     /// An engine with no sessions, parking sessions in `store`.
     pub fn new(config: BrokerConfig, now: Instant) -> Self {
-        let next_sys = config.sys_interval.map(|_| now);
+        let sys_interval = config.sys_interval;
         Self {
             config,
-            started: now,
+            sys: Sys::new(sys_interval, now),
             conns: HashMap::new(),
             online: HashMap::new(),
             client_ids: HashMap::new(),
@@ -283,7 +238,6 @@ impl Broker {
             next_assigned_id: 1,
             subscriptions: 0,
             stats: Stats::default(),
-            next_sys,
             targets: Vec::new(),
             hit_groups: Vec::new(),
             bodies: Bodies::default(),
@@ -651,7 +605,7 @@ impl Broker {
         [
             self.will_times.first().map(|&(at, _)| at),
             self.parked.next_expiry(),
-            self.next_sys,
+            self.sys.next_due(),
             self.next_overflow_report,
         ]
         .into_iter()
@@ -2560,61 +2514,17 @@ impl Broker {
         for session in self.parked.take_expired(now) {
             self.end_session(session, now);
         }
-        if let (Some(at), Some(interval)) = (self.next_sys, self.config.sys_interval)
-            && at <= now
-        {
-            self.publish_sys(now);
-            self.next_sys = now.checked_add(interval);
-        }
-    }
-
-    fn publish_sys(&mut self, now: Instant) {
-        let uptime = now.saturating_duration_since(self.started).as_secs();
-        let s = self.stats;
-        let values: [(&str, String); 18] = [
-            ("version", VERSION.to_owned()),
-            ("uptime", format!("{uptime} seconds")),
-            ("clients/connected", self.conns.len().to_string()),
-            ("clients/total", self.client_ids.len().to_string()),
-            ("clients/connections", s.connections_total.to_string()),
-            ("messages/received", s.messages_received.to_string()),
-            ("messages/sent", s.messages_sent.to_string()),
-            (
-                "messages/dropped",
-                (s.messages_dropped_queue_full
-                    + s.messages_dropped_too_large
-                    + s.messages_shed
-                    + s.messages_dropped_backlog)
-                    .to_string(),
-            ),
-            ("bytes/received", s.bytes_received.to_string()),
-            ("bytes/sent", s.bytes_sent.to_string()),
-            ("subscriptions/count", self.subscriptions.to_string()),
-            ("retained messages/count", self.retained.len().to_string()),
-            (
-                "retained messages/bytes",
-                self.quotas.retained_bytes().to_string(),
-            ),
-            ("messages/expired", s.messages_expired.to_string()),
-            ("clients/refused", s.connections_refused.to_string()),
-            ("clients/expelled", s.connections_expelled.to_string()),
-            ("messages/denied", s.publishes_denied.to_string()),
-            ("subscriptions/denied", s.subscriptions_denied.to_string()),
-        ];
-        for (name, value) in values {
-            let Ok(topic) = TopicName::new(&format!("$SYS/broker/{name}")) else {
-                continue;
+        if self.sys.take_due(now) {
+            let gauges = Gauges {
+                connected: self.conns.len(),
+                sessions: self.client_ids.len(),
+                subscriptions: self.subscriptions,
+                retained: self.retained.len(),
+                retained_bytes: self.quotas.retained_bytes(),
             };
-            let message = Arc::new(Message {
-                topic,
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: PublishProperties::default(),
-                expires_at: None,
-                publisher: None,
-            });
-            self.publish_message(message, now);
+            for message in self.sys.messages(&self.stats, gauges, now) {
+                self.publish_message(message, now);
+            }
         }
     }
 

@@ -20,15 +20,16 @@ pub mod persist;
 mod quota;
 mod retained;
 mod session;
+mod stats;
 mod subscription;
 
 pub use authz::AuthzEvent;
-pub use broker::{
-    Accepted, Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, SessionKey, Stats,
-};
+pub use broker::{Broker, ConnectAuth, ConnectionId, SessionKey};
 pub use config::{BrokerConfig, DeniedPublish};
 pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
+pub use output::{Accepted, OutgoingPublish, Output};
 pub use persist::{Image, Journal, Restored, RestoredSession, SessionRecord, StoreOp, WillRecord};
 pub use session::{QueueFull, QueueLimits, QueuePolicy, Session};
+pub use stats::Stats;
 pub use subscription::SubscriptionRecord;
