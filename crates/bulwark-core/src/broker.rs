@@ -1,7 +1,7 @@
 //! The engine: one [`Broker`] owns every session, subscription, retained message and pending
 //! will, and turns packets from clients into packets for clients.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::mem;
 use std::num::NonZeroU16;
 use std::sync::Arc;
@@ -11,9 +11,9 @@ use bulwark_acl::event::EventKind;
 use bulwark_acl::{AclRules, Principal};
 use bulwark_proto::{
     AckProperties, ConnAck, Connect, Disconnect, Encoder, MqttString, Packet, PacketId,
-    ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, PublishProperties, QoS, ReasonCode,
-    RetainHandling, SubAck, Subscribe, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName,
-    UnsubAck, Unsubscribe, Will,
+    ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, Subscribe, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName, UnsubAck,
+    Unsubscribe, Will,
 };
 use bytes::Bytes;
 
@@ -30,6 +30,7 @@ use crate::retained::RetainedStore;
 use crate::session::{QueueLimits, Session};
 use crate::stats::{Gauges, Stats, Sys};
 use crate::subscription::SubscriptionRecord;
+use crate::wills::{PendingWill, Wills, will_delay, will_message};
 
 /// Identifies one network connection, chosen by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,15 +92,6 @@ struct ConnackFields<'a> {
     server_keep_alive: Option<u16>,
     response_information: bool,
     client_id: &'a str,
-}
-
-#[derive(Debug)]
-struct PendingWill {
-    at: Instant,
-    will: Box<Will>,
-    /// Who the will is published as: checked against the ACL in force when it is sent.
-    principal: Arc<Principal>,
-    client_id: Arc<str>,
 }
 
 /// Engine state of one connected client.
@@ -164,8 +156,7 @@ pub struct Broker {
     groups: HashMap<(Box<str>, Box<str>), GroupKey>,
     group_members: HashMap<GroupKey, Group>,
     retained: RetainedStore,
-    wills: HashMap<SessionKey, PendingWill>,
-    will_times: BTreeSet<(Instant, SessionKey)>,
+    wills: Wills,
     outputs: VecDeque<(ConnectionId, Output)>,
     next_session: u64,
     next_group: u64,
@@ -230,8 +221,7 @@ impl Broker {
             groups: HashMap::new(),
             group_members: HashMap::new(),
             retained: RetainedStore::new(),
-            wills: HashMap::new(),
-            will_times: BTreeSet::new(),
+            wills: Wills::default(),
             outputs: VecDeque::new(),
             next_session: 1,
             next_group: 1,
@@ -369,7 +359,7 @@ impl Broker {
                     now.checked_add(Duration::from_secs(u64::from(w.delay)))
                         .unwrap_or(now)
                 });
-                self.wills.insert(
+                self.wills.schedule(
                     key,
                     PendingWill {
                         at,
@@ -378,7 +368,6 @@ impl Broker {
                         client_id: session.client_id.clone(),
                     },
                 );
-                self.will_times.insert((at, key));
             }
             let expires_at = if session.expiry_interval == u32::MAX {
                 None
@@ -603,7 +592,7 @@ impl Broker {
     /// When [`Broker::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
-            self.will_times.first().map(|&(at, _)| at),
+            self.wills.next_due(),
             self.parked.next_expiry(),
             self.sys.next_due(),
             self.next_overflow_report,
@@ -846,7 +835,7 @@ impl Broker {
             .and_then(|key| self.parked.take(key));
         let (mut session, present) = match existing {
             Some(session) if !connect.clean_start => {
-                self.cancel_will(session.key);
+                self.wills.cancel(session.key);
                 (session, true)
             }
             Some(session) => {
@@ -1922,20 +1911,14 @@ impl Broker {
         let key = session.key;
         self.online.remove(&key);
         if let Some(will) = will {
-            let delay = will_delay(version, &will);
-            let at = now
-                .checked_add(Duration::from_secs(u64::from(delay)))
-                .unwrap_or(now);
-            self.wills.insert(
-                key,
-                PendingWill {
-                    at,
-                    will,
-                    principal: authz.principal,
-                    client_id: session.client_id.clone(),
-                },
+            let pending = PendingWill::after_loss(
+                version,
+                will,
+                authz.principal,
+                session.client_id.clone(),
+                now,
             );
-            self.will_times.insert((at, key));
+            self.wills.schedule(key, pending);
         }
         // QoS 1 messages (and QoS 2 not yet received) from shared subscriptions may go to
         // another member of the group (§4.8.2).
@@ -1950,12 +1933,7 @@ impl Broker {
             };
             session.parked_at = Some(now);
             if session.is_journaled() {
-                let will = self.wills.get(&key).map(|p| WillRecord {
-                    at: Some(p.at),
-                    delay: will_delay(version, &p.will),
-                    will: (*p.will).clone(),
-                    principal: p.principal.clone(),
-                });
+                let will = self.wills.get(key).map(|p| p.record(version));
                 let record = self.record_of(&session, Some(now), will);
                 self.journal.push(StoreOp::Session(Box::new(record)));
             }
@@ -1997,8 +1975,7 @@ impl Broker {
             self.overflow_event(key, None, Some(session.client_id.clone()), &topic, count);
         }
         // The will goes first: a retained will counts for the session's user.
-        if let Some(pending) = self.wills.remove(&key) {
-            self.will_times.remove(&(pending.at, key));
+        if let Some(pending) = self.wills.cancel(key) {
             self.publish_will(key, pending, now);
         }
         self.owners.remove(&key);
@@ -2017,22 +1994,10 @@ impl Broker {
         }
     }
 
-    fn cancel_will(&mut self, key: SessionKey) {
-        if let Some(pending) = self.wills.remove(&key) {
-            self.will_times.remove(&(pending.at, key));
-        }
-    }
-
     fn fire_due_wills(&mut self, now: Instant) {
-        while let Some(&(at, key)) = self.will_times.first() {
-            if at > now {
-                break;
-            }
-            self.will_times.pop_first();
-            if let Some(pending) = self.wills.remove(&key) {
-                self.publish_will(key, pending, now);
-                self.save_parked(key);
-            }
+        while let Some((key, pending)) = self.wills.take_due(now) {
+            self.publish_will(key, pending, now);
+            self.save_parked(key);
         }
     }
 
@@ -2056,17 +2021,6 @@ impl Broker {
                 return;
             }
         }
-        let p = will.properties;
-        let properties = PublishProperties {
-            payload_format_indicator: p.payload_format_indicator,
-            message_expiry_interval: None,
-            topic_alias: None,
-            response_topic: p.response_topic,
-            correlation_data: p.correlation_data,
-            user_properties: p.user_properties,
-            subscription_identifiers: Vec::new(),
-            content_type: p.content_type,
-        };
         if will.retain && !will.payload.is_empty() {
             let owner = self.owner_of(key);
             let cost = will.payload.len() + will.topic.as_str().len();
@@ -2078,16 +2032,7 @@ impl Broker {
                 return;
             }
         }
-        let message = Arc::new(Message {
-            topic: will.topic,
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            properties,
-            expires_at: Message::expiry_from(now, p.message_expiry_interval),
-            publisher: Some(key),
-        });
-        self.publish_message(message, now);
+        self.publish_message(Arc::new(will_message(will, key, now)), now);
     }
 
     // ----- routing -------------------------------------------------------------------------
@@ -2587,15 +2532,6 @@ fn take_shared(journal: &mut Journal, session: &mut Session, all: bool) -> Vec<D
         }
     }
     moved
-}
-
-/// A will's delay: its Will Delay Interval in 5.0, none before.
-fn will_delay(version: ProtocolVersion, will: &Will) -> u32 {
-    if version.is_v5() {
-        will.properties.will_delay_interval.unwrap_or(0)
-    } else {
-        0
-    }
 }
 
 /// [`Broker::may_receive`] over the fields it needs, for use while another field is borrowed.

@@ -22,6 +22,7 @@ mod retained;
 mod session;
 mod stats;
 mod subscription;
+mod wills;
 
 pub use authz::AuthzEvent;
 pub use broker::{Broker, ConnectAuth, ConnectionId, SessionKey};
