@@ -17,7 +17,7 @@ use bulwark_proto::{
 };
 use bytes::Bytes;
 
-use crate::authz::{AuthzEvent, ConnAuthz};
+use crate::authz::{AuthzEvent, ConnAuthz, Reports};
 use crate::config::{BrokerConfig, DeniedPublish};
 use crate::index::SubscriptionIndex;
 use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
@@ -170,39 +170,12 @@ pub struct Broker {
     shutting_down: bool,
     /// The ACL in force; `None`: no authorization, everything is allowed.
     acl: Option<Arc<AclRules>>,
-    /// Authorization events not yet taken by [`Broker::poll_event`] (bounded: see
-    /// [`MAX_PENDING_EVENTS`]).
-    events: VecDeque<AuthzEvent>,
-    /// Connections closed for breaking the protocol or a limit, not yet taken by
-    /// [`Broker::poll_offence`] (bounded like `events`).
-    offences: VecDeque<(ConnectionId, ReasonCode)>,
+    reports: Reports,
     quotas: Quotas,
-    /// Each overflowing session's slow-consumer reports (bounded).
-    overflow_events: HashMap<SessionKey, Overflow>,
-    /// When the first drops not reported yet are due to be (see [`Overflow`]).
-    next_overflow_report: Option<Instant>,
     /// Where changes for the durable store go; off without one.
     journal: Journal,
     /// Connections whose persistent session's own state changed this round.
     dirty: Vec<ConnectionId>,
-}
-
-/// Authorization events held for the caller at most; more are dropped (counted in
-/// [`Stats::events_dropped`]). The caller drains them after every call.
-const MAX_PENDING_EVENTS: usize = 4096;
-
-/// One session's slow-consumer reports: one event at most every
-/// [`crate::authz::EVENT_WINDOW`]; drops in between are counted, and reported together when
-/// the window ends (by [`Broker::handle_timeout`]) or with the next drop after it, so that
-/// the events add up to every message dropped.
-#[derive(Debug, Clone)]
-struct Overflow {
-    /// When the last event was.
-    at: Instant,
-    /// Messages dropped since, not reported yet.
-    unreported: u64,
-    /// The topic of the last of them.
-    topic: TopicName,
 }
 
 impl Broker {
@@ -233,11 +206,8 @@ impl Broker {
             bodies: Bodies::default(),
             shutting_down: false,
             acl: None,
-            events: VecDeque::new(),
-            offences: VecDeque::new(),
+            reports: Reports::default(),
             quotas: Quotas::default(),
-            overflow_events: HashMap::new(),
-            next_overflow_report: None,
             journal: Journal::off(),
             dirty: Vec::new(),
         }
@@ -509,7 +479,7 @@ impl Broker {
     /// The next authorization event (a denial, a revoked subscription, a refused client
     /// identifier), for the audit trail. Drain after every call, like [`Broker::poll_output`].
     pub fn poll_event(&mut self) -> Option<AuthzEvent> {
-        self.events.pop_front()
+        self.reports.poll_event()
     }
 
     /// The next connection the engine closed because its client broke the protocol or one of
@@ -517,7 +487,7 @@ impl Broker {
     /// an invalid topic alias, ...), with the reason code it was closed with: abuse for the
     /// server to count against the client's address. Drain it with [`Broker::poll_output`].
     pub fn poll_offence(&mut self) -> Option<(ConnectionId, ReasonCode)> {
-        self.offences.pop_front()
+        self.reports.poll_offence()
     }
 
     /// Memory is over its watermark: drops queued messages until `bytes` are freed, QoS 0
@@ -595,7 +565,7 @@ impl Broker {
             self.wills.next_due(),
             self.parked.next_expiry(),
             self.sys.next_due(),
-            self.next_overflow_report,
+            self.reports.next_report(),
         ]
         .into_iter()
         .flatten()
@@ -1056,10 +1026,8 @@ impl Broker {
         if !self.conns.contains_key(&conn) {
             return;
         }
-        if self.offences.len() >= MAX_PENDING_EVENTS {
+        if !self.reports.push_offence(conn, code) {
             self.stats.events_dropped += 1;
-        } else {
-            self.offences.push_back((conn, code));
         }
         self.disconnect(conn, code, why, now);
     }
@@ -1380,10 +1348,8 @@ impl Broker {
     }
 
     fn push_event(&mut self, event: AuthzEvent) {
-        if self.events.len() >= MAX_PENDING_EVENTS {
+        if !self.reports.push_event(event) {
             self.stats.events_dropped += 1;
-        } else {
-            self.events.push_back(event);
         }
     }
 
@@ -1968,10 +1934,7 @@ impl Broker {
             self.client_ids.remove(&session.client_id);
         }
         // Drops not reported yet are reported now: the session's record goes.
-        if let Some(overflow) = self.overflow_events.remove(&key)
-            && overflow.unreported > 0
-        {
-            let (topic, count) = (overflow.topic, overflow.unreported);
+        if let Some((topic, count)) = self.reports.session_ended(key) {
             self.overflow_event(key, None, Some(session.client_id.clone()), &topic, count);
         }
         // The will goes first: a retained will counts for the session's user.
@@ -2245,7 +2208,7 @@ impl Broker {
 
     /// `dropped` messages of a session were lost to its full queue: counted, and recorded as
     /// a security event at most once per session every [`crate::authz::EVENT_WINDOW`] (see
-    /// [`Overflow`]: the events add up to every message dropped).
+    /// [`Reports::overflow`]: the events add up to every message dropped).
     fn queue_overflow(
         &mut self,
         session: SessionKey,
@@ -2255,70 +2218,21 @@ impl Broker {
         now: Instant,
     ) {
         self.stats.messages_dropped_queue_full += dropped as u64;
-        let dropped = dropped as u64;
-        let window = crate::authz::EVENT_WINDOW;
-        let unreported = match self.overflow_events.get_mut(&session) {
-            Some(o) if now.saturating_duration_since(o.at) < window => {
-                o.unreported = o.unreported.saturating_add(dropped);
-                o.topic = topic.clone();
-                let due = o.at.checked_add(window).unwrap_or(now);
-                self.next_overflow_report =
-                    Some(self.next_overflow_report.map_or(due, |at| at.min(due)));
-                return;
-            }
-            Some(o) => o.unreported,
-            None => 0,
+        let Some(count) = self.reports.overflow(session, topic, dropped as u64, now) else {
+            return;
         };
-        if self.overflow_events.len() >= MAX_PENDING_EVENTS {
-            self.overflow_events
-                .retain(|_, o| now.saturating_duration_since(o.at) < window);
-        }
-        self.overflow_events.insert(
-            session,
-            Overflow {
-                at: now,
-                unreported: 0,
-                topic: topic.clone(),
-            },
-        );
         let conn = conn.or_else(|| {
             self.conns
                 .iter()
                 .find(|(_, c)| c.session.key == session)
                 .map(|(id, _)| *id)
         });
-        self.overflow_event(
-            session,
-            conn,
-            None,
-            topic,
-            dropped.saturating_add(unreported),
-        );
+        self.overflow_event(session, conn, None, topic, count);
     }
 
     /// Reports the drops of every session whose window has ended since its last event.
     fn report_overflows(&mut self, now: Instant) {
-        if self.next_overflow_report.is_none_or(|at| at > now) {
-            return;
-        }
-        self.next_overflow_report = None;
-        let window = crate::authz::EVENT_WINDOW;
-        let mut due = Vec::new();
-        for (session, o) in &mut self.overflow_events {
-            if o.unreported == 0 {
-                continue;
-            }
-            let end = o.at.checked_add(window).unwrap_or(now);
-            if end <= now {
-                due.push((*session, o.topic.clone(), o.unreported));
-                o.at = now;
-                o.unreported = 0;
-            } else {
-                self.next_overflow_report =
-                    Some(self.next_overflow_report.map_or(end, |at| at.min(end)));
-            }
-        }
-        for (session, topic, count) in due {
+        for (session, topic, count) in self.reports.due_overflows(now) {
             let conn = self
                 .conns
                 .iter()
