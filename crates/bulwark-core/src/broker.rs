@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 use bulwark_acl::event::EventKind;
 use bulwark_acl::{AclRules, Principal};
 use bulwark_proto::{
-    AckProperties, ConnAck, Connect, Disconnect, Encoder, MqttString, Packet, PacketId,
-    ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode, RetainHandling,
-    SubAck, Subscribe, SubscriptionId, SubscriptionOptions, TopicFilter, TopicName, UnsubAck,
-    Unsubscribe, Will,
+    AckProperties, Connect, Disconnect, Encoder, MqttString, Packet, PacketId, ProtocolVersion,
+    PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    SubscriptionId, SubscriptionOptions, TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
 };
 use bytes::Bytes;
 
 use crate::authz::{AuthzEvent, ConnAuthz, Reports};
 use crate::config::{BrokerConfig, DeniedPublish};
+use crate::connect::{self, Checked, ConnackFields};
 use crate::index::SubscriptionIndex;
 use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
 use crate::output::{Accepted, OutgoingPublish, Output};
@@ -81,17 +81,6 @@ struct Target {
     retain_as_published: bool,
     id: Option<SubscriptionId>,
     checked: bool,
-}
-
-/// What a CONNACK accepting a connection says, besides the enhanced authentication's result.
-struct ConnackFields<'a> {
-    version: ProtocolVersion,
-    expiry: u32,
-    requested_expiry: u32,
-    assigned: Option<&'a str>,
-    server_keep_alive: Option<u16>,
-    response_information: bool,
-    client_id: &'a str,
 }
 
 /// Engine state of one connected client.
@@ -585,11 +574,6 @@ impl Broker {
         }
     }
 
-    fn topic_fits(&self, text: &str) -> bool {
-        text.len() <= self.config.max_topic_length
-            && text.split('/').count() <= self.config.max_topic_levels
-    }
-
     // ----- CONNECT -------------------------------------------------------------------------
 
     fn refuse(
@@ -599,17 +583,9 @@ impl Broker {
         code: ReasonCode,
         why: &str,
     ) {
-        let mut connack = ConnAck::new(false, code);
-        if version.is_v5() {
-            connack.properties.reason_string = MqttString::new(why).ok();
-        }
+        let connack = connect::refusal(version, code, why);
         self.push(conn, Packet::ConnAck(Box::new(connack)));
         self.outputs.push_back((conn, Output::Close));
-    }
-
-    fn keep_alive_exceeds(&self, keep_alive: u16) -> bool {
-        let max = self.config.max_keep_alive;
-        keep_alive > max || (keep_alive == 0 && max < u16::MAX)
     }
 
     /// Handles the CONNECT that opened connection `conn`, when no enhanced authentication took
@@ -628,7 +604,6 @@ impl Broker {
         now: Instant,
     ) {
         let version = connect.protocol_version;
-        let connect_keep_alive = connect.keep_alive;
         let principal = auth.principal.clone().unwrap_or_default();
         if self.shutting_down {
             return self.refuse(
@@ -638,92 +613,30 @@ impl Broker {
                 "shutting down",
             );
         }
-        if connect.properties.authentication_method.is_some() && auth.method.is_none() {
-            return self.refuse(
-                conn,
-                version,
-                ReasonCode::BadAuthenticationMethod,
-                "enhanced authentication is not supported",
-            );
-        }
-        let will_props = connect
-            .will
-            .as_ref()
-            .map_or(0, |w| w.properties.user_properties.len());
-        if connect.properties.user_properties.len() > self.config.max_user_properties
-            || will_props > self.config.max_user_properties
-        {
-            return self.refuse(
-                conn,
-                version,
-                ReasonCode::QuotaExceeded,
-                "too many user properties",
-            );
-        }
+        let checked = match connect::check(&self.config, &connect, auth.method.is_some()) {
+            Ok(checked) => checked,
+            Err((code, why)) => return self.refuse(conn, version, code, why),
+        };
+        let keep_alive = checked.keep_alive(&connect);
+        let Checked {
+            client_id,
+            server_keep_alive,
+            requested_expiry,
+            expiry,
+        } = checked;
         let mut assigned = None;
-        let client_id: Arc<str> = if connect.client_id.is_empty() {
-            // [MQTT-3.1.3-8]: 3.1.1 allows a zero-length id only with Clean Session 1;
-            // MQTT 3.1 requires 1 to 23 characters.
-            if version == ProtocolVersion::V3_1 || (!version.is_v5() && !connect.clean_start) {
-                return self.refuse(
-                    conn,
-                    version,
-                    ReasonCode::ClientIdentifierNotValid,
-                    "a zero-length client identifier needs Clean Session",
-                );
+        let client_id = match client_id {
+            Some(id) => id,
+            None => {
+                let id = self.assign_client_id();
+                assigned = Some(id.clone());
+                id
             }
-            let id = self.assign_client_id();
-            assigned = Some(id.clone());
-            id
-        } else if connect.client_id.as_str().len() > self.config.max_client_id_length {
-            return self.refuse(
-                conn,
-                version,
-                ReasonCode::ClientIdentifierNotValid,
-                "client identifier too long",
-            );
-        } else {
-            Arc::from(connect.client_id.as_str())
         };
-        let mut server_keep_alive = None;
-        if self.keep_alive_exceeds(connect.keep_alive) {
-            if version.is_v5() {
-                server_keep_alive = Some(self.config.max_keep_alive);
-            } else {
-                return self.refuse(
-                    conn,
-                    version,
-                    ReasonCode::ClientIdentifierNotValid,
-                    "keep alive above the maximum",
-                );
-            }
-        }
-        if let Some(will) = &connect.will
-            && !self.topic_fits(will.topic.as_str())
-        {
-            return self.refuse(
-                conn,
-                version,
-                ReasonCode::TopicNameInvalid,
-                "will topic too long",
-            );
-        }
-        let requested_expiry = if version.is_v5() {
-            connect.properties.session_expiry_interval.unwrap_or(0)
-        } else if connect.clean_start {
-            0
-        } else {
-            u32::MAX
-        };
-        let expiry = requested_expiry.min(self.config.max_session_expiry_interval);
-
         // A client identifier, live or with a stored session, belongs to the user who made it:
         // another user neither takes the connection over nor resumes the session. The user is
         // the authenticated one; without a principal (no authentication ran), the CONNECT's.
-        let owner: Option<Arc<str>> = match &auth.principal {
-            Some(principal) => principal.username.clone(),
-            None => connect.username.as_ref().map(|u| Arc::from(u.as_str())),
-        };
+        let owner = connect::owner(&connect, auth.principal.as_deref());
         if let Some(key) = self.client_ids.get(&client_id)
             && self.owners.get(key).is_some_and(|o| *o != owner)
         {
@@ -778,7 +691,8 @@ impl Broker {
             response_information: connect.properties.request_response_information == Some(true),
             client_id: &client_id,
         };
-        let Some(mut connack) = self.fitting_connack(&connack, auth.method, auth.data, &encoder)
+        let Some(mut connack) =
+            connect::fitting_connack(&self.config, &connack, auth.method, auth.data, &encoder)
         else {
             return self.refuse(
                 conn,
@@ -866,61 +780,10 @@ impl Broker {
         self.stats.connections_total += 1;
 
         connack.session_present = present;
-        let keep_alive = server_keep_alive.unwrap_or(connect_keep_alive);
         self.outputs
             .push_back((conn, Output::Accepted(Accepted { keep_alive })));
         self.push(conn, Packet::ConnAck(connack));
         self.resume(conn, now);
-    }
-
-    /// The CONNACK accepting a connection, within the client's Maximum Packet Size: a
-    /// property is sent only where its value differs from what its absence means (§3.2.2.3),
-    /// and the optional Response Information goes first when room is short. `None` when even
-    /// that does not fit.
-    fn fitting_connack(
-        &self,
-        fields: &ConnackFields<'_>,
-        method: Option<MqttString>,
-        data: Option<Bytes>,
-        encoder: &Encoder,
-    ) -> Option<Box<ConnAck>> {
-        let mut connack = Box::new(ConnAck::new(false, ReasonCode::Success));
-        if !fields.version.is_v5() {
-            return Some(connack);
-        }
-        let p = &mut connack.properties;
-        if fields.expiry != fields.requested_expiry {
-            p.session_expiry_interval = Some(fields.expiry);
-        }
-        // Absent: 65,535, no limit, 0, and "available" for the four capabilities, which
-        // this broker always has.
-        p.receive_maximum =
-            NonZeroU16::new(self.config.receive_maximum).filter(|m| m.get() < u16::MAX);
-        p.maximum_packet_size = std::num::NonZeroU32::new(self.config.max_packet_size)
-            .filter(|m| m.get() < bulwark_proto::PROTOCOL_MAX_PACKET_SIZE);
-        p.topic_alias_maximum = Some(self.config.topic_alias_maximum).filter(|m| *m > 0);
-        p.assigned_client_identifier = fields.assigned.and_then(|id| MqttString::new(id).ok());
-        p.server_keep_alive = fields.server_keep_alive;
-        p.authentication_method = method;
-        p.authentication_data = data;
-        if fields.response_information {
-            p.response_information = self
-                .config
-                .response_information_prefix
-                .as_ref()
-                .and_then(|prefix| MqttString::new(&format!("{prefix}{}", fields.client_id)).ok());
-        }
-        let mut packet = Packet::ConnAck(connack);
-        if !encoder.fits(&packet) {
-            packet.strip_diagnostics();
-            if let Packet::ConnAck(ack) = &mut packet {
-                ack.properties.response_information = None;
-            }
-        }
-        match packet {
-            Packet::ConnAck(ack) if encoder.fits(&*ack) => Some(ack),
-            _ => None,
-        }
     }
 
     fn assign_client_id(&mut self) -> Arc<str> {
@@ -1138,7 +1001,7 @@ impl Broker {
         // Decided while the connection is at hand (one table lookup less); acted on below,
         // after the checks every client gets.
         let allowed = conn.authz.may_publish(topic.as_str(), qos.as_u8(), retain);
-        if !self.topic_fits(topic.as_str()) {
+        if !self.config.topic_fits(topic.as_str()) {
             return self.expel(
                 conn_id,
                 ReasonCode::TopicNameInvalid,
@@ -1561,7 +1424,7 @@ impl Broker {
                 .get(&conn_id)
                 .and_then(|c| c.authz.acl())
                 .map(|acl| acl.check_subscribe(sub.filter.match_filter(), sub.options.qos.as_u8()));
-            let code = if !self.topic_fits(sub.filter.as_str()) {
+            let code = if !self.config.topic_fits(sub.filter.as_str()) {
                 ReasonCode::TopicFilterInvalid
             } else if let Some(d) = decision.as_ref().filter(|d| !d.allowed) {
                 self.stats.subscriptions_denied += 1;

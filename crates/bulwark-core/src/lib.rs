@@ -11,6 +11,7 @@
 mod authz;
 mod broker;
 mod config;
+mod connect;
 pub mod index;
 mod keepalive;
 mod message;
