@@ -12,21 +12,20 @@ use bulwark_acl::{AclRules, Principal};
 use bulwark_proto::{
     AckProperties, Connect, Disconnect, Encoder, MqttString, Packet, PacketId, ProtocolVersion,
     PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    SubscriptionId, SubscriptionOptions, TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
+    SubscriptionId, TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
 };
 use bytes::Bytes;
 
 use crate::authz::{AuthzEvent, ConnAuthz, Reports};
 use crate::config::{BrokerConfig, DeniedPublish};
 use crate::connect::{self, Checked, ConnackFields};
-use crate::index::SubscriptionIndex;
 use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
 use crate::output::{Accepted, OutgoingPublish, Output};
 use crate::output::{Aliases, Bodies, build_publish};
 use crate::parked::ParkedSessions;
 use crate::persist::{Journal, Restored, SessionRecord, StoreOp, WillRecord};
 use crate::quota::Quotas;
-use crate::retained::RetainedStore;
+use crate::routing::Routing;
 use crate::session::{QueueLimits, Session};
 use crate::stats::{Gauges, Stats, Sys};
 use crate::subscription::SubscriptionRecord;
@@ -39,49 +38,6 @@ pub struct ConnectionId(pub u64);
 /// Identifies one session for as long as it lives (across reconnections).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionKey(pub u64);
-
-/// What an index entry stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum SubKey {
-    Session(SessionKey),
-    Group(GroupKey),
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct SubEntry {
-    options: SubscriptionOptions,
-    id: Option<SubscriptionId>,
-    /// The ACL granted the filter with carve-outs: each message's topic is checked before
-    /// delivery through it. Without, nothing is checked (the filter's every topic is allowed).
-    checked: bool,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Member {
-    session: SessionKey,
-    options: SubscriptionOptions,
-    id: Option<SubscriptionId>,
-    /// As [`SubEntry::checked`].
-    checked: bool,
-}
-
-#[derive(Debug)]
-struct Group {
-    share: Box<str>,
-    filter: Box<str>,
-    members: Vec<Member>,
-    cursor: usize,
-}
-
-/// A subscriber a message matched, before overlapping subscriptions are merged.
-#[derive(Debug, Clone)]
-struct Target {
-    session: SessionKey,
-    qos: QoS,
-    retain_as_published: bool,
-    id: Option<SubscriptionId>,
-    checked: bool,
-}
 
 /// Engine state of one connected client.
 #[derive(Debug)]
@@ -141,19 +97,12 @@ pub struct Broker {
     /// take it over or resume it.
     owners: HashMap<SessionKey, Option<Arc<str>>>,
     parked: ParkedSessions,
-    index: SubscriptionIndex<SubKey, SubEntry>,
-    groups: HashMap<(Box<str>, Box<str>), GroupKey>,
-    group_members: HashMap<GroupKey, Group>,
-    retained: RetainedStore,
+    routing: Routing,
     wills: Wills,
     outputs: VecDeque<(ConnectionId, Output)>,
     next_session: u64,
-    next_group: u64,
     next_assigned_id: u64,
-    subscriptions: usize,
     stats: Stats,
-    targets: Vec<Target>,
-    hit_groups: Vec<GroupKey>,
     /// Bodies shared within the current `publish_message`; empty outside it.
     bodies: Bodies,
     shutting_down: bool,
@@ -179,19 +128,12 @@ impl Broker {
             client_ids: HashMap::new(),
             owners: HashMap::new(),
             parked: ParkedSessions::new(),
-            index: SubscriptionIndex::new(),
-            groups: HashMap::new(),
-            group_members: HashMap::new(),
-            retained: RetainedStore::new(),
+            routing: Routing::default(),
             wills: Wills::default(),
             outputs: VecDeque::new(),
             next_session: 1,
-            next_group: 1,
             next_assigned_id: 1,
-            subscriptions: 0,
             stats: Stats::default(),
-            targets: Vec::new(),
-            hit_groups: Vec::new(),
             bodies: Bodies::default(),
             shutting_down: false,
             acl: None,
@@ -294,7 +236,8 @@ impl Broker {
                 // Checked or not is decided when the session's client is back (`prune`):
                 // until then its messages are queued, and what it may not receive is
                 // dropped from the queue then.
-                self.index_subscription(key, &sub.filter, sub.options, sub.id, false);
+                self.routing
+                    .index(key, &sub.filter, sub.options, sub.id, false);
                 if session
                     .subscriptions
                     .insert(sub.filter.as_str().into(), sub)
@@ -303,7 +246,7 @@ impl Broker {
                     count += 1;
                 }
             }
-            self.subscriptions += count.unsigned_abs();
+            self.routing.subscriptions += count.unsigned_abs();
             self.count_subscriptions(key, count);
             for (seq, mut delivery, sent) in r.messages {
                 delivery.seq = seq;
@@ -345,7 +288,7 @@ impl Broker {
             }
             self.quotas
                 .stored(message.topic.as_str(), message.cost(), owner);
-            self.retained.insert(message);
+            self.routing.retained.insert(message);
             retained += 1;
         }
         (sessions, retained)
@@ -431,12 +374,12 @@ impl Broker {
 
     /// Subscriptions of all sessions.
     pub fn subscription_count(&self) -> usize {
-        self.subscriptions
+        self.routing.subscriptions
     }
 
     /// Retained messages held.
     pub fn retained_count(&self) -> usize {
-        self.retained.len()
+        self.routing.retained.len()
     }
 
     /// Adds bytes read from and written to clients to the counters.
@@ -1095,7 +1038,9 @@ impl Broker {
         owner: Option<&Arc<str>>,
     ) -> Option<&'static str> {
         let c = &self.config;
-        if !self.retained.contains(topic) && self.retained.len() >= c.max_retained_messages {
+        if !self.routing.retained.contains(topic)
+            && self.routing.retained.len() >= c.max_retained_messages
+        {
             return Some("retained message limit reached");
         }
         let ((count, bytes), total) = self.quotas.after_store(topic, cost, owner);
@@ -1271,14 +1216,15 @@ impl Broker {
             }
         }
         for (record, checked) in kept {
-            self.index_subscription(key, &record.filter, record.options, record.id, checked);
+            self.routing
+                .index(key, &record.filter, record.options, record.id, checked);
         }
         self.touch(conn_id);
         for (filter, reason) in filters {
-            self.subscriptions = self.subscriptions.saturating_sub(1);
+            self.routing.subscriptions = self.routing.subscriptions.saturating_sub(1);
             self.count_subscriptions(key, -1);
             self.stats.subscriptions_denied += 1;
-            self.unindex_subscription(key, &filter);
+            self.routing.unindex(key, &filter);
             self.record(
                 conn_id,
                 EventKind::SubscriptionRevoked,
@@ -1462,11 +1408,12 @@ impl Broker {
                         },
                     );
                     if !existed {
-                        self.subscriptions += 1;
+                        self.routing.subscriptions += 1;
                         self.count_subscriptions(session_key, 1);
                     }
                     let checked = decision.as_ref().is_some_and(|d| !d.carve_outs.is_empty());
-                    self.index_subscription(session_key, &sub.filter, options, id, checked);
+                    self.routing
+                        .index(session_key, &sub.filter, options, id, checked);
                     let send = match options.retain_handling {
                         RetainHandling::SendOnSubscribe => true,
                         RetainHandling::SendIfNew => !existed,
@@ -1518,98 +1465,6 @@ impl Broker {
         }
     }
 
-    fn index_subscription(
-        &mut self,
-        session: SessionKey,
-        filter: &TopicFilter,
-        options: SubscriptionOptions,
-        id: Option<SubscriptionId>,
-        checked: bool,
-    ) {
-        match filter.share_name() {
-            None => {
-                self.index.insert(
-                    filter.as_str(),
-                    SubKey::Session(session),
-                    SubEntry {
-                        options,
-                        id,
-                        checked,
-                    },
-                );
-            }
-            Some(share) => {
-                let name = (
-                    Box::<str>::from(share),
-                    Box::<str>::from(filter.match_filter()),
-                );
-                let key = match self.groups.get(&name) {
-                    Some(&key) => key,
-                    None => {
-                        let key = GroupKey(self.next_group);
-                        self.next_group += 1;
-                        self.index.insert(
-                            filter.match_filter(),
-                            SubKey::Group(key),
-                            SubEntry::default(),
-                        );
-                        self.group_members.insert(
-                            key,
-                            Group {
-                                share: name.0.clone(),
-                                filter: name.1.clone(),
-                                members: Vec::new(),
-                                cursor: 0,
-                            },
-                        );
-                        self.groups.insert(name, key);
-                        key
-                    }
-                };
-                if let Some(group) = self.group_members.get_mut(&key) {
-                    let member = Member {
-                        session,
-                        options,
-                        id,
-                        checked,
-                    };
-                    match group.members.iter_mut().find(|m| m.session == session) {
-                        Some(existing) => *existing = member,
-                        None => group.members.push(member),
-                    }
-                }
-            }
-        }
-    }
-
-    fn unindex_subscription(&mut self, session: SessionKey, filter: &TopicFilter) {
-        match filter.share_name() {
-            None => {
-                self.index
-                    .remove(filter.as_str(), &SubKey::Session(session));
-            }
-            Some(share) => {
-                let name = (
-                    Box::<str>::from(share),
-                    Box::<str>::from(filter.match_filter()),
-                );
-                let Some(&key) = self.groups.get(&name) else {
-                    return;
-                };
-                let empty = self.group_members.get_mut(&key).is_none_or(|group| {
-                    group.members.retain(|m| m.session != session);
-                    group.members.is_empty()
-                });
-                if empty {
-                    self.groups.remove(&name);
-                    self.group_members.remove(&key);
-                    self.index
-                        .remove(filter.match_filter(), &SubKey::Group(key));
-                }
-            }
-        }
-    }
-
     fn send_retained(
         &mut self,
         session: SessionKey,
@@ -1620,11 +1475,14 @@ impl Broker {
     ) {
         let matching: Vec<Arc<Message>> = if filter.has_wildcards() {
             let mut found = Vec::new();
-            self.retained.matching(filter.match_filter(), &mut found);
+            self.routing
+                .retained
+                .matching(filter.match_filter(), &mut found);
             found.sort_by(|a, b| a.topic.cmp(&b.topic));
             found
         } else {
-            self.retained
+            self.routing
+                .retained
                 .get(filter.as_str())
                 .cloned()
                 .into_iter()
@@ -1633,7 +1491,7 @@ impl Broker {
         let conn_id = self.online.get(&session).copied();
         for message in matching {
             if message.is_expired(now) {
-                self.retained.remove(message.topic.as_str());
+                self.routing.retained.remove(message.topic.as_str());
                 self.journal
                     .push(StoreOp::RetainedCleared(message.topic.clone()));
                 self.quotas.removed(message.topic.as_str());
@@ -1679,9 +1537,9 @@ impl Broker {
             let key = conn.session.key;
             let removed = conn.session.subscriptions.remove(filter.as_str());
             codes.push(if removed.is_some() {
-                self.subscriptions = self.subscriptions.saturating_sub(1);
+                self.routing.subscriptions = self.routing.subscriptions.saturating_sub(1);
                 self.count_subscriptions(key, -1);
-                self.unindex_subscription(key, &filter);
+                self.routing.unindex(key, &filter);
                 ReasonCode::Success
             } else {
                 ReasonCode::NoSubscriptionExisted
@@ -1788,10 +1646,10 @@ impl Broker {
             .drain()
             .map(|(_, record)| record.filter)
             .collect();
-        self.subscriptions = self.subscriptions.saturating_sub(records.len());
+        self.routing.subscriptions = self.routing.subscriptions.saturating_sub(records.len());
         self.count_subscriptions(key, -isize::try_from(records.len()).unwrap_or(isize::MAX));
         for filter in &records {
-            self.unindex_subscription(key, filter);
+            self.routing.unindex(key, filter);
         }
         if self.client_ids.get(&session.client_id) == Some(&key) {
             self.client_ids.remove(&session.client_id);
@@ -1868,7 +1726,12 @@ impl Broker {
     pub fn publish_message(&mut self, message: Arc<Message>, now: Instant) -> usize {
         if message.retain {
             if message.payload.is_empty() {
-                if self.retained.remove(message.topic.as_str()).is_some() {
+                if self
+                    .routing
+                    .retained
+                    .remove(message.topic.as_str())
+                    .is_some()
+                {
                     self.journal
                         .push(StoreOp::RetainedCleared(message.topic.clone()));
                 }
@@ -1884,67 +1747,32 @@ impl Broker {
                 }
                 self.quotas
                     .stored(message.topic.as_str(), message.cost(), owner);
-                self.retained.insert(message.clone());
+                self.routing.retained.insert(message.clone());
             }
         }
-        let mut targets = mem::take(&mut self.targets);
-        let mut groups = mem::take(&mut self.hit_groups);
-        targets.clear();
-        groups.clear();
-        let publisher = message.publisher;
-        self.index
-            .for_each_match(message.topic.as_str(), |key, entry| match *key {
-                SubKey::Session(session) => {
-                    if !(entry.options.no_local && Some(session) == publisher) {
-                        targets.push(Target {
-                            session,
-                            qos: entry.options.qos,
-                            retain_as_published: entry.options.retain_as_published,
-                            id: entry.id,
-                            checked: entry.checked,
-                        });
-                    }
-                }
-                SubKey::Group(group) => groups.push(group),
-            });
-        let matched = targets.len() + groups.len();
-        // Overlapping subscriptions of one session give one copy at the highest QoS, with
-        // every Subscription Identifier (§3.3.4).
-        targets.sort_unstable_by_key(|t| t.session);
-        let mut i = 0;
-        while let Some(first) = targets.get(i) {
-            let session = first.session;
-            let mut qos = first.qos;
-            let mut rap = first.retain_as_published;
-            let mut ids: Vec<SubscriptionId> = first.id.into_iter().collect();
-            // One subscription without carve-outs that matches is proof enough.
-            let mut checked = first.checked;
-            i += 1;
-            while let Some(next) = targets.get(i).filter(|t| t.session == session) {
-                qos = qos.max(next.qos);
-                rap |= next.retain_as_published;
-                ids.extend(next.id);
-                checked &= next.checked;
-                i += 1;
-            }
-            if checked && !self.may_receive(session, &message) {
+        let matches = self
+            .routing
+            .take_matches(message.topic.as_str(), message.publisher);
+        let matched = matches.matched();
+        let mut at = 0;
+        while let Some(target) = matches.next_merged(&mut at) {
+            if target.checked && !self.may_receive(target.session, &message) {
                 continue;
             }
             let delivery = Delivery {
                 message: message.clone(),
-                qos: message.qos.min(qos),
-                retain: rap && message.retain,
-                subscription_ids: ids,
+                qos: message.qos.min(target.qos),
+                retain: target.retain_as_published && message.retain,
+                subscription_ids: target.ids,
                 group: None,
                 seq: 0,
             };
-            self.deliver_to(session, delivery, now);
+            self.deliver_to(target.session, delivery, now);
         }
-        for &group in &groups {
+        for &group in &matches.groups {
             self.deliver_to_group(group, &message, None, now);
         }
-        self.targets = targets;
-        self.hit_groups = groups;
+        self.routing.give_back(matches);
         // Nothing outlives the call: the bodies are referenced by the outputs alone.
         self.bodies.clear();
         matched
@@ -1966,35 +1794,15 @@ impl Broker {
         except: Option<SessionKey>,
         now: Instant,
     ) -> bool {
-        let Some(g) = self.group_members.get_mut(&group) else {
+        let (online, conns) = (&self.online, &self.conns);
+        let Some(member) = self.routing.choose_member(
+            group,
+            except,
+            |session| acl_allows(online, conns, session, message),
+            |session| online.contains_key(&session),
+        ) else {
             return false;
         };
-        let n = g.members.len();
-        let mut chosen = None;
-        let mut fallback = None;
-        for step in 0..n {
-            let idx = (g.cursor + step) % n;
-            let Some(member) = g.members.get(idx) else {
-                continue;
-            };
-            if Some(member.session) == except {
-                continue;
-            }
-            if member.checked && !acl_allows(&self.online, &self.conns, member.session, message) {
-                continue;
-            }
-            if self.online.contains_key(&member.session) {
-                chosen = Some((idx, *member));
-                break;
-            }
-            if fallback.is_none() {
-                fallback = Some((idx, *member));
-            }
-        }
-        let Some((idx, member)) = chosen.or(fallback) else {
-            return false;
-        };
-        g.cursor = (idx + 1) % n.max(1);
         let delivery = Delivery {
             message: message.clone(),
             qos: message.qos.min(member.options.qos),
@@ -2240,8 +2048,8 @@ impl Broker {
             let gauges = Gauges {
                 connected: self.conns.len(),
                 sessions: self.client_ids.len(),
-                subscriptions: self.subscriptions,
-                retained: self.retained.len(),
+                subscriptions: self.routing.subscriptions,
+                retained: self.routing.retained.len(),
                 retained_bytes: self.quotas.retained_bytes(),
             };
             for message in self.sys.messages(&self.stats, gauges, now) {
@@ -2279,10 +2087,7 @@ impl Broker {
 
     /// Shared groups with their share name, filter and member count.
     pub fn shared_groups(&self) -> Vec<(String, String, usize)> {
-        self.group_members
-            .values()
-            .map(|g| (g.share.to_string(), g.filter.to_string(), g.members.len()))
-            .collect()
+        self.routing.shared_groups()
     }
 }
 

@@ -20,6 +20,7 @@ mod parked;
 pub mod persist;
 mod quota;
 mod retained;
+mod routing;
 mod session;
 mod stats;
 mod subscription;
