@@ -1,7 +1,7 @@
 //! The engine: one [`Broker`] owns every session, subscription, retained message and pending
 //! will, and turns packets from clients into packets for clients.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::mem;
 use std::num::NonZeroU16;
 use std::sync::Arc;
@@ -12,17 +12,16 @@ use bulwark_acl::{AclRules, Principal};
 use bulwark_proto::{
     AckProperties, Connect, Disconnect, Encoder, MqttString, Packet, PacketId, ProtocolVersion,
     PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    SubscriptionId, TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
+    SubscriptionId, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
-use bytes::Bytes;
 
 use crate::authz::{AuthzEvent, ConnAuthz, Reports};
+use crate::clients::{Clients, Conn, ConnectionId, SessionKey};
 use crate::config::{BrokerConfig, DeniedPublish};
-use crate::connect::{self, Checked, ConnackFields};
+use crate::connect::{self, Checked, ConnackFields, ConnectAuth};
 use crate::message::{Delivery, GroupKey, Inflight, Message, OutState};
 use crate::output::{Accepted, OutgoingPublish, Output};
-use crate::output::{Aliases, Bodies, build_publish};
-use crate::parked::ParkedSessions;
+use crate::output::{Bodies, build_publish};
 use crate::persist::{Journal, Restored, SessionRecord, StoreOp, WillRecord};
 use crate::quota::Quotas;
 use crate::routing::Routing;
@@ -30,51 +29,6 @@ use crate::session::{QueueLimits, Session};
 use crate::stats::{Gauges, Stats, Sys};
 use crate::subscription::SubscriptionRecord;
 use crate::wills::{PendingWill, Wills, will_delay, will_message};
-
-/// Identifies one network connection, chosen by the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub u64);
-
-/// Identifies one session for as long as it lives (across reconnections).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey(pub u64);
-
-/// Engine state of one connected client.
-#[derive(Debug)]
-struct Conn {
-    session: Session,
-    version: ProtocolVersion,
-    /// Encodes nothing: it knows the client's Maximum Packet Size, for size checks.
-    encoder: Encoder,
-    send_window: usize,
-    alias_max_out: u16,
-    /// Created at the first alias either way: most connections never use one.
-    aliases: Option<Box<Aliases>>,
-    problem_information: bool,
-    /// Boxed: most clients have none, and every connection pays for the field.
-    will: Option<Box<Will>>,
-    connect_expiry_was_zero: bool,
-    authz: ConnAuthz,
-}
-
-impl Conn {
-    fn is_v5(&self) -> bool {
-        self.version.is_v5()
-    }
-}
-
-/// The result of an enhanced authentication exchange (MQTT 5 AUTH) that the caller ran before
-/// handing the CONNECT over: the CONNACK names the method and carries the final data.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConnectAuth {
-    /// The Authentication Method the exchange used.
-    pub method: Option<MqttString>,
-    /// The server's last Authentication Data, if the method has one.
-    pub data: Option<Bytes>,
-    /// Who the client was authenticated as, for the ACL (`None`: an anonymous client with
-    /// nothing known of it).
-    pub principal: Option<Arc<Principal>>,
-}
 
 /// The broker engine, sans I/O.
 ///
@@ -90,18 +44,10 @@ pub struct Broker {
     sys: Sys,
     /// Boxed values: the table holds pointers, so its spare capacity costs 16 bytes a slot
     /// rather than a whole connection's state.
-    conns: HashMap<ConnectionId, Box<Conn>>,
-    online: HashMap<SessionKey, ConnectionId>,
-    client_ids: HashMap<Arc<str>, SessionKey>,
-    /// The user each session belongs to (`None`: an anonymous client's): nobody else may
-    /// take it over or resume it.
-    owners: HashMap<SessionKey, Option<Arc<str>>>,
-    parked: ParkedSessions,
+    clients: Clients,
     routing: Routing,
     wills: Wills,
     outputs: VecDeque<(ConnectionId, Output)>,
-    next_session: u64,
-    next_assigned_id: u64,
     stats: Stats,
     /// Bodies shared within the current `publish_message`; empty outside it.
     bodies: Bodies,
@@ -123,16 +69,10 @@ impl Broker {
         Self {
             config,
             sys: Sys::new(sys_interval, now),
-            conns: HashMap::new(),
-            online: HashMap::new(),
-            client_ids: HashMap::new(),
-            owners: HashMap::new(),
-            parked: ParkedSessions::new(),
+            clients: Clients::default(),
             routing: Routing::default(),
             wills: Wills::default(),
             outputs: VecDeque::new(),
-            next_session: 1,
-            next_assigned_id: 1,
             stats: Stats::default(),
             bodies: Bodies::default(),
             shutting_down: false,
@@ -163,7 +103,7 @@ impl Broker {
         dirty.sort_unstable();
         dirty.dedup();
         for conn_id in dirty.drain(..) {
-            if let Some(conn) = self.conns.get(&conn_id)
+            if let Some(conn) = self.clients.conns.get(&conn_id)
                 && conn.session.is_journaled()
             {
                 let will = conn.will.as_deref().map(|w| WillRecord {
@@ -193,7 +133,7 @@ impl Broker {
         subscriptions.sort_unstable_by(|a, b| a.filter.as_str().cmp(b.filter.as_str()));
         SessionRecord {
             client_id: session.client_id.clone(),
-            owner: self.owner_of(session.key),
+            owner: self.clients.owner_of(session.key),
             expiry_interval: session.expiry_interval,
             subscriptions,
             disconnected_at,
@@ -215,7 +155,7 @@ impl Broker {
         let mut sessions = 0;
         for r in restored.sessions {
             let record = r.record;
-            if self.client_ids.contains_key(&record.client_id) {
+            if self.clients.client_ids.contains_key(&record.client_id) {
                 continue;
             }
             if record.expiry_interval == 0 {
@@ -225,12 +165,14 @@ impl Broker {
                 });
                 continue;
             }
-            let mut session = self.new_session(record.client_id.clone(), record.expiry_interval);
+            let mut session = self
+                .clients
+                .new_session(record.client_id.clone(), record.expiry_interval);
             let key = session.key;
             session.start_journal(&mut self.journal);
             let parked_at = record.disconnected_at.unwrap_or(now);
             session.parked_at = Some(parked_at);
-            self.owners.insert(key, record.owner);
+            self.clients.owners.insert(key, record.owner);
             let mut count = 0isize;
             for sub in record.subscriptions {
                 // Checked or not is decided when the session's client is back (`prune`):
@@ -276,7 +218,7 @@ impl Broker {
             } else {
                 parked_at.checked_add(Duration::from_secs(u64::from(session.expiry_interval)))
             };
-            self.parked.park(session, expires_at);
+            self.clients.parked.park(session, expires_at);
             sessions += 1;
         }
         let mut retained = 0;
@@ -311,65 +253,40 @@ impl Broker {
         &self.stats
     }
 
-    /// Connected clients.
     /// The live connection of the session `client_id` names, if it has one: the connection a
     /// CONNECT with that identifier would take over.
     pub fn live_connection(&self, client_id: &str) -> Option<ConnectionId> {
-        let key = self.client_ids.get(client_id)?;
-        self.online.get(key).copied()
+        self.clients.live_connection(client_id)
     }
 
     /// Whether the session `client_id` names is in the durable store (live or parked): a
     /// CONNECT that ends it (Clean Start 1) must tell the store so.
     pub fn holds_stored_session(&self, client_id: &str) -> bool {
-        let Some(&key) = self.client_ids.get(client_id) else {
-            return false;
-        };
-        let session = match self.online.get(&key) {
-            Some(conn) => self.conns.get(conn).map(|c| &c.session),
-            None => self.parked.get(key),
-        };
-        session.is_some_and(Session::is_journaled)
+        self.clients
+            .session_named(client_id)
+            .is_some_and(Session::is_journaled)
     }
 
     /// Whether `conn` is a connection the engine accepted and has not closed.
     pub fn is_live(&self, conn: ConnectionId) -> bool {
-        self.conns.contains_key(&conn)
+        self.clients.conns.contains_key(&conn)
     }
 
+    /// Connected clients.
     pub fn connected(&self) -> usize {
-        self.conns.len()
+        self.clients.conns.len()
     }
 
     /// Sessions, connected or parked.
     pub fn sessions(&self) -> usize {
-        self.client_ids.len()
+        self.clients.client_ids.len()
     }
 
     /// Sessions recorded for the durable store, and the QoS 1/2 messages they hold (queued and
     /// in flight): what the store holds once the operations so far are committed. For tests
     /// and tools.
     pub fn journaled(&self) -> (usize, usize) {
-        let (mut sessions, mut messages) = (0, 0);
-        for key in self.client_ids.values() {
-            let session = match self.online.get(key).and_then(|c| self.conns.get(c)) {
-                Some(conn) => &conn.session,
-                None => match self.parked.get(*key) {
-                    Some(session) => session,
-                    None => continue,
-                },
-            };
-            if session.is_journaled() {
-                sessions += 1;
-                messages += session.inflight.len()
-                    + session
-                        .queue
-                        .iter()
-                        .filter(|d| d.qos != QoS::AtMostOnce)
-                        .count();
-            }
-        }
-        (sessions, messages)
+        self.clients.journaled()
     }
 
     /// Subscriptions of all sessions.
@@ -430,6 +347,7 @@ impl Broker {
         let (mut messages, mut freed) = (0usize, 0usize);
         for qos0_only in [true, false] {
             let mut order: Vec<(usize, ConnectionId)> = self
+                .clients
                 .conns
                 .iter()
                 .map(|(id, c)| (c.session.queued_bytes(), *id))
@@ -440,7 +358,7 @@ impl Broker {
                 if freed >= bytes {
                     break;
                 }
-                if let Some(c) = self.conns.get_mut(&id) {
+                if let Some(c) = self.clients.conns.get_mut(&id) {
                     let (m, b) = c.session.shed(&mut self.journal, bytes - freed, qos0_only);
                     messages += m;
                     freed += b;
@@ -448,6 +366,7 @@ impl Broker {
             }
             if freed < bytes {
                 let (m, b) = self
+                    .clients
                     .parked
                     .shed(&mut self.journal, bytes - freed, qos0_only);
                 messages += m;
@@ -478,7 +397,7 @@ impl Broker {
     /// longer receive are dropped, and new publish rules apply from the next PUBLISH on.
     pub fn set_acl(&mut self, rules: Option<Arc<AclRules>>, now: Instant) {
         self.acl = rules;
-        let conns: Vec<ConnectionId> = self.conns.keys().copied().collect();
+        let conns: Vec<ConnectionId> = self.clients.conns.keys().copied().collect();
         for conn in conns {
             self.reauthorize(conn, None, now);
         }
@@ -495,7 +414,7 @@ impl Broker {
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.wills.next_due(),
-            self.parked.next_expiry(),
+            self.clients.parked.next_expiry(),
             self.sys.next_due(),
             self.reports.next_report(),
         ]
@@ -571,7 +490,7 @@ impl Broker {
         let client_id = match client_id {
             Some(id) => id,
             None => {
-                let id = self.assign_client_id();
+                let id = self.clients.assign_client_id();
                 assigned = Some(id.clone());
                 id
             }
@@ -580,8 +499,8 @@ impl Broker {
         // another user neither takes the connection over nor resumes the session. The user is
         // the authenticated one; without a principal (no authentication ran), the CONNECT's.
         let owner = connect::owner(&connect, auth.principal.as_deref());
-        if let Some(key) = self.client_ids.get(&client_id)
-            && self.owners.get(key).is_some_and(|o| *o != owner)
+        if let Some(key) = self.clients.client_ids.get(&client_id)
+            && self.clients.owners.get(key).is_some_and(|o| *o != owner)
         {
             self.push_event(AuthzEvent {
                 kind: EventKind::ClientIdRefused,
@@ -645,8 +564,8 @@ impl Broker {
             );
         };
         // Takeover: the old connection goes first, its will and session handled as a loss.
-        if let Some(&key) = self.client_ids.get(&client_id)
-            && let Some(&old) = self.online.get(&key)
+        if let Some(&key) = self.clients.client_ids.get(&client_id)
+            && let Some(&old) = self.clients.online.get(&key)
         {
             self.disconnect(
                 old,
@@ -656,10 +575,11 @@ impl Broker {
             );
         }
         let existing = self
+            .clients
             .client_ids
             .get(&client_id)
             .copied()
-            .and_then(|key| self.parked.take(key));
+            .and_then(|key| self.clients.parked.take(key));
         let (mut session, present) = match existing {
             Some(session) if !connect.clean_start => {
                 self.wills.cancel(session.key);
@@ -667,11 +587,11 @@ impl Broker {
             }
             Some(session) => {
                 self.end_session(session, now);
-                (self.new_session(client_id.clone(), expiry), false)
+                (self.clients.new_session(client_id.clone(), expiry), false)
             }
-            None => (self.new_session(client_id.clone(), expiry), false),
+            None => (self.clients.new_session(client_id.clone(), expiry), false),
         };
-        self.owners.insert(session.key, owner);
+        self.clients.owners.insert(session.key, owner);
         session.expiry_interval = expiry;
         session.parked_at = None;
         if self.journal.is_on() {
@@ -712,14 +632,14 @@ impl Broker {
             connect_expiry_was_zero: requested_expiry == 0,
             authz,
         };
-        self.conns.insert(conn, Box::new(state));
+        self.clients.conns.insert(conn, Box::new(state));
         self.touch(conn);
         if present {
             // The stored session may hold what this identity (or the rules since) no longer
             // allows.
             self.prune(conn, now);
         }
-        self.online.insert(key, conn);
+        self.clients.online.insert(key, conn);
         self.stats.connections_total += 1;
 
         connack.session_present = present;
@@ -729,26 +649,9 @@ impl Broker {
         self.resume(conn, now);
     }
 
-    fn assign_client_id(&mut self) -> Arc<str> {
-        loop {
-            let id: Arc<str> = Arc::from(format!("bulwark-{:016x}", self.next_assigned_id));
-            self.next_assigned_id += 1;
-            if !self.client_ids.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
-    fn new_session(&mut self, client_id: Arc<str>, expiry: u32) -> Session {
-        let key = SessionKey(self.next_session);
-        self.next_session += 1;
-        self.client_ids.insert(client_id.clone(), key);
-        Session::new(key, client_id, expiry)
-    }
-
     /// Resends what was in flight (PUBLISH with DUP, or PUBREL), then sends from the queue.
     fn resume(&mut self, conn_id: ConnectionId, now: Instant) {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return;
         };
         let mut resend = Vec::new();
@@ -790,7 +693,7 @@ impl Broker {
 
     /// Handles a packet decoded on connection `conn` after its CONNECT.
     pub fn handle_packet(&mut self, conn: ConnectionId, packet: Packet, now: Instant) {
-        if !self.conns.contains_key(&conn) {
+        if !self.clients.conns.contains_key(&conn) {
             return;
         }
         match packet {
@@ -829,7 +732,7 @@ impl Broker {
     /// [`Broker::disconnect`] for a client that broke the protocol or a limit: also queued
     /// for [`Broker::poll_offence`].
     fn expel(&mut self, conn: ConnectionId, code: ReasonCode, why: &str, now: Instant) {
-        if !self.conns.contains_key(&conn) {
+        if !self.clients.conns.contains_key(&conn) {
             return;
         }
         if !self.reports.push_offence(conn, code) {
@@ -840,7 +743,7 @@ impl Broker {
 
     /// Sends DISCONNECT (5.0) with `code`, closes, and handles the loss (the will is sent).
     pub fn disconnect(&mut self, conn: ConnectionId, code: ReasonCode, why: &str, now: Instant) {
-        let Some(state) = self.conns.get(&conn) else {
+        let Some(state) = self.clients.conns.get(&conn) else {
             return;
         };
         if state.is_v5() {
@@ -854,7 +757,11 @@ impl Broker {
 
     fn ack_properties(&self, conn: ConnectionId, code: ReasonCode, why: &str) -> AckProperties {
         let mut props = AckProperties::default();
-        let wanted = self.conns.get(&conn).is_some_and(|c| c.problem_information);
+        let wanted = self
+            .clients
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.problem_information);
         if code.is_error() && wanted {
             props.reason_string = MqttString::new(why).ok();
         }
@@ -893,7 +800,7 @@ impl Broker {
         self.stats.messages_received += 1;
         let max_user = self.config.max_user_properties;
         let alias_max = self.config.topic_alias_maximum;
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return;
         };
         let Publish {
@@ -964,7 +871,7 @@ impl Broker {
         }
         if qos == QoS::ExactlyOnce {
             let Some(id) = packet_id else { return };
-            let Some(conn) = self.conns.get_mut(&conn_id) else {
+            let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
                 return;
             };
             if conn.session.qos2_received(id) {
@@ -984,7 +891,7 @@ impl Broker {
             return self.deny_publish(conn_id, &topic, qos, retain, packet_id, now);
         }
         if retain && !payload.is_empty() {
-            let owner = self.owner_of(session_key);
+            let owner = self.clients.owner_of(session_key);
             let cost = payload.len() + topic.as_str().len();
             if let Some(why) = self.retained_refusal(topic.as_str(), cost, owner.as_ref()) {
                 self.stats.retained_refused += 1;
@@ -1015,18 +922,13 @@ impl Broker {
             ReasonCode::Success
         };
         if qos == QoS::ExactlyOnce
-            && let (Some(id), Some(conn)) = (packet_id, self.conns.get_mut(&conn_id))
+            && let (Some(id), Some(conn)) = (packet_id, self.clients.conns.get_mut(&conn_id))
         {
             conn.session.qos2_record(&mut self.journal, id);
         }
-        let v5 = self.conns.get(&conn_id).is_some_and(|c| c.is_v5());
+        let v5 = self.clients.conns.get(&conn_id).is_some_and(|c| c.is_v5());
         let code = if v5 { code } else { ReasonCode::Success };
         self.answer_publish(conn_id, qos, packet_id, code, "");
-    }
-
-    /// The user a session belongs to (`None`: an anonymous client's).
-    fn owner_of(&self, key: SessionKey) -> Option<Arc<str>> {
-        self.owners.get(&key).cloned().flatten()
     }
 
     /// Why a retained message of `cost` bytes stored by `owner` may not replace what `topic`
@@ -1061,7 +963,7 @@ impl Broker {
 
     /// Adds `n` (negative: removes) subscriptions to the count of the session's user.
     fn count_subscriptions(&mut self, key: SessionKey, n: isize) {
-        if let Some(user) = self.owner_of(key) {
+        if let Some(user) = self.clients.owner_of(key) {
             self.quotas.add_subscriptions(&user, n);
         }
     }
@@ -1078,7 +980,7 @@ impl Broker {
         now: Instant,
     ) {
         self.stats.publishes_denied += 1;
-        let Some(conn) = self.conns.get(&conn_id) else {
+        let Some(conn) = self.clients.conns.get(&conn_id) else {
             return;
         };
         let v5 = conn.is_v5();
@@ -1114,7 +1016,8 @@ impl Broker {
             }
             DeniedPublish::Drop => {
                 if qos == QoS::ExactlyOnce
-                    && let (Some(id), Some(conn)) = (packet_id, self.conns.get_mut(&conn_id))
+                    && let (Some(id), Some(conn)) =
+                        (packet_id, self.clients.conns.get_mut(&conn_id))
                 {
                     conn.session.qos2_record(&mut self.journal, id);
                 }
@@ -1133,7 +1036,7 @@ impl Broker {
         reason: String,
         now: Instant,
     ) {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return;
         };
         let Some(suppressed) = conn.authz.admit_event(now) else {
@@ -1170,7 +1073,7 @@ impl Broker {
         now: Instant,
     ) {
         let rules = self.acl.clone();
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return;
         };
         let principal = principal.unwrap_or_else(|| conn.authz.principal.clone());
@@ -1182,7 +1085,7 @@ impl Broker {
     /// Removes the subscriptions connection `conn_id`'s rules do not allow (and lowers the
     /// QoS of those allowed at a lower one), and drops queued messages it may not receive.
     fn prune(&mut self, conn_id: ConnectionId, now: Instant) {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return;
         };
         let Conn { session, authz, .. } = &mut **conn;
@@ -1238,7 +1141,7 @@ impl Broker {
 
     /// The state of the outgoing message `packet_id` names, if it is in flight.
     fn inflight_state(&self, conn_id: ConnectionId, packet_id: PacketId) -> Option<OutState> {
-        let conn = self.conns.get(&conn_id)?;
+        let conn = self.clients.conns.get(&conn_id)?;
         let pos = conn.session.inflight_position(packet_id)?;
         conn.session.inflight.get(pos).map(|i| i.state)
     }
@@ -1254,7 +1157,7 @@ impl Broker {
     /// The exchange of the outgoing message `packet_id` is complete: its place in the window
     /// goes to the next message.
     fn completed(&mut self, conn_id: ConnectionId, packet_id: PacketId, now: Instant) {
-        if let Some(conn) = self.conns.get_mut(&conn_id)
+        if let Some(conn) = self.clients.conns.get_mut(&conn_id)
             && let Some(pos) = conn.session.inflight_position(packet_id)
         {
             conn.session.remove_inflight(&mut self.journal, pos);
@@ -1276,7 +1179,7 @@ impl Broker {
     fn handle_pubrec(&mut self, conn_id: ConnectionId, rec: PubRec, now: Instant) {
         match self.inflight_state(conn_id, rec.packet_id) {
             Some(OutState::AwaitPubRec) => {
-                let Some(conn) = self.conns.get_mut(&conn_id) else {
+                let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
                     return;
                 };
                 let pos = conn.session.inflight_position(rec.packet_id);
@@ -1304,7 +1207,7 @@ impl Broker {
             // [MQTT-4.3.3-4].
             None if rec.reason_code.is_error() => {}
             None => {
-                let Some(conn) = self.conns.get(&conn_id) else {
+                let Some(conn) = self.clients.conns.get(&conn_id) else {
                     return;
                 };
                 // 5.0 answers an identifier it does not know with 0x92 (§3.6.2.1); 3.1.1
@@ -1319,7 +1222,7 @@ impl Broker {
     }
 
     fn handle_pubrel(&mut self, conn_id: ConnectionId, packet_id: PacketId) {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return;
         };
         let known = conn.session.qos2_release(&mut self.journal, packet_id);
@@ -1355,7 +1258,7 @@ impl Broker {
                 now,
             );
         }
-        let Some(conn) = self.conns.get(&conn_id) else {
+        let Some(conn) = self.clients.conns.get(&conn_id) else {
             return;
         };
         let session_key = conn.session.key;
@@ -1366,6 +1269,7 @@ impl Broker {
         for sub in subscribe.subscriptions {
             let text: Box<str> = sub.filter.as_str().into();
             let decision = self
+                .clients
                 .conns
                 .get(&conn_id)
                 .and_then(|c| c.authz.acl())
@@ -1377,13 +1281,14 @@ impl Broker {
                 denied.push((text, d.to_string()));
                 ReasonCode::NotAuthorized
             } else {
-                let Some(conn) = self.conns.get_mut(&conn_id) else {
+                let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
                     return;
                 };
                 let existed = conn.session.subscriptions.contains_key(&text);
                 let per_user = self.config.max_subscriptions_per_user;
                 let user_full = per_user > 0
                     && self
+                        .clients
                         .owners
                         .get(&session_key)
                         .and_then(Option::as_deref)
@@ -1488,7 +1393,7 @@ impl Broker {
                 .into_iter()
                 .collect()
         };
-        let conn_id = self.online.get(&session).copied();
+        let conn_id = self.clients.online.get(&session).copied();
         for message in matching {
             if message.is_expired(now) {
                 self.routing.retained.remove(message.topic.as_str());
@@ -1500,7 +1405,7 @@ impl Broker {
             }
             // Defence in depth: the filter was granted, and still each message is checked.
             let allowed = conn_id
-                .and_then(|c| self.conns.get(&c))
+                .and_then(|c| self.clients.conns.get(&c))
                 .and_then(|c| c.authz.acl())
                 .is_none_or(|acl| acl.may_receive(message.topic.as_str()));
             if !allowed {
@@ -1531,7 +1436,7 @@ impl Broker {
     fn handle_unsubscribe(&mut self, conn_id: ConnectionId, unsubscribe: Unsubscribe) {
         let mut codes = Vec::with_capacity(unsubscribe.filters.len());
         for filter in unsubscribe.filters {
-            let Some(conn) = self.conns.get_mut(&conn_id) else {
+            let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
                 return;
             };
             let key = conn.session.key;
@@ -1559,7 +1464,7 @@ impl Broker {
 
     fn handle_disconnect(&mut self, conn_id: ConnectionId, disconnect: Disconnect, now: Instant) {
         let max_expiry = self.config.max_session_expiry_interval;
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return;
         };
         if let Some(expiry) = disconnect.properties.session_expiry_interval {
@@ -1585,7 +1490,7 @@ impl Broker {
     /// The connection ended: the socket closed, failed, timed out, or broke the protocol. The
     /// will is scheduled, and the session parked or ended by its expiry interval.
     pub fn handle_connection_lost(&mut self, conn_id: ConnectionId, now: Instant) {
-        let Some(conn) = self.conns.remove(&conn_id) else {
+        let Some(conn) = self.clients.conns.remove(&conn_id) else {
             return;
         };
         let Conn {
@@ -1596,7 +1501,7 @@ impl Broker {
             ..
         } = *conn;
         let key = session.key;
-        self.online.remove(&key);
+        self.clients.online.remove(&key);
         if let Some(will) = will {
             let pending = PendingWill::after_loss(
                 version,
@@ -1624,7 +1529,7 @@ impl Broker {
                 let record = self.record_of(&session, Some(now), will);
                 self.journal.push(StoreOp::Session(Box::new(record)));
             }
-            self.parked.park(session, expires_at);
+            self.clients.parked.park(session, expires_at);
         }
         self.fire_due_wills(now);
         for delivery in moved {
@@ -1651,8 +1556,8 @@ impl Broker {
         for filter in &records {
             self.routing.unindex(key, filter);
         }
-        if self.client_ids.get(&session.client_id) == Some(&key) {
-            self.client_ids.remove(&session.client_id);
+        if self.clients.client_ids.get(&session.client_id) == Some(&key) {
+            self.clients.client_ids.remove(&session.client_id);
         }
         // Drops not reported yet are reported now: the session's record goes.
         if let Some((topic, count)) = self.reports.session_ended(key) {
@@ -1662,7 +1567,7 @@ impl Broker {
         if let Some(pending) = self.wills.cancel(key) {
             self.publish_will(key, pending, now);
         }
-        self.owners.remove(&key);
+        self.clients.owners.remove(&key);
         for delivery in take_shared(&mut self.journal, &mut session, true) {
             self.redeliver_shared(delivery, key, now);
         }
@@ -1670,7 +1575,7 @@ impl Broker {
 
     /// Records a parked persistent session again (its will was sent).
     fn save_parked(&mut self, key: SessionKey) {
-        if let Some(session) = self.parked.get(key)
+        if let Some(session) = self.clients.parked.get(key)
             && session.is_journaled()
         {
             let record = self.record_of(session, session.parked_at, None);
@@ -1706,7 +1611,7 @@ impl Broker {
             }
         }
         if will.retain && !will.payload.is_empty() {
-            let owner = self.owner_of(key);
+            let owner = self.clients.owner_of(key);
             let cost = will.payload.len() + will.topic.as_str().len();
             if self
                 .retained_refusal(will.topic.as_str(), cost, owner.as_ref())
@@ -1737,7 +1642,7 @@ impl Broker {
                 }
                 self.quotas.removed(message.topic.as_str());
             } else {
-                let owner = message.publisher.and_then(|k| self.owner_of(k));
+                let owner = message.publisher.and_then(|k| self.clients.owner_of(k));
                 // `$SYS` topics are the broker's own, published again after a restart.
                 if self.journal.is_on() && !message.topic.is_system() {
                     self.journal.push(StoreOp::Retained {
@@ -1782,7 +1687,7 @@ impl Broker {
     /// carve-outs. A parked session's messages are queued: what its client may not receive
     /// is dropped from the queue when it is back ([`Broker::prune`]).
     fn may_receive(&self, session: SessionKey, message: &Message) -> bool {
-        acl_allows(&self.online, &self.conns, session, message)
+        self.clients.may_receive(session, message)
     }
 
     /// Picks the next member of a shared group, round robin, preferring connected members,
@@ -1794,12 +1699,12 @@ impl Broker {
         except: Option<SessionKey>,
         now: Instant,
     ) -> bool {
-        let (online, conns) = (&self.online, &self.conns);
+        let clients = &self.clients;
         let Some(member) = self.routing.choose_member(
             group,
             except,
-            |session| acl_allows(online, conns, session, message),
-            |session| online.contains_key(&session),
+            |session| clients.may_receive(session, message),
+            |session| clients.online.contains_key(&session),
         ) else {
             return false;
         };
@@ -1829,9 +1734,9 @@ impl Broker {
     /// allows, otherwise queued (QoS 0 to a parked session only if so configured).
     fn deliver_to(&mut self, session: SessionKey, delivery: Delivery, now: Instant) {
         let limits = self.limits();
-        match self.online.get(&session) {
+        match self.clients.online.get(&session) {
             Some(&conn_id) => {
-                let Some(conn) = self.conns.get_mut(&conn_id) else {
+                let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
                     return;
                 };
                 let window_open =
@@ -1866,6 +1771,7 @@ impl Broker {
                 }
                 let topic = delivery.message.topic.clone();
                 match self
+                    .clients
                     .parked
                     .enqueue(&mut self.journal, session, delivery, limits)
                 {
@@ -1892,23 +1798,14 @@ impl Broker {
         let Some(count) = self.reports.overflow(session, topic, dropped as u64, now) else {
             return;
         };
-        let conn = conn.or_else(|| {
-            self.conns
-                .iter()
-                .find(|(_, c)| c.session.key == session)
-                .map(|(id, _)| *id)
-        });
+        let conn = conn.or_else(|| self.clients.online.get(&session).copied());
         self.overflow_event(session, conn, None, topic, count);
     }
 
     /// Reports the drops of every session whose window has ended since its last event.
     fn report_overflows(&mut self, now: Instant) {
         for (session, topic, count) in self.reports.due_overflows(now) {
-            let conn = self
-                .conns
-                .iter()
-                .find(|(_, c)| c.session.key == session)
-                .map(|(id, _)| *id);
+            let conn = self.clients.online.get(&session).copied();
             self.overflow_event(session, conn, None, &topic, count);
         }
     }
@@ -1924,13 +1821,14 @@ impl Broker {
         count: u64,
     ) {
         let principal = conn
-            .and_then(|c| self.conns.get(&c))
+            .and_then(|c| self.clients.conns.get(&c))
             .map(|c| c.authz.principal.clone())
             .unwrap_or_default();
-        let client_id = match (conn.and_then(|c| self.conns.get(&c)), client_id) {
+        let client_id = match (conn.and_then(|c| self.clients.conns.get(&c)), client_id) {
             (Some(c), _) => c.session.client_id.clone(),
             (None, Some(id)) => id,
             (None, None) => self
+                .clients
                 .parked
                 .get(session)
                 .map_or_else(|| Arc::from(""), |s| s.client_id.clone()),
@@ -1953,7 +1851,7 @@ impl Broker {
     /// Sends queued messages while the client's window has room.
     fn pump(&mut self, conn_id: ConnectionId, now: Instant) {
         loop {
-            let Some(conn) = self.conns.get_mut(&conn_id) else {
+            let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
                 return;
             };
             if conn.session.inflight.len() >= conn.send_window {
@@ -1979,7 +1877,7 @@ impl Broker {
     /// Builds and emits the PUBLISH for one delivery. Returns false if it had to go back to
     /// the queue (no packet identifier free).
     fn send(&mut self, conn_id: ConnectionId, delivery: Delivery, now: Instant) -> bool {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return false;
         };
         if delivery.message.is_expired(now) {
@@ -2041,13 +1939,13 @@ impl Broker {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.fire_due_wills(now);
         self.report_overflows(now);
-        for session in self.parked.take_expired(now) {
+        for session in self.clients.parked.take_expired(now) {
             self.end_session(session, now);
         }
         if self.sys.take_due(now) {
             let gauges = Gauges {
-                connected: self.conns.len(),
-                sessions: self.client_ids.len(),
+                connected: self.clients.conns.len(),
+                sessions: self.clients.client_ids.len(),
                 subscriptions: self.routing.subscriptions,
                 retained: self.routing.retained.len(),
                 retained_bytes: self.quotas.retained_bytes(),
@@ -2062,7 +1960,7 @@ impl Broker {
     /// new connection is accepted.
     pub fn begin_shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
-        let conns: Vec<ConnectionId> = self.conns.keys().copied().collect();
+        let conns: Vec<ConnectionId> = self.clients.conns.keys().copied().collect();
         for conn in conns {
             self.disconnect(
                 conn,
@@ -2075,14 +1973,9 @@ impl Broker {
 
     /// A session's subscriptions, for tests and the admin API.
     pub fn session_subscriptions(&self, client_id: &str) -> Vec<SubscriptionRecord> {
-        let Some(key) = self.client_ids.get(client_id) else {
-            return Vec::new();
-        };
-        let session = match self.online.get(key) {
-            Some(conn) => self.conns.get(conn).map(|c| &c.session),
-            None => self.parked.get(*key),
-        };
-        session.map_or_else(Vec::new, |s| s.subscriptions.values().cloned().collect())
+        self.clients
+            .session_named(client_id)
+            .map_or_else(Vec::new, |s| s.subscriptions.values().cloned().collect())
     }
 
     /// Shared groups with their share name, filter and member count.
@@ -2114,18 +2007,4 @@ fn take_shared(journal: &mut Journal, session: &mut Session, all: bool) -> Vec<D
         }
     }
     moved
-}
-
-/// [`Broker::may_receive`] over the fields it needs, for use while another field is borrowed.
-fn acl_allows(
-    online: &HashMap<SessionKey, ConnectionId>,
-    conns: &HashMap<ConnectionId, Box<Conn>>,
-    session: SessionKey,
-    message: &Message,
-) -> bool {
-    online
-        .get(&session)
-        .and_then(|c| conns.get(c))
-        .and_then(|c| c.authz.acl())
-        .is_none_or(|acl| acl.may_receive(message.topic.as_str()))
 }

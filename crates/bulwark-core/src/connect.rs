@@ -12,6 +12,19 @@ use bytes::Bytes;
 
 use crate::config::BrokerConfig;
 
+/// The result of an enhanced authentication exchange (MQTT 5 AUTH) that the caller ran before
+/// handing the CONNECT over: the CONNACK names the method and carries the final data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectAuth {
+    /// The Authentication Method the exchange used.
+    pub method: Option<MqttString>,
+    /// The server's last Authentication Data, if the method has one.
+    pub data: Option<Bytes>,
+    /// Who the client was authenticated as, for the ACL (`None`: an anonymous client with
+    /// nothing known of it).
+    pub principal: Option<Arc<Principal>>,
+}
+
 /// Why a CONNECT is refused: the CONNACK's reason code, and the reason string (5.0).
 pub(crate) type Refusal = (ReasonCode, &'static str);
 

@@ -10,6 +10,7 @@
 
 mod authz;
 mod broker;
+mod clients;
 mod config;
 mod connect;
 pub mod index;
@@ -27,8 +28,10 @@ mod subscription;
 mod wills;
 
 pub use authz::AuthzEvent;
-pub use broker::{Broker, ConnectAuth, ConnectionId, SessionKey};
+pub use broker::Broker;
+pub use clients::{ConnectionId, SessionKey};
 pub use config::{BrokerConfig, DeniedPublish};
+pub use connect::ConnectAuth;
 pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
 pub use output::{Accepted, OutgoingPublish, Output};
