@@ -99,6 +99,8 @@ impl Broker {
         true
     }
 
+    /// A delivery of a shared subscription leaves the session `from`: it goes to another
+    /// member of its group.
     pub(super) fn redeliver_shared(&mut self, delivery: Delivery, from: SessionKey, now: Instant) {
         let Some(group) = delivery.group else {
             return;
@@ -312,6 +314,8 @@ impl Broker {
         true
     }
 
+    /// Delivers the retained messages `filter` matches to `session` (those expired are
+    /// cleared; each is checked against the client's ACL).
     pub(super) fn send_retained(
         &mut self,
         session: SessionKey,

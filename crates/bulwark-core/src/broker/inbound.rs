@@ -5,6 +5,8 @@
 use super::*;
 
 impl Broker {
+    /// An acknowledgement's properties: the reason string of an error, if the client wants
+    /// it (Request Problem Information).
     pub(super) fn ack_properties(
         &self,
         conn: ConnectionId,
@@ -23,6 +25,7 @@ impl Broker {
         props
     }
 
+    /// Answers a QoS 1/2 PUBLISH with PUBACK or PUBREC and `code`.
     pub(super) fn answer_publish(
         &mut self,
         conn: ConnectionId,
@@ -51,6 +54,8 @@ impl Broker {
         self.push(conn, packet);
     }
 
+    /// A PUBLISH from a client: topic alias, limits, `$SYS`, the QoS 2 duplicate rule, the
+    /// ACL and retained quotas, then routing and the answer.
     pub(super) fn handle_publish(&mut self, conn_id: ConnectionId, publish: Publish, now: Instant) {
         self.stats.messages_received += 1;
         let max_user = self.config.max_user_properties;
@@ -313,6 +318,7 @@ impl Broker {
         self.push_event(event);
     }
 
+    /// Holds an event for [`Broker::poll_event`] (counted as dropped when too many wait).
     pub(super) fn push_event(&mut self, event: AuthzEvent) {
         if !self.reports.push_event(event) {
             self.stats.events_dropped += 1;
@@ -424,6 +430,7 @@ impl Broker {
         self.pump(conn_id, now);
     }
 
+    /// PUBACK: a QoS 1 message delivered.
     pub(super) fn handle_puback(
         &mut self,
         conn_id: ConnectionId,
@@ -440,6 +447,7 @@ impl Broker {
         }
     }
 
+    /// PUBREC: a QoS 2 message received (or refused) by the client.
     pub(super) fn handle_pubrec(&mut self, conn_id: ConnectionId, rec: PubRec, now: Instant) {
         match self.inflight_state(conn_id, rec.packet_id) {
             Some(OutState::AwaitPubRec) => {
@@ -485,6 +493,7 @@ impl Broker {
         }
     }
 
+    /// PUBREL of a QoS 2 message from the client: answered with PUBCOMP.
     pub(super) fn handle_pubrel(&mut self, conn_id: ConnectionId, packet_id: PacketId) {
         let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return;
@@ -497,6 +506,7 @@ impl Broker {
         self.push(conn_id, Packet::PubComp(comp));
     }
 
+    /// PUBCOMP: a QoS 2 message's exchange is complete.
     pub(super) fn handle_pubcomp(
         &mut self,
         conn_id: ConnectionId,
@@ -516,6 +526,8 @@ impl Broker {
         }
     }
 
+    /// SUBSCRIBE: each filter checked (limits, ACL, quotas), indexed, answered in one SUBACK,
+    /// then the retained messages it asks for.
     pub(super) fn handle_subscribe(
         &mut self,
         conn_id: ConnectionId,
@@ -642,6 +654,7 @@ impl Broker {
         }
     }
 
+    /// UNSUBSCRIBE: each filter removed, answered in one UNSUBACK.
     pub(super) fn handle_unsubscribe(&mut self, conn_id: ConnectionId, unsubscribe: Unsubscribe) {
         let mut codes = Vec::with_capacity(unsubscribe.filters.len());
         for filter in unsubscribe.filters {

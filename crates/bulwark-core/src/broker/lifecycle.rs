@@ -4,6 +4,7 @@
 use super::*;
 
 impl Broker {
+    /// Refuses a CONNECT with `code` (and `why`, in 5.0), then closes.
     pub(super) fn refuse(
         &mut self,
         conn: ConnectionId,
@@ -255,6 +256,7 @@ impl Broker {
         }
     }
 
+    /// Publishes every will due at `now`.
     pub(super) fn fire_due_wills(&mut self, now: Instant) {
         while let Some((key, pending)) = self.wills.take_due(now) {
             self.publish_will(key, pending, now);
@@ -262,6 +264,7 @@ impl Broker {
         }
     }
 
+    /// Publishes a will, if the ACL in force and the retained quotas still allow it.
     pub(super) fn publish_will(&mut self, key: SessionKey, pending: PendingWill, now: Instant) {
         let will = *pending.will;
         // Checked again: the rules may have changed since the CONNECT.
