@@ -100,6 +100,7 @@ impl Bodies {
     /// The body for `delivery` and its encoded size for `encoder`'s version: one shared with an
     /// earlier subscriber of the same message in the same shape where there is one. A delivery
     /// with Subscription Identifiers gets a body of its own.
+    #[inline]
     pub(crate) fn body_for(
         &mut self,
         delivery: &Delivery,

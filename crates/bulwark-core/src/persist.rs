@@ -305,3 +305,30 @@ impl Image {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn op(n: u64) -> StoreOp {
+        StoreOp::MessageDone {
+            client_id: Arc::from("c"),
+            seq: n,
+        }
+    }
+
+    #[test]
+    fn a_journal_that_is_off_records_nothing_and_take_drains_in_order() {
+        let mut off = Journal::off();
+        off.push(op(1));
+        assert!(!off.is_on());
+        assert!(off.take().is_empty());
+        let mut on = Journal::on();
+        on.push(op(1));
+        on.push(op(2));
+        assert_eq!(on.take(), vec![op(1), op(2)]);
+        assert!(on.take().is_empty());
+        assert!(on.is_on());
+    }
+}
