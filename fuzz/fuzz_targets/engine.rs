@@ -156,6 +156,11 @@ fuzz_target!(|data: &[u8]| {
                     // A fresh slot may connect again later, as a new connection.
                     conns.remove(&conn.0);
                 }
+                Output::Accepted(_) => {
+                    if state.encoder.is_none() {
+                        panic!("accepted before CONNECT: {conn:?}");
+                    }
+                }
                 Output::Publish(publish) => {
                     let Some(encoder) = state.encoder else {
                         panic!("PUBLISH before CONNECT: {publish:?}");

@@ -109,3 +109,11 @@ impl Default for BrokerConfig {
         }
     }
 }
+
+impl BrokerConfig {
+    /// Whether a topic name or filter is within `max_topic_length` and `max_topic_levels`.
+    #[inline]
+    pub(crate) fn topic_fits(&self, text: &str) -> bool {
+        text.len() <= self.max_topic_length && text.split('/').count() <= self.max_topic_levels
+    }
+}

@@ -10,21 +10,32 @@
 
 mod authz;
 mod broker;
+mod clients;
 mod config;
+mod connect;
 pub mod index;
 mod keepalive;
 mod message;
+mod output;
 mod parked;
 pub mod persist;
 mod quota;
+mod retained;
+mod routing;
 mod session;
+mod stats;
 mod subscription;
+mod wills;
 
 pub use authz::AuthzEvent;
-pub use broker::{Broker, ConnectAuth, ConnectionId, OutgoingPublish, Output, SessionKey, Stats};
+pub use broker::Broker;
+pub use clients::{ConnectionId, SessionKey};
 pub use config::{BrokerConfig, DeniedPublish};
+pub use connect::ConnectAuth;
 pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
+pub use output::{Accepted, OutgoingPublish, Output};
 pub use persist::{Image, Journal, Restored, RestoredSession, SessionRecord, StoreOp, WillRecord};
 pub use session::{QueueFull, QueueLimits, QueuePolicy, Session};
+pub use stats::Stats;
 pub use subscription::SubscriptionRecord;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::SessionKey;
 use crate::message::Delivery;
+use crate::persist::Journal;
 use crate::session::{QueueFull, QueueLimits, Session};
 
 /// Keeps parked sessions: those whose client disconnected and whose expiry has not run out.
@@ -50,12 +51,13 @@ impl ParkedSessions {
     /// parked.
     pub(crate) fn enqueue(
         &mut self,
+        journal: &mut Journal,
         key: SessionKey,
         delivery: Delivery,
         limits: QueueLimits,
     ) -> Result<Option<usize>, QueueFull> {
         match self.sessions.get_mut(&key) {
-            Some((session, _)) => session.enqueue(delivery, limits).map(Some),
+            Some((session, _)) => session.enqueue(journal, delivery, limits).map(Some),
             None => Ok(None),
         }
     }
@@ -88,7 +90,12 @@ impl ParkedSessions {
     /// Drops queued messages of parked sessions, the largest queues first and oldest
     /// messages first (only QoS 0 ones if `qos0_only`), until `want` bytes are freed; returns
     /// the messages and bytes dropped.
-    pub(crate) fn shed(&mut self, want: usize, qos0_only: bool) -> (usize, usize) {
+    pub(crate) fn shed(
+        &mut self,
+        journal: &mut Journal,
+        want: usize,
+        qos0_only: bool,
+    ) -> (usize, usize) {
         let mut order: Vec<(usize, SessionKey)> = self
             .sessions
             .iter()
@@ -102,7 +109,7 @@ impl ParkedSessions {
                 break;
             }
             if let Some((session, _)) = self.sessions.get_mut(&key) {
-                let (m, b) = session.shed(want - bytes, qos0_only);
+                let (m, b) = session.shed(journal, want - bytes, qos0_only);
                 messages += m;
                 bytes += b;
             }

@@ -9,7 +9,7 @@
 //! into wall-clock times when it writes and back when it reads, so time spent down counts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bulwark_acl::Principal;
@@ -112,61 +112,47 @@ pub struct WillRecord {
     pub principal: Arc<Principal>,
 }
 
-/// Where the engine writes [`StoreOp`]s. Cloned into every persistent session, so that a
-/// session records its own changes wherever it is (connected or parked); the engine takes
-/// the operations out after each round ([`crate::Broker::take_store_ops`]). A journal that
-/// is off records nothing and costs one branch.
-#[derive(Debug, Clone, Default)]
-pub struct Journal(Option<Arc<Mutex<Vec<StoreOp>>>>);
-
-/// Two journals are equal when both are off or both are the same journal.
-impl PartialEq for Journal {
-    fn eq(&self, other: &Self) -> bool {
-        match (&self.0, &other.0) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
+/// Where the engine writes [`StoreOp`]s: owned by the engine, which lends it (`&mut`) to
+/// the session that records a change, wherever that session is (connected or parked); the
+/// engine takes the operations out after each round ([`crate::Broker::take_store_ops`]). A
+/// journal that is off records nothing and costs one branch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Journal {
+    on: bool,
+    ops: Vec<StoreOp>,
 }
-
-impl Eq for Journal {}
 
 impl Journal {
     /// A journal that records.
     pub fn on() -> Self {
-        Self(Some(Arc::default()))
+        Self {
+            on: true,
+            ops: Vec::new(),
+        }
     }
 
     /// A journal that records nothing (the default: no durable store).
     pub fn off() -> Self {
-        Self(None)
+        Self::default()
     }
 
     /// Whether it records.
+    #[inline]
     pub fn is_on(&self) -> bool {
-        self.0.is_some()
+        self.on
     }
 
-    /// Records `op`.
-    pub fn push(&self, op: StoreOp) {
-        if let Some(ops) = &self.0 {
-            match ops.lock() {
-                Ok(mut ops) => ops.push(op),
-                Err(poisoned) => poisoned.into_inner().push(op),
-            }
+    /// Records `op` (nothing while off).
+    #[inline]
+    pub fn push(&mut self, op: StoreOp) {
+        if self.on {
+            self.ops.push(op);
         }
     }
 
     /// Takes every operation recorded so far, oldest first.
-    pub fn take(&self) -> Vec<StoreOp> {
-        match &self.0 {
-            Some(ops) => match ops.lock() {
-                Ok(mut ops) => std::mem::take(&mut *ops),
-                Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-            },
-            None => Vec::new(),
-        }
+    pub fn take(&mut self) -> Vec<StoreOp> {
+        std::mem::take(&mut self.ops)
     }
 }
 
@@ -317,5 +303,32 @@ impl Image {
                 .collect(),
             retained: self.retained.values().cloned().collect(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn op(n: u64) -> StoreOp {
+        StoreOp::MessageDone {
+            client_id: Arc::from("c"),
+            seq: n,
+        }
+    }
+
+    #[test]
+    fn a_journal_that_is_off_records_nothing_and_take_drains_in_order() {
+        let mut off = Journal::off();
+        off.push(op(1));
+        assert!(!off.is_on());
+        assert!(off.take().is_empty());
+        let mut on = Journal::on();
+        on.push(op(1));
+        on.push(op(2));
+        assert_eq!(on.take(), vec![op(1), op(2)]);
+        assert!(on.take().is_empty());
+        assert!(on.is_on());
     }
 }

@@ -64,9 +64,9 @@ pub struct Session {
     /// Packet identifiers in use both ways; created at the first QoS 1/2 exchange and dropped
     /// when none is left, so a session at rest carries no sets.
     ids: Option<Box<PacketIds>>,
-    /// Where a persistent session records its QoS 1/2 messages and QoS 2 identifiers for the
-    /// durable store; off for every other session.
-    journal: Journal,
+    /// Whether this session (a persistent one) records its QoS 1/2 messages and QoS 2
+    /// identifiers in the engine's journal, lent to every method that changes them.
+    journaled: bool,
     /// The last [`Delivery::seq`] given.
     last_seq: u64,
     /// When its client left, while it is parked.
@@ -95,34 +95,33 @@ impl Session {
             inflight: VecDeque::new(),
             next_id: 0,
             ids: None,
-            journal: Journal::off(),
+            journaled: false,
             last_seq: 0,
             parked_at: None,
         }
     }
 
-    /// Starts (with a journal that is on) or stops recording this session's changes for the
-    /// durable store.
-    pub fn set_journal(&mut self, journal: Journal) {
-        self.journal = journal;
-        if !self.journal.is_on() {
+    /// Starts recording this session's changes in `journal` (when it is on), beginning with
+    /// everything the session already holds, so that the store has all of it.
+    pub fn start_journal(&mut self, journal: &mut Journal) {
+        if !journal.is_on() {
             return;
         }
-        // What the session already holds is recorded first, so the store has all of it.
+        self.journaled = true;
         let mut queue = std::mem::take(&mut self.queue);
         for delivery in &mut queue {
-            self.record_message(delivery, None);
+            self.record_message(journal, delivery, None);
         }
         self.queue = queue;
         let mut inflight = std::mem::take(&mut self.inflight);
         for i in &mut inflight {
-            self.record_message(&mut i.delivery, Some((i.packet_id, i.state)));
+            self.record_message(journal, &mut i.delivery, Some((i.packet_id, i.state)));
         }
         self.inflight = inflight;
         if let Some(ids) = &self.ids {
             for &id in &ids.incoming_qos2 {
                 if let Some(packet_id) = PacketId::new(id) {
-                    self.journal.push(StoreOp::Qos2Received {
+                    journal.push(StoreOp::Qos2Received {
                         client_id: self.client_id.clone(),
                         packet_id,
                     });
@@ -131,26 +130,32 @@ impl Session {
         }
     }
 
-    /// Whether this session is recorded for the durable store.
-    pub fn is_journaled(&self) -> bool {
-        self.journal.is_on()
+    /// Stops recording this session's changes (it is no longer persistent).
+    pub fn stop_journal(&mut self) {
+        self.journaled = false;
     }
 
-    /// The journal this session records to.
-    pub fn journal(&self) -> &Journal {
-        &self.journal
+    /// Whether this session is recorded for the durable store.
+    #[inline]
+    pub fn is_journaled(&self) -> bool {
+        self.journaled
     }
 
     /// Gives `delivery` this session's next number unless it has one, and records it.
-    fn record_message(&mut self, delivery: &mut Delivery, sent: Option<(PacketId, OutState)>) {
-        if delivery.qos == bulwark_proto::QoS::AtMostOnce || !self.journal.is_on() {
+    fn record_message(
+        &mut self,
+        journal: &mut Journal,
+        delivery: &mut Delivery,
+        sent: Option<(PacketId, OutState)>,
+    ) {
+        if delivery.qos == bulwark_proto::QoS::AtMostOnce || !self.journaled {
             return;
         }
         if delivery.seq == 0 {
             self.last_seq += 1;
             delivery.seq = self.last_seq;
         }
-        self.journal.push(StoreOp::Message {
+        journal.push(StoreOp::Message {
             client_id: self.client_id.clone(),
             seq: delivery.seq,
             delivery: delivery.clone(),
@@ -159,9 +164,9 @@ impl Session {
     }
 
     /// Records that `delivery` left this session.
-    fn record_done(&self, delivery: &Delivery) {
-        if delivery.qos != bulwark_proto::QoS::AtMostOnce && delivery.seq != 0 {
-            self.journal.push(StoreOp::MessageDone {
+    fn record_done(&self, journal: &mut Journal, delivery: &Delivery) {
+        if self.journaled && delivery.qos != bulwark_proto::QoS::AtMostOnce && delivery.seq != 0 {
+            journal.push(StoreOp::MessageDone {
                 client_id: self.client_id.clone(),
                 seq: delivery.seq,
             });
@@ -204,6 +209,7 @@ impl Session {
     /// one was not queued.
     pub fn enqueue(
         &mut self,
+        journal: &mut Journal,
         mut delivery: Delivery,
         limits: QueueLimits,
     ) -> Result<usize, QueueFull> {
@@ -225,15 +231,15 @@ impl Session {
             {
                 return Err(full);
             }
-            dropped += self.drop_oldest(true, |s, _| fits(s).is_ok()).0;
+            dropped += self.drop_oldest(journal, true, |s, _| fits(s).is_ok()).0;
             if let Err(full) = fits(self) {
                 if limits.when_full != QueuePolicy::DropOldest {
                     return Err(full);
                 }
-                dropped += self.drop_oldest(false, |s, _| fits(s).is_ok()).0;
+                dropped += self.drop_oldest(journal, false, |s, _| fits(s).is_ok()).0;
             }
         }
-        self.record_message(&mut delivery, None);
+        self.record_message(journal, &mut delivery, None);
         self.queue_bytes += cost;
         self.queue.push_back(delivery);
         Ok(dropped)
@@ -243,6 +249,7 @@ impl Session {
     /// (given the bytes freed so far) holds; returns the messages and bytes dropped.
     fn drop_oldest(
         &mut self,
+        journal: &mut Journal,
         only_qos0: bool,
         done: impl Fn(&Self, usize) -> bool,
     ) -> (usize, usize) {
@@ -257,7 +264,7 @@ impl Session {
                 continue;
             }
             if let Some(gone) = self.queue.remove(i) {
-                self.record_done(&gone);
+                self.record_done(journal, &gone);
                 let cost = gone.message.cost();
                 self.queue_bytes = self.queue_bytes.saturating_sub(cost);
                 messages += 1;
@@ -269,28 +276,32 @@ impl Session {
 
     /// Drops queued messages, oldest first (only QoS 0 ones if `qos0_only`), until `want`
     /// bytes are freed; returns the messages and bytes dropped.
-    pub fn shed(&mut self, want: usize, qos0_only: bool) -> (usize, usize) {
-        self.drop_oldest(qos0_only, |_, freed| freed >= want)
+    pub fn shed(&mut self, journal: &mut Journal, want: usize, qos0_only: bool) -> (usize, usize) {
+        self.drop_oldest(journal, qos0_only, |_, freed| freed >= want)
     }
 
     /// Takes the oldest queued message. For the durable store it has left the session: sent
     /// at QoS 1 or 2, it is recorded again in flight ([`Session::push_inflight`]).
-    pub fn dequeue(&mut self) -> Option<Delivery> {
+    pub fn dequeue(&mut self, journal: &mut Journal) -> Option<Delivery> {
         let delivery = self.queue.pop_front()?;
-        self.record_done(&delivery);
+        self.record_done(journal, &delivery);
         self.queue_bytes = self.queue_bytes.saturating_sub(delivery.message.cost());
         Some(delivery)
     }
 
     /// Puts a message back at the head of the queue (it could not be sent yet).
-    pub fn requeue_front(&mut self, mut delivery: Delivery) {
-        self.record_message(&mut delivery, None);
+    pub fn requeue_front(&mut self, journal: &mut Journal, mut delivery: Delivery) {
+        self.record_message(journal, &mut delivery, None);
         self.queue_bytes += delivery.message.cost();
         self.queue.push_front(delivery);
     }
 
     /// Keeps only the queued messages `keep` accepts; returns how many were removed.
-    pub fn retain_queued(&mut self, mut keep: impl FnMut(&Delivery) -> bool) -> usize {
+    pub fn retain_queued(
+        &mut self,
+        journal: &mut Journal,
+        mut keep: impl FnMut(&Delivery) -> bool,
+    ) -> usize {
         let before = self.queue.len();
         let mut bytes = 0;
         let mut gone = Vec::new();
@@ -303,9 +314,9 @@ impl Session {
             }
             kept
         });
-        if self.journal.is_on() {
+        if self.journaled {
             for seq in gone {
-                self.journal.push(StoreOp::MessageDone {
+                journal.push(StoreOp::MessageDone {
                     client_id: self.client_id.clone(),
                     seq,
                 });
@@ -318,7 +329,11 @@ impl Session {
     /// Removes and returns the queued messages `take` picks (those of shared subscriptions
     /// that move to another member), leaving the others in place. The taken ones leave this
     /// session: their number is cleared for the session they go to.
-    pub fn take_queued(&mut self, mut take: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+    pub fn take_queued(
+        &mut self,
+        journal: &mut Journal,
+        mut take: impl FnMut(&Delivery) -> bool,
+    ) -> Vec<Delivery> {
         let mut taken = Vec::new();
         let mut i = 0;
         while let Some(d) = self.queue.get(i) {
@@ -327,7 +342,7 @@ impl Session {
                 continue;
             }
             if let Some(mut gone) = self.queue.remove(i) {
-                self.record_done(&gone);
+                self.record_done(journal, &gone);
                 self.queue_bytes = self.queue_bytes.saturating_sub(gone.message.cost());
                 gone.seq = 0;
                 taken.push(gone);
@@ -380,14 +395,14 @@ impl Session {
     }
 
     /// Records a QoS 2 PUBLISH answered with PUBREC.
-    pub fn qos2_record(&mut self, id: PacketId) {
+    pub fn qos2_record(&mut self, journal: &mut Journal, id: PacketId) {
         let new = self
             .ids
             .get_or_insert_with(Box::default)
             .incoming_qos2
             .insert(id.get());
-        if new && self.journal.is_on() {
-            self.journal.push(StoreOp::Qos2Received {
+        if new && self.journaled {
+            journal.push(StoreOp::Qos2Received {
                 client_id: self.client_id.clone(),
                 packet_id: id,
             });
@@ -395,14 +410,14 @@ impl Session {
     }
 
     /// PUBREL for `id`: forgets it; false if it was not known.
-    pub fn qos2_release(&mut self, id: PacketId) -> bool {
+    pub fn qos2_release(&mut self, journal: &mut Journal, id: PacketId) -> bool {
         let known = self
             .ids
             .as_mut()
             .is_some_and(|ids| ids.incoming_qos2.remove(&id.get()));
         self.drop_empty_ids();
-        if known && self.journal.is_on() {
-            self.journal.push(StoreOp::Qos2Released {
+        if known && self.journaled {
+            journal.push(StoreOp::Qos2Released {
                 client_id: self.client_id.clone(),
                 packet_id: id,
             });
@@ -411,19 +426,19 @@ impl Session {
     }
 
     /// Records a message as sent with `packet_id` (from [`Session::allocate_id`]).
-    pub fn push_inflight(&mut self, mut inflight: Inflight) {
+    pub fn push_inflight(&mut self, journal: &mut Journal, mut inflight: Inflight) {
         self.ids
             .get_or_insert_with(Box::default)
             .outgoing
             .insert(inflight.packet_id.get());
         let sent = Some((inflight.packet_id, inflight.state));
-        self.record_message(&mut inflight.delivery, sent);
+        self.record_message(journal, &mut inflight.delivery, sent);
         self.inflight.push_back(inflight);
     }
 
     /// A QoS 2 message in flight at `position` got its PUBREC: PUBREL is sent, PUBCOMP awaited.
-    pub fn mark_released(&mut self, position: usize) {
-        let journal_on = self.journal.is_on();
+    pub fn mark_released(&mut self, journal: &mut Journal, position: usize) {
+        let journal_on = self.journaled;
         let Some(inflight) = self.inflight.get_mut(position) else {
             return;
         };
@@ -435,7 +450,7 @@ impl Session {
                 delivery: inflight.delivery.clone(),
                 sent: Some((inflight.packet_id, OutState::AwaitPubComp)),
             };
-            self.journal.push(op);
+            journal.push(op);
         }
     }
 
@@ -446,9 +461,9 @@ impl Session {
     }
 
     /// Removes the message in flight at `position` and frees its identifier.
-    pub fn remove_inflight(&mut self, position: usize) -> Option<Inflight> {
+    pub fn remove_inflight(&mut self, journal: &mut Journal, position: usize) -> Option<Inflight> {
         let inflight = self.inflight.remove(position)?;
-        self.record_done(&inflight.delivery);
+        self.record_done(journal, &inflight.delivery);
         if let Some(ids) = self.ids.as_mut() {
             ids.outgoing.remove(&inflight.packet_id.get());
         }
@@ -487,17 +502,24 @@ mod tests {
     #[test]
     fn queue_bounds_count_and_bytes() {
         let mut s = Session::new(SessionKey(1), "c".into(), 0);
+        let mut j = Journal::off();
         let limits = QueueLimits {
             max_messages: 2,
             max_bytes: 20,
             when_full: QueuePolicy::DropNewest,
         };
-        assert_eq!(s.enqueue(delivery(9), limits), Ok(0));
-        assert_eq!(s.enqueue(delivery(10), limits), Err(QueueFull::Bytes));
-        assert_eq!(s.enqueue(delivery(5), limits), Ok(0));
-        assert_eq!(s.enqueue(delivery(0), limits), Err(QueueFull::Messages));
+        assert_eq!(s.enqueue(&mut j, delivery(9), limits), Ok(0));
+        assert_eq!(
+            s.enqueue(&mut j, delivery(10), limits),
+            Err(QueueFull::Bytes)
+        );
+        assert_eq!(s.enqueue(&mut j, delivery(5), limits), Ok(0));
+        assert_eq!(
+            s.enqueue(&mut j, delivery(0), limits),
+            Err(QueueFull::Messages)
+        );
         assert_eq!(s.queued_bytes(), 16);
-        assert_eq!(s.dequeue().unwrap().message.payload.len(), 9);
+        assert_eq!(s.dequeue(&mut j).unwrap().message.payload.len(), 9);
         assert_eq!(s.queued_bytes(), 6);
     }
 
@@ -514,15 +536,16 @@ mod tests {
                 when_full: policy,
             };
             let mut s = Session::new(SessionKey(1), "c".into(), 0);
-            assert_eq!(s.enqueue(delivery(10), limits), Ok(0));
-            assert_eq!(s.enqueue(qos0(10), limits), Ok(0));
-            assert_eq!(s.enqueue(delivery(10), limits), Ok(0));
+            let mut j = Journal::off();
+            assert_eq!(s.enqueue(&mut j, delivery(10), limits), Ok(0));
+            assert_eq!(s.enqueue(&mut j, qos0(10), limits), Ok(0));
+            assert_eq!(s.enqueue(&mut j, delivery(10), limits), Ok(0));
             // Full by count: the QoS 0 message goes, whatever the policy.
-            assert_eq!(s.enqueue(delivery(20), limits), Ok(1));
+            assert_eq!(s.enqueue(&mut j, delivery(20), limits), Ok(1));
             assert!(s.queue.iter().all(|d| d.qos == QoS::AtLeastOnce));
             // A QoS 0 message never pushes others out.
-            assert_eq!(s.enqueue(qos0(1), limits), Err(QueueFull::Messages));
-            let next = s.enqueue(delivery(30), limits);
+            assert_eq!(s.enqueue(&mut j, qos0(1), limits), Err(QueueFull::Messages));
+            let next = s.enqueue(&mut j, delivery(30), limits);
             match policy {
                 QueuePolicy::DropOldest => {
                     assert_eq!(next, Ok(1));
@@ -536,7 +559,7 @@ mod tests {
                 s.queue.iter().map(|d| d.message.cost()).sum::<usize>()
             );
             // Larger than the whole queue: refused, nothing dropped for it.
-            assert!(s.enqueue(delivery(200), limits).is_err());
+            assert!(s.enqueue(&mut j, delivery(200), limits).is_err());
             assert_eq!(s.queue.len(), 3);
         }
     }
@@ -544,19 +567,23 @@ mod tests {
     #[test]
     fn packet_ids_skip_those_in_flight_and_wrap() {
         let mut s = Session::new(SessionKey(1), "c".into(), 0);
+        let mut j = Journal::off();
         let first = s.allocate_id().unwrap();
         assert_eq!(first.get(), 1);
-        s.push_inflight(Inflight {
-            packet_id: first,
-            delivery: delivery(1),
-            state: OutState::AwaitPubAck,
-        });
+        s.push_inflight(
+            &mut j,
+            Inflight {
+                packet_id: first,
+                delivery: delivery(1),
+                state: OutState::AwaitPubAck,
+            },
+        );
         s.next_id = u16::MAX - 1;
         assert_eq!(s.allocate_id().unwrap().get(), u16::MAX);
         // Wraps past 0 and skips 1, which is still in flight.
         assert_eq!(s.allocate_id().unwrap().get(), 2);
         let pos = s.inflight_position(first).unwrap();
-        s.remove_inflight(pos);
+        s.remove_inflight(&mut j, pos);
         s.next_id = 0;
         assert_eq!(s.allocate_id().unwrap().get(), 1);
     }

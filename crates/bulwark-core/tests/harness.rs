@@ -118,6 +118,10 @@ impl Harness {
     fn collect(&mut self) {
         self.image.apply_all(self.broker.take_store_ops());
         while let Some((conn, out)) = self.broker.poll_output() {
+            // The typed acceptance is for the driver: the tests read the CONNACK after it.
+            if matches!(out, bulwark_core::Output::Accepted(_)) {
+                continue;
+            }
             self.inbox.entry(conn.0).or_default().push(out.into());
         }
     }
@@ -1605,4 +1609,91 @@ fn qos0_dropped_for_a_backlog_count_in_sys_messages_dropped() {
     h.broker.add_dropped_backlog(3);
     h.advance(10);
     assert_eq!(&h.publishes(1)[0].payload[..], b"3");
+}
+
+#[test]
+fn an_accepting_connack_is_announced_with_the_keep_alive_to_honour() {
+    let now = Instant::now();
+    let mut broker = Broker::new(
+        BrokerConfig {
+            max_keep_alive: 30,
+            sys_interval: None,
+            ..BrokerConfig::default()
+        },
+        now,
+    );
+    let outputs = |broker: &mut Broker, conn: u64, c: Connect| {
+        broker.handle_connect(ConnectionId(conn), c, now);
+        let mut all = Vec::new();
+        while let Some((id, out)) = broker.poll_output() {
+            assert_eq!(id, ConnectionId(conn));
+            all.push(out);
+        }
+        all
+    };
+    // Over the maximum (5.0): the server's keep alive, also told in the CONNACK.
+    let mut c = connect(ProtocolVersion::V5, "a");
+    c.keep_alive = 60;
+    let out = outputs(&mut broker, 1, c);
+    assert_eq!(
+        out[0],
+        bulwark_core::Output::Accepted(bulwark_core::Accepted { keep_alive: 30 })
+    );
+    assert!(matches!(out[1].clone().into_packet(),
+        Some(Packet::ConnAck(ack)) if ack.properties.server_keep_alive == Some(30)));
+    // Within it: the client's own.
+    let mut c = connect(ProtocolVersion::V5, "b");
+    c.keep_alive = 20;
+    let out = outputs(&mut broker, 2, c);
+    assert_eq!(
+        out[0],
+        bulwark_core::Output::Accepted(bulwark_core::Accepted { keep_alive: 20 })
+    );
+    // A refusal is not announced: the CONNACK comes alone, then the close.
+    let mut c = connect(ProtocolVersion::V3_1_1, "c");
+    c.keep_alive = 60;
+    let out = outputs(&mut broker, 3, c);
+    assert!(matches!(out[0].clone().into_packet(),
+        Some(Packet::ConnAck(ack)) if ack.reason_code.is_error()));
+    assert_eq!(out[1], bulwark_core::Output::Close);
+}
+
+#[test]
+fn a_session_belongs_to_the_authenticated_user_not_to_the_connect_username() {
+    let mut h = Harness::default();
+    let as_user = |name: &str| bulwark_core::ConnectAuth {
+        principal: Some(std::sync::Arc::new(bulwark_acl::Principal {
+            username: Some(name.into()),
+            ..bulwark_acl::Principal::default()
+        })),
+        ..bulwark_core::ConnectAuth::default()
+    };
+    let named = |username: &str| {
+        let mut c = connect(ProtocolVersion::V5, "c");
+        c.username = bulwark_proto::MqttString::new(username).ok();
+        c
+    };
+    let connack = |h: &mut Harness, conn: u64, c: Connect, auth| {
+        h.broker
+            .handle_authenticated_connect(ConnectionId(conn), c, auth, h.now);
+        h.collect();
+        match h.take(conn).first() {
+            Some(Output::Packet(Packet::ConnAck(ack))) => ack.reason_code,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        connack(&mut h, 1, named("mallory"), as_user("alice")),
+        ReasonCode::Success
+    );
+    // Another user naming alice in the CONNECT does not take alice's session over.
+    assert_eq!(
+        connack(&mut h, 2, named("alice"), as_user("bob")),
+        ReasonCode::NotAuthorized
+    );
+    // Alice does, whatever her CONNECT says.
+    assert_eq!(
+        connack(&mut h, 3, named("someone"), as_user("alice")),
+        ReasonCode::Success
+    );
 }

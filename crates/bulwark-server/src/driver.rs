@@ -1085,17 +1085,15 @@ impl<S: Transport> Driver<S> {
                                     debug!(conn = self.conn.0, %err, "message not sent");
                                 }
                             }
-                            Output::Packet(mut packet) => {
-                                if let Packet::ConnAck(ack) = packet.as_ref() {
-                                    if !ack.reason_code.is_error() {
-                                        self.decoder.set_authenticated();
-                                        connack_sent = true;
-                                    }
-                                    if let Some(server) = ack.properties.server_keep_alive {
-                                        keep_alive_secs = server;
-                                        keep_alive = KeepAlive::new(keep_alive_secs, Instant::now());
-                                    }
+                            Output::Accepted(accepted) => {
+                                self.decoder.set_authenticated();
+                                connack_sent = true;
+                                if accepted.keep_alive != keep_alive_secs {
+                                    keep_alive_secs = accepted.keep_alive;
+                                    keep_alive = KeepAlive::new(keep_alive_secs, Instant::now());
                                 }
+                            }
+                            Output::Packet(mut packet) => {
                                 if let Err(err) = self.encoder.encode_fitting(&mut packet, &mut self.out) {
                                     if matches!(*packet, Packet::ConnAck(_)) {
                                         // Only a client with a Maximum Packet Size below 5

@@ -114,7 +114,8 @@ fn close_now(outputs: Vec<Output>) -> Vec<Output> {
                 _ => {}
             },
             Output::Close => break,
-            Output::Publish(_) => {}
+            // Dropped with the CONNACK it announces (refused instead, below).
+            Output::Publish(_) | Output::Accepted(_) => {}
         }
     }
     if connack {
@@ -416,6 +417,7 @@ mod tests {
                     other => format!("{:?}", other.packet_type()),
                 },
                 Output::Publish(_) => "publish".to_owned(),
+                Output::Accepted(_) => "accepted".to_owned(),
                 Output::Close => "close".to_owned(),
             })
             .collect()

@@ -39,7 +39,7 @@ pub(crate) struct Outbox {
 fn cost(output: &Output) -> usize {
     match output {
         Output::Publish(p) => p.publish.payload.len() + p.publish.topic.as_str().len(),
-        Output::Packet(_) | Output::Close => 0,
+        Output::Packet(_) | Output::Accepted(_) | Output::Close => 0,
     }
 }
 
