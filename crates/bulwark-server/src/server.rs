@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::auth::{AuthService, ListenerAuth};
-use crate::config::{ConfigError, ListenerKind, ServerConfig};
+use crate::auth::{AuthService, AuthSettings, ListenerAuth};
+use crate::config::{ConfigError, ListenerConfig, ListenerKind, ServerConfig};
 use crate::driver::{CertIdentity, DriverContext, drive};
 use crate::gate::{Gate, Permit};
 use crate::proxy::TrustedProxies;
@@ -76,8 +76,11 @@ pub struct Server {
     acl: Option<(crate::acl::AclFile, Arc<bulwark_acl::AclRules>)>,
     bans: Arc<crate::bans::Bans>,
     /// The durable store and what it held at start; `None`: state in memory only.
-    durable: Option<(Box<dyn bulwark_store::Store>, bulwark_store::Restored)>,
+    durable: Option<Durable>,
 }
+
+/// A durable store and what it held at start.
+type Durable = (Box<dyn bulwark_store::Store>, bulwark_store::Restored);
 
 /// A bound listener and what it serves.
 #[derive(Debug)]
@@ -135,25 +138,109 @@ struct Layers {
     auth: Arc<ListenerAuth>,
 }
 
+/// Opens the durable store `[storage]` names and reads back what it holds (`None`: state in
+/// memory only).
+fn open_store(storage: &crate::config::StorageSettings) -> Result<Option<Durable>, ServerError> {
+    let Some(path) = &storage.path else {
+        info!("storage in memory: sessions and retained messages are lost at a restart");
+        return Ok(None);
+    };
+    let mut store =
+        bulwark_store::DiskStore::open(path, storage.sync).map_err(ServerError::Store)?;
+    let restored = bulwark_store::Store::load(&mut store).map_err(ServerError::Store)?;
+    info!(path = %path.display(), sync = ?storage.sync, "durable storage");
+    Ok(Some((Box::new(store), restored)))
+}
+
+impl Bound {
+    /// Loads a listener's certificates and binds its socket; `None` for an optional listener
+    /// whose address this host does not have.
+    fn bind(listener: &ListenerConfig, auth: &AuthSettings) -> Result<Option<Self>, ServerError> {
+        // Certificates first: a listener never binds with files it cannot serve.
+        let tls = match listener.kind.tls() {
+            None => None,
+            Some(settings) => Some(Arc::new(TlsAcceptor::new(settings.clone()).map_err(
+                |source| ServerError::Tls {
+                    listener: listener.name.clone(),
+                    source,
+                },
+            )?)),
+        };
+        let socket = match bind_listener(listener.bind) {
+            Ok(socket) => socket,
+            Err(source) if listener.optional && address_unavailable(&source) => {
+                warn!(
+                    listener = %listener.name,
+                    addr = %listener.bind,
+                    error = %source,
+                    "this host does not have the address: listener skipped"
+                );
+                return Ok(None);
+            }
+            Err(source) => {
+                return Err(ServerError::Bind {
+                    addr: listener.bind,
+                    source,
+                });
+            }
+        };
+        if listener.dangerous_plaintext && !listener.bind.ip().is_loopback() {
+            warn!(
+                listener = %listener.name,
+                addr = %listener.bind,
+                "dangerous_plaintext: MQTT in clear text on a non-loopback address"
+            );
+        }
+        if listener.dangerous_allow_anonymous {
+            warn!(
+                listener = %listener.name,
+                "dangerous_allow_anonymous: clients without credentials are let in"
+            );
+        }
+        let chain = listener.chain(auth);
+        info!(
+            listener = %listener.name,
+            authenticators = ?chain.iter().map(|a| a.name()).collect::<Vec<_>>(),
+            "authentication chain"
+        );
+        let listener_auth = Arc::new(ListenerAuth {
+            name: Arc::from(listener.name.as_str()),
+            chain,
+            allow_anonymous: listener.dangerous_allow_anonymous,
+        });
+        let ws = listener.kind.websocket().cloned();
+        let layers =
+            (tls.is_some() || ws.is_some() || listener.proxy_protocol.is_some()).then(|| {
+                Arc::new(Layers {
+                    proxy: listener.proxy_protocol.clone(),
+                    tls: tls.clone(),
+                    ws,
+                    auth: listener_auth.clone(),
+                })
+            });
+        Ok(Some(Self {
+            auth: listener_auth,
+            name: listener.name.clone(),
+            max_connections: listener.max_connections,
+            socket,
+            layers,
+            tls,
+            kind: match &listener.kind {
+                ListenerKind::Tcp => "MQTT over TCP",
+                ListenerKind::Tls(_) => "MQTT over TLS",
+                ListenerKind::Ws(_) => "MQTT over WebSocket",
+                ListenerKind::Wss(..) => "MQTT over WebSocket over TLS",
+            },
+        }))
+    }
+}
+
 impl Server {
     /// Validates the configuration and binds every listener.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         // The store first: a broker that cannot read back what it acknowledged does not start.
-        let durable = match &config.storage.path {
-            Some(path) => {
-                let mut store = bulwark_store::DiskStore::open(path, config.storage.sync)
-                    .map_err(ServerError::Store)?;
-                let restored =
-                    bulwark_store::Store::load(&mut store).map_err(ServerError::Store)?;
-                info!(path = %path.display(), sync = ?config.storage.sync, "durable storage");
-                Some((Box::new(store) as Box<dyn bulwark_store::Store>, restored))
-            }
-            None => {
-                info!("storage in memory: sessions and retained messages are lost at a restart");
-                None
-            }
-        };
+        let durable = open_store(&config.storage)?;
         let auth = Arc::new(AuthService::new(&config.auth).map_err(ServerError::Auth)?);
         let bans =
             Arc::new(crate::bans::Bans::open(config.bans.clone()).map_err(ServerError::Bans)?);
@@ -168,82 +255,9 @@ impl Server {
         };
         let mut listeners = Vec::new();
         for listener in &config.listeners {
-            // Certificates first: a listener never binds with files it cannot serve.
-            let tls = match listener.kind.tls() {
-                None => None,
-                Some(settings) => Some(Arc::new(TlsAcceptor::new(settings.clone()).map_err(
-                    |source| ServerError::Tls {
-                        listener: listener.name.clone(),
-                        source,
-                    },
-                )?)),
-            };
-            let socket = match bind_listener(listener.bind) {
-                Ok(socket) => socket,
-                Err(source) if listener.optional && address_unavailable(&source) => {
-                    warn!(
-                        listener = %listener.name,
-                        addr = %listener.bind,
-                        error = %source,
-                        "this host does not have the address: listener skipped"
-                    );
-                    continue;
-                }
-                Err(source) => {
-                    return Err(ServerError::Bind {
-                        addr: listener.bind,
-                        source,
-                    });
-                }
-            };
-            if listener.dangerous_plaintext && !listener.bind.ip().is_loopback() {
-                warn!(
-                    listener = %listener.name,
-                    addr = %listener.bind,
-                    "dangerous_plaintext: MQTT in clear text on a non-loopback address"
-                );
+            if let Some(bound) = Bound::bind(listener, &config.auth)? {
+                listeners.push(bound);
             }
-            if listener.dangerous_allow_anonymous {
-                warn!(
-                    listener = %listener.name,
-                    "dangerous_allow_anonymous: clients without credentials are let in"
-                );
-            }
-            let chain = listener.chain(&config.auth);
-            info!(
-                listener = %listener.name,
-                authenticators = ?chain.iter().map(|a| a.name()).collect::<Vec<_>>(),
-                "authentication chain"
-            );
-            let listener_auth = Arc::new(ListenerAuth {
-                name: Arc::from(listener.name.as_str()),
-                chain,
-                allow_anonymous: listener.dangerous_allow_anonymous,
-            });
-            let ws = listener.kind.websocket().cloned();
-            let layers =
-                (tls.is_some() || ws.is_some() || listener.proxy_protocol.is_some()).then(|| {
-                    Arc::new(Layers {
-                        proxy: listener.proxy_protocol.clone(),
-                        tls: tls.clone(),
-                        ws,
-                        auth: listener_auth.clone(),
-                    })
-                });
-            listeners.push(Bound {
-                auth: listener_auth,
-                name: listener.name.clone(),
-                max_connections: listener.max_connections,
-                socket,
-                layers,
-                tls,
-                kind: match &listener.kind {
-                    ListenerKind::Tcp => "MQTT over TCP",
-                    ListenerKind::Tls(_) => "MQTT over TLS",
-                    ListenerKind::Ws(_) => "MQTT over WebSocket",
-                    ListenerKind::Wss(..) => "MQTT over WebSocket over TLS",
-                },
-            });
         }
         Ok(Self {
             config,
@@ -290,177 +304,285 @@ impl Server {
             Some((file, rules)) => (Some(file), Some(rules)),
             None => (None, None),
         };
-        let mut broker = Broker::new(config.broker.clone(), Instant::now());
-        broker.set_acl(rules, Instant::now());
-        let held = match durable {
-            Some((store, restored)) => {
-                let (sessions, retained) = broker.restore(restored, Instant::now());
-                info!(sessions, retained, "restored from the store");
-                match crate::durable::Held::start(store) {
-                    Ok(held) => Some(held),
-                    Err(err) => {
-                        // Without its writer nothing durable could be acknowledged.
-                        error!(%err, "cannot start the store's writer thread; not serving");
-                        return;
-                    }
-                }
-            }
-            None => None,
+        let Some((broker, held)) = start_engine(&config, rules, durable) else {
+            return;
         };
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (router_tx, router_rx) = mpsc::channel(4096);
-        let traffic = Arc::new(Traffic::default());
-        let router = Router::new(RouterParts {
-            broker,
-            rx: router_rx,
-            traffic: traffic.clone(),
-            shutdown: stop_rx.clone(),
-            max_backlog: config.broker.max_queued_bytes,
-            audit: auth.audit.clone(),
-            held,
-        });
-        let router_task = tokio::spawn(router.run());
-        let ctx = Arc::new(DriverContext {
-            router: router_tx,
-            limits: config.decoder,
-            connect_timeout: config.connect_timeout,
-            write_timeout: config.write_timeout,
-            traffic,
-            auth: auth.clone(),
-            rates: config.rates.clone(),
-            bans: bans.clone(),
-        });
-        let next_conn = Arc::new(AtomicU64::new(1));
+        let (ctx, router_task) = start_router(&config, broker, held, &auth, &bans, &stop_rx);
         let gate = Arc::new(Gate::new(
             config.admission.clone(),
             auth.audit.clone(),
             ctx.traffic.clone(),
             bans.clone(),
         ));
-        let mut accepters = JoinSet::new();
-        // Every driver holds a clone; when all are dropped, every connection has ended.
-        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-        let acceptors: Vec<Arc<TlsAcceptor>> =
-            listeners.iter().filter_map(|l| l.tls.clone()).collect();
-        // Always: it also keeps SIGHUP from terminating the process.
-        accepters.spawn(watch_files(
-            acceptors,
-            acl_file,
-            bans.clone(),
-            auth.clone(),
-            config.tls_watch_interval,
-            stop_rx.clone(),
-            ctx.router.clone(),
-        ));
-        accepters.spawn(auth.clone().refresh_jwks(stop_rx.clone()));
-        if config.memory_watermark > 0 {
-            accepters.spawn(crate::memory::watch(
-                config.memory_watermark,
-                gate.clone(),
-                ctx.router.clone(),
-                auth.audit.clone(),
-                stop_rx.clone(),
-            ));
+        let mut tasks = JoinSet::new();
+        let reloads = Reloads {
+            tls: listeners.iter().filter_map(|l| l.tls.clone()).collect(),
+            acl: acl_file,
+            bans,
+            auth: auth.clone(),
+            router: ctx.router.clone(),
+        };
+        start_background(&mut tasks, &config, reloads, &gate, &stop_rx);
+        // Every connection's task holds a clone; when all are dropped, every one has ended.
+        let (alive, alive_rx) = mpsc::channel::<()>(1);
+        let accepting = Accepting {
+            ctx,
+            gate,
+            next_conn: Arc::new(AtomicU64::new(1)),
+            alive,
+            stop: stop_rx,
+        };
+        for listener in listeners {
+            listener.start(&mut tasks, accepting.clone());
         }
-        for Bound {
+        drop(accepting);
+        shutdown.await;
+        wind_down(
+            config.shutdown_grace,
+            &stop_tx,
+            tasks,
+            alive_rx,
+            router_task,
+        )
+        .await;
+    }
+}
+
+/// The engine, with the ACL rules and what the durable store held at start restored, and the
+/// store's writer thread (`None` without a store). `None` if the writer cannot start: without
+/// it nothing durable could be acknowledged, so the server does not serve.
+fn start_engine(
+    config: &ServerConfig,
+    rules: Option<Arc<bulwark_acl::AclRules>>,
+    durable: Option<Durable>,
+) -> Option<(Broker, Option<crate::durable::Held>)> {
+    let mut broker = Broker::new(config.broker.clone(), Instant::now());
+    broker.set_acl(rules, Instant::now());
+    let Some((store, restored)) = durable else {
+        return Some((broker, None));
+    };
+    let (sessions, retained) = broker.restore(restored, Instant::now());
+    info!(sessions, retained, "restored from the store");
+    match crate::durable::Held::start(store) {
+        Ok(held) => Some((broker, Some(held))),
+        Err(err) => {
+            error!(%err, "cannot start the store's writer thread; not serving");
+            None
+        }
+    }
+}
+
+/// Starts the router task that owns `broker`; returns what every driver shares (the way to
+/// the router among it) and the router's task.
+fn start_router(
+    config: &ServerConfig,
+    broker: Broker,
+    held: Option<crate::durable::Held>,
+    auth: &Arc<AuthService>,
+    bans: &Arc<crate::bans::Bans>,
+    stop: &watch::Receiver<bool>,
+) -> (Arc<DriverContext>, tokio::task::JoinHandle<()>) {
+    let (router_tx, router_rx) = mpsc::channel(4096);
+    let traffic = Arc::new(Traffic::default());
+    let router = Router::new(RouterParts {
+        broker,
+        rx: router_rx,
+        traffic: traffic.clone(),
+        shutdown: stop.clone(),
+        max_backlog: config.broker.max_queued_bytes,
+        audit: auth.audit.clone(),
+        held,
+    });
+    let router_task = tokio::spawn(router.run());
+    let ctx = Arc::new(DriverContext {
+        router: router_tx,
+        limits: config.decoder,
+        connect_timeout: config.connect_timeout,
+        write_timeout: config.write_timeout,
+        traffic,
+        auth: auth.clone(),
+        rates: config.rates.clone(),
+        bans: bans.clone(),
+    });
+    (ctx, router_task)
+}
+
+/// Starts the tasks beside the listeners: the file watcher (always: it also keeps SIGHUP from
+/// terminating the process), the JWKS refresh and, with a watermark, the memory watch.
+fn start_background(
+    tasks: &mut JoinSet<()>,
+    config: &ServerConfig,
+    reloads: Reloads,
+    gate: &Arc<Gate>,
+    stop: &watch::Receiver<bool>,
+) {
+    let auth = reloads.auth.clone();
+    let router = reloads.router.clone();
+    tasks.spawn(watch_files(
+        reloads,
+        config.tls_watch_interval,
+        stop.clone(),
+    ));
+    tasks.spawn(auth.clone().refresh_jwks(stop.clone()));
+    if config.memory_watermark > 0 {
+        tasks.spawn(crate::memory::watch(
+            config.memory_watermark,
+            gate.clone(),
+            router,
+            auth.audit.clone(),
+            stop.clone(),
+        ));
+    }
+}
+
+/// Stops accepting, tells the router and the drivers to close, and waits for the
+/// connections to end and the router's last commit, each at most until the grace period
+/// has passed.
+async fn wind_down(
+    grace: std::time::Duration,
+    stop: &watch::Sender<bool>,
+    mut tasks: JoinSet<()>,
+    mut alive: mpsc::Receiver<()>,
+    router_task: tokio::task::JoinHandle<()>,
+) {
+    info!("shutting down");
+    let _ = stop.send(true);
+    let deadline = tokio::time::Instant::now() + grace;
+    while tasks.join_next().await.is_some() {}
+    let drained = tokio::time::timeout_at(deadline, alive.recv()).await;
+    if drained.is_err() {
+        warn!("connections still open after the grace period; leaving them");
+    }
+    // The router ends once the store has the last commit. A store that cannot finish it
+    // (a disk that hangs) does not hold the exit past the grace period: nothing it had
+    // not stored was acknowledged, so nothing acknowledged is lost.
+    if tokio::time::timeout_at(deadline, router_task)
+        .await
+        .is_err()
+    {
+        warn!(
+            "the store did not finish its last commit within the grace period; stopping without it (what it had not stored was not acknowledged)"
+        );
+    }
+    info!("stopped");
+}
+
+/// What every listener's accept loop shares.
+#[derive(Clone)]
+struct Accepting {
+    ctx: Arc<DriverContext>,
+    gate: Arc<Gate>,
+    next_conn: Arc<AtomicU64>,
+    /// Held by every connection's task (in its [`ConnGuard`]).
+    alive: mpsc::Sender<()>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Bound {
+    /// Starts this listener's accept loop.
+    fn start(self, tasks: &mut JoinSet<()>, shared: Accepting) {
+        if let Ok(addr) = self.socket.local_addr() {
+            info!(listener = %self.name, %addr, "listening ({})", self.kind);
+        }
+        let accept = AcceptLoop {
+            behind_proxy: self.layers.as_ref().is_some_and(|l| l.proxy.is_some()),
+            open: Arc::new(AtomicUsize::new(0)),
+            last_refusal_log: None,
+            listener: self,
+            shared,
+        };
+        tasks.spawn(accept.run());
+    }
+}
+
+/// One listener's accept loop.
+struct AcceptLoop {
+    listener: Bound,
+    shared: Accepting,
+    /// Whether a trusted proxy's PROXY header names the client (admitted once it does).
+    behind_proxy: bool,
+    /// Connections open (counted only with `max_connections`).
+    open: Arc<AtomicUsize>,
+    /// When a refusal at `max_connections` was last logged (at most once a second).
+    last_refusal_log: Option<tokio::time::Instant>,
+}
+
+impl AcceptLoop {
+    async fn run(mut self) {
+        let mut stop = self.shared.stop.clone();
+        loop {
+            tokio::select! {
+                accepted = self.listener.socket.accept() => match accepted {
+                    Ok((stream, peer)) => self.accepted(stream, peer),
+                    Err(err) => {
+                        // Out of descriptors and the like: wait a moment, keep serving.
+                        warn!(listener = %self.listener.name, %err, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.changed() => break,
+            }
+        }
+    }
+
+    /// Admits an accepted socket (or closes it at once) and starts its connection's task.
+    fn accepted(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let at = tokio::time::Instant::now();
+        let Bound {
             name,
             max_connections,
-            socket,
             layers,
-            kind,
-            auth: listener_auth,
+            auth,
             ..
-        } in listeners
-        {
-            let open = Arc::new(AtomicUsize::new(0));
-            let mut last_refusal_log: Option<tokio::time::Instant> = None;
-            if let Ok(addr) = socket.local_addr() {
-                info!(listener = %name, %addr, "listening ({kind})");
+        } = &self.listener;
+        let max_connections = *max_connections;
+        if max_connections > 0 && self.open.load(Ordering::Relaxed) >= max_connections {
+            // At the cap: closed at once, before any handshake work.
+            refuse(stream);
+            if self
+                .last_refusal_log
+                .is_none_or(|t| at.duration_since(t) >= std::time::Duration::from_secs(1))
+            {
+                warn!(listener = %name, %peer, max_connections, "connection refused: listener at max_connections");
+                self.last_refusal_log = Some(at);
             }
-            let ctx = ctx.clone();
-            let next_conn = next_conn.clone();
-            let gate = gate.clone();
-            let behind_proxy = layers.as_ref().is_some_and(|l| l.proxy.is_some());
-            let alive = alive_tx.clone();
-            let mut stop = stop_rx.clone();
-            let listener_auth = listener_auth.clone();
-            accepters.spawn(async move {
-                loop {
-                    tokio::select! {
-                        accepted = socket.accept() => match accepted {
-                            Ok((stream, peer)) => {
-                                let at = tokio::time::Instant::now();
-                                if max_connections > 0 && open.load(Ordering::Relaxed) >= max_connections {
-                                    // At the cap: closed at once, before any handshake work.
-                                    refuse(stream);
-                                    if last_refusal_log.is_none_or(|t| at.duration_since(t) >= std::time::Duration::from_secs(1)) {
-                                        warn!(listener = %name, %peer, max_connections, "connection refused: listener at max_connections");
-                                        last_refusal_log = Some(at);
-                                    }
-                                    continue;
-                                }
-                                // Before any TLS work. Behind a trusted proxy the client's own
-                                // address is admitted once the PROXY header names it.
-                                let Ok(permit) = gate.admit(peer.ip(), &name, !behind_proxy, at) else {
-                                    refuse(stream);
-                                    continue;
-                                };
-                                let permit = Arc::new(permit);
-                                let _ = stream.set_nodelay(true);
-                                let conn = ConnectionId(next_conn.fetch_add(1, Ordering::Relaxed));
-                                let guard = ConnGuard::new(alive.clone(), (max_connections > 0).then(|| open.clone()));
-                                let ctx = ctx.clone();
-                                let listener_auth = listener_auth.clone();
-                                match &layers {
-                                    None => {
-                                        tokio::spawn(async move {
-                                            drive(stream, peer, conn, ctx, None, listener_auth, permit).await;
-                                            drop(guard);
-                                        });
-                                    }
-                                    Some(layers) => {
-                                        let layers = layers.clone();
-                                        tokio::spawn(async move {
-                                            serve_layered(stream, peer, conn, ctx, &layers, permit).await;
-                                            drop(guard);
-                                        });
-                                    }
-                                }
-                            }
-                            Err(err) => {
-                                // Out of descriptors and the like: wait a moment, keep serving.
-                                warn!(listener = %name, %err, "accept failed");
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            }
-                        },
-                        _ = stop.changed() => break,
-                    }
-                }
-            });
+            return;
         }
-        drop(ctx);
-        drop(alive_tx);
-        shutdown.await;
-        info!("shutting down");
-        let _ = stop_tx.send(true);
-        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-        while accepters.join_next().await.is_some() {}
-        let drained = tokio::time::timeout_at(deadline, alive_rx.recv()).await;
-        if drained.is_err() {
-            warn!("connections still open after the grace period; leaving them");
+        // Before any TLS work. Behind a trusted proxy the client's own address is admitted
+        // once the PROXY header names it.
+        let Ok(permit) = self
+            .shared
+            .gate
+            .admit(peer.ip(), name, !self.behind_proxy, at)
+        else {
+            refuse(stream);
+            return;
+        };
+        let permit = Arc::new(permit);
+        let _ = stream.set_nodelay(true);
+        let conn = ConnectionId(self.shared.next_conn.fetch_add(1, Ordering::Relaxed));
+        let guard = ConnGuard::new(
+            self.shared.alive.clone(),
+            (max_connections > 0).then(|| self.open.clone()),
+        );
+        let ctx = self.shared.ctx.clone();
+        match layers {
+            None => {
+                let listener_auth = auth.clone();
+                tokio::spawn(async move {
+                    drive(stream, peer, conn, ctx, None, listener_auth, permit).await;
+                    drop(guard);
+                });
+            }
+            Some(layers) => {
+                let layers = layers.clone();
+                tokio::spawn(async move {
+                    serve_layered(stream, peer, conn, ctx, &layers, permit).await;
+                    drop(guard);
+                });
+            }
         }
-        // The router ends once the store has the last commit. A store that cannot finish it
-        // (a disk that hangs) does not hold the exit past the grace period: nothing it had
-        // not stored was acknowledged, so nothing acknowledged is lost.
-        if tokio::time::timeout_at(deadline, router_task)
-            .await
-            .is_err()
-        {
-            warn!(
-                "the store did not finish its last commit within the grace period; stopping without it (what it had not stored was not acknowledged)"
-            );
-        }
-        info!("stopped");
     }
 }
 
@@ -563,20 +685,27 @@ fn mtimes(files: &[std::path::PathBuf]) -> Vec<Option<std::time::SystemTime>> {
         .collect()
 }
 
-/// Reloads TLS listeners' files, the password store and the ACL file when they change
-/// (checked every `interval`) and on SIGHUP. A reload that fails leaves the previous
-/// certificates, users or rules in force and logs why. Connections whose certificate is now revoked, or whose user was removed
-/// or disabled, are closed.
-async fn watch_files(
-    acceptors: Vec<Arc<TlsAcceptor>>,
-    mut acl: Option<crate::acl::AclFile>,
+/// What the file watcher reloads, and where it sends what changed.
+struct Reloads {
+    /// The acceptors of the TLS listeners.
+    tls: Vec<Arc<TlsAcceptor>>,
+    acl: Option<crate::acl::AclFile>,
     bans: Arc<crate::bans::Bans>,
     auth: Arc<AuthService>,
+    router: mpsc::Sender<crate::router::ToRouter>,
+}
+
+/// Reloads TLS listeners' files, the password store and the ACL file when they change
+/// (checked every `interval`) and on SIGHUP. A reload that fails leaves the previous
+/// certificates, users or rules in force and logs why. Connections whose certificate is now
+/// revoked, or whose user was removed or disabled, are closed.
+async fn watch_files(
+    mut reloads: Reloads,
     interval: std::time::Duration,
     mut stop: watch::Receiver<bool>,
-    router: mpsc::Sender<crate::router::ToRouter>,
 ) {
-    let mut seen: Vec<_> = acceptors
+    let mut seen: Vec<_> = reloads
+        .tls
         .iter()
         .map(|a| mtimes(&a.settings().files()))
         .collect();
@@ -600,31 +729,77 @@ async fn watch_files(
         if forced {
             info!("SIGHUP: reloading TLS files, the password store and the ACL");
         }
-        if let Some(rules) = acl.as_mut().and_then(|file| file.reload(forced)) {
-            let _ = router.send(crate::router::ToRouter::Acl(rules)).await;
+        reloads.acl(forced).await;
+        reloads.bans(forced).await;
+        reloads.auth.prune();
+        reloads.auth.reload_jwt_files(forced);
+        reloads.passwords(forced).await;
+        reloads.tls(forced, &mut seen).await;
+    }
+}
+
+impl Reloads {
+    /// The ACL file: changed rules go to the router whole.
+    async fn acl(&mut self, forced: bool) {
+        if let Some(rules) = self.acl.as_mut().and_then(|file| file.reload(forced)) {
+            let _ = self.router.send(crate::router::ToRouter::Acl(rules)).await;
         }
-        if let Some(list) = bans.reload(forced) {
+    }
+
+    /// The ban list: live connections it now bans are closed.
+    async fn bans(&self, forced: bool) {
+        if let Some(list) = self.bans.reload(forced) {
             let now = crate::bans::unix_now();
-            let conns =
-                auth.live_matching(|ip, user, id| list.client_ban(ip, user, id, now).is_some());
-            crate::bans::enforce(&auth, &router, conns, "banned (ban list reloaded)").await;
+            let conns = self
+                .auth
+                .live_matching(|ip, user, id| list.client_ban(ip, user, id, now).is_some());
+            crate::bans::enforce(
+                &self.auth,
+                &self.router,
+                conns,
+                "banned (ban list reloaded)",
+            )
+            .await;
         }
-        auth.prune();
-        auth.reload_jwt_files(forced);
-        let removed = auth.reload_store(forced).await;
-        if !removed.is_empty() {
-            for conn in &removed {
-                auth.forced_disconnect(*conn, "user removed or disabled in the password store");
-            }
-            let _ = router
-                .send(crate::router::ToRouter::Kick {
-                    conns: removed,
-                    code: bulwark_proto::ReasonCode::AdministrativeAction,
-                    why: "user removed or disabled",
-                })
-                .await;
+    }
+
+    /// The password store: connections of users it removed or disabled are closed.
+    async fn passwords(&self, forced: bool) {
+        let removed = self.auth.reload_store(forced).await;
+        self.close(
+            removed,
+            bulwark_proto::ReasonCode::AdministrativeAction,
+            "user removed or disabled in the password store",
+            "user removed or disabled",
+        )
+        .await;
+    }
+
+    /// Closes `conns` (if any) with `code`, each a forced-disconnect security event saying
+    /// `reason`; `why` is for the log.
+    async fn close(
+        &self,
+        conns: Vec<ConnectionId>,
+        code: bulwark_proto::ReasonCode,
+        reason: &str,
+        why: &'static str,
+    ) {
+        if conns.is_empty() {
+            return;
         }
-        for (acceptor, seen) in acceptors.iter().zip(seen.iter_mut()) {
+        for conn in &conns {
+            self.auth.forced_disconnect(*conn, reason);
+        }
+        let _ = self
+            .router
+            .send(crate::router::ToRouter::Kick { conns, code, why })
+            .await;
+    }
+
+    /// The TLS listeners' files that changed since `seen` (all of them when `forced`):
+    /// connections whose client certificate the new CRLs revoke are closed.
+    async fn tls(&self, forced: bool, seen: &mut [Vec<Option<std::time::SystemTime>>]) {
+        for (acceptor, seen) in self.tls.iter().zip(seen.iter_mut()) {
             let now = mtimes(&acceptor.settings().files());
             if !forced && now == *seen {
                 continue;
@@ -635,15 +810,8 @@ async fn watch_files(
                 Ok(revoked) if revoked.is_empty() => info!(%cert, "TLS certificates reloaded"),
                 Ok(conns) => {
                     warn!(%cert, connections = conns.len(), "TLS certificates reloaded; closing connections whose client certificate is now revoked");
-                    for conn in &conns {
-                        auth.forced_disconnect(*conn, "client certificate revoked");
-                    }
-                    let _ = router
-                        .send(crate::router::ToRouter::Kick {
-                            conns,
-                            code: bulwark_proto::ReasonCode::NotAuthorized,
-                            why: "client certificate revoked",
-                        })
+                    let why = "client certificate revoked";
+                    self.close(conns, bulwark_proto::ReasonCode::NotAuthorized, why, why)
                         .await;
                 }
                 Err(err) => {
