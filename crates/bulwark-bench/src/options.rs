@@ -496,6 +496,191 @@ mod tests {
         assert!(err.contains("--attack-source must differ"), "{err}");
     }
 
+    /// The `bench` command line as `bulwark` builds it.
+    fn command() -> clap::Command {
+        <BenchArgs as clap::Args>::augment_args(clap::Command::new("bench"))
+    }
+
+    fn parse(line: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let matches = command().try_get_matches_from(line)?;
+        <BenchArgs as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+
+    #[test]
+    fn the_flags_and_their_defaults() {
+        let mut flags: Vec<String> = command()
+            .get_arguments()
+            .map(|a| {
+                let defaults: Vec<String> = a
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                format!(
+                    "{} --{} -{} [{}]",
+                    a.get_id(),
+                    a.get_long().unwrap_or(""),
+                    a.get_short().map(String::from).unwrap_or_default(),
+                    defaults.join(",")
+                )
+            })
+            .collect();
+        flags.sort();
+        let expected = [
+            "attack_source --attack-source - []",
+            "broker_pid --broker-pid - []",
+            "ca --ca - []",
+            "connections --connections -n []",
+            "duration --duration - [10]",
+            "flood_rate --flood-rate - [1000]",
+            "host --host - [127.0.0.1]",
+            "inflight --inflight - [64]",
+            "json --json - []",
+            "keep_alive --keep-alive - [30]",
+            "no_progress --no-progress - []",
+            "password --password - []",
+            "payload --payload - [64]",
+            "persistent --persistent - []",
+            "port --port - [1883]",
+            "progress --progress - []",
+            "protocol --protocol - [3.1.1]",
+            "qos --qos - [0]",
+            "rate --rate - []",
+            "scenario -- - []",
+            "slowloris --slowloris - [1000]",
+            "slowloris_interval --slowloris-interval - [1]",
+            "source --source - []",
+            "tls --tls - []",
+            "tls_no_resume --tls-no-resume - []",
+            "username --username - []",
+            "warmup --warmup - [2]",
+            "window --window - []",
+            "workers --workers - [16]",
+        ];
+        assert_eq!(flags, expected);
+    }
+
+    #[test]
+    fn command_line_to_options() {
+        let args = parse(&["bench", "fan-in"]).unwrap();
+        let o = BenchOptions::try_from(&args).unwrap();
+        let mut d = BenchOptions::new(Scenario::FanIn, "127.0.0.1", 1883);
+        d.progress = o.progress;
+        assert_eq!(format!("{o:?}"), format!("{d:?}"));
+
+        let args = parse(&[
+            "bench",
+            "flood",
+            "--host",
+            "broker",
+            "--port",
+            "8883",
+            "--source",
+            "10.0.0.1",
+            "--attack-source",
+            "10.0.0.2",
+            "--slowloris",
+            "5",
+            "--slowloris-interval",
+            "0.5",
+            "--flood-rate",
+            "7",
+            "--qos",
+            "2",
+            "--payload",
+            "100",
+            "--protocol",
+            "5",
+            "--tls",
+            "--ca",
+            "ca.pem",
+            "--tls-no-resume",
+            "--username",
+            "u",
+            "--password",
+            "p",
+            "--duration",
+            "3",
+            "--warmup",
+            "0",
+            "--window",
+            "9",
+            "-n",
+            "4",
+            "--workers",
+            "2",
+            "--rate",
+            "50",
+            "--inflight",
+            "8",
+            "--keep-alive",
+            "11",
+            "--persistent",
+            "--json",
+            "--broker-pid",
+            "42",
+            "--no-progress",
+        ])
+        .unwrap();
+        assert!(args.json);
+        let o = BenchOptions::try_from(&args).unwrap();
+        let mut e = BenchOptions::new(Scenario::Flood, "broker", 8883);
+        e.source = Some("10.0.0.1".parse().unwrap());
+        e.attack = AttackOptions {
+            source: Some("10.0.0.2".parse().unwrap()),
+            slowloris: 5,
+            slowloris_interval: Duration::from_millis(500),
+            flood_rate: 7,
+        };
+        e.qos = QoS::ExactlyOnce;
+        e.payload = 100;
+        e.version = ProtocolVersion::V5;
+        e.tls_ca = Some(PathBuf::from("ca.pem"));
+        e.tls_resume = false;
+        e.username = Some("u".to_owned());
+        e.password = Some("p".to_owned());
+        e.duration = Duration::from_secs(3);
+        e.warmup = Duration::ZERO;
+        e.window = Some(9);
+        e.connections = Some(4);
+        e.workers = 2;
+        e.rate = Some(50);
+        e.inflight = 8;
+        e.keep_alive = 11;
+        e.persistent = true;
+        e.broker_pid = Some(42);
+        assert_eq!(format!("{o:?}"), format!("{e:?}"));
+    }
+
+    #[test]
+    fn flags_that_need_or_override_each_other() {
+        // --tls and --ca need each other, and --tls-no-resume needs --tls.
+        assert!(parse(&["bench", "conn", "--tls"]).is_err());
+        assert!(parse(&["bench", "conn", "--ca", "ca.pem"]).is_err());
+        assert!(parse(&["bench", "conn", "--tls-no-resume"]).is_err());
+        assert!(
+            parse(&[
+                "bench",
+                "conn",
+                "--tls",
+                "--ca",
+                "ca.pem",
+                "--tls-no-resume"
+            ])
+            .is_ok()
+        );
+        // The last of --progress and --no-progress wins.
+        let args = parse(&["bench", "conn", "--progress", "--no-progress"]).unwrap();
+        assert!(!args.progress && args.no_progress);
+        let args = parse(&["bench", "conn", "--no-progress", "--progress"]).unwrap();
+        assert!(args.progress && !args.no_progress);
+        let o = BenchOptions::try_from(&args).unwrap();
+        assert!(o.progress);
+        // Out-of-range values are refused by the parser.
+        assert!(parse(&["bench", "conn", "--qos", "3"]).is_err());
+        assert!(parse(&["bench", "conn", "--protocol", "4"]).is_err());
+    }
+
     #[test]
     fn latency_has_a_default_rate() {
         let o = BenchOptions::new(Scenario::Latency, "127.0.0.1", 1883);

@@ -702,6 +702,160 @@ mod tests {
         assert!(!table.contains("errors"), "{table}");
     }
 
+    /// A report with every optional part present.
+    fn full_report() -> Report {
+        let mut report = sample_report();
+        report.connect = Some(ConnectStats {
+            connected: 50,
+            failed: 1,
+            per_second: 5000.0,
+            latency: report.latency,
+            elapsed_s: Some(0.01),
+        });
+        report.memory = Some(MemoryStats {
+            rss_before_kib: 1000,
+            rss_after_kib: 2000,
+            per_connection_bytes: 20_480.0,
+        });
+        report.errors = 1;
+        report.first_error = Some("timed out: CONNACK".to_owned());
+        report.flood = Some(FloodStats {
+            baseline_latency: report.latency,
+            baseline_received_per_s: 10_000.0,
+            baseline_lost: 0,
+            attack: AttackStats::default(),
+            p99_ratio: Some(1.5),
+        });
+        report
+    }
+
+    /// The keys of a pretty-printed JSON object, in their order, as dotted paths.
+    fn key_paths(json: &str) -> Vec<String> {
+        let mut path: Vec<String> = Vec::new();
+        let mut keys = Vec::new();
+        for line in json.lines() {
+            let trimmed = line.trim_start();
+            let depth = (line.len() - trimmed.len()) / 2;
+            if let Some(rest) = trimmed.strip_prefix('"') {
+                let key = rest.split('"').next().unwrap().to_owned();
+                path.truncate(depth - 1);
+                path.push(key);
+                keys.push(path.join("."));
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn json_keys_are_those_scripts_read() {
+        let latency = |prefix: &str| {
+            [
+                "", ".count", ".mean_us", ".p50_us", ".p99_us", ".p999_us", ".max_us",
+            ]
+            .map(|k| format!("{prefix}{k}"))
+        };
+        let mut expected: Vec<String> = [
+            "scenario",
+            "broker",
+            "tls",
+            "protocol",
+            "qos",
+            "payload_bytes",
+            "connections",
+            "publishers",
+            "subscribers",
+            "window",
+            "rate_limit",
+            "warmup_s",
+            "measured_s",
+            "published",
+            "expected",
+            "received",
+            "published_per_s",
+            "received_per_s",
+            "lost",
+            "duplicates",
+            "reordered",
+            "window_resets",
+            "unacked",
+        ]
+        .map(String::from)
+        .to_vec();
+        expected.extend(latency("latency"));
+        expected.extend(
+            [
+                "connect",
+                "connect.connected",
+                "connect.failed",
+                "connect.per_second",
+            ]
+            .map(String::from),
+        );
+        expected.extend(latency("connect.latency"));
+        expected.extend(
+            [
+                "connect.elapsed_s",
+                "memory",
+                "memory.rss_before_kib",
+                "memory.rss_after_kib",
+                "memory.per_connection_bytes",
+                "broker_cpu_percent",
+                "loader_cpu_percent",
+                "errors",
+                "first_error",
+                "flood",
+            ]
+            .map(String::from),
+        );
+        expected.extend(latency("flood.baseline_latency"));
+        expected.extend(
+            [
+                "flood.baseline_received_per_s",
+                "flood.baseline_lost",
+                "flood.attack",
+                "flood.attack.source",
+                "flood.attack.duration_s",
+                "flood.attack.slowloris_target",
+                "flood.attack.slowloris_opened",
+                "flood.attack.slowloris_closed",
+                "flood.attack.slowloris_failed",
+                "flood.attack.slowloris_open_at_end",
+                "flood.attack.slowloris_longest_s",
+                "flood.attack.flood_rate",
+                "flood.attack.flood_attempts",
+                "flood.attack.flood_accepted",
+                "flood.attack.flood_refused",
+                "flood.attack.flood_skipped",
+                "flood.p99_ratio",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(key_paths(&full_report().to_json()), expected);
+
+        // Without the optional parts, their keys are still there, as null.
+        let json = sample_report().to_json();
+        let top: Vec<String> = key_paths(&json)
+            .into_iter()
+            .filter(|k| !k.contains('.'))
+            .collect();
+        let expected_top: Vec<&String> = expected.iter().filter(|k| !k.contains('.')).collect();
+        assert_eq!(top.iter().collect::<Vec<_>>(), expected_top);
+        for key in ["connect", "memory", "first_error", "flood", "rate_limit"] {
+            assert!(json.contains(&format!("\"{key}\": null")), "{key}: {json}");
+        }
+        // What scripts/bench_compare.py reads.
+        let value: serde_json::Value = serde_json::from_str(&full_report().to_json()).unwrap();
+        assert_eq!(value["received_per_s"], 250_000.0);
+        assert_eq!(value["latency"]["p99_us"], 2100.0);
+        assert_eq!(value["memory"]["per_connection_bytes"], 20_480.0);
+        assert_eq!(value["connect"]["per_second"], 5000.0);
+        assert_eq!(value["loader_cpu_percent"], 80.2);
+        assert_eq!(value["broker_cpu_percent"], 99.6);
+        assert_eq!(value["lost"], 0);
+        assert_eq!(value["errors"], 1);
+        assert_eq!(value["first_error"], "timed out: CONNACK");
+    }
+
     #[test]
     fn json_is_machine_readable() {
         let json: serde_json::Value = serde_json::from_str(&sample_report().to_json()).unwrap();
