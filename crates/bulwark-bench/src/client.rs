@@ -22,7 +22,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::BenchError;
+use crate::{BenchError, ConnectOptions};
 
 /// How long the CONNACK, SUBACK and the broker's close after DISCONNECT may take.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,6 +125,18 @@ impl Target {
             source: None,
             reset_on_close: false,
         })
+    }
+
+    /// The clients' target: the broker of `options`, TLS as configured there, connected to
+    /// from its source address.
+    pub(crate) fn for_clients(options: &ConnectOptions) -> Result<Self, BenchError> {
+        Ok(Self::new(
+            &options.host,
+            options.port,
+            options.tls_ca.as_deref(),
+            options.tls_resume,
+        )?
+        .connecting_from(options.source))
     }
 
     /// The same target, connected to from `source` (`None`: the system's choice).
@@ -247,6 +259,20 @@ pub(crate) struct ConnectParams {
     pub(crate) qos: QoS,
     /// A persistent session (5.0: expiry 3600 s with Clean Start; 3.1.1: clean session off).
     pub(crate) persistent: bool,
+}
+
+impl ConnectParams {
+    /// The CONNECT of `options` for a scenario at `qos`, with a clean session.
+    pub(crate) fn new(options: &ConnectOptions, qos: QoS) -> Self {
+        Self {
+            version: options.version,
+            keep_alive: options.keep_alive,
+            username: options.username.clone(),
+            password: options.password.clone(),
+            qos,
+            persistent: false,
+        }
+    }
 }
 
 /// A connected MQTT client. The fields are public to the crate so that a scenario loop can

@@ -13,7 +13,8 @@ use tokio::time::{Instant, sleep, sleep_until};
 use crate::client::{Client, ConnectParams, Target, pump, read_some};
 use crate::procfs::{self, CpuSample, Process};
 use crate::stats::{
-    ConnectStats, LocalSamples, MemoryStats, Report, SharedHistogram, per_second, thousands,
+    ConnectStats, CpuStats, LocalSamples, MemoryStats, MessageStats, Report, RunSetup,
+    SharedHistogram, per_second, thousands,
 };
 use crate::{BenchError, BenchOptions, ErrorLog, Scenario, client_id, random_suffix};
 
@@ -32,14 +33,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 const RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 fn params(o: &BenchOptions) -> ConnectParams {
-    ConnectParams {
-        version: o.version,
-        keep_alive: o.keep_alive,
-        username: o.username.clone(),
-        password: o.password.clone(),
-        qos: QoS::AtMostOnce,
-        persistent: false,
-    }
+    ConnectParams::new(&o.connect, QoS::AtMostOnce)
 }
 
 /// `params` for connection `i`: `{i}` in the username stands for its number, so that each
@@ -54,55 +48,52 @@ fn numbered(params: &ConnectParams, i: usize) -> ConnectParams {
     params
 }
 
-fn samples(process: Option<Process>) -> (Option<CpuSample>, Option<CpuSample>) {
+/// CPU samples of the broker (if known) and of the load generator.
+pub(crate) fn samples(process: Option<Process>) -> (Option<CpuSample>, Option<CpuSample>) {
     (
         process.and_then(procfs::cpu_sample),
         procfs::cpu_sample(Process::Current),
     )
 }
 
-fn percent(
+/// The CPU use of the broker and of the load generator between two [`samples`].
+pub(crate) fn percent(
     start: (Option<CpuSample>, Option<CpuSample>),
     end: (Option<CpuSample>, Option<CpuSample>),
-) -> (Option<f64>, Option<f64>) {
+) -> CpuStats {
     let p = |a: Option<CpuSample>, b: Option<CpuSample>| match a.zip(b) {
         Some((a, b)) => procfs::cpu_percent(a, b),
         None => None,
     };
-    (p(start.0, end.0), p(start.1, end.1))
+    CpuStats {
+        broker_cpu_percent: p(start.0, end.0),
+        loader_cpu_percent: p(start.1, end.1),
+    }
 }
 
 /// A report with the publish figures empty.
 fn connection_report(o: &BenchOptions, connections: usize) -> Report {
     Report {
-        scenario: o.scenario,
-        broker: format!("{}:{}", o.host, o.port),
-        tls: o.tls_ca.is_some(),
-        protocol: o.version.to_string(),
-        qos: 0,
-        payload_bytes: 0,
-        connections,
-        publishers: 0,
-        subscribers: 0,
-        window: 0,
-        rate_limit: None,
-        warmup_s: 0.0,
-        measured_s: o.duration.as_secs_f64(),
-        published: 0,
-        expected: 0,
-        received: 0,
-        published_per_s: 0.0,
-        received_per_s: 0.0,
-        lost: 0,
-        duplicates: 0,
-        reordered: 0,
-        window_resets: 0,
-        unacked: 0,
+        setup: RunSetup {
+            scenario: o.scenario,
+            broker: o.connect.broker(),
+            tls: o.connect.tls_ca.is_some(),
+            protocol: o.connect.version.to_string(),
+            qos: 0,
+            payload_bytes: 0,
+            connections,
+            publishers: 0,
+            subscribers: 0,
+            window: 0,
+            rate_limit: None,
+            warmup_s: 0.0,
+            measured_s: o.load.duration.as_secs_f64(),
+        },
+        messages: MessageStats::default(),
         latency: None,
         connect: None,
         memory: None,
-        broker_cpu_percent: None,
-        loader_cpu_percent: None,
+        cpu: CpuStats::default(),
         errors: 0,
         first_error: None,
         flood: None,
@@ -114,12 +105,11 @@ fn connection_report(o: &BenchOptions, connections: usize) -> Report {
 /// cover the whole run, opening included.
 pub(crate) async fn run_conn(o: &BenchOptions) -> Result<Report, BenchError> {
     let n = o.connections();
-    let target =
-        Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?.connecting_from(o.source);
+    let target = Target::for_clients(&o.connect)?;
     let params = params(o);
     let random = random_suffix();
     let broker = o.broker_pid.map(Process::Pid);
-    let keep_alive = Duration::from_secs(u64::from(o.keep_alive.max(1)));
+    let keep_alive = Duration::from_secs(u64::from(o.connect.keep_alive.max(1)));
 
     let rss_before = broker.and_then(procfs::rss_kib);
     let cpu_start = samples(broker);
@@ -127,7 +117,7 @@ pub(crate) async fn run_conn(o: &BenchOptions) -> Result<Report, BenchError> {
     let connected = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(ErrorLog::default());
-    let limit = Arc::new(Semaphore::new(o.workers.max(1)));
+    let limit = Arc::new(Semaphore::new(o.load.workers.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = Instant::now();
     let mut tasks = JoinSet::new();
@@ -190,7 +180,7 @@ pub(crate) async fn run_conn(o: &BenchOptions) -> Result<Report, BenchError> {
     sleep(SETTLE).await;
     let rss_after = broker.and_then(procfs::rss_kib);
 
-    let hold_end = Instant::now() + o.duration;
+    let hold_end = Instant::now() + o.load.duration;
     while Instant::now() < hold_end {
         let next = (Instant::now() + Duration::from_secs(1)).min(hold_end);
         sleep_until(next).await;
@@ -226,7 +216,7 @@ pub(crate) async fn run_conn(o: &BenchOptions) -> Result<Report, BenchError> {
         }),
         _ => None,
     };
-    (report.broker_cpu_percent, report.loader_cpu_percent) = percent(cpu_start, cpu_end);
+    report.cpu = percent(cpu_start, cpu_end);
     (report.errors, report.first_error) = errors.take();
     Ok(report)
 }
@@ -271,21 +261,20 @@ async fn hold(
 /// `--workers` loops of connect, CONNECT, CONNACK, DISCONNECT, wait for the broker's close,
 /// for warm-up + duration. Cycles that end in the measured interval are counted.
 pub(crate) async fn run_churn(o: &BenchOptions) -> Result<Report, BenchError> {
-    let target =
-        Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?.connecting_from(o.source);
+    let target = Target::for_clients(&o.connect)?;
     let params = params(o);
     let random = random_suffix();
     let broker = o.broker_pid.map(Process::Pid);
     let epoch = Instant::now();
-    let measure_start = epoch + o.warmup;
-    let end = measure_start + o.duration;
+    let measure_start = epoch + o.load.warmup;
+    let end = measure_start + o.load.duration;
     let latency = Arc::new(SharedHistogram::new());
     let cycles = Arc::new(AtomicU64::new(0));
     let measured = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(ErrorLog::default());
     let mut tasks = JoinSet::new();
-    for worker in 0..o.workers {
+    for worker in 0..o.load.workers {
         let id = client_id(Scenario::Churn, "worker", worker, &random);
         let (target, params) = (target.clone(), params.clone());
         let (latency, cycles, measured, failed, errors) = (
@@ -364,16 +353,16 @@ pub(crate) async fn run_churn(o: &BenchOptions) -> Result<Report, BenchError> {
     }
 
     let done = measured.load(Ordering::Relaxed);
-    let mut report = connection_report(o, o.workers);
-    report.warmup_s = o.warmup.as_secs_f64();
+    let mut report = connection_report(o, o.load.workers);
+    report.setup.warmup_s = o.load.warmup.as_secs_f64();
     report.connect = Some(ConnectStats {
         connected: done,
         failed: failed.load(Ordering::Relaxed),
-        per_second: per_second(done, o.duration),
+        per_second: per_second(done, o.load.duration),
         latency: latency.summary(),
         elapsed_s: None,
     });
-    (report.broker_cpu_percent, report.loader_cpu_percent) = percent(cpu_start, cpu_end);
+    report.cpu = percent(cpu_start, cpu_end);
     (report.errors, report.first_error) = errors.take();
     Ok(report)
 }

@@ -54,7 +54,8 @@ pub(crate) async fn run_flood(o: &BenchOptions) -> Result<Report, BenchError> {
         eprintln!("flood: 1/2, the clients undisturbed");
     }
     let baseline = pubsub::run(&clients).await?;
-    let target = Target::new(&o.host, o.port, o.tls_ca.as_deref(), false)?
+    let c = &o.connect;
+    let target = Target::new(&c.host, c.port, c.tls_ca.as_deref(), false)?
         .connecting_from(Some(source))
         .resetting();
     if o.progress {
@@ -63,7 +64,7 @@ pub(crate) async fn run_flood(o: &BenchOptions) -> Result<Report, BenchError> {
             o.attack.slowloris, o.attack.flood_rate
         );
     }
-    let attack = Attack::start(target, source, &o.attack, o.version);
+    let attack = Attack::start(target, source, &o.attack, c.version);
     tokio::time::sleep(HEAD_START).await;
     let attacked = pubsub::run(&clients).await;
     let stats = attack.stop().await;
@@ -74,15 +75,15 @@ pub(crate) async fn run_flood(o: &BenchOptions) -> Result<Report, BenchError> {
             return Err(err);
         }
     };
-    report.scenario = Scenario::Flood;
+    report.setup.scenario = Scenario::Flood;
     let p99_ratio = match (baseline.latency, report.latency) {
         (Some(before), Some(during)) if before.p99_us > 0.0 => Some(during.p99_us / before.p99_us),
         _ => None,
     };
     report.flood = Some(FloodStats {
         baseline_latency: baseline.latency,
-        baseline_received_per_s: baseline.received_per_s,
-        baseline_lost: baseline.lost,
+        baseline_received_per_s: baseline.messages.received_per_s,
+        baseline_lost: baseline.messages.lost,
         attack: stats,
         p99_ratio,
     });
@@ -94,18 +95,19 @@ async fn attack_source(o: &BenchOptions) -> Result<IpAddr, BenchError> {
     if let Some(source) = o.attack.source {
         return Ok(source);
     }
-    let on_loopback = tokio::net::lookup_host((o.host.as_str(), o.port))
+    let c = &o.connect;
+    let on_loopback = tokio::net::lookup_host((c.host.as_str(), c.port))
         .await
-        .map_err(|err| BenchError::io(format!("resolve {}", o.host), err))?
+        .map_err(|err| BenchError::io(format!("resolve {}", c.host), err))?
         .any(|addr| addr.is_ipv4() && addr.ip().is_loopback());
     let default = IpAddr::V4(DEFAULT_ATTACK_SOURCE);
     if !on_loopback {
         return Err(BenchError::Options(format!(
             "--attack-source is required for a broker outside 127.0.0.0/8 ({}): the attack must come from another local address than the clients",
-            o.host
+            c.host
         )));
     }
-    if o.source == Some(default) {
+    if c.source == Some(default) {
         return Err(BenchError::Options(format!(
             "--source is {default}, the attack's default address: give --attack-source"
         )));

@@ -40,10 +40,14 @@ use std::process::ExitCode;
 use bulwark_proto::{DecodeError, ReasonCode};
 
 pub use options::{
-    AttackOptions, BenchArgs, BenchOptions, DEFAULT_FAN_OUT_DELIVERIES, DEFAULT_FLOOD_RATE,
-    DEFAULT_INFLIGHT, DEFAULT_SLOWLORIS, DEFAULT_WINDOW, Protocol, Scenario,
+    AttackArgs, AttackOptions, BenchArgs, BenchOptions, ConnectArgs, ConnectOptions,
+    DEFAULT_FAN_OUT_DELIVERIES, DEFAULT_FLOOD_RATE, DEFAULT_INFLIGHT, DEFAULT_SLOWLORIS,
+    DEFAULT_WINDOW, LoadArgs, LoadOptions, OutputArgs, Protocol, Scenario,
 };
-pub use stats::{AttackStats, ConnectStats, FloodStats, Latency, MemoryStats, Report};
+pub use stats::{
+    AttackStats, ConnectStats, CpuStats, FloodStats, Latency, MemoryStats, MessageStats, Report,
+    RunSetup,
+};
 
 /// Why a run could not be made or finished.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +141,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     };
     match runtime.block_on(run_scenario(&options)) {
         Ok(report) => {
-            if args.json {
+            if args.output.json {
                 println!("{}", report.to_json());
             } else {
                 print!("{}", report.to_table());

@@ -104,6 +104,24 @@ pub struct BenchArgs {
     /// The load pattern.
     #[arg(value_enum)]
     pub scenario: Scenario,
+    /// Where and how to connect.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// How much load, and for how long.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// The flood scenario's attack.
+    #[command(flatten)]
+    pub attack: AttackArgs,
+    /// What is printed and measured besides the load.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `bulwark bench` options: the broker and how the clients connect to it.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectArgs {
     /// Broker host name or address (also the TLS server name).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -113,28 +131,6 @@ pub struct BenchArgs {
     /// Local address the clients connect from (default: the system's choice).
     #[arg(long, value_name = "ADDR")]
     pub source: Option<IpAddr>,
-    /// Flood: local address the attack comes from (default 127.0.0.2 for a broker on
-    /// 127.0.0.0/8; required otherwise). Must differ from the clients' address.
-    #[arg(long, value_name = "ADDR")]
-    pub attack_source: Option<IpAddr>,
-    /// Flood: sockets the attacker holds open, each trickling a CONNECT one byte per
-    /// --slowloris-interval (with --tls: sending nothing); 0 turns the slowloris off.
-    #[arg(long, default_value_t = DEFAULT_SLOWLORIS, value_name = "N")]
-    pub slowloris: usize,
-    /// Flood: seconds between the bytes of a slowloris socket, and before one the broker
-    /// closed is reopened.
-    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
-    pub slowloris_interval: f64,
-    /// Flood: new connections per second the attacker opens, each sending a CONNECT (no
-    /// credentials) and closing (reset) after the broker's answer; 0 turns the flood off.
-    #[arg(long, default_value_t = DEFAULT_FLOOD_RATE, value_name = "CONN/S")]
-    pub flood_rate: u64,
-    /// QoS of every publication and subscription.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub qos: u8,
-    /// Payload size in bytes (at least 16: send time and sequence number, then filler).
-    #[arg(long, default_value_t = 64)]
-    pub payload: usize,
     /// MQTT version.
     #[arg(long, value_enum, default_value_t = Protocol::V3_1_1)]
     pub protocol: Protocol,
@@ -157,6 +153,21 @@ pub struct BenchArgs {
     /// Password for every connection.
     #[arg(long)]
     pub password: Option<String>,
+    /// Keep alive in seconds; idle connections send PINGREQ this often.
+    #[arg(long, default_value_t = 30)]
+    pub keep_alive: u16,
+}
+
+/// `bulwark bench` options: the load and its timing.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Load")]
+pub struct LoadArgs {
+    /// QoS of every publication and subscription.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload size in bytes (at least 16: send time and sequence number, then filler).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
     /// Seconds measured (after the warm-up); for conn, how long the connections are held.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub duration: f64,
@@ -182,14 +193,39 @@ pub struct BenchArgs {
     /// Receive Maximum in MQTT 5.0).
     #[arg(long, default_value_t = DEFAULT_INFLIGHT)]
     pub inflight: u16,
-    /// Keep alive in seconds; idle connections send PINGREQ this often.
-    #[arg(long, default_value_t = 30)]
-    pub keep_alive: u16,
     /// Subscribers hold persistent sessions (5.0: Session Expiry Interval 3600 s with Clean
     /// Start; 3.1.1: clean session off), so a durable broker stores every QoS 1/2 message it
     /// routes to them until acknowledged.
     #[arg(long)]
     pub persistent: bool,
+}
+
+/// `bulwark bench` options: the flood scenario's attacker.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Flood attack")]
+pub struct AttackArgs {
+    /// Flood: local address the attack comes from (default 127.0.0.2 for a broker on
+    /// 127.0.0.0/8; required otherwise). Must differ from the clients' address.
+    #[arg(long, value_name = "ADDR")]
+    pub attack_source: Option<IpAddr>,
+    /// Flood: sockets the attacker holds open, each trickling a CONNECT one byte per
+    /// --slowloris-interval (with --tls: sending nothing); 0 turns the slowloris off.
+    #[arg(long, default_value_t = DEFAULT_SLOWLORIS, value_name = "N")]
+    pub slowloris: usize,
+    /// Flood: seconds between the bytes of a slowloris socket, and before one the broker
+    /// closed is reopened.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub slowloris_interval: f64,
+    /// Flood: new connections per second the attacker opens, each sending a CONNECT (no
+    /// credentials) and closing (reset) after the broker's answer; 0 turns the flood off.
+    #[arg(long, default_value_t = DEFAULT_FLOOD_RATE, value_name = "CONN/S")]
+    pub flood_rate: u64,
+}
+
+/// `bulwark bench` options: the report's form, the broker's figures and progress lines.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Output")]
+pub struct OutputArgs {
     /// Print the result as one JSON object on standard output.
     #[arg(long)]
     pub json: bool,
@@ -229,23 +265,15 @@ impl Default for AttackOptions {
     }
 }
 
-/// A checked set of options: what [`crate::run_scenario`] runs.
-#[derive(Debug, Clone)]
-pub struct BenchOptions {
-    /// The load pattern.
-    pub scenario: Scenario,
+/// Where and how the clients connect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectOptions {
     /// Broker host (also the TLS server name).
     pub host: String,
     /// Broker port.
     pub port: u16,
     /// Local address of the clients; `None`: the system's choice.
     pub source: Option<IpAddr>,
-    /// The flood's attack (unused by the other scenarios).
-    pub attack: AttackOptions,
-    /// QoS of publications and subscriptions.
-    pub qos: QoS,
-    /// Payload bytes (at least 16).
-    pub payload: usize,
     /// MQTT version.
     pub version: ProtocolVersion,
     /// Certificate authorities (PEM) for TLS; `None`: plain TCP.
@@ -256,24 +284,87 @@ pub struct BenchOptions {
     pub username: Option<String>,
     /// Password.
     pub password: Option<String>,
+    /// Keep alive, seconds.
+    pub keep_alive: u16,
+}
+
+impl ConnectOptions {
+    /// `host:port` over plain TCP, MQTT 3.1.1, no credentials, keep alive 30 s.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            source: None,
+            version: ProtocolVersion::V3_1_1,
+            tls_ca: None,
+            tls_resume: true,
+            username: None,
+            password: None,
+            keep_alive: 30,
+        }
+    }
+
+    /// `host:port`, as the report names the broker.
+    pub fn broker(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// How much load, and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOptions {
+    /// QoS of publications and subscriptions.
+    pub qos: QoS,
+    /// Payload bytes (at least 16).
+    pub payload: usize,
     /// Measured time (conn: hold time).
     pub duration: Duration,
     /// Unmeasured time before it.
     pub warmup: Duration,
     /// Window in publications (`None`: the scenario's default).
     pub window: Option<u64>,
-    /// See [`BenchArgs::connections`]; `None`: the scenario's default.
+    /// See [`LoadArgs::connections`]; `None`: the scenario's default.
     pub connections: Option<usize>,
-    /// See [`BenchArgs::workers`].
+    /// See [`LoadArgs::workers`].
     pub workers: usize,
     /// Total publications per second; `None`: unlimited (latency: 10000).
     pub rate: Option<u64>,
     /// Per-connection QoS 1/2 inflight limit.
     pub inflight: u16,
-    /// Keep alive, seconds.
-    pub keep_alive: u16,
     /// Subscribers hold persistent sessions.
     pub persistent: bool,
+}
+
+impl Default for LoadOptions {
+    /// QoS 0, 64-byte payloads, 10 s measured after 2 s of warm-up, 16 workers, the
+    /// scenario's connections, window and rate.
+    fn default() -> Self {
+        Self {
+            qos: QoS::AtMostOnce,
+            payload: 64,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            window: None,
+            connections: None,
+            workers: 16,
+            rate: None,
+            inflight: DEFAULT_INFLIGHT,
+            persistent: false,
+        }
+    }
+}
+
+/// A checked set of options: what [`crate::run_scenario`] runs.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The load pattern.
+    pub scenario: Scenario,
+    /// The broker and how to connect to it.
+    pub connect: ConnectOptions,
+    /// The load and its timing.
+    pub load: LoadOptions,
+    /// The flood's attack (unused by the other scenarios).
+    pub attack: AttackOptions,
     /// Broker process for CPU and memory figures.
     pub broker_pid: Option<u32>,
     /// Print a progress line every second on standard error.
@@ -286,26 +377,9 @@ impl BenchOptions {
     pub fn new(scenario: Scenario, host: impl Into<String>, port: u16) -> Self {
         Self {
             scenario,
-            host: host.into(),
-            port,
-            source: None,
+            connect: ConnectOptions::new(host, port),
+            load: LoadOptions::default(),
             attack: AttackOptions::default(),
-            qos: QoS::AtMostOnce,
-            payload: 64,
-            version: ProtocolVersion::V3_1_1,
-            tls_ca: None,
-            tls_resume: true,
-            username: None,
-            password: None,
-            duration: Duration::from_secs(10),
-            warmup: Duration::from_secs(2),
-            window: None,
-            connections: None,
-            workers: 16,
-            rate: None,
-            inflight: DEFAULT_INFLIGHT,
-            keep_alive: 30,
-            persistent: false,
             broker_pid: None,
             progress: false,
         }
@@ -314,27 +388,28 @@ impl BenchOptions {
     /// Checks the options; every problem is reported at once.
     pub fn validate(&self) -> Result<(), BenchError> {
         let mut problems = Vec::new();
-        if self.payload < MIN_PAYLOAD {
+        let l = &self.load;
+        if l.payload < MIN_PAYLOAD {
             problems.push(format!(
                 "--payload must be at least {MIN_PAYLOAD} bytes (send time and sequence number)"
             ));
         }
-        if self.workers == 0 {
+        if l.workers == 0 {
             problems.push("--workers must be at least 1".to_owned());
         }
-        if self.connections == Some(0) {
+        if l.connections == Some(0) {
             problems.push("-n/--connections must be at least 1".to_owned());
         }
-        if self.window == Some(0) {
+        if l.window == Some(0) {
             problems.push("--window must be at least 1".to_owned());
         }
-        if self.rate == Some(0) {
+        if l.rate == Some(0) {
             problems.push("--rate must be at least 1".to_owned());
         }
-        if self.inflight == 0 {
+        if l.inflight == 0 {
             problems.push("--inflight must be at least 1".to_owned());
         }
-        if self.duration.is_zero() {
+        if l.duration.is_zero() {
             problems.push("--duration must be more than 0".to_owned());
         }
         if self.scenario == Scenario::Flood {
@@ -351,14 +426,14 @@ impl BenchOptions {
             if a.flood_rate > 1_000_000 {
                 problems.push("--flood-rate must be at most 1000000".to_owned());
             }
-            if a.source.is_some() && a.source == self.source {
+            if a.source.is_some() && a.source == self.connect.source {
                 problems.push(
                     "--attack-source must differ from --source: the attack comes from another address than the clients"
                         .to_owned(),
                 );
             }
         }
-        if self.version == ProtocolVersion::V3_1 {
+        if self.connect.version == ProtocolVersion::V3_1 {
             problems.push("MQTT 3.1 is not supported by the load generator".to_owned());
         }
         if problems.is_empty() {
@@ -370,15 +445,16 @@ impl BenchOptions {
 
     /// `-n`, or the scenario's default.
     pub fn connections(&self) -> usize {
-        self.connections
+        self.load
+            .connections
             .unwrap_or_else(|| self.scenario.default_connections())
     }
 
     /// Publications per second, if limited.
     pub fn rate(&self) -> Option<u64> {
         match self.scenario {
-            Scenario::Latency | Scenario::Flood => Some(self.rate.unwrap_or(10_000)),
-            _ => self.rate,
+            Scenario::Latency | Scenario::Flood => Some(self.load.rate.unwrap_or(10_000)),
+            _ => self.load.rate,
         }
     }
 
@@ -386,7 +462,7 @@ impl BenchOptions {
     /// `fanout` subscribers.
     pub fn window_units(&self, fanout: u64) -> u64 {
         let fanout = fanout.max(1);
-        match self.window {
+        match self.load.window {
             Some(messages) => messages.max(1).saturating_mul(fanout),
             None if self.scenario == Scenario::FanOut => {
                 let messages = (DEFAULT_FAN_OUT_DELIVERIES / fanout).clamp(10, DEFAULT_WINDOW);
@@ -406,45 +482,50 @@ impl TryFrom<&BenchArgs> for BenchOptions {
                 BenchError::Options(format!("{name} must be a number of seconds >= 0"))
             })
         };
-        let duration = seconds(args.duration, "--duration")?;
-        let warmup = seconds(args.warmup, "--warmup")?;
-        let slowloris_interval = seconds(args.slowloris_interval, "--slowloris-interval")?;
-        let progress = if args.no_progress {
+        let (c, l, a, out) = (&args.connect, &args.load, &args.attack, &args.output);
+        let duration = seconds(l.duration, "--duration")?;
+        let warmup = seconds(l.warmup, "--warmup")?;
+        let slowloris_interval = seconds(a.slowloris_interval, "--slowloris-interval")?;
+        let progress = if out.no_progress {
             false
         } else {
-            args.progress
+            out.progress
                 || std::io::IsTerminal::is_terminal(&std::io::stderr())
                 || duration + warmup > Duration::from_secs(5)
         };
         let options = Self {
             scenario: args.scenario,
-            host: args.host.clone(),
-            port: args.port,
-            source: args.source,
-            attack: AttackOptions {
-                source: args.attack_source,
-                slowloris: args.slowloris,
-                slowloris_interval,
-                flood_rate: args.flood_rate,
+            connect: ConnectOptions {
+                host: c.host.clone(),
+                port: c.port,
+                source: c.source,
+                version: c.protocol.into(),
+                tls_ca: if c.tls { c.ca.clone() } else { None },
+                tls_resume: !c.tls_no_resume,
+                username: c.username.clone(),
+                password: c.password.clone(),
+                keep_alive: c.keep_alive,
             },
-            qos: QoS::from_u8(args.qos)
-                .ok_or_else(|| BenchError::Options("--qos must be 0, 1 or 2".to_owned()))?,
-            payload: args.payload,
-            version: args.protocol.into(),
-            tls_ca: if args.tls { args.ca.clone() } else { None },
-            tls_resume: !args.tls_no_resume,
-            username: args.username.clone(),
-            password: args.password.clone(),
-            duration,
-            warmup,
-            window: args.window,
-            connections: args.connections,
-            workers: args.workers,
-            rate: args.rate,
-            inflight: args.inflight,
-            keep_alive: args.keep_alive,
-            persistent: args.persistent,
-            broker_pid: args.broker_pid,
+            load: LoadOptions {
+                qos: QoS::from_u8(l.qos)
+                    .ok_or_else(|| BenchError::Options("--qos must be 0, 1 or 2".to_owned()))?,
+                payload: l.payload,
+                duration,
+                warmup,
+                window: l.window,
+                connections: l.connections,
+                workers: l.workers,
+                rate: l.rate,
+                inflight: l.inflight,
+                persistent: l.persistent,
+            },
+            attack: AttackOptions {
+                source: a.attack_source,
+                slowloris: a.slowloris,
+                slowloris_interval,
+                flood_rate: a.flood_rate,
+            },
+            broker_pid: out.broker_pid,
             progress,
         };
         options.validate()?;
@@ -467,7 +548,7 @@ mod tests {
         assert_eq!(fan_out.window_units(5), 5000);
         // 100 000 subscribers: at least 10 publications.
         assert_eq!(fan_out.window_units(100_000), 1_000_000);
-        fan_out.window = Some(500);
+        fan_out.load.window = Some(500);
         assert_eq!(fan_out.window_units(1000), 500_000);
     }
 
@@ -475,8 +556,8 @@ mod tests {
     fn validation_reports_every_problem() {
         let mut o = BenchOptions::new(Scenario::FanIn, "127.0.0.1", 1883);
         assert!(o.validate().is_ok());
-        o.payload = 8;
-        o.workers = 0;
+        o.load.payload = 8;
+        o.load.workers = 0;
         let err = o.validate().unwrap_err().to_string();
         assert!(err.contains("--payload"), "{err}");
         assert!(err.contains("--workers"), "{err}");
@@ -489,11 +570,202 @@ mod tests {
         assert_eq!(o.rate(), Some(10_000));
         o.attack.slowloris = 0;
         o.attack.flood_rate = 0;
-        o.source = Some("127.0.0.5".parse().unwrap());
-        o.attack.source = o.source;
+        o.connect.source = Some("127.0.0.5".parse().unwrap());
+        o.attack.source = o.connect.source;
         let err = o.validate().unwrap_err().to_string();
         assert!(err.contains("needs an attack"), "{err}");
         assert!(err.contains("--attack-source must differ"), "{err}");
+    }
+
+    /// The `bench` command line as `bulwark` builds it.
+    fn command() -> clap::Command {
+        <BenchArgs as clap::Args>::augment_args(clap::Command::new("bench"))
+    }
+
+    fn parse(line: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let matches = command().try_get_matches_from(line)?;
+        <BenchArgs as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+
+    #[test]
+    fn the_flags_and_their_defaults() {
+        let mut flags: Vec<String> = command()
+            .get_arguments()
+            .map(|a| {
+                let defaults: Vec<String> = a
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                format!(
+                    "{} --{} -{} [{}]",
+                    a.get_id(),
+                    a.get_long().unwrap_or(""),
+                    a.get_short().map(String::from).unwrap_or_default(),
+                    defaults.join(",")
+                )
+            })
+            .collect();
+        flags.sort();
+        let expected = [
+            "attack_source --attack-source - []",
+            "broker_pid --broker-pid - []",
+            "ca --ca - []",
+            "connections --connections -n []",
+            "duration --duration - [10]",
+            "flood_rate --flood-rate - [1000]",
+            "host --host - [127.0.0.1]",
+            "inflight --inflight - [64]",
+            "json --json - []",
+            "keep_alive --keep-alive - [30]",
+            "no_progress --no-progress - []",
+            "password --password - []",
+            "payload --payload - [64]",
+            "persistent --persistent - []",
+            "port --port - [1883]",
+            "progress --progress - []",
+            "protocol --protocol - [3.1.1]",
+            "qos --qos - [0]",
+            "rate --rate - []",
+            "scenario -- - []",
+            "slowloris --slowloris - [1000]",
+            "slowloris_interval --slowloris-interval - [1]",
+            "source --source - []",
+            "tls --tls - []",
+            "tls_no_resume --tls-no-resume - []",
+            "username --username - []",
+            "warmup --warmup - [2]",
+            "window --window - []",
+            "workers --workers - [16]",
+        ];
+        assert_eq!(flags, expected);
+    }
+
+    #[test]
+    fn command_line_to_options() {
+        let args = parse(&["bench", "fan-in"]).unwrap();
+        let o = BenchOptions::try_from(&args).unwrap();
+        let mut d = BenchOptions::new(Scenario::FanIn, "127.0.0.1", 1883);
+        d.progress = o.progress;
+        assert_eq!(format!("{o:?}"), format!("{d:?}"));
+
+        let args = parse(&[
+            "bench",
+            "flood",
+            "--host",
+            "broker",
+            "--port",
+            "8883",
+            "--source",
+            "10.0.0.1",
+            "--attack-source",
+            "10.0.0.2",
+            "--slowloris",
+            "5",
+            "--slowloris-interval",
+            "0.5",
+            "--flood-rate",
+            "7",
+            "--qos",
+            "2",
+            "--payload",
+            "100",
+            "--protocol",
+            "5",
+            "--tls",
+            "--ca",
+            "ca.pem",
+            "--tls-no-resume",
+            "--username",
+            "u",
+            "--password",
+            "p",
+            "--duration",
+            "3",
+            "--warmup",
+            "0",
+            "--window",
+            "9",
+            "-n",
+            "4",
+            "--workers",
+            "2",
+            "--rate",
+            "50",
+            "--inflight",
+            "8",
+            "--keep-alive",
+            "11",
+            "--persistent",
+            "--json",
+            "--broker-pid",
+            "42",
+            "--no-progress",
+        ])
+        .unwrap();
+        assert!(args.output.json);
+        let o = BenchOptions::try_from(&args).unwrap();
+        let mut e = BenchOptions::new(Scenario::Flood, "broker", 8883);
+        e.connect = ConnectOptions {
+            host: "broker".to_owned(),
+            port: 8883,
+            source: Some("10.0.0.1".parse().unwrap()),
+            version: ProtocolVersion::V5,
+            tls_ca: Some(PathBuf::from("ca.pem")),
+            tls_resume: false,
+            username: Some("u".to_owned()),
+            password: Some("p".to_owned()),
+            keep_alive: 11,
+        };
+        e.load = LoadOptions {
+            qos: QoS::ExactlyOnce,
+            payload: 100,
+            duration: Duration::from_secs(3),
+            warmup: Duration::ZERO,
+            window: Some(9),
+            connections: Some(4),
+            workers: 2,
+            rate: Some(50),
+            inflight: 8,
+            persistent: true,
+        };
+        e.attack = AttackOptions {
+            source: Some("10.0.0.2".parse().unwrap()),
+            slowloris: 5,
+            slowloris_interval: Duration::from_millis(500),
+            flood_rate: 7,
+        };
+        e.broker_pid = Some(42);
+        assert_eq!(format!("{o:?}"), format!("{e:?}"));
+    }
+
+    #[test]
+    fn flags_that_need_or_override_each_other() {
+        // --tls and --ca need each other, and --tls-no-resume needs --tls.
+        assert!(parse(&["bench", "conn", "--tls"]).is_err());
+        assert!(parse(&["bench", "conn", "--ca", "ca.pem"]).is_err());
+        assert!(parse(&["bench", "conn", "--tls-no-resume"]).is_err());
+        assert!(
+            parse(&[
+                "bench",
+                "conn",
+                "--tls",
+                "--ca",
+                "ca.pem",
+                "--tls-no-resume"
+            ])
+            .is_ok()
+        );
+        // The last of --progress and --no-progress wins.
+        let args = parse(&["bench", "conn", "--progress", "--no-progress"]).unwrap();
+        assert!(!args.output.progress && args.output.no_progress);
+        let args = parse(&["bench", "conn", "--no-progress", "--progress"]).unwrap();
+        assert!(args.output.progress && !args.output.no_progress);
+        let o = BenchOptions::try_from(&args).unwrap();
+        assert!(o.progress);
+        // Out-of-range values are refused by the parser.
+        assert!(parse(&["bench", "conn", "--qos", "3"]).is_err());
+        assert!(parse(&["bench", "conn", "--protocol", "4"]).is_err());
     }
 
     #[test]

@@ -19,8 +19,8 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::client::{Client, ConnectParams, Target, pump, read_some};
 use crate::payload::{self, Stamp};
-use crate::procfs::{self, Process};
-use crate::stats::{LocalSamples, Report, SharedHistogram, per_second};
+use crate::procfs::Process;
+use crate::stats::{LocalSamples, MessageStats, Report, RunSetup, SharedHistogram, per_second};
 use crate::track::{Kind, SeqTracker};
 use crate::window::Window;
 use crate::{BenchError, BenchOptions, ErrorLog, Scenario, client_id, random_suffix};
@@ -164,18 +164,10 @@ struct SubStats {
 pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
     let n = o.connections();
     let layout = layout(o.scenario, n);
-    let target =
-        Target::new(&o.host, o.port, o.tls_ca.as_deref(), o.tls_resume)?.connecting_from(o.source);
-    let params = ConnectParams {
-        version: o.version,
-        keep_alive: o.keep_alive,
-        username: o.username.clone(),
-        password: o.password.clone(),
-        qos: o.qos,
-        persistent: false,
-    };
+    let target = Target::for_clients(&o.connect)?;
+    let params = ConnectParams::new(&o.connect, o.load.qos);
     let sub_params = ConnectParams {
-        persistent: o.persistent,
+        persistent: o.load.persistent,
         ..params.clone()
     };
     let random = random_suffix();
@@ -200,18 +192,18 @@ pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
 
     let units = o.window_units(layout.fanout);
     let epoch = Instant::now();
-    let measure_start = o.warmup;
-    let measure_end = o.warmup + o.duration;
+    let measure_start = o.load.warmup;
+    let measure_end = o.load.warmup + o.load.duration;
     let shared = Arc::new(Shared {
         epoch,
         measure_start_ns: nanos(measure_start),
         measure_end_ns: nanos(measure_end),
         window: Window::new(units, layout.fanout),
         units_per_message: layout.fanout,
-        qos: o.qos,
-        payload: o.payload,
-        inflight: o.inflight,
-        keep_alive: Duration::from_secs(u64::from(o.keep_alive.max(1))),
+        qos: o.load.qos,
+        payload: o.load.payload,
+        inflight: o.load.inflight,
+        keep_alive: Duration::from_secs(u64::from(o.connect.keep_alive.max(1))),
         published: AtomicU64::new(0),
         received: AtomicU64::new(0),
         window_resets: AtomicU64::new(0),
@@ -248,15 +240,9 @@ pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
     let broker = o.broker_pid.map(Process::Pid);
     let mut progress = Progress::new(o.progress, epoch, &shared);
     progress.wait_until(epoch + measure_start).await;
-    let cpu_start = (
-        broker.and_then(procfs::cpu_sample),
-        procfs::cpu_sample(Process::Current),
-    );
+    let cpu_start = crate::conn::samples(broker);
     progress.wait_until(epoch + measure_end).await;
-    let cpu_end = (
-        broker.and_then(procfs::cpu_sample),
-        procfs::cpu_sample(Process::Current),
-    );
+    let cpu_end = crate::conn::samples(broker);
     let drain_deadline = Instant::now() + DRAIN_MAX;
     let mut last_received = shared.received.load(Ordering::Relaxed);
     let mut last_change = Instant::now();
@@ -300,40 +286,37 @@ pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
     let expected = published.saturating_mul(layout.fanout);
     let (errors, first_error) = shared.errors.take();
     Ok(Report {
-        scenario: o.scenario,
-        broker: format!("{}:{}", o.host, o.port),
-        tls: o.tls_ca.is_some(),
-        protocol: o.version.to_string(),
-        qos: o.qos.as_u8(),
-        payload_bytes: o.payload,
-        connections: publishers + layout.subscribers.len(),
-        publishers,
-        subscribers: layout.subscribers.len(),
-        window: units / layout.fanout.max(1),
-        rate_limit: o.rate(),
-        warmup_s: o.warmup.as_secs_f64(),
-        measured_s: o.duration.as_secs_f64(),
-        published,
-        expected,
-        received,
-        published_per_s: per_second(published, o.duration),
-        received_per_s: per_second(received, o.duration),
-        lost: expected.saturating_sub(received),
-        duplicates,
-        reordered,
-        window_resets: shared.window_resets.load(Ordering::Relaxed),
-        unacked,
+        setup: RunSetup {
+            scenario: o.scenario,
+            broker: o.connect.broker(),
+            tls: o.connect.tls_ca.is_some(),
+            protocol: o.connect.version.to_string(),
+            qos: o.load.qos.as_u8(),
+            payload_bytes: o.load.payload,
+            connections: publishers + layout.subscribers.len(),
+            publishers,
+            subscribers: layout.subscribers.len(),
+            window: units / layout.fanout.max(1),
+            rate_limit: o.rate(),
+            warmup_s: o.load.warmup.as_secs_f64(),
+            measured_s: o.load.duration.as_secs_f64(),
+        },
+        messages: MessageStats {
+            published,
+            expected,
+            received,
+            published_per_s: per_second(published, o.load.duration),
+            received_per_s: per_second(received, o.load.duration),
+            lost: expected.saturating_sub(received),
+            duplicates,
+            reordered,
+            window_resets: shared.window_resets.load(Ordering::Relaxed),
+            unacked,
+        },
         latency: shared.latency.summary(),
         connect: None,
         memory: None,
-        broker_cpu_percent: match cpu_start.0.zip(cpu_end.0) {
-            Some((a, b)) => procfs::cpu_percent(a, b),
-            None => None,
-        },
-        loader_cpu_percent: match cpu_start.1.zip(cpu_end.1) {
-            Some((a, b)) => procfs::cpu_percent(a, b),
-            None => None,
-        },
+        cpu: crate::conn::percent(cpu_start, cpu_end),
         errors,
         first_error,
         flood: None,
@@ -350,8 +333,8 @@ async fn connect_many(
     o: &BenchOptions,
     read_chunk: usize,
 ) -> Result<Vec<Client>, BenchError> {
-    let limit = Arc::new(Semaphore::new(o.workers.max(1)));
-    let qos = o.qos;
+    let limit = Arc::new(Semaphore::new(o.load.workers.max(1)));
+    let qos = o.load.qos;
     let count = ids.len();
     let mut set = JoinSet::new();
     for (index, (id, filter)) in ids.into_iter().enumerate() {

@@ -209,9 +209,37 @@ pub struct FloodStats {
     pub p99_ratio: Option<f64>,
 }
 
-/// Everything one run measured.
+/// Everything one run measured. Its JSON is one flat object: the groups below
+/// ([`RunSetup`], [`MessageStats`], [`CpuStats`]) add their fields to it, not objects of
+/// their own.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// What was run, against what.
+    #[serde(flatten)]
+    pub setup: RunSetup,
+    /// Publications and deliveries in the measured interval.
+    #[serde(flatten)]
+    pub messages: MessageStats,
+    /// Send timestamp to receipt, for deliveries in the measured interval.
+    pub latency: Option<Latency>,
+    /// Connection set-up (conn, churn).
+    pub connect: Option<ConnectStats>,
+    /// Broker memory (conn with `--broker-pid`).
+    pub memory: Option<MemoryStats>,
+    /// CPU use of the broker and of the load generator.
+    #[serde(flatten)]
+    pub cpu: CpuStats,
+    /// Connections that failed during the run.
+    pub errors: u64,
+    /// The first of those failures.
+    pub first_error: Option<String>,
+    /// Flood: the undisturbed run and the attack; the other figures are those under attack.
+    pub flood: Option<FloodStats>,
+}
+
+/// What a run was: the scenario, the broker, the clients and the timing.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSetup {
     /// The scenario.
     pub scenario: Scenario,
     /// `host:port`.
@@ -238,6 +266,11 @@ pub struct Report {
     pub warmup_s: f64,
     /// Seconds measured.
     pub measured_s: f64,
+}
+
+/// Publications and deliveries in the measured interval (all 0 for conn and churn).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MessageStats {
     /// Publications sent in the measured interval.
     pub published: u64,
     /// Of those, deliveries expected: published × subscribers of each publication.
@@ -259,23 +292,16 @@ pub struct Report {
     pub window_resets: u64,
     /// QoS 1/2 publications still unacknowledged when the connections closed.
     pub unacked: u64,
-    /// Send timestamp to receipt, for deliveries in the measured interval.
-    pub latency: Option<Latency>,
-    /// Connection set-up (conn, churn).
-    pub connect: Option<ConnectStats>,
-    /// Broker memory (conn with `--broker-pid`).
-    pub memory: Option<MemoryStats>,
-    /// The broker's CPU use over the measured interval, % of one core.
+}
+
+/// CPU use over the measured interval (conn: the whole run), % of one core.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CpuStats {
+    /// The broker's (with `--broker-pid`).
     pub broker_cpu_percent: Option<f64>,
-    /// The load generator's own CPU use, % of one core: near 100 × cores means the loader,
-    /// not the broker, set the pace.
+    /// The load generator's own: near 100 × cores means the loader, not the broker, set the
+    /// pace.
     pub loader_cpu_percent: Option<f64>,
-    /// Connections that failed during the run.
-    pub errors: u64,
-    /// The first of those failures.
-    pub first_error: Option<String>,
-    /// Flood: the undisturbed run and the attack; the other figures are those under attack.
-    pub flood: Option<FloodStats>,
 }
 
 impl Report {
@@ -288,54 +314,48 @@ impl Report {
     pub fn to_table(&self) -> String {
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
-        let connections_only = matches!(self.scenario, Scenario::Conn | Scenario::Churn);
-        let tls = if self.tls { " over TLS" } else { "" };
+        let (s, m) = (&self.setup, &self.messages);
+        let connections_only = matches!(s.scenario, Scenario::Conn | Scenario::Churn);
+        let tls = if s.tls { " over TLS" } else { "" };
         let what = if connections_only {
-            format!("MQTT {}", self.protocol)
+            format!("MQTT {}", s.protocol)
         } else {
             format!(
                 "MQTT {}, QoS {}, payload {} B",
-                self.protocol, self.qos, self.payload_bytes
+                s.protocol, s.qos, s.payload_bytes
             )
         };
         row(
             "scenario",
-            format!(
-                "{} against {}{tls} ({what})",
-                self.scenario.name(),
-                self.broker
-            ),
+            format!("{} against {}{tls} ({what})", s.scenario.name(), s.broker),
         );
-        match self.scenario {
+        match s.scenario {
             Scenario::Conn | Scenario::Churn => {
-                row("connections", thousands(self.connections as u64));
+                row("connections", thousands(s.connections as u64));
             }
             _ => row(
                 "clients",
                 format!(
                     "{}, {}, window {}{}",
-                    count(self.publishers, "publisher"),
-                    count(self.subscribers, "subscriber"),
-                    thousands(self.window),
-                    self.rate_limit
+                    count(s.publishers, "publisher"),
+                    count(s.subscribers, "subscriber"),
+                    thousands(s.window),
+                    s.rate_limit
                         .map(|r| format!(", rate {} msg/s", thousands(r)))
                         .unwrap_or_default()
                 ),
             ),
         }
-        if self.scenario == Scenario::Conn {
-            row("held", format!("{:.1} s", self.measured_s));
+        if s.scenario == Scenario::Conn {
+            row("held", format!("{:.1} s", s.measured_s));
         } else {
             row(
                 "measured",
-                format!(
-                    "{:.1} s after {:.1} s warm-up",
-                    self.measured_s, self.warmup_s
-                ),
+                format!("{:.1} s after {:.1} s warm-up", s.measured_s, s.warmup_s),
             );
         }
         if let Some(c) = &self.connect {
-            let label = if self.scenario == Scenario::Churn {
+            let label = if s.scenario == Scenario::Churn {
                 "connect/disconnect"
             } else {
                 "connect rate"
@@ -361,14 +381,14 @@ impl Report {
                 );
             }
         }
-        if let Some(m) = &self.memory {
+        if let Some(mem) = &self.memory {
             row(
                 "broker memory",
                 format!(
                     "{} B per connection (RSS {} → {} KiB)",
-                    thousands(m.per_connection_bytes.max(0.0).round() as u64),
-                    thousands(m.rss_before_kib),
-                    thousands(m.rss_after_kib)
+                    thousands(mem.per_connection_bytes.max(0.0).round() as u64),
+                    thousands(mem.rss_before_kib),
+                    thousands(mem.rss_after_kib)
                 ),
             );
         }
@@ -377,11 +397,11 @@ impl Report {
                 "published",
                 format!(
                     "{} msg/s ({})",
-                    rate(self.published_per_s),
-                    thousands(self.published)
+                    rate(m.published_per_s),
+                    thousands(m.published)
                 ),
             );
-            let label = if self.scenario == Scenario::FanOut {
+            let label = if s.scenario == Scenario::FanOut {
                 "deliveries"
             } else {
                 "received"
@@ -390,8 +410,8 @@ impl Report {
                 label,
                 format!(
                     "{} msg/s ({})",
-                    rate(self.received_per_s),
-                    thousands(self.received)
+                    rate(m.received_per_s),
+                    thousands(m.received)
                 ),
             );
             if let Some(l) = &self.latency {
@@ -401,27 +421,27 @@ impl Report {
                 "lost / dup / reordered",
                 format!(
                     "{} / {} / {}{}",
-                    thousands(self.lost),
-                    thousands(self.duplicates),
-                    thousands(self.reordered),
-                    if self.window_resets > 0 {
-                        format!(" (window reset {} times)", self.window_resets)
+                    thousands(m.lost),
+                    thousands(m.duplicates),
+                    thousands(m.reordered),
+                    if m.window_resets > 0 {
+                        format!(" (window reset {} times)", m.window_resets)
                     } else {
                         String::new()
                     }
                 ),
             );
-            if self.unacked > 0 {
-                row("unacknowledged", thousands(self.unacked));
+            if m.unacked > 0 {
+                row("unacknowledged", thousands(m.unacked));
             }
         }
         if let Some(f) = &self.flood {
             flood_rows(f, &mut row);
         }
-        if let Some(cpu) = self.broker_cpu_percent {
+        if let Some(cpu) = self.cpu.broker_cpu_percent {
             row("broker CPU", format!("{cpu:.0} %"));
         }
-        if let Some(cpu) = self.loader_cpu_percent {
+        if let Some(cpu) = self.cpu.loader_cpu_percent {
             row("loader CPU", format!("{cpu:.0} %"));
         }
         if self.errors > 0 {
@@ -600,29 +620,33 @@ mod tests {
 
     fn sample_report() -> Report {
         Report {
-            scenario: Scenario::FanIn,
-            broker: "127.0.0.1:1883".to_owned(),
-            tls: false,
-            protocol: "3.1.1".to_owned(),
-            qos: 1,
-            payload_bytes: 64,
-            connections: 101,
-            publishers: 100,
-            subscribers: 1,
-            window: 1000,
-            rate_limit: None,
-            warmup_s: 2.0,
-            measured_s: 10.0,
-            published: 2_500_000,
-            expected: 2_500_000,
-            received: 2_500_000,
-            published_per_s: 250_000.0,
-            received_per_s: 250_000.0,
-            lost: 0,
-            duplicates: 0,
-            reordered: 0,
-            window_resets: 0,
-            unacked: 0,
+            setup: RunSetup {
+                scenario: Scenario::FanIn,
+                broker: "127.0.0.1:1883".to_owned(),
+                tls: false,
+                protocol: "3.1.1".to_owned(),
+                qos: 1,
+                payload_bytes: 64,
+                connections: 101,
+                publishers: 100,
+                subscribers: 1,
+                window: 1000,
+                rate_limit: None,
+                warmup_s: 2.0,
+                measured_s: 10.0,
+            },
+            messages: MessageStats {
+                published: 2_500_000,
+                expected: 2_500_000,
+                received: 2_500_000,
+                published_per_s: 250_000.0,
+                received_per_s: 250_000.0,
+                lost: 0,
+                duplicates: 0,
+                reordered: 0,
+                window_resets: 0,
+                unacked: 0,
+            },
             latency: Some(Latency {
                 count: 2_500_000,
                 mean_us: 900.0,
@@ -633,8 +657,10 @@ mod tests {
             }),
             connect: None,
             memory: None,
-            broker_cpu_percent: Some(99.6),
-            loader_cpu_percent: Some(80.2),
+            cpu: CpuStats {
+                broker_cpu_percent: Some(99.6),
+                loader_cpu_percent: Some(80.2),
+            },
             errors: 0,
             first_error: None,
             flood: None,
@@ -644,7 +670,7 @@ mod tests {
     #[test]
     fn flood_table_compares_and_counts() {
         let mut report = sample_report();
-        report.scenario = Scenario::Flood;
+        report.setup.scenario = Scenario::Flood;
         let baseline = report.latency.map(|mut l| {
             l.p99_us = 1050.0;
             l
@@ -700,6 +726,160 @@ mod tests {
             "{table}"
         );
         assert!(!table.contains("errors"), "{table}");
+    }
+
+    /// A report with every optional part present.
+    fn full_report() -> Report {
+        let mut report = sample_report();
+        report.connect = Some(ConnectStats {
+            connected: 50,
+            failed: 1,
+            per_second: 5000.0,
+            latency: report.latency,
+            elapsed_s: Some(0.01),
+        });
+        report.memory = Some(MemoryStats {
+            rss_before_kib: 1000,
+            rss_after_kib: 2000,
+            per_connection_bytes: 20_480.0,
+        });
+        report.errors = 1;
+        report.first_error = Some("timed out: CONNACK".to_owned());
+        report.flood = Some(FloodStats {
+            baseline_latency: report.latency,
+            baseline_received_per_s: 10_000.0,
+            baseline_lost: 0,
+            attack: AttackStats::default(),
+            p99_ratio: Some(1.5),
+        });
+        report
+    }
+
+    /// The keys of a pretty-printed JSON object, in their order, as dotted paths.
+    fn key_paths(json: &str) -> Vec<String> {
+        let mut path: Vec<String> = Vec::new();
+        let mut keys = Vec::new();
+        for line in json.lines() {
+            let trimmed = line.trim_start();
+            let depth = (line.len() - trimmed.len()) / 2;
+            if let Some(rest) = trimmed.strip_prefix('"') {
+                let key = rest.split('"').next().unwrap().to_owned();
+                path.truncate(depth - 1);
+                path.push(key);
+                keys.push(path.join("."));
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn json_keys_are_those_scripts_read() {
+        let latency = |prefix: &str| {
+            [
+                "", ".count", ".mean_us", ".p50_us", ".p99_us", ".p999_us", ".max_us",
+            ]
+            .map(|k| format!("{prefix}{k}"))
+        };
+        let mut expected: Vec<String> = [
+            "scenario",
+            "broker",
+            "tls",
+            "protocol",
+            "qos",
+            "payload_bytes",
+            "connections",
+            "publishers",
+            "subscribers",
+            "window",
+            "rate_limit",
+            "warmup_s",
+            "measured_s",
+            "published",
+            "expected",
+            "received",
+            "published_per_s",
+            "received_per_s",
+            "lost",
+            "duplicates",
+            "reordered",
+            "window_resets",
+            "unacked",
+        ]
+        .map(String::from)
+        .to_vec();
+        expected.extend(latency("latency"));
+        expected.extend(
+            [
+                "connect",
+                "connect.connected",
+                "connect.failed",
+                "connect.per_second",
+            ]
+            .map(String::from),
+        );
+        expected.extend(latency("connect.latency"));
+        expected.extend(
+            [
+                "connect.elapsed_s",
+                "memory",
+                "memory.rss_before_kib",
+                "memory.rss_after_kib",
+                "memory.per_connection_bytes",
+                "broker_cpu_percent",
+                "loader_cpu_percent",
+                "errors",
+                "first_error",
+                "flood",
+            ]
+            .map(String::from),
+        );
+        expected.extend(latency("flood.baseline_latency"));
+        expected.extend(
+            [
+                "flood.baseline_received_per_s",
+                "flood.baseline_lost",
+                "flood.attack",
+                "flood.attack.source",
+                "flood.attack.duration_s",
+                "flood.attack.slowloris_target",
+                "flood.attack.slowloris_opened",
+                "flood.attack.slowloris_closed",
+                "flood.attack.slowloris_failed",
+                "flood.attack.slowloris_open_at_end",
+                "flood.attack.slowloris_longest_s",
+                "flood.attack.flood_rate",
+                "flood.attack.flood_attempts",
+                "flood.attack.flood_accepted",
+                "flood.attack.flood_refused",
+                "flood.attack.flood_skipped",
+                "flood.p99_ratio",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(key_paths(&full_report().to_json()), expected);
+
+        // Without the optional parts, their keys are still there, as null.
+        let json = sample_report().to_json();
+        let top: Vec<String> = key_paths(&json)
+            .into_iter()
+            .filter(|k| !k.contains('.'))
+            .collect();
+        let expected_top: Vec<&String> = expected.iter().filter(|k| !k.contains('.')).collect();
+        assert_eq!(top.iter().collect::<Vec<_>>(), expected_top);
+        for key in ["connect", "memory", "first_error", "flood", "rate_limit"] {
+            assert!(json.contains(&format!("\"{key}\": null")), "{key}: {json}");
+        }
+        // What scripts/bench_compare.py reads.
+        let value: serde_json::Value = serde_json::from_str(&full_report().to_json()).unwrap();
+        assert_eq!(value["received_per_s"], 250_000.0);
+        assert_eq!(value["latency"]["p99_us"], 2100.0);
+        assert_eq!(value["memory"]["per_connection_bytes"], 20_480.0);
+        assert_eq!(value["connect"]["per_second"], 5000.0);
+        assert_eq!(value["loader_cpu_percent"], 80.2);
+        assert_eq!(value["broker_cpu_percent"], 99.6);
+        assert_eq!(value["lost"], 0);
+        assert_eq!(value["errors"], 1);
+        assert_eq!(value["first_error"], "timed out: CONNACK");
     }
 
     #[test]

@@ -78,8 +78,8 @@ impl Broker {
 
     fn options(&self, scenario: Scenario) -> BenchOptions {
         let mut o = BenchOptions::new(scenario, self.addr.ip().to_string(), self.addr.port());
-        o.duration = Duration::from_secs(1);
-        o.warmup = Duration::from_millis(200);
+        o.load.duration = Duration::from_secs(1);
+        o.load.warmup = Duration::from_millis(200);
         o
     }
 
@@ -98,17 +98,22 @@ fn data(name: &str) -> std::path::PathBuf {
 }
 
 fn assert_delivered(report: &Report, qos: QoS) {
-    assert!(report.received > 0, "{}", report.to_table());
-    assert!(report.published > 0, "{}", report.to_table());
+    assert!(report.messages.received > 0, "{}", report.to_table());
+    assert!(report.messages.published > 0, "{}", report.to_table());
     assert_eq!(report.errors, 0, "{}", report.to_table());
     let latency = report.latency.expect("latency samples");
     assert!(latency.p50_us > 0.0 && latency.p50_us <= latency.max_us);
     if qos != QoS::AtMostOnce {
-        assert_eq!(report.lost, 0, "{}", report.to_table());
-        assert_eq!(report.duplicates, 0, "{}", report.to_table());
-        assert_eq!(report.reordered, 0, "{}", report.to_table());
-        assert_eq!(report.received, report.expected, "{}", report.to_table());
-        assert_eq!(report.window_resets, 0, "{}", report.to_table());
+        assert_eq!(report.messages.lost, 0, "{}", report.to_table());
+        assert_eq!(report.messages.duplicates, 0, "{}", report.to_table());
+        assert_eq!(report.messages.reordered, 0, "{}", report.to_table());
+        assert_eq!(
+            report.messages.received,
+            report.messages.expected,
+            "{}",
+            report.to_table()
+        );
+        assert_eq!(report.messages.window_resets, 0, "{}", report.to_table());
     }
 }
 
@@ -122,12 +127,15 @@ async fn publish_scenarios_at_every_qos() {
     ] {
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
             let mut o = broker.options(scenario);
-            o.connections = Some(n);
-            o.qos = qos;
+            o.load.connections = Some(n);
+            o.load.qos = qos;
             let report = run_scenario(&o).await.unwrap();
             assert_delivered(&report, qos);
             if scenario == Scenario::FanOut {
-                assert_eq!(report.expected, report.published * n as u64);
+                assert_eq!(
+                    report.messages.expected,
+                    report.messages.published * n as u64
+                );
             }
         }
     }
@@ -138,28 +146,28 @@ async fn publish_scenarios_at_every_qos() {
 async fn mqtt5_and_a_fixed_rate() {
     let broker = Broker::start().await;
     let mut o = broker.options(Scenario::Latency);
-    o.connections = Some(5);
-    o.rate = Some(1000);
-    o.qos = QoS::ExactlyOnce;
-    o.version = ProtocolVersion::V5;
-    o.payload = 16;
+    o.load.connections = Some(5);
+    o.load.rate = Some(1000);
+    o.load.qos = QoS::ExactlyOnce;
+    o.connect.version = ProtocolVersion::V5;
+    o.load.payload = 16;
     let report = run_scenario(&o).await.unwrap();
-    assert_delivered(&report, o.qos);
+    assert_delivered(&report, o.load.qos);
     // 1000 msg/s for 1 s: the timer keeps the rate, give or take a tick.
     assert!(
-        (800..=1200).contains(&report.published),
+        (800..=1200).contains(&report.messages.published),
         "{}",
         report.to_table()
     );
 
     let mut o = broker.options(Scenario::Pairs);
-    o.connections = Some(3);
-    o.qos = QoS::AtLeastOnce;
-    o.version = ProtocolVersion::V5;
-    o.window = Some(10);
+    o.load.connections = Some(3);
+    o.load.qos = QoS::AtLeastOnce;
+    o.connect.version = ProtocolVersion::V5;
+    o.load.window = Some(10);
     let report = run_scenario(&o).await.unwrap();
-    assert_delivered(&report, o.qos);
-    assert_eq!(report.window, 10);
+    assert_delivered(&report, o.load.qos);
+    assert_eq!(report.setup.window, 10);
     broker.stop().await;
 }
 
@@ -167,7 +175,7 @@ async fn mqtt5_and_a_fixed_rate() {
 async fn connection_scenarios() {
     let broker = Broker::start().await;
     let mut o = broker.options(Scenario::Conn);
-    o.connections = Some(50);
+    o.load.connections = Some(50);
     o.broker_pid = Some(std::process::id());
     let report = run_scenario(&o).await.unwrap();
     let connect = report.connect.as_ref().unwrap();
@@ -179,11 +187,11 @@ async fn connection_scenarios() {
     #[cfg(target_os = "linux")]
     {
         assert!(report.memory.is_some(), "{}", report.to_table());
-        assert!(report.broker_cpu_percent.is_some());
+        assert!(report.cpu.broker_cpu_percent.is_some());
     }
 
     let mut o = broker.options(Scenario::Churn);
-    o.workers = 2;
+    o.load.workers = 2;
     let report = run_scenario(&o).await.unwrap();
     let connect = report.connect.as_ref().unwrap();
     assert!(connect.connected > 0, "{}", report.to_table());
@@ -196,30 +204,30 @@ async fn over_tls_with_full_handshakes() {
     let broker = Broker::start_tls().await;
     for scenario in [Scenario::Churn, Scenario::Conn] {
         let mut o = broker.options(scenario);
-        o.tls_ca = Some(data("ca.pem"));
-        o.tls_resume = false;
-        o.workers = 2;
-        o.connections = Some(20);
+        o.connect.tls_ca = Some(data("ca.pem"));
+        o.connect.tls_resume = false;
+        o.load.workers = 2;
+        o.load.connections = Some(20);
         let report = run_scenario(&o).await.unwrap();
-        assert!(report.tls, "{}", report.to_table());
+        assert!(report.setup.tls, "{}", report.to_table());
         let connect = report.connect.as_ref().unwrap();
         assert!(connect.connected > 0, "{}", report.to_table());
         assert_eq!(connect.failed, 0, "{}", report.to_table());
         assert_eq!(report.errors, 0, "{}", report.to_table());
     }
     let mut o = broker.options(Scenario::Pairs);
-    o.tls_ca = Some(data("ca.pem"));
-    o.tls_resume = false;
-    o.connections = Some(3);
-    o.qos = QoS::AtLeastOnce;
+    o.connect.tls_ca = Some(data("ca.pem"));
+    o.connect.tls_resume = false;
+    o.load.connections = Some(3);
+    o.load.qos = QoS::AtLeastOnce;
     let report = run_scenario(&o).await.unwrap();
-    assert_delivered(&report, o.qos);
+    assert_delivered(&report, o.load.qos);
 
     // Trusting the broker's own certificate, not its issuer: no connection, and no hang.
     let mut o = broker.options(Scenario::Churn);
-    o.tls_ca = Some(data("server.pem"));
-    o.duration = Duration::from_millis(200);
-    o.warmup = Duration::ZERO;
+    o.connect.tls_ca = Some(data("server.pem"));
+    o.load.duration = Duration::from_millis(200);
+    o.load.warmup = Duration::ZERO;
     let report = run_scenario(&o).await;
     match report {
         Err(err) => assert!(err.to_string().contains("TLS"), "{err}"),
@@ -243,14 +251,14 @@ async fn flood_attacks_from_another_address_and_compares() {
     })
     .await;
     let mut o = broker.options(Scenario::Flood);
-    o.connections = Some(5);
-    o.rate = Some(500);
+    o.load.connections = Some(5);
+    o.load.rate = Some(500);
     o.attack.slowloris = 40;
     o.attack.slowloris_interval = Duration::from_millis(100);
     o.attack.flood_rate = 400;
     let report = run_scenario(&o).await.unwrap();
     let table = report.to_table();
-    assert_eq!(report.scenario, Scenario::Flood, "{table}");
+    assert_eq!(report.setup.scenario, Scenario::Flood, "{table}");
     assert_delivered(&report, QoS::AtMostOnce);
     let flood = report.flood.as_ref().expect("flood figures");
     assert!(flood.baseline_latency.is_some(), "{table}");
@@ -275,8 +283,8 @@ async fn nothing_listening_is_an_error() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     let mut o = BenchOptions::new(Scenario::Pairs, "127.0.0.1", port);
-    o.connections = Some(1);
-    o.duration = Duration::from_millis(100);
-    o.warmup = Duration::ZERO;
+    o.load.connections = Some(1);
+    o.load.duration = Duration::from_millis(100);
+    o.load.warmup = Duration::ZERO;
     assert!(run_scenario(&o).await.is_err());
 }
