@@ -530,7 +530,11 @@ impl<S: Transport> Driver<S> {
         } = accepted;
         let version = connect.protocol_version;
         // The engine knows the client by its authenticated identity only (sessions belong to
-        // it); an anonymous client has none.
+        // it); an anonymous client has none. The engine reads the session's owner from the
+        // CONNECT's username until it takes it from the principal: without this line a SCRAM
+        // or JWT login (no username in its CONNECT) would own its client id as "nobody", and
+        // an anonymous client could take it over (tests/auth.rs
+        // `an_anonymous_client_cannot_take_over_the_client_id_of_a_scram_user`).
         connect.username = reauth
             .identity()
             .username
