@@ -6,23 +6,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bulwark_acl::Principal;
 use bulwark_acl::event::{EventKind, SecurityEvent};
-use bulwark_auth::scram::{ScramHash, ScramServer};
-use bulwark_core::{ConnectAuth, ConnectionId, KeepAlive, Output};
+use bulwark_core::{ConnectionId, KeepAlive, Output};
 use bulwark_proto::{
-    Auth, ConnAck, Connect, ConnectReturnCode, DecodeError, Decoder, DecoderLimits, Disconnect,
-    Encoder, MqttString, Packet, ProtocolVersion, ReasonCode,
+    Connect, DecodeError, Decoder, DecoderLimits, Disconnect, Encoder, MqttString, Packet,
+    ProtocolVersion, ReasonCode,
 };
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::auth::{
-    Attempt, AuthService, Authenticator, Counts, Identity, ListenerAuth, NotRegistered, Refusal,
-    Ticket,
-};
+use crate::auth::{AuthService, Authenticator, ListenerAuth};
+use crate::handshake::{Accepted, Handshake, HandshakeEvent, Now, Reauth, ReauthEvent, Setup};
+use crate::login::Login;
 use crate::outbox::Outbox;
 use crate::router::{ToRouter, Traffic};
 use crate::tls::IdentitySource;
@@ -56,22 +53,6 @@ pub(crate) struct CertIdentity {
     pub(crate) as_client_id: bool,
 }
 
-/// The Authentication Method of a token given as Authentication Data.
-const JWT_METHOD: &str = "JWT";
-
-/// A connection's authentication state, lent to [`Driver::reauthenticate`].
-struct Reauth<'a> {
-    method: Option<&'a MqttString>,
-    /// Whether the CONNACK went out: re-authentication may only start after it.
-    connack_sent: bool,
-    client_id: &'a str,
-    identity: &'a mut Identity,
-    principal: &'a mut Arc<Principal>,
-    /// Boxed: a re-authentication is rare, and the state sits in every connection's future.
-    scram: &'a mut Option<Box<ScramServer>>,
-    expires: &'a mut Option<tokio::time::Instant>,
-}
-
 /// Whether the engine closed a connection with `code` for a limit rather than a protocol
 /// error.
 fn is_limit(code: ReasonCode) -> bool {
@@ -84,20 +65,12 @@ fn is_limit(code: ReasonCode) -> bool {
     )
 }
 
-/// The method name of a re-authentication, as a static string for the identity.
-fn method_name(method: &MqttString) -> &'static str {
-    match ScramHash::from_method(method.as_str()) {
-        Some(hash) => hash.method(),
-        None => JWT_METHOD,
+/// Both clocks now, for the handshake machines.
+fn now() -> Now {
+    Now {
+        at: tokio::time::Instant::now().into_std(),
+        wall: std::time::SystemTime::now(),
     }
-}
-
-/// The runtime instant of a wall-clock deadline (now if it has passed).
-fn deadline_of(at: std::time::SystemTime) -> tokio::time::Instant {
-    let left = at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + left
 }
 
 /// Why a connection ended, for the log.
@@ -180,7 +153,7 @@ pub(crate) fn drive<S: Transport>(
         if let Some(what) = offence
             && let Some(ban) = driver.ctx.bans.offence(peer.ip(), what)
         {
-            driver.ban_now(&ban).await;
+            crate::login::ban_now(&driver.ctx, &driver.listener.name, peer, &ban).await;
         }
         match &end {
             End::Closed | End::Engine => debug!(%peer, conn = conn.0, ?end, "connection closed"),
@@ -346,26 +319,6 @@ impl<S: Transport> Driver<S> {
         self.ctx.auth.audit.record(event).await;
     }
 
-    /// Records a ban the broker just made and closes the live connections it covers.
-    async fn ban_now(&self, ban: &bulwark_limits::ban::Ban) {
-        let mut event = SecurityEvent::new(EventKind::Ban, std::time::SystemTime::now());
-        event.listener = Some(self.listener.name.to_string());
-        event.remote = Some(self.peer.to_string());
-        event.reason = Some(format!("{}: {}", ban.target, ban.reason));
-        self.ctx.auth.audit.record(event).await;
-        let now = crate::bans::unix_now();
-        let list = {
-            let mut list = bulwark_limits::ban::BanList::new();
-            let _ = list.add(ban.clone());
-            list
-        };
-        let conns = self
-            .ctx
-            .auth
-            .live_matching(|ip, user, id| list.client_ban(ip, user, id, now).is_some());
-        crate::bans::enforce(&self.ctx.auth, &self.ctx.router, conns, "banned").await;
-    }
-
     /// The common name of the verified client certificate, for ACL rules and templates.
     fn certificate_cn(&self) -> Option<Arc<str>> {
         let leaf = self.stream.peer_certificates().and_then(<[_]>::first)?;
@@ -402,52 +355,6 @@ impl<S: Transport> Driver<S> {
         Ok(Some(identity))
     }
 
-    /// Answers a CONNECT with a refusal and closes: CONNACK with `code` (its 3.1.1 return
-    /// code where one exists).
-    async fn refuse(&mut self, version: ProtocolVersion, code: ReasonCode, why: &str) {
-        if version.is_v5() {
-            let mut connack = ConnAck::new(false, code);
-            connack.properties.reason_string = MqttString::new(why).ok();
-            let _ = Encoder::new(version)
-                .encode_fitting(&mut Packet::ConnAck(Box::new(connack)), &mut self.out);
-        } else if ConnectReturnCode::from_reason(code).is_some() {
-            let _ = Encoder::new(version).encode(&ConnAck::new(false, code), &mut self.out);
-        }
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
-    }
-
-    /// Answers a CONNECT the decoder refused, where the protocol gives a way to.
-    async fn refuse_connect(&mut self, err: &DecodeError) {
-        let code = err.reason_code();
-        match self.decoder.protocol_version() {
-            Some(version) if version.is_v5() => {
-                let mut connack = ConnAck::new(false, code);
-                connack.properties.reason_string = MqttString::new(&err.to_string()).ok();
-                let _ = Encoder::new(version)
-                    .encode_fitting(&mut Packet::ConnAck(Box::new(connack)), &mut self.out);
-            }
-            // 3.1.1 has return codes only for some refusals; others just close.
-            Some(version)
-                if ConnectReturnCode::from_reason(code).is_some()
-                    && !matches!(
-                        code,
-                        ReasonCode::MalformedPacket | ReasonCode::ProtocolError
-                    ) =>
-            {
-                let _ = Encoder::new(version).encode(&ConnAck::new(false, code), &mut self.out);
-            }
-            Some(_) => {}
-            None if code == ReasonCode::UnsupportedProtocolVersion => {
-                // An unknown protocol level: answer as 3.1.1 would, return code 1.
-                let _ = Encoder::new(ProtocolVersion::V3_1_1)
-                    .encode(&ConnAck::new(false, code), &mut self.out);
-            }
-            None => {}
-        }
-        let _ = self.flush().await;
-    }
-
     /// Phase 1: a complete CONNECT within the timeout. Boxed by the caller, so that its
     /// states do not enlarge the future every connection keeps for its whole life.
     async fn read_connect(&mut self) -> Result<Box<Connect>, End> {
@@ -460,7 +367,9 @@ impl<S: Transport> Driver<S> {
                 Err(err) => Some(err),
             };
             if let Some(err) = err {
-                self.refuse_connect(&err).await;
+                let version = self.decoder.protocol_version();
+                crate::handshake::refuse_undecodable(version, &err, &mut self.out);
+                let _ = self.flush().await;
                 return Err(End::Decode(Box::new(err)));
             }
             match tokio::time::timeout_at(deadline, self.read_some(CONNECT_CHUNK)).await {
@@ -487,442 +396,151 @@ impl<S: Transport> Driver<S> {
         }
     }
 
-    /// Encodes an AUTH packet for the client.
-    fn push_auth(&mut self, code: ReasonCode, method: &MqttString, data: Option<Vec<u8>>) {
-        let mut auth = Auth {
-            reason_code: code,
-            properties: bulwark_proto::AuthProperties::default(),
-        };
-        auth.properties.authentication_method = Some(method.clone());
-        auth.properties.authentication_data = data.map(bytes::Bytes::from);
-        let _ = self
-            .encoder
-            .encode_fitting(&mut Packet::Auth(auth), &mut self.out);
-    }
-
-    /// Authenticates the CONNECT: the listener's chain, or the enhanced authentication
-    /// exchange its Authentication Method asks for. On refusal the client has been answered
-    /// and the connection is to close.
-    async fn authenticate(
+    /// Phase 1b: the login of `connect`, driven by the handshake machine. On refusal the
+    /// client has been answered and the connection is to close. Boxed by the caller, as
+    /// [`Driver::read_connect`] is.
+    async fn handshake(
         &mut self,
-        connect: &mut Connect,
-        certificate: Option<String>,
-    ) -> Result<(Identity, ConnectAuth), End> {
-        let auth = self.ctx.auth.clone();
+        mut connect: Box<Connect>,
+    ) -> Result<(Box<Connect>, Accepted), End> {
+        let certificate = self.apply_certificate_identity(&mut connect);
+        let ctx = self.ctx.clone();
         let listener = self.listener.clone();
-        let client_id = connect.client_id.as_str().to_owned();
-        let username = connect.username.as_ref().map(|u| u.as_str().to_owned());
-        let Some(method) = connect.properties.authentication_method.clone() else {
-            let attempt = Attempt {
-                listener: &listener,
-                peer: self.peer,
-                client_id: &client_id,
-                username: username.as_deref(),
-                method: "connect",
-                reauth: false,
-            };
-            let (ticket, result) = match auth.gate(&attempt, connect.password.as_deref()).await {
-                Ok(ticket) => {
-                    let result = auth
-                        .check_connect(&listener, connect, certificate.as_deref(), &ticket)
-                        .await;
-                    (Some(ticket), result)
+        let setup = Setup {
+            listener: listener.name.clone(),
+            peer: self.peer.ip(),
+            scram: listener.has(Authenticator::Scram),
+            jwt: listener.has(Authenticator::Jwt) && ctx.auth.has_jwt(),
+            certificate: certificate.as_ref().ok().cloned().flatten(),
+            cert_cn: self.certificate_cn(),
+            reply_timeout: ctx.connect_timeout,
+        };
+        let mut handshake = Handshake::new(connect, setup);
+        self.encoder = handshake.encoder();
+        if let Err(why) = certificate {
+            info!(conn = self.conn.0, %why, "client certificate identity refused");
+            handshake.refuse(ReasonCode::NotAuthorized, &why);
+            while handshake.poll_transmit(&mut self.out) {}
+            let _ = self.flush().await;
+            let _ = self.stream.shutdown().await;
+            return Err(End::Identity);
+        }
+        let mut login = Login::new(&ctx, &listener, self.peer, self.conn);
+        // Why the connection failed while the machine waited for the client.
+        let mut lost = End::Closed;
+        loop {
+            match handshake.poll_event() {
+                Some(HandshakeEvent::Request(request)) => {
+                    let answer = login.serve(handshake.subject(), request).await;
+                    handshake.handle_answer(answer, now());
                 }
-                Err(refusal) => (None, Err(refusal)),
-            };
-            return self
-                .finish_login(&auth, ticket, &attempt, result, ConnectAuth::default())
-                .await;
-        };
-        let name = method.as_str();
-        if let Some(hash) =
-            ScramHash::from_method(name).filter(|_| listener.has(Authenticator::Scram))
-        {
-            return self
-                .scram_connect(connect, hash, method, &client_id, certificate)
-                .await;
-        }
-        let attempt = Attempt {
-            listener: &listener,
-            peer: self.peer,
-            client_id: &client_id,
-            username: username.as_deref(),
-            method: if name == JWT_METHOD {
-                JWT_METHOD
-            } else {
-                "enhanced"
-            },
-            reauth: false,
-        };
-        if name != JWT_METHOD || !listener.has(Authenticator::Jwt) || !auth.has_jwt() {
-            let refusal = Refusal {
-                code: ReasonCode::BadAuthenticationMethod,
-                reason: format!("authentication method {name:?} is not offered on this listener"),
-                counts: Counts::No,
-                kind: EventKind::AuthFailure,
-            };
-            return self
-                .finish_login(&auth, None, &attempt, Err(refusal), ConnectAuth::default())
-                .await;
-        }
-        let token = connect
-            .properties
-            .authentication_data
-            .clone()
-            .unwrap_or_default();
-        let (ticket, result) = match auth.gate(&attempt, None).await {
-            Ok(ticket) => {
-                // A certificate's identity binds the token's user too.
-                let claimed = certificate.as_deref().or(username.as_deref());
-                let result = auth.check_jwt_data(&token, claimed, &client_id).await;
-                (Some(ticket), result)
-            }
-            Err(refusal) => (None, Err(refusal)),
-        };
-        let reply = ConnectAuth {
-            method: Some(method),
-            data: None,
-            principal: None,
-        };
-        self.finish_login(&auth, ticket, &attempt, result, reply)
-            .await
-    }
-
-    /// Counts and records the outcome of a login, registers a successful one (refused if the
-    /// user was removed or disabled meanwhile), answers a refusal.
-    async fn finish_login(
-        &mut self,
-        auth: &AuthService,
-        ticket: Option<Ticket<'_>>,
-        attempt: &Attempt<'_>,
-        result: Result<Identity, Refusal>,
-        reply: ConnectAuth,
-    ) -> Result<(Identity, ConnectAuth), End> {
-        let bans = &self.ctx.bans;
-        let ip = self.peer.ip();
-        let existing = result.as_ref().ok().and_then(|identity| {
-            bans.client_ban(ip, identity.username.as_deref(), attempt.client_id)
-        });
-        let fresh = match (&existing, &result) {
-            (None, Ok(identity)) => {
-                bans.connected(ip, identity.username.as_deref(), attempt.client_id)
-            }
-            _ => None,
-        };
-        if let Some(ban) = &fresh {
-            // Just made (flapping): the client id's other connections go too.
-            self.ban_now(ban).await;
-        }
-        let banned = existing.or(fresh);
-        let result = match result {
-            Ok(_) if banned.is_some() => Err(Refusal::banned(
-                banned.as_ref().map_or("banned", |b| b.reason.as_str()),
-            )),
-            Ok(identity) => match auth.register(self.conn, attempt, &identity) {
-                Ok(()) => Ok(identity),
-                Err(NotRegistered::Gone) => Err(Refusal::failure(
-                    ReasonCode::BadUserNameOrPassword,
-                    "the user was removed or disabled during the login",
-                )),
-                Err(NotRegistered::Quota) => Err(Refusal::quota(
-                    "the user has max_connections_per_user connections open",
-                )),
-            },
-            other => other,
-        };
-        auth.conclude(ticket, attempt, &result).await;
-        match result {
-            Ok(identity) => Ok((identity, reply)),
-            Err(refusal) => {
-                let version = self.encoder.version();
-                self.refuse(version, refusal.code, refusal.public_reason())
-                    .await;
-                Err(End::Refused)
-            }
-        }
-    }
-
-    /// SCRAM over AUTH packets at CONNECT: client-first in the CONNECT, server-first in an
-    /// AUTH, client-final in the client's AUTH, server-final in the CONNACK.
-    async fn scram_connect(
-        &mut self,
-        connect: &Connect,
-        hash: ScramHash,
-        method: MqttString,
-        client_id: &str,
-        certificate: Option<String>,
-    ) -> Result<(Identity, ConnectAuth), End> {
-        let auth = self.ctx.auth.clone();
-        let listener = self.listener.clone();
-        let first = connect
-            .properties
-            .authentication_data
-            .clone()
-            .unwrap_or_default();
-        let started = auth.scram_start(hash, &first);
-        let username = started
-            .as_ref()
-            .ok()
-            .map(|(server, _)| server.username().to_owned());
-        let attempt = Attempt {
-            listener: &listener,
-            peer: self.peer,
-            client_id,
-            username: username.as_deref(),
-            method: hash.method(),
-            reauth: false,
-        };
-        let (server, server_first) = match started {
-            Ok(started) => started,
-            Err(err) => {
-                let refusal = AuthService::scram_refusal(&err);
-                return self
-                    .finish_login(&auth, None, &attempt, Err(refusal), ConnectAuth::default())
-                    .await;
-            }
-        };
-        // A verified certificate names the user; SCRAM may not log in as another.
-        if let Some(name) = certificate.as_deref()
-            && Some(name) != username.as_deref()
-        {
-            let refusal = Refusal::failure(
-                ReasonCode::BadUserNameOrPassword,
-                "SCRAM: the username differs from the client certificate's identity",
-            );
-            return self
-                .finish_login(&auth, None, &attempt, Err(refusal), ConnectAuth::default())
-                .await;
-        }
-        let ticket = match auth.gate(&attempt, None).await {
-            Ok(ticket) => ticket,
-            Err(refusal) => {
-                return self
-                    .finish_login(&auth, None, &attempt, Err(refusal), ConnectAuth::default())
-                    .await;
-            }
-        };
-        self.push_auth(
-            ReasonCode::ContinueAuthentication,
-            &method,
-            Some(server_first),
-        );
-        let deadline = tokio::time::Instant::now() + self.ctx.connect_timeout;
-        let reply = match self.flush().await {
-            Ok(()) => self.read_early_packet(deadline).await,
-            Err(end) => Err(end),
-        };
-        let outcome = match reply {
-            Ok(Packet::Auth(reply))
-                if reply.reason_code == ReasonCode::ContinueAuthentication
-                    && reply.properties.authentication_method.as_ref() == Some(&method) =>
-            {
-                let data = reply.properties.authentication_data.unwrap_or_default();
-                // Failures counted since the exchange began apply before its proof is checked.
-                auth.before_verdict(&ticket).await.and_then(|()| {
-                    server
-                        .finish(&data)
-                        .map(|(server_final, name)| {
-                            (auth.scram_identity(&name, hash.method()), server_final)
-                        })
-                        .map_err(|err| AuthService::scram_refusal(&err))
-                })
-            }
-            Ok(_) => Err(Refusal::failure(
-                ReasonCode::ProtocolError,
-                "SCRAM: expected AUTH with Continue authentication and the same method",
-            )),
-            Err(end) => {
-                // The client left: that says nothing about the username it named.
-                let refusal = Refusal {
-                    code: ReasonCode::NotAuthorized,
-                    reason: "SCRAM: the client left the exchange".into(),
-                    counts: Counts::AddressOnly,
-                    kind: EventKind::AuthFailure,
-                };
-                auth.conclude(Some(ticket), &attempt, &Err(refusal)).await;
-                return Err(end);
-            }
-        };
-        let (result, server_final) = match outcome {
-            Ok((identity, server_final)) => (Ok(identity), Some(server_final)),
-            Err(refusal) => (Err(refusal), None),
-        };
-        let reply = ConnectAuth {
-            method: Some(method),
-            data: server_final.map(bytes::Bytes::from),
-            principal: None,
-        };
-        self.finish_login(&auth, Some(ticket), &attempt, result, reply)
-            .await
-    }
-
-    /// Sends DISCONNECT `code` (5.0) and flushes: the connection is to close.
-    async fn disconnect(&mut self, code: ReasonCode, why: &str) {
-        if self.encoder.version().is_v5() {
-            let mut d = Disconnect::new(code);
-            d.properties.reason_string = MqttString::new(why).ok();
-            let _ = self
-                .encoder
-                .encode_fitting(&mut Packet::Disconnect(d), &mut self.out);
-        }
-        let _ = self.flush().await;
-    }
-
-    /// Handles an AUTH packet after the CONNACK: 5.0 re-authentication with the method of
-    /// the CONNECT ([MQTT-4.12.1-1]). A failure closes the connection with 0x87.
-    async fn reauthenticate(&mut self, packet: Auth, state: Reauth<'_>) -> Result<(), End> {
-        let Some(method) = state.method.filter(|_| state.connack_sent) else {
-            let why = if state.method.is_none() {
-                "[MQTT-4.12.0-7] AUTH without an Authentication Method in CONNECT"
-            } else {
-                "[MQTT-4.12.1-1] re-authentication before the CONNACK"
-            };
-            self.disconnect(ReasonCode::ProtocolError, why).await;
-            return Err(End::Refused);
-        };
-        if packet.properties.authentication_method.as_ref() != Some(method) {
-            self.disconnect(
-                ReasonCode::ProtocolError,
-                "[MQTT-4.12.1-1] re-authentication must use the method of the CONNECT",
-            )
-            .await;
-            return Err(End::Refused);
-        }
-        let auth = self.ctx.auth.clone();
-        let listener = self.listener.clone();
-        let username = state.identity.username.as_deref().map(str::to_owned);
-        let data = packet.properties.authentication_data.unwrap_or_default();
-        let attempt = Attempt {
-            listener: &listener,
-            peer: self.peer,
-            client_id: state.client_id,
-            username: username.as_deref(),
-            method: "reauth",
-            reauth: true,
-        };
-        let hash = ScramHash::from_method(method.as_str());
-        let result = match (packet.reason_code, hash) {
-            (ReasonCode::ReAuthenticate, _) if state.scram.is_some() => Err(None),
-            (ReasonCode::ReAuthenticate, Some(hash)) => match auth.scram_start(hash, &data) {
-                Ok((server, first)) if Some(server.username()) == username.as_deref() => {
-                    *state.scram = Some(Box::new(server));
-                    self.push_auth(ReasonCode::ContinueAuthentication, method, Some(first));
-                    return self.flush().await;
+                Some(HandshakeEvent::Record(result)) => {
+                    login.record(handshake.subject(), &result).await;
                 }
-                Ok(_) => Err(Some(Refusal::reauth("SCRAM: a different username"))),
-                Err(err) => Err(Some(AuthService::scram_refusal(&err))),
-            },
-            (ReasonCode::ReAuthenticate, None) => {
-                match auth
-                    .check_jwt_data(&data, username.as_deref(), state.client_id)
-                    .await
-                {
-                    Ok(identity) if identity.username.as_deref() == username.as_deref() => {
-                        Ok((identity, None))
+                Some(HandshakeEvent::Accepted(accepted)) => {
+                    return Ok((handshake.into_connect(), *accepted));
+                }
+                Some(HandshakeEvent::Refused { code, reason }) => {
+                    debug!(peer = %self.peer, conn = self.conn.0, %code, %reason, "login refused");
+                    while handshake.poll_transmit(&mut self.out) {}
+                    let _ = self.flush().await;
+                    let _ = self.stream.shutdown().await;
+                    return Err(End::Refused);
+                }
+                Some(HandshakeEvent::Abandoned) => return Err(lost),
+                None => {
+                    let Some(deadline) = handshake.poll_timeout() else {
+                        // Waiting for nothing: the machine lost its step.
+                        handshake.refuse(ReasonCode::ImplementationSpecificError, "login stalled");
+                        continue;
+                    };
+                    while handshake.poll_transmit(&mut self.out) {}
+                    let deadline = tokio::time::Instant::from_std(deadline);
+                    let read = match self.flush().await {
+                        Ok(()) => self.read_early_packet(deadline).await,
+                        Err(end) => Err(end),
+                    };
+                    match read {
+                        Ok(packet) => handshake.handle_packet(packet),
+                        Err(End::ConnectTimeout) => {
+                            lost = End::ConnectTimeout;
+                            handshake.handle_timeout(now());
+                        }
+                        Err(end) => {
+                            lost = end;
+                            handshake.handle_lost();
+                        }
                     }
-                    Ok(_) => Err(Some(Refusal::reauth("JWT: a different username"))),
-                    Err(refusal) => Err(Some(refusal)),
                 }
             }
-            (ReasonCode::ContinueAuthentication, Some(_)) => match state.scram.take() {
-                None => Err(None),
-                Some(server) => match server.finish(&data) {
-                    Ok((server_final, name)) if Some(name.as_str()) == username.as_deref() => Ok((
-                        auth.scram_identity(&name, method_name(method)),
-                        Some(server_final),
-                    )),
-                    Ok(_) => Err(Some(Refusal::reauth("SCRAM: a different username"))),
-                    Err(err) => Err(Some(AuthService::scram_refusal(&err))),
-                },
-            },
-            _ => Err(None),
-        };
-        match result {
-            Ok((identity, reply)) => {
-                auth.conclude(None, &attempt, &Ok(identity.clone())).await;
-                *state.expires = identity.expires_at.map(deadline_of);
-                // New credentials may carry other groups or another token's ACL claim.
-                if identity.groups != state.identity.groups || identity.acl != state.identity.acl {
-                    let mut principal = (**state.principal).clone();
-                    principal.groups = identity.groups.clone();
-                    principal.claim = identity.acl.clone();
-                    *state.principal = Arc::new(principal);
+        }
+    }
+
+    /// Serves what the re-authentication machine asks for after the client's AUTH, and sends
+    /// its reply. `Err` when the connection is to close (the client has been told).
+    async fn reauthenticate(&mut self, reauth: &mut Reauth) -> Result<(), End> {
+        let ctx = self.ctx.clone();
+        let listener = self.listener.clone();
+        let mut login = Login::new(&ctx, &listener, self.peer, self.conn);
+        let mut closed = false;
+        while let Some(event) = reauth.poll_event() {
+            match event {
+                ReauthEvent::Request(request) => {
+                    let answer = login.serve(reauth.subject(), request).await;
+                    reauth.handle_answer(answer, now());
+                }
+                ReauthEvent::Record(result) => login.record(reauth.subject(), &result).await,
+                ReauthEvent::Principal(principal) => {
                     let update = ToRouter::Principal {
                         conn: self.conn,
-                        principal: state.principal.clone(),
+                        principal,
                     };
-                    if self.ctx.router.send(update).await.is_err() {
+                    if ctx.router.send(update).await.is_err() {
                         return Err(End::RouterGone);
                     }
                 }
-                *state.identity = identity;
-                self.push_auth(ReasonCode::Success, method, reply);
-                self.flush().await
-            }
-            Err(None) => {
-                self.disconnect(
-                    ReasonCode::ProtocolError,
-                    "AUTH out of sequence for this authentication method",
-                )
-                .await;
-                Err(End::Refused)
-            }
-            Err(Some(refusal)) => {
-                auth.conclude(None, &attempt, &Err(refusal)).await;
-                self.disconnect(ReasonCode::NotAuthorized, "re-authentication failed")
-                    .await;
-                Err(End::Refused)
+                ReauthEvent::Closed { code, reason } => {
+                    debug!(peer = %self.peer, conn = self.conn.0, %code, %reason, "re-authentication refused");
+                    closed = true;
+                }
+                ReauthEvent::Expired => closed = true,
             }
         }
+        while reauth.poll_transmit(&mut self.out) {}
+        if closed {
+            let _ = self.flush().await;
+            return Err(End::Refused);
+        }
+        self.flush().await
     }
 
     async fn run(&mut self) -> End {
-        let mut connect = match Box::pin(self.read_connect()).await {
+        let connect = match Box::pin(self.read_connect()).await {
             Ok(connect) => connect,
             Err(end) => return end,
         };
-        let certificate = match self.apply_certificate_identity(&mut connect) {
-            Ok(certificate) => certificate,
-            Err(why) => {
-                info!(conn = self.conn.0, %why, "client certificate identity refused");
-                self.refuse(connect.protocol_version, ReasonCode::NotAuthorized, &why)
-                    .await;
-                return End::Identity;
-            }
-        };
-        let version = connect.protocol_version;
-        self.encoder = Encoder::new(version);
-        if let Some(max) = connect.properties.maximum_packet_size {
-            self.encoder.set_max_packet_size(max.get());
-        }
-        let cert_cn = self.certificate_cn();
         // Boxed: the exchange's states need not live in the connection's future.
-        let (mut identity, mut connect_auth) =
-            match Box::pin(self.authenticate(&mut connect, certificate)).await {
-                Ok(done) => done,
-                Err(end) => return end,
-            };
+        let (mut connect, accepted) = match Box::pin(self.handshake(connect)).await {
+            Ok(done) => done,
+            Err(end) => return end,
+        };
+        let Accepted {
+            auth: connect_auth,
+            mut reauth,
+        } = accepted;
+        let version = connect.protocol_version;
         // The engine knows the client by its authenticated identity only (sessions belong to
-        // it); an anonymous client has none.
-        connect.username = identity
+        // it); an anonymous client has none. The engine reads the session's owner from the
+        // CONNECT's username until it takes it from the principal: without this line a SCRAM
+        // or JWT login (no username in its CONNECT) would own its client id as "nobody", and
+        // an anonymous client could take it over (tests/auth.rs
+        // `an_anonymous_client_cannot_take_over_the_client_id_of_a_scram_user`).
+        connect.username = reauth
+            .identity()
             .username
             .as_deref()
             .and_then(|name| MqttString::new(name).ok());
-        let mut principal = Arc::new(Principal {
-            username: identity.username.clone(),
-            groups: identity.groups.clone(),
-            cert_cn,
-            listener: Some(self.listener.name.clone()),
-            address: Some(self.peer.ip()),
-            authenticated: identity.method != "anonymous",
-            claim: identity.acl.clone(),
-        });
-        connect_auth.principal = Some(principal.clone());
         self.permit.handshake_done();
-        let method = connect_auth.method.clone();
-        let client_id = connect.client_id.as_str().to_owned();
-        let mut reauth: Option<Box<ScramServer>> = None;
-        let mut expires = identity.expires_at.map(deadline_of);
         let mut keep_alive_secs = connect.keep_alive;
         let outbox = Arc::new(Outbox::default());
         let registration = ToRouter::Connect {
@@ -942,6 +560,7 @@ impl<S: Transport> Driver<S> {
         // Over its rate, the client is not read until it is back within it: TCP carries the
         // backpressure to it, and nothing it sent is dropped. Boxed: most clients have none.
         let mut limiter = {
+            let identity = reauth.identity();
             let groups: Vec<&str> = identity.groups.iter().map(|g| &**g).collect();
             let limit = self.ctx.rates.for_client(
                 &self.listener.name,
@@ -974,10 +593,10 @@ impl<S: Transport> Driver<S> {
                 }
             };
             // Counted from the CONNACK on: the credentials' end never overtakes it.
-            let expiry_deadline = expires.filter(|_| connack_sent);
+            let expiry_deadline = reauth.poll_timeout().filter(|_| connack_sent);
             let expiry = async {
                 match expiry_deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
             };
@@ -1034,16 +653,8 @@ impl<S: Transport> Driver<S> {
                         let Some(packet) = auth else {
                             break failure;
                         };
-                        let state = Reauth {
-                            method: method.as_ref(),
-                            connack_sent,
-                            client_id: &client_id,
-                            identity: &mut identity,
-                            principal: &mut principal,
-                            scram: &mut reauth,
-                            expires: &mut expires,
-                        };
-                        if let Err(end) = Box::pin(self.reauthenticate(packet, state)).await {
+                        reauth.handle_auth(packet, connack_sent);
+                        if let Err(end) = Box::pin(self.reauthenticate(&mut reauth)).await {
                             return end;
                         }
                     };
@@ -1123,14 +734,13 @@ impl<S: Transport> Driver<S> {
                     }
                 }
                 () = expiry => {
-                    if version.is_v5() {
-                        let mut d = Disconnect::new(ReasonCode::NotAuthorized);
-                        d.properties.reason_string = MqttString::new("credentials expired").ok();
-                        let _ = self.encoder.encode_fitting(&mut Packet::Disconnect(d), &mut self.out);
+                    reauth.handle_timeout(now());
+                    if matches!(reauth.poll_event(), Some(ReauthEvent::Expired)) {
+                        while reauth.poll_transmit(&mut self.out) {}
                         let _ = self.flush().await;
+                        self.ctx.auth.forced_disconnect(self.conn, "credentials expired (JWT exp) without re-authentication");
+                        return End::Expired;
                     }
-                    self.ctx.auth.forced_disconnect(self.conn, "credentials expired (JWT exp) without re-authentication");
-                    return End::Expired;
                 }
                 () = ka_sleep, if paused_until.is_none() => {
                     if version.is_v5() {

@@ -1607,3 +1607,25 @@ async fn another_user_can_neither_take_over_nor_resume_a_client_id() {
     assert!(ack.session_present);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_anonymous_client_cannot_take_over_the_client_id_of_a_scram_user() {
+    // A SCRAM client names its user in the exchange, not in the CONNECT: the session still
+    // belongs to the user it authenticated as, not to "no username".
+    let fixture = Fixture::new();
+    let server = fixture
+        .start_with(|c| c.listeners[0].dangerous_allow_anonymous = true)
+        .await;
+    let (mut live, ack) =
+        scram_login(server.addr, ScramHash::Sha256, "alice", ALICE_PASSWORD).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let anonymous = connect_packet(ProtocolVersion::V5, "scram");
+    assert_eq!(
+        code(server.addr, &anonymous).await,
+        ReasonCode::NotAuthorized
+    );
+    // Alice's connection was not taken over.
+    live.send(&Packet::PingReq).await;
+    assert!(matches!(live.recv().await, Packet::PingResp));
+    server.stop().await;
+}
