@@ -520,7 +520,7 @@ impl<S: Transport> Driver<S> {
             Err(end) => return end,
         };
         // Boxed: the exchange's states need not live in the connection's future.
-        let (mut connect, accepted) = match Box::pin(self.handshake(connect)).await {
+        let (connect, accepted) = match Box::pin(self.handshake(connect)).await {
             Ok(done) => done,
             Err(end) => return end,
         };
@@ -529,17 +529,6 @@ impl<S: Transport> Driver<S> {
             mut reauth,
         } = accepted;
         let version = connect.protocol_version;
-        // The engine knows the client by its authenticated identity only (sessions belong to
-        // it); an anonymous client has none. The engine reads the session's owner from the
-        // CONNECT's username until it takes it from the principal: without this line a SCRAM
-        // or JWT login (no username in its CONNECT) would own its client id as "nobody", and
-        // an anonymous client could take it over (tests/auth.rs
-        // `an_anonymous_client_cannot_take_over_the_client_id_of_a_scram_user`).
-        connect.username = reauth
-            .identity()
-            .username
-            .as_deref()
-            .and_then(|name| MqttString::new(name).ok());
         self.permit.handshake_done();
         let mut keep_alive_secs = connect.keep_alive;
         let outbox = Arc::new(Outbox::default());
