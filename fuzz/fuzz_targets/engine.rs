@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulwark_core::{Broker, BrokerConfig, ConnectAuth, ConnectionId, Image, Output};
+use bulwark_core::{
+    Broker, BrokerConfig, ConnectAuth, ConnectionId, Image, Output, PacketLimits, RetainedLimits,
+    SessionLimits,
+};
 use bulwark_acl::{AclRules, Principal};
 use bulwark_proto::{Decoder, DecoderLimits, Encoder, Packet};
 use bytes::BytesMut;
@@ -28,12 +31,21 @@ fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
     let mut now = start;
     let config = BrokerConfig {
-        receive_maximum: 3,
-        max_inflight_out: 2,
-        max_queued_messages: 4,
-        max_retained_messages: 3,
-        topic_alias_maximum: 2,
-        max_topic_levels: 6,
+        sessions: SessionLimits {
+            receive_maximum: 3,
+            max_inflight_out: 2,
+            max_queued_messages: 4,
+            ..SessionLimits::default()
+        },
+        retained: RetainedLimits {
+            max_retained_messages: 3,
+            ..RetainedLimits::default()
+        },
+        packets: PacketLimits {
+            topic_alias_maximum: 2,
+            max_topic_levels: 6,
+            ..PacketLimits::default()
+        },
         sys_interval: Some(Duration::from_secs(5)),
         ..BrokerConfig::default()
     };

@@ -2,10 +2,36 @@
 
 use std::time::Duration;
 
-/// Settings of the broker engine. Every field has a documented default (`docs/config.md`) and a
-/// documented behaviour at the limit.
+/// Settings of the broker engine, grouped by concern. Every field has a documented default
+/// (`docs/config.md`, where the keys keep the names of the fields) and a documented behaviour at
+/// the limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
+    /// What one session may hold and ask for: keep alive, expiry, the inflight windows and the
+    /// queue.
+    pub sessions: SessionLimits,
+    /// Sizes of what clients send: topics, client identifiers, user properties, packets, topic
+    /// aliases.
+    pub packets: PacketLimits,
+    /// How much the retained store holds in all.
+    pub retained: RetainedLimits,
+    /// What the sessions of one user may hold together.
+    pub per_user: UserQuotas,
+    /// How often `$SYS/broker/...` topics are published; `None` disables them.
+    pub sys_interval: Option<Duration>,
+    /// When set, a 5.0 client that sends Request Response Information 1 gets Response
+    /// Information `{prefix}{client_id}` in CONNACK, a base for its response topics.
+    pub response_information_prefix: Option<String>,
+    /// What happens to a PUBLISH the ACL denies when the client cannot be told with a reason
+    /// code (QoS 0, or MQTT 3.1/3.1.1): dropped (acknowledged as usual) or the client is
+    /// disconnected. A 5.0 QoS 1/2 PUBLISH always gets PUBACK/PUBREC 0x87.
+    pub denied_publish: DeniedPublish,
+}
+
+/// What one session may hold and ask for: keep alive, expiry, the inflight windows and the
+/// queue. Part of [`BrokerConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLimits {
     /// Largest keep alive a client may use, in seconds. A 5.0 client asking for more (or for
     /// 0, no keep alive, while this is below 65535) is told the maximum as Server Keep Alive;
     /// a 3.1/3.1.1 client is refused with return code 2 (identifier rejected), as Mosquitto does.
@@ -26,8 +52,17 @@ pub struct BrokerConfig {
     pub max_queued_bytes: usize,
     /// Whether QoS 0 messages are queued for sessions whose client is offline.
     pub queue_qos0_offline: bool,
+    /// What a session queue at `max_queued_messages` or `max_queued_bytes` does with one more
+    /// QoS 1/2 message, once its queued QoS 0 messages are dropped.
+    pub queue_full: crate::session::QueuePolicy,
     /// Subscriptions one session may hold; more are refused with SUBACK 0x97 (3.1.1: 0x80).
     pub max_subscriptions_per_session: usize,
+}
+
+/// Sizes of what clients send: topics, client identifiers, user properties, packets, topic
+/// aliases. Part of [`BrokerConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketLimits {
     /// Levels of a topic name or filter; deeper ones are refused.
     pub max_topic_levels: usize,
     /// Bytes of a topic name or filter; longer ones are refused.
@@ -36,29 +71,28 @@ pub struct BrokerConfig {
     pub max_client_id_length: usize,
     /// User properties in one packet; more: CONNACK or DISCONNECT 0x97 (Quota exceeded).
     pub max_user_properties: usize,
-    /// Retained messages kept in all; a message that would add one more is refused.
-    pub max_retained_messages: usize,
+    /// Maximum Packet Size announced in CONNACK (the server's decoder enforces it).
+    pub max_packet_size: u32,
     /// Topic Alias Maximum announced to clients (aliases they may use towards the broker).
     pub topic_alias_maximum: u16,
     /// Whether the broker assigns topic aliases on what it sends to 5.0 clients that allow them.
     pub outbound_topic_aliases: bool,
-    /// Maximum Packet Size announced in CONNACK (the server's decoder enforces it).
-    pub max_packet_size: u32,
-    /// How often `$SYS/broker/...` topics are published; `None` disables them.
-    pub sys_interval: Option<Duration>,
-    /// When set, a 5.0 client that sends Request Response Information 1 gets Response
-    /// Information `{prefix}{client_id}` in CONNACK, a base for its response topics.
-    pub response_information_prefix: Option<String>,
-    /// What happens to a PUBLISH the ACL denies when the client cannot be told with a reason
-    /// code (QoS 0, or MQTT 3.1/3.1.1): dropped (acknowledged as usual) or the client is
-    /// disconnected. A 5.0 QoS 1/2 PUBLISH always gets PUBACK/PUBREC 0x87.
-    pub denied_publish: DeniedPublish,
-    /// What a session queue at `max_queued_messages` or `max_queued_bytes` does with one more
-    /// QoS 1/2 message, once its queued QoS 0 messages are dropped.
-    pub queue_full: crate::session::QueuePolicy,
+}
+
+/// How much the retained store holds in all. Part of [`BrokerConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedLimits {
+    /// Retained messages kept in all; a message that would add one more is refused.
+    pub max_retained_messages: usize,
     /// Bytes (topics and payloads) the retained store holds at most; a retained message that
     /// would take it over is refused like one over `max_retained_messages`. 0: no cap.
     pub max_retained_bytes: usize,
+}
+
+/// What the sessions of one user may hold together. Part of [`BrokerConfig`]; the default,
+/// 0 everywhere, sets no cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserQuotas {
     /// Subscriptions one user's sessions may hold together; 0: no cap. At the cap a new
     /// filter gets SUBACK 0x97 (3.1.1: 0x80).
     pub max_subscriptions_per_user: usize,
@@ -82,6 +116,20 @@ pub enum DeniedPublish {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
+            sessions: SessionLimits::default(),
+            packets: PacketLimits::default(),
+            retained: RetainedLimits::default(),
+            per_user: UserQuotas::default(),
+            sys_interval: Some(Duration::from_secs(10)),
+            response_information_prefix: None,
+            denied_publish: DeniedPublish::Drop,
+        }
+    }
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
             max_keep_alive: 65_535,
             max_session_expiry_interval: 7 * 24 * 3600,
             receive_maximum: 128,
@@ -89,23 +137,31 @@ impl Default for BrokerConfig {
             max_queued_messages: 1000,
             max_queued_bytes: 8 * 1024 * 1024,
             queue_qos0_offline: false,
+            queue_full: crate::session::QueuePolicy::DropNewest,
             max_subscriptions_per_session: 10_000,
+        }
+    }
+}
+
+impl Default for PacketLimits {
+    fn default() -> Self {
+        Self {
             max_topic_levels: 128,
             max_topic_length: 4096,
             max_client_id_length: 256,
             max_user_properties: 64,
-            max_retained_messages: 100_000,
+            max_packet_size: 1024 * 1024,
             topic_alias_maximum: 64,
             outbound_topic_aliases: true,
-            max_packet_size: 1024 * 1024,
-            sys_interval: Some(Duration::from_secs(10)),
-            response_information_prefix: None,
-            denied_publish: DeniedPublish::Drop,
-            queue_full: crate::session::QueuePolicy::DropNewest,
+        }
+    }
+}
+
+impl Default for RetainedLimits {
+    fn default() -> Self {
+        Self {
+            max_retained_messages: 100_000,
             max_retained_bytes: 256 * 1024 * 1024,
-            max_subscriptions_per_user: 0,
-            max_retained_per_user: 0,
-            max_retained_bytes_per_user: 0,
         }
     }
 }
@@ -114,6 +170,7 @@ impl BrokerConfig {
     /// Whether a topic name or filter is within `max_topic_length` and `max_topic_levels`.
     #[inline]
     pub(crate) fn topic_fits(&self, text: &str) -> bool {
-        text.len() <= self.max_topic_length && text.split('/').count() <= self.max_topic_levels
+        text.len() <= self.packets.max_topic_length
+            && text.split('/').count() <= self.packets.max_topic_levels
     }
 }

@@ -66,8 +66,8 @@ pub(crate) fn check(
         .will
         .as_ref()
         .map_or(0, |w| w.properties.user_properties.len());
-    if connect.properties.user_properties.len() > config.max_user_properties
-        || will_props > config.max_user_properties
+    if connect.properties.user_properties.len() > config.packets.max_user_properties
+        || will_props > config.packets.max_user_properties
     {
         return Err((ReasonCode::QuotaExceeded, "too many user properties"));
     }
@@ -81,7 +81,7 @@ pub(crate) fn check(
             ));
         }
         None
-    } else if connect.client_id.as_str().len() > config.max_client_id_length {
+    } else if connect.client_id.as_str().len() > config.packets.max_client_id_length {
         return Err((
             ReasonCode::ClientIdentifierNotValid,
             "client identifier too long",
@@ -92,7 +92,7 @@ pub(crate) fn check(
     let mut server_keep_alive = None;
     if keep_alive_exceeds(config, connect.keep_alive) {
         if version.is_v5() {
-            server_keep_alive = Some(config.max_keep_alive);
+            server_keep_alive = Some(config.sessions.max_keep_alive);
         } else {
             return Err((
                 ReasonCode::ClientIdentifierNotValid,
@@ -116,13 +116,13 @@ pub(crate) fn check(
         client_id,
         server_keep_alive,
         requested_expiry,
-        expiry: requested_expiry.min(config.max_session_expiry_interval),
+        expiry: requested_expiry.min(config.sessions.max_session_expiry_interval),
     })
 }
 
 /// Whether `keep_alive` is more than the broker allows (0, none, counts as the most).
 fn keep_alive_exceeds(config: &BrokerConfig, keep_alive: u16) -> bool {
-    let max = config.max_keep_alive;
+    let max = config.sessions.max_keep_alive;
     keep_alive > max || (keep_alive == 0 && max < u16::MAX)
 }
 
@@ -177,10 +177,11 @@ pub(crate) fn fitting_connack(
     }
     // Absent: 65,535, no limit, 0, and "available" for the four capabilities, which
     // this broker always has.
-    p.receive_maximum = NonZeroU16::new(config.receive_maximum).filter(|m| m.get() < u16::MAX);
-    p.maximum_packet_size = std::num::NonZeroU32::new(config.max_packet_size)
+    p.receive_maximum =
+        NonZeroU16::new(config.sessions.receive_maximum).filter(|m| m.get() < u16::MAX);
+    p.maximum_packet_size = std::num::NonZeroU32::new(config.packets.max_packet_size)
         .filter(|m| m.get() < bulwark_proto::PROTOCOL_MAX_PACKET_SIZE);
-    p.topic_alias_maximum = Some(config.topic_alias_maximum).filter(|m| *m > 0);
+    p.topic_alias_maximum = Some(config.packets.topic_alias_maximum).filter(|m| *m > 0);
     p.assigned_client_identifier = fields.assigned.and_then(|id| MqttString::new(id).ok());
     p.server_keep_alive = fields.server_keep_alive;
     p.authentication_method = method;
@@ -208,6 +209,7 @@ pub(crate) fn fitting_connack(
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+    use crate::config::{PacketLimits, SessionLimits};
     use bulwark_proto::ClientId;
 
     fn connect(version: ProtocolVersion, id: &str) -> Connect {
@@ -216,9 +218,15 @@ mod tests {
 
     fn config() -> BrokerConfig {
         BrokerConfig {
-            max_keep_alive: 100,
-            max_client_id_length: 8,
-            max_session_expiry_interval: 1000,
+            sessions: SessionLimits {
+                max_keep_alive: 100,
+                max_session_expiry_interval: 1000,
+                ..SessionLimits::default()
+            },
+            packets: PacketLimits {
+                max_client_id_length: 8,
+                ..PacketLimits::default()
+            },
             ..BrokerConfig::default()
         }
     }

@@ -30,12 +30,14 @@ mod wills;
 pub use authz::AuthzEvent;
 pub use broker::Broker;
 pub use clients::{ConnectionId, SessionKey};
-pub use config::{BrokerConfig, DeniedPublish};
+pub use config::{
+    BrokerConfig, DeniedPublish, PacketLimits, RetainedLimits, SessionLimits, UserQuotas,
+};
 pub use connect::ConnectAuth;
 pub use keepalive::KeepAlive;
 pub use message::{Delivery, GroupKey, Inflight, Message, OutState};
 pub use output::{Accepted, OutgoingPublish, Output};
 pub use persist::{Image, Journal, Restored, RestoredSession, SessionRecord, StoreOp, WillRecord};
 pub use session::{QueueFull, QueueLimits, QueuePolicy, Session};
-pub use stats::Stats;
+pub use stats::{ByteCounts, ConnectionCounts, DenialCounts, DropCounts, MessageCounts, Stats};
 pub use subscription::SubscriptionRecord;

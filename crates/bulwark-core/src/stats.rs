@@ -8,46 +8,81 @@ use bytes::Bytes;
 
 use crate::message::Message;
 
-/// Counters, read for `$SYS` and metrics.
+/// Counters, read for `$SYS` and metrics, grouped by what they count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Connections accepted since start.
-    pub connections_total: u64,
-    /// PUBLISH packets received from clients.
-    pub messages_received: u64,
-    /// PUBLISH packets sent to clients.
-    pub messages_sent: u64,
-    /// Messages not queued because a session's queue was full.
-    pub messages_dropped_queue_full: u64,
-    /// Messages not sent because they were larger than the subscriber's Maximum Packet Size.
-    pub messages_dropped_too_large: u64,
-    /// Messages discarded because their Message Expiry Interval ran out before delivery.
-    pub messages_expired: u64,
-    /// QoS 0 messages not queued for offline sessions (`queue_qos0_offline = false`).
-    pub messages_dropped_offline_qos0: u64,
+    /// Connections accepted, refused and expelled.
+    pub connections: ConnectionCounts,
+    /// PUBLISH packets received, sent and expired.
+    pub messages: MessageCounts,
+    /// Messages dropped on their way to a subscriber.
+    pub dropped: DropCounts,
+    /// Bytes read from and written to clients.
+    pub bytes: ByteCounts,
+    /// What the ACL refused.
+    pub denied: DenialCounts,
     /// Retained messages refused because `max_retained_messages` was reached.
     pub retained_refused: u64,
-    /// Bytes read from clients (reported by the server with [`crate::Broker::add_traffic`]).
-    pub bytes_received: u64,
-    /// Bytes written to clients.
-    pub bytes_sent: u64,
-    /// PUBLISH packets (and wills) the ACL refused.
-    pub publishes_denied: u64,
-    /// Subscriptions the ACL refused or removed.
-    pub subscriptions_denied: u64,
     /// Authorization events dropped because the caller did not drain them.
     pub events_dropped: u64,
+}
+
+/// Connections, counted since start. Part of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    /// Connections accepted since start.
+    pub total: u64,
     /// Sockets refused by admission control before any handshake (reported by the server
     /// with [`crate::Broker::add_refused`]).
-    pub connections_refused: u64,
-    /// Queued messages dropped because memory was over its watermark ([`crate::Broker::shed`]).
-    pub messages_shed: u64,
-    /// QoS 0 messages the server dropped because their connection's unsent backlog was over
-    /// `max_queued_bytes` (reported with [`crate::Broker::add_dropped_backlog`]).
-    pub messages_dropped_backlog: u64,
+    pub refused: u64,
     /// Connections closed because their client broke the protocol or a limit (reported by
     /// the server with [`crate::Broker::add_expelled`]: it also sees what the decoder refuses).
-    pub connections_expelled: u64,
+    pub expelled: u64,
+}
+
+/// PUBLISH packets, counted since start. Part of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    /// PUBLISH packets received from clients.
+    pub received: u64,
+    /// PUBLISH packets sent to clients.
+    pub sent: u64,
+    /// Messages discarded because their Message Expiry Interval ran out before delivery.
+    pub expired: u64,
+}
+
+/// Messages not delivered to a subscriber, by cause. Part of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    /// Messages not queued because a session's queue was full.
+    pub queue_full: u64,
+    /// Messages not sent because they were larger than the subscriber's Maximum Packet Size.
+    pub too_large: u64,
+    /// QoS 0 messages not queued for offline sessions (`queue_qos0_offline = false`).
+    pub offline_qos0: u64,
+    /// Queued messages dropped because memory was over its watermark ([`crate::Broker::shed`]).
+    pub shed: u64,
+    /// QoS 0 messages the server dropped because their connection's unsent backlog was over
+    /// `max_queued_bytes` (reported with [`crate::Broker::add_dropped_backlog`]).
+    pub backlog: u64,
+}
+
+/// Traffic, reported by the server with [`crate::Broker::add_traffic`]. Part of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteCounts {
+    /// Bytes read from clients.
+    pub received: u64,
+    /// Bytes written to clients.
+    pub sent: u64,
+}
+
+/// What the ACL refused. Part of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DenialCounts {
+    /// PUBLISH packets (and wills) the ACL refused.
+    pub publishes: u64,
+    /// Subscriptions the ACL refused or removed.
+    pub subscriptions: u64,
 }
 
 /// The version `$SYS/broker/version` reports.
@@ -116,27 +151,24 @@ impl Sys {
             ("uptime", format!("{uptime} seconds")),
             ("clients/connected", gauges.connected.to_string()),
             ("clients/total", gauges.sessions.to_string()),
-            ("clients/connections", s.connections_total.to_string()),
-            ("messages/received", s.messages_received.to_string()),
-            ("messages/sent", s.messages_sent.to_string()),
+            ("clients/connections", s.connections.total.to_string()),
+            ("messages/received", s.messages.received.to_string()),
+            ("messages/sent", s.messages.sent.to_string()),
             (
                 "messages/dropped",
-                (s.messages_dropped_queue_full
-                    + s.messages_dropped_too_large
-                    + s.messages_shed
-                    + s.messages_dropped_backlog)
+                (s.dropped.queue_full + s.dropped.too_large + s.dropped.shed + s.dropped.backlog)
                     .to_string(),
             ),
-            ("bytes/received", s.bytes_received.to_string()),
-            ("bytes/sent", s.bytes_sent.to_string()),
+            ("bytes/received", s.bytes.received.to_string()),
+            ("bytes/sent", s.bytes.sent.to_string()),
             ("subscriptions/count", gauges.subscriptions.to_string()),
             ("retained messages/count", gauges.retained.to_string()),
             ("retained messages/bytes", gauges.retained_bytes.to_string()),
-            ("messages/expired", s.messages_expired.to_string()),
-            ("clients/refused", s.connections_refused.to_string()),
-            ("clients/expelled", s.connections_expelled.to_string()),
-            ("messages/denied", s.publishes_denied.to_string()),
-            ("subscriptions/denied", s.subscriptions_denied.to_string()),
+            ("messages/expired", s.messages.expired.to_string()),
+            ("clients/refused", s.connections.refused.to_string()),
+            ("clients/expelled", s.connections.expelled.to_string()),
+            ("messages/denied", s.denied.publishes.to_string()),
+            ("subscriptions/denied", s.denied.subscriptions.to_string()),
         ];
         values
             .into_iter()
@@ -171,8 +203,11 @@ mod tests {
         assert!(sys.take_due(now + Duration::from_secs(10)));
         assert_eq!(sys.next_due(), Some(now + Duration::from_secs(20)));
         let stats = Stats {
-            messages_dropped_queue_full: 1,
-            messages_shed: 2,
+            dropped: DropCounts {
+                queue_full: 1,
+                shed: 2,
+                ..DropCounts::default()
+            },
             ..Stats::default()
         };
         let gauges = Gauges {

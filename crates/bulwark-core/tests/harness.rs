@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::{Duration, Instant};
 
-use bulwark_core::{Broker, BrokerConfig, ConnectionId};
+use bulwark_core::{
+    Broker, BrokerConfig, ConnectionId, PacketLimits, RetainedLimits, SessionLimits,
+};
 use bulwark_proto::{
     ClientId, Connect, Disconnect, Packet, PacketId, ProtocolVersion, PubAck, PubComp, PubRec,
     PubRel, Publish, QoS, ReasonCode, RetainHandling, Subscribe, SubscriptionId,
@@ -297,7 +299,10 @@ fn inflight_window_follows_the_clients_receive_maximum() {
 #[test]
 fn receive_maximum_exceeded_disconnects_with_0x93() {
     let mut h = Harness::new(BrokerConfig {
-        receive_maximum: 2,
+        sessions: SessionLimits {
+            receive_maximum: 2,
+            ..SessionLimits::default()
+        },
         sys_interval: None,
         ..BrokerConfig::default()
     });
@@ -415,7 +420,10 @@ fn clean_start_discards_the_old_session() {
 #[test]
 fn session_expiry_is_capped_and_announced() {
     let mut h = Harness::new(BrokerConfig {
-        max_session_expiry_interval: 100,
+        sessions: SessionLimits {
+            max_session_expiry_interval: 100,
+            ..SessionLimits::default()
+        },
         sys_interval: None,
         ..BrokerConfig::default()
     });
@@ -608,7 +616,7 @@ fn message_expiry_counts_down_while_queued_and_expired_messages_are_dropped() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(&got[0].payload[..], b"long");
     assert_eq!(got[0].properties.message_expiry_interval, Some(70));
-    assert_eq!(h.broker.stats().messages_expired, 1);
+    assert_eq!(h.broker.stats().messages.expired, 1);
 }
 
 #[test]
@@ -724,7 +732,10 @@ fn retained_messages_set_replace_delete_and_retain_handling() {
 #[test]
 fn retained_limit_refuses_new_topics_with_quota_exceeded() {
     let mut h = Harness::new(BrokerConfig {
-        max_retained_messages: 1,
+        retained: RetainedLimits {
+            max_retained_messages: 1,
+            ..RetainedLimits::default()
+        },
         sys_interval: None,
         ..BrokerConfig::default()
     });
@@ -934,13 +945,16 @@ fn messages_too_large_for_the_subscriber_are_not_sent() {
         Some(pid(1)),
         "the dropped message took no identifier"
     );
-    assert_eq!(h.broker.stats().messages_dropped_too_large, 1);
+    assert_eq!(h.broker.stats().dropped.too_large, 1);
 }
 
 #[test]
 fn offline_queue_is_bounded_and_qos0_is_not_queued_by_default() {
     let mut h = Harness::new(BrokerConfig {
-        max_queued_messages: 2,
+        sessions: SessionLimits {
+            max_queued_messages: 2,
+            ..SessionLimits::default()
+        },
         sys_interval: None,
         ..BrokerConfig::default()
     });
@@ -958,8 +972,8 @@ fn offline_queue_is_bounded_and_qos0_is_not_queued_by_default() {
             Packet::Publish(publish("t", &i.to_string(), QoS::AtLeastOnce, Some(i))),
         );
     }
-    assert_eq!(h.broker.stats().messages_dropped_queue_full, 1);
-    assert_eq!(h.broker.stats().messages_dropped_offline_qos0, 1);
+    assert_eq!(h.broker.stats().dropped.queue_full, 1);
+    assert_eq!(h.broker.stats().dropped.offline_qos0, 1);
     h.connect(3, v5_persistent("s", 3600));
     let got: Vec<_> = h.publishes(3).iter().map(|p| p.payload.clone()).collect();
     assert_eq!(
@@ -986,7 +1000,10 @@ fn zero_length_client_ids() {
 #[test]
 fn keep_alive_above_the_maximum() {
     let mut h = Harness::new(BrokerConfig {
-        max_keep_alive: 30,
+        sessions: SessionLimits {
+            max_keep_alive: 30,
+            ..SessionLimits::default()
+        },
         sys_interval: None,
         ..BrokerConfig::default()
     });
@@ -1002,9 +1019,15 @@ fn keep_alive_above_the_maximum() {
 #[test]
 fn limits_on_topics_subscriptions_and_client_ids() {
     let mut h = Harness::new(BrokerConfig {
-        max_topic_levels: 3,
-        max_subscriptions_per_session: 1,
-        max_client_id_length: 23,
+        packets: PacketLimits {
+            max_topic_levels: 3,
+            max_client_id_length: 23,
+            ..PacketLimits::default()
+        },
+        sessions: SessionLimits {
+            max_subscriptions_per_session: 1,
+            ..SessionLimits::default()
+        },
         sys_interval: None,
         ..BrokerConfig::default()
     });
@@ -1616,7 +1639,10 @@ fn an_accepting_connack_is_announced_with_the_keep_alive_to_honour() {
     let now = Instant::now();
     let mut broker = Broker::new(
         BrokerConfig {
-            max_keep_alive: 30,
+            sessions: SessionLimits {
+                max_keep_alive: 30,
+                ..SessionLimits::default()
+            },
             sys_interval: None,
             ..BrokerConfig::default()
         },

@@ -349,7 +349,7 @@ impl ServerConfig {
                     .to_owned(),
             );
         }
-        if self.broker.max_packet_size != self.decoder.max_packet_size {
+        if self.broker.packets.max_packet_size != self.decoder.max_packet_size {
             problems.push(
                 "broker and decoder disagree on max_packet_size (set it once, in [limits])"
                     .to_owned(),

@@ -390,7 +390,7 @@ fn start_router(
         rx: router_rx,
         traffic: traffic.clone(),
         shutdown: stop.clone(),
-        max_backlog: config.broker.max_queued_bytes,
+        max_backlog: config.broker.sessions.max_queued_bytes,
         audit: auth.audit.clone(),
         held,
     });

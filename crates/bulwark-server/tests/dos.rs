@@ -256,10 +256,10 @@ async fn suback_code(raw: &mut Raw, id: u16, filter: &str) -> ReasonCode {
 #[tokio::test]
 async fn storms_hit_their_limits_with_the_documented_codes() {
     let server = common::start_with(|c| {
-        c.broker.max_subscriptions_per_session = 5;
-        c.broker.receive_maximum = 3;
-        c.broker.max_retained_messages = 4;
-        c.broker.max_user_properties = 4;
+        c.broker.sessions.max_subscriptions_per_session = 5;
+        c.broker.sessions.receive_maximum = 3;
+        c.broker.retained.max_retained_messages = 4;
+        c.broker.packets.max_user_properties = 4;
     })
     .await;
     // A subscription storm: the sixth filter is over the session's cap.
@@ -334,9 +334,9 @@ async fn per_user_quotas_hold_across_connections() {
     let server = common::start_secure_with(|c| {
         c.auth.password_file = Some(store_path.clone());
         c.auth.max_connections_per_user = 2;
-        c.broker.max_subscriptions_per_user = 3;
-        c.broker.max_retained_per_user = 2;
-        c.broker.max_retained_bytes_per_user = 100;
+        c.broker.per_user.max_subscriptions_per_user = 3;
+        c.broker.per_user.max_retained_per_user = 2;
+        c.broker.per_user.max_retained_bytes_per_user = 100;
     })
     .await;
     let login = |user: &str, id: &str| {
@@ -468,9 +468,9 @@ async fn a_subscriber_that_stops_reading_is_bounded_by_its_queue() {
         std::fs::create_dir_all(&dir).unwrap();
         let audit = dir.join("audit.jsonl");
         let server = common::start_with(|c| {
-            c.broker.max_inflight_out = 10;
-            c.broker.max_queued_messages = 50;
-            c.broker.queue_full = policy;
+            c.broker.sessions.max_inflight_out = 10;
+            c.broker.sessions.max_queued_messages = 50;
+            c.broker.sessions.queue_full = policy;
             c.auth.audit_file = Some(audit.clone());
         })
         .await;
@@ -616,7 +616,7 @@ async fn repeated_limit_hits_lead_to_a_ban() {
             ..BanSettings::default()
         };
         c.auth.audit_file = Some(audit.clone());
-        c.broker.receive_maximum = 2;
+        c.broker.sessions.receive_maximum = 2;
     })
     .await;
     let flooder = from(11);
@@ -829,7 +829,7 @@ async fn overflow_counts(end: bool, within: Duration) -> Vec<u64> {
     std::fs::create_dir_all(&dir).unwrap();
     let audit = dir.join("audit.jsonl");
     let server = common::start_with(|c| {
-        c.broker.max_queued_messages = 5;
+        c.broker.sessions.max_queued_messages = 5;
         c.auth.audit_file = Some(audit.clone());
     })
     .await;

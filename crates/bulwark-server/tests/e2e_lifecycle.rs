@@ -179,7 +179,7 @@ async fn the_last_packet_reaches_a_client_that_is_still_writing() {
     // A client over the Receive Maximum gets DISCONNECT 0x93 while it is still sending. The
     // broker stops writing and reads what keeps coming before it closes, so the client's
     // writes do not fail on a reset and it reads the DISCONNECT, then a clean end.
-    let server = start_with(|c| c.broker.receive_maximum = 2).await;
+    let server = start_with(|c| c.broker.sessions.receive_maximum = 2).await;
     let (mut raw, _) = Raw::v5(server.addr, &unique("flooder")).await;
     let t = unique("life/flood");
     let mut bytes = bytes::BytesMut::new();

@@ -45,15 +45,15 @@ async fn connack_advertises_the_server_limits() {
     // Subscription Available are absent or 1 when supported; Maximum QoS is absent when QoS 2
     // is supported (a value of 2 is a Protocol Error).
     let server = start_with(|c| {
-        c.broker.receive_maximum = 7;
-        c.broker.topic_alias_maximum = 9;
-        c.broker.max_packet_size = 65_000;
+        c.broker.sessions.receive_maximum = 7;
+        c.broker.packets.topic_alias_maximum = 9;
+        c.broker.packets.max_packet_size = 65_000;
         c.decoder = DecoderLimits {
             max_packet_size: 65_000,
             max_unauthenticated_packet_size: 65_000,
         };
-        c.broker.max_session_expiry_interval = 100;
-        c.broker.max_keep_alive = 10;
+        c.broker.sessions.max_session_expiry_interval = 100;
+        c.broker.sessions.max_keep_alive = 10;
     })
     .await;
     let mut connect = connect_packet(ProtocolVersion::V5, &unique("caps"));
@@ -239,7 +239,7 @@ async fn packet_over_maximum_packet_size_gets_disconnect_0x95() {
     // §3.2.2.3.6, [MQTT-3.2.2-15]: a packet over the server's Maximum Packet Size → DISCONNECT
     // 0x95 (Packet too large).
     let server = start_with(|c| {
-        c.broker.max_packet_size = 1024;
+        c.broker.packets.max_packet_size = 1024;
         c.decoder = DecoderLimits {
             max_packet_size: 1024,
             max_unauthenticated_packet_size: 1024,
@@ -458,7 +458,7 @@ async fn qos2_duplicate_before_pubrel_is_delivered_once_v311() {
 async fn exceeding_receive_maximum_gets_disconnect_0x93() {
     // §3.3.4: more unacknowledged QoS 1/2 PUBLISHes than Receive Maximum → DISCONNECT 0x93
     // (the client broke [MQTT-3.3.4-7]).
-    let server = start_with(|c| c.broker.receive_maximum = 2).await;
+    let server = start_with(|c| c.broker.sessions.receive_maximum = 2).await;
     let (mut raw, ack) = Raw::v5(server.addr, &unique("flood")).await;
     assert_eq!(ack.properties.receive_maximum, NonZeroU16::new(2));
     let t = unique("raw/flood");
@@ -543,7 +543,7 @@ async fn topic_alias_from_the_client_is_resolved() {
 #[tokio::test]
 async fn topic_alias_above_the_maximum_gets_disconnect_0x94() {
     // [MQTT-3.3.2-9]: a Topic Alias above the server's Topic Alias Maximum → DISCONNECT 0x94.
-    let server = start_with(|c| c.broker.topic_alias_maximum = 2).await;
+    let server = start_with(|c| c.broker.packets.topic_alias_maximum = 2).await;
     let (mut raw, ack) = Raw::v5(server.addr, &unique("alias-over")).await;
     assert_eq!(ack.properties.topic_alias_maximum, Some(2));
     let mut p = publish(&unique("raw/alias-over"), QoS::AtMostOnce, 0, b"x");
@@ -941,7 +941,7 @@ async fn clients_cannot_publish_to_sys_topics() {
 async fn server_keep_alive_is_enforced() {
     // [MQTT-3.2.2-21]: the client must use the Server Keep Alive, and the server times out by
     // it: 1.5 × 1 s.
-    let server = start_with(|c| c.broker.max_keep_alive = 1).await;
+    let server = start_with(|c| c.broker.sessions.max_keep_alive = 1).await;
     let mut connect = connect_packet(ProtocolVersion::V5, &unique("lazy"));
     connect.keep_alive = 60;
     let (mut raw, ack) = Raw::connect(server.addr, &connect).await;

@@ -146,8 +146,8 @@ impl Broker {
                 }
             }
             None => {
-                if delivery.qos == QoS::AtMostOnce && !self.config.queue_qos0_offline {
-                    self.stats.messages_dropped_offline_qos0 += 1;
+                if delivery.qos == QoS::AtMostOnce && !self.config.sessions.queue_qos0_offline {
+                    self.stats.dropped.offline_qos0 += 1;
                     return;
                 }
                 let topic = delivery.message.topic.clone();
@@ -175,7 +175,7 @@ impl Broker {
         dropped: usize,
         now: Instant,
     ) {
-        self.stats.messages_dropped_queue_full += dropped as u64;
+        self.stats.dropped.queue_full += dropped as u64;
         let Some(count) = self.reports.overflow(session, topic, dropped as u64, now) else {
             return;
         };
@@ -214,7 +214,7 @@ impl Broker {
                 .get(session)
                 .map_or_else(|| Arc::from(""), |s| s.client_id.clone()),
         };
-        let policy = match self.config.queue_full {
+        let policy = match self.config.sessions.queue_full {
             crate::session::QueuePolicy::DropNewest => "drop_newest",
             crate::session::QueuePolicy::DropOldest => "drop_oldest",
             crate::session::QueuePolicy::Disconnect => "disconnect",
@@ -262,14 +262,14 @@ impl Broker {
             return false;
         };
         if delivery.message.is_expired(now) {
-            self.stats.messages_expired += 1;
+            self.stats.messages.expired += 1;
             return true;
         }
         let (mut body, size) = self.bodies.body_for(&delivery, &conn.encoder, now);
         let max = u64::from(conn.encoder.max_packet_size());
         if size > max {
             // [MQTT-3.1.2-25]: a message too large for the client is not sent to it.
-            self.stats.messages_dropped_too_large += 1;
+            self.stats.dropped.too_large += 1;
             return true;
         }
         let mut packet_id = None;
@@ -302,7 +302,7 @@ impl Broker {
                 .apply_outbound(conn.alias_max_out, &mut own);
             body = Arc::new(own);
         }
-        self.stats.messages_sent += 1;
+        self.stats.messages.sent += 1;
         self.outputs.push_back((
             conn_id,
             Output::Publish(OutgoingPublish {
@@ -346,7 +346,7 @@ impl Broker {
                 self.journal
                     .push(StoreOp::RetainedCleared(message.topic.clone()));
                 self.quotas.removed(message.topic.as_str());
-                self.stats.messages_expired += 1;
+                self.stats.messages.expired += 1;
                 continue;
             }
             // Defence in depth: the filter was granted, and still each message is checked.
@@ -407,11 +407,11 @@ impl Broker {
         }
         for pos in expired.into_iter().rev() {
             conn.session.remove_inflight(&mut self.journal, pos);
-            self.stats.messages_dropped_too_large += 1;
+            self.stats.dropped.too_large += 1;
         }
         for packet in resend {
             if matches!(packet, Packet::Publish(_)) {
-                self.stats.messages_sent += 1;
+                self.stats.messages.sent += 1;
             }
             self.outputs
                 .push_back((conn_id, Output::Packet(Box::new(packet))));

@@ -57,9 +57,9 @@ impl Broker {
     /// A PUBLISH from a client: topic alias, limits, `$SYS`, the QoS 2 duplicate rule, the
     /// ACL and retained quotas, then routing and the answer.
     pub(super) fn handle_publish(&mut self, conn_id: ConnectionId, publish: Publish, now: Instant) {
-        self.stats.messages_received += 1;
-        let max_user = self.config.max_user_properties;
-        let alias_max = self.config.topic_alias_maximum;
+        self.stats.messages.received += 1;
+        let max_user = self.config.packets.max_user_properties;
+        let alias_max = self.config.packets.topic_alias_maximum;
         let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return;
         };
@@ -138,7 +138,7 @@ impl Broker {
                 // A resend before PUBREL: answered, not delivered again.
                 return self.push(conn_id, Packet::PubRec(PubRec::new(id)));
             }
-            if conn.session.qos2_pending() >= usize::from(self.config.receive_maximum) {
+            if conn.session.qos2_pending() >= usize::from(self.config.sessions.receive_maximum) {
                 return self.expel(
                     conn_id,
                     ReasonCode::ReceiveMaximumExceeded,
@@ -201,20 +201,20 @@ impl Broker {
     ) -> Option<&'static str> {
         let c = &self.config;
         if !self.routing.retained.contains(topic)
-            && self.routing.retained.len() >= c.max_retained_messages
+            && self.routing.retained.len() >= c.retained.max_retained_messages
         {
             return Some("retained message limit reached");
         }
         let ((count, bytes), total) = self.quotas.after_store(topic, cost, owner);
         let over = |limit: usize, value: usize| limit > 0 && value > limit;
-        if over(c.max_retained_bytes, total) {
+        if over(c.retained.max_retained_bytes, total) {
             return Some("retained bytes limit reached");
         }
         if owner.is_some() {
-            if over(c.max_retained_per_user, count) {
+            if over(c.per_user.max_retained_per_user, count) {
                 return Some("retained messages per user limit reached");
             }
-            if over(c.max_retained_bytes_per_user, bytes) {
+            if over(c.per_user.max_retained_bytes_per_user, bytes) {
                 return Some("retained bytes per user limit reached");
             }
         }
@@ -239,7 +239,7 @@ impl Broker {
         packet_id: Option<PacketId>,
         now: Instant,
     ) {
-        self.stats.publishes_denied += 1;
+        self.stats.denied.publishes += 1;
         let Some(conn) = self.clients.conns.get(&conn_id) else {
             return;
         };
@@ -387,7 +387,7 @@ impl Broker {
         for (filter, reason) in filters {
             self.routing.subscriptions = self.routing.subscriptions.saturating_sub(1);
             self.count_subscriptions(key, -1);
-            self.stats.subscriptions_denied += 1;
+            self.stats.denied.subscriptions += 1;
             self.routing.unindex(key, &filter);
             self.record(
                 conn_id,
@@ -534,7 +534,7 @@ impl Broker {
         subscribe: Subscribe,
         now: Instant,
     ) {
-        if subscribe.properties.user_properties.len() > self.config.max_user_properties {
+        if subscribe.properties.user_properties.len() > self.config.packets.max_user_properties {
             return self.expel(
                 conn_id,
                 ReasonCode::QuotaExceeded,
@@ -561,7 +561,7 @@ impl Broker {
             let code = if !self.config.topic_fits(sub.filter.as_str()) {
                 ReasonCode::TopicFilterInvalid
             } else if let Some(d) = decision.as_ref().filter(|d| !d.allowed) {
-                self.stats.subscriptions_denied += 1;
+                self.stats.denied.subscriptions += 1;
                 denied.push((text, d.to_string()));
                 ReasonCode::NotAuthorized
             } else {
@@ -569,7 +569,7 @@ impl Broker {
                     return;
                 };
                 let existed = conn.session.subscriptions.contains_key(&text);
-                let per_user = self.config.max_subscriptions_per_user;
+                let per_user = self.config.per_user.max_subscriptions_per_user;
                 let user_full = per_user > 0
                     && self
                         .clients
@@ -579,7 +579,7 @@ impl Broker {
                         .is_some_and(|u| self.quotas.subscriptions_of(u) >= per_user);
                 if !existed
                     && (conn.session.subscriptions.len()
-                        >= self.config.max_subscriptions_per_session
+                        >= self.config.sessions.max_subscriptions_per_session
                         || user_full)
                 {
                     ReasonCode::QuotaExceeded

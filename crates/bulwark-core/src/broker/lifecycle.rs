@@ -82,7 +82,7 @@ impl Broker {
         if let (Some(will), Some(acl)) = (&connect.will, authz.acl()) {
             let (topic, qos, retain) = (will.topic.as_str(), will.qos.as_u8(), will.retain);
             if !acl.may_publish(topic, qos, retain) {
-                self.stats.publishes_denied += 1;
+                self.stats.denied.publishes += 1;
                 self.push_event(AuthzEvent {
                     kind: EventKind::AclDenied,
                     client_id: client_id.clone(),
@@ -174,8 +174,12 @@ impl Broker {
             .properties
             .receive_maximum
             .map_or(u16::MAX, NonZeroU16::get);
-        let send_window = usize::from(client_window.min(self.config.max_inflight_out).max(1));
-        let alias_max_out = if version.is_v5() && self.config.outbound_topic_aliases {
+        let send_window = usize::from(
+            client_window
+                .min(self.config.sessions.max_inflight_out)
+                .max(1),
+        );
+        let alias_max_out = if version.is_v5() && self.config.packets.outbound_topic_aliases {
             connect.properties.topic_alias_maximum.unwrap_or(0)
         } else {
             0
@@ -201,7 +205,7 @@ impl Broker {
             self.prune(conn, now);
         }
         self.clients.online.insert(key, conn);
-        self.stats.connections_total += 1;
+        self.stats.connections.total += 1;
 
         connack.session_present = present;
         self.outputs
@@ -272,7 +276,7 @@ impl Broker {
             let acl = rules.resolve(&pending.principal, &pending.client_id);
             let (topic, qos, retain) = (will.topic.as_str(), will.qos.as_u8(), will.retain);
             if !acl.may_publish(topic, qos, retain) {
-                self.stats.publishes_denied += 1;
+                self.stats.denied.publishes += 1;
                 let reason = acl.check_publish(topic, qos, retain).to_string();
                 self.push_event(AuthzEvent {
                     kind: EventKind::AclDenied,

@@ -158,23 +158,23 @@ impl Broker {
 
     /// Adds bytes read from and written to clients to the counters.
     pub fn add_traffic(&mut self, received: u64, sent: u64) {
-        self.stats.bytes_received += received;
-        self.stats.bytes_sent += sent;
+        self.stats.bytes.received += received;
+        self.stats.bytes.sent += sent;
     }
 
     /// Adds connections the server closed for a protocol violation or a limit to the counters.
     pub fn add_expelled(&mut self, expelled: u64) {
-        self.stats.connections_expelled += expelled;
+        self.stats.connections.expelled += expelled;
     }
 
     /// Adds QoS 0 messages dropped for a connection's unsent backlog to the counters.
     pub fn add_dropped_backlog(&mut self, dropped: u64) {
-        self.stats.messages_dropped_backlog += dropped;
+        self.stats.dropped.backlog += dropped;
     }
 
     /// Adds sockets the server refused at accept to the counters.
     pub fn add_refused(&mut self, refused: u64) {
-        self.stats.connections_refused += refused;
+        self.stats.connections.refused += refused;
     }
 
     /// The next instruction for a connection driver.
@@ -233,7 +233,7 @@ impl Broker {
                 break;
             }
         }
-        self.stats.messages_shed += messages as u64;
+        self.stats.dropped.shed += messages as u64;
         if messages > 0 {
             self.push_event(AuthzEvent {
                 kind: EventKind::Overload,
@@ -287,9 +287,9 @@ impl Broker {
 
     fn limits(&self) -> QueueLimits {
         QueueLimits {
-            max_messages: self.config.max_queued_messages,
-            max_bytes: self.config.max_queued_bytes,
-            when_full: self.config.queue_full,
+            max_messages: self.config.sessions.max_queued_messages,
+            max_bytes: self.config.sessions.max_queued_bytes,
+            when_full: self.config.sessions.queue_full,
         }
     }
 
@@ -368,7 +368,7 @@ impl Broker {
     // ----- DISCONNECT and loss -------------------------------------------------------------
 
     fn handle_disconnect(&mut self, conn_id: ConnectionId, disconnect: Disconnect, now: Instant) {
-        let max_expiry = self.config.max_session_expiry_interval;
+        let max_expiry = self.config.sessions.max_session_expiry_interval;
         let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return;
         };

@@ -170,7 +170,7 @@ pub(super) fn check_limits(
     let max_pkt = u64::from(PROTOCOL_MAX_PACKET_SIZE);
     if let Some(v) = p.integer(&l.max_packet_size, s, "max_packet_size", 64, max_pkt) {
         config.decoder.max_packet_size = to_u32(v);
-        b.max_packet_size = to_u32(v);
+        b.packets.max_packet_size = to_u32(v);
     }
     if let Some(v) = p.integer(
         &l.max_unauthenticated_packet_size,
@@ -188,7 +188,7 @@ pub(super) fn check_limits(
         config.write_timeout = Duration::from_secs(v);
     }
     if let Some(v) = p.integer(&l.max_keep_alive, s, "max_keep_alive", 1, 65_535) {
-        b.max_keep_alive = to_u16(v);
+        b.sessions.max_keep_alive = to_u16(v);
     }
     if let Some(v) = p.integer(
         &l.max_session_expiry_interval,
@@ -197,21 +197,21 @@ pub(super) fn check_limits(
         0,
         u64::from(u32::MAX),
     ) {
-        b.max_session_expiry_interval = to_u32(v);
+        b.sessions.max_session_expiry_interval = to_u32(v);
     }
     if let Some(v) = p.integer(&l.receive_maximum, s, "receive_maximum", 1, 65_535) {
-        b.receive_maximum = to_u16(v);
+        b.sessions.receive_maximum = to_u16(v);
     }
     if let Some(v) = p.integer(&l.max_inflight_out, s, "max_inflight_out", 1, 65_535) {
-        b.max_inflight_out = to_u16(v);
+        b.sessions.max_inflight_out = to_u16(v);
     }
     let count = 100_000_000;
     let bytes = 1 << 40;
     if let Some(v) = p.integer(&l.max_queued_messages, s, "max_queued_messages", 0, count) {
-        b.max_queued_messages = to_usize(v);
+        b.sessions.max_queued_messages = to_usize(v);
     }
     if let Some(v) = p.integer(&l.max_queued_bytes, s, "max_queued_bytes", 0, bytes) {
-        b.max_queued_bytes = to_usize(v);
+        b.sessions.max_queued_bytes = to_usize(v);
     }
     if let Some(v) = p.integer(
         &l.max_subscriptions_per_session,
@@ -220,13 +220,13 @@ pub(super) fn check_limits(
         1,
         10_000_000,
     ) {
-        b.max_subscriptions_per_session = to_usize(v);
+        b.sessions.max_subscriptions_per_session = to_usize(v);
     }
     if let Some(v) = p.integer(&l.max_topic_levels, s, "max_topic_levels", 1, 65_535) {
-        b.max_topic_levels = to_usize(v);
+        b.packets.max_topic_levels = to_usize(v);
     }
     if let Some(v) = p.integer(&l.max_topic_length, s, "max_topic_length", 1, 65_535) {
-        b.max_topic_length = to_usize(v);
+        b.packets.max_topic_length = to_usize(v);
     }
     if let Some(v) = p.integer(
         &l.max_client_id_length,
@@ -235,10 +235,10 @@ pub(super) fn check_limits(
         23,
         65_535,
     ) {
-        b.max_client_id_length = to_usize(v);
+        b.packets.max_client_id_length = to_usize(v);
     }
     if let Some(v) = p.integer(&l.max_user_properties, s, "max_user_properties", 0, 65_535) {
-        b.max_user_properties = to_usize(v);
+        b.packets.max_user_properties = to_usize(v);
     }
     if let Some(v) = p.integer(
         &l.max_retained_messages,
@@ -247,10 +247,10 @@ pub(super) fn check_limits(
         0,
         count,
     ) {
-        b.max_retained_messages = to_usize(v);
+        b.retained.max_retained_messages = to_usize(v);
     }
     if let Some(v) = p.integer(&l.topic_alias_maximum, s, "topic_alias_maximum", 0, 65_535) {
-        b.topic_alias_maximum = to_u16(v);
+        b.packets.topic_alias_maximum = to_u16(v);
     }
     if let Some(v) = p.choice(
         &l.queue_full,
@@ -258,14 +258,14 @@ pub(super) fn check_limits(
         "queue_full",
         "use \"drop_newest\", \"drop_oldest\" or \"disconnect\"",
     ) {
-        b.queue_full = match v {
+        b.sessions.queue_full = match v {
             QueueFullName::DropNewest => QueuePolicy::DropNewest,
             QueueFullName::DropOldest => QueuePolicy::DropOldest,
             QueueFullName::Disconnect => QueuePolicy::Disconnect,
         };
     }
     if let Some(v) = p.integer(&l.max_retained_bytes, s, "max_retained_bytes", 0, bytes) {
-        b.max_retained_bytes = to_usize(v);
+        b.retained.max_retained_bytes = to_usize(v);
     }
     if let Some(v) = p.integer(
         &l.max_subscriptions_per_user,
@@ -274,7 +274,7 @@ pub(super) fn check_limits(
         0,
         count,
     ) {
-        b.max_subscriptions_per_user = to_usize(v);
+        b.per_user.max_subscriptions_per_user = to_usize(v);
     }
     if let Some(v) = p.integer(
         &l.max_retained_per_user,
@@ -283,7 +283,7 @@ pub(super) fn check_limits(
         0,
         count,
     ) {
-        b.max_retained_per_user = to_usize(v);
+        b.per_user.max_retained_per_user = to_usize(v);
     }
     if let Some(v) = p.integer(
         &l.max_retained_bytes_per_user,
@@ -292,7 +292,7 @@ pub(super) fn check_limits(
         0,
         bytes,
     ) {
-        b.max_retained_bytes_per_user = to_usize(v);
+        b.per_user.max_retained_bytes_per_user = to_usize(v);
     }
     p.integer(
         &l.max_connections_per_user,
@@ -306,10 +306,10 @@ pub(super) fn check_limits(
 pub(super) fn check_mqtt(p: &mut Problems, m: &MqttSection, config: &mut ServerConfig) {
     let s = "mqtt";
     if let Some(v) = p.boolean(&m.queue_qos0_offline, s, "queue_qos0_offline") {
-        config.broker.queue_qos0_offline = v;
+        config.broker.sessions.queue_qos0_offline = v;
     }
     if let Some(v) = p.boolean(&m.outbound_topic_aliases, s, "outbound_topic_aliases") {
-        config.broker.outbound_topic_aliases = v;
+        config.broker.packets.outbound_topic_aliases = v;
     }
     if let Some(v) = p.string(
         &m.response_information_prefix,

@@ -110,10 +110,10 @@ fn keys_are_read() {
     assert_eq!(config.listeners.len(), 2);
     assert_eq!(config.listeners.get(1).unwrap().name, "tcp-1");
     assert_eq!(config.decoder.max_packet_size, 2048);
-    assert_eq!(config.broker.max_packet_size, 2048);
-    assert_eq!(config.broker.receive_maximum, 10);
-    assert_eq!(config.broker.max_topic_levels, 8);
-    assert!(config.broker.queue_qos0_offline);
+    assert_eq!(config.broker.packets.max_packet_size, 2048);
+    assert_eq!(config.broker.sessions.receive_maximum, 10);
+    assert_eq!(config.broker.packets.max_topic_levels, 8);
+    assert!(config.broker.sessions.queue_qos0_offline);
     assert_eq!(config.broker.sys_interval, None);
 }
 
