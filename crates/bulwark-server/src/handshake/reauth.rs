@@ -48,13 +48,42 @@ pub(crate) struct Reauth {
     client_id: Box<str>,
     identity: Identity,
     principal: Arc<Principal>,
-    /// A SCRAM re-authentication between its server-first and client-final messages.
-    scram: Option<Box<ScramServer>>,
     /// When the credentials end.
     expires: Option<Instant>,
+    /// The client's version and Maximum Packet Size.
+    encoder: Encoder,
+    /// A re-authentication or a close under way; `None` (one word) the rest of the time, which
+    /// is nearly always: every connection keeps its `Reauth` for its whole life.
+    busy: Option<Box<Exchange>>,
+}
+
+/// What a re-authentication (or the credentials' end) needs while it is under way.
+#[derive(Debug)]
+struct Exchange {
+    /// A SCRAM re-authentication between its server-first and client-final messages.
+    scram: Option<Box<ScramServer>>,
     waiting: Waiting,
     transmit: Outgoing,
     events: VecDeque<ReauthEvent>,
+}
+
+impl Exchange {
+    fn new(encoder: Encoder) -> Self {
+        Self {
+            scram: None,
+            waiting: Waiting::Nothing,
+            transmit: Outgoing::new(encoder),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Nothing under way and nothing left for the driver.
+    fn is_idle(&self) -> bool {
+        self.scram.is_none()
+            && matches!(self.waiting, Waiting::Nothing)
+            && self.transmit.queue.is_empty()
+            && self.events.is_empty()
+    }
 }
 
 impl Reauth {
@@ -73,10 +102,27 @@ impl Reauth {
             expires: identity.expires_at.map(|at| now.instant_of(at)),
             identity,
             principal,
-            scram: None,
-            waiting: Waiting::Nothing,
-            transmit: Outgoing::new(encoder),
-            events: VecDeque::new(),
+            encoder,
+            busy: None,
+        }
+    }
+
+    fn exchange(&mut self) -> &mut Exchange {
+        let encoder = self.encoder;
+        self.busy
+            .get_or_insert_with(|| Box::new(Exchange::new(encoder)))
+    }
+
+    /// Whether nothing is held beyond the credentials (no exchange under way).
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.busy.is_none()
+    }
+
+    /// Lets the exchange go once nothing is under way or waiting for the driver.
+    fn settle(&mut self) {
+        if self.busy.as_ref().is_some_and(|e| e.is_idle()) {
+            self.busy = None;
         }
     }
 
@@ -119,7 +165,11 @@ impl Reauth {
         let data = packet.properties.authentication_data.unwrap_or_default();
         let hash = ScramHash::from_method(method.as_str());
         match (packet.reason_code, hash) {
-            (ReasonCode::ReAuthenticate, _) if self.scram.is_some() => self.out_of_sequence(),
+            (ReasonCode::ReAuthenticate, _)
+                if self.busy.as_ref().is_some_and(|e| e.scram.is_some()) =>
+            {
+                self.out_of_sequence()
+            }
             (ReasonCode::ReAuthenticate, Some(hash)) => {
                 self.ask(
                     Waiting::ScramStart,
@@ -139,20 +189,22 @@ impl Reauth {
                     },
                 );
             }
-            (ReasonCode::ContinueAuthentication, Some(hash)) => match self.scram.take() {
-                None => self.out_of_sequence(),
-                Some(server) => match server.finish(&data) {
-                    Ok((server_final, name)) if self.same_user(Some(&name)) => self.ask(
-                        Waiting::ScramIdentity { server_final },
-                        Request::ScramIdentity {
-                            name,
-                            method: hash.method(),
-                        },
-                    ),
-                    Ok(_) => self.fail(Refusal::reauth("SCRAM: a different username")),
-                    Err(err) => self.fail(AuthService::scram_refusal(&err)),
-                },
-            },
+            (ReasonCode::ContinueAuthentication, Some(hash)) => {
+                match self.exchange().scram.take() {
+                    None => self.out_of_sequence(),
+                    Some(server) => match server.finish(&data) {
+                        Ok((server_final, name)) if self.same_user(Some(&name)) => self.ask(
+                            Waiting::ScramIdentity { server_final },
+                            Request::ScramIdentity {
+                                name,
+                                method: hash.method(),
+                            },
+                        ),
+                        Ok(_) => self.fail(Refusal::reauth("SCRAM: a different username")),
+                        Err(err) => self.fail(AuthService::scram_refusal(&err)),
+                    },
+                }
+            }
             _ => self.out_of_sequence(),
         }
     }
@@ -160,12 +212,12 @@ impl Reauth {
     /// The authentication service's answer to the last [`Request`].
     pub(crate) fn handle_answer(&mut self, answer: Answer, now: Now) {
         match (
-            std::mem::replace(&mut self.waiting, Waiting::Nothing),
+            std::mem::replace(&mut self.exchange().waiting, Waiting::Nothing),
             answer,
         ) {
             (Waiting::ScramStart, Answer::ScramStarted(started)) => match started {
                 Ok((server, first)) if self.same_user(Some(server.username())) => {
-                    self.scram = Some(server);
+                    self.exchange().scram = Some(server);
                     self.push_auth(ReasonCode::ContinueAuthentication, Some(first));
                 }
                 Ok(_) => self.fail(Refusal::reauth("SCRAM: a different username")),
@@ -192,14 +244,16 @@ impl Reauth {
     }
 
     fn ask(&mut self, waiting: Waiting, request: Request) {
-        self.waiting = waiting;
-        self.events.push_back(ReauthEvent::Request(request));
+        let exchange = self.exchange();
+        exchange.waiting = waiting;
+        exchange.events.push_back(ReauthEvent::Request(request));
     }
 
     /// New credentials for the same user: recorded, their groups and claim given to the
     /// engine if they changed, their end tracked, the client told.
     fn succeed(&mut self, identity: Identity, server_final: Option<Vec<u8>>, now: Now) {
-        self.events
+        self.exchange()
+            .events
             .push_back(ReauthEvent::Record(Ok(identity.clone())));
         self.expires = identity.expires_at.map(|at| now.instant_of(at));
         if identity.groups != self.identity.groups || identity.acl != self.identity.acl {
@@ -207,8 +261,10 @@ impl Reauth {
             principal.groups = identity.groups.clone();
             principal.claim = identity.acl.clone();
             self.principal = Arc::new(principal);
-            self.events
-                .push_back(ReauthEvent::Principal(self.principal.clone()));
+            let principal = self.principal.clone();
+            self.exchange()
+                .events
+                .push_back(ReauthEvent::Principal(principal));
         }
         self.identity = identity;
         self.push_auth(ReasonCode::Success, server_final);
@@ -217,9 +273,11 @@ impl Reauth {
     /// A failed re-authentication: recorded, and the connection closes with 0x87.
     fn fail(&mut self, refusal: Refusal) {
         let reason = refusal.reason.clone();
-        self.events.push_back(ReauthEvent::Record(Err(refusal)));
+        self.exchange()
+            .events
+            .push_back(ReauthEvent::Record(Err(refusal)));
         self.push_disconnect(ReasonCode::NotAuthorized, "re-authentication failed");
-        self.events.push_back(ReauthEvent::Closed {
+        self.exchange().events.push_back(ReauthEvent::Closed {
             code: ReasonCode::NotAuthorized,
             reason,
         });
@@ -234,28 +292,29 @@ impl Reauth {
 
     /// Closes the connection with `code`, telling a 5.0 client `why`.
     fn close(&mut self, code: ReasonCode, why: &str) {
-        self.scram = None;
+        if let Some(exchange) = &mut self.busy {
+            exchange.scram = None;
+        }
         self.push_disconnect(code, why);
-        self.events.push_back(ReauthEvent::Closed {
+        self.exchange().events.push_back(ReauthEvent::Closed {
             code,
             reason: why.to_owned(),
         });
     }
 
     fn push_disconnect(&mut self, code: ReasonCode, why: &str) {
-        if self.transmit.encoder.version().is_v5() {
+        if self.encoder.version().is_v5() {
             let mut disconnect = Disconnect::new(code);
             disconnect.properties.reason_string = MqttString::new(why).ok();
-            self.transmit.push(Packet::Disconnect(disconnect));
+            self.exchange()
+                .transmit
+                .push(Packet::Disconnect(disconnect));
         }
     }
 
     fn push_auth(&mut self, code: ReasonCode, data: Option<Vec<u8>>) {
-        self.transmit.push(auth_packet(
-            code,
-            self.method.clone(),
-            data.map(Bytes::from),
-        ));
+        let packet = auth_packet(code, self.method.clone(), data.map(Bytes::from));
+        self.exchange().transmit.push(packet);
     }
 
     /// When the credentials end (once the CONNACK went out, the driver counts from it: the
@@ -270,18 +329,27 @@ impl Reauth {
         if self.expires.is_some_and(|at| now.at >= at) {
             self.expires = None;
             self.push_disconnect(ReasonCode::NotAuthorized, "credentials expired");
-            self.events.push_back(ReauthEvent::Expired);
+            self.exchange().events.push_back(ReauthEvent::Expired);
         }
     }
 
     /// Encodes the next packet for the client into `out`, fitting its Maximum Packet Size;
     /// false when there is none.
     pub(crate) fn poll_transmit(&mut self, out: &mut BytesMut) -> bool {
-        self.transmit.poll(out)
+        let Some(exchange) = &mut self.busy else {
+            return false;
+        };
+        let sent = exchange.transmit.poll(out);
+        self.settle();
+        sent
     }
 
     /// What the driver is to do next.
     pub(crate) fn poll_event(&mut self) -> Option<ReauthEvent> {
-        self.events.pop_front()
+        let event = self.busy.as_mut()?.events.pop_front();
+        if event.is_none() {
+            self.settle();
+        }
+        event
     }
 }

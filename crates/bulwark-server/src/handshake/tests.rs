@@ -830,7 +830,9 @@ fn a_scram_reauthentication_takes_two_rounds() {
     let mut machine = reauth(Some("SCRAM-SHA-256"), identity(ALICE, "SCRAM-SHA-256"), now);
     let mut service = Service::new();
     let mut client = ScramClient::new(ScramHash::Sha256, ALICE, ALICE_PASSWORD).unwrap();
+    assert!(machine.is_idle(), "nothing held before an AUTH comes");
     let server_first = scram_reauth_start(&mut machine, &client, &mut service);
+    assert!(!machine.is_idle(), "the SCRAM exchange is under way");
     scram_reauth_final(&mut machine, &mut client, &server_first);
     let events = run_reauth(&mut machine, &mut service, now);
     assert!(
@@ -848,6 +850,7 @@ fn a_scram_reauthentication_takes_two_rounds() {
     client
         .verify_server_final(success.properties.authentication_data.as_deref().unwrap())
         .unwrap();
+    assert!(machine.is_idle(), "the exchange is let go once it is over");
 }
 
 #[test]
