@@ -141,7 +141,9 @@ pub(crate) fn drive<S: Transport>(
         };
         if let Some(code) = violation {
             driver.ctx.traffic.expelled.fetch_add(1, Ordering::Relaxed);
-            driver.violation_event(code, &end).await;
+            // Boxed, as is the ban below: these futures are large and run only after an
+            // offence, and every connection's future would otherwise be sized for them.
+            Box::pin(driver.violation_event(code, &end)).await;
         }
         let offence = match &end {
             End::Decode(_) => Some("protocol violation"),
@@ -153,7 +155,13 @@ pub(crate) fn drive<S: Transport>(
         if let Some(what) = offence
             && let Some(ban) = driver.ctx.bans.offence(peer.ip(), what)
         {
-            crate::login::ban_now(&driver.ctx, &driver.listener.name, peer, &ban).await;
+            Box::pin(crate::login::ban_now(
+                &driver.ctx,
+                &driver.listener.name,
+                peer,
+                &ban,
+            ))
+            .await;
         }
         match &end {
             End::Closed | End::Engine => debug!(%peer, conn = conn.0, ?end, "connection closed"),
