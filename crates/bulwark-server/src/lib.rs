@@ -5,7 +5,9 @@
 //!
 //! Protocol decisions live in `bulwark-proto` (bytes) and `bulwark-core` (behaviour); this
 //! crate only moves bytes and packets between sockets and the engine, and must never grow
-//! protocol logic of its own.
+//! protocol logic in its async code. The one exchange the engine does not see, the login
+//! (authenticator chain, SCRAM, JWT, re-authentication, refusals), is a sans-IO state machine
+//! of its own (`handshake`), which the driver feeds and whose requests `login` answers.
 #![forbid(unsafe_code)]
 
 pub mod acl;
