@@ -13,23 +13,7 @@ PASSWORD='violet-Harbour-lantern-93'
 base=$(mktemp -d)
 trap 'rm -rf "$base"' EXIT
 echo "$PASSWORD" | "$NEW" user add bench --password-stdin --file "$base/passwords.toml" >/dev/null
-cat > "$base/acl.toml" <<'T'
-[[rule]]
-permission = "allow"
-action = "all"
-user = "bench"
-topic = "bench/#"
-
-[[rule]]
-permission = "allow"
-action = "all"
-topic = "devices/{client_id}/#"
-
-[[rule]]
-permission = "deny"
-action = "all"
-topic = "bench/secret/#"
-T
+cp "$(dirname "$0")/bench-acl.toml" "$base/acl.toml"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 run() { # BIN SCENARIO ARGS...

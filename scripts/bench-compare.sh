@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of Bulwark, Eclipse Mosquitto and rumqttd on this machine: every
+# Side-by-side benchmark of Bulwark (as users run it: password logins, ACL, durable store;
+# --bulwark-bare for anonymous and in memory), Eclipse Mosquitto and rumqttd on this machine: every
 # scenario against a fresh broker process pinned to one core, the loader (`bulwark bench`) on
 # another, three repetitions, medians and ratios; the TLS scenarios use a CA and an ECDSA P-256
 # server certificate made once per run by `bulwark cert`. Installs the peers when missing (Debian

@@ -40,7 +40,7 @@ SCENARIOS = [
     ("pairs QoS 2, 100 pairs", ["pairs", "--qos", "2", "-n", "100"], "recv", "msg/s", ">= 1.2x best peer"),
     ("fan-out QoS 0, 1 to 1,000", ["fan-out", "--qos", "0", "-n", "1000"], "recv", "deliveries/s", ">= best peer"),
     ("QoS 1 at 10k msg/s, p99 latency", ["latency", "--qos", "1", "-n", "100", "--rate", "10000"], "p99", "ms", "<= Mosquitto"),
-    ("memory per idle connection (10,000)", ["conn", "-n", "10000", "--workers", "32"], "mem", "KB", "<= 2 KB"),
+    ("memory per idle connection (10,000)", ["conn", "-n", "10000", "--workers", "32"], "mem", "KB", "<= 1 KB"),
     ("connections per second (churn, 16 workers)", ["churn", "--workers", "16"], "churn", "conn/s", ">= Mosquitto"),
     ("TLS 1.3 handshakes per second (churn over TLS, 16 workers)", ["churn", "--workers", "16"], "churn", "conn/s",
      ">= 2x Mosquitto", "tls"),
@@ -97,25 +97,46 @@ def toml_str(value):
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def start_broker(kind, bins, port, work, broker_core, tls=None):
+# Bulwark runs as users run it: a password user, an ACL and the durable store (sync
+# "always"); the peers run as they ship, anonymous and in memory. `--bulwark-bare` runs
+# Bulwark anonymous without ACL or store instead, for a like-for-like look at the message path.
+BENCH_USER = "bench"
+BENCH_PASSWORD = "violet-Harbour-lantern-93"
+BENCH_ACL = os.path.join(ROOT, "scripts", "bench-acl.toml")
+
+
+def secure_files(bulwark, work, kind):
+    """A password file with the bench user and an ACL, both 0600, in a fresh directory; returns
+    the TOML lines that use them and a durable store there."""
+    d = tempfile.mkdtemp(prefix=f"{kind}-", dir=work)
+    passwords = os.path.join(d, "passwords.toml")
+    acl = os.path.join(d, "acl.toml")
+    out = subprocess.run([bulwark, "user", "add", BENCH_USER, "--password-stdin", "--file", passwords],
+                         input=BENCH_PASSWORD + "\n", capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"bulwark user add failed ({out.returncode}): {out.stderr[-2000:]}")
+    shutil.copyfile(BENCH_ACL, acl)
+    os.chmod(acl, 0o600)
+    return (f"[auth]\npassword_file = {toml_str(passwords)}\n[acl]\nfile = {toml_str(acl)}\n"
+            f"[storage]\npath = {toml_str(os.path.join(d, 'store.redb'))}\n")
+
+
+def start_broker(kind, bins, port, work, broker_core, tls=None, secure=True):
     """Starts `kind` listening on 127.0.0.1:port: plain MQTT, or with `tls` (make_certs's paths)
-    MQTT over TLS only."""
-    if kind in ("bulwark", "baseline") and tls is None:
-        # Every broker of the comparison lets anonymous clients in (Mosquitto: allow_anonymous
-        # true); authentication is measured on its own (docs/benchmarks.md, "Security on").
-        cmd = [bins[kind], "serve", "--listen", f"127.0.0.1:{port}",
-               "--dangerous-allow-anonymous", "--log-level", "warn"]
-    elif kind in ("bulwark", "baseline"):
+    MQTT over TLS only. Bulwark (and `baseline`) with `secure`: see `secure_files`."""
+    if kind in ("bulwark", "baseline"):
         conf = os.path.join(work, f"{kind}.toml")
         with open(conf, "w") as f:
-            f.write(
-                f'[[listener]]\nkind = "tls"\nbind = "127.0.0.1:{port}"\n'
-                'dangerous_allow_anonymous = true\n'
-                f'[listener.tls]\ncert = {toml_str(tls["cert"])}\nkey = {toml_str(tls["key"])}\n'
-                'min_version = "1.3"\n'
-                # The comparison measures the message path; authorization has its own run.
-                '[acl]\ndangerous_allow_all = true\n'
-            )
+            f.write(f'[[listener]]\nkind = "{"tls" if tls else "tcp"}"\nbind = "127.0.0.1:{port}"\n')
+            if not secure:
+                f.write("dangerous_allow_anonymous = true\n")
+            if tls is not None:
+                f.write(f'[listener.tls]\ncert = {toml_str(tls["cert"])}\nkey = {toml_str(tls["key"])}\n'
+                        'min_version = "1.3"\n')
+            if secure:
+                f.write(secure_files(bins["bulwark"], work, kind))
+            else:
+                f.write("[acl]\ndangerous_allow_all = true\n")
         cmd = [bins[kind], "serve", "--config", conf, "--log-level", "warn"]
     elif kind == "mosquitto":
         conf = os.path.join(work, "mosquitto.conf")
@@ -160,11 +181,13 @@ def start_broker(kind, bins, port, work, broker_core, tls=None):
     return proc
 
 
-def run_bench(bins, args, port, pid, duration, loader_core, tls=None):
+def run_bench(bins, args, port, pid, duration, loader_core, tls=None, login=False):
     cmd = ["taskset", "-c", loader_core, bins["bulwark"], "bench"] + args + [
         "--port", str(port), "--broker-pid", str(pid), "--duration", str(duration),
         "--no-progress", "--json",
     ]
+    if login:
+        cmd += ["--username", BENCH_USER, "--password", BENCH_PASSWORD]
     if tls is not None:
         # 127.0.0.1 is one of the certificate's names; no resumption: full handshakes.
         cmd += ["--tls", "--ca", tls["ca"], "--tls-no-resume"]
@@ -203,6 +226,10 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--brokers", default="mosquitto,rumqttd,bulwark")
     ap.add_argument("--only", default="", help="comma-separated scenario indexes (0-based)")
+    ap.add_argument("--bulwark-bare", action="store_true",
+                    help="run Bulwark anonymous, without ACL and durable store, as the peers run")
+    ap.add_argument("--batched", action="store_true",
+                    help="publishers write up to 256 PUBLISHes at once (not device-like; labelled)")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     ap.add_argument("--baseline", help="another Bulwark binary (say, built from an older commit), "
                     "run as broker 'baseline' with Bulwark's settings: `--brokers baseline,bulwark "
@@ -232,11 +259,15 @@ def main():
             try:
                 for rep in range(a.reps):
                     port = free_port()
-                    proc = start_broker(broker, bins, port, work, broker_core, scenario_tls)
+                    ours = broker in ("bulwark", "baseline")
+                    secure = ours and not a.bulwark_bare
+                    proc = start_broker(broker, bins, port, work, broker_core, scenario_tls, secure)
                     try:
                         time.sleep(0.5)
                         duration = 3 if kind == "mem" else a.duration
-                        report = run_bench(bins, args, port, proc.pid, duration, loader_core, scenario_tls)
+                        bench_args = args + (["--batched"] if a.batched and kind == "recv" else [])
+                        report = run_bench(bins, bench_args, port, proc.pid, duration, loader_core,
+                                           scenario_tls, login=secure)
                         values.append(figure(report, kind))
                         cpus.append(report.get("loader_cpu_percent") or 0)
                         extra = ""
@@ -268,7 +299,14 @@ def main():
                  f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
                  f"broker on core {broker_core}, loader on core {loader_core}; "
                  f"median of {a.reps} runs, each on a fresh broker process, {a.duration} s measured "
-                 "after 2 s of warm-up, 64 B payloads, MQTT 3.1.1.")
+                 "after 2 s of warm-up, 64 B payloads, MQTT 3.1.1, "
+                 + ("publishers batching up to 256 PUBLISHes per write (`--batched`, not device-like). "
+                    if a.batched else "one write per PUBLISH as devices write. ")
+                 + ("Bulwark bare: anonymous, no ACL, no durable store (`--bulwark-bare`)."
+                    if a.bulwark_bare else
+                    "Bulwark as users run it: every client logs in with a password (argon2id), an "
+                    "ACL decides every publish and subscribe, the durable store is on (sync "
+                    "\"always\"); the peers as they ship: anonymous, in memory."))
     if tls is not None:
         lines[-1] += (" TLS rows: one TLS listener per broker (TLS 1.3 as the minimum where the broker "
                       "has the setting), an ECDSA P-256 server certificate made by `bulwark cert`, "
@@ -279,7 +317,9 @@ def main():
                 "mosquitto": [bins["mosquitto"], "-h"], "rumqttd": [bins["rumqttd"], "--version"]}
     lines.append("Versions: " + "; ".join(f"{b}: {version(versions[b])}" for b in brokers) + ".")
     lines.append("")
-    lines.append("Command: `bash scripts/bench-compare.sh" + (" --write`" if a.write else "`"))
+    flags = "".join(f" {f}" for f, on in (("--bulwark-bare", a.bulwark_bare), ("--batched", a.batched),
+                                           ("--write", a.write)) if on)
+    lines.append(f"Command: `bash scripts/bench-compare.sh{flags}`")
     lines.append("")
     versus = "baseline" if brokers == ["baseline", "bulwark"] else "best peer"
     header = "| scenario | " + " | ".join(brokers) + f" | Bulwark vs {versus} | target |"

@@ -72,7 +72,7 @@ pub(crate) fn percent(
 }
 
 /// A report with the publish figures empty.
-fn connection_report(o: &BenchOptions, connections: usize) -> Report {
+pub(crate) fn connection_report(o: &BenchOptions, connections: usize) -> Report {
     Report {
         setup: RunSetup {
             scenario: o.scenario,
@@ -86,6 +86,8 @@ fn connection_report(o: &BenchOptions, connections: usize) -> Report {
             subscribers: 0,
             window: 0,
             rate_limit: None,
+            batched: false,
+            loader_processes: 1,
             warmup_s: 0.0,
             measured_s: o.load.duration.as_secs_f64(),
         },

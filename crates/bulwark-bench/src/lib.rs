@@ -30,6 +30,7 @@ mod flood;
 mod options;
 pub mod payload;
 pub mod procfs;
+mod procs;
 mod pubsub;
 pub mod stats;
 pub mod track;
@@ -139,7 +140,12 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_scenario(&options)) {
+    let result = if options.scenario == Scenario::Churn && options.load.procs > 1 {
+        procs::run_churn_procs(&options)
+    } else {
+        runtime.block_on(run_scenario(&options))
+    };
+    match result {
         Ok(report) => {
             if args.output.json {
                 println!("{}", report.to_json());

@@ -198,6 +198,16 @@ pub struct LoadArgs {
     /// routes to them until acknowledged.
     #[arg(long)]
     pub persistent: bool,
+    /// Batched mode: each publisher writes as many PUBLISHes as its window allows (up to 256)
+    /// in one write. Not how devices behave: the default writes every PUBLISH on its own, as a
+    /// device does, so the broker reads one packet per read; batched figures are higher and
+    /// are labelled as such in the report.
+    #[arg(long)]
+    pub batched: bool,
+    /// Churn: loader processes, each running --workers loops (this program started N times,
+    /// figures added up), so that the broker rather than one loader core sets the pace.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub procs: usize,
 }
 
 /// `bulwark bench` options: the flood scenario's attacker.
@@ -333,11 +343,16 @@ pub struct LoadOptions {
     pub inflight: u16,
     /// Subscribers hold persistent sessions.
     pub persistent: bool,
+    /// Publishers write up to 256 PUBLISHes at once; `false` (the default): one write per
+    /// PUBLISH, as devices do.
+    pub batched: bool,
+    /// Churn: loader processes (1: this one only).
+    pub procs: usize,
 }
 
 impl Default for LoadOptions {
     /// QoS 0, 64-byte payloads, 10 s measured after 2 s of warm-up, 16 workers, the
-    /// scenario's connections, window and rate.
+    /// scenario's connections, window and rate, one write per PUBLISH.
     fn default() -> Self {
         Self {
             qos: QoS::AtMostOnce,
@@ -350,6 +365,8 @@ impl Default for LoadOptions {
             rate: None,
             inflight: DEFAULT_INFLIGHT,
             persistent: false,
+            batched: false,
+            procs: 1,
         }
     }
 }
@@ -405,6 +422,11 @@ impl BenchOptions {
         }
         if l.rate == Some(0) {
             problems.push("--rate must be at least 1".to_owned());
+        }
+        if l.procs == 0 || l.procs > 64 {
+            problems.push("--procs must be between 1 and 64".to_owned());
+        } else if l.procs > 1 && self.scenario != Scenario::Churn {
+            problems.push("--procs is for churn only".to_owned());
         }
         if l.inflight == 0 {
             problems.push("--inflight must be at least 1".to_owned());
@@ -518,6 +540,8 @@ impl TryFrom<&BenchArgs> for BenchOptions {
                 rate: l.rate,
                 inflight: l.inflight,
                 persistent: l.persistent,
+                batched: l.batched,
+                procs: l.procs,
             },
             attack: AttackOptions {
                 source: a.attack_source,
@@ -550,6 +574,19 @@ mod tests {
         assert_eq!(fan_out.window_units(100_000), 1_000_000);
         fan_out.load.window = Some(500);
         assert_eq!(fan_out.window_units(1000), 500_000);
+    }
+
+    #[test]
+    fn procs_are_for_churn_only() {
+        let mut o = BenchOptions::new(Scenario::Churn, "127.0.0.1", 1883);
+        o.load.procs = 4;
+        assert!(o.validate().is_ok());
+        o.scenario = Scenario::FanIn;
+        let err = o.validate().unwrap_err().to_string();
+        assert!(err.contains("--procs is for churn only"), "{err}");
+        o.load.procs = 0;
+        let err = o.validate().unwrap_err().to_string();
+        assert!(err.contains("--procs must be between 1 and 64"), "{err}");
     }
 
     #[test]
@@ -609,6 +646,7 @@ mod tests {
         flags.sort();
         let expected = [
             "attack_source --attack-source - []",
+            "batched --batched - []",
             "broker_pid --broker-pid - []",
             "ca --ca - []",
             "connections --connections -n []",
@@ -623,6 +661,7 @@ mod tests {
             "payload --payload - [64]",
             "persistent --persistent - []",
             "port --port - [1883]",
+            "procs --procs - [1]",
             "progress --progress - []",
             "protocol --protocol - [3.1.1]",
             "qos --qos - [0]",
@@ -697,6 +736,7 @@ mod tests {
             "--keep-alive",
             "11",
             "--persistent",
+            "--batched",
             "--json",
             "--broker-pid",
             "42",
@@ -728,6 +768,8 @@ mod tests {
             rate: Some(50),
             inflight: 8,
             persistent: true,
+            batched: true,
+            procs: 1,
         };
         e.attack = AttackOptions {
             source: Some("10.0.0.2".parse().unwrap()),

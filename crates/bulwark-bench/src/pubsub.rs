@@ -29,7 +29,8 @@ use crate::{BenchError, BenchOptions, ErrorLog, Scenario, client_id, random_suff
 const PUB_READ_CHUNK: usize = 4 * 1024;
 /// Read room for subscribers: one read takes in hundreds of messages.
 const SUB_READ_CHUNK: usize = 64 * 1024;
-/// Publications encoded per wake-up, at most.
+/// Publications encoded per write, at most, in batched mode (`--batched`); by default each
+/// PUBLISH is written on its own, as a device writes.
 const BATCH_MAX: u64 = 256;
 /// A publisher stops encoding while this much is still unwritten.
 const OUT_HIGH_WATER: usize = 64 * 1024;
@@ -125,6 +126,8 @@ struct Shared {
     units_per_message: u64,
     qos: QoS,
     payload: usize,
+    /// PUBLISHes a publisher encodes before writing: 1 (device-like) or [`BATCH_MAX`].
+    per_write: u64,
     inflight: u16,
     keep_alive: Duration,
     published: AtomicU64,
@@ -202,6 +205,7 @@ pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
         units_per_message: layout.fanout,
         qos: o.load.qos,
         payload: o.load.payload,
+        per_write: if o.load.batched { BATCH_MAX } else { 1 },
         inflight: o.load.inflight,
         keep_alive: Duration::from_secs(u64::from(o.connect.keep_alive.max(1))),
         published: AtomicU64::new(0),
@@ -298,6 +302,8 @@ pub(crate) async fn run(o: &BenchOptions) -> Result<Report, BenchError> {
             subscribers: layout.subscribers.len(),
             window: units / layout.fanout.max(1),
             rate_limit: o.rate(),
+            batched: o.load.batched,
+            loader_processes: 1,
             warmup_s: o.load.warmup.as_secs_f64(),
             measured_s: o.load.duration.as_secs_f64(),
         },
@@ -434,8 +440,14 @@ async fn publish_loop(
         }
         let sending = stopping.is_none() && now < send_end;
         let mut want = 0;
-        if sending && c.out.len() < OUT_HIGH_WATER {
-            want = BATCH_MAX;
+        // Device-like: the next PUBLISH only once the last one is written.
+        let room = if shared.per_write == 1 {
+            c.out.is_empty()
+        } else {
+            c.out.len() < OUT_HIGH_WATER
+        };
+        if sending && room {
+            want = shared.per_write;
             if qos != QoS::AtMostOnce {
                 want = want.min(cap.saturating_sub(inflight.len()) as u64);
             }
@@ -468,7 +480,7 @@ async fn publish_loop(
                         inflight.push_back((id.get(), Phase::Sent));
                     }
                     if scratch.capacity() < shared.payload {
-                        scratch.reserve(shared.payload * BATCH_MAX as usize);
+                        scratch.reserve(shared.payload * shared.per_write as usize);
                     }
                     payload::write(&mut scratch, shared.payload, Stamp { sent_ns, seq });
                     publish.payload = scratch.split().freeze();

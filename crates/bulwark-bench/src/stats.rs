@@ -262,6 +262,11 @@ pub struct RunSetup {
     pub window: u64,
     /// Total publish rate limit, if any.
     pub rate_limit: Option<u64>,
+    /// Publishers wrote up to 256 PUBLISHes per write (`--batched`); `false`: one write per
+    /// PUBLISH, as devices do.
+    pub batched: bool,
+    /// Load generator processes whose figures were added up (churn with `--procs`).
+    pub loader_processes: usize,
     /// Seconds not measured at the start.
     pub warmup_s: f64,
     /// Seconds measured.
@@ -332,6 +337,15 @@ impl Report {
         match s.scenario {
             Scenario::Conn | Scenario::Churn => {
                 row("connections", thousands(s.connections as u64));
+                if s.loader_processes > 1 {
+                    row(
+                        "loader",
+                        format!(
+                            "{} processes, figures added up (latency percentiles: the highest)",
+                            s.loader_processes
+                        ),
+                    );
+                }
             }
             _ => row(
                 "clients",
@@ -345,6 +359,17 @@ impl Report {
                         .unwrap_or_default()
                 ),
             ),
+        }
+        if !connections_only && s.publishers > 0 {
+            row(
+                "writes",
+                if s.batched {
+                    "batched: up to 256 PUBLISHes per write (not device-like)"
+                } else {
+                    "one per PUBLISH, as devices write"
+                }
+                .to_owned(),
+            );
         }
         if s.scenario == Scenario::Conn {
             row("held", format!("{:.1} s", s.measured_s));
@@ -632,6 +657,8 @@ mod tests {
                 subscribers: 1,
                 window: 1000,
                 rate_limit: None,
+                batched: false,
+                loader_processes: 1,
                 warmup_s: 2.0,
                 measured_s: 10.0,
             },
@@ -725,6 +752,11 @@ mod tests {
             "100 publishers, 1 subscriber, window 1,000",
             "{table}"
         );
+        assert_eq!(
+            line("writes"),
+            "one per PUBLISH, as devices write",
+            "{table}"
+        );
         assert!(!table.contains("errors"), "{table}");
     }
 
@@ -792,6 +824,8 @@ mod tests {
             "subscribers",
             "window",
             "rate_limit",
+            "batched",
+            "loader_processes",
             "warmup_s",
             "measured_s",
             "published",
