@@ -147,12 +147,22 @@ pub fn run(args: BenchArgs) -> ExitCode {
     };
     match result {
         Ok(report) => {
-            if args.output.json {
-                println!("{}", report.to_json());
+            let text = if args.output.json {
+                format!("{}\n", report.to_json())
             } else {
-                print!("{}", report.to_table());
+                report.to_table()
+            };
+            // A reader that went away (`bench ... | head`) is not worth a panic.
+            let mut stdout = std::io::stdout().lock();
+            match std::io::Write::write_all(&mut stdout, text.as_bytes())
+                .and_then(|()| std::io::Write::flush(&mut stdout))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: cannot write the report: {err}");
+                    ExitCode::FAILURE
+                }
             }
-            ExitCode::SUCCESS
         }
         Err(err) => {
             eprintln!("error: {err}");
