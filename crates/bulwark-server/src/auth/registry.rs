@@ -7,7 +7,7 @@
 //! reload's scan run under it, so that a login that straddles a reload is either closed by the
 //! reload or refused at registration (see [`Registry::register`] and [`Registry::sweep`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -30,7 +30,7 @@ pub(super) struct Registry {
 #[derive(Debug, Default)]
 struct Table {
     conns: HashMap<ConnectionId, Live>,
-    by_user: HashMap<Arc<str>, Vec<ConnectionId>>,
+    by_user: HashMap<Arc<str>, HashSet<ConnectionId>>,
 }
 
 /// A live, authenticated connection.
@@ -71,22 +71,27 @@ impl Registry {
             return Err(NotRegistered::Gone);
         }
         if let Some(name) = &live.username {
-            let theirs = table.by_user.get(name).map_or(&[][..], Vec::as_slice);
-            // A connection with the same client id is about to be taken over: not counted.
-            let others = theirs
-                .iter()
-                .filter(|c| {
-                    live.client_id.is_empty()
-                        || table
-                            .conns
-                            .get(c)
-                            .is_none_or(|l| l.client_id != live.client_id)
-                })
-                .count();
-            if self.max_per_user > 0 && others >= self.max_per_user {
-                return Err(NotRegistered::Quota);
+            if self.max_per_user > 0 {
+                let theirs = table.by_user.get(name);
+                let count = theirs.map_or(0, HashSet::len);
+                // Only at the cap are they looked at: one with the same client id is about to
+                // be taken over and is not counted. (Looking at every one on every login made
+                // a fleet sharing a username log in in quadratic time.)
+                let taken_over = count >= self.max_per_user
+                    && !live.client_id.is_empty()
+                    && theirs.is_some_and(|theirs| {
+                        theirs.iter().any(|c| {
+                            table
+                                .conns
+                                .get(c)
+                                .is_some_and(|l| l.client_id == live.client_id)
+                        })
+                    });
+                if count - usize::from(taken_over) >= self.max_per_user {
+                    return Err(NotRegistered::Quota);
+                }
             }
-            table.by_user.entry(name.clone()).or_default().push(conn);
+            table.by_user.entry(name.clone()).or_default().insert(conn);
         }
         table.conns.insert(conn, live);
         Ok(())
@@ -101,7 +106,7 @@ impl Registry {
         if let Some(name) = gone.username
             && let Some(theirs) = table.by_user.get_mut(&name)
         {
-            theirs.retain(|c| *c != conn);
+            theirs.remove(&conn);
             if theirs.is_empty() {
                 table.by_user.remove(&name);
             }
