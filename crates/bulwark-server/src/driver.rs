@@ -65,6 +65,43 @@ fn is_limit(code: ReasonCode) -> bool {
     )
 }
 
+/// Hands `msg` to the router; resolves to `Err` once the router is gone. A plain function
+/// returning a small future: the channel's waiting send, several hundred bytes, is boxed and
+/// made only when the channel is full, so that no connection's future is sized for it.
+fn to_router(router: &mpsc::Sender<ToRouter>, msg: ToRouter) -> ToRouterSend<'_> {
+    match router.try_send(msg) {
+        Ok(()) => ToRouterSend::Done(Ok(())),
+        Err(mpsc::error::TrySendError::Full(msg)) => {
+            ToRouterSend::Waiting(Box::pin(router.send(msg)))
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => ToRouterSend::Done(Err(())),
+    }
+}
+
+/// See [`to_router`].
+enum ToRouterSend<'a> {
+    Done(Result<(), ()>),
+    Waiting(
+        std::pin::Pin<
+            Box<dyn Future<Output = Result<(), mpsc::error::SendError<ToRouter>>> + Send + 'a>,
+        >,
+    ),
+}
+
+impl Future for ToRouterSend<'_> {
+    type Output = Result<(), ()>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Done(result) => std::task::Poll::Ready(*result),
+            Self::Waiting(send) => send.as_mut().poll(cx).map(|sent| sent.map_err(|_| ())),
+        }
+    }
+}
+
 /// Both clocks now, for the handshake machines.
 fn now() -> Now {
     Now {
@@ -131,7 +168,7 @@ pub(crate) fn drive<S: Transport>(
     async move {
         let end = driver.run().await;
         if driver.registered {
-            let _ = driver.ctx.router.send(ToRouter::Lost { conn }).await;
+            let _ = to_router(&driver.ctx.router, ToRouter::Lost { conn }).await;
         }
         driver.ctx.auth.unregister(conn);
         let violation = match &end {
@@ -503,7 +540,7 @@ impl<S: Transport> Driver<S> {
                         conn: self.conn,
                         principal,
                     };
-                    if ctx.router.send(update).await.is_err() {
+                    if to_router(&ctx.router, update).await.is_err() {
                         return Err(End::RouterGone);
                     }
                 }
@@ -527,28 +564,33 @@ impl<S: Transport> Driver<S> {
             Ok(connect) => connect,
             Err(end) => return end,
         };
-        // Boxed: the exchange's states need not live in the connection's future.
-        let (connect, accepted) = match Box::pin(self.handshake(connect)).await {
-            Ok(done) => done,
-            Err(end) => return end,
+        // In a block of its own: what the handshake left (the CONNECT, the accepted exchange)
+        // is gone before the packet loop, whose state every idle connection holds.
+        let (version, mut keep_alive_secs, mut reauth, outbox) = {
+            // Boxed: the exchange's states need not live in the connection's future.
+            let (connect, accepted) = match Box::pin(self.handshake(connect)).await {
+                Ok(done) => done,
+                Err(end) => return end,
+            };
+            let Accepted {
+                auth: connect_auth,
+                reauth,
+            } = accepted;
+            let version = connect.protocol_version;
+            self.permit.handshake_done();
+            let keep_alive_secs = connect.keep_alive;
+            let outbox = Arc::new(Outbox::default());
+            let registration = ToRouter::Connect {
+                conn: self.conn,
+                connect,
+                outbox: outbox.clone(),
+                auth: connect_auth,
+            };
+            if to_router(&self.ctx.router, registration).await.is_err() {
+                return End::RouterGone;
+            }
+            (version, keep_alive_secs, reauth, outbox)
         };
-        let Accepted {
-            auth: connect_auth,
-            mut reauth,
-        } = accepted;
-        let version = connect.protocol_version;
-        self.permit.handshake_done();
-        let mut keep_alive_secs = connect.keep_alive;
-        let outbox = Arc::new(Outbox::default());
-        let registration = ToRouter::Connect {
-            conn: self.conn,
-            connect,
-            outbox: outbox.clone(),
-            auth: connect_auth,
-        };
-        if self.ctx.router.send(registration).await.is_err() {
-            return End::RouterGone;
-        }
         self.registered = true;
         let mut keep_alive = KeepAlive::new(keep_alive_secs, Instant::now());
         let mut batch: Vec<Packet> = Vec::new();
@@ -578,28 +620,26 @@ impl<S: Transport> Driver<S> {
             if drain_asked && !decode_first && !self.stream.input_waiting() {
                 drain_asked = false;
                 let msg = ToRouter::Drained { conn: self.conn };
-                if self.ctx.router.send(msg).await.is_err() {
+                if to_router(&self.ctx.router, msg).await.is_err() {
                     return End::RouterGone;
                 }
             }
-            let ka_deadline = keep_alive.poll_deadline();
-            let ka_sleep = async {
-                match ka_deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            // Counted from the CONNACK on: the credentials' end never overtakes it.
+            // One timer for three deadlines (a timer is over a hundred bytes of every
+            // connection's future): keep alive, not while paused (the client is not being
+            // read); the credentials' end, counted from the CONNACK on so that it never
+            // overtakes it; the end of a rate pause.
+            let ka_deadline = keep_alive
+                .poll_deadline()
+                .filter(|_| paused_until.is_none());
             let expiry_deadline = reauth.poll_timeout().filter(|_| connack_sent);
-            let expiry = async {
-                match expiry_deadline {
+            let pause_deadline = paused_until.map(tokio::time::Instant::into_std);
+            let wake = [ka_deadline, expiry_deadline, pause_deadline]
+                .into_iter()
+                .flatten()
+                .min();
+            let timer = async {
+                match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let pause = async {
-                match paused_until {
-                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -621,6 +661,7 @@ impl<S: Transport> Driver<S> {
                     // Packets go to the engine in order; an AUTH is handled where it stands,
                     // after the packets before it and before the ones after it.
                     let failure = loop {
+                        // Boxed: AUTH is rare, and every connection's future would hold it.
                         let mut auth = None;
                         let failure = loop {
                             match self.decoder.poll_packet() {
@@ -629,7 +670,7 @@ impl<S: Transport> Driver<S> {
                                     let _ = self.encoder.encode(&Packet::PingResp, &mut self.out);
                                 }
                                 Ok(Some(Packet::Auth(packet))) => {
-                                    auth = Some(packet);
+                                    auth = Some(Box::new(packet));
                                     break None;
                                 }
                                 Ok(Some(packet)) => {
@@ -643,14 +684,14 @@ impl<S: Transport> Driver<S> {
                         if !batch.is_empty() {
                             let packets = std::mem::take(&mut batch);
                             let msg = ToRouter::Packets { conn: self.conn, packets };
-                            if self.ctx.router.send(msg).await.is_err() {
+                            if to_router(&self.ctx.router, msg).await.is_err() {
                                 return End::RouterGone;
                             }
                         }
                         let Some(packet) = auth else {
                             break failure;
                         };
-                        reauth.handle_auth(packet, connack_sent);
+                        reauth.handle_auth(*packet, connack_sent);
                         if let Err(end) = Box::pin(self.reauthenticate(&mut reauth)).await {
                             return end;
                         }
@@ -677,11 +718,6 @@ impl<S: Transport> Driver<S> {
                             paused_until = Some(tokio::time::Instant::now() + wait);
                         }
                     }
-                }
-                () = pause => {
-                    paused_until = None;
-                    // The client was not silent: it was not being read.
-                    keep_alive.handle_activity(Instant::now());
                 }
                 () = outbox.ready() => {
                     drain_asked |= outbox.take_drain();
@@ -730,23 +766,32 @@ impl<S: Transport> Driver<S> {
                         };
                     }
                 }
-                () = expiry => {
-                    reauth.handle_timeout(now());
-                    if matches!(reauth.poll_event(), Some(ReauthEvent::Expired)) {
-                        while reauth.poll_transmit(&mut self.out) {}
-                        let _ = self.flush().await;
-                        self.ctx.auth.forced_disconnect(self.conn, "credentials expired (JWT exp) without re-authentication");
-                        return End::Expired;
+                () = timer => {
+                    // The timer's clock: the deadlines it fired for are due by it.
+                    let at = now().at;
+                    if pause_deadline.is_some_and(|due| due <= at) {
+                        paused_until = None;
+                        // The client was not silent: it was not being read.
+                        keep_alive.handle_activity(at);
                     }
-                }
-                () = ka_sleep, if paused_until.is_none() => {
-                    if version.is_v5() {
-                        let _ = self
-                            .encoder
-                            .encode(&Disconnect::new(ReasonCode::KeepAliveTimeout), &mut self.out);
-                        let _ = self.flush().await;
+                    if expiry_deadline.is_some_and(|due| due <= at) {
+                        reauth.handle_timeout(now());
+                        if matches!(reauth.poll_event(), Some(ReauthEvent::Expired)) {
+                            while reauth.poll_transmit(&mut self.out) {}
+                            let _ = self.flush().await;
+                            self.ctx.auth.forced_disconnect(self.conn, "credentials expired (JWT exp) without re-authentication");
+                            return End::Expired;
+                        }
                     }
-                    return End::KeepAlive;
+                    if ka_deadline.is_some_and(|due| due <= at) {
+                        if version.is_v5() {
+                            let _ = self
+                                .encoder
+                                .encode(&Disconnect::new(ReasonCode::KeepAliveTimeout), &mut self.out);
+                            let _ = self.flush().await;
+                        }
+                        return End::KeepAlive;
+                    }
                 }
             }
         }

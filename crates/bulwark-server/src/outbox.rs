@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use bulwark_core::Output;
 use bulwark_proto::{QoS, ReasonCode};
-use tokio::sync::Notify;
+use std::task::{Poll, Waker};
 
 use crate::sync::lock;
 
@@ -26,13 +26,26 @@ struct State {
     /// The router waits for this connection to forward what it has received (a takeover of
     /// its client identifier): answered with `ToRouter::Drained`.
     drain: bool,
+    /// Something was pushed or asked since the driver last looked.
+    signalled: bool,
+    /// The driver waiting in [`Outbox::ready`]. A waker here rather than a `Notify`: the
+    /// driver's wait is then a pointer in its future instead of a waiter node, which every
+    /// idle connection would carry.
+    waker: Option<Waker>,
+}
+
+impl State {
+    /// Marks something to look at; the waker to wake once the lock is released.
+    fn signal(&mut self) -> Option<Waker> {
+        self.signalled = true;
+        self.waker.take()
+    }
 }
 
 /// Outputs waiting for one driver.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
 }
 
 /// Bytes a packet adds to a connection's backlog.
@@ -48,7 +61,7 @@ impl Outbox {
     /// `max_backlog` bytes waiting are dropped; returns how many were.
     pub(crate) fn push(&self, outputs: &mut Vec<Output>, max_backlog: usize) -> u64 {
         let mut dropped = 0;
-        {
+        let waker = {
             let mut state = lock(&self.state);
             let batch_cost: usize = outputs.iter().map(cost).sum();
             if state.queue.is_empty() && batch_cost <= max_backlog {
@@ -57,8 +70,11 @@ impl Outbox {
                 // caller's buffer starts afresh.
                 state.backlog = batch_cost;
                 state.queue = VecDeque::from(std::mem::take(outputs));
+                let waker = state.signal();
                 drop(state);
-                self.notify.notify_one();
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
                 return 0;
             }
             for output in outputs.drain(..) {
@@ -71,8 +87,11 @@ impl Outbox {
                 state.backlog += cost(&output);
                 state.queue.push_back(output);
             }
+            state.signal()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
-        self.notify.notify_one();
         dropped
     }
 
@@ -95,8 +114,14 @@ impl Outbox {
 
     /// Asks the driver to forward what its client has sent so far, then say so.
     pub(crate) fn request_drain(&self) {
-        lock(&self.state).drain = true;
-        self.notify.notify_one();
+        let waker = {
+            let mut state = lock(&self.state);
+            state.drain = true;
+            state.signal()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Whether a drain was asked for since the last call.
@@ -104,9 +129,23 @@ impl Outbox {
         std::mem::take(&mut lock(&self.state).drain)
     }
 
-    /// Resolves once something has been pushed since the last [`Outbox::take`].
-    pub(crate) async fn ready(&self) {
-        self.notify.notified().await;
+    /// Resolves once something has been pushed (or a drain asked for) since it last resolved.
+    /// Cancel safe: a signal that comes while nobody waits is kept for the next wait.
+    pub(crate) fn ready(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            let mut state = lock(&self.state);
+            if std::mem::take(&mut state.signalled) {
+                return Poll::Ready(());
+            }
+            if !state
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
     }
 }
 
@@ -149,6 +188,33 @@ mod tests {
         // Taking resets the backlog.
         let mut batch = vec![publish(QoS::AtMostOnce, 1)];
         assert_eq!(outbox.push(&mut batch, 50), 0);
+    }
+
+    /// A driver already waiting is woken by a push and by a drain request, once each.
+    #[tokio::test]
+    async fn a_waiting_driver_is_woken() {
+        let outbox = std::sync::Arc::new(Outbox::default());
+        let second = std::time::Duration::from_secs(5);
+        for push in [true, false] {
+            let waiter = {
+                let outbox = outbox.clone();
+                tokio::spawn(async move { outbox.ready().await })
+            };
+            tokio::task::yield_now().await;
+            if push {
+                outbox.push(&mut vec![Output::Close], 0);
+            } else {
+                outbox.request_drain();
+            }
+            tokio::time::timeout(second, waiter).await.unwrap().unwrap();
+        }
+        assert!(outbox.take_drain());
+        assert_eq!(outbox.take().len(), 1);
+        // Both signals were consumed: the next wait waits.
+        let mut wait = std::pin::pin!(outbox.ready());
+        let waker = Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
     }
 
     #[tokio::test]
