@@ -716,7 +716,7 @@ impl AclRules {
             client_id,
             cert_cn: who.cert_cn.as_deref(),
         };
-        let mut acl = ClientAcl::default();
+        let mut entries = Vec::new();
         let claim = who.claim.as_deref().map_or(&[][..], |c| &c.rules[..]);
         for rule in self.rules.iter().chain(claim) {
             if !rule.who.applies(who, client_id) {
@@ -726,27 +726,23 @@ impl AclRules {
                 let Some(pattern) = template.resolve(&values) else {
                     continue;
                 };
-                let entry = Entry {
+                entries.push(Entry {
                     pattern,
                     allow: rule.permission == Permission::Allow,
                     max_qos: rule.max_qos,
                     retain: rule.retain,
+                    publish: rule.action.covers_publish(),
+                    subscribe: rule.action.covers_subscribe(),
                     origin: rule.origin.clone(),
-                };
-                if rule.action.covers_publish() {
-                    acl.publish.push(entry.clone());
-                }
-                if rule.action.covers_subscribe() {
-                    acl.subscribe.push(entry);
-                }
+                });
             }
         }
-        // Denies first: they are all consulted, and the first allow that fits decides.
-        acl.publish.sort_by_key(|e| e.allow);
-        acl.subscribe.sort_by_key(|e| e.allow);
-        acl.publish.shrink_to_fit();
-        acl.subscribe.shrink_to_fit();
-        acl
+        // Denies first: they are all consulted, and the first allow that fits decides. The
+        // sort is stable: allows keep the files' order.
+        entries.sort_by_key(|e| e.allow);
+        ClientAcl {
+            entries: entries.into_boxed_slice(),
+        }
     }
 }
 
@@ -937,14 +933,17 @@ struct Entry {
     allow: bool,
     max_qos: u8,
     retain: bool,
+    /// The actions it covers: a rule for both is kept once per client, not twice.
+    publish: bool,
+    subscribe: bool,
     origin: Origin,
 }
 
-/// The rules of one client, resolved: checks allocate nothing.
+/// The rules of one client, resolved: checks allocate nothing. One list for both actions,
+/// denies first (every connection holds one while it lives).
 #[derive(Debug, Clone, Default)]
 pub struct ClientAcl {
-    publish: Vec<Entry>,
-    subscribe: Vec<Entry>,
+    entries: Box<[Entry]>,
 }
 
 /// Why a decision came out as it did.
@@ -1034,13 +1033,23 @@ impl fmt::Display for Decision {
 impl ClientAcl {
     /// Whether no rule applies to this client at all (everything is denied).
     pub fn is_empty(&self) -> bool {
-        self.publish.is_empty() && self.subscribe.is_empty()
+        self.entries.is_empty()
+    }
+
+    /// The entries about publishing, denies first.
+    fn publish(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.publish)
+    }
+
+    /// The entries about subscribing (and receiving), denies first.
+    fn subscribe(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.subscribe)
     }
 
     /// May the client publish to `topic` (a topic name) at `qos`, with `retain`?
     pub fn check_publish(&self, topic: &str, qos: u8, retain: bool) -> Decision {
         let mut near: Option<Decision> = None;
-        for entry in &self.publish {
+        for entry in self.publish() {
             if !entry.pattern.matches_topic(topic) {
                 continue;
             }
@@ -1066,7 +1075,7 @@ impl ClientAcl {
 
     /// Whether `check_publish` allows it, without building the explanation.
     pub fn may_publish(&self, topic: &str, qos: u8, retain: bool) -> bool {
-        for entry in &self.publish {
+        for entry in self.publish() {
             if entry.pattern.matches_topic(topic) {
                 if !entry.allow {
                     return false;
@@ -1094,7 +1103,7 @@ impl ClientAcl {
         };
         let mut best: Option<&Entry> = None;
         let mut carve_outs = Vec::new();
-        for entry in &self.subscribe {
+        for entry in self.subscribe() {
             if !entry.allow {
                 if entry.pattern.contains(&filter) {
                     return Decision::deny(Some(entry.origin.clone()), Reason::DeniedByRule);
@@ -1117,8 +1126,7 @@ impl ClientAcl {
         // No one rule covers the filter: several may, together. The QoS granted is the
         // lowest any of them allows.
         let overlapping: Vec<&Entry> = self
-            .subscribe
-            .iter()
+            .subscribe()
             .filter(|e| e.allow && e.pattern.overlaps(&filter))
             .collect();
         let patterns: Vec<&Pattern> = overlapping.iter().map(|e| &*e.pattern).collect();
@@ -1139,7 +1147,7 @@ impl ClientAcl {
     /// everything after a reload)?
     pub fn may_receive(&self, topic: &str) -> bool {
         let mut allowed = false;
-        for entry in &self.subscribe {
+        for entry in self.subscribe() {
             if entry.pattern.matches_topic(topic) {
                 if !entry.allow {
                     return false;

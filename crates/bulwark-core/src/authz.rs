@@ -45,7 +45,8 @@ pub(crate) const EVENT_WINDOW: Duration = Duration::from_secs(10);
 pub(crate) struct ConnAuthz {
     pub(crate) principal: Arc<Principal>,
     /// `None`: no ACL in force, everything is allowed.
-    acl: Option<Box<ClientAcl>>,
+    /// Inline: the resolved rules are one pointer to their entries.
+    acl: Option<ClientAcl>,
     state: Option<Box<State>>,
 }
 
@@ -73,7 +74,7 @@ impl ConnAuthz {
         client_id: &str,
     ) -> Self {
         Self {
-            acl: rules.map(|r| Box::new(r.resolve(&principal, client_id))),
+            acl: rules.map(|r| r.resolve(&principal, client_id)),
             principal,
             state: None,
         }
@@ -81,7 +82,7 @@ impl ConnAuthz {
 
     /// The resolved rules, if an ACL is in force.
     pub(crate) fn acl(&self) -> Option<&ClientAcl> {
-        self.acl.as_deref()
+        self.acl.as_ref()
     }
 
     /// Takes the rules (and principal) of `fresh`, keeping the event budget.
@@ -95,7 +96,7 @@ impl ConnAuthz {
 
     /// Whether the client may publish to `topic` at `qos` with `retain`.
     pub(crate) fn may_publish(&mut self, topic: &str, qos: u8, retain: bool) -> bool {
-        let Some(acl) = self.acl.as_deref() else {
+        let Some(acl) = self.acl.as_ref() else {
             return true;
         };
         if let Some(s) = self.state.as_deref()

@@ -165,8 +165,10 @@ pub(crate) fn drive<S: Transport>(
         registered: false,
         permit,
     };
+    // `peer` and `conn` are read from the driver, not captured again: the future is kept small.
     async move {
         let end = driver.run().await;
+        let (peer, conn) = (driver.peer, driver.conn);
         if driver.registered {
             let _ = to_router(&driver.ctx.router, ToRouter::Lost { conn }).await;
         }
@@ -628,15 +630,16 @@ impl<S: Transport> Driver<S> {
             // connection's future): keep alive, not while paused (the client is not being
             // read); the credentials' end, counted from the CONNACK on so that it never
             // overtakes it; the end of a rate pause.
-            let ka_deadline = keep_alive
-                .poll_deadline()
-                .filter(|_| paused_until.is_none());
-            let expiry_deadline = reauth.poll_timeout().filter(|_| connack_sent);
-            let pause_deadline = paused_until.map(tokio::time::Instant::into_std);
-            let wake = [ka_deadline, expiry_deadline, pause_deadline]
-                .into_iter()
-                .flatten()
-                .min();
+            let wake = [
+                keep_alive
+                    .poll_deadline()
+                    .filter(|_| paused_until.is_none()),
+                reauth.poll_timeout().filter(|_| connack_sent),
+                paused_until.map(tokio::time::Instant::into_std),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timer = async {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -767,14 +770,16 @@ impl<S: Transport> Driver<S> {
                     }
                 }
                 () = timer => {
-                    // The timer's clock: the deadlines it fired for are due by it.
+                    // The timer's clock: the deadlines it fired for are due by it. They are
+                    // asked again rather than kept across the wait (every byte kept there is
+                    // in every idle connection's future).
                     let at = now().at;
-                    if pause_deadline.is_some_and(|due| due <= at) {
+                    if paused_until.is_some_and(|due| due.into_std() <= at) {
                         paused_until = None;
                         // The client was not silent: it was not being read.
                         keep_alive.handle_activity(at);
                     }
-                    if expiry_deadline.is_some_and(|due| due <= at) {
+                    if connack_sent && reauth.poll_timeout().is_some_and(|due| due <= at) {
                         reauth.handle_timeout(now());
                         if matches!(reauth.poll_event(), Some(ReauthEvent::Expired)) {
                             while reauth.poll_transmit(&mut self.out) {}
@@ -783,7 +788,9 @@ impl<S: Transport> Driver<S> {
                             return End::Expired;
                         }
                     }
-                    if ka_deadline.is_some_and(|due| due <= at) {
+                    if paused_until.is_none()
+                        && keep_alive.poll_deadline().is_some_and(|due| due <= at)
+                    {
                         if version.is_v5() {
                             let _ = self
                                 .encoder
