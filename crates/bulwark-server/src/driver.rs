@@ -804,3 +804,36 @@ impl<S: Transport> Driver<S> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn lost(n: u64) -> ToRouter {
+        ToRouter::Lost {
+            conn: ConnectionId(n),
+        }
+    }
+
+    /// A send to the router goes straight into a channel with room, waits (boxed) while the
+    /// channel is full, and fails once the router is gone; nothing is lost or reordered.
+    #[tokio::test]
+    async fn sends_to_the_router_wait_for_room_and_fail_when_it_is_gone() {
+        let (tx, mut rx) = mpsc::channel(1);
+        to_router(&tx, lost(1)).await.unwrap();
+        let mut waiting = std::pin::pin!(to_router(&tx, lost(2)));
+        assert!(matches!(*waiting, ToRouterSend::Waiting(_)));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        assert!(matches!(rx.recv().await, Some(ToRouter::Lost { conn }) if conn.0 == 1));
+        assert_eq!(
+            waiting.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Ok(()))
+        );
+        assert!(matches!(rx.recv().await, Some(ToRouter::Lost { conn }) if conn.0 == 2));
+        drop(rx);
+        assert_eq!(to_router(&tx, lost(3)).await, Err(()));
+    }
+}
