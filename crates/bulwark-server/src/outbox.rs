@@ -8,10 +8,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::{Poll, Waker};
 
 use bulwark_core::Output;
 use bulwark_proto::{QoS, ReasonCode};
-use std::task::{Poll, Waker};
 
 use crate::sync::lock;
 
