@@ -136,7 +136,7 @@ def start_broker(kind, bins, port, work, broker_core, tls=None, secure=True):
             if secure:
                 f.write(secure_files(bins["bulwark"], work, kind))
             else:
-                f.write("[acl]\ndangerous_allow_all = true\n")
+                f.write('[acl]\ndangerous_allow_all = true\n[storage]\nkind = "memory"\n')
         cmd = [bins[kind], "serve", "--config", conf, "--log-level", "warn"]
     elif kind == "mosquitto":
         conf = os.path.join(work, "mosquitto.conf")
