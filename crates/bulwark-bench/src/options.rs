@@ -204,8 +204,8 @@ pub struct LoadArgs {
     /// are labelled as such in the report.
     #[arg(long)]
     pub batched: bool,
-    /// Churn: loader processes, each running --workers loops (this program started N times,
-    /// figures added up), so that the broker rather than one loader core sets the pace.
+    /// Churn: loader processes (1 to 64), each running --workers loops (this program started
+    /// N times, figures added up), so that the broker rather than one loader core sets the pace.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub procs: usize,
 }
