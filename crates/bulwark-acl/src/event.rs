@@ -45,6 +45,11 @@ pub enum EventKind {
     /// invalid topic alias, ...) or one of its limits (a QoS 2 flood past the Receive
     /// Maximum, too many user properties, a packet over the maximum size, ...).
     ProtocolViolation,
+    /// A request to the admin API that changed something, or tried to (with who made it, what
+    /// it was about and how it ended).
+    AdminAction,
+    /// A request to the admin API without a valid token.
+    AdminAuthFailure,
 }
 
 impl EventKind {
@@ -66,12 +71,17 @@ impl EventKind {
             Self::SlowConsumer => "slow_consumer",
             Self::Overload => "overload",
             Self::ProtocolViolation => "protocol_violation",
+            Self::AdminAction => "admin_action",
+            Self::AdminAuthFailure => "admin_auth_failure",
         }
     }
 
     /// Whether the event means something was refused (logged as a warning).
     pub const fn is_refusal(self) -> bool {
-        !matches!(self, Self::AuthSuccess | Self::ReauthSuccess)
+        !matches!(
+            self,
+            Self::AuthSuccess | Self::ReauthSuccess | Self::AdminAction
+        )
     }
 }
 
@@ -112,6 +122,12 @@ pub struct SecurityEvent {
     /// Why, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Who did it, for admin actions: `token:{name}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// What an admin action was about (a client id, a ban's target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 impl SecurityEvent {
@@ -128,6 +144,8 @@ impl SecurityEvent {
             action: None,
             topic: None,
             reason: None,
+            actor: None,
+            target: None,
         }
     }
 

@@ -95,6 +95,26 @@ pub fn describe(value: &Value) -> String {
     }
 }
 
+/// Names and groups are shown at most this many characters long in error messages.
+pub(crate) const SHOWN_NAME_CHARS: usize = 64;
+
+/// A name as shown in messages: at most [`SHOWN_NAME_CHARS`] characters (then `...`).
+/// Messages print it with `{:?}`, which escapes control characters.
+pub(crate) fn shown(name: &str) -> String {
+    let mut chars = name.chars();
+    let mut out: String = chars.by_ref().take(SHOWN_NAME_CHARS).collect();
+    if chars.next().is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// The line (from 1) of byte `offset` in `text`, for messages about a file.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset).unwrap_or(text);
+    before.matches('\n').count() + 1
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
 
-use crate::lenient::Field;
+use crate::lenient::{Field, line_of, shown};
 
 /// The comment line [`PasswordStore::to_toml`] writes first.
 pub const STORE_HEADER: &str = "# Bulwark password store: edit with `bulwark user`, not by hand.";
@@ -53,9 +53,6 @@ const MOSQUITTO_HASH_LEN: usize = 64;
 /// Salt below this many bytes, or output below [`PREFERRED_OUTPUT_LEN`], asks for a re-hash.
 const PREFERRED_SALT_LEN: usize = 16;
 const PREFERRED_OUTPUT_LEN: usize = 32;
-
-/// Names and groups are shown at most this many characters long in error messages.
-const SHOWN_NAME_CHARS: usize = 64;
 
 /// Password hashed into the dummy hash that unknown users are checked against.
 const DUMMY_PASSWORD: &[u8] = b"bulwark: no such user";
@@ -998,22 +995,6 @@ fn label(index: usize, name: Option<&str>) -> String {
         Some(name) => format!("user #{} {:?}", index + 1, shown(name)),
         None => format!("user #{}", index + 1),
     }
-}
-
-/// A name as shown in messages: at most [`SHOWN_NAME_CHARS`] characters (then `...`).
-/// Messages print it with `{:?}`, which escapes control characters.
-fn shown(name: &str) -> String {
-    let mut chars = name.chars();
-    let mut out: String = chars.by_ref().take(SHOWN_NAME_CHARS).collect();
-    if chars.next().is_some() {
-        out.push_str("...");
-    }
-    out
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    let before = text.get(..offset).unwrap_or(text);
-    before.matches('\n').count() + 1
 }
 
 fn push_key(out: &mut String, key: &str, value: &str) {

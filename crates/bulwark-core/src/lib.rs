@@ -28,7 +28,7 @@ mod subscription;
 mod wills;
 
 pub use authz::AuthzEvent;
-pub use broker::Broker;
+pub use broker::{Broker, SessionView};
 pub use clients::{ConnectionId, SessionKey};
 pub use config::{
     BrokerConfig, DeniedPublish, PacketLimits, RetainedLimits, SessionLimits, UserQuotas,

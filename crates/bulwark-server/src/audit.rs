@@ -24,6 +24,60 @@ pub(crate) const QUEUE: usize = 8192;
 pub(crate) struct Audit {
     file: Option<mpsc::Sender<SecurityEvent>>,
     dropped: Arc<AtomicU64>,
+    counts: Arc<EventCounts>,
+}
+
+/// Security events since start by kind, authentication method and action (each label from a
+/// fixed set, so that clients cannot grow the table), for metrics.
+#[derive(Debug, Default)]
+pub(crate) struct EventCounts {
+    table: std::sync::Mutex<std::collections::BTreeMap<EventKey, u64>>,
+}
+
+/// `(kind, method, action)` of [`EventCounts`].
+pub(crate) type EventKey = (&'static str, &'static str, &'static str);
+
+impl EventCounts {
+    fn count(&self, event: &SecurityEvent) {
+        let method = match event.method.as_deref() {
+            None => "",
+            Some(m) if m.eq_ignore_ascii_case("password") => "password",
+            Some(m) if m.eq_ignore_ascii_case("certificate") => "certificate",
+            Some(m) if m.eq_ignore_ascii_case("jwt") => "jwt",
+            Some(m) if m.eq_ignore_ascii_case("anonymous") => "anonymous",
+            Some("token") => "token",
+            Some(m) if m.eq_ignore_ascii_case("SCRAM-SHA-256") => "SCRAM-SHA-256",
+            Some(m) if m.eq_ignore_ascii_case("SCRAM-SHA-512") => "SCRAM-SHA-512",
+            Some(_) => "other",
+        };
+        let admin = matches!(
+            event.kind,
+            bulwark_acl::event::EventKind::AdminAction
+                | bulwark_acl::event::EventKind::AdminAuthFailure
+        );
+        let action = match event.action.as_deref() {
+            None => "",
+            // An admin action's is the request line: the kind says enough.
+            Some(_) if admin => "",
+            Some("publish") => "publish",
+            Some("subscribe") => "subscribe",
+            Some("will") => "will",
+            Some("retained") => "retained",
+            Some("connect") => "connect",
+            Some(_) => "other",
+        };
+        *crate::sync::lock(&self.table)
+            .entry((event.kind.as_str(), method, action))
+            .or_default() += 1;
+    }
+
+    /// Every count so far.
+    pub(crate) fn snapshot(&self) -> Vec<(EventKey, u64)> {
+        crate::sync::lock(&self.table)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
 }
 
 impl Audit {
@@ -32,6 +86,7 @@ impl Audit {
         Self {
             file: None,
             dropped: Arc::new(AtomicU64::new(0)),
+            counts: Arc::default(),
         }
     }
 
@@ -61,12 +116,14 @@ impl Audit {
         Ok(Self {
             file: Some(tx),
             dropped: Arc::new(AtomicU64::new(0)),
+            counts: Arc::default(),
         })
     }
 
     /// Records `event`, waiting for room in the file's queue.
     pub(crate) async fn record(&self, event: SecurityEvent) {
         log(&event);
+        self.counts.count(&event);
         if let Some(tx) = &self.file {
             let _ = tx.send(event).await;
         }
@@ -75,6 +132,7 @@ impl Audit {
     /// Records `event` without waiting: dropped (and counted) if the file's queue is full.
     pub(crate) fn record_now(&self, event: SecurityEvent) {
         log(&event);
+        self.counts.count(&event);
         if let Some(tx) = &self.file
             && tx.try_send(event).is_err()
         {
@@ -86,6 +144,18 @@ impl Audit {
                 );
             }
         }
+    }
+}
+
+impl Audit {
+    /// Security events since start, for metrics.
+    pub(crate) fn counts(&self) -> Vec<(EventKey, u64)> {
+        self.counts.snapshot()
+    }
+
+    /// Events the audit file's queue had no room for.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -102,6 +172,8 @@ fn log(event: &SecurityEvent) {
             action = e.action.as_deref(),
             topic = e.topic.as_deref(),
             reason = e.reason.as_deref(),
+            actor = e.actor.as_deref(),
+            target = e.target.as_deref(),
             "security event"
         );
     } else {
@@ -112,6 +184,10 @@ fn log(event: &SecurityEvent) {
             client_id = e.client_id.as_deref(),
             username = e.username.as_deref(),
             method = e.method.as_deref(),
+            action = e.action.as_deref(),
+            actor = e.actor.as_deref(),
+            target = e.target.as_deref(),
+            reason = e.reason.as_deref(),
             "security event"
         );
     }

@@ -226,32 +226,72 @@ impl Bans {
             created: now,
             by: "auto".to_owned(),
         };
+        if let Err(err) = self.change(|list| list.add(ban.clone()).map_err(|e| e.to_string())) {
+            warn!(%err, "automatic ban not added or not written to the ban file");
+        }
+        ban
+    }
+
+    /// Adds `ban` (replacing one on the same target) to the list in force and to the file.
+    pub(crate) fn add(&self, ban: Ban) -> Result<(), String> {
+        self.change(|list| list.add(ban.clone()).map_err(|e| e.to_string()))
+    }
+
+    /// Lifts the ban on `target`; whether there was one.
+    pub(crate) fn remove(&self, target: &BanTarget) -> Result<bool, String> {
+        let mut found = false;
+        self.change(|list| {
+            found = list.remove(target);
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// Applies `edit` to the list in force (and, with a file, to what the file holds, which
+    /// `bulwark ban` may have changed meanwhile), expired bans pruned. The list in force
+    /// changes even when the file cannot be written (the error says so).
+    fn change(
+        &self,
+        mut edit: impl FnMut(&mut BanList) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let now = unix_now();
         let mut guard = crate::sync::write(&self.list);
         let mut list = (**guard).clone();
         list.prune(now);
-        if let Err(err) = list.add(ban.clone()) {
-            warn!(%err, "automatic ban not added");
-            return ban;
-        }
+        edit(&mut list)?;
+        let mut written = Ok(());
         if let Some(path) = &self.settings.file {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
                 && let Err(err) = crate::files::ensure_dir(dir)
             {
-                warn!(%err, "automatic ban not written to the ban file");
+                written = Err(format!("the ban file cannot be written: {err}"));
             }
             // The file may have changed under us (`bulwark ban`): start from what it holds.
             let mut on_disk = load(path).unwrap_or_else(|_| list.clone());
             on_disk.prune(now);
-            if on_disk.add(ban.clone()).is_ok() {
+            if edit(&mut on_disk).is_ok() {
                 list = on_disk;
             }
-            match crate::files::write_atomic(path, list.to_toml().as_bytes()) {
-                Ok(()) => *lock(&self.seen) = mtime(path),
-                Err(err) => warn!(%err, "automatic ban not written to the ban file"),
+            if written.is_ok() {
+                match crate::files::write_atomic(path, list.to_toml().as_bytes()) {
+                    Ok(()) => *lock(&self.seen) = mtime(path),
+                    Err(err) => written = Err(format!("the ban file cannot be written: {err}")),
+                }
             }
         }
         *guard = Arc::new(list);
-        ban
+        written
+    }
+
+    /// The bans in force now (expired ones left out).
+    pub(crate) fn in_force(&self) -> Vec<Ban> {
+        let now = unix_now();
+        self.list()
+            .bans()
+            .iter()
+            .filter(|b| b.active(now))
+            .cloned()
+            .collect()
     }
 }
 

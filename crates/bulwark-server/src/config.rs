@@ -181,6 +181,42 @@ pub struct ServerConfig {
     pub memory_watermark: u64,
     /// Where persistent sessions, their QoS 1/2 messages and retained messages are kept.
     pub storage: StorageSettings,
+    /// The admin listener (HTTP API and Prometheus metrics); `None`: none.
+    pub admin: Option<AdminSettings>,
+}
+
+/// The admin listener (`[admin]`): the HTTP API under `/api/v1` and `/metrics`, every request
+/// authenticated with an API token (`bulwark admin token add`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Address and port (default `127.0.0.1:9883`); any address but loopback needs `tls`.
+    pub bind: SocketAddr,
+    /// HTTPS with these certificates (and client certificates, where `client_auth` says so);
+    /// `None`: plain HTTP, on loopback only.
+    pub tls: Option<Box<TlsSettings>>,
+    /// The token file (hashes only), re-read when it changes.
+    pub tokens: PathBuf,
+    /// Failed token attempts from one address before its requests are refused for a while.
+    pub max_failures: u32,
+    /// How long an address is refused after `max_failures`, and the window they are counted in.
+    pub lockout: Duration,
+}
+
+impl AdminSettings {
+    /// The default address of the admin listener.
+    pub const DEFAULT_BIND: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9883);
+
+    /// Defaults, with the token file at `tokens`.
+    pub fn new(tokens: PathBuf) -> Self {
+        Self {
+            bind: Self::DEFAULT_BIND,
+            tls: None,
+            tokens,
+            max_failures: 10,
+            lockout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Durable storage (`[storage]`).
@@ -234,6 +270,7 @@ impl Default for ServerConfig {
             bans: crate::bans::BanSettings::default(),
             memory_watermark: crate::memory::default_watermark(),
             storage: StorageSettings::default(),
+            admin: None,
         }
     }
 }
@@ -341,6 +378,31 @@ impl ServerConfig {
                          certificate would be checked against it"
                     ));
                 }
+            }
+        }
+        if let Some(admin) = &self.admin {
+            if !admin.bind.ip().is_loopback() && admin.tls.is_none() {
+                problems.push(format!(
+                    "admin.bind = \"{}\": on a non-loopback address the admin listener needs \
+                     [admin.tls] (tokens would cross the network in clear text)",
+                    admin.bind
+                ));
+            }
+            if let Some(tls) = &admin.tls
+                && tls.client_auth != ClientAuth::None
+                && tls.client_ca.is_none()
+            {
+                problems.push(
+                    "admin.tls.client_auth needs admin.tls.client_ca (the CA bundle client \
+                     certificates must chain to)"
+                        .to_owned(),
+                );
+            }
+            if admin.max_failures == 0 {
+                problems.push("admin.max_failures must be at least 1".to_owned());
+            }
+            if admin.lockout.is_zero() {
+                problems.push("admin.lockout must be at least 1 second".to_owned());
             }
         }
         if self.decoder.max_unauthenticated_packet_size > self.decoder.max_packet_size {

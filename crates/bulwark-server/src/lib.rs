@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+mod admin;
 pub(crate) mod audit;
 pub mod auth;
 pub mod bans;
@@ -34,7 +35,8 @@ pub(crate) mod ws;
 
 pub use auth::{AuthSettings, Authenticator, JwtAuthSettings};
 pub use config::{
-    AclSettings, ConfigError, ListenerConfig, ListenerKind, ServerConfig, StorageSettings,
+    AclSettings, AdminSettings, ConfigError, ListenerConfig, ListenerKind, ServerConfig,
+    StorageSettings,
 };
 pub use proxy::TrustedProxies;
 pub use server::{Server, ServerError};

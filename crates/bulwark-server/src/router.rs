@@ -45,12 +45,24 @@ pub(crate) enum ToRouter {
         conn: ConnectionId,
         principal: Arc<bulwark_acl::Principal>,
     },
-    /// Close these connections: their client certificates were revoked.
+    /// Run this over the engine between two rounds, for the admin API; it must do bounded
+    /// work (one client's record, counters) and send its answer itself.
+    Inspect(Inspection),
+    /// Close these connections (revoked certificates, bans, an operator's kick).
     Kick {
         conns: Vec<ConnectionId>,
         code: bulwark_proto::ReasonCode,
         why: &'static str,
     },
+}
+
+/// A look at the engine for the admin API (see [`ToRouter::Inspect`]).
+pub(crate) struct Inspection(pub(crate) Box<dyn FnOnce(&Broker) + Send>);
+
+impl std::fmt::Debug for Inspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inspection")
+    }
 }
 
 /// Bytes moved by all drivers, for `$SYS`.
@@ -419,6 +431,7 @@ impl Router {
                 self.release_takeovers(peers, takeovers, now);
             }
             ToRouter::Acl(rules) => self.broker.set_acl(Some(rules), now),
+            ToRouter::Inspect(Inspection(look)) => look(&self.broker),
             ToRouter::Shed(bytes) => {
                 let (messages, freed) = self.broker.shed(bytes);
                 tracing::warn!(

@@ -77,6 +77,8 @@ pub struct Server {
     bans: Arc<crate::bans::Bans>,
     /// The durable store and what it held at start; `None`: state in memory only.
     durable: Option<Durable>,
+    /// The admin listener's socket, bound, and its TLS settings.
+    admin: Option<(TcpListener, Option<Arc<TlsAcceptor>>)>,
 }
 
 /// A durable store and what it held at start.
@@ -259,6 +261,25 @@ impl Server {
                 listeners.push(bound);
             }
         }
+        let admin = match &config.admin {
+            Some(admin) => {
+                let tls = match &admin.tls {
+                    Some(tls) => Some(Arc::new(TlsAcceptor::new((**tls).clone()).map_err(
+                        |source| ServerError::Tls {
+                            listener: "admin".to_owned(),
+                            source,
+                        },
+                    )?)),
+                    None => None,
+                };
+                let socket = bind_listener(admin.bind).map_err(|source| ServerError::Bind {
+                    addr: admin.bind,
+                    source,
+                })?;
+                Some((socket, tls))
+            }
+            None => None,
+        };
         Ok(Self {
             config,
             listeners,
@@ -266,7 +287,13 @@ impl Server {
             acl,
             bans,
             durable,
+            admin,
         })
+    }
+
+    /// The admin listener's address, if there is one (useful with port 0).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(s, _)| s.local_addr().ok())
     }
 
     /// Keeps persistent sessions, their QoS 1/2 messages and retained messages in `store`:
@@ -299,6 +326,7 @@ impl Server {
             acl,
             bans,
             durable,
+            admin,
         } = self;
         let (acl_file, rules) = match acl {
             Some((file, rules)) => (Some(file), Some(rules)),
@@ -316,13 +344,28 @@ impl Server {
             bans.clone(),
         ));
         let mut tasks = JoinSet::new();
+        let admin_tls = admin.as_ref().and_then(|(_, tls)| tls.clone());
         let reloads = Reloads {
-            tls: listeners.iter().filter_map(|l| l.tls.clone()).collect(),
+            tls: listeners
+                .iter()
+                .filter_map(|l| l.tls.clone())
+                .chain(admin_tls)
+                .collect(),
             acl: acl_file,
             bans,
             auth: auth.clone(),
             router: ctx.router.clone(),
         };
+        if let (Some((socket, tls)), Some(settings)) = (admin, config.admin.clone()) {
+            let backend = crate::admin::AdminBackend::new(
+                settings,
+                ctx.router.clone(),
+                auth.clone(),
+                reloads.bans.clone(),
+                ctx.traffic.clone(),
+            );
+            tasks.spawn(serve_admin(socket, tls, backend, stop_rx.clone()));
+        }
         start_background(&mut tasks, &config, reloads, &gate, &stop_rx);
         // Every connection's task holds a clone; when all are dropped, every one has ended.
         let (alive, alive_rx) = mpsc::channel::<()>(1);
@@ -434,6 +477,31 @@ fn start_background(
             stop.clone(),
         ));
     }
+}
+
+/// Serves the admin API until the server stops.
+async fn serve_admin(
+    socket: TcpListener,
+    tls: Option<Arc<TlsAcceptor>>,
+    backend: crate::admin::AdminBackend,
+    mut stop: watch::Receiver<bool>,
+) {
+    if let Ok(addr) = socket.local_addr() {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(%addr, "admin API listening ({scheme})");
+    }
+    let stopped = async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    // HTTP/2 or HTTP/1.1 by ALPN, on the TLS settings in force at each handshake.
+    let tls = tls.map(|acceptor| -> bulwark_admin::TlsConfig {
+        Arc::new(move || {
+            let mut config = (*acceptor.config()).clone();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Arc::new(config)
+        })
+    });
+    bulwark_admin::serve(socket, Arc::new(backend), tls, stopped).await;
 }
 
 /// Stops accepting, tells the router and the drivers to close, and waits for the

@@ -762,3 +762,82 @@ fn a_private_key_every_user_can_read_is_refused_unless_allowed() {
     chmod(0o600);
     acceptor.reload().unwrap();
 }
+
+/// One HTTP/1.1 GET over `stream`; the status and the body.
+async fn https_get(stream: &mut Tls, path: &str, token: &str) -> std::io::Result<(u16, String)> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text:?}")))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    Ok((status, body.unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn the_admin_api_over_https_asks_for_a_client_certificate_and_a_token() {
+    let pki = Pki::new("admin-tls");
+    pki.leaf("server", "localhost", &["localhost"], false, 1);
+    pki.leaf("op", "operator", &[], true, 2);
+    let mut tokens = bulwark_auth::token::TokenStore::new();
+    let (_, token) = tokens
+        .issue("ops", bulwark_auth::token::Role::Viewer, 1, None)
+        .unwrap();
+    std::fs::write(pki.path("tokens.toml"), tokens.to_toml()).unwrap();
+    let server = common::start_with(|c| {
+        let mut admin = bulwark_server::AdminSettings::new(pki.path("tokens.toml"));
+        admin.bind = "127.0.0.1:0".parse().unwrap();
+        admin.tls = Some(Box::new(pki.mtls(Vec::new())));
+        c.admin = Some(admin);
+    })
+    .await;
+    let admin = server.admin.unwrap();
+
+    let mut stream = connect_as(admin, &pki, Some("op")).await.unwrap();
+    let (status, body) = https_get(&mut stream, "/api/v1/health", &token)
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
+    let mut stream = connect_as(admin, &pki, Some("op")).await.unwrap();
+    let (status, _) = https_get(&mut stream, "/api/v1/health", "bwk_00_wrong")
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    // Without a client certificate there is no TLS session to send the token over (TLS 1.3
+    // refuses it at the client's first read).
+    match connect_as(admin, &pki, None).await {
+        Err(_) => {}
+        Ok(mut stream) => assert!(
+            https_get(&mut stream, "/api/v1/health", &token)
+                .await
+                .is_err()
+        ),
+    }
+    // Plain HTTP on the HTTPS port gets no answer.
+    let mut plain = TcpStream::connect(admin).await.unwrap();
+    plain
+        .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut answer)).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    server.stop().await;
+
+    // With TLS the admin listener may leave loopback.
+    let mut config = common::test_config();
+    let mut settings = bulwark_server::AdminSettings::new(pki.path("tokens.toml"));
+    settings.bind = "0.0.0.0:9883".parse().unwrap();
+    settings.tls = Some(Box::new(pki.settings()));
+    config.admin = Some(settings);
+    config.validate().unwrap();
+}

@@ -90,7 +90,7 @@ enum BanCommand {
 }
 
 /// A duration: seconds, or a number with `s`, `m`, `h` or `d`.
-fn parse_duration(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
     let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => text.split_at(i),
         None => (text, ""),
@@ -121,19 +121,19 @@ fn save(path: &Path, list: &BanList) -> Result<(), (u8, String)> {
     files::write_atomic(path, list.to_toml().as_bytes()).map_err(|e| (2, e))
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// A time in seconds since 1970 as RFC 3339 UTC, to the second (`2026-12-07T11:20:00Z`).
-fn utc(secs: u64) -> String {
+pub(crate) fn utc(secs: u64) -> String {
     let time = std::time::UNIX_EPOCH
         .checked_add(std::time::Duration::from_secs(secs))
         .unwrap_or(std::time::UNIX_EPOCH);
     let text = bulwark_acl::event::rfc3339(time);
-    // The event format carries milliseconds; a ban's end is whole seconds.
+    // The event format carries milliseconds; the times shown here are whole seconds.
     match text.strip_suffix(".000Z") {
         Some(seconds) => format!("{seconds}Z"),
         None => text,

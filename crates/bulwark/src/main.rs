@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod acl;
+mod admin;
 mod ban;
 mod cert;
 mod config;
@@ -98,6 +99,8 @@ enum Command {
     Acl(acl::AclArgs),
     /// The ban list: add, remove, list bans of addresses, usernames and client ids.
     Ban(ban::BanArgs),
+    /// The admin API's tokens: add (shown once), list, remove.
+    Admin(admin::AdminArgs),
     /// The durable store (sessions, queued and retained messages): check, repair.
     Store(store::StoreArgs),
 }
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
         Command::User(args) => user::run(args),
         Command::Acl(args) => acl::run(args),
         Command::Ban(args) => ban::run(args),
+        Command::Admin(args) => admin::run(args),
         Command::Store(args) => store::run(args),
     }
 }

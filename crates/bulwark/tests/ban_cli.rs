@@ -1,22 +1,14 @@
 //! `bulwark ban` through the binary: add, list, remove, and the refusals with their statuses.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Output;
+
+use common::{output_text as text, run_bulwark};
 
 fn ban(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .arg("ban")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    run_bulwark(&[&["ban"], args].concat())
 }
 
 #[test]

@@ -47,6 +47,23 @@ mod lifecycle;
 
 use lifecycle::take_shared;
 
+/// One session as an operator sees it ([`Broker::session_view`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// The protocol of its connection; `None` while its client is away.
+    pub version: Option<ProtocolVersion>,
+    /// Its subscriptions (full filter text, granted QoS), sorted.
+    pub subscriptions: Vec<(String, QoS)>,
+    /// Messages waiting to be sent.
+    pub queued_messages: usize,
+    /// Bytes of the messages waiting.
+    pub queued_bytes: usize,
+    /// QoS 1 and 2 messages sent and not completed.
+    pub inflight: usize,
+    /// Session Expiry Interval, in seconds (`u32::MAX`: never).
+    pub expiry_interval: u32,
+}
+
 /// The broker engine, sans I/O.
 ///
 /// Call order: [`Broker::handle_connect`] with a connection's decoded CONNECT, then
@@ -485,6 +502,31 @@ impl Broker {
         self.clients
             .session_named(client_id)
             .map_or_else(Vec::new, |s| s.subscriptions.values().cloned().collect())
+    }
+
+    /// One session as the admin API shows it: whether it is connected (and with which
+    /// protocol), its subscriptions, what waits for its client and what is in flight.
+    pub fn session_view(&self, client_id: &str) -> Option<SessionView> {
+        let session = self.clients.session_named(client_id)?;
+        let version = self
+            .clients
+            .live_connection(client_id)
+            .and_then(|conn| self.clients.conns.get(&conn))
+            .map(|conn| conn.version);
+        let mut subscriptions: Vec<(String, QoS)> = session
+            .subscriptions
+            .iter()
+            .map(|(filter, record)| (filter.to_string(), record.options.qos))
+            .collect();
+        subscriptions.sort();
+        Some(SessionView {
+            version,
+            subscriptions,
+            queued_messages: session.queue.len(),
+            queued_bytes: session.queued_bytes(),
+            inflight: session.inflight.len(),
+            expiry_interval: session.expiry_interval,
+        })
     }
 
     /// Shared groups with their share name, filter and member count.

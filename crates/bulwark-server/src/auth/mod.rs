@@ -242,6 +242,15 @@ pub(crate) enum NotRegistered {
     Quota,
 }
 
+/// A live, authenticated connection, as the admin API lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveClient {
+    pub(crate) username: Option<Arc<str>>,
+    pub(crate) listener: Arc<str>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) client_id: String,
+}
+
 /// The authentication service: a facade over the credentials, the JWT keys, the login gate
 /// and the live registry (see the module documentation).
 #[derive(Debug)]
@@ -424,6 +433,33 @@ impl AuthService {
         hit: impl Fn(std::net::IpAddr, Option<&str>, &str) -> bool,
     ) -> Vec<ConnectionId> {
         self.registry.matching(hit)
+    }
+
+    /// A page of the live connections (by client id, after `after`) that `hit` picks, for
+    /// the admin API: `(connection, username, listener, address, client id)`.
+    pub(crate) fn live_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        hit: impl Fn(Option<&str>, &str, SocketAddr, &str) -> bool,
+    ) -> Vec<LiveClient> {
+        self.registry
+            .page(after, limit, |l| {
+                hit(l.username.as_deref(), &l.listener, l.peer, &l.client_id)
+            })
+            .into_iter()
+            .map(|(_, l)| LiveClient {
+                username: l.username,
+                listener: l.listener,
+                peer: l.peer,
+                client_id: l.client_id,
+            })
+            .collect()
+    }
+
+    /// Live connections per listener, for metrics.
+    pub(crate) fn live_per_listener(&self) -> Vec<(Arc<str>, usize)> {
+        self.registry.per_listener()
     }
 
     /// A forced disconnect of `conn`, as a security event.

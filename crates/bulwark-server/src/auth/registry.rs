@@ -126,6 +126,49 @@ impl Registry {
             .collect()
     }
 
+    /// The first `limit` live connections by client id after `after` that `hit` picks,
+    /// sorted by client id (then connection), each with what is known of it. Only the page
+    /// is copied: the table is walked once under the lock, keeping the `limit` smallest.
+    pub(super) fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        hit: impl Fn(&Live) -> bool,
+    ) -> Vec<(ConnectionId, Live)> {
+        let table = lock(&self.table);
+        let mut best: std::collections::BTreeMap<(&str, ConnectionId), &Live> =
+            std::collections::BTreeMap::new();
+        for (conn, live) in &table.conns {
+            if after.is_some_and(|a| live.client_id.as_str() <= a) || !hit(live) {
+                continue;
+            }
+            let key = (live.client_id.as_str(), *conn);
+            if best.len() == limit {
+                match best.last_key_value() {
+                    Some((last, _)) if key < *last => {
+                        best.pop_last();
+                    }
+                    _ => continue,
+                }
+            }
+            best.insert(key, live);
+        }
+        best.into_iter()
+            .map(|((_, conn), live)| (conn, live.clone()))
+            .collect()
+    }
+
+    /// Live connections per listener.
+    pub(super) fn per_listener(&self) -> Vec<(Arc<str>, usize)> {
+        let mut counts: HashMap<Arc<str>, usize> = HashMap::new();
+        for live in lock(&self.table).conns.values() {
+            *counts.entry(live.listener.clone()).or_default() += 1;
+        }
+        let mut counts: Vec<_> = counts.into_iter().collect();
+        counts.sort();
+        counts
+    }
+
     /// Runs `replace` (a store reload putting its new store in force) under the registry's
     /// lock, and returns the live connections of store users that the predicate it returns
     /// calls gone (removed or disabled): no registration can slip between the two.

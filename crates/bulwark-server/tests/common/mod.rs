@@ -53,6 +53,8 @@ pub fn unique(prefix: &str) -> String {
 /// A broker serving on an ephemeral loopback port until stopped or dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin listener's address, when the settings have one.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -108,12 +110,14 @@ pub async fn start_durable(
 /// Runs a bound server until [`TestServer::stop`].
 fn spawn(server: Server) -> TestServer {
     let addr = server.local_addrs()[0];
+    let admin = server.admin_addr();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(server.run(async {
         let _ = stop_rx.await;
     }));
     TestServer {
         addr,
+        admin,
         stop: Some(stop_tx),
         handle: Some(handle),
     }

@@ -383,7 +383,12 @@ fn check_cert_files(
     })
 }
 
-fn check_tls(p: &mut Problems, t: &TlsSection, section: &str, base: &Path) -> Option<TlsSettings> {
+pub(super) fn check_tls(
+    p: &mut Problems,
+    t: &TlsSection,
+    section: &str,
+    base: &Path,
+) -> Option<TlsSettings> {
     let cert = check_cert_files(p, [&t.cert, &t.key, &t.ocsp], section, base);
     let mut sni = Vec::new();
     match &t.sni {

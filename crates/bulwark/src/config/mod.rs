@@ -8,13 +8,15 @@
 //! keys with a suggestion, wrong types, values out of range, settings that contradict each
 //! other) before the file is refused. The sections live by theme: [`listeners`] (listeners,
 //! TLS, WebSocket), [`auth`] (`[auth]`, `[auth.backoff]`, `[auth.jwt]`, `[acl]`) and [`limits`]
-//! (`[limits]`, `[mqtt]`, `[sys]`, `[server]`, `[storage]`, `[admission]`, `[bans]`, `[rate]`).
+//! (`[limits]`, `[mqtt]`, `[sys]`, `[server]`, `[storage]`, `[admission]`, `[bans]`, `[rate]`),
+//! and [`admin`] (`[admin]`).
 
 use std::path::Path;
 
 use bulwark_server::{ConfigError, ServerConfig};
 use toml::Table;
 
+mod admin;
 mod auth;
 mod fields;
 mod limits;
@@ -44,6 +46,7 @@ section! {
         mqtt: limits::MqttSection,
         sys: limits::SysSection,
         server: limits::ServerSection,
+        admin: admin::AdminSection,
     }
 }
 
@@ -120,6 +123,9 @@ fn validate(file: &ConfigFile, base: &Path, data_dir: &Path) -> Result<ServerCon
     }
     if let Some(section) = p.section(&file.server, "server") {
         limits::check_server(&mut p, section, &mut config);
+    }
+    if let Some(section) = p.section(&file.admin, "admin") {
+        config.admin = Some(admin::check_admin(&mut p, section, base, data_dir));
     }
 
     if let Err(err) = config.validate() {

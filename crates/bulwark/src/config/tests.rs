@@ -396,6 +396,41 @@ fn bans_are_read() {
 }
 
 #[test]
+fn the_admin_listener_is_off_unless_configured_and_stays_on_loopback() {
+    assert_eq!(parse(&open(""), "t").unwrap().admin, None);
+    let config = parse(&open("[admin]\n"), "/etc/b/b.toml").unwrap();
+    let admin = config.admin.unwrap();
+    assert_eq!(admin.bind, bulwark_server::AdminSettings::DEFAULT_BIND);
+    assert_eq!(
+        admin.tokens,
+        PathBuf::from("bulwark-data/admin-tokens.toml")
+    );
+    assert_eq!(
+        (admin.max_failures, admin.lockout),
+        (10, Duration::from_secs(60))
+    );
+    let text =
+        "[admin]\nbind = \"[::1]:8081\"\ntokens = \"t.toml\"\nmax_failures = 3\nlockout = 600\n";
+    let admin = parse(&open(text), "/etc/b/b.toml").unwrap().admin.unwrap();
+    assert_eq!(admin.bind, "[::1]:8081".parse::<SocketAddr>().unwrap());
+    assert_eq!(admin.tokens, PathBuf::from("/etc/b/t.toml"));
+    assert_eq!(
+        (admin.max_failures, admin.lockout),
+        (3, Duration::from_secs(600))
+    );
+    let text = "[admin]\nbind = \"0.0.0.0:9883\"\nmax_failures = 0\nlockot = 5\n";
+    let all = parse(&open(text), "t").unwrap_err().problems.join("\n");
+    for expected in [
+        "admin.bind = \"0.0.0.0:9883\"",
+        "loopback",
+        "admin.max_failures",
+        "lockot",
+    ] {
+        assert!(all.contains(expected), "{expected} not in {all}");
+    }
+}
+
+#[test]
 fn bad_toml_names_the_file_line_and_column() {
     let err = parse("[limits\n", "bulwark.toml").unwrap_err();
     let first = err.problems.first().unwrap();

@@ -1,0 +1,381 @@
+//! The routes of the admin listener: `/api/v1/...` (JSON) and `/metrics`, every one behind a
+//! token, each state-changing one behind a role and recorded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bulwark_auth::token::Role;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{AdminAction, Backend, BanTargetView, Caller, ClientQuery, NewBan, Refusal};
+use crate::error::ApiError;
+
+/// Largest request body read, in bytes: every request body of this API is a few fields.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest page of a list.
+pub const MAX_PAGE: usize = 1000;
+/// A list's page size when the request does not say.
+pub const DEFAULT_PAGE: usize = 100;
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The admin API's routes over `backend`. Serve it with the peer's address
+/// (`into_make_service_with_connect_info::<SocketAddr>()`): authentication backoff and the
+/// audit trail need it, and a request without it is refused.
+pub fn router<B: Backend>(backend: Arc<B>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/ready", get(ready::<B>))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/clients", get(clients::<B>))
+        .route("/api/v1/clients/{client_id}", get(client::<B>))
+        .route(
+            "/api/v1/clients/{client_id}/kick",
+            axum::routing::post(kick::<B>),
+        )
+        .route(
+            "/api/v1/bans",
+            get(bans::<B>).post(add_ban::<B>).delete(remove_ban::<B>),
+        )
+        .route("/metrics", get(metrics::<B>))
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    api.layer(middleware::from_fn_with_state(
+        backend.clone(),
+        authenticate::<B>,
+    ))
+    .layer(middleware::from_fn(harden))
+    .with_state(backend)
+}
+
+/// Headers on every answer: nothing cached, nothing sniffed, nothing framed or fetched.
+async fn harden(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// The bearer token of a request, if it carries one in the right form.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Every request: the address in backoff waits (429), a request without a valid token is
+/// refused (401, counted and recorded), a valid one goes on with its [`Caller`].
+async fn authenticate<B: Backend>(
+    State(backend): State<Arc<B>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(remote) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+    else {
+        return ApiError::internal("the listener did not pass the peer's address").into_response();
+    };
+    if let Some(wait) = backend.backoff(remote.ip()) {
+        return ApiError::too_many(wait).into_response();
+    }
+    let caller = match bearer(request.headers()) {
+        Some(token) => {
+            let caller = backend.authenticate(token, remote);
+            if caller.is_none() {
+                backend.authentication_failed(remote, "unknown, wrong or expired API token");
+            }
+            caller
+        }
+        None => {
+            backend.authentication_failed(remote, "no API token");
+            None
+        }
+    };
+    let Some(caller) = caller else {
+        return ApiError::unauthorized().into_response();
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The caller of a request that passed [`authenticate`].
+fn caller(request_caller: Option<axum::Extension<Caller>>) -> Result<Caller, ApiError> {
+    request_caller
+        .map(|axum::Extension(c)| c)
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// Refuses (and records, for a change) a request whose role is not enough.
+fn need<B: Backend>(
+    backend: &B,
+    caller: &Caller,
+    role: Role,
+    request: &str,
+    changes: bool,
+) -> Result<(), ApiError> {
+    if caller.role.allows(role) {
+        return Ok(());
+    }
+    if changes {
+        backend.record(AdminAction {
+            caller: caller.clone(),
+            request: request.to_owned(),
+            target: None,
+            outcome: format!("forbidden: needs the {role} role"),
+        });
+    }
+    Err(ApiError::forbidden(role))
+}
+
+/// A JSON body, or the 4xx that says what is wrong with it. An empty body is `T::default()`
+/// where the caller allows one (`empty`).
+fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    empty: Option<T>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(MAX_BODY)
+        } else {
+            ApiError::bad_request(rejection.body_text())
+        }
+    })?;
+    if body.is_empty()
+        && let Some(value) = empty
+    {
+        return Ok(value);
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/json")
+                || (v.starts_with("application/") && v.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(ApiError::unsupported_media_type());
+    }
+    Json::<T>::from_bytes(&body)
+        .map(|Json(value)| value)
+        .map_err(|rejection: JsonRejection| ApiError::bad_request(rejection.body_text()))
+}
+
+fn refusal(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::NotFound(m) => ApiError::not_found(m),
+        Refusal::Invalid(m) => ApiError::bad_request(m),
+        Refusal::Unavailable(m) => ApiError::unavailable(m),
+    }
+}
+
+fn outcome<T>(result: &Result<T, Refusal>) -> String {
+    match result {
+        Ok(_) => "done".to_owned(),
+        Err(Refusal::NotFound(m) | Refusal::Invalid(m) | Refusal::Unavailable(m)) => {
+            format!("refused: {m}")
+        }
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready<B: Backend>(State(backend): State<Arc<B>>) -> Response {
+    let readiness = backend.readiness().await;
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn clients<B: Backend>(
+    State(backend): State<Arc<B>>,
+    query: Result<Query<ClientQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let limit = match query.limit {
+        None => DEFAULT_PAGE,
+        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "limit: {n} is not between 1 and {MAX_PAGE}"
+            )));
+        }
+    };
+    Ok(Json(backend.clients(&query, limit)).into_response())
+}
+
+async fn client<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path(client_id): Path<String>,
+) -> Result<Response, ApiError> {
+    match backend.client(&client_id).await {
+        Some(detail) => Ok(Json(detail).into_response()),
+        None => Err(ApiError::not_found(format!(
+            "no client {client_id:?} is connected"
+        ))),
+    }
+}
+
+/// The body of a kick: the reason code 5.0 clients get in their DISCONNECT.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Kick {
+    /// Default 0x98 (Administrative action).
+    #[serde(default = "administrative_action")]
+    reason_code: u8,
+}
+
+impl Default for Kick {
+    fn default() -> Self {
+        Self {
+            reason_code: administrative_action(),
+        }
+    }
+}
+
+fn administrative_action() -> u8 {
+    0x98
+}
+
+async fn kick<B: Backend>(
+    State(backend): State<Arc<B>>,
+    request_caller: Option<axum::Extension<Caller>>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(request_caller)?;
+    let request = format!("POST /api/v1/clients/{client_id}/kick");
+    need(&*backend, &caller, Role::Operator, &request, true)?;
+    let kick: Kick = json_body(&headers, body, Some(Kick::default()))?;
+    let result = backend.kick(&client_id, kick.reason_code, &caller).await;
+    backend.record(AdminAction {
+        caller,
+        request,
+        target: Some(format!("client id {client_id:?}")),
+        outcome: outcome(&result),
+    });
+    result.map_err(refusal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn bans<B: Backend>(State(backend): State<Arc<B>>) -> Response {
+    Json(backend.bans()).into_response()
+}
+
+async fn add_ban<B: Backend>(
+    State(backend): State<Arc<B>>,
+    request_caller: Option<axum::Extension<Caller>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(request_caller)?;
+    let request = "POST /api/v1/bans";
+    need(&*backend, &caller, Role::Operator, request, true)?;
+    let ban: NewBan = json_body(&headers, body, None)?;
+    let target = describe(&ban.target);
+    let result = backend.add_ban(ban, &caller).await;
+    backend.record(AdminAction {
+        caller,
+        request: request.to_owned(),
+        target: Some(target),
+        outcome: outcome(&result),
+    });
+    let ban = result.map_err(refusal)?;
+    Ok((StatusCode::CREATED, Json(ban)).into_response())
+}
+
+async fn remove_ban<B: Backend>(
+    State(backend): State<Arc<B>>,
+    request_caller: Option<axum::Extension<Caller>>,
+    query: Result<Query<BanTargetView>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(request_caller)?;
+    let request = "DELETE /api/v1/bans";
+    need(&*backend, &caller, Role::Operator, request, true)?;
+    let Query(target) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let result = backend.remove_ban(&target);
+    backend.record(AdminAction {
+        caller,
+        request: request.to_owned(),
+        target: Some(describe(&target)),
+        outcome: outcome(&result),
+    });
+    result.map_err(refusal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A ban target in words, for the audit trail.
+fn describe(target: &BanTargetView) -> String {
+    let mut parts = Vec::new();
+    if let Some(a) = &target.address {
+        parts.push(format!("address {a}"));
+    }
+    if let Some(u) = &target.username {
+        parts.push(format!("username {u:?}"));
+    }
+    if let Some(c) = &target.client_id {
+        parts.push(format!("client id {c:?}"));
+    }
+    if parts.is_empty() {
+        "nothing".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+async fn metrics<B: Backend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
+    let snapshot = backend.metrics().await;
+    let text = crate::metrics::render(&snapshot)
+        .map_err(|_| ApiError::internal("the metrics could not be written"))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests;

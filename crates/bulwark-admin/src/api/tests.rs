@@ -1,0 +1,349 @@
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request as HttpRequest, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+use crate::backend::{BanView, ClientDetail, ClientSummary, MetricsSnapshot, Page, Readiness};
+
+/// A broker stand-in: two tokens, one client, and a record of what the API told it.
+#[derive(Default)]
+struct Fake {
+    actions: Mutex<Vec<AdminAction>>,
+    failures: Mutex<Vec<String>>,
+    kicked: Mutex<Vec<(String, u8)>>,
+    locked: Mutex<bool>,
+}
+
+const VIEWER: &str = "viewer-secret";
+const OPERATOR: &str = "operator-secret";
+
+impl Backend for Fake {
+    fn authenticate(&self, token: &str, remote: SocketAddr) -> Option<Caller> {
+        let role = match token {
+            VIEWER => Role::Viewer,
+            OPERATOR => Role::Operator,
+            _ => return None,
+        };
+        Some(Caller {
+            name: role.as_str().to_owned(),
+            token_id: "0".to_owned(),
+            role,
+            remote,
+        })
+    }
+    fn backoff(&self, _: IpAddr) -> Option<Duration> {
+        (*self.locked.lock().unwrap()).then_some(Duration::from_secs(7))
+    }
+    fn authentication_failed(&self, _: SocketAddr, why: &str) {
+        self.failures.lock().unwrap().push(why.to_owned());
+    }
+    fn record(&self, action: AdminAction) {
+        self.actions.lock().unwrap().push(action);
+    }
+    async fn readiness(&self) -> Readiness {
+        Readiness {
+            ready: true,
+            connected: 1,
+            sessions: 1,
+        }
+    }
+    fn clients(&self, _: &ClientQuery, limit: usize) -> Page<ClientSummary> {
+        Page {
+            items: vec![ClientSummary {
+                client_id: format!("dev-{limit}"),
+                username: None,
+                listener: "tcp".to_owned(),
+                address: "127.0.0.1:5000".to_owned(),
+            }],
+            next: None,
+        }
+    }
+    async fn client(&self, _: &str) -> Option<ClientDetail> {
+        None
+    }
+    async fn kick(&self, client_id: &str, code: u8, _: &Caller) -> Result<(), Refusal> {
+        if client_id != "dev-1" {
+            return Err(Refusal::NotFound("no such client".to_owned()));
+        }
+        self.kicked
+            .lock()
+            .unwrap()
+            .push((client_id.to_owned(), code));
+        Ok(())
+    }
+    fn bans(&self) -> Vec<BanView> {
+        Vec::new()
+    }
+    async fn add_ban(&self, ban: NewBan, caller: &Caller) -> Result<BanView, Refusal> {
+        Ok(BanView {
+            target: ban.target,
+            expires: ban.duration_seconds,
+            reason: ban.reason,
+            created: 0,
+            by: caller.name.clone(),
+        })
+    }
+    fn remove_ban(&self, _: &BanTargetView) -> Result<(), Refusal> {
+        Err(Refusal::NotFound("no ban".to_owned()))
+    }
+    async fn metrics(&self) -> MetricsSnapshot {
+        MetricsSnapshot::default()
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+async fn call(
+    fake: &Arc<Fake>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, Vec<u8>)>,
+) -> Answer {
+    let mut request = HttpRequest::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some((content_type, bytes)) => {
+            request = request.header("content-type", content_type);
+            Body::from(bytes)
+        }
+        None => Body::empty(),
+    };
+    let mut request = request.body(body).unwrap();
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    let response = router(fake.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn every_path_needs_a_valid_token_and_the_answer_does_not_say_which_was_wrong() {
+    let fake = Arc::new(Fake::default());
+    for path in ["/api/v1/health", "/api/v1/clients", "/metrics", "/nowhere"] {
+        let none = call(&fake, "GET", path, None, None).await;
+        let wrong = call(&fake, "GET", path, Some("bwk_0000_guess"), None).await;
+        for answer in [&none, &wrong] {
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(answer.headers["www-authenticate"], "Bearer");
+            assert_eq!(answer.json()["error"], "unauthorized");
+        }
+        assert_eq!(none.body, wrong.body);
+    }
+    assert_eq!(fake.failures.lock().unwrap().len(), 8);
+    let ok = call(&fake, "GET", "/api/v1/health", Some(VIEWER), None).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.json()["status"], "ok");
+    assert_eq!(ok.headers["cache-control"], "no-store");
+    assert_eq!(ok.headers["x-content-type-options"], "nosniff");
+    // A scheme other than Bearer is no token.
+    let mut request = HttpRequest::builder()
+        .uri("/api/v1/health")
+        .header("authorization", format!("Basic {VIEWER}"))
+        .body(Body::empty())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    let response = router(fake.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_address_in_backoff_is_told_when_to_come_back() {
+    let fake = Arc::new(Fake::default());
+    *fake.locked.lock().unwrap() = true;
+    let answer = call(&fake, "GET", "/api/v1/health", Some(VIEWER), None).await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(answer.headers["retry-after"], "7");
+    assert_eq!(answer.json()["error"], "too_many_requests");
+}
+
+#[tokio::test]
+async fn changes_need_the_operator_role_and_are_recorded_either_way() {
+    let fake = Arc::new(Fake::default());
+    let kick = "/api/v1/clients/dev-1/kick";
+    let refused = call(&fake, "POST", kick, Some(VIEWER), None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.json()["error"], "forbidden");
+    assert!(fake.kicked.lock().unwrap().is_empty());
+    let done = call(&fake, "POST", kick, Some(OPERATOR), None).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.body);
+    let coded = call(
+        &fake,
+        "POST",
+        kick,
+        Some(OPERATOR),
+        Some(("application/json", br#"{"reason_code": 137}"#.to_vec())),
+    )
+    .await;
+    assert_eq!(coded.status, StatusCode::NO_CONTENT, "{}", coded.body);
+    assert_eq!(
+        *fake.kicked.lock().unwrap(),
+        vec![("dev-1".to_owned(), 0x98), ("dev-1".to_owned(), 137)]
+    );
+    let missing = call(
+        &fake,
+        "POST",
+        "/api/v1/clients/ghost/kick",
+        Some(OPERATOR),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let actions = fake.actions.lock().unwrap();
+    let outcomes: Vec<(&str, &str)> = actions
+        .iter()
+        .map(|a| (a.caller.name.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("viewer", "forbidden: needs the operator role"),
+            ("operator", "done"),
+            ("operator", "done"),
+            ("operator", "refused: no such client"),
+        ]
+    );
+    assert_eq!(actions[1].request, "POST /api/v1/clients/dev-1/kick");
+}
+
+#[tokio::test]
+async fn bad_requests_get_specific_errors() {
+    let fake = Arc::new(Fake::default());
+    let json = |text: &str| Some(("application/json", text.as_bytes().to_vec()));
+    let unknown = call(&fake, "GET", "/api/v1/nothing", Some(VIEWER), None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json()["error"], "not_found");
+    let method = call(&fake, "DELETE", "/api/v1/health", Some(VIEWER), None).await;
+    assert_eq!(method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(method.json()["error"], "method_not_allowed");
+    let field = call(
+        &fake,
+        "POST",
+        "/api/v1/bans",
+        Some(OPERATOR),
+        json(r#"{"client_id": "x", "duration_seconds": "soon"}"#),
+    )
+    .await;
+    assert_eq!(field.status, StatusCode::BAD_REQUEST);
+    assert!(
+        field.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("duration_seconds"),
+        "{}",
+        field.body
+    );
+    let unknown_field = call(
+        &fake,
+        "POST",
+        "/api/v1/bans",
+        Some(OPERATOR),
+        json(r#"{"cliend_id": "x"}"#),
+    )
+    .await;
+    assert_eq!(unknown_field.status, StatusCode::BAD_REQUEST);
+    assert!(
+        unknown_field.body.contains("cliend_id"),
+        "{}",
+        unknown_field.body
+    );
+    let syntax = call(
+        &fake,
+        "POST",
+        "/api/v1/bans",
+        Some(OPERATOR),
+        json("{\"client_id\": "),
+    )
+    .await;
+    assert_eq!(syntax.status, StatusCode::BAD_REQUEST);
+    let form = call(
+        &fake,
+        "POST",
+        "/api/v1/bans",
+        Some(OPERATOR),
+        Some(("application/x-www-form-urlencoded", b"client_id=x".to_vec())),
+    )
+    .await;
+    assert_eq!(form.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = vec![b' '; MAX_BODY + 1];
+    let too_large = call(
+        &fake,
+        "POST",
+        "/api/v1/bans",
+        Some(OPERATOR),
+        Some(("application/json", big)),
+    )
+    .await;
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(too_large.json()["error"], "payload_too_large");
+    let limit = call(&fake, "GET", "/api/v1/clients?limit=0", Some(VIEWER), None).await;
+    assert_eq!(limit.status, StatusCode::BAD_REQUEST);
+    assert!(limit.body.contains("limit"), "{}", limit.body);
+    let filter = call(
+        &fake,
+        "GET",
+        "/api/v1/clients?address=nowhere",
+        Some(VIEWER),
+        None,
+    )
+    .await;
+    assert_eq!(filter.status, StatusCode::BAD_REQUEST);
+    assert!(filter.body.contains("address"), "{}", filter.body);
+    let page = call(&fake, "GET", "/api/v1/clients?limit=7", Some(VIEWER), None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.json()["items"][0]["client_id"], "dev-7");
+}
+
+#[test]
+fn the_openapi_document_describes_every_route() {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/v1/health", &["get"][..]),
+        ("/api/v1/ready", &["get"]),
+        ("/api/v1/openapi.json", &["get"]),
+        ("/api/v1/clients", &["get"]),
+        ("/api/v1/clients/{client_id}", &["get"]),
+        ("/api/v1/clients/{client_id}/kick", &["post"]),
+        ("/api/v1/bans", &["get", "post", "delete"]),
+        ("/metrics", &["get"]),
+    ] {
+        for method in methods {
+            assert!(paths[path].get(method).is_some(), "{method} {path}");
+        }
+    }
+    assert_eq!(
+        paths.len(),
+        8,
+        "a path in the document that the router lacks"
+    );
+}

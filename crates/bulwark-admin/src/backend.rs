@@ -1,0 +1,250 @@
+//! What the admin API needs from the broker ([`Backend`]) and the records it answers with.
+//! The server implements the trait; the API only speaks HTTP and JSON.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bulwark_auth::token::Role;
+use serde::{Deserialize, Serialize};
+
+/// Who made a request: the token that authenticated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name (as given to `bulwark admin token add`).
+    pub name: String,
+    /// The token's id (the part of the secret that is not secret).
+    pub token_id: String,
+    /// What it may do.
+    pub role: Role,
+    /// Where the request came from.
+    pub remote: SocketAddr,
+}
+
+/// A request that changed something (or tried to), for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAction {
+    /// Who.
+    pub caller: Caller,
+    /// What, as `METHOD /path`.
+    pub request: String,
+    /// What it was about (a client id, a ban target), if anything.
+    pub target: Option<String>,
+    /// How it ended, in words (`done`, `no such client`, ...).
+    pub outcome: String,
+}
+
+/// A page of a list: the items and the cursor of the next page (`None`: the last page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page<T> {
+    /// This page's items.
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page.
+    pub next: Option<String>,
+}
+
+/// Filters of the client list; every given one must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientQuery {
+    /// Client identifiers starting with this.
+    pub client_id: Option<String>,
+    /// Exactly this username.
+    pub username: Option<String>,
+    /// Exactly this listener.
+    pub listener: Option<String>,
+    /// Clients from this address (an IP, without the port).
+    pub address: Option<IpAddr>,
+    /// At most this many items (1 to 1000, default 100).
+    pub limit: Option<usize>,
+    /// The cursor of the page before (`next` of the previous answer).
+    pub after: Option<String>,
+}
+
+/// One connected client, as the list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientSummary {
+    /// Its client identifier.
+    pub client_id: String,
+    /// The username it was authenticated as (`null`: anonymous).
+    pub username: Option<String>,
+    /// The listener it connected to.
+    pub listener: String,
+    /// Its address and port.
+    pub address: String,
+}
+
+/// One client in detail: the summary and its session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientDetail {
+    /// What the list shows.
+    #[serde(flatten)]
+    pub summary: ClientSummary,
+    /// `3.1`, `3.1.1` or `5.0`.
+    pub protocol: String,
+    /// Its subscriptions (filter and granted QoS).
+    pub subscriptions: Vec<SubscriptionView>,
+    /// Messages waiting to be sent to it.
+    pub queued_messages: usize,
+    /// Bytes of the messages waiting.
+    pub queued_bytes: usize,
+    /// QoS 1 and 2 messages sent to it and not yet acknowledged.
+    pub inflight: usize,
+    /// The Session Expiry Interval granted, in seconds (`4294967295`: never).
+    pub session_expiry_interval: u32,
+}
+
+/// One subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubscriptionView {
+    /// The topic filter (with `$share/{group}/` for shared subscriptions).
+    pub filter: String,
+    /// The maximum QoS granted.
+    pub qos: u8,
+}
+
+/// What a ban is on: exactly one of address, username, client id, or a username and a
+/// client id together (that user's use of that client id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanTargetView {
+    /// An address or network (`203.0.113.7`, `203.0.113.0/24`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// A username (with `client_id`: `""` means anonymous clients).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A client identifier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// One ban in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BanView {
+    /// Who.
+    #[serde(flatten)]
+    pub target: BanTargetView,
+    /// Until when (Unix seconds); `null`: until removed.
+    pub expires: Option<u64>,
+    /// Why.
+    pub reason: String,
+    /// When it was made (Unix seconds).
+    pub created: u64,
+    /// Who made it (`auto` for the broker's own, `admin:{token}` for the API's).
+    pub by: String,
+}
+
+/// A ban to add.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBan {
+    /// Who.
+    #[serde(flatten)]
+    pub target: BanTargetView,
+    /// How long, in seconds; left out: until removed.
+    pub duration_seconds: Option<u64>,
+    /// Why (shown in the list and in the broker's events).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Whether the broker serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    /// Whether it is ready to serve clients.
+    pub ready: bool,
+    /// Clients connected now.
+    pub connected: usize,
+    /// Sessions held (connected and parked).
+    pub sessions: usize,
+}
+
+/// Counters and levels for `/metrics`, gathered at each scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// `(name, help, kind, samples)` per metric; samples are `(labels, value)`.
+    pub families: Vec<Family>,
+}
+
+/// One metric of a [`MetricsSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    /// Its name without the `bulwark_` prefix (counters without `_total`: the encoder adds it).
+    pub name: &'static str,
+    /// What it means.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// The values, each with its labels.
+    pub samples: Vec<(Vec<(&'static str, String)>, u64)>,
+}
+
+/// The Prometheus type of a [`Family`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up (since start).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// Why a kick or a ban did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// There is nothing by that name.
+    NotFound(String),
+    /// The request is not valid (the field and why).
+    Invalid(String),
+    /// The broker could not do it now (stopping, a file that cannot be written).
+    Unavailable(String),
+}
+
+/// The broker, as the admin API sees it. Methods that touch the engine are async: they wait
+/// for the router, which answers between its rounds with bounded work.
+pub trait Backend: Send + Sync + 'static {
+    /// The caller a presented token belongs to (`None`: unknown, wrong or expired).
+    fn authenticate(&self, token: &str, remote: SocketAddr) -> Option<Caller>;
+
+    /// How long `remote` must wait before its next attempt (`Some` after repeated failures).
+    fn backoff(&self, remote: IpAddr) -> Option<Duration>;
+
+    /// A request without a valid token: counted for the backoff and recorded as an event.
+    fn authentication_failed(&self, remote: SocketAddr, why: &str);
+
+    /// A request that changed something, for the audit trail.
+    fn record(&self, action: AdminAction);
+
+    /// Whether the broker serves, and how many clients and sessions it holds.
+    fn readiness(&self) -> impl Future<Output = Readiness> + Send;
+
+    /// The connected clients the query selects, a page at a time (by client id).
+    fn clients(&self, query: &ClientQuery, limit: usize) -> Page<ClientSummary>;
+
+    /// One connected client with its session.
+    fn client(&self, client_id: &str) -> impl Future<Output = Option<ClientDetail>> + Send;
+
+    /// Closes a connected client (5.0 clients get DISCONNECT with `code`).
+    fn kick(
+        &self,
+        client_id: &str,
+        code: u8,
+        caller: &Caller,
+    ) -> impl Future<Output = Result<(), Refusal>> + Send;
+
+    /// The ban list in force.
+    fn bans(&self) -> Vec<BanView>;
+
+    /// Adds a ban (replacing one on the same target) and closes the connections it covers.
+    fn add_ban(
+        &self,
+        ban: NewBan,
+        caller: &Caller,
+    ) -> impl Future<Output = Result<BanView, Refusal>> + Send;
+
+    /// Lifts the ban on `target`.
+    fn remove_ban(&self, target: &BanTargetView) -> Result<(), Refusal>;
+
+    /// What `/metrics` shows.
+    fn metrics(&self) -> impl Future<Output = MetricsSnapshot> + Send;
+}

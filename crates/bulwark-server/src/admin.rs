@@ -1,0 +1,623 @@
+//! The admin listener's view of the broker: `bulwark_admin::Backend` over the router, the
+//! live-connection registry, the ban list, the audit sink and the token file.
+//!
+//! Nothing here blocks the MQTT path: registry and ban-list reads take their locks briefly,
+//! and what needs the engine is a bounded look ([`ToRouter::Inspect`]) the router runs between
+//! two rounds, waited for with a timeout.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bulwark_acl::Cidr;
+use bulwark_acl::event::{EventKind, SecurityEvent};
+use bulwark_admin::backend::{
+    AdminAction, BanTargetView, BanView, Caller, ClientDetail, ClientQuery, ClientSummary, Family,
+    MetricKind, MetricsSnapshot, NewBan, Page, Readiness, Refusal, SubscriptionView,
+};
+use bulwark_auth::token::TokenStore;
+use bulwark_core::{Broker, SessionView, Stats};
+use bulwark_limits::ban::{Ban, BanTarget};
+use bulwark_proto::ReasonCode;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::auth::{AuthService, LiveClient};
+use crate::bans::{Bans, unix_now};
+use crate::config::AdminSettings;
+use crate::router::{Inspection, ToRouter, Traffic};
+use crate::sync::lock;
+
+/// How long a request waits for the router's answer before it is refused (503).
+const ENGINE_WAIT: Duration = Duration::from_secs(5);
+/// Largest token file read, in bytes.
+const MAX_TOKEN_FILE: u64 = 1 << 20;
+/// Addresses whose failed attempts are remembered at most.
+const MAX_TRACKED: usize = 10_000;
+
+/// The broker, as the admin API sees it.
+#[derive(Debug)]
+pub(crate) struct AdminBackend {
+    settings: AdminSettings,
+    router: mpsc::Sender<ToRouter>,
+    auth: Arc<AuthService>,
+    bans: Arc<Bans>,
+    traffic: Arc<Traffic>,
+    tokens: Tokens,
+    /// Failed attempts per address: how many, and when the last was.
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+/// The token file, re-read when it changes.
+#[derive(Debug)]
+struct Tokens {
+    path: PathBuf,
+    /// The file's modification time when it was read, and what it held.
+    cached: Mutex<(Option<SystemTime>, Arc<TokenStore>)>,
+}
+
+impl Tokens {
+    fn new(path: PathBuf) -> Self {
+        let tokens = Self {
+            path,
+            cached: Mutex::new((None, Arc::new(TokenStore::new()))),
+        };
+        let store = tokens.current();
+        if store.records().is_empty() {
+            warn!(
+                file = %tokens.path.display(),
+                "admin listener: no API tokens yet, every request will be refused; create one with \
+                 `bulwark admin token add NAME --role admin --file {}`",
+                tokens.path.display()
+            );
+        }
+        tokens
+    }
+
+    /// The tokens in force: the file's, read again if it changed. A file that cannot be read
+    /// or parsed keeps the tokens read before (and says why); a file that is gone has none.
+    fn current(&self) -> Arc<TokenStore> {
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut cached = lock(&self.cached);
+        if cached.0 == mtime && mtime.is_some() {
+            return cached.1.clone();
+        }
+        if mtime.is_none() {
+            *cached = (None, Arc::new(TokenStore::new()));
+            return cached.1.clone();
+        }
+        let read = crate::files::read_text(&self.path, "the admin token file", MAX_TOKEN_FILE)
+            .and_then(|text| {
+                TokenStore::parse(&text, &self.path.display().to_string())
+                    .map_err(|e| e.to_string())
+            });
+        match read {
+            Ok(store) => {
+                info!(file = %self.path.display(), tokens = store.records().len(), "admin tokens loaded");
+                *cached = (mtime, Arc::new(store));
+            }
+            Err(err) => {
+                warn!(file = %self.path.display(), %err, "admin token file not loaded; the tokens read before stay");
+                cached.0 = mtime;
+            }
+        }
+        cached.1.clone()
+    }
+}
+
+impl AdminBackend {
+    pub(crate) fn new(
+        settings: AdminSettings,
+        router: mpsc::Sender<ToRouter>,
+        auth: Arc<AuthService>,
+        bans: Arc<Bans>,
+        traffic: Arc<Traffic>,
+    ) -> Self {
+        Self {
+            tokens: Tokens::new(settings.tokens.clone()),
+            settings,
+            router,
+            auth,
+            bans,
+            traffic,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs `look` over the engine between two router rounds; `None` if the router is gone or
+    /// did not answer within [`ENGINE_WAIT`].
+    async fn inspect<T: Send + 'static>(
+        &self,
+        look: impl FnOnce(&Broker) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let inspection = Inspection(Box::new(move |broker: &Broker| {
+            let _ = tx.send(look(broker));
+        }));
+        let send = self.router.send(ToRouter::Inspect(inspection));
+        tokio::time::timeout(ENGINE_WAIT, async {
+            send.await.ok()?;
+            rx.await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    fn event(&self, kind: EventKind, remote: SocketAddr) -> SecurityEvent {
+        let mut event = SecurityEvent::new(kind, SystemTime::now());
+        event.listener = Some("admin".to_owned());
+        event.remote = Some(remote.to_string());
+        event
+    }
+}
+
+fn summary(live: &LiveClient) -> ClientSummary {
+    ClientSummary {
+        client_id: live.client_id.clone(),
+        username: live.username.as_deref().map(str::to_owned),
+        listener: live.listener.to_string(),
+        address: live.peer.to_string(),
+    }
+}
+
+/// A ban target from the API's form: exactly one of address, username and client id, or a
+/// username and a client id together (`username = ""`: anonymous clients).
+fn target(view: &BanTargetView) -> Result<BanTarget, Refusal> {
+    let invalid = |m: &str| Err(Refusal::Invalid(m.to_owned()));
+    match (&view.address, &view.username, &view.client_id) {
+        (Some(a), None, None) => Cidr::parse(a)
+            .map(BanTarget::Address)
+            .map_err(|e| Refusal::Invalid(format!("address: {e}"))),
+        (Some(_), _, _) => {
+            invalid("address: give an address alone, not with a username or client_id")
+        }
+        (None, Some(u), Some(c)) if !c.is_empty() => Ok(BanTarget::UserClientId {
+            username: (!u.is_empty()).then(|| u.clone()),
+            client_id: c.clone(),
+        }),
+        (None, Some(u), None) if !u.is_empty() => Ok(BanTarget::Username(u.clone())),
+        (None, None, Some(c)) if !c.is_empty() => Ok(BanTarget::ClientId(c.clone())),
+        (None, None, None) => invalid("give one of address, username, client_id"),
+        _ => invalid("username and client_id must not be empty"),
+    }
+}
+
+fn view(ban: &Ban) -> BanView {
+    let mut target = BanTargetView::default();
+    match &ban.target {
+        BanTarget::Address(c) => target.address = Some(c.to_string()),
+        BanTarget::Username(u) => target.username = Some(u.clone()),
+        BanTarget::ClientId(c) => target.client_id = Some(c.clone()),
+        BanTarget::UserClientId {
+            username,
+            client_id,
+        } => {
+            target.username = Some(username.clone().unwrap_or_default());
+            target.client_id = Some(client_id.clone());
+        }
+    }
+    BanView {
+        target,
+        expires: ban.expires,
+        reason: ban.reason.clone(),
+        created: ban.created,
+        by: ban.by.clone(),
+    }
+}
+
+fn protocol(view: &SessionView) -> String {
+    match view.version {
+        Some(bulwark_proto::ProtocolVersion::V3_1) => "3.1",
+        Some(bulwark_proto::ProtocolVersion::V5) => "5.0",
+        _ => "3.1.1",
+    }
+    .to_owned()
+}
+
+impl bulwark_admin::Backend for AdminBackend {
+    fn authenticate(&self, token: &str, remote: SocketAddr) -> Option<Caller> {
+        let store = self.tokens.current();
+        let record = store.verify(token, unix_now())?;
+        lock(&self.failures).remove(&remote.ip());
+        Some(Caller {
+            name: record.name.clone(),
+            token_id: record.id.clone(),
+            role: record.role,
+            remote,
+        })
+    }
+
+    fn backoff(&self, remote: IpAddr) -> Option<Duration> {
+        let failures = lock(&self.failures);
+        let (count, last) = failures.get(&remote)?;
+        let since = last.elapsed();
+        (*count >= self.settings.max_failures && since < self.settings.lockout)
+            .then(|| self.settings.lockout - since)
+    }
+
+    fn authentication_failed(&self, remote: SocketAddr, why: &str) {
+        let now = Instant::now();
+        let count = {
+            let mut failures = lock(&self.failures);
+            let lockout = self.settings.lockout;
+            if failures.len() >= MAX_TRACKED {
+                failures.retain(|_, (_, last)| now.saturating_duration_since(*last) < lockout);
+            }
+            if failures.len() < MAX_TRACKED || failures.contains_key(&remote.ip()) {
+                let entry = failures.entry(remote.ip()).or_insert((0, now));
+                if now.saturating_duration_since(entry.1) >= lockout {
+                    *entry = (0, now);
+                }
+                entry.0 = entry.0.saturating_add(1);
+                entry.1 = now;
+                entry.0
+            } else {
+                0
+            }
+        };
+        let mut event = self.event(EventKind::AdminAuthFailure, remote);
+        event.method = Some("token".to_owned());
+        event.reason = Some(if count >= self.settings.max_failures {
+            format!(
+                "{why}; {count} failures: refused for {} s",
+                self.settings.lockout.as_secs()
+            )
+        } else {
+            why.to_owned()
+        });
+        self.auth.audit.record_now(event);
+    }
+
+    fn record(&self, action: AdminAction) {
+        let mut event = self.event(EventKind::AdminAction, action.caller.remote);
+        event.method = Some("token".to_owned());
+        event.actor = Some(format!(
+            "token:{} ({}, {})",
+            action.caller.name, action.caller.token_id, action.caller.role
+        ));
+        event.action = Some(action.request);
+        event.target = action.target;
+        event.reason = Some(action.outcome);
+        self.auth.audit.record_now(event);
+    }
+
+    async fn readiness(&self) -> Readiness {
+        match self
+            .inspect(|broker| (broker.connected(), broker.sessions()))
+            .await
+        {
+            Some((connected, sessions)) => Readiness {
+                ready: true,
+                connected,
+                sessions,
+            },
+            None => Readiness {
+                ready: false,
+                connected: 0,
+                sessions: 0,
+            },
+        }
+    }
+
+    fn clients(&self, query: &ClientQuery, limit: usize) -> Page<ClientSummary> {
+        // One more than the page: whether there is a next page.
+        let mut found = self.auth.live_page(
+            query.after.as_deref(),
+            limit.saturating_add(1),
+            |username, listener, peer, client_id| {
+                query
+                    .client_id
+                    .as_deref()
+                    .is_none_or(|p| client_id.starts_with(p))
+                    && query
+                        .username
+                        .as_deref()
+                        .is_none_or(|u| username == Some(u))
+                    && query.listener.as_deref().is_none_or(|l| listener == l)
+                    && query.address.is_none_or(|a| peer.ip() == a)
+            },
+        );
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let next = more
+            .then(|| found.last().map(|l| l.client_id.clone()))
+            .flatten();
+        Page {
+            items: found.iter().map(summary).collect(),
+            next,
+        }
+    }
+
+    async fn client(&self, client_id: &str) -> Option<ClientDetail> {
+        if client_id.is_empty() {
+            return None;
+        }
+        let live = self
+            .auth
+            .live_page(None, 1, |_, _, _, id| id == client_id)
+            .into_iter()
+            .next()?;
+        let id = client_id.to_owned();
+        let session = self
+            .inspect(move |broker| broker.session_view(&id))
+            .await
+            .flatten()?;
+        Some(ClientDetail {
+            summary: summary(&live),
+            protocol: protocol(&session),
+            subscriptions: session
+                .subscriptions
+                .iter()
+                .map(|(filter, qos)| SubscriptionView {
+                    filter: filter.clone(),
+                    qos: *qos as u8,
+                })
+                .collect(),
+            queued_messages: session.queued_messages,
+            queued_bytes: session.queued_bytes,
+            inflight: session.inflight,
+            session_expiry_interval: session.expiry_interval,
+        })
+    }
+
+    async fn kick(&self, client_id: &str, code: u8, caller: &Caller) -> Result<(), Refusal> {
+        let code = ReasonCode::from_u8(code)
+            .filter(|c| c.server_may_disconnect_with() && c.is_error())
+            .ok_or_else(|| {
+                Refusal::Invalid(format!(
+                    "reason_code: 0x{code:02X} is not an error code a server may send in DISCONNECT"
+                ))
+            })?;
+        let conns = if client_id.is_empty() {
+            Vec::new()
+        } else {
+            self.auth.live_matching(|_, _, id| id == client_id)
+        };
+        if conns.is_empty() {
+            return Err(Refusal::NotFound(format!(
+                "no client {client_id:?} is connected"
+            )));
+        }
+        for conn in &conns {
+            self.auth
+                .forced_disconnect(*conn, &format!("kicked by admin token {:?}", caller.name));
+        }
+        self.router
+            .send(ToRouter::Kick {
+                conns,
+                code,
+                why: "disconnected by an operator",
+            })
+            .await
+            .map_err(|_| Refusal::Unavailable("the broker is stopping".to_owned()))
+    }
+
+    fn bans(&self) -> Vec<BanView> {
+        self.bans.in_force().iter().map(view).collect()
+    }
+
+    async fn add_ban(&self, ban: NewBan, caller: &Caller) -> Result<BanView, Refusal> {
+        let target = target(&ban.target)?;
+        if ban.duration_seconds == Some(0) {
+            return Err(Refusal::Invalid(
+                "duration_seconds: must be at least 1 (leave it out for a ban until removed)"
+                    .to_owned(),
+            ));
+        }
+        let now = unix_now();
+        let ban = Ban {
+            target,
+            expires: ban.duration_seconds.map(|d| now.saturating_add(d)),
+            reason: ban.reason,
+            created: now,
+            by: format!("admin:{}", caller.name),
+        };
+        let written = self.bans.add(ban.clone());
+        // In force even when the file could not be written: close what it covers.
+        let mut alone = bulwark_limits::ban::BanList::new();
+        let conns = match alone.add(ban.clone()) {
+            Ok(()) => self
+                .auth
+                .live_matching(|ip, user, id| alone.client_ban(ip, user, id, now).is_some()),
+            Err(_) => Vec::new(),
+        };
+        crate::bans::enforce(&self.auth, &self.router, conns, "banned by an operator").await;
+        written.map_err(Refusal::Unavailable)?;
+        Ok(view(&ban))
+    }
+
+    fn remove_ban(&self, target_view: &BanTargetView) -> Result<(), Refusal> {
+        let target = target(target_view)?;
+        match self.bans.remove(&target) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Refusal::NotFound(format!("no ban on {target}"))),
+            Err(err) => Err(Refusal::Unavailable(err)),
+        }
+    }
+
+    async fn metrics(&self) -> MetricsSnapshot {
+        let engine = self
+            .inspect(|broker| {
+                (
+                    *broker.stats(),
+                    broker.connected(),
+                    broker.sessions(),
+                    broker.subscription_count(),
+                    broker.retained_count(),
+                )
+            })
+            .await;
+        let mut families = Vec::new();
+        let per_listener = self.auth.live_per_listener();
+        families.push(gauge(
+            "connections",
+            "Authenticated client connections open now, by listener.",
+            per_listener
+                .iter()
+                .map(|(l, n)| (vec![("listener", l.to_string())], *n as u64))
+                .collect(),
+        ));
+        families.push(counter(
+            "bytes_received",
+            "Bytes read from MQTT clients since start.",
+            plain(
+                self.traffic
+                    .received
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        ));
+        families.push(counter(
+            "bytes_sent",
+            "Bytes written to MQTT clients since start.",
+            plain(self.traffic.sent.load(std::sync::atomic::Ordering::Relaxed)),
+        ));
+        if let Some((stats, connected, sessions, subscriptions, retained)) = engine {
+            engine_families(&mut families, &stats);
+            families.push(gauge(
+                "clients_connected",
+                "Clients the engine holds a connection for.",
+                plain(connected as u64),
+            ));
+            families.push(gauge(
+                "sessions",
+                "Sessions held, connected and parked.",
+                plain(sessions as u64),
+            ));
+            families.push(gauge(
+                "subscriptions",
+                "Subscriptions of all sessions.",
+                plain(subscriptions as u64),
+            ));
+            families.push(gauge(
+                "retained_messages",
+                "Retained messages held.",
+                plain(retained as u64),
+            ));
+        }
+        families.push(gauge(
+            "engine_up",
+            "1 when the engine answered this scrape, 0 when it did not within 5 s.",
+            plain(u64::from(engine.is_some())),
+        ));
+        families.push(gauge(
+            "bans_active",
+            "Bans in force (addresses, usernames, client ids).",
+            plain(self.bans.in_force().len() as u64),
+        ));
+        families.push(counter(
+            "security_events",
+            "Security events since start, by kind, authentication method and action.",
+            self.auth
+                .audit
+                .counts()
+                .into_iter()
+                .map(|((kind, method, action), n)| {
+                    (
+                        vec![
+                            ("kind", kind.to_owned()),
+                            ("method", method.to_owned()),
+                            ("action", action.to_owned()),
+                        ],
+                        n,
+                    )
+                })
+                .collect(),
+        ));
+        families.push(counter(
+            "audit_events_dropped",
+            "Security events the audit file's queue had no room for.",
+            plain(self.auth.audit.dropped()),
+        ));
+        MetricsSnapshot { families }
+    }
+}
+
+type Samples = Vec<(Vec<(&'static str, String)>, u64)>;
+
+fn plain(value: u64) -> Samples {
+    vec![(Vec::new(), value)]
+}
+
+fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Family {
+    family(MetricKind::Gauge, name, help, samples)
+}
+
+fn counter(name: &'static str, help: &'static str, samples: Samples) -> Family {
+    family(MetricKind::Counter, name, help, samples)
+}
+
+fn family(kind: MetricKind, name: &'static str, help: &'static str, samples: Samples) -> Family {
+    Family {
+        name,
+        help,
+        kind,
+        samples,
+    }
+}
+
+/// The engine's counters.
+fn engine_families(families: &mut Vec<Family>, stats: &Stats) {
+    let labelled = |pairs: &[(&str, u64)], label: &'static str| -> Samples {
+        pairs
+            .iter()
+            .map(|(v, n)| (vec![(label, (*v).to_owned())], *n))
+            .collect()
+    };
+    families.push(counter(
+        "connections_accepted",
+        "Connections the engine accepted since start.",
+        plain(stats.connections.total),
+    ));
+    families.push(counter(
+        "connections_refused",
+        "Sockets refused by admission control before any handshake, since start.",
+        plain(stats.connections.refused),
+    ));
+    families.push(counter(
+        "connections_expelled",
+        "Connections closed because their client broke the protocol or a limit, since start.",
+        plain(stats.connections.expelled),
+    ));
+    families.push(counter(
+        "messages",
+        "PUBLISH packets since start: received from clients, sent to them, expired undelivered.",
+        labelled(
+            &[
+                ("received", stats.messages.received),
+                ("sent", stats.messages.sent),
+                ("expired", stats.messages.expired),
+            ],
+            "direction",
+        ),
+    ));
+    families.push(counter(
+        "acl_denials",
+        "What the ACL refused since start: publishes (and wills), subscriptions.",
+        labelled(
+            &[
+                ("publish", stats.denied.publishes),
+                ("subscribe", stats.denied.subscriptions),
+            ],
+            "action",
+        ),
+    ));
+    families.push(counter(
+        "messages_dropped",
+        "Messages not delivered to a subscriber since start, by reason.",
+        labelled(
+            &[
+                ("queue_full", stats.dropped.queue_full),
+                ("too_large", stats.dropped.too_large),
+                ("offline_qos0", stats.dropped.offline_qos0),
+                ("shed", stats.dropped.shed),
+                ("backlog", stats.dropped.backlog),
+            ],
+            "reason",
+        ),
+    ));
+}

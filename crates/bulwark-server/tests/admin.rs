@@ -1,0 +1,506 @@
+//! The admin listener end to end: real HTTP over loopback against a running broker, real MQTT
+//! clients, the token file and the audit file on disk.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bulwark_auth::token::{Role, TokenStore};
+use bulwark_proto::{ProtocolVersion, QoS, ReasonCode};
+use bulwark_server::{AdminSettings, Server, ServerConfig};
+use common::{Raw, WAIT, connect_packet, start_with, unique};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on its own connection, as a client such as curl sends it.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> Answer {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    match json {
+        Some(body) => request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+        None => request.push_str("Content-Length: 0\r\n\r\n"),
+    }
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut bytes))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8(bytes).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// A data directory with a token file (a viewer `watch` and an operator `ops`), the audit
+/// file and the ban file.
+struct Fixture {
+    dir: PathBuf,
+    viewer: String,
+    operator: String,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("bulwark-admin"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut tokens = TokenStore::new();
+        let (_, viewer) = tokens.issue("watch", Role::Viewer, now(), None).unwrap();
+        let (_, operator) = tokens.issue("ops", Role::Operator, now(), None).unwrap();
+        std::fs::write(dir.join("tokens.toml"), tokens.to_toml()).unwrap();
+        Self {
+            dir,
+            viewer,
+            operator,
+        }
+    }
+
+    fn apply(&self, config: &mut ServerConfig) {
+        let mut admin = AdminSettings::new(self.dir.join("tokens.toml"));
+        admin.bind = "127.0.0.1:0".parse().unwrap();
+        config.admin = Some(admin);
+        config.auth.audit_file = Some(self.dir.join("audit.jsonl"));
+        config.bans.file = Some(self.dir.join("bans.toml"));
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until the audit file holds an event `pick` accepts (the file is written by its
+    /// own thread).
+    async fn wait_event(
+        &self,
+        what: &str,
+        pick: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(event) = self.events().into_iter().find(|e| pick(e)) {
+                return event;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} in {:#?}",
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn an_operator_lists_inspects_and_kicks_a_client_and_every_change_is_recorded() {
+    let fixture = Fixture::new();
+    let server = start_with(|c| fixture.apply(c)).await;
+    let admin = server.admin.unwrap();
+    let (viewer, operator) = (
+        Some(fixture.viewer.as_str()),
+        Some(fixture.operator.as_str()),
+    );
+    let (mut device, ack) = Raw::v5(server.addr, "dev-1").await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    device
+        .subscribe_qos(1, "fleet/dev-1/cmd", QoS::AtLeastOnce)
+        .await;
+    let (_other, _) = Raw::v5(server.addr, "gateway-7").await;
+
+    let list = http(admin, "GET", "/api/v1/clients", viewer, None).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(list.header("cache-control"), Some("no-store"));
+    let items = list.json()["items"].as_array().unwrap().clone();
+    let ids: Vec<&str> = items
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["dev-1", "gateway-7"]);
+    assert_eq!(items[0]["listener"], "test");
+    assert!(
+        items[0]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    // A page of one, then the next.
+    let first = http(admin, "GET", "/api/v1/clients?limit=1", viewer, None)
+        .await
+        .json();
+    assert_eq!(first["items"][0]["client_id"], "dev-1");
+    assert_eq!(first["next"], "dev-1");
+    let second = http(
+        admin,
+        "GET",
+        "/api/v1/clients?limit=1&after=dev-1",
+        viewer,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(second["items"][0]["client_id"], "gateway-7");
+    assert!(second["next"].is_null());
+    let filtered = http(admin, "GET", "/api/v1/clients?client_id=gate", viewer, None)
+        .await
+        .json();
+    assert_eq!(filtered["items"].as_array().unwrap().len(), 1);
+
+    let detail = http(admin, "GET", "/api/v1/clients/dev-1", viewer, None).await;
+    assert_eq!(detail.status, 200, "{}", detail.body);
+    let detail = detail.json();
+    assert_eq!(detail["protocol"], "5.0");
+    assert_eq!(detail["subscriptions"][0]["filter"], "fleet/dev-1/cmd");
+    assert_eq!(detail["subscriptions"][0]["qos"], 1);
+    assert_eq!(detail["inflight"], 0);
+    let missing = http(admin, "GET", "/api/v1/clients/ghost", viewer, None).await;
+    assert_eq!(missing.status, 404);
+
+    // A viewer may look, not kick; a wrong token is refused like a missing one.
+    let forbidden = http(admin, "POST", "/api/v1/clients/dev-1/kick", viewer, None).await;
+    assert_eq!(forbidden.status, 403);
+    let wrong = http(
+        admin,
+        "GET",
+        "/api/v1/clients",
+        Some("bwk_0123456789abcdef_nope"),
+        None,
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.header("www-authenticate"), Some("Bearer"));
+
+    let kicked = http(
+        admin,
+        "POST",
+        "/api/v1/clients/dev-1/kick",
+        operator,
+        Some(r#"{"reason_code": 152}"#),
+    )
+    .await;
+    assert_eq!(kicked.status, 204, "{}", kicked.body);
+    device
+        .expect_disconnect(ReasonCode::AdministrativeAction)
+        .await;
+    let bad_code = http(
+        admin,
+        "POST",
+        "/api/v1/clients/gateway-7/kick",
+        operator,
+        Some(r#"{"reason_code": 0}"#),
+    )
+    .await;
+    assert_eq!(bad_code.status, 400, "{}", bad_code.body);
+    assert!(bad_code.body.contains("reason_code"), "{}", bad_code.body);
+
+    let done = fixture
+        .wait_event("the kick", |e| {
+            e["kind"] == "admin_action" && e["reason"] == "done"
+        })
+        .await;
+    assert!(
+        done["actor"].as_str().unwrap().starts_with("token:ops"),
+        "{done}"
+    );
+    assert_eq!(done["action"], "POST /api/v1/clients/dev-1/kick");
+    assert_eq!(done["target"], "client id \"dev-1\"");
+    assert!(done["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let refused = fixture
+        .wait_event("the viewer's attempt", |e| {
+            e["kind"] == "admin_action"
+                && e["actor"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("token:watch"))
+        })
+        .await;
+    assert_eq!(refused["reason"], "forbidden: needs the operator role");
+    fixture
+        .wait_event("the bad token", |e| e["kind"] == "admin_auth_failure")
+        .await;
+    fixture
+        .wait_event("the forced disconnect", |e| {
+            e["kind"] == "forced_disconnect" && e["client_id"] == "dev-1"
+        })
+        .await;
+
+    let metrics = http(admin, "GET", "/metrics", viewer, None).await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    for expected in [
+        "bulwark_security_events_total{kind=\"admin_auth_failure\",method=\"token\",action=\"\"} 1",
+        "bulwark_security_events_total{kind=\"admin_action\",method=\"token\",action=\"\"} 3",
+        "bulwark_engine_up 1",
+        "bulwark_connections{listener=\"test\"} ",
+        "# EOF",
+    ] {
+        assert!(
+            metrics.body.contains(expected),
+            "{expected} not in\n{}",
+            metrics.body
+        );
+    }
+    let ready = http(admin, "GET", "/api/v1/ready", viewer, None).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["ready"], true);
+    let openapi = http(admin, "GET", "/api/v1/openapi.json", viewer, None).await;
+    assert_eq!(openapi.json()["info"]["title"], "Bulwark admin API");
+    server.stop().await;
+}
+
+/// What a fresh connection with `id` is answered.
+async fn connack(addr: SocketAddr, id: &str) -> ReasonCode {
+    let (_raw, ack) = Raw::connect(addr, &connect_packet(ProtocolVersion::V5, id)).await;
+    ack.reason_code
+}
+
+#[tokio::test]
+async fn a_ban_from_the_api_closes_the_client_keeps_it_out_and_lifts() {
+    let fixture = Fixture::new();
+    let server = start_with(|c| fixture.apply(c)).await;
+    let admin = server.admin.unwrap();
+    let operator = Some(fixture.operator.as_str());
+    let (mut victim, _) = Raw::v5(server.addr, "victim").await;
+
+    let added = http(
+        admin,
+        "POST",
+        "/api/v1/bans",
+        operator,
+        Some(r#"{"client_id": "victim", "duration_seconds": 600, "reason": "stolen device"}"#),
+    )
+    .await;
+    assert_eq!(added.status, 201, "{}", added.body);
+    let added = added.json();
+    assert_eq!(added["by"], "admin:ops");
+    assert_eq!(added["client_id"], "victim");
+    assert!(added["expires"].as_u64().unwrap() >= now() + 590);
+    victim
+        .expect_disconnect(ReasonCode::AdministrativeAction)
+        .await;
+    assert_eq!(connack(server.addr, "victim").await, ReasonCode::Banned);
+    assert_eq!(connack(server.addr, "bystander").await, ReasonCode::Success);
+
+    let list = http(
+        admin,
+        "GET",
+        "/api/v1/bans",
+        Some(fixture.viewer.as_str()),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(list[0]["reason"], "stolen device");
+    let file = std::fs::read_to_string(fixture.dir.join("bans.toml")).unwrap();
+    assert!(
+        file.contains("client_id = \"victim\"") && file.contains("admin:ops"),
+        "{file}"
+    );
+
+    let both = http(
+        admin,
+        "POST",
+        "/api/v1/bans",
+        operator,
+        Some(r#"{"address": "10.0.0.1", "client_id": "x"}"#),
+    )
+    .await;
+    assert_eq!(both.status, 400, "{}", both.body);
+    let lifted = http(
+        admin,
+        "DELETE",
+        "/api/v1/bans?client_id=victim",
+        operator,
+        None,
+    )
+    .await;
+    assert_eq!(lifted.status, 204, "{}", lifted.body);
+    assert_eq!(connack(server.addr, "victim").await, ReasonCode::Success);
+    let again = http(
+        admin,
+        "DELETE",
+        "/api/v1/bans?client_id=victim",
+        operator,
+        None,
+    )
+    .await;
+    assert_eq!(again.status, 404, "{}", again.body);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn failed_tokens_lock_an_address_out_and_token_file_changes_apply_at_once() {
+    let fixture = Fixture::new();
+    let server = start_with(|c| {
+        fixture.apply(c);
+        let admin = c.admin.as_mut().unwrap();
+        admin.max_failures = 3;
+        admin.lockout = Duration::from_secs(600);
+    })
+    .await;
+    let admin = server.admin.unwrap();
+    // A token added to the file after the start works at once; a removed one stops working.
+    let path = fixture.dir.join("tokens.toml");
+    let mut tokens = TokenStore::parse(&std::fs::read_to_string(&path).unwrap(), "t").unwrap();
+    let (_, late) = tokens.issue("late", Role::Admin, now(), None).unwrap();
+    assert!(tokens.remove("watch"));
+    write_later(&path, &tokens.to_toml());
+    assert_eq!(
+        http(admin, "GET", "/api/v1/health", Some(&late), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        http(admin, "GET", "/api/v1/health", Some(&fixture.viewer), None)
+            .await
+            .status,
+        401
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            http(admin, "GET", "/api/v1/health", None, None)
+                .await
+                .status,
+            401
+        );
+    }
+    // The third failure locks the address out, good token or not.
+    let locked = http(admin, "GET", "/api/v1/health", Some(&late), None).await;
+    assert_eq!(locked.status, 429, "{}", locked.body);
+    let retry: u64 = locked.header("retry-after").unwrap().parse().unwrap();
+    assert!((590..=600).contains(&retry), "{retry}");
+    fixture
+        .wait_event("the lockout", |e| {
+            e["kind"] == "admin_auth_failure"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("refused for 600 s"))
+        })
+        .await;
+    server.stop().await;
+}
+
+/// Rewrites `path` so that its modification time differs from the one the broker read.
+fn write_later(path: &Path, text: &str) {
+    let before = std::fs::metadata(path).unwrap().modified().unwrap();
+    loop {
+        std::fs::write(path, text).unwrap();
+        if std::fs::metadata(path).unwrap().modified().unwrap() != before {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_stays_on_loopback() {
+    let mut config = common::test_config();
+    let mut admin = AdminSettings::new(PathBuf::from("tokens.toml"));
+    admin.bind = "0.0.0.0:9883".parse().unwrap();
+    config.admin = Some(admin);
+    let err = Server::bind(config).await.unwrap_err().to_string();
+    assert!(
+        err.contains("admin.bind") && err.contains("loopback"),
+        "{err}"
+    );
+}
