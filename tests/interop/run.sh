@@ -16,25 +16,9 @@ PYTHON="${PYTHON:-python3}"
 START_TIMEOUT_S="${START_TIMEOUT_S:-20}"
 SUITE_TIMEOUT_S="${SUITE_TIMEOUT_S:-300}"
 
-log() { printf 'interop: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 2; }
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else
-    die "need root (or sudo) to run: $*"
-  fi
-}
-
-apt_updated=0
-apt_install() {
-  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install $* yourself"
-  if [ "$apt_updated" -eq 0 ]; then
-    as_root apt-get update -qq
-    apt_updated=1
-  fi
-  log "installing $*"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+LOG_NAME=interop
+# shellcheck source=../lib.sh
+. "$HERE/../lib.sh"
 
 # ---- what the suite needs ----
 if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then

@@ -1,8 +1,10 @@
 //! The routes of the admin listener: `/api/v1/...` (JSON) and `/metrics`, every one behind a
 //! token, each state-changing one behind a role and recorded.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -11,14 +13,19 @@ use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bulwark_auth::token::Role;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::broadcast::error::RecvError;
 
-use crate::backend::{AdminAction, Backend, BanTargetView, Caller, ClientQuery, NewBan, Refusal};
+use crate::backend::{
+    AdminAction, Backend, BanTargetView, Caller, ClientQuery, NewBan, Refusal, Via,
+};
 use crate::error::ApiError;
+use crate::session::Sessions;
 
 /// Largest request body read, in bytes: every request body of this API is a few fields.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -29,14 +36,19 @@ pub const DEFAULT_PAGE: usize = 100;
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// The admin API's routes over `backend`. Serve it with the peer's address
-/// (`into_make_service_with_connect_info::<SocketAddr>()`): authentication backoff and the
-/// audit trail need it, and a request without it is refused.
+/// The admin listener's routes over `backend`: the API and metrics (every request
+/// authenticated), and the dashboard's static files, login and logout. Serve it with the
+/// peer's address (`ConnectInfo<SocketAddr>`): the lockout and the audit trail need it, and a
+/// request without it is refused.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
+    let sessions = Arc::new(Sessions::default());
     let api = Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/ready", get(ready::<B>))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/session", get(session))
+        .route("/api/v1/events", get(events::<B>))
+        .route("/api/v1/events/stream", get(event_stream::<B>))
         .route("/api/v1/clients", get(clients::<B>))
         .route("/api/v1/clients/{client_id}", get(client::<B>))
         .route(
@@ -50,17 +62,21 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/metrics", get(metrics::<B>))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .layer(DefaultBodyLimit::max(MAX_BODY));
-    api.layer(middleware::from_fn_with_state(
-        backend.clone(),
-        authenticate::<B>,
-    ))
-    .layer(middleware::from_fn(harden))
-    .with_state(backend)
+        .layer(middleware::from_fn_with_state(
+            backend.clone(),
+            authenticate::<B>,
+        ));
+    crate::ui::routes::<B>()
+        .merge(api)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::Extension(sessions))
+        .layer(middleware::from_fn(harden))
+        .with_state(backend)
 }
 
 /// Headers on every answer: nothing cached, nothing sniffed, nothing framed or fetched.
 async fn harden(request: Request, next: Next) -> Response {
+    let page = request.uri().path().starts_with("/ui/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -68,10 +84,17 @@ async fn harden(request: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // The dashboard's own files only: no inline script or style, nothing from elsewhere.
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        HeaderValue::from_static(if page {
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        } else {
+            "default-src 'none'; frame-ancestors 'none'"
+        }),
     );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -89,10 +112,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Every request: the address in backoff waits (429), a request without a valid token is
-/// refused (401, counted and recorded), a valid one goes on with its [`Caller`].
+/// Every request: an address locked out waits (429); a request with a bearer token is
+/// authenticated by it (a wrong one is counted towards the lockout and recorded); one with a
+/// dashboard session cookie by its session, and if it changes anything only with the
+/// session's CSRF token in `X-CSRF-Token`; anything else is refused (401).
 async fn authenticate<B: Backend>(
     State(backend): State<Arc<B>>,
+    axum::Extension(sessions): axum::Extension<Arc<Sessions>>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -106,18 +132,42 @@ async fn authenticate<B: Backend>(
     if let Some(wait) = backend.backoff(remote.ip()) {
         return ApiError::too_many(wait).into_response();
     }
-    let caller = match bearer(request.headers()) {
-        Some(token) => {
-            let caller = backend.authenticate(token, remote);
-            if caller.is_none() {
-                backend.authentication_failed(remote, "unknown, wrong or expired API token");
+    let headers = request.headers();
+    let caller = if let Some(token) = bearer(headers) {
+        let caller = backend.authenticate(token, remote);
+        if caller.is_none() {
+            backend.authentication_failed(remote, "unknown, wrong or expired API token");
+        }
+        caller
+    } else if let Some(secret) = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::session::from_header)
+    {
+        // An expired session is not counted: a dashboard left open must not lock its
+        // operator out (and a session secret is not guessable).
+        let Some(session) = sessions.get(secret, Instant::now()) else {
+            return ApiError::unauthorized().into_response();
+        };
+        if crate::ui::changes(request.method()) {
+            let presented = headers
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !session.csrf_matches(presented) {
+                backend.authentication_failed(remote, "dashboard request without its CSRF token");
+                return ApiError::csrf().into_response();
             }
-            caller
         }
-        None => {
-            backend.authentication_failed(remote, "no API token");
-            None
-        }
+        Some(Caller {
+            name: session.user,
+            via: Via::Session,
+            role: session.role,
+            remote,
+        })
+    } else {
+        // Nothing presented, nothing guessed: refused, not counted.
+        None
     };
     let Some(caller) = caller else {
         return ApiError::unauthorized().into_response();
@@ -157,7 +207,7 @@ fn need<B: Backend>(
 
 /// A JSON body, or the 4xx that says what is wrong with it. An empty body is `T::default()`
 /// where the caller allows one (`empty`).
-fn json_body<T: DeserializeOwned>(
+pub(crate) fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     empty: Option<T>,
@@ -361,6 +411,83 @@ fn describe(target: &BanTargetView) -> String {
     } else {
         parts.join(", ")
     }
+}
+
+/// The caller as the dashboard needs it: who, which role, and the CSRF token to send with
+/// changes (empty for token callers, who need none).
+async fn session(
+    request_caller: Option<axum::Extension<Caller>>,
+    axum::Extension(sessions): axum::Extension<Arc<Sessions>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = caller(request_caller)?;
+    let csrf = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::session::from_header)
+        .and_then(|secret| sessions.get(secret, Instant::now()))
+        .map(|s| s.csrf)
+        .unwrap_or_default();
+    Ok(Json(serde_json::json!({
+        "user": caller.name,
+        "role": caller.role.as_str(),
+        "csrf": csrf,
+    }))
+    .into_response())
+}
+
+/// `limit` of the event list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    limit: Option<usize>,
+}
+
+/// Security events kept for the event list at most.
+pub const MAX_EVENTS: usize = 1000;
+
+async fn events<B: Backend>(
+    State(backend): State<Arc<B>>,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let limit = match query.limit {
+        None => DEFAULT_PAGE,
+        Some(n) if (1..=MAX_EVENTS).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "limit: {n} is not between 1 and {MAX_EVENTS}"
+            )));
+        }
+    };
+    let events: Vec<serde_json::Value> = backend
+        .recent_events(limit)
+        .iter()
+        .filter_map(|e| serde_json::to_value(&**e).ok())
+        .collect();
+    Ok(Json(events).into_response())
+}
+
+/// Security events as server-sent events (`event: security`, one JSON record per event). A
+/// reader too slow for the flow is told how many it missed (`event: lagged`) and goes on.
+async fn event_stream<B: Backend>(
+    State(backend): State<Arc<B>>,
+) -> axum::response::sse::Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let receiver = backend.events();
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(event) => Event::default()
+                .event("security")
+                .data(event.to_json_line()),
+            Err(RecvError::Lagged(missed)) => {
+                Event::default().event("lagged").data(missed.to_string())
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), receiver))
+    });
+    axum::response::sse::Sse::new(stream)
+        .keep_alive(axum::response::sse::KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 async fn metrics<B: Backend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {

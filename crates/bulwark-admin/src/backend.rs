@@ -5,20 +5,56 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use bulwark_acl::event::SecurityEvent;
 use bulwark_auth::token::Role;
 use serde::{Deserialize, Serialize};
 
-/// Who made a request: the token that authenticated it.
+/// Who made a request: the token or the dashboard user that authenticated it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The token's name (as given to `bulwark admin token add`).
+    /// The token's name (as given to `bulwark admin token add`), or the user's.
     pub name: String,
-    /// The token's id (the part of the secret that is not secret).
-    pub token_id: String,
+    /// How the caller was authenticated.
+    pub via: Via,
     /// What it may do.
     pub role: Role,
     /// Where the request came from.
     pub remote: SocketAddr,
+}
+
+/// How a [`Caller`] was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// An API token, with its id (the part of the secret that is not secret).
+    Token {
+        /// The token's id.
+        id: String,
+    },
+    /// A dashboard session (a password-store user's login).
+    Session,
+}
+
+impl Caller {
+    /// Who, for the audit trail: `token:{name} ({id}, {role})` or `user:{name} ({role})`.
+    pub fn actor(&self) -> String {
+        match &self.via {
+            Via::Token { id } => format!("token:{} ({id}, {})", self.name, self.role),
+            Via::Session => format!("user:{} ({})", self.name, self.role),
+        }
+    }
+}
+
+/// Why a dashboard login was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginRefusal {
+    /// Unknown user, wrong password, disabled or banned user: one answer for all.
+    Refused,
+    /// Too many failures: the login guard's backoff or an address ban.
+    Throttled,
+    /// The check could not be made (too many logins waiting).
+    Unavailable,
 }
 
 /// A request that changed something (or tried to), for the audit trail.
@@ -247,4 +283,20 @@ pub trait Backend: Send + Sync + 'static {
 
     /// What `/metrics` shows.
     fn metrics(&self) -> impl Future<Output = MetricsSnapshot> + Send;
+
+    /// A dashboard login: the groups of the password-store user `name` if `password` is
+    /// theirs, through the same login guard (backoff, bans) and security events as MQTT
+    /// logins.
+    fn login(
+        &self,
+        name: &str,
+        password: &str,
+        remote: SocketAddr,
+    ) -> impl Future<Output = Result<Vec<String>, LoginRefusal>> + Send;
+
+    /// Security events as they happen.
+    fn events(&self) -> tokio::sync::broadcast::Receiver<Arc<SecurityEvent>>;
+
+    /// The most recent security events, oldest first, at most `limit`.
+    fn recent_events(&self, limit: usize) -> Vec<Arc<SecurityEvent>>;
 }

@@ -49,12 +49,40 @@ impl ApiError {
         )
     }
 
+    /// 401: a dashboard login with an unknown user, a wrong password, or a user that is
+    /// disabled or banned (one answer for all).
+    pub fn login_refused() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown user or wrong password",
+        )
+    }
+
+    /// 403: a user whose password is right but who has no dashboard role.
+    pub fn no_role() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this user has no dashboard role (groups bulwark-viewer, bulwark-operator, bulwark-admin)",
+        )
+    }
+
     /// 403: the token's role does not allow this.
     pub fn forbidden(needed: bulwark_auth::token::Role) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("this needs the {needed} role or a higher one"),
+        )
+    }
+
+    /// 403: a dashboard request that changes something without its session's CSRF token.
+    pub fn csrf() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "missing or wrong X-CSRF-Token for this session",
         )
     }
 

@@ -14,6 +14,8 @@ pub mod backend;
 pub mod error;
 pub mod metrics;
 pub mod serve;
+pub mod session;
+pub mod ui;
 
 pub use backend::Backend;
 pub use serve::{TlsConfig, serve};

@@ -396,6 +396,24 @@ impl TokenStore {
     }
 }
 
+/// A fresh random secret of `bytes` bytes in base64url without padding (dashboard session
+/// cookies, CSRF tokens); `None` if the system's random source fails.
+pub fn random_secret(bytes: usize) -> Option<String> {
+    let mut buf = vec![0u8; bytes];
+    OsRng.try_fill_bytes(&mut buf).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(buf))
+}
+
+/// SHA-256 of `data`: how session secrets are kept, so that a memory dump does not hold them.
+pub fn digest(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Whether `a` and `b` are equal, in time that depends on their lengths only.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    bool::from(a.ct_eq(b))
+}
+
 fn fill_random(buf: &mut [u8]) -> Result<(), TokenError> {
     OsRng
         .try_fill_bytes(buf)

@@ -15,7 +15,8 @@ use bulwark_acl::Cidr;
 use bulwark_acl::event::{EventKind, SecurityEvent};
 use bulwark_admin::backend::{
     AdminAction, BanTargetView, BanView, Caller, ClientDetail, ClientQuery, ClientSummary, Family,
-    MetricKind, MetricsSnapshot, NewBan, Page, Readiness, Refusal, SubscriptionView,
+    LoginRefusal, MetricKind, MetricsSnapshot, NewBan, Page, Readiness, Refusal, SubscriptionView,
+    Via,
 };
 use bulwark_auth::token::TokenStore;
 use bulwark_core::{Broker, SessionView, Stats};
@@ -24,7 +25,7 @@ use bulwark_proto::ReasonCode;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::auth::{AuthService, LiveClient};
+use crate::auth::{AuthService, Authenticator, ListenerAuth, LiveClient};
 use crate::bans::{Bans, unix_now};
 use crate::config::AdminSettings;
 use crate::router::{Inspection, ToRouter, Traffic};
@@ -48,6 +49,9 @@ pub(crate) struct AdminBackend {
     tokens: Tokens,
     /// Failed attempts per address: how many, and when the last was.
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// What dashboard logins are counted and recorded as: a listener named `admin` with
+    /// passwords only.
+    listener: ListenerAuth,
 }
 
 /// The token file, re-read when it changes.
@@ -125,6 +129,11 @@ impl AdminBackend {
             bans,
             traffic,
             failures: Mutex::new(HashMap::new()),
+            listener: ListenerAuth {
+                name: Arc::from("admin"),
+                chain: vec![Authenticator::Password],
+                allow_anonymous: false,
+            },
         }
     }
 
@@ -226,7 +235,9 @@ impl bulwark_admin::Backend for AdminBackend {
         lock(&self.failures).remove(&remote.ip());
         Some(Caller {
             name: record.name.clone(),
-            token_id: record.id.clone(),
+            via: Via::Token {
+                id: record.id.clone(),
+            },
             role: record.role,
             remote,
         })
@@ -275,11 +286,11 @@ impl bulwark_admin::Backend for AdminBackend {
 
     fn record(&self, action: AdminAction) {
         let mut event = self.event(EventKind::AdminAction, action.caller.remote);
-        event.method = Some("token".to_owned());
-        event.actor = Some(format!(
-            "token:{} ({}, {})",
-            action.caller.name, action.caller.token_id, action.caller.role
-        ));
+        event.method = Some(match action.caller.via {
+            Via::Token { .. } => "token".to_owned(),
+            Via::Session => "session".to_owned(),
+        });
+        event.actor = Some(action.caller.actor());
         event.action = Some(action.request);
         event.target = action.target;
         event.reason = Some(action.outcome);
@@ -385,7 +396,7 @@ impl bulwark_admin::Backend for AdminBackend {
         }
         for conn in &conns {
             self.auth
-                .forced_disconnect(*conn, &format!("kicked by admin token {:?}", caller.name));
+                .forced_disconnect(*conn, &format!("kicked by {}", caller.actor()));
         }
         self.router
             .send(ToRouter::Kick {
@@ -438,6 +449,38 @@ impl bulwark_admin::Backend for AdminBackend {
             Ok(false) => Err(Refusal::NotFound(format!("no ban on {target}"))),
             Err(err) => Err(Refusal::Unavailable(err)),
         }
+    }
+
+    async fn login(
+        &self,
+        name: &str,
+        password: &str,
+        remote: SocketAddr,
+    ) -> Result<Vec<String>, LoginRefusal> {
+        if self.bans.client_ban(remote.ip(), Some(name), "").is_some() {
+            return Err(LoginRefusal::Refused);
+        }
+        match self
+            .auth
+            .dashboard_login(&self.listener, remote, name, password.as_bytes())
+            .await
+        {
+            Ok(identity) => Ok(identity.groups.iter().map(|g| g.to_string()).collect()),
+            Err(refusal) if refusal.kind == EventKind::Throttled => Err(LoginRefusal::Throttled),
+            Err(refusal) if refusal.code == ReasonCode::Banned => Err(LoginRefusal::Throttled),
+            Err(refusal) if refusal.code == ReasonCode::ServerBusy => {
+                Err(LoginRefusal::Unavailable)
+            }
+            Err(_) => Err(LoginRefusal::Refused),
+        }
+    }
+
+    fn events(&self) -> tokio::sync::broadcast::Receiver<Arc<SecurityEvent>> {
+        self.auth.audit.subscribe()
+    }
+
+    fn recent_events(&self, limit: usize) -> Vec<Arc<SecurityEvent>> {
+        self.auth.audit.recent(limit)
     }
 
     async fn metrics(&self) -> MetricsSnapshot {

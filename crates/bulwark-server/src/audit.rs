@@ -22,9 +22,46 @@ pub(crate) const QUEUE: usize = 8192;
 /// Where security events go. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Audit {
-    file: Option<mpsc::Sender<SecurityEvent>>,
+    file: Option<mpsc::Sender<Arc<SecurityEvent>>>,
     dropped: Arc<AtomicU64>,
     counts: Arc<EventCounts>,
+    live: Arc<Live>,
+}
+
+/// Events for the admin API: the latest [`RECENT`], and a broadcast to event streams (a
+/// reader that falls [`STREAM`] events behind is told how many it missed).
+#[derive(Debug)]
+struct Live {
+    recent: std::sync::Mutex<std::collections::VecDeque<Arc<SecurityEvent>>>,
+    stream: tokio::sync::broadcast::Sender<Arc<SecurityEvent>>,
+}
+
+/// Events kept for `GET /api/v1/events`.
+pub(crate) const RECENT: usize = 1000;
+/// Events an event stream may fall behind.
+pub(crate) const STREAM: usize = 1024;
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(RECENT)),
+            stream: tokio::sync::broadcast::channel(STREAM).0,
+        }
+    }
+}
+
+impl Live {
+    fn push(&self, event: &Arc<SecurityEvent>) {
+        {
+            let mut recent = crate::sync::lock(&self.recent);
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
+        // No stream open: nothing to do.
+        let _ = self.stream.send(event.clone());
+    }
 }
 
 /// Security events since start by kind, authentication method and action (each label from a
@@ -87,6 +124,7 @@ impl Audit {
             file: None,
             dropped: Arc::new(AtomicU64::new(0)),
             counts: Arc::default(),
+            live: Arc::default(),
         }
     }
 
@@ -117,6 +155,7 @@ impl Audit {
             file: Some(tx),
             dropped: Arc::new(AtomicU64::new(0)),
             counts: Arc::default(),
+            live: Arc::default(),
         })
     }
 
@@ -124,6 +163,9 @@ impl Audit {
     pub(crate) async fn record(&self, event: SecurityEvent) {
         log(&event);
         self.counts.count(&event);
+        // One allocation shared by the file's queue, the recent list and event streams.
+        let event = Arc::new(event);
+        self.live.push(&event);
         if let Some(tx) = &self.file {
             let _ = tx.send(event).await;
         }
@@ -133,6 +175,8 @@ impl Audit {
     pub(crate) fn record_now(&self, event: SecurityEvent) {
         log(&event);
         self.counts.count(&event);
+        let event = Arc::new(event);
+        self.live.push(&event);
         if let Some(tx) = &self.file
             && tx.try_send(event).is_err()
         {
@@ -151,6 +195,21 @@ impl Audit {
     /// Security events since start, for metrics.
     pub(crate) fn counts(&self) -> Vec<(EventKey, u64)> {
         self.counts.snapshot()
+    }
+
+    /// Security events as they are recorded.
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<SecurityEvent>> {
+        self.live.stream.subscribe()
+    }
+
+    /// The latest security events, oldest first, at most `limit`.
+    pub(crate) fn recent(&self, limit: usize) -> Vec<Arc<SecurityEvent>> {
+        let recent = crate::sync::lock(&self.live.recent);
+        recent
+            .iter()
+            .skip(recent.len().saturating_sub(limit))
+            .cloned()
+            .collect()
     }
 
     /// Events the audit file's queue had no room for.
@@ -195,7 +254,7 @@ fn log(event: &SecurityEvent) {
 
 /// Appends events until every sender is gone; flushes whenever the queue runs empty.
 fn write_loop(
-    mut rx: mpsc::Receiver<SecurityEvent>,
+    mut rx: mpsc::Receiver<Arc<SecurityEvent>>,
     mut out: BufWriter<std::fs::File>,
     path: &Path,
 ) {

@@ -15,12 +15,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bulwark_auth::password::{Argon2Params, PasswordStore, hash_password};
 use bulwark_auth::token::{Role, TokenStore};
 use bulwark_proto::{ProtocolVersion, QoS, ReasonCode};
 use bulwark_server::{AdminSettings, Server, ServerConfig};
 use common::{Raw, WAIT, connect_packet, start_with, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+const DASHBOARD_PASSWORD: &str = "quartz-Meadow-lantern-58";
 
 /// An HTTP answer.
 #[derive(Debug)]
@@ -51,53 +54,12 @@ async fn http(
     token: Option<&str>,
     json: Option<&str>,
 ) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    match json {
-        Some(body) => request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )),
-        None => request.push_str("Content-Length: 0\r\n\r\n"),
-    }
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut bytes = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut bytes))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let text = String::from_utf8(bytes).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = authorization
         .iter()
-        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Answer {
-        status,
-        headers,
-        body,
-    }
+        .map(|value| ("Authorization", value.as_str()))
+        .collect();
+    http_with(addr, method, path, &headers, json).await
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -137,6 +99,16 @@ impl Fixture {
     }
 
     fn apply(&self, config: &mut ServerConfig) {
+        // Dashboard users: carol operates, dave has no dashboard role.
+        let mut store = PasswordStore::new();
+        for (name, groups) in [("carol", vec!["bulwark-operator"]), ("dave", vec!["staff"])] {
+            let hash = hash_password(DASHBOARD_PASSWORD, &Argon2Params::default()).unwrap();
+            store
+                .add(name, &hash, groups.into_iter().map(str::to_owned).collect())
+                .unwrap();
+        }
+        std::fs::write(self.dir.join("passwords.toml"), store.to_toml()).unwrap();
+        config.auth.password_file = Some(self.dir.join("passwords.toml"));
         let mut admin = AdminSettings::new(self.dir.join("tokens.toml"));
         admin.bind = "127.0.0.1:0".parse().unwrap();
         config.admin = Some(admin);
@@ -458,9 +430,15 @@ async fn failed_tokens_lock_an_address_out_and_token_file_changes_apply_at_once(
     );
     for _ in 0..2 {
         assert_eq!(
-            http(admin, "GET", "/api/v1/health", None, None)
-                .await
-                .status,
+            http(
+                admin,
+                "GET",
+                "/api/v1/health",
+                Some("bwk_0000000000000000_wrong"),
+                None
+            )
+            .await
+            .status,
             401
         );
     }
@@ -503,4 +481,144 @@ async fn the_admin_listener_stays_on_loopback() {
         err.contains("admin.bind") && err.contains("loopback"),
         "{err}"
     );
+}
+
+/// A request with extra headers (a cookie, a CSRF token) on its own connection.
+async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json: Option<&str>,
+) -> Answer {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = json.unwrap_or("");
+    if json.is_some() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut bytes))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8(bytes).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn a_dashboard_user_logs_in_kicks_and_sees_it_in_the_event_stream() {
+    let fixture = Fixture::new();
+    let server = start_with(|c| fixture.apply(c)).await;
+    let admin = server.admin.unwrap();
+    let login = |user: &'static str, password: &'static str| {
+        let body = format!(r#"{{"username": "{user}", "password": "{password}"}}"#);
+        async move { http_with(admin, "POST", "/ui/login", &[], Some(&body)).await }
+    };
+    assert_eq!(login("carol", "wrong-password-1").await.status, 401);
+    assert_eq!(login("nobody", DASHBOARD_PASSWORD).await.status, 401);
+    assert_eq!(login("dave", DASHBOARD_PASSWORD).await.status, 403);
+    let ok = login("carol", DASHBOARD_PASSWORD).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let cookie = ok
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = ok.json()["csrf"].as_str().unwrap().to_owned();
+    let failed = fixture
+        .wait_event("the failed dashboard login", |e| {
+            e["kind"] == "auth_failure" && e["username"] == "carol" && e["listener"] == "admin"
+        })
+        .await;
+    assert!(failed["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    // The live stream, opened before the kick.
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (mut device, _) = Raw::v5(server.addr, "sensor-9").await;
+    // Without the CSRF token the session cannot change anything.
+    let kick = "/api/v1/clients/sensor-9/kick";
+    let forged = http_with(admin, "POST", kick, &[("Cookie", &cookie)], None).await;
+    assert_eq!(forged.status, 403);
+    let kicked = http_with(
+        admin,
+        "POST",
+        kick,
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+        None,
+    )
+    .await;
+    assert_eq!(kicked.status, 204, "{}", kicked.body);
+    device
+        .expect_disconnect(ReasonCode::AdministrativeAction)
+        .await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen.contains("\"kind\":\"admin_action\"") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no admin_action in the stream: {seen}"))
+            .unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains("event: security"), "{seen}");
+    assert!(seen.contains("user:carol (operator)"), "{seen}");
+    let recent = http_with(
+        admin,
+        "GET",
+        "/api/v1/events?limit=5",
+        &[("Cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(recent.status, 200);
+    assert!(recent.json().as_array().unwrap().len() <= 5);
+    server.stop().await;
 }

@@ -9,16 +9,32 @@ use axum::http::{Request as HttpRequest, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use bulwark_acl::event::SecurityEvent;
+
 use super::*;
-use crate::backend::{BanView, ClientDetail, ClientSummary, MetricsSnapshot, Page, Readiness};
+use crate::backend::{
+    BanView, ClientDetail, ClientSummary, LoginRefusal, MetricsSnapshot, Page, Readiness,
+};
 
 /// A broker stand-in: two tokens, one client, and a record of what the API told it.
-#[derive(Default)]
 struct Fake {
     actions: Mutex<Vec<AdminAction>>,
     failures: Mutex<Vec<String>>,
     kicked: Mutex<Vec<(String, u8)>>,
     locked: Mutex<bool>,
+    events: tokio::sync::broadcast::Sender<Arc<SecurityEvent>>,
+}
+
+impl Default for Fake {
+    fn default() -> Self {
+        Self {
+            actions: Mutex::default(),
+            failures: Mutex::default(),
+            kicked: Mutex::default(),
+            locked: Mutex::default(),
+            events: tokio::sync::broadcast::channel(16).0,
+        }
+    }
 }
 
 const VIEWER: &str = "viewer-secret";
@@ -33,7 +49,7 @@ impl Backend for Fake {
         };
         Some(Caller {
             name: role.as_str().to_owned(),
-            token_id: "0".to_owned(),
+            via: Via::Token { id: "0".to_owned() },
             role,
             remote,
         })
@@ -96,6 +112,27 @@ impl Backend for Fake {
     async fn metrics(&self) -> MetricsSnapshot {
         MetricsSnapshot::default()
     }
+    async fn login(
+        &self,
+        name: &str,
+        password: &str,
+        _: SocketAddr,
+    ) -> Result<Vec<String>, LoginRefusal> {
+        match (name, password) {
+            ("alice", "right") => Ok(vec!["staff".to_owned(), "bulwark-operator".to_owned()]),
+            ("bob", "right") => Ok(vec!["staff".to_owned()]),
+            _ => Err(LoginRefusal::Refused),
+        }
+    }
+    fn events(&self) -> tokio::sync::broadcast::Receiver<Arc<SecurityEvent>> {
+        self.events.subscribe()
+    }
+    fn recent_events(&self, _: usize) -> Vec<Arc<SecurityEvent>> {
+        vec![Arc::new(SecurityEvent::new(
+            bulwark_acl::event::EventKind::AuthFailure,
+            std::time::UNIX_EPOCH,
+        ))]
+    }
 }
 
 struct Answer {
@@ -117,30 +154,19 @@ async fn call(
     token: Option<&str>,
     body: Option<(&str, Vec<u8>)>,
 ) -> Answer {
-    let mut request = HttpRequest::builder().method(method).uri(path);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(value) = &authorization {
+        headers.push(("authorization", value.as_str()));
     }
     let body = match body {
         Some((content_type, bytes)) => {
-            request = request.header("content-type", content_type);
-            Body::from(bytes)
+            headers.push(("content-type", content_type));
+            bytes
         }
-        None => Body::empty(),
+        None => Vec::new(),
     };
-    let mut request = request.body(body).unwrap();
-    request
-        .extensions_mut()
-        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
-    let response = router(fake.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8(bytes.to_vec()).unwrap(),
-    }
+    send(&router(fake.clone()), method, path, &headers, body).await
 }
 
 #[tokio::test]
@@ -156,7 +182,8 @@ async fn every_path_needs_a_valid_token_and_the_answer_does_not_say_which_was_wr
         }
         assert_eq!(none.body, wrong.body);
     }
-    assert_eq!(fake.failures.lock().unwrap().len(), 8);
+    // Only a token presented and refused counts towards the lockout.
+    assert_eq!(fake.failures.lock().unwrap().len(), 4);
     let ok = call(&fake, "GET", "/api/v1/health", Some(VIEWER), None).await;
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.json()["status"], "ok");
@@ -335,6 +362,11 @@ fn the_openapi_document_describes_every_route() {
         ("/api/v1/clients/{client_id}", &["get"]),
         ("/api/v1/clients/{client_id}/kick", &["post"]),
         ("/api/v1/bans", &["get", "post", "delete"]),
+        ("/api/v1/session", &["get"]),
+        ("/api/v1/events", &["get"]),
+        ("/api/v1/events/stream", &["get"]),
+        ("/ui/login", &["post"]),
+        ("/ui/logout", &["post"]),
         ("/metrics", &["get"]),
     ] {
         for method in methods {
@@ -343,7 +375,187 @@ fn the_openapi_document_describes_every_route() {
     }
     assert_eq!(
         paths.len(),
-        8,
+        13,
         "a path in the document that the router lacks"
+    );
+}
+
+/// One request to `app` with these headers and body.
+async fn send(
+    app: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Vec<u8>>,
+) -> Answer {
+    let mut request = HttpRequest::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Body::from(body.into())).unwrap();
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_dashboard_login_opens_a_session_whose_changes_need_its_csrf_token() {
+    let fake = Arc::new(Fake::default());
+    let app = router(fake.clone());
+    let json = ("content-type", "application/json");
+    let wrong = send(
+        &app,
+        "POST",
+        "/ui/login",
+        &[json],
+        r#"{"username":"alice","password":"nope"}"#,
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.headers.get("set-cookie").is_none());
+    let no_role = send(
+        &app,
+        "POST",
+        "/ui/login",
+        &[json],
+        r#"{"username":"bob","password":"right"}"#,
+    )
+    .await;
+    assert_eq!(no_role.status, StatusCode::FORBIDDEN);
+    assert!(no_role.headers.get("set-cookie").is_none());
+    let form = send(
+        &app,
+        "POST",
+        "/ui/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "username=alice&password=right",
+    )
+    .await;
+    assert_eq!(form.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let ok = send(
+        &app,
+        "POST",
+        "/ui/login",
+        &[json],
+        r#"{"username":"alice","password":"right"}"#,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let set = ok.headers["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let csrf = ok.json()["csrf"].as_str().unwrap().to_owned();
+    assert_eq!(ok.json()["role"], "operator");
+
+    let who = send(&app, "GET", "/api/v1/session", &[("cookie", &cookie)], "").await;
+    assert_eq!(who.json()["user"], "alice");
+    assert_eq!(who.json()["csrf"], csrf.as_str());
+    let kick = "/api/v1/clients/dev-1/kick";
+    let forged = send(&app, "POST", kick, &[("cookie", &cookie)], "").await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(forged.body.contains("CSRF"), "{}", forged.body);
+    let bad = send(
+        &app,
+        "POST",
+        kick,
+        &[("cookie", &cookie), ("x-csrf-token", "guess")],
+        "",
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::FORBIDDEN);
+    assert!(fake.kicked.lock().unwrap().is_empty());
+    let done = send(
+        &app,
+        "POST",
+        kick,
+        &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+        "",
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.body);
+    assert_eq!(
+        fake.actions.lock().unwrap()[0].caller.actor(),
+        "user:alice (operator)"
+    );
+
+    let out = send(
+        &app,
+        "POST",
+        "/ui/logout",
+        &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+        "",
+    )
+    .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    assert!(
+        out.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let after = send(&app, "GET", "/api/v1/clients", &[("cookie", &cookie)], "").await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    // An unknown or expired session is refused without counting towards the lockout.
+    assert_eq!(
+        fake.failures.lock().unwrap().len(),
+        3,
+        "{:?}",
+        fake.failures.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_dashboard_files_are_served_under_a_strict_policy() {
+    let fake = Arc::new(Fake::default());
+    let app = router(fake);
+    let page = send(&app, "GET", "/ui/", &[], "").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("<script src=\"/ui/app.js\""));
+    assert!(!page.body.contains("<script>"), "no inline script");
+    let policy = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"));
+    assert!(!policy.contains("unsafe"), "{policy}");
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    let script = send(&app, "GET", "/ui/app.js", &[], "").await;
+    assert!(
+        script.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(
+        !script.body.contains("innerHTML"),
+        "values go into the page as text only"
+    );
+    let root = send(&app, "GET", "/", &[], "").await;
+    assert_eq!(root.status, StatusCode::SEE_OTHER);
+    // Data is not among the public files.
+    let events = send(&app, "GET", "/api/v1/events", &[], "").await;
+    assert_eq!(events.status, StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn roles_come_from_the_highest_role_group() {
+    let groups = |g: &[&str]| g.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(crate::ui::role_of(&groups(&["staff"])), None);
+    assert_eq!(
+        crate::ui::role_of(&groups(&["bulwark-viewer", "bulwark-admin"])),
+        Some(Role::Admin)
+    );
+    assert_eq!(
+        crate::ui::role_of(&groups(&["bulwark-operator"])),
+        Some(Role::Operator)
     );
 }

@@ -371,6 +371,40 @@ impl AuthService {
         }
     }
 
+    /// A dashboard login of the password-store user `name`: admitted by the same guard as
+    /// MQTT logins (backoff, address bans), checked the same way, counted and recorded the
+    /// same way (on `listener`, the admin listener's).
+    pub(crate) async fn dashboard_login(
+        self: &Arc<Self>,
+        listener: &ListenerAuth,
+        peer: SocketAddr,
+        name: &str,
+        password: &[u8],
+    ) -> Result<Identity, Refusal> {
+        let attempt = Attempt {
+            listener,
+            peer,
+            client_id: "",
+            username: Some(name),
+            method: "password",
+            reauth: false,
+        };
+        let ticket = match self.gate(&attempt, Some(password)).await {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                let result = Err(refusal);
+                self.conclude(None, &attempt, &result).await;
+                return result;
+            }
+        };
+        let result = match self.before_verdict(&ticket).await {
+            Ok(()) => self.password(&ticket, name, password, "password").await,
+            Err(refusal) => Err(refusal),
+        };
+        self.conclude(Some(ticket), &attempt, &result).await;
+        result
+    }
+
     /// Verifies a token given as 5.0 Authentication Data (method `JWT`).
     pub(crate) async fn check_jwt_data(
         &self,
