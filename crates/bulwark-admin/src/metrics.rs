@@ -6,7 +6,25 @@ use prometheus_client::metrics::family::Family as PromFamily;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::backend::{MetricKind, MetricsSnapshot};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+use crate::backend::{HistogramFamily, MetricKind, MetricsSnapshot};
+
+/// A histogram read elsewhere, written as it is.
+#[derive(Debug)]
+struct Snapshot(HistogramFamily);
+
+impl EncodeMetric for Snapshot {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let count = self.0.buckets.iter().map(|(_, n)| n).sum();
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum, count, &self.0.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
 
 /// Labels of one sample.
 type Labels = Vec<(&'static str, String)>;
@@ -53,6 +71,13 @@ pub fn render(snapshot: &MetricsSnapshot) -> Result<String, std::fmt::Error> {
             }
         }
     }
+    for histogram in &snapshot.histograms {
+        registry.register(
+            histogram.name,
+            histogram.help.trim_end_matches('.'),
+            Snapshot(histogram.clone()),
+        );
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
@@ -90,8 +115,27 @@ mod tests {
                     samples: vec![(vec![("listener", "tcp-0".to_owned())], 2)],
                 },
             ],
+            histograms: vec![HistogramFamily {
+                name: "commit_seconds",
+                help: "Commits.",
+                buckets: vec![(0.001, 2), (0.01, 1), (f64::MAX, 1)],
+                sum: 2.5,
+            }],
         };
         let text = render(&snapshot).unwrap();
+        assert!(
+            text.contains("# TYPE bulwark_commit_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.contains("bulwark_commit_seconds_count 4"), "{text}");
+        assert!(
+            text.contains("bulwark_commit_seconds_bucket{le=\"0.01\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bulwark_commit_seconds_bucket{le=\"+Inf\"} 4"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE bulwark_logins counter"), "{text}");
         assert!(
             text.contains("bulwark_logins_total{result=\"failure\"} 3"),

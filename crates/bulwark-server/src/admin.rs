@@ -15,8 +15,8 @@ use bulwark_acl::Cidr;
 use bulwark_acl::event::{EventKind, SecurityEvent};
 use bulwark_admin::backend::{
     AdminAction, BanTargetView, BanView, Caller, ClientDetail, ClientQuery, ClientSummary, Family,
-    LoginRefusal, MetricKind, MetricsSnapshot, NewBan, Page, Readiness, Refusal, SubscriptionView,
-    Via,
+    HistogramFamily, LoginRefusal, MetricKind, MetricsSnapshot, NewBan, Page, Readiness, Refusal,
+    SubscriptionView, Via,
 };
 use bulwark_auth::token::TokenStore;
 use bulwark_core::{Broker, SessionView, Stats};
@@ -28,8 +28,10 @@ use tracing::{info, warn};
 use crate::auth::{AuthService, Authenticator, ListenerAuth, LiveClient};
 use crate::bans::{Bans, unix_now};
 use crate::config::AdminSettings;
+use crate::durable::{COMMIT_BUCKETS, StoreMetrics};
 use crate::router::{Inspection, ToRouter, Traffic};
 use crate::sync::lock;
+use crate::tls::TlsAcceptor;
 
 /// How long a request waits for the router's answer before it is refused (503).
 const ENGINE_WAIT: Duration = Duration::from_secs(5);
@@ -38,14 +40,26 @@ const MAX_TOKEN_FILE: u64 = 1 << 20;
 /// Addresses whose failed attempts are remembered at most.
 const MAX_TRACKED: usize = 10_000;
 
+/// What the admin backend reads and acts through.
+#[derive(Debug)]
+pub(crate) struct AdminParts {
+    pub(crate) settings: AdminSettings,
+    pub(crate) router: mpsc::Sender<ToRouter>,
+    pub(crate) auth: Arc<AuthService>,
+    pub(crate) bans: Arc<Bans>,
+    pub(crate) traffic: Arc<Traffic>,
+    /// The durable store's commit figures (`None`: no store).
+    pub(crate) store: Option<StoreMetrics>,
+    /// The TLS settings of each listener that has them (the admin listener's as `admin`).
+    pub(crate) tls: Vec<(String, Arc<TlsAcceptor>)>,
+    /// `[server] memory_watermark` (0: not watched).
+    pub(crate) memory_watermark: u64,
+}
+
 /// The broker, as the admin API sees it.
 #[derive(Debug)]
 pub(crate) struct AdminBackend {
-    settings: AdminSettings,
-    router: mpsc::Sender<ToRouter>,
-    auth: Arc<AuthService>,
-    bans: Arc<Bans>,
-    traffic: Arc<Traffic>,
+    parts: AdminParts,
     tokens: Tokens,
     /// Failed attempts per address: how many, and when the last was.
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
@@ -114,20 +128,10 @@ impl Tokens {
 }
 
 impl AdminBackend {
-    pub(crate) fn new(
-        settings: AdminSettings,
-        router: mpsc::Sender<ToRouter>,
-        auth: Arc<AuthService>,
-        bans: Arc<Bans>,
-        traffic: Arc<Traffic>,
-    ) -> Self {
+    pub(crate) fn new(parts: AdminParts) -> Self {
         Self {
-            tokens: Tokens::new(settings.tokens.clone()),
-            settings,
-            router,
-            auth,
-            bans,
-            traffic,
+            tokens: Tokens::new(parts.settings.tokens.clone()),
+            parts,
             failures: Mutex::new(HashMap::new()),
             listener: ListenerAuth {
                 name: Arc::from("admin"),
@@ -147,7 +151,7 @@ impl AdminBackend {
         let inspection = Inspection(Box::new(move |broker: &Broker| {
             let _ = tx.send(look(broker));
         }));
-        let send = self.router.send(ToRouter::Inspect(inspection));
+        let send = self.parts.router.send(ToRouter::Inspect(inspection));
         tokio::time::timeout(ENGINE_WAIT, async {
             send.await.ok()?;
             rx.await.ok()
@@ -247,15 +251,15 @@ impl bulwark_admin::Backend for AdminBackend {
         let failures = lock(&self.failures);
         let (count, last) = failures.get(&remote)?;
         let since = last.elapsed();
-        (*count >= self.settings.max_failures && since < self.settings.lockout)
-            .then(|| self.settings.lockout - since)
+        (*count >= self.parts.settings.max_failures && since < self.parts.settings.lockout)
+            .then(|| self.parts.settings.lockout - since)
     }
 
     fn authentication_failed(&self, remote: SocketAddr, why: &str) {
         let now = Instant::now();
         let count = {
             let mut failures = lock(&self.failures);
-            let lockout = self.settings.lockout;
+            let lockout = self.parts.settings.lockout;
             if failures.len() >= MAX_TRACKED {
                 failures.retain(|_, (_, last)| now.saturating_duration_since(*last) < lockout);
             }
@@ -273,15 +277,15 @@ impl bulwark_admin::Backend for AdminBackend {
         };
         let mut event = self.event(EventKind::AdminAuthFailure, remote);
         event.method = Some("token".to_owned());
-        event.reason = Some(if count >= self.settings.max_failures {
+        event.reason = Some(if count >= self.parts.settings.max_failures {
             format!(
                 "{why}; {count} failures: refused for {} s",
-                self.settings.lockout.as_secs()
+                self.parts.settings.lockout.as_secs()
             )
         } else {
             why.to_owned()
         });
-        self.auth.audit.record_now(event);
+        self.parts.auth.audit.record_now(event);
     }
 
     fn record(&self, action: AdminAction) {
@@ -294,7 +298,7 @@ impl bulwark_admin::Backend for AdminBackend {
         event.action = Some(action.request);
         event.target = action.target;
         event.reason = Some(action.outcome);
-        self.auth.audit.record_now(event);
+        self.parts.auth.audit.record_now(event);
     }
 
     async fn readiness(&self) -> Readiness {
@@ -317,7 +321,7 @@ impl bulwark_admin::Backend for AdminBackend {
 
     fn clients(&self, query: &ClientQuery, limit: usize) -> Page<ClientSummary> {
         // One more than the page: whether there is a next page.
-        let mut found = self.auth.live_page(
+        let mut found = self.parts.auth.live_page(
             query.after.as_deref(),
             limit.saturating_add(1),
             |username, listener, peer, client_id| {
@@ -349,6 +353,7 @@ impl bulwark_admin::Backend for AdminBackend {
             return None;
         }
         let live = self
+            .parts
             .auth
             .live_page(None, 1, |_, _, _, id| id == client_id)
             .into_iter()
@@ -387,7 +392,7 @@ impl bulwark_admin::Backend for AdminBackend {
         let conns = if client_id.is_empty() {
             Vec::new()
         } else {
-            self.auth.live_matching(|_, _, id| id == client_id)
+            self.parts.auth.live_matching(|_, _, id| id == client_id)
         };
         if conns.is_empty() {
             return Err(Refusal::NotFound(format!(
@@ -395,10 +400,12 @@ impl bulwark_admin::Backend for AdminBackend {
             )));
         }
         for conn in &conns {
-            self.auth
+            self.parts
+                .auth
                 .forced_disconnect(*conn, &format!("kicked by {}", caller.actor()));
         }
-        self.router
+        self.parts
+            .router
             .send(ToRouter::Kick {
                 conns,
                 code,
@@ -409,7 +416,7 @@ impl bulwark_admin::Backend for AdminBackend {
     }
 
     fn bans(&self) -> Vec<BanView> {
-        self.bans.in_force().iter().map(view).collect()
+        self.parts.bans.in_force().iter().map(view).collect()
     }
 
     async fn add_ban(&self, ban: NewBan, caller: &Caller) -> Result<BanView, Refusal> {
@@ -428,23 +435,30 @@ impl bulwark_admin::Backend for AdminBackend {
             created: now,
             by: format!("admin:{}", caller.name),
         };
-        let written = self.bans.add(ban.clone());
+        let written = self.parts.bans.add(ban.clone());
         // In force even when the file could not be written: close what it covers.
         let mut alone = bulwark_limits::ban::BanList::new();
         let conns = match alone.add(ban.clone()) {
             Ok(()) => self
+                .parts
                 .auth
                 .live_matching(|ip, user, id| alone.client_ban(ip, user, id, now).is_some()),
             Err(_) => Vec::new(),
         };
-        crate::bans::enforce(&self.auth, &self.router, conns, "banned by an operator").await;
+        crate::bans::enforce(
+            &self.parts.auth,
+            &self.parts.router,
+            conns,
+            "banned by an operator",
+        )
+        .await;
         written.map_err(Refusal::Unavailable)?;
         Ok(view(&ban))
     }
 
     fn remove_ban(&self, target_view: &BanTargetView) -> Result<(), Refusal> {
         let target = target(target_view)?;
-        match self.bans.remove(&target) {
+        match self.parts.bans.remove(&target) {
             Ok(true) => Ok(()),
             Ok(false) => Err(Refusal::NotFound(format!("no ban on {target}"))),
             Err(err) => Err(Refusal::Unavailable(err)),
@@ -457,10 +471,16 @@ impl bulwark_admin::Backend for AdminBackend {
         password: &str,
         remote: SocketAddr,
     ) -> Result<Vec<String>, LoginRefusal> {
-        if self.bans.client_ban(remote.ip(), Some(name), "").is_some() {
+        if self
+            .parts
+            .bans
+            .client_ban(remote.ip(), Some(name), "")
+            .is_some()
+        {
             return Err(LoginRefusal::Refused);
         }
         match self
+            .parts
             .auth
             .dashboard_login(&self.listener, remote, name, password.as_bytes())
             .await
@@ -476,11 +496,11 @@ impl bulwark_admin::Backend for AdminBackend {
     }
 
     fn events(&self) -> tokio::sync::broadcast::Receiver<Arc<SecurityEvent>> {
-        self.auth.audit.subscribe()
+        self.parts.auth.audit.subscribe()
     }
 
     fn recent_events(&self, limit: usize) -> Vec<Arc<SecurityEvent>> {
-        self.auth.audit.recent(limit)
+        self.parts.auth.audit.recent(limit)
     }
 
     async fn metrics(&self) -> MetricsSnapshot {
@@ -496,7 +516,7 @@ impl bulwark_admin::Backend for AdminBackend {
             })
             .await;
         let mut families = Vec::new();
-        let per_listener = self.auth.live_per_listener();
+        let per_listener = self.parts.auth.live_per_listener();
         families.push(gauge(
             "connections",
             "Authenticated client connections open now, by listener.",
@@ -509,7 +529,8 @@ impl bulwark_admin::Backend for AdminBackend {
             "bytes_received",
             "Bytes read from MQTT clients since start.",
             plain(
-                self.traffic
+                self.parts
+                    .traffic
                     .received
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
@@ -517,7 +538,12 @@ impl bulwark_admin::Backend for AdminBackend {
         families.push(counter(
             "bytes_sent",
             "Bytes written to MQTT clients since start.",
-            plain(self.traffic.sent.load(std::sync::atomic::Ordering::Relaxed)),
+            plain(
+                self.parts
+                    .traffic
+                    .sent
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
         ));
         if let Some((stats, connected, sessions, subscriptions, retained)) = engine {
             engine_families(&mut families, &stats);
@@ -550,12 +576,13 @@ impl bulwark_admin::Backend for AdminBackend {
         families.push(gauge(
             "bans_active",
             "Bans in force (addresses, usernames, client ids).",
-            plain(self.bans.in_force().len() as u64),
+            plain(self.parts.bans.in_force().len() as u64),
         ));
         families.push(counter(
             "security_events",
             "Security events since start, by kind, authentication method and action.",
-            self.auth
+            self.parts
+                .auth
                 .audit
                 .counts()
                 .into_iter()
@@ -574,9 +601,72 @@ impl bulwark_admin::Backend for AdminBackend {
         families.push(counter(
             "audit_events_dropped",
             "Security events the audit file's queue had no room for.",
-            plain(self.auth.audit.dropped()),
+            plain(self.parts.auth.audit.dropped()),
         ));
-        MetricsSnapshot { families }
+        let mut histograms = Vec::new();
+        if let Some(store) = &self.parts.store {
+            let reading = store.read();
+            families.push(counter(
+                "store_commit_failures",
+                "Commits of the durable store that failed (each retried until it succeeds).",
+                plain(reading.failed),
+            ));
+            families.push(gauge(
+                "store_failing",
+                "1 while the durable store refuses its commits (acknowledgements wait).",
+                plain(u64::from(reading.failing)),
+            ));
+            histograms.push(HistogramFamily {
+                name: "store_commit_seconds",
+                help: "How long each commit of the durable store took (group commits: one per batch of rounds).",
+                buckets: COMMIT_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(f64::MAX))
+                    .zip(reading.buckets.iter().copied())
+                    .collect(),
+                sum: reading.seconds,
+            });
+        }
+        if let Some(resident) = crate::memory::resident() {
+            families.push(gauge(
+                "memory_resident_bytes",
+                "Resident memory of the broker process.",
+                plain(resident),
+            ));
+        }
+        families.push(gauge(
+            "memory_watermark_bytes",
+            "Resident memory above which new connections are refused and queues shed (0: not watched).",
+            plain(self.parts.memory_watermark),
+        ));
+        families.push(gauge(
+            "tls_expiry_timestamp_seconds",
+            "When each TLS certificate runs out (notAfter) and each CRL is due to be replaced (nextUpdate), in Unix seconds.",
+            self.parts.tls
+                .iter()
+                .flat_map(|(listener, acceptor)| {
+                    crate::tls::expiries(acceptor.settings())
+                        .into_iter()
+                        .filter_map(|e| {
+                            let until = u64::try_from(e.until?).ok()?;
+                            Some((
+                                vec![
+                                    ("listener", listener.clone()),
+                                    ("kind", e.kind.to_owned()),
+                                    ("subject", e.subject),
+                                ],
+                                until,
+                            ))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        ));
+        MetricsSnapshot {
+            families,
+            histograms,
+        }
     }
 }
 

@@ -49,6 +49,76 @@ struct Shared {
     failing: AtomicBool,
     /// The broker is stopping: a commit that fails is given up, not retried.
     stopping: AtomicBool,
+    /// Commits, failures and how long they took, for metrics.
+    stats: CommitStats,
+}
+
+/// Upper bounds (seconds) of the commit latency histogram's buckets; the last bucket is
+/// everything slower.
+pub(crate) const COMMIT_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+/// Commit attempts of the store's writer, counted as they end.
+#[derive(Debug, Default)]
+struct CommitStats {
+    /// Attempts in each bucket of [`COMMIT_BUCKETS`], and slower ones last.
+    buckets: [AtomicU64; COMMIT_BUCKETS.len() + 1],
+    /// Sum of the attempts' durations, in nanoseconds.
+    nanos: AtomicU64,
+    /// Attempts that failed.
+    failed: AtomicU64,
+}
+
+impl CommitStats {
+    fn record(&self, took: Duration, ok: bool) {
+        let seconds = took.as_secs_f64();
+        let bucket = COMMIT_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(COMMIT_BUCKETS.len());
+        if let Some(count) = self.buckets.get(bucket) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The store's commit figures as metrics read them ([`Held::metrics`]).
+#[derive(Debug, Clone)]
+pub(crate) struct StoreMetrics(Arc<Shared>);
+
+/// A reading of [`StoreMetrics`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StoreReading {
+    /// Attempts per bucket of [`COMMIT_BUCKETS`] (not cumulative), and slower ones last.
+    pub(crate) buckets: Vec<u64>,
+    /// Total time of all attempts, in seconds.
+    pub(crate) seconds: f64,
+    /// Attempts that failed.
+    pub(crate) failed: u64,
+    /// Whether the last attempt failed and none succeeded since.
+    pub(crate) failing: bool,
+}
+
+impl StoreMetrics {
+    pub(crate) fn read(&self) -> StoreReading {
+        let stats = &self.0.stats;
+        StoreReading {
+            buckets: stats
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            seconds: Duration::from_nanos(stats.nanos.load(Ordering::Relaxed)).as_secs_f64(),
+            failed: stats.failed.load(Ordering::Relaxed),
+            failing: self.0.failing.load(Ordering::Acquire),
+        }
+    }
 }
 
 /// One round's outputs, by connection, in the order the engine produced them.
@@ -145,6 +215,11 @@ impl Held {
             refused: Vec::new(),
             thread: Some(thread),
         })
+    }
+
+    /// The commit figures, for metrics.
+    pub(crate) fn metrics(&self) -> StoreMetrics {
+        StoreMetrics(self.shared.clone())
     }
 
     /// Takes one round and returns what may be sent now: a connection with outputs waiting
@@ -352,7 +427,10 @@ fn writer(
         }
         let mut failures = 0u32;
         let stored = loop {
-            match store.commit(&ops) {
+            let started = std::time::Instant::now();
+            let committed = store.commit(&ops);
+            shared.stats.record(started.elapsed(), committed.is_ok());
+            match committed {
                 Ok(()) => break true,
                 Err(err) => {
                     failures += 1;

@@ -336,6 +336,7 @@ impl Server {
             return;
         };
         let (stop_tx, stop_rx) = watch::channel(false);
+        let store_metrics = held.as_ref().map(crate::durable::Held::metrics);
         let (ctx, router_task) = start_router(&config, broker, held, &auth, &bans, &stop_rx);
         let gate = Arc::new(Gate::new(
             config.admission.clone(),
@@ -357,13 +358,21 @@ impl Server {
             router: ctx.router.clone(),
         };
         if let (Some((socket, tls)), Some(settings)) = (admin, config.admin.clone()) {
-            let backend = crate::admin::AdminBackend::new(
+            let listener_tls = listeners
+                .iter()
+                .filter_map(|l| Some((l.name.clone(), l.tls.clone()?)))
+                .chain(tls.clone().map(|t| ("admin".to_owned(), t)))
+                .collect();
+            let backend = crate::admin::AdminBackend::new(crate::admin::AdminParts {
                 settings,
-                ctx.router.clone(),
-                auth.clone(),
-                reloads.bans.clone(),
-                ctx.traffic.clone(),
-            );
+                router: ctx.router.clone(),
+                auth: auth.clone(),
+                bans: reloads.bans.clone(),
+                traffic: ctx.traffic.clone(),
+                store: store_metrics,
+                tls: listener_tls,
+                memory_watermark: config.memory_watermark,
+            });
             tasks.spawn(serve_admin(socket, tls, backend, stop_rx.clone()));
         }
         start_background(&mut tasks, &config, reloads, &gate, &stop_rx);

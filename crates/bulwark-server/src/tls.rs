@@ -208,6 +208,72 @@ fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, T
     Ok(certs)
 }
 
+/// One certificate or CRL a TLS listener serves or checks with, and when it runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Expiry {
+    /// `server` (the certificate and the SNI ones), `client_ca` or `crl`.
+    pub(crate) kind: &'static str,
+    /// The file.
+    pub(crate) file: PathBuf,
+    /// The certificate's subject, or the CRL's issuer.
+    pub(crate) subject: String,
+    /// `notAfter` of a certificate, `nextUpdate` of a CRL (Unix seconds); `None`: a CRL without
+    /// one.
+    pub(crate) until: Option<i64>,
+}
+
+/// When each certificate and CRL of `settings` runs out: the leaf of the certificate and of
+/// every SNI certificate, every CA of the client CA bundle, every CRL. Files that cannot be
+/// read now are left out (the listener serves with what it loaded; a reload says why).
+pub(crate) fn expiries(settings: &TlsSettings) -> Vec<Expiry> {
+    let mut out = Vec::new();
+    for files in std::iter::once(&settings.cert).chain(&settings.sni) {
+        if let Ok(certs) = load_certs(&files.cert, "certificate")
+            && let Some(leaf) = certs.first()
+            && let Ok((_, parsed)) = X509Certificate::from_der(leaf.as_ref())
+        {
+            out.push(Expiry {
+                kind: "server",
+                file: files.cert.clone(),
+                subject: parsed.subject().to_string(),
+                until: Some(parsed.validity().not_after.timestamp()),
+            });
+        }
+    }
+    if let Some(path) = &settings.client_ca
+        && let Ok(certs) = load_certs(path, "client CA bundle")
+    {
+        for cert in &certs {
+            if let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) {
+                out.push(Expiry {
+                    kind: "client_ca",
+                    file: path.clone(),
+                    subject: parsed.subject().to_string(),
+                    until: Some(parsed.validity().not_after.timestamp()),
+                });
+            }
+        }
+    }
+    for path in &settings.crl {
+        let Ok(crls) = load_crls(std::slice::from_ref(path)) else {
+            continue;
+        };
+        for crl in &crls {
+            if let Ok((_, parsed)) =
+                x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref())
+            {
+                out.push(Expiry {
+                    kind: "crl",
+                    file: path.clone(),
+                    subject: parsed.issuer().to_string(),
+                    until: parsed.next_update().map(|t| t.timestamp()),
+                });
+            }
+        }
+    }
+    out
+}
+
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -622,3 +622,41 @@ async fn a_dashboard_user_logs_in_kicks_and_sees_it_in_the_event_stream() {
     assert!(recent.json().as_array().unwrap().len() <= 5);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_cover_the_store_and_memory() {
+    let fixture = Fixture::new();
+    let store = Box::new(bulwark_store::MemoryImageStore::new());
+    let server = common::start_durable(|c| fixture.apply(c), store).await;
+    let admin = server.admin.unwrap();
+    // A persistent session: its record is committed to the store.
+    let mut connect = connect_packet(ProtocolVersion::V5, "keeper");
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(3600);
+    let (_keeper, ack) = Raw::connect(server.addr, &connect).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let metrics = http(admin, "GET", "/metrics", Some(&fixture.viewer), None).await;
+    assert_eq!(metrics.status, 200);
+    for expected in [
+        "# TYPE bulwark_store_commit_seconds histogram",
+        "bulwark_store_commit_seconds_bucket{le=\"+Inf\"} ",
+        "bulwark_store_failing 0",
+        "bulwark_store_commit_failures_total 0",
+        "bulwark_memory_resident_bytes ",
+        "bulwark_memory_watermark_bytes ",
+    ] {
+        assert!(
+            metrics.body.contains(expected),
+            "{expected} not in\n{}",
+            metrics.body
+        );
+    }
+    let count_line = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("bulwark_store_commit_seconds_count "))
+        .unwrap();
+    let count: u64 = count_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 1, "{count_line}");
+    server.stop().await;
+}
