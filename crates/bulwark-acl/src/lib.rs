@@ -553,6 +553,18 @@ struct RawRule {
 }
 
 impl AclRules {
+    /// The first rule whose effect depends on the client identifier (a `client_id` list or a
+    /// `{client_id}` template), if any: explaining a decision needs the identifier then.
+    pub fn rule_using_client_id(&self) -> Option<&Rule> {
+        self.rules().iter().find(|rule| {
+            !rule.who.client_ids.is_empty()
+                || rule
+                    .topics
+                    .iter()
+                    .any(|topic| topic.as_str().contains("{client_id}"))
+        })
+    }
+
     /// No rules: everything is denied.
     pub fn empty() -> Self {
         Self {

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::backend::{
-    AdminAction, Backend, BanTargetView, Caller, ClientQuery, NewBan, Refusal, Via,
+    AdminAction, Backend, BanTargetView, Caller, ClientQuery, ExplainQuery, NewBan, Refusal, Via,
 };
 use crate::error::ApiError;
 use crate::session::Sessions;
@@ -59,6 +59,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
             "/api/v1/bans",
             get(bans::<B>).post(add_ban::<B>).delete(remove_ban::<B>),
         )
+        .route("/api/v1/certificates", get(certificates::<B>))
+        .route("/api/v1/acl/explain", get(explain::<B>))
         .route("/metrics", get(metrics::<B>))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -488,6 +490,28 @@ async fn event_stream<B: Backend>(
     });
     axum::response::sse::Sse::new(stream)
         .keep_alive(axum::response::sse::KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn certificates<B: Backend>(State(backend): State<Arc<B>>) -> Response {
+    Json(backend.certificates()).into_response()
+}
+
+async fn explain<B: Backend>(
+    State(backend): State<Arc<B>>,
+    query: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    if query.action != "publish" && query.action != "subscribe" {
+        return Err(ApiError::bad_request(format!(
+            "action: {:?} is not publish or subscribe",
+            query.action
+        )));
+    }
+    if query.qos.is_some_and(|q| q > 2) {
+        return Err(ApiError::bad_request("qos: must be 0, 1 or 2"));
+    }
+    let explanation = backend.explain(query).await.map_err(refusal)?;
+    Ok(Json(explanation).into_response())
 }
 
 async fn metrics<B: Backend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {

@@ -185,6 +185,78 @@ pub struct NewBan {
     pub reason: String,
 }
 
+/// One certificate or CRL a TLS listener uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateView {
+    /// The listener (`admin` for the admin listener).
+    pub listener: String,
+    /// `server` (the certificate or an SNI one), `client_ca` (a CA of the client CA bundle) or
+    /// `crl`.
+    pub kind: String,
+    /// The file it was read from.
+    pub file: String,
+    /// The certificate's subject, or the CRL's issuer.
+    pub subject: String,
+    /// `notAfter` of a certificate, `nextUpdate` of a CRL (Unix seconds; `null`: none).
+    pub until: Option<i64>,
+    /// Whole days from now to `until` (negative: past).
+    pub days_left: Option<i64>,
+}
+
+/// An authorization question: may this client do this?
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainQuery {
+    /// `publish` or `subscribe`.
+    pub action: String,
+    /// The topic (publish) or topic filter (subscribe).
+    pub topic: String,
+    /// The username (its groups in the password store apply); none: an anonymous client.
+    pub user: Option<String>,
+    /// The client identifier (needed when a rule depends on it).
+    pub client_id: Option<String>,
+    /// The listener the client is on.
+    pub listener: Option<String>,
+    /// The client's address.
+    pub address: Option<IpAddr>,
+    /// The common name of its client certificate.
+    pub cert_cn: Option<String>,
+    /// The QoS (publish: of the message, default 0; subscribe: asked for, default 2).
+    pub qos: Option<u8>,
+    /// A retained publish.
+    #[serde(default)]
+    pub retain: bool,
+}
+
+/// A rule of the ACL, where it is and what it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleView {
+    /// `file:line` (or the JWT claim it came from).
+    pub origin: String,
+    /// The rule, as text.
+    pub rule: String,
+}
+
+/// The answer to an [`ExplainQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// Whether it is allowed.
+    pub allowed: bool,
+    /// The rule that decided (`null`: none matched, the default deny).
+    pub rule: Option<RuleView>,
+    /// Why, in words.
+    pub reason: String,
+    /// For an allowed subscribe: the QoS granted.
+    pub granted_qos: Option<u8>,
+    /// For a subscribe no single rule covers: the other allow rules that cover it together.
+    pub together: Vec<RuleView>,
+    /// For an allowed subscribe: deny rules that keep some of its topics out (checked at
+    /// delivery).
+    pub carve_outs: Vec<RuleView>,
+    /// The groups the user has in the password store (and so in the rules).
+    pub groups: Vec<String>,
+}
+
 /// Whether the broker serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Readiness {
@@ -309,6 +381,15 @@ pub trait Backend: Send + Sync + 'static {
         password: &str,
         remote: SocketAddr,
     ) -> impl Future<Output = Result<Vec<String>, LoginRefusal>> + Send;
+
+    /// Every certificate and CRL of the TLS listeners, with when it runs out.
+    fn certificates(&self) -> Vec<CertificateView>;
+
+    /// Explains what the ACL in force decides for `query`.
+    fn explain(
+        &self,
+        query: ExplainQuery,
+    ) -> impl Future<Output = Result<Explanation, Refusal>> + Send;
 
     /// Security events as they happen.
     fn events(&self) -> tokio::sync::broadcast::Receiver<Arc<SecurityEvent>>;

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 use bulwark_acl::Cidr;
 use bulwark_acl::event::{EventKind, SecurityEvent};
 use bulwark_admin::backend::{
-    AdminAction, BanTargetView, BanView, Caller, ClientDetail, ClientQuery, ClientSummary, Family,
-    HistogramFamily, LoginRefusal, MetricKind, MetricsSnapshot, NewBan, Page, Readiness, Refusal,
-    SubscriptionView, Via,
+    AdminAction, BanTargetView, BanView, Caller, CertificateView, ClientDetail, ClientQuery,
+    ClientSummary, ExplainQuery, Explanation, Family, HistogramFamily, LoginRefusal, MetricKind,
+    MetricsSnapshot, NewBan, Page, Readiness, Refusal, RuleView, SubscriptionView, Via,
 };
 use bulwark_auth::token::TokenStore;
 use bulwark_core::{Broker, SessionView, Stats};
@@ -493,6 +493,118 @@ impl bulwark_admin::Backend for AdminBackend {
             }
             Err(_) => Err(LoginRefusal::Refused),
         }
+    }
+
+    fn certificates(&self) -> Vec<CertificateView> {
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        self.parts
+            .tls
+            .iter()
+            .flat_map(|(listener, acceptor)| {
+                crate::tls::expiries(acceptor.settings())
+                    .into_iter()
+                    .map(move |e| CertificateView {
+                        listener: listener.clone(),
+                        kind: e.kind.to_owned(),
+                        file: e.file.display().to_string(),
+                        subject: e.subject,
+                        until: e.until,
+                        days_left: e.until.map(|u| u.saturating_sub(now).div_euclid(86_400)),
+                    })
+            })
+            .collect()
+    }
+
+    async fn explain(&self, query: ExplainQuery) -> Result<Explanation, Refusal> {
+        let subscribe = query.action == "subscribe";
+        if query.retain && subscribe {
+            return Err(Refusal::Invalid("retain: applies to publish".to_owned()));
+        }
+        let checked = if subscribe {
+            bulwark_proto::TopicFilter::new(&query.topic)
+                .map(|f| f.match_filter().to_owned())
+                .map_err(|e| {
+                    Refusal::Invalid(format!(
+                        "topic: {:?} is not a topic filter: {e}",
+                        query.topic
+                    ))
+                })?
+        } else {
+            bulwark_proto::TopicName::new(&query.topic)
+                .map(|t| t.as_str().to_owned())
+                .map_err(|e| {
+                    Refusal::Invalid(format!("topic: {:?} is not a topic name: {e}", query.topic))
+                })?
+        };
+        let rules = self
+            .inspect(|broker| broker.acl())
+            .await
+            .ok_or_else(|| Refusal::Unavailable("the engine did not answer".to_owned()))?
+            .ok_or_else(|| {
+                Refusal::NotFound(
+                    "no ACL is in force: authorization is off, every client may do everything"
+                        .to_owned(),
+                )
+            })?;
+        let groups = query
+            .user
+            .as_deref()
+            .map_or_else(Vec::new, |user| self.parts.auth.groups_of(user));
+        let client_id = match (&query.client_id, rules.rule_using_client_id()) {
+            (Some(id), _) => id.clone(),
+            (None, None) => String::new(),
+            (None, Some(rule)) => {
+                return Err(Refusal::Invalid(format!(
+                    "client_id: the rule at {} depends on the client identifier ({rule}): give one",
+                    rule.origin
+                )));
+            }
+        };
+        let principal = bulwark_acl::Principal {
+            username: query.user.as_deref().map(Arc::from),
+            groups: groups.clone(),
+            cert_cn: query.cert_cn.as_deref().map(Arc::from),
+            listener: query.listener.as_deref().map(Arc::from),
+            address: query.address,
+            authenticated: query.user.is_some() || query.cert_cn.is_some(),
+            claim: None,
+        };
+        let view = |origin: &bulwark_acl::Origin| RuleView {
+            origin: origin.to_string(),
+            rule: rules
+                .rules()
+                .iter()
+                .find(|r| r.origin == *origin)
+                .map_or_else(String::new, |r| r.to_string()),
+        };
+        let groups = groups.iter().map(|g| g.to_string()).collect();
+        if !subscribe && (checked == "$SYS" || checked.starts_with("$SYS/")) {
+            return Ok(Explanation {
+                allowed: false,
+                rule: None,
+                reason: "the broker refuses every client publish to $SYS, whatever the rules"
+                    .to_owned(),
+                granted_qos: None,
+                together: Vec::new(),
+                carve_outs: Vec::new(),
+                groups,
+            });
+        }
+        let acl = rules.resolve(&principal, &client_id);
+        let decision = if subscribe {
+            acl.check_subscribe(&checked, query.qos.unwrap_or(2))
+        } else {
+            acl.check_publish(&checked, query.qos.unwrap_or(0), query.retain)
+        };
+        Ok(Explanation {
+            allowed: decision.allowed,
+            rule: decision.origin.as_ref().map(view),
+            reason: decision.to_string(),
+            granted_qos: (subscribe && decision.allowed).then_some(decision.qos),
+            together: decision.together.iter().map(view).collect(),
+            carve_outs: decision.carve_outs.iter().map(view).collect(),
+            groups,
+        })
     }
 
     fn events(&self) -> tokio::sync::broadcast::Receiver<Arc<SecurityEvent>> {

@@ -660,3 +660,93 @@ async fn metrics_cover_the_store_and_memory() {
     assert!(count >= 1, "{count_line}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_acl_in_force_is_explained_with_the_users_groups() {
+    let fixture = Fixture::new();
+    std::fs::write(
+        fixture.dir.join("acl.toml"),
+        r#"
+[[rule]]
+permission = "allow"
+action = "publish"
+group = "bulwark-operator"
+topics = ["fleet/{client_id}/#"]
+max_qos = 1
+
+[[rule]]
+permission = "allow"
+action = "subscribe"
+user = "carol"
+topic = "fleet/#"
+
+[[rule]]
+permission = "deny"
+action = "subscribe"
+user = "carol"
+topic = "fleet/secret/#"
+"#,
+    )
+    .unwrap();
+    let server = start_with(|c| {
+        fixture.apply(c);
+        c.acl.file = Some(fixture.dir.join("acl.toml"));
+    })
+    .await;
+    let admin = server.admin.unwrap();
+    let viewer = Some(fixture.viewer.as_str());
+    let ask = |query: &'static str| async move {
+        http(
+            admin,
+            "GET",
+            &format!("/api/v1/acl/explain?{query}"),
+            viewer,
+            None,
+        )
+        .await
+    };
+    let own = ask("action=publish&topic=fleet/gw-1/t&user=carol&client_id=gw-1&qos=1").await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    let own = own.json();
+    assert_eq!(own["allowed"], true);
+    assert_eq!(own["groups"][0], "bulwark-operator");
+    assert!(
+        own["rule"]["origin"]
+            .as_str()
+            .unwrap()
+            .contains("acl.toml:"),
+        "{own}"
+    );
+    let other = ask("action=publish&topic=fleet/gw-2/t&user=carol&client_id=gw-1")
+        .await
+        .json();
+    assert_eq!(other["allowed"], false);
+    assert!(other["rule"].is_null(), "the default deny: {other}");
+    let qos2 = ask("action=publish&topic=fleet/gw-1/t&user=carol&client_id=gw-1&qos=2")
+        .await
+        .json();
+    assert_eq!(qos2["allowed"], false);
+    // A rule depends on the client id: without one there is no answer to give.
+    let no_id = ask("action=publish&topic=fleet/gw-1/t&user=carol").await;
+    assert_eq!(no_id.status, 400);
+    assert!(no_id.body.contains("client_id"), "{}", no_id.body);
+    let carved = ask("action=subscribe&topic=fleet/%23&user=carol&client_id=x")
+        .await
+        .json();
+    assert_eq!(carved["allowed"], true);
+    assert_eq!(carved["granted_qos"], 2);
+    assert!(
+        carved["carve_outs"][0]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("fleet/secret/#"),
+        "{carved}"
+    );
+    let sys = ask("action=publish&topic=%24SYS/x&user=carol&client_id=x")
+        .await
+        .json();
+    assert_eq!(sys["allowed"], false);
+    let bad = ask("action=publish&topic=a/%23&user=carol&client_id=x").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    server.stop().await;
+}

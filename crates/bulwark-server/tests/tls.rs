@@ -808,6 +808,24 @@ async fn the_admin_api_over_https_asks_for_a_client_certificate_and_a_token() {
         .unwrap();
     assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
     let mut stream = connect_as(admin, &pki, Some("op")).await.unwrap();
+    let (status, certificates) = https_get(&mut stream, "/api/v1/certificates", &token)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let certificates: serde_json::Value = serde_json::from_str(&certificates).unwrap();
+    let server_cert = certificates
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "server")
+        .unwrap();
+    assert_eq!(server_cert["listener"], "admin");
+    assert_eq!(server_cert["subject"], "CN=localhost");
+    assert!(
+        server_cert["days_left"].as_i64().unwrap() > 300,
+        "{server_cert}"
+    );
+    let mut stream = connect_as(admin, &pki, Some("op")).await.unwrap();
     let (status, _) = https_get(&mut stream, "/api/v1/health", "bwk_00_wrong")
         .await
         .unwrap();

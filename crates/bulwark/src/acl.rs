@@ -288,7 +288,7 @@ fn check(args: &CheckArgs) -> Result<u8, Failure> {
         authenticated: !args.anonymous,
         claim: None,
     };
-    let client_id = match (&args.client_id, rule_using_client_id(&loaded.rules)) {
+    let client_id = match (&args.client_id, loaded.rules.rule_using_client_id()) {
         (Some(id), _) => id.as_str(),
         (None, None) => "",
         (None, Some(rule)) => {
@@ -336,17 +336,6 @@ fn check(args: &CheckArgs) -> Result<u8, Failure> {
         println!("  {decision}");
     }
     Ok(if decision.allowed { 0 } else { 1 })
-}
-
-/// The first rule whose effect depends on the client identifier, if any.
-fn rule_using_client_id(rules: &AclRules) -> Option<&bulwark_acl::Rule> {
-    rules.rules().iter().find(|rule| {
-        !rule.who.client_ids.is_empty()
-            || rule
-                .topics
-                .iter()
-                .any(|topic| topic.as_str().contains("{client_id}"))
-    })
 }
 
 /// `ALLOW  acl.toml:14  allow publish actuator/# ...`: the verdict and the rule that gave it.

@@ -124,6 +124,20 @@ impl Backend for Fake {
             _ => Err(LoginRefusal::Refused),
         }
     }
+    fn certificates(&self) -> Vec<crate::backend::CertificateView> {
+        Vec::new()
+    }
+    async fn explain(&self, query: ExplainQuery) -> Result<crate::backend::Explanation, Refusal> {
+        Ok(crate::backend::Explanation {
+            allowed: query.topic == "ok",
+            rule: None,
+            reason: query.action,
+            granted_qos: None,
+            together: Vec::new(),
+            carve_outs: Vec::new(),
+            groups: Vec::new(),
+        })
+    }
     fn events(&self) -> tokio::sync::broadcast::Receiver<Arc<SecurityEvent>> {
         self.events.subscribe()
     }
@@ -344,6 +358,44 @@ async fn bad_requests_get_specific_errors() {
     .await;
     assert_eq!(filter.status, StatusCode::BAD_REQUEST);
     assert!(filter.body.contains("address"), "{}", filter.body);
+    let action = call(
+        &fake,
+        "GET",
+        "/api/v1/acl/explain?action=read&topic=a",
+        Some(VIEWER),
+        None,
+    )
+    .await;
+    assert_eq!(action.status, StatusCode::BAD_REQUEST);
+    assert!(action.body.contains("action"), "{}", action.body);
+    let qos = call(
+        &fake,
+        "GET",
+        "/api/v1/acl/explain?action=publish&topic=a&qos=3",
+        Some(VIEWER),
+        None,
+    )
+    .await;
+    assert_eq!(qos.status, StatusCode::BAD_REQUEST);
+    let missing = call(
+        &fake,
+        "GET",
+        "/api/v1/acl/explain?action=publish",
+        Some(VIEWER),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert!(missing.body.contains("topic"), "{}", missing.body);
+    let explained = call(
+        &fake,
+        "GET",
+        "/api/v1/acl/explain?action=publish&topic=ok",
+        Some(VIEWER),
+        None,
+    )
+    .await;
+    assert_eq!(explained.json()["allowed"], true);
     let page = call(&fake, "GET", "/api/v1/clients?limit=7", Some(VIEWER), None).await;
     assert_eq!(page.status, StatusCode::OK);
     assert_eq!(page.json()["items"][0]["client_id"], "dev-7");
@@ -363,6 +415,8 @@ fn the_openapi_document_describes_every_route() {
         ("/api/v1/clients/{client_id}/kick", &["post"]),
         ("/api/v1/bans", &["get", "post", "delete"]),
         ("/api/v1/session", &["get"]),
+        ("/api/v1/certificates", &["get"]),
+        ("/api/v1/acl/explain", &["get"]),
         ("/api/v1/events", &["get"]),
         ("/api/v1/events/stream", &["get"]),
         ("/ui/login", &["post"]),
@@ -375,7 +429,7 @@ fn the_openapi_document_describes_every_route() {
     }
     assert_eq!(
         paths.len(),
-        13,
+        15,
         "a path in the document that the router lacks"
     );
 }

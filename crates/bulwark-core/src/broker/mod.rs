@@ -266,6 +266,11 @@ impl Broker {
         (messages, freed)
     }
 
+    /// The ACL rules in force (`None`: no authorization).
+    pub fn acl(&self) -> Option<Arc<AclRules>> {
+        self.acl.clone()
+    }
+
     /// Puts `rules` in force (`None`: no authorization). Every connection's rules are
     /// resolved again: subscriptions no longer allowed are removed, queued messages it may no
     /// longer receive are dropped, and new publish rules apply from the next PUBLISH on.

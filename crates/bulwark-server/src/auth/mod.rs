@@ -491,6 +491,11 @@ impl AuthService {
             .collect()
     }
 
+    /// The groups of the password-store user `name` (none if there is no such user).
+    pub(crate) fn groups_of(&self, name: &str) -> Vec<Arc<str>> {
+        credentials::groups_of(&self.credentials.store(), name)
+    }
+
     /// Live connections per listener, for metrics.
     pub(crate) fn live_per_listener(&self) -> Vec<(Arc<str>, usize)> {
         self.registry.per_listener()
