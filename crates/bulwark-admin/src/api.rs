@@ -22,7 +22,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::backend::{
-    AdminAction, Backend, BanTargetView, Caller, ClientQuery, ExplainQuery, NewBan, Refusal, Via,
+    AdminAction, Backend, BanTargetView, Caller, ClientQuery, ExplainQuery, NewBan, NewUser,
+    Refusal, UserChange, Via,
 };
 use crate::error::ApiError;
 use crate::session::Sessions;
@@ -58,6 +59,19 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route(
             "/api/v1/bans",
             get(bans::<B>).post(add_ban::<B>).delete(remove_ban::<B>),
+        )
+        .route("/api/v1/users", get(users::<B>).post(add_user::<B>))
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::delete(remove_user::<B>),
+        )
+        .route(
+            "/api/v1/users/{name}/groups",
+            axum::routing::put(user_groups::<B>),
+        )
+        .route(
+            "/api/v1/users/{name}/{verb}",
+            axum::routing::post(user_switch::<B>),
         )
         .route("/api/v1/certificates", get(certificates::<B>))
         .route("/api/v1/acl/explain", get(explain::<B>))
@@ -246,6 +260,7 @@ pub(crate) fn json_body<T: DeserializeOwned>(
 fn refusal(refusal: Refusal) -> ApiError {
     match refusal {
         Refusal::NotFound(m) => ApiError::not_found(m),
+        Refusal::Conflict(m) => ApiError::conflict(m),
         Refusal::Invalid(m) => ApiError::bad_request(m),
         Refusal::Unavailable(m) => ApiError::unavailable(m),
     }
@@ -254,7 +269,12 @@ fn refusal(refusal: Refusal) -> ApiError {
 fn outcome<T>(result: &Result<T, Refusal>) -> String {
     match result {
         Ok(_) => "done".to_owned(),
-        Err(Refusal::NotFound(m) | Refusal::Invalid(m) | Refusal::Unavailable(m)) => {
+        Err(
+            Refusal::NotFound(m)
+            | Refusal::Conflict(m)
+            | Refusal::Invalid(m)
+            | Refusal::Unavailable(m),
+        ) => {
             format!("refused: {m}")
         }
     }
@@ -490,6 +510,110 @@ async fn event_stream<B: Backend>(
     });
     axum::response::sse::Sse::new(stream)
         .keep_alive(axum::response::sse::KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn users<B: Backend>(
+    State(backend): State<Arc<B>>,
+    request_caller: Option<axum::Extension<Caller>>,
+) -> Result<Response, ApiError> {
+    let caller = caller(request_caller)?;
+    need(&*backend, &caller, Role::Admin, "GET /api/v1/users", false)?;
+    Ok(Json(backend.users().map_err(refusal)?).into_response())
+}
+
+async fn add_user<B: Backend>(
+    State(backend): State<Arc<B>>,
+    request_caller: Option<axum::Extension<Caller>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(request_caller)?;
+    let request = "POST /api/v1/users";
+    need(&*backend, &caller, Role::Admin, request, true)?;
+    let user: NewUser = json_body(&headers, body, None)?;
+    let target = format!("user {:?}", user.name);
+    let result = backend.add_user(user).await;
+    backend.record(AdminAction {
+        caller,
+        request: request.to_owned(),
+        target: Some(target),
+        outcome: outcome(&result),
+    });
+    Ok((StatusCode::CREATED, Json(result.map_err(refusal)?)).into_response())
+}
+
+/// The body of `PUT /api/v1/users/{name}/groups`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Groups {
+    groups: Vec<String>,
+}
+
+/// Applies `change` to user `name` for an admin, recorded.
+async fn change_user<B: Backend>(
+    backend: &B,
+    caller: Caller,
+    request: String,
+    name: &str,
+    change: UserChange,
+) -> Result<Response, ApiError> {
+    need(backend, &caller, Role::Admin, &request, true)?;
+    let result = backend.change_user(name, change).await;
+    backend.record(AdminAction {
+        caller,
+        request,
+        target: Some(format!("user {name:?}")),
+        outcome: outcome(&result),
+    });
+    result.map_err(refusal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn user_groups<B: Backend>(
+    State(backend): State<Arc<B>>,
+    request_caller: Option<axum::Extension<Caller>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(request_caller)?;
+    let request = format!("PUT /api/v1/users/{name}/groups");
+    need(&*backend, &caller, Role::Admin, &request, true)?;
+    let Groups { groups } = json_body(&headers, body, None)?;
+    change_user(
+        &*backend,
+        caller,
+        request,
+        &name,
+        UserChange::Groups(groups),
+    )
+    .await
+}
+
+/// `POST /api/v1/users/{name}/disable` and `.../enable`.
+async fn user_switch<B: Backend>(
+    State(backend): State<Arc<B>>,
+    request_caller: Option<axum::Extension<Caller>>,
+    Path((name, verb)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let caller = caller(request_caller)?;
+    let change = match verb.as_str() {
+        "disable" => UserChange::Disable,
+        "enable" => UserChange::Enable,
+        _ => return Err(ApiError::not_found("no such endpoint")),
+    };
+    let request = format!("POST /api/v1/users/{name}/{verb}");
+    change_user(&*backend, caller, request, &name, change).await
+}
+
+async fn remove_user<B: Backend>(
+    State(backend): State<Arc<B>>,
+    request_caller: Option<axum::Extension<Caller>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = caller(request_caller)?;
+    let request = format!("DELETE /api/v1/users/{name}");
+    change_user(&*backend, caller, request, &name, UserChange::Remove).await
 }
 
 async fn certificates<B: Backend>(State(backend): State<Arc<B>>) -> Response {

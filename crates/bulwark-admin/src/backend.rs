@@ -257,6 +257,58 @@ pub struct Explanation {
     pub groups: Vec<String>,
 }
 
+/// A user of the password store, without any secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserView {
+    /// The name.
+    pub name: String,
+    /// The groups.
+    pub groups: Vec<String>,
+    /// A disabled user cannot log in.
+    pub disabled: bool,
+    /// The kind of the stored hash (`argon2id`, or an imported Mosquitto kind).
+    pub hash: String,
+    /// The SCRAM mechanisms the user can log in with.
+    pub scram: Vec<String>,
+}
+
+/// A user to add.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// The name (the MQTT identity).
+    pub name: String,
+    /// The password (checked against the password policy); left out: one is generated and
+    /// returned once.
+    pub password: Option<String>,
+    /// The groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// A user added, with the generated password if there was one (shown this once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddedUser {
+    /// The user.
+    #[serde(flatten)]
+    pub user: UserView,
+    /// The generated password (`null` when the request gave one).
+    pub password: Option<String>,
+}
+
+/// A change to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserChange {
+    /// Refuse their logins (live connections are closed).
+    Disable,
+    /// Let them log in again.
+    Enable,
+    /// Replace their groups.
+    Groups(Vec<String>),
+    /// Remove them (live connections are closed).
+    Remove,
+}
+
 /// Whether the broker serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Readiness {
@@ -318,6 +370,8 @@ pub enum MetricKind {
 pub enum Refusal {
     /// There is nothing by that name.
     NotFound(String),
+    /// It exists already (a user of that name).
+    Conflict(String),
     /// The request is not valid (the field and why).
     Invalid(String),
     /// The broker could not do it now (stopping, a file that cannot be written).
@@ -381,6 +435,19 @@ pub trait Backend: Send + Sync + 'static {
         password: &str,
         remote: SocketAddr,
     ) -> impl Future<Output = Result<Vec<String>, LoginRefusal>> + Send;
+
+    /// The users of the password store (`NotFound` without one).
+    fn users(&self) -> Result<Vec<UserView>, Refusal>;
+
+    /// Adds a user to the password store.
+    fn add_user(&self, user: NewUser) -> impl Future<Output = Result<AddedUser, Refusal>> + Send;
+
+    /// Changes (or removes) user `name`; connections of a disabled or removed user are closed.
+    fn change_user(
+        &self,
+        name: &str,
+        change: UserChange,
+    ) -> impl Future<Output = Result<(), Refusal>> + Send;
 
     /// Every certificate and CRL of the TLS listeners, with when it runs out.
     fn certificates(&self) -> Vec<CertificateView>;

@@ -192,6 +192,38 @@ pub fn hash_password(password: &str, params: &Argon2Params) -> Result<String, Ha
         .map_err(HashError::Hash)
 }
 
+/// What a new password is stored as: its argon2id hash and its SCRAM-SHA-256 and SCRAM-SHA-512
+/// keys (so that the user can log in either way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCredentials {
+    /// The argon2id PHC string.
+    pub hash: String,
+    /// The SCRAM-SHA-256 store string.
+    pub scram_sha256: String,
+    /// The SCRAM-SHA-512 store string.
+    pub scram_sha512: String,
+}
+
+impl NewCredentials {
+    /// Hashes `password` (argon2id at `params`) and derives its SCRAM keys: slow on purpose,
+    /// run it where waiting is fine (a blocking thread).
+    pub fn derive(password: &str, params: &Argon2Params) -> Result<Self, String> {
+        use crate::scram::{DEFAULT_ITERATIONS, ScramCredentials, ScramHash};
+        let hash = hash_password(password, params)
+            .map_err(|err| format!("cannot hash the password: {err}"))?;
+        let scram = |kind: ScramHash| {
+            ScramCredentials::derive(kind, password, DEFAULT_ITERATIONS)
+                .map(|credentials| credentials.to_store_string())
+                .map_err(|err| format!("cannot derive {kind} credentials: {err}"))
+        };
+        Ok(Self {
+            hash,
+            scram_sha256: scram(ScramHash::Sha256)?,
+            scram_sha512: scram(ScramHash::Sha512)?,
+        })
+    }
+}
+
 /// Characters of generated passwords: letters and digits without look-alikes (0/O, 1/l/I).
 const GENERATED_ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 
@@ -245,6 +277,21 @@ pub struct UserRecord {
     pub scram_sha256: Option<String>,
     /// SCRAM-SHA-512 credentials, opaque here and kept verbatim.
     pub scram_sha512: Option<String>,
+}
+
+impl UserRecord {
+    /// The kind of the stored hash, from its prefix (the hash itself is never shown).
+    pub fn hash_kind(&self) -> &'static str {
+        if self.password.starts_with("$argon2id$") {
+            "argon2id"
+        } else if self.password.starts_with("$6$") {
+            "mosquitto-sha512 (will upgrade at next login)"
+        } else if self.password.starts_with("$7$") {
+            "mosquitto-pbkdf2 (will upgrade at next login)"
+        } else {
+            "unknown"
+        }
+    }
 }
 
 impl fmt::Debug for UserRecord {
@@ -512,6 +559,36 @@ impl PasswordStore {
     }
 
     /// Replaces the SCRAM credential strings of `name` (opaque here, stored verbatim).
+    /// Adds user `name` with `credentials` and `groups` (refused as [`PasswordStore::add`]
+    /// refuses).
+    pub fn add_with(
+        &mut self,
+        name: &str,
+        credentials: &NewCredentials,
+        groups: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.add(name, &credentials.hash, groups)?;
+        self.set_scram(
+            name,
+            Some(credentials.scram_sha256.clone()),
+            Some(credentials.scram_sha512.clone()),
+        )
+    }
+
+    /// Gives user `name` new `credentials`.
+    pub fn set_credentials(
+        &mut self,
+        name: &str,
+        credentials: &NewCredentials,
+    ) -> Result<(), StoreError> {
+        self.set_password(name, &credentials.hash)?;
+        self.set_scram(
+            name,
+            Some(credentials.scram_sha256.clone()),
+            Some(credentials.scram_sha512.clone()),
+        )
+    }
+
     pub fn set_scram(
         &mut self,
         name: &str,

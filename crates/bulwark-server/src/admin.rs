@@ -13,11 +13,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bulwark_acl::Cidr;
 use bulwark_acl::event::{EventKind, SecurityEvent};
+use bulwark_admin::backend::{AddedUser, NewUser, UserChange, UserView};
 use bulwark_admin::backend::{
     AdminAction, BanTargetView, BanView, Caller, CertificateView, ClientDetail, ClientQuery,
     ClientSummary, ExplainQuery, Explanation, Family, HistogramFamily, LoginRefusal, MetricKind,
     MetricsSnapshot, NewBan, Page, Readiness, Refusal, RuleView, SubscriptionView, Via,
 };
+use bulwark_auth::password::{Argon2Params, NewCredentials};
 use bulwark_auth::token::TokenStore;
 use bulwark_core::{Broker, SessionView, Stats};
 use bulwark_limits::ban::{Ban, BanTarget};
@@ -66,6 +68,8 @@ pub(crate) struct AdminBackend {
     /// What dashboard logins are counted and recorded as: a listener named `admin` with
     /// passwords only.
     listener: ListenerAuth,
+    /// Held while the password store file is read, changed and written: one edit at a time.
+    store_edit: tokio::sync::Mutex<()>,
 }
 
 /// The token file, re-read when it changes.
@@ -138,7 +142,33 @@ impl AdminBackend {
                 chain: vec![Authenticator::Password],
                 allow_anonymous: false,
             },
+            store_edit: tokio::sync::Mutex::new(()),
         }
+    }
+
+    fn password_file(&self) -> Result<PathBuf, Refusal> {
+        self.parts.auth.password_file().ok_or_else(|| {
+            Refusal::NotFound("no password store is configured ([auth] password_file)".to_owned())
+        })
+    }
+
+    /// Writes `store` and puts it in force at once: connections of users it removed or
+    /// disabled are closed (DISCONNECT 0x98, a `forced_disconnect` event each).
+    async fn install_store(
+        &self,
+        path: &std::path::Path,
+        store: &bulwark_auth::password::PasswordStore,
+    ) -> Result<(), Refusal> {
+        crate::files::save_store(path, store).map_err(Refusal::Unavailable)?;
+        let gone = self.parts.auth.reload_store(true).await;
+        crate::bans::enforce(
+            &self.parts.auth,
+            &self.parts.router,
+            gone,
+            "user removed or disabled by an administrator",
+        )
+        .await;
+        Ok(())
     }
 
     /// Runs `look` over the engine between two router rounds; `None` if the router is gone or
@@ -166,6 +196,23 @@ impl AdminBackend {
         event.listener = Some("admin".to_owned());
         event.remote = Some(remote.to_string());
         event
+    }
+}
+
+fn user_view(user: &bulwark_auth::password::UserRecord) -> UserView {
+    let mut scram = Vec::new();
+    if user.scram_sha256.is_some() {
+        scram.push("SCRAM-SHA-256".to_owned());
+    }
+    if user.scram_sha512.is_some() {
+        scram.push("SCRAM-SHA-512".to_owned());
+    }
+    UserView {
+        name: user.name.clone(),
+        groups: user.groups.clone(),
+        disabled: user.disabled,
+        hash: user.hash_kind().to_owned(),
+        scram,
     }
 }
 
@@ -493,6 +540,74 @@ impl bulwark_admin::Backend for AdminBackend {
             }
             Err(_) => Err(LoginRefusal::Refused),
         }
+    }
+
+    fn users(&self) -> Result<Vec<UserView>, Refusal> {
+        let path = self.password_file()?;
+        let store = crate::files::load_store(&path, true).map_err(Refusal::Unavailable)?;
+        Ok(store.users().map(user_view).collect())
+    }
+
+    async fn add_user(&self, user: NewUser) -> Result<AddedUser, Refusal> {
+        let path = self.password_file()?;
+        let generated = user.password.is_none();
+        let password = match user.password {
+            Some(password) => {
+                bulwark_auth::policy::PasswordPolicy::default()
+                    .check(&user.name, &password)
+                    .map_err(|err| Refusal::Invalid(format!("password: {err}")))?;
+                password
+            }
+            None => bulwark_auth::password::generate_password(24).ok_or_else(|| {
+                Refusal::Unavailable("the system's random source failed".to_owned())
+            })?,
+        };
+        let _edit = self.store_edit.lock().await;
+        let mut store = crate::files::load_store(&path, true).map_err(Refusal::Unavailable)?;
+        if store.get(&user.name).is_some() {
+            return Err(Refusal::Conflict(format!("user {:?} exists", user.name)));
+        }
+        // Slow on purpose (argon2id): on a blocking thread, off the runtime's workers.
+        let derived = {
+            let password = password.clone();
+            tokio::task::spawn_blocking(move || {
+                NewCredentials::derive(&password, &Argon2Params::default())
+            })
+            .await
+            .map_err(|_| Refusal::Unavailable("the hashing thread failed".to_owned()))?
+            .map_err(Refusal::Unavailable)?
+        };
+        store
+            .add_with(&user.name, &derived, user.groups)
+            .map_err(|err| Refusal::Invalid(err.to_string()))?;
+        self.install_store(&path, &store).await?;
+        let added = store
+            .get(&user.name)
+            .map(user_view)
+            .ok_or_else(|| Refusal::Unavailable("the user was not stored".to_owned()))?;
+        Ok(AddedUser {
+            user: added,
+            password: generated.then_some(password),
+        })
+    }
+
+    async fn change_user(&self, name: &str, change: UserChange) -> Result<(), Refusal> {
+        let path = self.password_file()?;
+        let _edit = self.store_edit.lock().await;
+        let mut store = crate::files::load_store(&path, false).map_err(Refusal::Unavailable)?;
+        let changed = match change {
+            UserChange::Disable => store.set_disabled(name, true),
+            UserChange::Enable => store.set_disabled(name, false),
+            UserChange::Groups(groups) => store.set_groups(name, groups),
+            UserChange::Remove => store.remove(name).map(|_| ()),
+        };
+        changed.map_err(|err| match err {
+            bulwark_auth::password::StoreError::NoSuchUser(_) => {
+                Refusal::NotFound(format!("no user {name:?}"))
+            }
+            other => Refusal::Invalid(other.to_string()),
+        })?;
+        self.install_store(&path, &store).await
     }
 
     fn certificates(&self) -> Vec<CertificateView> {

@@ -81,6 +81,7 @@ struct Fixture {
     dir: PathBuf,
     viewer: String,
     operator: String,
+    admin: String,
 }
 
 impl Fixture {
@@ -90,11 +91,13 @@ impl Fixture {
         let mut tokens = TokenStore::new();
         let (_, viewer) = tokens.issue("watch", Role::Viewer, now(), None).unwrap();
         let (_, operator) = tokens.issue("ops", Role::Operator, now(), None).unwrap();
+        let (_, admin) = tokens.issue("root", Role::Admin, now(), None).unwrap();
         std::fs::write(dir.join("tokens.toml"), tokens.to_toml()).unwrap();
         Self {
             dir,
             viewer,
             operator,
+            admin,
         }
     }
 
@@ -748,5 +751,121 @@ topic = "fleet/secret/#"
     assert_eq!(sys["allowed"], false);
     let bad = ask("action=publish&topic=a/%23&user=carol&client_id=x").await;
     assert_eq!(bad.status, 400, "{}", bad.body);
+    server.stop().await;
+}
+
+/// A 5.0 CONNECT of `user` with `password`: the connection and the CONNACK's reason code.
+async fn login(addr: SocketAddr, id: &str, user: &str, password: &str) -> (Raw, ReasonCode) {
+    let mut connect = connect_packet(ProtocolVersion::V5, id);
+    connect.username = Some(bulwark_proto::MqttString::new(user).unwrap());
+    connect.password = Some(bytes::Bytes::copy_from_slice(password.as_bytes()));
+    let (raw, ack) = Raw::connect(addr, &connect).await;
+    (raw, ack.reason_code)
+}
+
+async fn login_code(addr: SocketAddr, id: &str, user: &str, password: &str) -> ReasonCode {
+    login(addr, id, user, password).await.1
+}
+
+#[tokio::test]
+async fn an_admin_manages_users_and_the_changes_apply_to_live_connections() {
+    let fixture = Fixture::new();
+    let server = start_with(|c| fixture.apply(c)).await;
+    let admin = server.admin.unwrap();
+    let root = Some(fixture.admin.as_str());
+    // An operator may not touch users.
+    let forbidden = http(admin, "GET", "/api/v1/users", Some(&fixture.operator), None).await;
+    assert_eq!(forbidden.status, 403);
+
+    let added = http(
+        admin,
+        "POST",
+        "/api/v1/users",
+        root,
+        Some(r#"{"name": "meter-7", "groups": ["meters"]}"#),
+    )
+    .await;
+    assert_eq!(added.status, 201, "{}", added.body);
+    let added = added.json();
+    let password = added["password"].as_str().unwrap().to_owned();
+    assert_eq!(password.len(), 24);
+    assert_eq!(added["hash"], "argon2id");
+    assert_eq!(added["scram"].as_array().unwrap().len(), 2);
+    let again = http(
+        admin,
+        "POST",
+        "/api/v1/users",
+        root,
+        Some(r#"{"name": "meter-7"}"#),
+    )
+    .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    let weak = http(
+        admin,
+        "POST",
+        "/api/v1/users",
+        root,
+        Some(r#"{"name": "meter-8", "password": "password"}"#),
+    )
+    .await;
+    assert_eq!(weak.status, 400, "{}", weak.body);
+    assert!(weak.body.contains("password"), "{}", weak.body);
+
+    let list = http(admin, "GET", "/api/v1/users", root, None).await;
+    assert_eq!(list.status, 200);
+    assert!(!list.body.contains("argon2id$"), "no hash: {}", list.body);
+    let names: Vec<String> = list
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains(&"meter-7".to_owned()), "{names:?}");
+
+    // The new user logs in at once; disabling closes its connection and refuses the next.
+    let (mut live, code) = login(server.addr, "meter-7", "meter-7", &password).await;
+    assert_eq!(code, ReasonCode::Success);
+    let groups = http(
+        admin,
+        "PUT",
+        "/api/v1/users/meter-7/groups",
+        root,
+        Some(r#"{"groups": ["meters", "east"]}"#),
+    )
+    .await;
+    assert_eq!(groups.status, 204, "{}", groups.body);
+    let disabled = http(admin, "POST", "/api/v1/users/meter-7/disable", root, None).await;
+    assert_eq!(disabled.status, 204, "{}", disabled.body);
+    live.expect_disconnect(ReasonCode::AdministrativeAction)
+        .await;
+    assert_eq!(
+        login_code(server.addr, "meter-7b", "meter-7", &password).await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    let enabled = http(admin, "POST", "/api/v1/users/meter-7/enable", root, None).await;
+    assert_eq!(enabled.status, 204);
+    assert_eq!(
+        login_code(server.addr, "meter-7c", "meter-7", &password).await,
+        ReasonCode::Success
+    );
+    let removed = http(admin, "DELETE", "/api/v1/users/meter-7", root, None).await;
+    assert_eq!(removed.status, 204);
+    let gone = http(admin, "DELETE", "/api/v1/users/meter-7", root, None).await;
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    let store = std::fs::read_to_string(fixture.dir.join("passwords.toml")).unwrap();
+    assert!(!store.contains("meter-7"), "{store}");
+    fixture
+        .wait_event("the disable", |e| {
+            e["kind"] == "admin_action"
+                && e["action"] == "POST /api/v1/users/meter-7/disable"
+                && e["reason"] == "done"
+        })
+        .await;
+    fixture
+        .wait_event("the forced disconnect", |e| {
+            e["kind"] == "forced_disconnect" && e["username"] == "meter-7"
+        })
+        .await;
     server.stop().await;
 }

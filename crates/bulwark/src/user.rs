@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bulwark_auth::password::{
-    Argon2Params, PasswordStore, StoreError, UserRecord, hash_password, parse_mosquitto_file,
+    Argon2Params, NewCredentials, PasswordStore, StoreError, UserRecord, parse_mosquitto_file,
 };
 use bulwark_auth::policy::{MAX_PASSWORD_CHARS, PasswordPolicy};
-use bulwark_auth::scram::{DEFAULT_ITERATIONS, ScramCredentials, ScramHash};
 use bulwark_server::files;
 
 /// Where the store lives unless `--file` says otherwise.
@@ -261,11 +260,9 @@ fn add(
         return Err(StoreError::UserExists(shown(name)).into());
     }
     let password = read_new_password(name, password_stdin)?;
-    let hash = argon2_hash(&password, &cost)?;
-    let (sha256, sha512) = scram_strings(&password)?;
+    let credentials = NewCredentials::derive(&password, &cost).map_err(Failure::input)?;
     drop(password);
-    store.add(name, &hash, groups)?;
-    store.set_scram(name, Some(sha256), Some(sha512))?;
+    store.add_with(name, &credentials, groups)?;
     save(path, &store)?;
     println!(
         "added user {} to {} (argon2id, SCRAM-SHA-256, SCRAM-SHA-512)",
@@ -286,11 +283,9 @@ fn passwd(
         return Err(StoreError::NoSuchUser(shown(name)).into());
     }
     let password = read_new_password(name, password_stdin)?;
-    let hash = argon2_hash(&password, &cost)?;
-    let (sha256, sha512) = scram_strings(&password)?;
+    let credentials = NewCredentials::derive(&password, &cost).map_err(Failure::input)?;
     drop(password);
-    store.set_password(name, &hash)?;
-    store.set_scram(name, Some(sha256), Some(sha512))?;
+    store.set_credentials(name, &credentials)?;
     save(path, &store)?;
     println!("new password set for user {}", shown(name));
     Ok(())
@@ -331,22 +326,9 @@ fn list_line(user: &UserRecord) -> String {
         shown(&user.name),
         shown_groups(&user.groups),
         if user.disabled { "yes" } else { "no" },
-        hash_kind(&user.password),
+        user.hash_kind(),
         scram
     )
-}
-
-/// The kind of a stored hash, from its prefix; the hash itself is not shown.
-fn hash_kind(hash: &str) -> &'static str {
-    if hash.starts_with("$argon2id$") {
-        "argon2id"
-    } else if hash.starts_with("$6$") {
-        "mosquitto-sha512 (will upgrade at next login)"
-    } else if hash.starts_with("$7$") {
-        "mosquitto-pbkdf2 (will upgrade at next login)"
-    } else {
-        "unknown"
-    }
 }
 
 fn import_mosquitto(path: &Path, mosquitto_file: &Path, groups: &[String]) -> Result<(), Failure> {
@@ -470,21 +452,6 @@ fn read_password_line(input: &mut impl BufRead) -> Result<String, Failure> {
         .map_err(|_| Failure::input("the password read from stdin is not UTF-8"))
 }
 
-fn argon2_hash(password: &str, cost: &Argon2Params) -> Result<String, Failure> {
-    hash_password(password, cost)
-        .map_err(|err| Failure::input(format!("cannot hash the password: {err}")))
-}
-
-/// The SCRAM-SHA-256 and SCRAM-SHA-512 store strings for `password`.
-fn scram_strings(password: &str) -> Result<(String, String), Failure> {
-    let derive = |hash: ScramHash| {
-        ScramCredentials::derive(hash, password, DEFAULT_ITERATIONS)
-            .map(|credentials| credentials.to_store_string())
-            .map_err(|err| Failure::input(format!("cannot derive {hash} credentials: {err}")))
-    };
-    Ok((derive(ScramHash::Sha256)?, derive(ScramHash::Sha512)?))
-}
-
 /// Reads and parses the store. A missing file is an empty store when `create` is set, an
 /// error naming the file otherwise.
 fn load(path: &Path, create: bool) -> Result<PasswordStore, Failure> {
@@ -536,12 +503,10 @@ pub(crate) fn ensure_admin(store: &Path, password_file: &Path) -> Result<Option<
     }
     let password = bulwark_auth::password::generate_password(24)
         .ok_or("the operating system's random generator is unavailable")?;
-    let hash = argon2_hash(&password, &Argon2Params::default()).map_err(|f| f.message)?;
-    let (sha256, sha512) = scram_strings(&password).map_err(|f| f.message)?;
+    let credentials = NewCredentials::derive(&password, &Argon2Params::default())?;
     let mut users = PasswordStore::new();
     users
-        .add("admin", &hash, vec!["admins".into()])
-        .and_then(|()| users.set_scram("admin", Some(sha256), Some(sha512)))
+        .add_with("admin", &credentials, vec!["admins".into()])
         .map_err(|err| err.to_string())?;
     if let Some(dir) = password_file.parent() {
         files::ensure_dir(dir)?;

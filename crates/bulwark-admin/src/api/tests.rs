@@ -14,6 +14,7 @@ use bulwark_acl::event::SecurityEvent;
 use super::*;
 use crate::backend::{
     BanView, ClientDetail, ClientSummary, LoginRefusal, MetricsSnapshot, Page, Readiness,
+    UserChange,
 };
 
 /// A broker stand-in: two tokens, one client, and a record of what the API told it.
@@ -123,6 +124,15 @@ impl Backend for Fake {
             ("bob", "right") => Ok(vec!["staff".to_owned()]),
             _ => Err(LoginRefusal::Refused),
         }
+    }
+    fn users(&self) -> Result<Vec<crate::backend::UserView>, Refusal> {
+        Err(Refusal::NotFound("no password store".to_owned()))
+    }
+    async fn add_user(&self, user: NewUser) -> Result<crate::backend::AddedUser, Refusal> {
+        Err(Refusal::Conflict(format!("user {:?} exists", user.name)))
+    }
+    async fn change_user(&self, _: &str, _: UserChange) -> Result<(), Refusal> {
+        Ok(())
     }
     fn certificates(&self) -> Vec<crate::backend::CertificateView> {
         Vec::new()
@@ -416,6 +426,11 @@ fn the_openapi_document_describes_every_route() {
         ("/api/v1/bans", &["get", "post", "delete"]),
         ("/api/v1/session", &["get"]),
         ("/api/v1/certificates", &["get"]),
+        ("/api/v1/users", &["get", "post"]),
+        ("/api/v1/users/{name}", &["delete"]),
+        ("/api/v1/users/{name}/groups", &["put"]),
+        ("/api/v1/users/{name}/disable", &["post"]),
+        ("/api/v1/users/{name}/enable", &["post"]),
         ("/api/v1/acl/explain", &["get"]),
         ("/api/v1/events", &["get"]),
         ("/api/v1/events/stream", &["get"]),
@@ -429,7 +444,7 @@ fn the_openapi_document_describes_every_route() {
     }
     assert_eq!(
         paths.len(),
-        15,
+        20,
         "a path in the document that the router lacks"
     );
 }
@@ -598,6 +613,26 @@ async fn the_dashboard_files_are_served_under_a_strict_policy() {
     // Data is not among the public files.
     let events = send(&app, "GET", "/api/v1/events", &[], "").await;
     assert_eq!(events.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn users_are_for_admins_only() {
+    let fake = Arc::new(Fake::default());
+    let json = |text: &str| Some(("application/json", text.as_bytes().to_vec()));
+    for (method, path, body) in [
+        ("GET", "/api/v1/users", None),
+        ("POST", "/api/v1/users", json(r#"{"name": "x"}"#)),
+        ("PUT", "/api/v1/users/x/groups", json(r#"{"groups": []}"#)),
+        ("POST", "/api/v1/users/x/disable", None),
+        ("POST", "/api/v1/users/x/enable", None),
+        ("DELETE", "/api/v1/users/x", None),
+    ] {
+        let answer = call(&fake, method, path, Some(OPERATOR), body).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert!(answer.body.contains("admin role"), "{}", answer.body);
+    }
+    // The five changes were recorded as refused; the list was not (it changes nothing).
+    assert_eq!(fake.actions.lock().unwrap().len(), 5);
 }
 
 #[test]

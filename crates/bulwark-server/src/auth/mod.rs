@@ -491,6 +491,11 @@ impl AuthService {
             .collect()
     }
 
+    /// The password store's file, if there is one.
+    pub(crate) fn password_file(&self) -> Option<std::path::PathBuf> {
+        self.credentials.path().map(std::path::Path::to_path_buf)
+    }
+
     /// The groups of the password-store user `name` (none if there is no such user).
     pub(crate) fn groups_of(&self, name: &str) -> Vec<Arc<str>> {
         credentials::groups_of(&self.credentials.store(), name)
