@@ -21,22 +21,36 @@ free_port() {
   python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
 }
 
-# What an open dashboard asks, until killed.
+# What an open dashboard asks, until killed: one process, keep-alive connections (a browser's
+# way; a process per request would measure process start-up on a two-core machine).
 dashboard() { # ADMIN_PORT
-  local url="http://127.0.0.1:$1" auth="Authorization: Bearer $token" n=0
-  curl -sN -H "$auth" "$url/api/v1/events/stream" >/dev/null 2>&1 &
-  local stream=$!
-  trap 'kill $stream 2>/dev/null; exit 0' TERM EXIT
-  while true; do
-    curl -s -H "$auth" "$url/metrics" >/dev/null
-    if [ $((n % 3)) -eq 0 ]; then
-      curl -s -H "$auth" "$url/api/v1/ready" >/dev/null
-      curl -s -H "$auth" "$url/api/v1/clients?limit=100" >/dev/null
-      curl -s -H "$auth" "$url/api/v1/bans" >/dev/null
-    fi
-    n=$((n + 1))
-    sleep 1
-  done
+  python3 - "$1" "$token" <<'PY'
+import http.client, sys, threading, time
+port, token = int(sys.argv[1]), sys.argv[2]
+auth = {"Authorization": f"Bearer {token}"}
+def stream():
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    c.request("GET", "/api/v1/events/stream", headers=auth)
+    r = c.getresponse()
+    while r.read1(4096):
+        pass
+threading.Thread(target=stream, daemon=True).start()
+c = http.client.HTTPConnection("127.0.0.1", port)
+def get(path):
+    c.request("GET", path, headers=auth)
+    r = c.getresponse()
+    r.read()
+    if r.status != 200:
+        sys.exit(f"{path}: {r.status}")
+n = 0
+while True:
+    get("/metrics")
+    if n % 3 == 0:
+        for path in ("/api/v1/ready", "/api/v1/clients?limit=100", "/api/v1/bans"):
+            get(path)
+    n += 1
+    time.sleep(1)
+PY
 }
 
 run() { # MODE SCENARIO ARGS...
@@ -55,7 +69,9 @@ run() { # MODE SCENARIO ARGS...
   pid=$!
   for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   if [ "$mode" = ON ]; then
-    dashboard "$admin_port" &
+    # On the loader's core: the dashboard's own processes (curl) must not take the broker's
+    # core, as a browser on another machine would not.
+    taskset -c 1 bash -c "$(declare -f dashboard); token='$token'; dashboard $admin_port" >"$w/dashboard.log" 2>&1 &
     dash=$!
   fi
   taskset -c 1 timeout 180 "$BIN" bench "$@" --port "$port" --broker-pid "$pid" --username bench \
@@ -68,7 +84,9 @@ print(r.get("received_per_s"), r.get("lost"), r.get("errors"), (r.get("latency")
   wait "$pid" 2>/dev/null || true
 }
 
-for scenario in "pairs --qos 1 -n 100" "fan-in --qos 0 -n 100" "latency --qos 1 -n 100 --rate 10000"; do
+SCENARIOS=${SCENARIOS:-"pairs --qos 1 -n 100|fan-in --qos 0 -n 100|latency --qos 1 -n 100 --rate 10000"}
+IFS='|' read -r -a scenarios <<< "$SCENARIOS"
+for scenario in "${scenarios[@]}"; do
   for _ in $(seq "$REPS"); do
     for mode in OFF ON; do
       # shellcheck disable=SC2086
