@@ -73,6 +73,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
             "/api/v1/users/{name}/{verb}",
             axum::routing::post(user_switch::<B>),
         )
+        .route("/api/v1/reload", axum::routing::post(reload::<B>))
         .route("/api/v1/certificates", get(certificates::<B>))
         .route("/api/v1/acl/explain", get(explain::<B>))
         .route("/metrics", get(metrics::<B>))
@@ -614,6 +615,28 @@ async fn remove_user<B: Backend>(
     let caller = caller(request_caller)?;
     let request = format!("DELETE /api/v1/users/{name}");
     change_user(&*backend, caller, request, &name, UserChange::Remove).await
+}
+
+async fn reload<B: Backend>(
+    State(backend): State<Arc<B>>,
+    request_caller: Option<axum::Extension<Caller>>,
+) -> Result<Response, ApiError> {
+    let caller = caller(request_caller)?;
+    let request = "POST /api/v1/reload";
+    need(&*backend, &caller, Role::Operator, request, true)?;
+    let result = backend.reload();
+    backend.record(AdminAction {
+        caller,
+        request: request.to_owned(),
+        target: None,
+        outcome: outcome(&result),
+    });
+    let files = result.map_err(refusal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "reloading": files })),
+    )
+        .into_response())
 }
 
 async fn certificates<B: Backend>(State(backend): State<Arc<B>>) -> Response {

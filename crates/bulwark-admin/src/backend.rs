@@ -449,6 +449,11 @@ pub trait Backend: Send + Sync + 'static {
         change: UserChange,
     ) -> impl Future<Output = Result<(), Refusal>> + Send;
 
+    /// Checks that every file a reload reads (ACL, bans, password store, TLS) is valid, then
+    /// has them reloaded now, as SIGHUP does; the files it will reload. `Invalid` (nothing
+    /// reloaded) naming every problem otherwise.
+    fn reload(&self) -> Result<Vec<String>, Refusal>;
+
     /// Every certificate and CRL of the TLS listeners, with when it runs out.
     fn certificates(&self) -> Vec<CertificateView>;
 

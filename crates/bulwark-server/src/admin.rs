@@ -56,6 +56,19 @@ pub(crate) struct AdminParts {
     pub(crate) tls: Vec<(String, Arc<TlsAcceptor>)>,
     /// `[server] memory_watermark` (0: not watched).
     pub(crate) memory_watermark: u64,
+    /// What `POST /api/v1/reload` checks and wakes.
+    pub(crate) reload: ReloadParts,
+}
+
+/// The files a reload reads, and the file watcher to wake.
+#[derive(Debug)]
+pub(crate) struct ReloadParts {
+    /// Woken to reload everything now, as SIGHUP does.
+    pub(crate) now: Arc<tokio::sync::Notify>,
+    /// `[acl] file`.
+    pub(crate) acl_file: Option<PathBuf>,
+    /// `[bans] file`.
+    pub(crate) ban_file: Option<PathBuf>,
 }
 
 /// The broker, as the admin API sees it.
@@ -608,6 +621,47 @@ impl bulwark_admin::Backend for AdminBackend {
             other => Refusal::Invalid(other.to_string()),
         })?;
         self.install_store(&path, &store).await
+    }
+
+    fn reload(&self) -> Result<Vec<String>, Refusal> {
+        // Every file is read first: with a mistake anywhere, nothing is reloaded and every
+        // problem is named (the file watcher would keep the old version of that file and
+        // reload the others, which is not what someone asking for "reload" expects).
+        let mut problems = Vec::new();
+        let mut files = Vec::new();
+        let reload = &self.parts.reload;
+        if let Some(path) = &reload.acl_file {
+            match crate::acl::load(path) {
+                Ok(_) => files.push(format!("ACL {}", path.display())),
+                Err(err) => problems.push(format!("ACL: {err}")),
+            }
+        }
+        if let Some(path) = &reload.ban_file {
+            match crate::bans::load(path) {
+                Ok(_) => files.push(format!("bans {}", path.display())),
+                Err(err) => problems.push(format!("bans: {err}")),
+            }
+        }
+        if let Some(path) = self.parts.auth.password_file() {
+            match crate::files::load_store(&path, true) {
+                Ok(_) => files.push(format!("password store {}", path.display())),
+                Err(err) => problems.push(format!("password store: {err}")),
+            }
+        }
+        for (listener, acceptor) in &self.parts.tls {
+            match crate::tls::build(acceptor.settings()) {
+                Ok(_) => files.push(format!("TLS of listener {listener}")),
+                Err(err) => problems.push(format!("TLS of listener {listener}: {err}")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Refusal::Invalid(format!(
+                "nothing was reloaded: {}",
+                problems.join("; ")
+            )));
+        }
+        reload.now.notify_one();
+        Ok(files)
     }
 
     fn certificates(&self) -> Vec<CertificateView> {

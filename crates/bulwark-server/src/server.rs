@@ -346,7 +346,9 @@ impl Server {
         ));
         let mut tasks = JoinSet::new();
         let admin_tls = admin.as_ref().and_then(|(_, tls)| tls.clone());
+        let reload_now = Arc::new(tokio::sync::Notify::new());
         let reloads = Reloads {
+            now: reload_now.clone(),
             tls: listeners
                 .iter()
                 .filter_map(|l| l.tls.clone())
@@ -372,6 +374,11 @@ impl Server {
                 store: store_metrics,
                 tls: listener_tls,
                 memory_watermark: config.memory_watermark,
+                reload: crate::admin::ReloadParts {
+                    now: reload_now.clone(),
+                    acl_file: config.acl.file.clone(),
+                    ban_file: config.bans.file.clone(),
+                },
             });
             tasks.spawn(serve_admin(socket, tls, backend, stop_rx.clone()));
         }
@@ -764,6 +771,8 @@ fn mtimes(files: &[std::path::PathBuf]) -> Vec<Option<std::time::SystemTime>> {
 
 /// What the file watcher reloads, and where it sends what changed.
 struct Reloads {
+    /// Asks for a reload of everything now (the admin API), as SIGHUP does.
+    now: Arc<tokio::sync::Notify>,
     /// The acceptors of the TLS listeners.
     tls: Vec<Arc<TlsAcceptor>>,
     acl: Option<crate::acl::AclFile>,
@@ -798,14 +807,19 @@ async fn watch_files(
         };
         #[cfg(not(unix))]
         let hangup = std::future::pending::<Option<()>>();
+        let asked = reloads.now.clone();
         let forced = tokio::select! {
             () = tokio::time::sleep(interval) => false,
-            _ = hangup => true,
+            _ = hangup => {
+                info!("SIGHUP: reloading TLS files, the password store and the ACL");
+                true
+            }
+            () = asked.notified() => {
+                info!("reload asked through the admin API: TLS files, the password store and the ACL");
+                true
+            }
             _ = stop.changed() => return,
         };
-        if forced {
-            info!("SIGHUP: reloading TLS files, the password store and the ACL");
-        }
         reloads.acl(forced).await;
         reloads.bans(forced).await;
         reloads.auth.prune();

@@ -869,3 +869,64 @@ async fn an_admin_manages_users_and_the_changes_apply_to_live_connections() {
         .await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_operator_reloads_the_files_now_and_a_broken_file_reloads_nothing() {
+    let fixture = Fixture::new();
+    let acl = fixture.dir.join("acl.toml");
+    let rule = |topic: &str| {
+        format!(
+            "[[rule]]\npermission = \"allow\"\naction = \"publish\"\nuser = \"carol\"\ntopic = \"{topic}\"\n"
+        )
+    };
+    std::fs::write(&acl, rule("old/#")).unwrap();
+    let server = start_with(|c| {
+        fixture.apply(c);
+        c.acl.file = Some(acl.clone());
+        // Only a reload asked for reads the files again within this test.
+        c.tls_watch_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let admin = server.admin.unwrap();
+    let (viewer, operator) = (
+        Some(fixture.viewer.as_str()),
+        Some(fixture.operator.as_str()),
+    );
+    let allowed = |topic: &'static str| async move {
+        let path = format!("/api/v1/acl/explain?action=publish&topic={topic}&user=carol");
+        http(admin, "GET", &path, viewer, None).await.json()["allowed"] == true
+    };
+    assert!(allowed("old/x").await);
+    assert_eq!(
+        http(admin, "POST", "/api/v1/reload", viewer, None)
+            .await
+            .status,
+        403
+    );
+
+    std::fs::write(&acl, "[[rule]]\npermission = \"maybe\"\n").unwrap();
+    let broken = http(admin, "POST", "/api/v1/reload", operator, None).await;
+    assert_eq!(broken.status, 400, "{}", broken.body);
+    assert!(
+        broken.body.contains("nothing was reloaded") && broken.body.contains("ACL"),
+        "{}",
+        broken.body
+    );
+    assert!(allowed("old/x").await, "the rules in force stay");
+
+    std::fs::write(&acl, rule("new/#")).unwrap();
+    let ok = http(admin, "POST", "/api/v1/reload", operator, None).await;
+    assert_eq!(ok.status, 202, "{}", ok.body);
+    assert!(ok.body.contains("acl.toml"), "{}", ok.body);
+    // The watcher reloads on its own task: wait for the new rules, bounded.
+    let deadline = Instant::now() + WAIT;
+    while !allowed("new/x").await {
+        assert!(
+            Instant::now() < deadline,
+            "the new ACL was not put in force"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!allowed("old/x").await);
+    server.stop().await;
+}

@@ -125,6 +125,9 @@ impl Backend for Fake {
             _ => Err(LoginRefusal::Refused),
         }
     }
+    fn reload(&self) -> Result<Vec<String>, Refusal> {
+        Ok(vec!["ACL acl.toml".to_owned()])
+    }
     fn users(&self) -> Result<Vec<crate::backend::UserView>, Refusal> {
         Err(Refusal::NotFound("no password store".to_owned()))
     }
@@ -426,6 +429,7 @@ fn the_openapi_document_describes_every_route() {
         ("/api/v1/bans", &["get", "post", "delete"]),
         ("/api/v1/session", &["get"]),
         ("/api/v1/certificates", &["get"]),
+        ("/api/v1/reload", &["post"]),
         ("/api/v1/users", &["get", "post"]),
         ("/api/v1/users/{name}", &["delete"]),
         ("/api/v1/users/{name}/groups", &["put"]),
@@ -444,7 +448,7 @@ fn the_openapi_document_describes_every_route() {
     }
     assert_eq!(
         paths.len(),
-        20,
+        21,
         "a path in the document that the router lacks"
     );
 }
