@@ -581,6 +581,19 @@ async fn a_dashboard_user_logs_in_kicks_and_sees_it_in_the_event_stream() {
         )
         .await
         .unwrap();
+    // The stream subscribes to events before it answers: once its head is here, nothing
+    // recorded later can be missed.
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen.contains("\r\n\r\n") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to the stream request: {seen}"))
+            .unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
     let (mut device, _) = Raw::v5(server.addr, "sensor-9").await;
     // Without the CSRF token the session cannot change anything.
     let kick = "/api/v1/clients/sensor-9/kick";
@@ -598,7 +611,6 @@ async fn a_dashboard_user_logs_in_kicks_and_sees_it_in_the_event_stream() {
     device
         .expect_disconnect(ReasonCode::AdministrativeAction)
         .await;
-    let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while !seen.contains("\"kind\":\"admin_action\"") {
         let mut buf = [0u8; 4096];
