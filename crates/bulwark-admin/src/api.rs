@@ -76,6 +76,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/v1/reload", axum::routing::post(reload::<B>))
         .route("/api/v1/certificates", get(certificates::<B>))
         .route("/api/v1/acl/explain", get(explain::<B>))
+        .route("/api/v1/acl/lint", get(lint::<B>))
         .route("/metrics", get(metrics::<B>))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -637,6 +638,10 @@ async fn reload<B: Backend>(
         Json(serde_json::json!({ "reloading": files })),
     )
         .into_response())
+}
+
+async fn lint<B: Backend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
+    Ok(Json(backend.lint().await.map_err(refusal)?).into_response())
 }
 
 async fn certificates<B: Backend>(State(backend): State<Arc<B>>) -> Response {

@@ -185,6 +185,26 @@ pub struct NewBan {
     pub reason: String,
 }
 
+/// What `bulwark acl lint` says of the ACL in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LintReport {
+    /// One per rule that looks like a mistake.
+    pub findings: Vec<LintFinding>,
+    /// Why users and groups were not checked against the password store, if they were not.
+    pub note: Option<String>,
+}
+
+/// One finding of a [`LintReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LintFinding {
+    /// The rule's `file:line`.
+    pub origin: String,
+    /// `wide-grant`, `never-matches`, `shadowed` or `duplicate`.
+    pub kind: String,
+    /// What is wrong and why.
+    pub message: String,
+}
+
 /// One certificate or CRL a TLS listener uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertificateView {
@@ -456,6 +476,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Every certificate and CRL of the TLS listeners, with when it runs out.
     fn certificates(&self) -> Vec<CertificateView>;
+
+    /// Finds likely mistakes in the ACL in force (`NotFound` when there is none).
+    fn lint(&self) -> impl Future<Output = Result<LintReport, Refusal>> + Send;
 
     /// Explains what the ACL in force decides for `query`.
     fn explain(

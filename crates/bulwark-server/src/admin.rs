@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bulwark_acl::Cidr;
 use bulwark_acl::event::{EventKind, SecurityEvent};
-use bulwark_admin::backend::{AddedUser, NewUser, UserChange, UserView};
+use bulwark_admin::backend::{AddedUser, LintFinding, LintReport, NewUser, UserChange, UserView};
 use bulwark_admin::backend::{
     AdminAction, BanTargetView, BanView, Caller, CertificateView, ClientDetail, ClientQuery,
     ClientSummary, ExplainQuery, Explanation, Family, HistogramFamily, LoginRefusal, MetricKind,
@@ -69,6 +69,10 @@ pub(crate) struct ReloadParts {
     pub(crate) acl_file: Option<PathBuf>,
     /// `[bans] file`.
     pub(crate) ban_file: Option<PathBuf>,
+    /// The listeners' names, for the ACL lint.
+    pub(crate) listener_names: Vec<String>,
+    /// What besides the password store names users (the ACL lint does not check users then).
+    pub(crate) other_identities: Option<&'static str>,
 }
 
 /// The broker, as the admin API sees it.
@@ -682,6 +686,44 @@ impl bulwark_admin::Backend for AdminBackend {
                     })
             })
             .collect()
+    }
+
+    async fn lint(&self) -> Result<LintReport, Refusal> {
+        let rules = self
+            .inspect(|broker| broker.acl())
+            .await
+            .ok_or_else(|| Refusal::Unavailable("the engine did not answer".to_owned()))?
+            .ok_or_else(|| Refusal::NotFound("no ACL is in force".to_owned()))?;
+        let reload = &self.parts.reload;
+        let mut known = bulwark_acl::lint::Known {
+            listeners: Some(reload.listener_names.clone()),
+            ..Default::default()
+        };
+        let note = match (reload.other_identities, self.parts.auth.password_file()) {
+            (Some(others), _) => Some(format!(
+                "{others} also name users: users and groups are not checked against the password store"
+            )),
+            (None, None) => Some("no password store: users and groups are not checked".to_owned()),
+            (None, Some(path)) => {
+                let store = crate::files::load_store(&path, true).map_err(Refusal::Unavailable)?;
+                known.users = Some(
+                    store
+                        .users()
+                        .map(|u| (u.name.clone(), u.groups.clone()))
+                        .collect(),
+                );
+                None
+            }
+        };
+        let findings = bulwark_acl::lint::lint(&rules, &known)
+            .into_iter()
+            .map(|f| LintFinding {
+                origin: f.origin.to_string(),
+                kind: f.kind.as_str().to_owned(),
+                message: f.message,
+            })
+            .collect();
+        Ok(LintReport { findings, note })
     }
 
     async fn explain(&self, query: ExplainQuery) -> Result<Explanation, Refusal> {

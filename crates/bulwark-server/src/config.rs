@@ -240,6 +240,25 @@ pub struct AclSettings {
 }
 
 impl ServerConfig {
+    /// What, besides the password store, names users on some listener (client certificates,
+    /// JWTs), if anything: the ACL's users and groups cannot be checked against the store then.
+    pub fn other_identity_sources(&self) -> Option<&'static str> {
+        let chains: Vec<Authenticator> = self
+            .listeners
+            .iter()
+            .flat_map(|l| l.chain(&self.auth))
+            .collect();
+        match (
+            chains.contains(&Authenticator::Certificate),
+            chains.contains(&Authenticator::Jwt),
+        ) {
+            (true, true) => Some("client certificates and JWTs"),
+            (true, false) => Some("client certificates"),
+            (false, true) => Some("JWTs"),
+            (false, false) => None,
+        }
+    }
+
     /// The number of worker threads `workers` stands for.
     pub fn worker_threads(&self) -> usize {
         match self.workers {

@@ -378,6 +378,8 @@ impl Server {
                     now: reload_now.clone(),
                     acl_file: config.acl.file.clone(),
                     ban_file: config.bans.file.clone(),
+                    listener_names: config.listeners.iter().map(|l| l.name.clone()).collect(),
+                    other_identities: config.other_identity_sources(),
                 },
             });
             tasks.spawn(serve_admin(socket, tls, backend, stop_rx.clone()));

@@ -700,6 +700,12 @@ permission = "deny"
 action = "subscribe"
 user = "carol"
 topic = "fleet/secret/#"
+
+[[rule]]
+permission = "allow"
+action = "subscribe"
+user = "ghost"
+topic = "haunted/#"
 "#,
     )
     .unwrap();
@@ -763,6 +769,19 @@ topic = "fleet/secret/#"
     assert_eq!(sys["allowed"], false);
     let bad = ask("action=publish&topic=a/%23&user=carol&client_id=x").await;
     assert_eq!(bad.status, 400, "{}", bad.body);
+    // The lint knows the store's users: a rule for a user it does not have never matches.
+    let lint = http(admin, "GET", "/api/v1/acl/lint", viewer, None).await;
+    assert_eq!(lint.status, 200, "{}", lint.body);
+    let lint = lint.json();
+    assert!(lint["note"].is_null(), "{lint}");
+    let findings = lint["findings"].as_array().unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["kind"] == "never-matches"
+                && f["message"].as_str().unwrap().contains("ghost")),
+        "{lint}"
+    );
     server.stop().await;
 }
 

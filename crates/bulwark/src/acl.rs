@@ -19,7 +19,7 @@ use bulwark_acl::lint::{Known, lint};
 use bulwark_acl::{AclRules, Decision, Principal, Reason, Template};
 use bulwark_auth::password::PasswordStore;
 use bulwark_proto::{TopicFilter, TopicName};
-use bulwark_server::{Authenticator, ServerConfig, files};
+use bulwark_server::{ServerConfig, files};
 
 /// The ACL file unless `--file` or `--config` says otherwise.
 const DEFAULT_ACL: &str = "bulwark-data/acl.toml";
@@ -361,7 +361,11 @@ fn lint_file(inputs: &Inputs) -> Result<u8, Failure> {
         known.listeners = Some(config.listeners.iter().map(|l| l.name.clone()).collect());
     }
     if let Some((path, store)) = &loaded.store {
-        match loaded.config.as_ref().and_then(other_identities) {
+        match loaded
+            .config
+            .as_ref()
+            .and_then(ServerConfig::other_identity_sources)
+        {
             Some(others) => eprintln!(
                 "note: {others} also name users; users and groups are not checked against {}",
                 path.display()
@@ -386,24 +390,6 @@ fn lint_file(inputs: &Inputs) -> Result<u8, Failure> {
         n => println!("{n} findings"),
     }
     Ok(u8::from(!findings.is_empty()))
-}
-
-/// What, besides the password store, names users on some listener of `config`.
-fn other_identities(config: &ServerConfig) -> Option<&'static str> {
-    let chains: Vec<Authenticator> = config
-        .listeners
-        .iter()
-        .flat_map(|l| l.chain(&config.auth))
-        .collect();
-    match (
-        chains.contains(&Authenticator::Certificate),
-        chains.contains(&Authenticator::Jwt),
-    ) {
-        (true, true) => Some("client certificates and JWTs"),
-        (true, false) => Some("client certificates"),
-        (false, true) => Some("JWTs"),
-        (false, false) => None,
-    }
 }
 
 /// The rule of the first run's ACL for administrators, the group `bulwark serve` puts the user

@@ -125,6 +125,9 @@ impl Backend for Fake {
             _ => Err(LoginRefusal::Refused),
         }
     }
+    async fn lint(&self) -> Result<crate::backend::LintReport, Refusal> {
+        Err(Refusal::NotFound("no ACL".to_owned()))
+    }
     fn reload(&self) -> Result<Vec<String>, Refusal> {
         Ok(vec!["ACL acl.toml".to_owned()])
     }
@@ -430,6 +433,7 @@ fn the_openapi_document_describes_every_route() {
         ("/api/v1/session", &["get"]),
         ("/api/v1/certificates", &["get"]),
         ("/api/v1/reload", &["post"]),
+        ("/api/v1/acl/lint", &["get"]),
         ("/api/v1/users", &["get", "post"]),
         ("/api/v1/users/{name}", &["delete"]),
         ("/api/v1/users/{name}/groups", &["put"]),
@@ -448,7 +452,7 @@ fn the_openapi_document_describes_every_route() {
     }
     assert_eq!(
         paths.len(),
-        21,
+        22,
         "a path in the document that the router lacks"
     );
 }
