@@ -22,17 +22,20 @@ pub enum Output {
     Publish(OutgoingPublish),
     /// The engine accepted the connection: the accepting CONNACK follows at once. The driver
     /// treats its client as authenticated from here on and holds it to this keep alive.
-    Accepted(Accepted),
+    /// Boxed: it comes once per connection, and every other output would be sized for it.
+    Accepted(Box<Accepted>),
     /// Close the connection once everything before this has been sent.
     Close,
 }
 
 /// What the driver of a connection the engine accepted must know (see [`Output::Accepted`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     /// The keep alive the client must honour, seconds (0: none): the Server Keep Alive when
     /// the engine sets one in the CONNACK, the client's own otherwise.
     pub keep_alive: u16,
+    /// The client identifier the engine gave a client that sent none (`None`: it sent one).
+    pub assigned_client_id: Option<Arc<str>>,
 }
 
 impl Output {

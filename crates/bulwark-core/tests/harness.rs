@@ -1663,7 +1663,10 @@ fn an_accepting_connack_is_announced_with_the_keep_alive_to_honour() {
     let out = outputs(&mut broker, 1, c);
     assert_eq!(
         out[0],
-        bulwark_core::Output::Accepted(bulwark_core::Accepted { keep_alive: 30 })
+        bulwark_core::Output::Accepted(Box::new(bulwark_core::Accepted {
+            keep_alive: 30,
+            assigned_client_id: None
+        }))
     );
     assert!(matches!(out[1].clone().into_packet(),
         Some(Packet::ConnAck(ack)) if ack.properties.server_keep_alive == Some(30)));
@@ -1673,7 +1676,10 @@ fn an_accepting_connack_is_announced_with_the_keep_alive_to_honour() {
     let out = outputs(&mut broker, 2, c);
     assert_eq!(
         out[0],
-        bulwark_core::Output::Accepted(bulwark_core::Accepted { keep_alive: 20 })
+        bulwark_core::Output::Accepted(Box::new(bulwark_core::Accepted {
+            keep_alive: 20,
+            assigned_client_id: None
+        }))
     );
     // A refusal is not announced: the CONNACK comes alone, then the close.
     let mut c = connect(ProtocolVersion::V3_1_1, "c");

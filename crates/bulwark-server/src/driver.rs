@@ -735,6 +735,11 @@ impl<S: Transport> Driver<S> {
                             Output::Accepted(accepted) => {
                                 self.decoder.set_authenticated();
                                 connack_sent = true;
+                                if let Some(id) = &accepted.assigned_client_id {
+                                    // The registry knew the CONNECT's empty id: lists, kicks
+                                    // and bans by client id see the one the client uses.
+                                    self.ctx.auth.assigned_client_id(self.conn, id);
+                                }
                                 if accepted.keep_alive != keep_alive_secs {
                                     keep_alive_secs = accepted.keep_alive;
                                     keep_alive = KeepAlive::new(keep_alive_secs, Instant::now());

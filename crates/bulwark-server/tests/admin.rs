@@ -961,3 +961,39 @@ async fn an_operator_reloads_the_files_now_and_a_broken_file_reloads_nothing() {
     assert!(!allowed("old/x").await);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_sent_no_client_id_is_listed_and_kicked_by_the_one_it_was_given() {
+    let fixture = Fixture::new();
+    let server = start_with(|c| fixture.apply(c)).await;
+    let admin = server.admin.unwrap();
+    let (mut nameless, ack) = Raw::v5(server.addr, "").await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let assigned = ack
+        .properties
+        .assigned_client_identifier
+        .expect("an assigned client identifier")
+        .as_str()
+        .to_owned();
+    let list = http(admin, "GET", "/api/v1/clients", Some(&fixture.viewer), None)
+        .await
+        .json();
+    assert_eq!(list["items"][0]["client_id"], assigned.as_str(), "{list}");
+    let path = format!("/api/v1/clients/{assigned}/kick");
+    let kicked = http(admin, "POST", &path, Some(&fixture.operator), None).await;
+    assert_eq!(kicked.status, 204, "{}", kicked.body);
+    nameless
+        .expect_disconnect(ReasonCode::AdministrativeAction)
+        .await;
+    // An empty id names nobody.
+    let empty = http(
+        admin,
+        "POST",
+        "/api/v1/clients//kick",
+        Some(&fixture.operator),
+        None,
+    )
+    .await;
+    assert_ne!(empty.status, 204);
+    server.stop().await;
+}

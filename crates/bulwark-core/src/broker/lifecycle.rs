@@ -208,8 +208,13 @@ impl Broker {
         self.stats.connections.total += 1;
 
         connack.session_present = present;
-        self.outputs
-            .push_back((conn, Output::Accepted(Accepted { keep_alive })));
+        self.outputs.push_back((
+            conn,
+            Output::Accepted(Box::new(Accepted {
+                keep_alive,
+                assigned_client_id: assigned,
+            })),
+        ));
         self.push(conn, Packet::ConnAck(connack));
         self.resume(conn, now);
     }

@@ -501,6 +501,11 @@ impl AuthService {
         credentials::groups_of(&self.credentials.store(), name)
     }
 
+    /// Records the client identifier the engine gave `conn` (its CONNECT had none).
+    pub(crate) fn assigned_client_id(&self, conn: ConnectionId, id: &str) {
+        self.registry.set_client_id(conn, id);
+    }
+
     /// Live connections per listener, for metrics.
     pub(crate) fn live_per_listener(&self) -> Vec<(Arc<str>, usize)> {
         self.registry.per_listener()

@@ -158,6 +158,13 @@ impl Registry {
             .collect()
     }
 
+    /// Sets the client identifier of `conn` (one the engine assigned).
+    pub(super) fn set_client_id(&self, conn: ConnectionId, id: &str) {
+        if let Some(live) = lock(&self.table).conns.get_mut(&conn) {
+            id.clone_into(&mut live.client_id);
+        }
+    }
+
     /// Live connections per listener.
     pub(super) fn per_listener(&self) -> Vec<(Arc<str>, usize)> {
         let mut counts: HashMap<Arc<str>, usize> = HashMap::new();
