@@ -130,10 +130,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Every request: an address locked out waits (429); a request with a bearer token is
-/// authenticated by it (a wrong one is counted towards the lockout and recorded); one with a
-/// dashboard session cookie by its session, and if it changes anything only with the
-/// session's CSRF token in `X-CSRF-Token`; anything else is refused (401).
+/// Every request: one with a bearer token is authenticated by it, one with a dashboard
+/// session cookie by its session (and if it changes anything only with the session's CSRF
+/// token in `X-CSRF-Token`); anything else is refused (401). A wrong token or a missing CSRF
+/// token is counted towards the address's lockout and recorded; while the address is locked
+/// out such attempts get 429 unchecked. Valid credentials are never refused by the lockout:
+/// another user of the same address (a shared host, a NAT) must not be able to lock out a
+/// scraper or an operator with a few wrong tokens.
 async fn authenticate<B: Backend>(
     State(backend): State<Arc<B>>,
     axum::Extension(sessions): axum::Extension<Arc<Sessions>>,
@@ -147,16 +150,23 @@ async fn authenticate<B: Backend>(
     else {
         return ApiError::internal("the listener did not pass the peer's address").into_response();
     };
-    if let Some(wait) = backend.backoff(remote.ip()) {
-        return ApiError::too_many(wait).into_response();
-    }
+    // A refused attempt: 429 while the address is locked out, else counted and `error`.
+    let refuse = |why: &str, error: ApiError| -> Response {
+        if let Some(wait) = backend.backoff(remote.ip()) {
+            return ApiError::too_many(wait).into_response();
+        }
+        backend.authentication_failed(remote, why);
+        error.into_response()
+    };
     let headers = request.headers();
     let caller = if let Some(token) = bearer(headers) {
-        let caller = backend.authenticate(token, remote);
-        if caller.is_none() {
-            backend.authentication_failed(remote, "unknown, wrong or expired API token");
-        }
-        caller
+        let Some(caller) = backend.authenticate(token, remote) else {
+            return refuse(
+                "unknown, wrong or expired API token",
+                ApiError::unauthorized(),
+            );
+        };
+        Some(caller)
     } else if let Some(secret) = headers
         .get(header::COOKIE)
         .and_then(|v| v.to_str().ok())
@@ -173,8 +183,7 @@ async fn authenticate<B: Backend>(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if !session.csrf_matches(presented) {
-                backend.authentication_failed(remote, "dashboard request without its CSRF token");
-                return ApiError::csrf().into_response();
+                return refuse("dashboard request without its CSRF token", ApiError::csrf());
             }
         }
         Some(Caller {
@@ -300,20 +309,23 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
+/// A list's `limit`: [`DEFAULT_PAGE`] when not given, else 1 to `max`.
+fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit: {n} is not between 1 and {max}"
+        ))),
+    }
+}
+
 async fn clients<B: Backend>(
     State(backend): State<Arc<B>>,
     query: Result<Query<ClientQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
-    let limit = match query.limit {
-        None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit: {n} is not between 1 and {MAX_PAGE}"
-            )));
-        }
-    };
+    let limit = page_limit(query.limit, MAX_PAGE)?;
     Ok(Json(backend.clients(&query, limit)).into_response())
 }
 
@@ -475,15 +487,7 @@ async fn events<B: Backend>(
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
-    let limit = match query.limit {
-        None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_EVENTS).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit: {n} is not between 1 and {MAX_EVENTS}"
-            )));
-        }
-    };
+    let limit = page_limit(query.limit, MAX_EVENTS)?;
     let events: Vec<serde_json::Value> = backend
         .recent_events(limit)
         .iter()

@@ -89,10 +89,8 @@ async fn login<B: Backend>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if let Some(wait) = backend.backoff(remote.ip()) {
-        return Err(ApiError::too_many(wait));
-    }
-    // JSON only: a cross-site form cannot send it without the browser asking first.
+    // No lockout check here: wrong passwords are slowed by the login guard, per address and
+    // per username, as MQTT logins are. JSON only: a cross-site form cannot send it without the browser asking first.
     let login: Login = json_body(&headers, body, None)?;
     if login.username.is_empty()
         || login.username.len() > MAX_CREDENTIAL

@@ -445,8 +445,15 @@ async fn failed_tokens_lock_an_address_out_and_token_file_changes_apply_at_once(
             401
         );
     }
-    // The third failure locks the address out, good token or not.
-    let locked = http(admin, "GET", "/api/v1/health", Some(&late), None).await;
+    // The third failure locks the address out: a wrong token now gets 429, unchecked ...
+    let locked = http(
+        admin,
+        "GET",
+        "/api/v1/health",
+        Some("bwk_0000000000000000_wrong"),
+        None,
+    )
+    .await;
     assert_eq!(locked.status, 429, "{}", locked.body);
     let retry: u64 = locked.header("retry-after").unwrap().parse().unwrap();
     assert!((590..=600).contains(&retry), "{retry}");
@@ -458,6 +465,10 @@ async fn failed_tokens_lock_an_address_out_and_token_file_changes_apply_at_once(
                     .is_some_and(|r| r.contains("refused for 600 s"))
         })
         .await;
+    // ... while a valid token from the same address still works: whoever else uses the
+    // address cannot lock its scraper or operator out.
+    let valid = http(admin, "GET", "/api/v1/health", Some(&late), None).await;
+    assert_eq!(valid.status, 200, "{}", valid.body);
     server.stop().await;
 }
 

@@ -236,8 +236,14 @@ async fn every_path_needs_a_valid_token_and_the_answer_does_not_say_which_was_wr
 async fn an_address_in_backoff_is_told_when_to_come_back() {
     let fake = Arc::new(Fake::default());
     *fake.locked.lock().unwrap() = true;
-    let answer = call(&fake, "GET", "/api/v1/health", Some(VIEWER), None).await;
+    let answer = call(&fake, "GET", "/api/v1/health", Some("bwk_wrong"), None).await;
     assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    // Not counted again while locked out.
+    assert!(fake.failures.lock().unwrap().is_empty());
+    // Valid credentials from the same address are not refused: the lockout must not let one
+    // user of an address lock out another.
+    let valid = call(&fake, "GET", "/api/v1/health", Some(VIEWER), None).await;
+    assert_eq!(valid.status, StatusCode::OK);
     assert_eq!(answer.headers["retry-after"], "7");
     assert_eq!(answer.json()["error"], "too_many_requests");
 }
