@@ -77,6 +77,30 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/v1/certificates", get(certificates::<B>))
         .route("/api/v1/acl/explain", get(explain::<B>))
         .route("/api/v1/acl/lint", get(lint::<B>))
+        .route(
+            "/api/v1/acl/diff",
+            axum::routing::post(engine::acl_diff::<B>)
+                .layer(DefaultBodyLimit::max(engine::MAX_ACL_BODY)),
+        )
+        .route("/api/v1/sessions", get(engine::sessions::<B>))
+        .route(
+            "/api/v1/sessions/{client_id}",
+            axum::routing::delete(engine::delete_session::<B>),
+        )
+        .route("/api/v1/subscriptions", get(engine::subscriptions::<B>))
+        .route(
+            "/api/v1/retained",
+            get(engine::retained::<B>).delete(engine::delete_retained::<B>),
+        )
+        .route("/api/v1/config", get(engine::config::<B>))
+        .route(
+            "/api/v1/tokens",
+            get(engine::tokens::<B>).post(engine::add_token::<B>),
+        )
+        .route(
+            "/api/v1/tokens/{name}",
+            axum::routing::delete(engine::remove_token::<B>),
+        )
         .route("/metrics", get(metrics::<B>))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -239,9 +263,19 @@ pub(crate) fn json_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     empty: Option<T>,
 ) -> Result<T, ApiError> {
+    json_body_limited(headers, body, empty, MAX_BODY)
+}
+
+/// [`json_body`] for a route whose body limit is `limit` rather than [`MAX_BODY`].
+pub(crate) fn json_body_limited<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    empty: Option<T>,
+    limit: usize,
+) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(MAX_BODY)
+            ApiError::too_large(limit)
         } else {
             ApiError::bad_request(rejection.body_text())
         }
@@ -683,6 +717,8 @@ async fn metrics<B: Backend>(State(backend): State<Arc<B>>) -> Result<Response, 
     )
         .into_response())
 }
+
+mod engine;
 
 #[cfg(test)]
 mod tests;

@@ -329,6 +329,180 @@ pub enum UserChange {
     Remove,
 }
 
+/// Filters of the session list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionQuery {
+    /// Client identifiers starting with this.
+    pub client_id: Option<String>,
+    /// At most this many items (1 to 1000, default 100).
+    pub limit: Option<usize>,
+    /// The cursor of the page before (`next` of the previous answer).
+    pub after: Option<String>,
+}
+
+/// One session, connected or stored while its client is away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionItem {
+    /// Its client identifier.
+    pub client_id: String,
+    /// The user it belongs to (`null`: an anonymous client's).
+    pub username: Option<String>,
+    /// Whether its client is connected.
+    pub connected: bool,
+    /// Whether the durable store keeps it (it survives a restart).
+    pub stored: bool,
+    /// Subscriptions it holds.
+    pub subscriptions: usize,
+    /// Messages waiting to be sent to its client.
+    pub queued_messages: usize,
+    /// QoS 1 and 2 messages sent and not yet acknowledged.
+    pub inflight: usize,
+    /// The Session Expiry Interval, in seconds (`4294967295`: never).
+    pub session_expiry_interval: u32,
+}
+
+/// Filters of the subscription list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionQuery {
+    /// Sessions whose client identifier starts with this.
+    pub client_id: Option<String>,
+    /// Exactly this topic filter (with `$share/{group}/` for shared subscriptions).
+    pub filter: Option<String>,
+    /// At most this many items (1 to 1000, default 100).
+    pub limit: Option<usize>,
+    /// The cursor of the page before (`next` of the previous answer).
+    pub after: Option<String>,
+}
+
+/// One subscription of one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubscriptionItem {
+    /// The session's client identifier.
+    pub client_id: String,
+    /// The topic filter (with `$share/{group}/` for shared subscriptions).
+    pub filter: String,
+    /// The maximum QoS granted.
+    pub qos: u8,
+    /// No Local (5.0).
+    pub no_local: bool,
+    /// Retain As Published (5.0).
+    pub retain_as_published: bool,
+    /// Retain Handling (5.0): 0, 1 or 2.
+    pub retain_handling: u8,
+    /// The Subscription Identifier (5.0), if one was given.
+    pub subscription_identifier: Option<u32>,
+}
+
+/// Filters of the retained message list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetainedQuery {
+    /// The topic filter the topics must match (default `#`: every topic not starting with
+    /// `$`; `$SYS/#` for the broker's own).
+    pub filter: Option<String>,
+    /// At most this many items (1 to 1000, default 100).
+    pub limit: Option<usize>,
+    /// The cursor of the page before (`next` of the previous answer).
+    pub after: Option<String>,
+}
+
+/// One retained message, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetainedItem {
+    /// Its topic.
+    pub topic: String,
+    /// QoS as published.
+    pub qos: u8,
+    /// Payload size in bytes.
+    pub payload_bytes: usize,
+    /// Seconds left of its Message Expiry Interval (`null`: it does not expire).
+    pub expires_in: Option<u32>,
+    /// The user whose quota it counts against (`null`: anonymous or the broker's own).
+    pub username: Option<String>,
+}
+
+/// What `POST /api/v1/acl/diff` compares with the ACL in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclCandidate {
+    /// The new ACL, as the text of an ACL file; left out: the ACL file as it is on disk now
+    /// (what a reload would put in force).
+    pub acl: Option<String>,
+}
+
+/// What putting a new ACL in force would do to the subscriptions of connected clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AclDiff {
+    /// Where the new ACL came from: `request` or the ACL file's path.
+    pub source: String,
+    /// Connected clients checked.
+    pub clients_checked: usize,
+    /// Subscriptions it would remove or lower, in client identifier order (at most 1000).
+    pub changes: Vec<AclChange>,
+    /// How many changes there are in all (more than listed when `truncated`).
+    pub total_changes: usize,
+    /// Whether `changes` stops short of `total_changes`.
+    pub truncated: bool,
+}
+
+/// One subscription a new ACL would remove or lower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AclChange {
+    /// The client's identifier.
+    pub client_id: String,
+    /// Its username (`null`: anonymous).
+    pub username: Option<String>,
+    /// The topic filter.
+    pub filter: String,
+    /// The QoS granted now.
+    pub qos: u8,
+    /// `revoke` (the subscription goes) or `lower` (it stays with a lower QoS).
+    pub change: String,
+    /// The QoS it would keep (`lower` only).
+    pub new_qos: Option<u8>,
+    /// Why, as the new ACL decides.
+    pub reason: String,
+}
+
+/// An API token, without its secret or hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenView {
+    /// Its name.
+    pub name: String,
+    /// Its id (the part of the token that is not secret).
+    pub id: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// When it was made (Unix seconds).
+    pub created: u64,
+    /// When it expires (Unix seconds; `null`: never).
+    pub expires: Option<u64>,
+}
+
+/// A token to make.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// Its name (unique).
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// How long it is valid, in seconds; left out: until removed.
+    pub duration_seconds: Option<u64>,
+}
+
+/// A token made, with its secret (shown this once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddedToken {
+    /// The token.
+    #[serde(flatten)]
+    pub token: TokenView,
+    /// The secret to send as `Authorization: Bearer ...`.
+    pub secret: String,
+}
+
 /// Whether the broker serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Readiness {
@@ -491,4 +665,52 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The most recent security events, oldest first, at most `limit`.
     fn recent_events(&self, limit: usize) -> Vec<Arc<SecurityEvent>>;
+
+    /// Sessions, connected or stored, a page at a time (by client id).
+    fn sessions(
+        &self,
+        query: &SessionQuery,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page<SessionItem>, Refusal>> + Send;
+
+    /// Deletes the stored session of a client that is not connected.
+    fn delete_session(&self, client_id: &str) -> impl Future<Output = Result<(), Refusal>> + Send;
+
+    /// Subscriptions of all sessions, a page at a time (by client id, then filter).
+    fn subscriptions(
+        &self,
+        query: &SubscriptionQuery,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page<SubscriptionItem>, Refusal>> + Send;
+
+    /// Retained messages whose topic a filter matches, a page at a time (by topic).
+    fn retained(
+        &self,
+        query: &RetainedQuery,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page<RetainedItem>, Refusal>> + Send;
+
+    /// Deletes the message retained on a topic.
+    fn delete_retained(&self, topic: &str) -> impl Future<Output = Result<(), Refusal>> + Send;
+
+    /// What a new ACL would remove from the subscriptions of connected clients.
+    fn acl_diff(
+        &self,
+        candidate: AclCandidate,
+    ) -> impl Future<Output = Result<AclDiff, Refusal>> + Send;
+
+    /// The configuration in force, defaults included, without any secret.
+    fn config(&self) -> serde_json::Value;
+
+    /// The API tokens.
+    fn tokens(&self) -> Result<Vec<TokenView>, Refusal>;
+
+    /// Makes a token.
+    fn add_token(
+        &self,
+        token: NewToken,
+    ) -> impl Future<Output = Result<AddedToken, Refusal>> + Send;
+
+    /// Removes a token by name or id.
+    fn remove_token(&self, name_or_id: &str) -> impl Future<Output = Result<(), Refusal>> + Send;
 }

@@ -28,7 +28,10 @@ mod subscription;
 mod wills;
 
 pub use authz::AuthzEvent;
-pub use broker::{Broker, SessionView};
+pub use broker::{
+    AclPreviewStep, Broker, DeleteSession, QueueTotals, RetainedSummary, Revocation,
+    SessionSummary, SessionView, SubscriptionEntry,
+};
 pub use clients::{ConnectionId, SessionKey};
 pub use config::{
     BrokerConfig, DeniedPublish, PacketLimits, RetainedLimits, SessionLimits, UserQuotas,

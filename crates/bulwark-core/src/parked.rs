@@ -37,6 +37,11 @@ impl ParkedSessions {
         }
     }
 
+    /// Every parked session, in no order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values().map(|(session, _)| session)
+    }
+
     /// Takes a parked session out (its client is back, or it is being discarded).
     pub(crate) fn take(&mut self, key: SessionKey) -> Option<Session> {
         let (session, expires_at) = self.sessions.remove(&key)?;

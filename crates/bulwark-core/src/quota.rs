@@ -71,6 +71,13 @@ impl Quotas {
         self.retained_owner.insert(topic.into(), (user, cost));
     }
 
+    /// The user the message retained on `topic` counts against.
+    pub(crate) fn retained_owner(&self, topic: &str) -> Option<Arc<str>> {
+        self.retained_owner
+            .get(topic)
+            .and_then(|(user, _)| user.clone())
+    }
+
     /// `topic` no longer holds a retained message.
     pub(crate) fn removed(&mut self, topic: &str) {
         let Some((user, cost)) = self.retained_owner.remove(topic) else {

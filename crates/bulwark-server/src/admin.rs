@@ -13,11 +13,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bulwark_acl::Cidr;
 use bulwark_acl::event::{EventKind, SecurityEvent};
+use bulwark_admin::backend::{AclCandidate, AclDiff, AddedToken, NewToken, TokenView};
 use bulwark_admin::backend::{AddedUser, LintFinding, LintReport, NewUser, UserChange, UserView};
 use bulwark_admin::backend::{
     AdminAction, BanTargetView, BanView, Caller, CertificateView, ClientDetail, ClientQuery,
     ClientSummary, ExplainQuery, Explanation, Family, HistogramFamily, LoginRefusal, MetricKind,
     MetricsSnapshot, NewBan, Page, Readiness, Refusal, RuleView, SubscriptionView, Via,
+};
+use bulwark_admin::backend::{
+    RetainedItem, RetainedQuery, SessionItem, SessionQuery, SubscriptionItem, SubscriptionQuery,
 };
 use bulwark_auth::password::{Argon2Params, NewCredentials};
 use bulwark_auth::token::TokenStore;
@@ -34,6 +38,14 @@ use crate::durable::{COMMIT_BUCKETS, StoreMetrics};
 use crate::router::{Inspection, ToRouter, Traffic};
 use crate::sync::lock;
 use crate::tls::TlsAcceptor;
+
+mod config_view;
+mod engine;
+
+/// The configuration in force as `GET /api/v1/config` shows it.
+pub(crate) fn effective_config(config: &crate::config::ServerConfig) -> serde_json::Value {
+    config_view::effective(config)
+}
 
 /// How long a request waits for the router's answer before it is refused (503).
 const ENGINE_WAIT: Duration = Duration::from_secs(5);
@@ -58,6 +70,8 @@ pub(crate) struct AdminParts {
     pub(crate) memory_watermark: u64,
     /// What `POST /api/v1/reload` checks and wakes.
     pub(crate) reload: ReloadParts,
+    /// The configuration in force, without secrets (`GET /api/v1/config`).
+    pub(crate) config: serde_json::Value,
 }
 
 /// The files a reload reads, and the file watcher to wake.
@@ -87,6 +101,8 @@ pub(crate) struct AdminBackend {
     listener: ListenerAuth,
     /// Held while the password store file is read, changed and written: one edit at a time.
     store_edit: tokio::sync::Mutex<()>,
+    /// Held while the token file is read, changed and written.
+    token_edit: tokio::sync::Mutex<()>,
 }
 
 /// The token file, re-read when it changes.
@@ -160,6 +176,7 @@ impl AdminBackend {
                 allow_anonymous: false,
             },
             store_edit: tokio::sync::Mutex::new(()),
+            token_edit: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -194,9 +211,18 @@ impl AdminBackend {
         &self,
         look: impl FnOnce(&Broker) -> T + Send + 'static,
     ) -> Option<T> {
+        self.operate(move |broker, _| look(broker)).await
+    }
+
+    /// Runs `change` over the engine between two router rounds, as [`Self::inspect`] does;
+    /// what it changes goes out (and to the durable store) with that round.
+    async fn operate<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut Broker, Instant) -> T + Send + 'static,
+    ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
-        let inspection = Inspection(Box::new(move |broker: &Broker| {
-            let _ = tx.send(look(broker));
+        let inspection = Inspection(Box::new(move |broker: &mut Broker, now| {
+            let _ = tx.send(change(broker, now));
         }));
         let send = self.parts.router.send(ToRouter::Inspect(inspection));
         tokio::time::timeout(ENGINE_WAIT, async {
@@ -824,6 +850,58 @@ impl bulwark_admin::Backend for AdminBackend {
 
     fn recent_events(&self, limit: usize) -> Vec<Arc<SecurityEvent>> {
         self.parts.auth.audit.recent(limit)
+    }
+
+    async fn sessions(
+        &self,
+        query: &SessionQuery,
+        limit: usize,
+    ) -> Result<Page<SessionItem>, Refusal> {
+        self.session_page(query, limit).await
+    }
+
+    async fn delete_session(&self, client_id: &str) -> Result<(), Refusal> {
+        self.remove_session(client_id).await
+    }
+
+    async fn subscriptions(
+        &self,
+        query: &SubscriptionQuery,
+        limit: usize,
+    ) -> Result<Page<SubscriptionItem>, Refusal> {
+        self.subscription_page(query, limit).await
+    }
+
+    async fn retained(
+        &self,
+        query: &RetainedQuery,
+        limit: usize,
+    ) -> Result<Page<RetainedItem>, Refusal> {
+        self.retained_list(query, limit).await
+    }
+
+    async fn delete_retained(&self, topic: &str) -> Result<(), Refusal> {
+        self.remove_retained(topic).await
+    }
+
+    async fn acl_diff(&self, candidate: AclCandidate) -> Result<AclDiff, Refusal> {
+        self.diff_acl(candidate).await
+    }
+
+    fn config(&self) -> serde_json::Value {
+        self.parts.config.clone()
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenView>, Refusal> {
+        Ok(self.token_list())
+    }
+
+    async fn add_token(&self, token: NewToken) -> Result<AddedToken, Refusal> {
+        self.issue_token(token).await
+    }
+
+    async fn remove_token(&self, name_or_id: &str) -> Result<(), Refusal> {
+        self.revoke_token(name_or_id).await
     }
 
     async fn metrics(&self) -> MetricsSnapshot {

@@ -70,6 +70,11 @@ impl TrustedProxies {
         self.networks.iter().any(|n| n.contains(ip))
     }
 
+    /// The networks, as configured.
+    pub fn networks(&self) -> &[Cidr] {
+        &self.networks
+    }
+
     /// Whether no network is listed (then every peer is untrusted).
     pub fn is_empty(&self) -> bool {
         self.networks.is_empty()

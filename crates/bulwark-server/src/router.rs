@@ -46,7 +46,9 @@ pub(crate) enum ToRouter {
         principal: Arc<bulwark_acl::Principal>,
     },
     /// Run this over the engine between two rounds, for the admin API; it must do bounded
-    /// work (one client's record, counters) and send its answer itself.
+    /// work (a page of a list, one client's record, counters) and send its answer itself.
+    /// What it changes (a deleted session or retained message) goes out and to the durable
+    /// store with the round, as a client's packet would.
     Inspect(Inspection),
     /// Close these connections (revoked certificates, bans, an operator's kick).
     Kick {
@@ -57,7 +59,10 @@ pub(crate) enum ToRouter {
 }
 
 /// A look at the engine for the admin API (see [`ToRouter::Inspect`]).
-pub(crate) struct Inspection(pub(crate) Box<dyn FnOnce(&Broker) + Send>);
+pub(crate) struct Inspection(pub(crate) Box<Look>);
+
+/// What an [`Inspection`] runs: the engine, and the time of the round.
+pub(crate) type Look = dyn FnOnce(&mut Broker, Instant) + Send;
 
 impl std::fmt::Debug for Inspection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -431,7 +436,7 @@ impl Router {
                 self.release_takeovers(peers, takeovers, now);
             }
             ToRouter::Acl(rules) => self.broker.set_acl(Some(rules), now),
-            ToRouter::Inspect(Inspection(look)) => look(&self.broker),
+            ToRouter::Inspect(Inspection(look)) => look(&mut self.broker, now),
             ToRouter::Shed(bytes) => {
                 let (messages, freed) = self.broker.shed(bytes);
                 tracing::warn!(

@@ -381,6 +381,7 @@ impl Server {
                     listener_names: config.listeners.iter().map(|l| l.name.clone()).collect(),
                     other_identities: config.other_identity_sources(),
                 },
+                config: crate::admin::effective_config(&config),
             });
             tasks.spawn(serve_admin(socket, tls, backend, stop_rx.clone()));
         }

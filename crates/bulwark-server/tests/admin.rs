@@ -1008,3 +1008,372 @@ async fn a_client_that_sent_no_client_id_is_listed_and_kicked_by_the_one_it_was_
     assert_ne!(empty.status, 204);
     server.stop().await;
 }
+
+/// A 5.0 CONNECT that keeps its session for an hour after the connection ends.
+fn persistent(id: &str) -> bulwark_proto::Connect {
+    let mut connect = connect_packet(ProtocolVersion::V5, id);
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(3600);
+    connect
+}
+
+fn strings(list: &serde_json::Value, key: &str) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i[key].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn sessions_subscriptions_and_retained_messages_are_listed_a_page_at_a_time_and_deleted() {
+    let fixture = Fixture::new();
+    let server = start_with(|c| fixture.apply(c)).await;
+    let admin = server.admin.unwrap();
+    let viewer = Some(fixture.viewer.as_str());
+    let operator = Some(fixture.operator.as_str());
+
+    // keep-1: a stored session whose client is away; live-1: connected.
+    let (mut keep, _) = Raw::connect(server.addr, &persistent("keep-1")).await;
+    keep.subscribe_qos(1, "fleet/+/temp", QoS::AtLeastOnce)
+        .await;
+    keep.subscribe_qos(2, "$share/g/jobs/#", QoS::AtMostOnce)
+        .await;
+    keep.send(&bulwark_proto::Disconnect::new(ReasonCode::Success))
+        .await;
+    keep.until_closed(WAIT).await;
+    let (mut live, _) = Raw::connect(server.addr, &persistent("live-1")).await;
+    live.subscribe_qos(1, "a/b", QoS::AtMostOnce).await;
+    for (n, topic) in ["fleet/1/temp", "fleet/2/temp", "other/x"]
+        .iter()
+        .enumerate()
+    {
+        let mut message = common::publish(topic, QoS::AtLeastOnce, n as u16 + 10, b"21.5");
+        message.retain = true;
+        live.send(&message).await;
+        assert!(matches!(
+            live.recv().await,
+            bulwark_proto::Packet::PubAck(_)
+        ));
+    }
+
+    // Sessions, a page of one at a time.
+    let first = http(admin, "GET", "/api/v1/sessions?limit=1", viewer, None).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    assert_eq!(strings(&first, "client_id"), ["keep-1"]);
+    assert_eq!(first["items"][0]["connected"], false);
+    assert_eq!(first["items"][0]["subscriptions"], 2);
+    let next = first["next"].as_str().unwrap();
+    let second = http(
+        admin,
+        "GET",
+        &format!("/api/v1/sessions?limit=1&after={next}"),
+        viewer,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(strings(&second, "client_id"), ["live-1"]);
+    assert_eq!(second["items"][0]["connected"], true);
+    assert!(second["next"].is_null(), "{second}");
+    let prefixed = http(
+        admin,
+        "GET",
+        "/api/v1/sessions?client_id=live",
+        viewer,
+        None,
+    )
+    .await;
+    assert_eq!(strings(&prefixed.json(), "client_id"), ["live-1"]);
+
+    // Subscriptions, by client id then filter; the cursor carries both.
+    let subs = http(admin, "GET", "/api/v1/subscriptions?limit=2", viewer, None)
+        .await
+        .json();
+    assert_eq!(
+        strings(&subs, "filter"),
+        ["$share/g/jobs/#", "fleet/+/temp"]
+    );
+    assert_eq!(subs["items"][1]["qos"], 1);
+    let cursor = subs["next"].as_str().unwrap();
+    let rest = http(
+        admin,
+        "GET",
+        &format!("/api/v1/subscriptions?limit=2&after={cursor}"),
+        viewer,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(strings(&rest, "client_id"), ["live-1"]);
+    assert!(rest["next"].is_null());
+    let exact = http(
+        admin,
+        "GET",
+        "/api/v1/subscriptions?filter=fleet%2F%2B%2Ftemp",
+        viewer,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(strings(&exact, "client_id"), ["keep-1"]);
+    let bad_cursor = http(admin, "GET", "/api/v1/subscriptions?after=zz", viewer, None).await;
+    assert_eq!(bad_cursor.status, 400, "{}", bad_cursor.body);
+
+    // Retained messages by filter, without payloads.
+    let retained = http(
+        admin,
+        "GET",
+        "/api/v1/retained?filter=fleet%2F%2B%2Ftemp",
+        viewer,
+        None,
+    )
+    .await;
+    assert_eq!(retained.status, 200, "{}", retained.body);
+    let retained = retained.json();
+    assert_eq!(
+        strings(&retained, "topic"),
+        ["fleet/1/temp", "fleet/2/temp"]
+    );
+    assert_eq!(retained["items"][0]["payload_bytes"], 4);
+    assert!(!retained.to_string().contains("21.5"), "{retained}");
+    let all = http(admin, "GET", "/api/v1/retained", viewer, None)
+        .await
+        .json();
+    assert_eq!(all["items"].as_array().unwrap().len(), 3, "{all}");
+    let bad = http(
+        admin,
+        "GET",
+        "/api/v1/retained?filter=a%2F%23%2Fb",
+        viewer,
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // Deletions: operators only, recorded, and in force for clients.
+    let path = "/api/v1/retained?topic=fleet%2F1%2Ftemp";
+    assert_eq!(http(admin, "DELETE", path, viewer, None).await.status, 403);
+    let deleted = http(admin, "DELETE", path, operator, None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    assert_eq!(
+        http(admin, "DELETE", path, operator, None).await.status,
+        404
+    );
+    let (mut reader, _) = Raw::v5(server.addr, "reader").await;
+    reader
+        .subscribe_qos(1, "fleet/+/temp", QoS::AtMostOnce)
+        .await;
+    assert_eq!(reader.recv_publish().await.topic.as_str(), "fleet/2/temp");
+    reader.expect_no_publish(common::QUIET).await;
+
+    let connected = http(admin, "DELETE", "/api/v1/sessions/live-1", operator, None).await;
+    assert_eq!(connected.status, 409, "{}", connected.body);
+    let gone = http(admin, "DELETE", "/api/v1/sessions/keep-1", operator, None).await;
+    assert_eq!(gone.status, 204, "{}", gone.body);
+    assert_eq!(
+        http(admin, "DELETE", "/api/v1/sessions/keep-1", operator, None)
+            .await
+            .status,
+        404
+    );
+    let (_back, ack) = Raw::connect(server.addr, &persistent("keep-1")).await;
+    assert!(!ack.session_present, "the deleted session is not resumed");
+    fixture
+        .wait_event("the session deletion", |e| {
+            e["kind"] == "admin_action"
+                && e["action"] == "DELETE /api/v1/sessions/keep-1"
+                && e["reason"] == "done"
+        })
+        .await;
+    fixture
+        .wait_event("the retained deletion", |e| {
+            e["kind"] == "admin_action"
+                && e["action"] == "DELETE /api/v1/retained"
+                && e["reason"] == "done"
+        })
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_acl_dry_run_lists_what_a_new_acl_would_revoke_and_changes_nothing() {
+    let fixture = Fixture::new();
+    let acl = fixture.dir.join("acl.toml");
+    std::fs::write(
+        &acl,
+        r#"
+[[rule]]
+permission = "allow"
+action = "subscribe"
+user = "carol"
+topics = ["fleet/#", "alerts/#"]
+
+[[rule]]
+permission = "allow"
+action = "publish"
+user = "dave"
+topic = "fleet/#"
+"#,
+    )
+    .unwrap();
+    let server = start_with(|c| {
+        fixture.apply(c);
+        c.acl.file = Some(acl.clone());
+    })
+    .await;
+    let admin = server.admin.unwrap();
+    let operator = Some(fixture.operator.as_str());
+    let (mut carol, code) = login(server.addr, "c-1", "carol", DASHBOARD_PASSWORD).await;
+    assert_eq!(code, ReasonCode::Success);
+    carol.subscribe_qos(1, "fleet/#", QoS::ExactlyOnce).await;
+    carol.subscribe_qos(2, "alerts/#", QoS::AtLeastOnce).await;
+    let (mut dave, code) = login(server.addr, "d-1", "dave", DASHBOARD_PASSWORD).await;
+    assert_eq!(code, ReasonCode::Success);
+
+    let candidate = r#"
+[[rule]]
+permission = "allow"
+action = "subscribe"
+user = "carol"
+topic = "alerts/#"
+max_qos = 0
+"#;
+    let body = serde_json::json!({ "acl": candidate }).to_string();
+    let viewer = Some(fixture.viewer.as_str());
+    let refused = http(admin, "POST", "/api/v1/acl/diff", viewer, Some(&body)).await;
+    assert_eq!(refused.status, 403);
+    let diff = http(admin, "POST", "/api/v1/acl/diff", operator, Some(&body)).await;
+    assert_eq!(diff.status, 200, "{}", diff.body);
+    let diff = diff.json();
+    assert_eq!(diff["source"], "request");
+    assert_eq!(diff["clients_checked"], 2);
+    assert_eq!(diff["total_changes"], 2, "{diff}");
+    assert_eq!(diff["truncated"], false);
+    let changes = diff["changes"].as_array().unwrap();
+    assert_eq!(changes[0]["filter"], "alerts/#");
+    assert_eq!(changes[0]["change"], "lower");
+    assert_eq!(changes[0]["qos"], 1);
+    assert_eq!(changes[0]["new_qos"], 0);
+    assert_eq!(changes[1]["filter"], "fleet/#");
+    assert_eq!(changes[1]["change"], "revoke");
+    assert_eq!(changes[1]["username"], "carol");
+    assert_eq!(changes[1]["client_id"], "c-1");
+
+    // The file on disk is what is in force: nothing would change.
+    let same = http(admin, "POST", "/api/v1/acl/diff", operator, None).await;
+    assert_eq!(same.status, 200, "{}", same.body);
+    assert_eq!(same.json()["total_changes"], 0);
+    assert!(
+        same.json()["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("acl.toml")
+    );
+    let broken = serde_json::json!({ "acl": "[[rule]]\npermission = \"maybe\"\n" }).to_string();
+    let broken = http(admin, "POST", "/api/v1/acl/diff", operator, Some(&broken)).await;
+    assert_eq!(broken.status, 400, "{}", broken.body);
+    assert!(broken.body.contains("request"), "{}", broken.body);
+
+    // A dry run: carol still gets what the rules in force let her have.
+    let mut message = common::publish("fleet/7", QoS::AtLeastOnce, 5, b"x");
+    message.retain = false;
+    dave.send(&message).await;
+    assert_eq!(carol.recv_publish().await.topic.as_str(), "fleet/7");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_makes_and_removes_tokens_and_reads_the_configuration_without_secrets() {
+    let fixture = Fixture::new();
+    let server = start_with(|c| fixture.apply(c)).await;
+    let admin = server.admin.unwrap();
+    let root = Some(fixture.admin.as_str());
+    let operator = Some(fixture.operator.as_str());
+    assert_eq!(
+        http(admin, "GET", "/api/v1/tokens", operator, None)
+            .await
+            .status,
+        403
+    );
+    let body = r#"{"name": "scraper", "role": "viewer", "duration_seconds": 3600}"#;
+    let refused = http(admin, "POST", "/api/v1/tokens", operator, Some(body)).await;
+    assert_eq!(refused.status, 403);
+    let made = http(admin, "POST", "/api/v1/tokens", root, Some(body)).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let made = made.json();
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    assert_eq!(made["role"], "viewer");
+    assert!(made["expires"].as_u64().unwrap() > now());
+    // It works at once, and only as a viewer.
+    let clients = http(admin, "GET", "/api/v1/clients", Some(&secret), None).await;
+    assert_eq!(clients.status, 200, "{}", clients.body);
+    let kick = http(admin, "POST", "/api/v1/clients/x/kick", Some(&secret), None).await;
+    assert_eq!(kick.status, 403);
+    let again = http(admin, "POST", "/api/v1/tokens", root, Some(body)).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    let bad_role = http(
+        admin,
+        "POST",
+        "/api/v1/tokens",
+        root,
+        Some(r#"{"name": "x", "role": "owner"}"#),
+    )
+    .await;
+    assert_eq!(bad_role.status, 400);
+    assert!(bad_role.body.contains("role"), "{}", bad_role.body);
+    let list = http(admin, "GET", "/api/v1/tokens", root, None).await;
+    assert_eq!(list.status, 200);
+    assert!(!list.body.contains(&secret), "no secret in the list");
+    let names: Vec<String> = list
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains(&"scraper".to_owned()), "{names:?}");
+    let file = std::fs::read_to_string(fixture.dir.join("tokens.toml")).unwrap();
+    assert!(
+        file.contains("scraper") && !file.contains(&secret),
+        "{file}"
+    );
+
+    let removed = http(admin, "DELETE", "/api/v1/tokens/scraper", root, None).await;
+    assert_eq!(removed.status, 204, "{}", removed.body);
+    let refused = http(admin, "GET", "/api/v1/clients", Some(&secret), None).await;
+    assert_eq!(refused.status, 401, "a removed token stops working at once");
+    assert_eq!(
+        http(admin, "DELETE", "/api/v1/tokens/scraper", root, None)
+            .await
+            .status,
+        404
+    );
+    fixture
+        .wait_event("the token made", |e| {
+            e["kind"] == "admin_action"
+                && e["action"] == "POST /api/v1/tokens"
+                && e["reason"] == "done"
+        })
+        .await;
+
+    // The configuration in force: sections with their defaults, files by path only.
+    let config = http(admin, "GET", "/api/v1/config", operator, None).await;
+    assert_eq!(config.status, 200, "{}", config.body);
+    let config = config.json();
+    assert_eq!(config["admin"]["max_failures"], 10);
+    assert!(
+        config["admin"]["tokens"]
+            .as_str()
+            .unwrap()
+            .ends_with("tokens.toml")
+    );
+    assert_eq!(config["listener"][0]["name"], "test");
+    assert!(
+        !config.to_string().contains(&fixture.admin),
+        "no token in {config}"
+    );
+    server.stop().await;
+}

@@ -40,11 +40,16 @@ use crate::stats::{Gauges, Stats, Sys};
 use crate::subscription::SubscriptionRecord;
 use crate::wills::{PendingWill, Wills, will_delay, will_message};
 
+mod admin;
 mod delivery;
 mod durable;
 mod inbound;
 mod lifecycle;
 
+pub use admin::{
+    AclPreviewStep, DeleteSession, QueueTotals, RetainedSummary, Revocation, SessionSummary,
+    SubscriptionEntry,
+};
 use lifecycle::take_shared;
 
 /// One session as an operator sees it ([`Broker::session_view`]).
