@@ -511,12 +511,7 @@ impl bulwark_admin::Backend for AdminBackend {
 
     async fn add_ban(&self, ban: NewBan, caller: &Caller) -> Result<BanView, Refusal> {
         let target = target(&ban.target)?;
-        if ban.duration_seconds == Some(0) {
-            return Err(Refusal::Invalid(
-                "duration_seconds: must be at least 1 (leave it out for a ban until removed)"
-                    .to_owned(),
-            ));
-        }
+        engine::check_duration(ban.duration_seconds, "a ban until removed")?;
         let now = unix_now();
         let ban = Ban {
             target,

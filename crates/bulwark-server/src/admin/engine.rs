@@ -22,6 +22,23 @@ const DIFF_STEP: usize = 1000;
 /// Changes the ACL dry run lists at most (it counts them all).
 const DIFF_LISTED: usize = 1000;
 
+/// The longest `duration_seconds` of a ban or a token: 100 years.
+pub(super) const MAX_DURATION: u64 = 100 * 365 * 86_400;
+
+/// Refuses a `duration_seconds` of 0 or over [`MAX_DURATION`]; `endless` says what leaving it
+/// out gives.
+pub(super) fn check_duration(duration: Option<u64>, endless: &str) -> Result<(), Refusal> {
+    match duration {
+        Some(0) => Err(Refusal::Invalid(format!(
+            "duration_seconds: must be at least 1 (leave it out for {endless})"
+        ))),
+        Some(d) if d > MAX_DURATION => Err(Refusal::Invalid(format!(
+            "duration_seconds: {d} is over {MAX_DURATION} (100 years; leave it out for {endless})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn unavailable() -> Refusal {
     Refusal::Unavailable("the engine did not answer".to_owned())
 }
@@ -324,18 +341,8 @@ impl AdminBackend {
             .parse()
             .map_err(|err| Refusal::Invalid(format!("role: {err}")))?;
         let now = unix_now();
-        let expires = match token.duration_seconds {
-            Some(0) => {
-                return Err(Refusal::Invalid(
-                    "duration_seconds: must be at least 1".to_owned(),
-                ));
-            }
-            Some(d) => Some(
-                now.checked_add(d)
-                    .ok_or_else(|| Refusal::Invalid("duration_seconds: too large".to_owned()))?,
-            ),
-            None => None,
-        };
+        check_duration(token.duration_seconds, "a token until removed")?;
+        let expires = token.duration_seconds.map(|d| now.saturating_add(d));
         let _edit = self.token_edit.lock().await;
         let mut store = self.read_tokens()?;
         if store.records().iter().any(|r| r.name == token.name) {
@@ -382,5 +389,33 @@ mod tests {
         for bad in ["", "zz.00", "0.00", "6162", "ff.61"] {
             assert!(parse_subscription_cursor(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod document {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+
+    use bulwark_proto::ReasonCode;
+
+    /// The kick's reason codes in the OpenAPI document are exactly those the server takes.
+    #[test]
+    fn the_documented_kick_codes_are_the_ones_taken() {
+        let doc: serde_json::Value = serde_json::from_str(bulwark_admin::api::OPENAPI).unwrap();
+        let documented: Vec<u64> =
+            doc["components"]["schemas"]["Kick"]["properties"]["reason_code"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_u64().unwrap())
+                .collect();
+        let taken: Vec<u64> = (0..=255u8)
+            .filter(|c| {
+                ReasonCode::from_u8(*c)
+                    .is_some_and(|c| c.server_may_disconnect_with() && c.is_error())
+            })
+            .map(u64::from)
+            .collect();
+        assert_eq!(documented, taken);
     }
 }
