@@ -492,6 +492,22 @@ impl LoginGuard {
         by_address || by_username
     }
 
+    /// How many source addresses and usernames are in backoff now (delayed, serialized or, for
+    /// addresses, banned): one pass over what the guard tracks, which is bounded.
+    pub fn backoff_counts(&self, now: Instant) -> (usize, usize) {
+        let settings = &self.settings;
+        let counted = |entry: &&Entry| {
+            entry.banned_at(now).is_some()
+                || settings
+                    .delay_for(entry.current_count(now, settings.window))
+                    .is_some()
+        };
+        (
+            self.addresses.values().filter(counted).count(),
+            self.usernames.values().filter(counted).count(),
+        )
+    }
+
     fn take_slot(
         &mut self,
         address: IpAddr,

@@ -112,6 +112,39 @@ pub enum Refused {
 }
 
 impl Refused {
+    /// Every reason, in the order of [`Refused::index`].
+    pub const ALL: [Self; 9] = [
+        Self::Total,
+        Self::Address,
+        Self::Prefix,
+        Self::Handshakes,
+        Self::AddressHandshakes,
+        Self::Rate,
+        Self::Cooling,
+        Self::Banned,
+        Self::Overloaded,
+    ];
+
+    /// Its place in [`Refused::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A short name for metric labels.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Total => "max_connections",
+            Self::Address => "max_per_address",
+            Self::Prefix => "max_per_prefix",
+            Self::Handshakes => "max_handshakes",
+            Self::AddressHandshakes => "max_handshakes_per_address",
+            Self::Rate => "rate",
+            Self::Cooling => "cooling",
+            Self::Banned => "banned",
+            Self::Overloaded => "overloaded",
+        }
+    }
+
     /// The reason in words, for logs and events.
     pub const fn as_str(self) -> &'static str {
         match self {

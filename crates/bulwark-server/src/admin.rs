@@ -908,6 +908,7 @@ impl bulwark_admin::Backend for AdminBackend {
                     broker.sessions(),
                     broker.subscription_count(),
                     broker.retained_count(),
+                    broker.queue_totals(),
                 )
             })
             .await;
@@ -941,7 +942,7 @@ impl bulwark_admin::Backend for AdminBackend {
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
         ));
-        if let Some((stats, connected, sessions, subscriptions, retained)) = engine {
+        if let Some((stats, connected, sessions, subscriptions, retained, queues)) = engine {
             engine_families(&mut families, &stats);
             families.push(gauge(
                 "clients_connected",
@@ -963,7 +964,72 @@ impl bulwark_admin::Backend for AdminBackend {
                 "Retained messages held.",
                 plain(retained as u64),
             ));
+            families.push(gauge(
+                "queued_messages",
+                "Messages waiting in the queues of all sessions (connected and parked).",
+                plain(queues.queued_messages as u64),
+            ));
+            families.push(gauge(
+                "queued_bytes",
+                "Bytes (payload and topic) of the messages waiting in all queues.",
+                plain(queues.queued_bytes as u64),
+            ));
+            families.push(gauge(
+                "inflight_messages",
+                "QoS 1 and 2 messages sent to clients and not yet acknowledged.",
+                plain(queues.inflight as u64),
+            ));
+            families.push(gauge(
+                "longest_queue",
+                "Messages waiting in the longest queue of one session (a slow or absent consumer).",
+                plain(queues.longest_queue as u64),
+            ));
         }
+        let traffic = &self.parts.traffic;
+        let mut refusals: Samples = traffic
+            .refusals()
+            .into_iter()
+            .map(|(why, n)| (vec![("reason", why.label().to_owned())], n))
+            .collect();
+        refusals.push((
+            vec![("reason", "listener_max_connections".to_owned())],
+            traffic
+                .listener_full
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ));
+        families.push(counter(
+            "admission_refused",
+            "Sockets refused before any handshake since start, by reason.",
+            refusals,
+        ));
+        families.push(counter(
+            "protocol_violations",
+            "Connections closed for breaking the protocol or a limit since start, by the reason \
+             code they were closed with.",
+            traffic
+                .violations()
+                .into_iter()
+                .map(|(code, n)| {
+                    let name = ReasonCode::from_u8(code).map_or("unknown", ReasonCode::name);
+                    (
+                        vec![
+                            ("code", format!("0x{code:02X}")),
+                            ("reason", name.to_owned()),
+                        ],
+                        n,
+                    )
+                })
+                .collect(),
+        ));
+        let (addresses, usernames) = self.parts.auth.backoff_counts();
+        families.push(gauge(
+            "login_backoff_active",
+            "Source addresses and usernames the login guard delays, serializes or bans now.",
+            vec![
+                (vec![("key", "address".to_owned())], addresses as u64),
+                (vec![("key", "username".to_owned())], usernames as u64),
+            ],
+        ));
         families.push(gauge(
             "engine_up",
             "1 when the engine answered this scrape, 0 when it did not within 5 s.",

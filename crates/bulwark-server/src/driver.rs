@@ -179,7 +179,7 @@ pub(crate) fn drive<S: Transport>(
             _ => None,
         };
         if let Some(code) = violation {
-            driver.ctx.traffic.expelled.fetch_add(1, Ordering::Relaxed);
+            driver.ctx.traffic.expel(code);
             // Boxed, as is the ban below: these futures are large and run only after an
             // offence, and every connection's future would otherwise be sized for them.
             Box::pin(driver.violation_event(code, &end)).await;

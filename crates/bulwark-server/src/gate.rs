@@ -79,7 +79,7 @@ impl Gate {
                 done: AtomicBool::new(false),
             }),
             Err(why) => {
-                self.traffic.refused.fetch_add(1, Ordering::Relaxed);
+                self.traffic.refuse(why);
                 self.report(ip, listener, why, now);
                 Err(why)
             }
@@ -165,7 +165,7 @@ impl Permit {
             }
             Err(why) => {
                 drop(ip);
-                self.gate.traffic.refused.fetch_add(1, Ordering::Relaxed);
+                self.gate.traffic.refuse(why);
                 self.gate.report(client, listener, why, now);
                 Err(why)
             }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bulwark_core::{Broker, ConnectionId, Output};
+use bulwark_limits::admission::Refused;
 use bulwark_proto::{Connect, Packet};
 use tokio::sync::{mpsc, watch};
 
@@ -79,6 +80,48 @@ pub(crate) struct Traffic {
     pub(crate) refused: AtomicU64,
     /// Connections closed because their client broke the protocol or a limit.
     pub(crate) expelled: AtomicU64,
+    /// Sockets refused, by reason ([`Refused::index`]).
+    refused_by: [AtomicU64; Refused::ALL.len()],
+    /// Sockets closed at once because their listener was at its own `max_connections`.
+    pub(crate) listener_full: AtomicU64,
+    /// Connections closed for a protocol violation or a limit, by the reason code they were
+    /// closed with (rare: counted under a lock).
+    violations: std::sync::Mutex<std::collections::BTreeMap<u8, u64>>,
+}
+
+impl Traffic {
+    /// A socket refused by admission control.
+    pub(crate) fn refuse(&self, why: Refused) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.refused_by.get(why.index()) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sockets refused so far, by reason.
+    pub(crate) fn refusals(&self) -> Vec<(Refused, u64)> {
+        Refused::ALL
+            .iter()
+            .zip(&self.refused_by)
+            .map(|(why, n)| (*why, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// A connection closed for breaking the protocol or a limit, with `code`.
+    pub(crate) fn expel(&self, code: bulwark_proto::ReasonCode) {
+        self.expelled.fetch_add(1, Ordering::Relaxed);
+        *crate::sync::lock(&self.violations)
+            .entry(code.as_u8())
+            .or_insert(0) += 1;
+    }
+
+    /// Connections closed for breaking the protocol or a limit, by reason code.
+    pub(crate) fn violations(&self) -> Vec<(u8, u64)> {
+        crate::sync::lock(&self.violations)
+            .iter()
+            .map(|(c, n)| (*c, *n))
+            .collect()
+    }
 }
 
 pub(crate) struct Router {

@@ -627,6 +627,11 @@ impl AcceptLoop {
         if max_connections > 0 && self.open.load(Ordering::Relaxed) >= max_connections {
             // At the cap: closed at once, before any handshake work.
             refuse(stream);
+            self.shared
+                .ctx
+                .traffic
+                .listener_full
+                .fetch_add(1, Ordering::Relaxed);
             if self
                 .last_refusal_log
                 .is_none_or(|t| at.duration_since(t) >= std::time::Duration::from_secs(1))

@@ -1377,3 +1377,131 @@ async fn an_admin_makes_and_removes_tokens_and_reads_the_configuration_without_s
     );
     server.stop().await;
 }
+
+/// The value of the sample of `/metrics` whose line starts with `prefix` (name and labels).
+fn sample(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+}
+
+#[tokio::test]
+async fn metrics_count_refusals_violations_queues_and_login_backoff() {
+    let fixture = Fixture::new();
+    let server = start_with(|c| {
+        fixture.apply(c);
+        c.auth.guard.backoff_after = 2;
+    })
+    .await;
+    let admin = server.admin.unwrap();
+    let scrape = || async {
+        let answer = http(admin, "GET", "/metrics", Some(&fixture.viewer), None).await;
+        assert_eq!(answer.status, 200);
+        answer.body
+    };
+    let before = scrape().await;
+    assert_eq!(sample(&before, "bulwark_queued_messages "), 0);
+    assert_eq!(
+        sample(&before, "bulwark_login_backoff_active{key=\"username\"}"),
+        0
+    );
+
+    // Three QoS 1 messages wait for a parked session.
+    let (mut parked, _) = Raw::connect(server.addr, &persistent("parked")).await;
+    parked.subscribe_qos(1, "q/#", QoS::AtLeastOnce).await;
+    parked
+        .send(&bulwark_proto::Disconnect::new(ReasonCode::Success))
+        .await;
+    parked.until_closed(WAIT).await;
+    let (mut publisher, _) = Raw::v5(server.addr, "pub").await;
+    for n in 1..=3u16 {
+        publisher
+            .send(&common::publish("q/1", QoS::AtLeastOnce, n, b"abc"))
+            .await;
+        assert!(matches!(
+            publisher.recv().await,
+            bulwark_proto::Packet::PubAck(_)
+        ));
+    }
+    // A second CONNECT is a protocol error (0x82).
+    let (mut offender, _) = Raw::v5(server.addr, "offender").await;
+    offender
+        .send(&connect_packet(ProtocolVersion::V5, "offender"))
+        .await;
+    offender.until_closed(WAIT).await;
+    // Counted before its event is recorded (the close the client sees comes first).
+    fixture
+        .wait_event("the protocol violation", |e| {
+            e["kind"] == "protocol_violation"
+                && e["reason"].as_str().unwrap().contains("second CONNECT")
+        })
+        .await;
+    // Two wrong passwords put the username in backoff.
+    for id in ["w-1", "w-2"] {
+        assert_eq!(
+            login_code(server.addr, id, "carol", "not-her-password-0").await,
+            ReasonCode::BadUserNameOrPassword
+        );
+    }
+    let after = scrape().await;
+    assert_eq!(sample(&after, "bulwark_queued_messages "), 3, "{after}");
+    assert_eq!(sample(&after, "bulwark_longest_queue "), 3);
+    assert!(sample(&after, "bulwark_queued_bytes ") >= 3 * 3);
+    assert_eq!(
+        sample(
+            &after,
+            "bulwark_protocol_violations_total{code=\"0x82\",reason=\"ProtocolError\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(&after, "bulwark_login_backoff_active{key=\"username\"}"),
+        1
+    );
+    server.stop().await;
+
+    // Admission: one socket per address; the second is refused before any handshake.
+    let fixture = Fixture::new();
+    let server = start_with(|c| {
+        fixture.apply(c);
+        c.admission.exempt = Vec::new();
+        c.admission.max_per_address = 1;
+    })
+    .await;
+    let _first = TcpStream::connect(server.addr).await.unwrap();
+    // Refused with a reset: the connect itself may already see it.
+    if let Ok(mut second) = TcpStream::connect(server.addr).await {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, second.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "closed at once: {read:?}"
+        );
+    }
+    let metrics = http(
+        server.admin.unwrap(),
+        "GET",
+        "/metrics",
+        Some(&fixture.viewer),
+        None,
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &metrics.body,
+            "bulwark_admission_refused_total{reason=\"max_per_address\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &metrics.body,
+            "bulwark_admission_refused_total{reason=\"rate\"}"
+        ),
+        0
+    );
+    server.stop().await;
+}

@@ -277,6 +277,11 @@ impl LoginGate {
         }
     }
 
+    /// Addresses and usernames in backoff now.
+    pub(super) fn backoff_counts(&self) -> (usize, usize) {
+        lock(&self.state).guard.backoff_counts(Instant::now())
+    }
+
     /// Prunes the guard's expired entries.
     pub(super) fn prune(&self) {
         lock(&self.state).guard.prune(Instant::now());

@@ -557,6 +557,11 @@ impl AuthService {
     }
 
     /// Prunes the guard's expired entries.
+    /// Source addresses and usernames the login guard holds in backoff now.
+    pub(crate) fn backoff_counts(&self) -> (usize, usize) {
+        self.gate.backoff_counts()
+    }
+
     pub(crate) fn prune(&self) {
         self.gate.prune();
     }
