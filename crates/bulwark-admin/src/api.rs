@@ -23,7 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::backend::{
     AdminAction, Backend, BanTargetView, Caller, ClientQuery, ExplainQuery, NewBan, NewUser,
-    Refusal, UserChange, Via,
+    PeerCertificate, Refusal, UserChange, Via,
 };
 use crate::error::ApiError;
 use crate::session::Sessions;
@@ -216,6 +216,10 @@ async fn authenticate<B: Backend>(
             role: session.role,
             remote,
         })
+    } else if let Some(PeerCertificate(der)) = request.extensions().get::<PeerCertificate>() {
+        // Verified by the TLS handshake, not guessed: a certificate without a role is
+        // refused, not counted.
+        backend.certificate_caller(der, remote)
     } else {
         // Nothing presented, nothing guessed: refused, not counted.
         None

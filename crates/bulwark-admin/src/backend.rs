@@ -34,7 +34,15 @@ pub enum Via {
     },
     /// A dashboard session (a password-store user's login).
     Session,
+    /// A client certificate verified by the admin listener's TLS, whose identity
+    /// `[admin.certificate_roles]` gives a role (the caller's name is that identity).
+    Certificate,
 }
+
+/// The leaf certificate (DER) a client presented in the TLS handshake of its connection, as
+/// the accept loop puts it in each request's extensions.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(pub Arc<Vec<u8>>);
 
 impl Caller {
     /// Who, for the audit trail: `token:{name} ({id}, {role})` or `user:{name} ({role})`.
@@ -42,6 +50,7 @@ impl Caller {
         match &self.via {
             Via::Token { id } => format!("token:{} ({id}, {})", self.name, self.role),
             Via::Session => format!("user:{} ({})", self.name, self.role),
+            Via::Certificate => format!("cert:{} ({})", self.name, self.role),
         }
     }
 }
@@ -577,6 +586,13 @@ pub enum Refusal {
 pub trait Backend: Send + Sync + 'static {
     /// The caller a presented token belongs to (`None`: unknown, wrong or expired).
     fn authenticate(&self, token: &str, remote: SocketAddr) -> Option<Caller>;
+
+    /// The caller a verified client certificate (DER) stands for, if its identity has a role
+    /// (`None`: no role for it, or certificates are not an identity here).
+    fn certificate_caller(&self, certificate: &[u8], remote: SocketAddr) -> Option<Caller> {
+        let _ = (certificate, remote);
+        None
+    }
 
     /// How long `remote` must wait before its next attempt (`Some` after repeated failures).
     fn backoff(&self, remote: IpAddr) -> Option<Duration>;

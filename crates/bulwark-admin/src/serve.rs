@@ -18,6 +18,7 @@ use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::Backend;
+use crate::backend::PeerCertificate;
 
 /// The TLS settings in force, asked for at each handshake (so that a reload applies to the
 /// next connection).
@@ -81,12 +82,6 @@ async fn connection(
     tls: Option<TlsConfig>,
 ) {
     let _ = stream.set_nodelay(true);
-    let service = app.map_request(move |request: hyper::Request<hyper::body::Incoming>| {
-        let mut request = request.map(axum::body::Body::new);
-        request.extensions_mut().insert(ConnectInfo(peer));
-        request
-    });
-    let service = TowerToHyperService::new(service);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -94,10 +89,24 @@ async fn connection(
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024);
     builder.http2().max_concurrent_streams(16);
+    // Every request carries the peer's address, and its verified client certificate if it
+    // presented one.
+    let service = |certificate: Option<PeerCertificate>| {
+        TowerToHyperService::new(app.map_request(
+            move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(certificate) = &certificate {
+                    request.extensions_mut().insert(certificate.clone());
+                }
+                request
+            },
+        ))
+    };
     let served = match tls {
         None => {
             builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service(None))
                 .await
         }
         Some(config) => {
@@ -114,8 +123,14 @@ async fn connection(
                         return;
                     }
                 };
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| PeerCertificate(Arc::new(leaf.as_ref().to_vec())));
             builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service(certificate))
                 .await
         }
     };

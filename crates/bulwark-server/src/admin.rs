@@ -337,6 +337,29 @@ impl bulwark_admin::Backend for AdminBackend {
         })
     }
 
+    fn certificate_caller(&self, certificate: &[u8], remote: SocketAddr) -> Option<Caller> {
+        let settings = &self.parts.settings;
+        if settings.certificate_roles.is_empty() {
+            return None;
+        }
+        let source = settings.tls.as_ref()?.identity;
+        let der = rustls::pki_types::CertificateDer::from(certificate);
+        let identity = crate::tls::certificate_identity(&der, source)
+            .ok()
+            .flatten()?;
+        let role = settings
+            .certificate_roles
+            .iter()
+            .find(|(name, _)| *name == identity)
+            .map(|(_, role)| *role)?;
+        Some(Caller {
+            name: identity,
+            via: Via::Certificate,
+            role,
+            remote,
+        })
+    }
+
     fn backoff(&self, remote: IpAddr) -> Option<Duration> {
         let failures = lock(&self.failures);
         let (count, last) = failures.get(&remote)?;
@@ -383,6 +406,7 @@ impl bulwark_admin::Backend for AdminBackend {
         event.method = Some(match action.caller.via {
             Via::Token { .. } => "token".to_owned(),
             Via::Session => "session".to_owned(),
+            Via::Certificate => "certificate".to_owned(),
         });
         event.actor = Some(action.caller.actor());
         event.action = Some(action.request);

@@ -200,6 +200,10 @@ pub struct AdminSettings {
     pub max_failures: u32,
     /// How long an address is refused after `max_failures`, and the window they are counted in.
     pub lockout: Duration,
+    /// Client certificate identities (as `tls.identity` reads them) that are callers of their
+    /// own, with their role: a request over a TLS session with such a certificate needs no
+    /// token. Needs `tls` with client certificates.
+    pub certificate_roles: Vec<(String, bulwark_auth::token::Role)>,
 }
 
 impl AdminSettings {
@@ -215,6 +219,7 @@ impl AdminSettings {
             tokens,
             max_failures: 10,
             lockout: Duration::from_secs(60),
+            certificate_roles: Vec::new(),
         }
     }
 }
@@ -414,6 +419,18 @@ impl ServerConfig {
                 problems.push(
                     "admin.tls.client_auth needs admin.tls.client_ca (the CA bundle client \
                      certificates must chain to)"
+                        .to_owned(),
+                );
+            }
+            if !admin.certificate_roles.is_empty()
+                && admin
+                    .tls
+                    .as_ref()
+                    .is_none_or(|tls| tls.client_auth == ClientAuth::None)
+            {
+                problems.push(
+                    "admin.certificate_roles needs [admin.tls] with client_auth = \"optional\" \
+                     or \"required\" and a client_ca: no client certificate would be verified"
                         .to_owned(),
                 );
             }

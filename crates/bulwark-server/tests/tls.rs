@@ -765,8 +765,20 @@ fn a_private_key_every_user_can_read_is_refused_unless_allowed() {
 
 /// One HTTP/1.1 GET over `stream`; the status and the body.
 async fn https_get(stream: &mut Tls, path: &str, token: &str) -> std::io::Result<(u16, String)> {
+    https_request(stream, "GET", path, Some(token)).await
+}
+
+/// One HTTP/1.1 request without a body over `stream`; the status and the body.
+async fn https_request(
+    stream: &mut Tls,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let authorization =
+        token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     let mut answer = Vec::new();
@@ -858,4 +870,63 @@ async fn the_admin_api_over_https_asks_for_a_client_certificate_and_a_token() {
     settings.tls = Some(Box::new(pki.settings()));
     config.admin = Some(settings);
     config.validate().unwrap();
+}
+
+#[tokio::test]
+async fn a_client_certificate_with_a_role_is_an_admin_caller_of_its_own() {
+    let pki = Pki::new("admin-cert-role");
+    pki.leaf("server", "localhost", &["localhost"], false, 1);
+    pki.leaf("op", "operator", &[], true, 2);
+    pki.leaf("other", "stranger", &[], true, 3);
+    std::fs::write(
+        pki.path("tokens.toml"),
+        bulwark_auth::token::TokenStore::new().to_toml(),
+    )
+    .unwrap();
+    let server = common::start_with(|c| {
+        let mut admin = bulwark_server::AdminSettings::new(pki.path("tokens.toml"));
+        admin.bind = "127.0.0.1:0".parse().unwrap();
+        admin.tls = Some(Box::new(pki.mtls(Vec::new())));
+        admin.certificate_roles = vec![("operator".to_owned(), bulwark_auth::token::Role::Viewer)];
+        c.admin = Some(admin);
+    })
+    .await;
+    let admin = server.admin.unwrap();
+
+    // No token: the certificate is the caller, with its role.
+    let mut stream = connect_as(admin, &pki, Some("op")).await.unwrap();
+    let (status, body) = https_request(&mut stream, "GET", "/api/v1/session", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let session: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(session["user"], "operator");
+    assert_eq!(session["role"], "viewer");
+    let mut stream = connect_as(admin, &pki, Some("op")).await.unwrap();
+    let (status, _) = https_request(&mut stream, "POST", "/api/v1/reload", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "a viewer may not reload");
+    // A wrong token is still a wrong token, certificate or not.
+    let mut stream = connect_as(admin, &pki, Some("op")).await.unwrap();
+    let (status, _) = https_request(&mut stream, "GET", "/api/v1/health", Some("bwk_00_x"))
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    // A verified certificate whose identity has no role is no caller.
+    let mut stream = connect_as(admin, &pki, Some("other")).await.unwrap();
+    let (status, _) = https_request(&mut stream, "GET", "/api/v1/health", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    server.stop().await;
+
+    // Roles for certificates need client certificates to be verified.
+    let mut config = common::test_config();
+    let mut settings = bulwark_server::AdminSettings::new(pki.path("tokens.toml"));
+    settings.tls = Some(Box::new(pki.settings()));
+    settings.certificate_roles = vec![("operator".to_owned(), bulwark_auth::token::Role::Admin)];
+    config.admin = Some(settings);
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("admin.certificate_roles"), "{err}");
 }

@@ -440,6 +440,13 @@ fn admin(a: &AdminSettings) -> Value {
         .set("max_failures", a.max_failures)
         .secs("lockout", a.lockout)
         .set("tls", a.tls.as_deref().map_or(Value::Null, tls))
+        .set(
+            "certificate_roles",
+            a.certificate_roles
+                .iter()
+                .map(|(identity, role)| (identity.clone(), Value::from(role.as_str())))
+                .collect::<Map<String, Value>>(),
+        )
         .done()
 }
 
@@ -546,6 +553,7 @@ mod tests {
         assert_eq!(v["admin"]["max_failures"], 10);
         assert_eq!(v["admin"]["lockout"], 60);
         assert_eq!(v["admin"]["tls"], Value::Null);
+        assert_eq!(v["admin"]["certificate_roles"], json!({}));
     }
 
     /// A configuration that sets every secret it can: key material and the HMAC secret as
@@ -621,6 +629,10 @@ mod tests {
                 tokens: tokens.clone(),
                 max_failures: 3,
                 lockout: Duration::from_secs(120),
+                certificate_roles: vec![(
+                    "scraper".to_owned(),
+                    bulwark_auth::token::Role::Viewer,
+                )],
             }),
             ..ServerConfig::default()
         };
@@ -701,6 +713,7 @@ mod tests {
         assert_eq!(v["admin"]["tokens"], shown(&tokens));
         assert_eq!(v["admin"]["lockout"], 120);
         assert_eq!(v["admin"]["tls"]["client_auth"], "required");
+        assert_eq!(v["admin"]["certificate_roles"]["scraper"], "viewer");
     }
 
     #[test]

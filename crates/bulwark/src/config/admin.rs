@@ -18,6 +18,7 @@ section! {
         max_failures: u64,
         lockout: u64,
         tls: super::listeners::TlsSection,
+        certificate_roles: toml::Table,
     }
 }
 
@@ -43,6 +44,33 @@ pub(super) fn check_admin(
     }
     if let Some(v) = p.integer(&t.lockout, s, "lockout", 1, 86_400) {
         admin.lockout = Duration::from_secs(v);
+    }
+    match &t.certificate_roles {
+        None => {}
+        Some(Field::Given(roles)) => {
+            for (identity, role) in roles {
+                let parsed = role
+                    .as_str()
+                    .ok_or_else(|| {
+                        format!(
+                            "expected a role name, found {}",
+                            super::fields::describe(role)
+                        )
+                    })
+                    .and_then(|text| text.parse::<bulwark_auth::token::Role>());
+                match parsed {
+                    Ok(role) if !identity.is_empty() => {
+                        admin.certificate_roles.push((identity.clone(), role));
+                    }
+                    Ok(_) => p.push("admin.certificate_roles: an empty identity".to_owned()),
+                    Err(err) => p.push(format!("admin.certificate_roles.{identity:?}: {err}")),
+                }
+            }
+        }
+        Some(Field::Wrong(other)) => p.push(format!(
+            "admin.certificate_roles: expected a table of identity = \"role\", found {}",
+            super::fields::describe(other)
+        )),
     }
     match &t.tls {
         None => {}

@@ -431,6 +431,22 @@ fn the_admin_listener_is_off_unless_configured_and_stays_on_loopback() {
 }
 
 #[test]
+fn certificate_roles_need_verified_client_certificates_and_known_roles() {
+    let text = "[admin]\n[admin.certificate_roles]\nscraper = \"viewer\"\nroot = \"owner\"\n\"\" = \"admin\"\n";
+    let all = parse(&open(text), "t").unwrap_err().problems.join("\n");
+    for expected in [
+        "admin.certificate_roles.\"root\": unknown role",
+        "admin.certificate_roles: an empty identity",
+        "admin.certificate_roles needs [admin.tls] with client_auth",
+    ] {
+        assert!(all.contains(expected), "{expected} not in {all}");
+    }
+    let text = "[admin]\ncertificate_roles = 3\n";
+    let all = parse(&open(text), "t").unwrap_err().problems.join("\n");
+    assert!(all.contains("expected a table"), "{all}");
+}
+
+#[test]
 fn bad_toml_names_the_file_line_and_column() {
     let err = parse("[limits\n", "bulwark.toml").unwrap_err();
     let first = err.problems.first().unwrap();
