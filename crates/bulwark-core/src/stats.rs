@@ -49,6 +49,10 @@ pub struct MessageCounts {
     pub sent: u64,
     /// Messages discarded because their Message Expiry Interval ran out before delivery.
     pub expired: u64,
+    /// `received` by the QoS of the PUBLISH (0, 1, 2).
+    pub received_by_qos: [u64; 3],
+    /// `sent` by the QoS of the PUBLISH (0, 1, 2).
+    pub sent_by_qos: [u64; 3],
 }
 
 /// Messages not delivered to a subscriber, by cause. Part of [`Stats`].

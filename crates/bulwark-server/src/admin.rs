@@ -933,6 +933,7 @@ impl bulwark_admin::Backend for AdminBackend {
                     broker.subscription_count(),
                     broker.retained_count(),
                     broker.queue_totals(),
+                    broker.connections_by_protocol(),
                 )
             })
             .await;
@@ -966,7 +967,18 @@ impl bulwark_admin::Backend for AdminBackend {
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
         ));
-        if let Some((stats, connected, sessions, subscriptions, retained, queues)) = engine {
+        if let Some((stats, connected, sessions, subscriptions, retained, queues, protocols)) =
+            engine
+        {
+            families.push(gauge(
+                "clients_by_protocol",
+                "Clients the engine holds a connection for, by MQTT version.",
+                ["3.1", "3.1.1", "5.0"]
+                    .iter()
+                    .zip(protocols)
+                    .map(|(p, n)| (vec![("protocol", (*p).to_owned())], n as u64))
+                    .collect(),
+            ));
             engine_families(&mut families, &stats);
             families.push(gauge(
                 "clients_connected",
@@ -1039,6 +1051,26 @@ impl bulwark_admin::Backend for AdminBackend {
                         vec![
                             ("code", format!("0x{code:02X}")),
                             ("reason", name.to_owned()),
+                        ],
+                        n,
+                    )
+                })
+                .collect(),
+        ));
+        families.push(counter(
+            "logins",
+            "MQTT and dashboard logins decided since start, by result, method and (failures) the \
+             reason the client was told.",
+            self.parts
+                .auth
+                .login_counts()
+                .into_iter()
+                .map(|((result, method, reason), n)| {
+                    (
+                        vec![
+                            ("result", result.to_owned()),
+                            ("method", method.to_owned()),
+                            ("reason", reason.to_owned()),
                         ],
                         n,
                     )
@@ -1213,6 +1245,28 @@ fn engine_families(families: &mut Vec<Family>, stats: &Stats) {
             ],
             "direction",
         ),
+    ));
+    let by_qos = |direction: &str, counts: &[u64; 3]| {
+        counts
+            .iter()
+            .enumerate()
+            .map(move |(qos, n)| {
+                (
+                    vec![
+                        ("direction", direction.to_owned()),
+                        ("qos", qos.to_string()),
+                    ],
+                    *n,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut qos_samples = by_qos("received", &stats.messages.received_by_qos);
+    qos_samples.extend(by_qos("sent", &stats.messages.sent_by_qos));
+    families.push(counter(
+        "messages_by_qos",
+        "PUBLISH packets since start received from clients and sent to them, by QoS.",
+        qos_samples,
     ));
     families.push(counter(
         "acl_denials",

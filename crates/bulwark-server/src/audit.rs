@@ -64,6 +64,26 @@ impl Live {
     }
 }
 
+/// An authentication method as a metric label: one of a fixed set (`""` for none, `other` for
+/// anything else), so that clients cannot grow a table of counts.
+pub(crate) fn method_label(method: Option<&str>) -> &'static str {
+    match method {
+        None => "",
+        Some(m) if m.eq_ignore_ascii_case("password") => "password",
+        Some(m) if m.eq_ignore_ascii_case("certificate") => "certificate",
+        Some(m) if m.eq_ignore_ascii_case("jwt") => "jwt",
+        Some(m) if m.eq_ignore_ascii_case("anonymous") => "anonymous",
+        Some("token") => "token",
+        Some("session") => "session",
+        Some("connect") => "connect",
+        Some("reauth") => "reauth",
+        Some("certificate+password") => "certificate+password",
+        Some(m) if m.eq_ignore_ascii_case("SCRAM-SHA-256") => "SCRAM-SHA-256",
+        Some(m) if m.eq_ignore_ascii_case("SCRAM-SHA-512") => "SCRAM-SHA-512",
+        Some(_) => "other",
+    }
+}
+
 /// Security events since start by kind, authentication method and action (each label from a
 /// fixed set, so that clients cannot grow the table), for metrics.
 #[derive(Debug, Default)]
@@ -76,17 +96,7 @@ pub(crate) type EventKey = (&'static str, &'static str, &'static str);
 
 impl EventCounts {
     fn count(&self, event: &SecurityEvent) {
-        let method = match event.method.as_deref() {
-            None => "",
-            Some(m) if m.eq_ignore_ascii_case("password") => "password",
-            Some(m) if m.eq_ignore_ascii_case("certificate") => "certificate",
-            Some(m) if m.eq_ignore_ascii_case("jwt") => "jwt",
-            Some(m) if m.eq_ignore_ascii_case("anonymous") => "anonymous",
-            Some("token") => "token",
-            Some(m) if m.eq_ignore_ascii_case("SCRAM-SHA-256") => "SCRAM-SHA-256",
-            Some(m) if m.eq_ignore_ascii_case("SCRAM-SHA-512") => "SCRAM-SHA-512",
-            Some(_) => "other",
-        };
+        let method = method_label(event.method.as_deref());
         let admin = matches!(
             event.kind,
             bulwark_acl::event::EventKind::AdminAction

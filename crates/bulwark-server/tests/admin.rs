@@ -1461,6 +1461,44 @@ async fn metrics_count_refusals_violations_queues_and_login_backoff() {
         sample(&after, "bulwark_login_backoff_active{key=\"username\"}"),
         1
     );
+    assert_eq!(
+        sample(
+            &after,
+            "bulwark_logins_total{result=\"failure\",method=\"connect\",reason=\"bad username or password\"}"
+        ),
+        2
+    );
+    // parked, pub, offender (anonymous on this test listener).
+    assert_eq!(
+        sample(
+            &after,
+            "bulwark_logins_total{result=\"success\",method=\"anonymous\",reason=\"\"}"
+        ),
+        3
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "bulwark_messages_by_qos_total{direction=\"received\",qos=\"1\"}"
+        ),
+        3
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "bulwark_messages_by_qos_total{direction=\"sent\",qos=\"1\"}"
+        ),
+        0,
+        "queued for the parked session, not sent"
+    );
+    assert_eq!(
+        sample(&after, "bulwark_clients_by_protocol{protocol=\"5.0\"}"),
+        1
+    );
+    assert_eq!(
+        sample(&after, "bulwark_clients_by_protocol{protocol=\"3.1.1\"}"),
+        0
+    );
     server.stop().await;
 
     // Admission: one socket per address; the second is refused before any handshake.

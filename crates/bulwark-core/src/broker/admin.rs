@@ -264,6 +264,23 @@ impl Broker {
         true
     }
 
+    /// Connected clients by protocol: MQTT 3.1, 3.1.1 and 5.0, in that order (one pass over the
+    /// connections).
+    pub fn connections_by_protocol(&self) -> [usize; 3] {
+        let mut counts = [0; 3];
+        for conn in self.clients.conns.values() {
+            let at = match conn.version {
+                ProtocolVersion::V3_1 => 0,
+                ProtocolVersion::V3_1_1 => 1,
+                ProtocolVersion::V5 => 2,
+            };
+            if let Some(n) = counts.get_mut(at) {
+                *n += 1;
+            }
+        }
+        counts
+    }
+
     /// What the queues of all sessions hold: one pass over the sessions.
     pub fn queue_totals(&self) -> QueueTotals {
         let mut totals = QueueTotals::default();

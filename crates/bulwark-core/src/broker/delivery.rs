@@ -258,6 +258,7 @@ impl Broker {
     /// Builds and emits the PUBLISH for one delivery. Returns false if it had to go back to
     /// the queue (no packet identifier free).
     pub(super) fn send(&mut self, conn_id: ConnectionId, delivery: Delivery, now: Instant) -> bool {
+        let qos = usize::from(delivery.qos.as_u8());
         let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return false;
         };
@@ -303,6 +304,9 @@ impl Broker {
             body = Arc::new(own);
         }
         self.stats.messages.sent += 1;
+        if let Some(n) = self.stats.messages.sent_by_qos.get_mut(qos) {
+            *n += 1;
+        }
         self.outputs.push_back((
             conn_id,
             Output::Publish(OutgoingPublish {
@@ -410,8 +414,16 @@ impl Broker {
             self.stats.dropped.too_large += 1;
         }
         for packet in resend {
-            if matches!(packet, Packet::Publish(_)) {
+            if let Packet::Publish(publish) = &packet {
                 self.stats.messages.sent += 1;
+                if let Some(n) = self
+                    .stats
+                    .messages
+                    .sent_by_qos
+                    .get_mut(usize::from(publish.qos.as_u8()))
+                {
+                    *n += 1;
+                }
             }
             self.outputs
                 .push_back((conn_id, Output::Packet(Box::new(packet))));

@@ -40,7 +40,14 @@ struct GateState {
     /// Per address: when a refusal of a banned or throttled attempt was last recorded, and
     /// how many were not recorded since (they come in floods).
     quiet: HashMap<IpAddr, (Instant, u32)>,
+    /// Logins decided since start, by result, method and the reason clients are told (labels
+    /// from fixed sets).
+    logins: std::collections::BTreeMap<LoginKey, u64>,
 }
+
+/// `(result, method, reason)` of a decided login: `success` or `failure`, the method as
+/// [`crate::audit::method_label`] names it, and for a failure what the client is told.
+pub(crate) type LoginKey = (&'static str, &'static str, &'static str);
 
 /// An attempt past the gate: its outcome must be counted, or the attempt released (on drop)
 /// so that it stops counting as in flight.
@@ -107,6 +114,7 @@ impl LoginGate {
                 guard: LoginGuard::new(settings.clone()),
                 flights: HashMap::new(),
                 quiet: HashMap::new(),
+                logins: std::collections::BTreeMap::new(),
             }),
         })
     }
@@ -218,6 +226,19 @@ impl LoginGate {
         if let Some(admitted) = &in_flight {
             state.guard.release(address, admitted.as_deref());
         }
+        let key = match result {
+            Ok(identity) => (
+                "success",
+                crate::audit::method_label(Some(identity.method)),
+                "",
+            ),
+            Err(refusal) => (
+                "failure",
+                crate::audit::method_label(Some(attempt.method)),
+                refusal.public_reason(),
+            ),
+        };
+        *state.logins.entry(key).or_default() += 1;
         match result {
             Ok(identity) => {
                 state.guard.record_success(address, username, now);
@@ -275,6 +296,15 @@ impl LoginGate {
                 })
             }
         }
+    }
+
+    /// Logins decided since start.
+    pub(super) fn login_counts(&self) -> Vec<(LoginKey, u64)> {
+        lock(&self.state)
+            .logins
+            .iter()
+            .map(|(k, n)| (*k, *n))
+            .collect()
     }
 
     /// Addresses and usernames in backoff now.

@@ -557,6 +557,11 @@ impl AuthService {
     }
 
     /// Prunes the guard's expired entries.
+    /// Logins decided since start, by result, method and reason.
+    pub(crate) fn login_counts(&self) -> Vec<(gate::LoginKey, u64)> {
+        self.gate.login_counts()
+    }
+
     /// Source addresses and usernames the login guard holds in backoff now.
     pub(crate) fn backoff_counts(&self) -> (usize, usize) {
         self.gate.backoff_counts()
