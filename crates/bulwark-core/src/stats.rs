@@ -53,6 +53,40 @@ pub struct MessageCounts {
     pub received_by_qos: [u64; 3],
     /// `sent` by the QoS of the PUBLISH (0, 1, 2).
     pub sent_by_qos: [u64; 3],
+    /// Payload bytes of the PUBLISH packets received, by QoS.
+    pub received_payload_by_qos: [u64; 3],
+    /// Payload bytes of the PUBLISH packets sent, by QoS.
+    pub sent_payload_by_qos: [u64; 3],
+}
+
+impl MessageCounts {
+    /// A PUBLISH received with `qos` (0 to 2) and `payload` bytes.
+    #[inline]
+    pub(crate) fn count_received(&mut self, qos: u8, payload: usize) {
+        self.received += 1;
+        let at = usize::from(qos);
+        if let (Some(n), Some(b)) = (
+            self.received_by_qos.get_mut(at),
+            self.received_payload_by_qos.get_mut(at),
+        ) {
+            *n += 1;
+            *b += payload as u64;
+        }
+    }
+
+    /// A PUBLISH sent with `qos` (0 to 2) and `payload` bytes.
+    #[inline]
+    pub(crate) fn count_sent(&mut self, qos: u8, payload: usize) {
+        self.sent += 1;
+        let at = usize::from(qos);
+        if let (Some(n), Some(b)) = (
+            self.sent_by_qos.get_mut(at),
+            self.sent_payload_by_qos.get_mut(at),
+        ) {
+            *n += 1;
+            *b += payload as u64;
+        }
+    }
 }
 
 /// Messages not delivered to a subscriber, by cause. Part of [`Stats`].

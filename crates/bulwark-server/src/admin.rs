@@ -1268,6 +1268,14 @@ fn engine_families(families: &mut Vec<Family>, stats: &Stats) {
         "PUBLISH packets since start received from clients and sent to them, by QoS.",
         qos_samples,
     ));
+    let mut payload_samples = by_qos("received", &stats.messages.received_payload_by_qos);
+    payload_samples.extend(by_qos("sent", &stats.messages.sent_payload_by_qos));
+    families.push(counter(
+        "payload_bytes",
+        "Payload bytes of the PUBLISH packets since start received from clients and sent to \
+         them, by QoS.",
+        payload_samples,
+    ));
     families.push(counter(
         "acl_denials",
         "What the ACL refused since start: publishes (and wills), subscriptions.",

@@ -1486,6 +1486,13 @@ async fn metrics_count_refusals_violations_queues_and_login_backoff() {
     assert_eq!(
         sample(
             &after,
+            "bulwark_payload_bytes_total{direction=\"received\",qos=\"1\"}"
+        ),
+        9
+    );
+    assert_eq!(
+        sample(
+            &after,
             "bulwark_messages_by_qos_total{direction=\"sent\",qos=\"1\"}"
         ),
         0,

@@ -258,7 +258,7 @@ impl Broker {
     /// Builds and emits the PUBLISH for one delivery. Returns false if it had to go back to
     /// the queue (no packet identifier free).
     pub(super) fn send(&mut self, conn_id: ConnectionId, delivery: Delivery, now: Instant) -> bool {
-        let qos = usize::from(delivery.qos.as_u8());
+        let (qos, payload) = (delivery.qos.as_u8(), delivery.message.payload.len());
         let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
             return false;
         };
@@ -303,10 +303,7 @@ impl Broker {
                 .apply_outbound(conn.alias_max_out, &mut own);
             body = Arc::new(own);
         }
-        self.stats.messages.sent += 1;
-        if let Some(n) = self.stats.messages.sent_by_qos.get_mut(qos) {
-            *n += 1;
-        }
+        self.stats.messages.count_sent(qos, payload);
         self.outputs.push_back((
             conn_id,
             Output::Publish(OutgoingPublish {
@@ -415,15 +412,9 @@ impl Broker {
         }
         for packet in resend {
             if let Packet::Publish(publish) = &packet {
-                self.stats.messages.sent += 1;
-                if let Some(n) = self
-                    .stats
+                self.stats
                     .messages
-                    .sent_by_qos
-                    .get_mut(usize::from(publish.qos.as_u8()))
-                {
-                    *n += 1;
-                }
+                    .count_sent(publish.qos.as_u8(), publish.payload.len());
             }
             self.outputs
                 .push_back((conn_id, Output::Packet(Box::new(packet))));

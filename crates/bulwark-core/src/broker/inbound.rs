@@ -57,15 +57,9 @@ impl Broker {
     /// A PUBLISH from a client: topic alias, limits, `$SYS`, the QoS 2 duplicate rule, the
     /// ACL and retained quotas, then routing and the answer.
     pub(super) fn handle_publish(&mut self, conn_id: ConnectionId, publish: Publish, now: Instant) {
-        self.stats.messages.received += 1;
-        if let Some(n) = self
-            .stats
+        self.stats
             .messages
-            .received_by_qos
-            .get_mut(usize::from(publish.qos.as_u8()))
-        {
-            *n += 1;
-        }
+            .count_received(publish.qos.as_u8(), publish.payload.len());
         let max_user = self.config.packets.max_user_properties;
         let alias_max = self.config.packets.topic_alias_maximum;
         let Some(conn) = self.clients.conns.get_mut(&conn_id) else {
