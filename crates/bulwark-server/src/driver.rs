@@ -172,7 +172,7 @@ pub(crate) fn drive<S: Transport>(
         if driver.registered {
             let _ = to_router(&driver.ctx.router, ToRouter::Lost { conn }).await;
         }
-        driver.ctx.auth.unregister(conn);
+        let who = driver.ctx.auth.unregister(conn);
         let violation = match &end {
             End::Decode(err) => Some(err.reason_code()),
             End::Expelled(code) => Some(*code),
@@ -182,7 +182,7 @@ pub(crate) fn drive<S: Transport>(
             driver.ctx.traffic.expel(code);
             // Boxed, as is the ban below: these futures are large and run only after an
             // offence, and every connection's future would otherwise be sized for them.
-            Box::pin(driver.violation_event(code, &end)).await;
+            Box::pin(driver.violation_event(code, &end, who)).await;
         }
         let offence = match &end {
             End::Decode(_) => Some("protocol violation"),
@@ -354,11 +354,22 @@ impl<S: Transport> Driver<S> {
     }
 
     /// Records a `protocol_violation` event: the connection was closed with `code`.
-    async fn violation_event(&self, code: ReasonCode, end: &End) {
+    /// Records a protocol violation; `who` is the client id and username of a client that
+    /// had logged in.
+    async fn violation_event(
+        &self,
+        code: ReasonCode,
+        end: &End,
+        who: Option<(String, Option<Arc<str>>)>,
+    ) {
         let mut event =
             SecurityEvent::new(EventKind::ProtocolViolation, std::time::SystemTime::now());
         event.listener = Some(self.listener.name.to_string());
         event.remote = Some(self.peer.to_string());
+        if let Some((client_id, username)) = who {
+            event.client_id = Some(client_id);
+            event.username = username.as_deref().map(str::to_owned);
+        }
         event.reason = Some(match end {
             End::Decode(err) => format!("{code}: {err}"),
             _ => code.to_string(),

@@ -1437,6 +1437,7 @@ async fn metrics_count_refusals_violations_queues_and_login_backoff() {
         .wait_event("the protocol violation", |e| {
             e["kind"] == "protocol_violation"
                 && e["reason"].as_str().unwrap().contains("second CONNECT")
+                && e["client_id"] == "offender"
         })
         .await;
     // Two wrong passwords put the username in backoff.

@@ -457,8 +457,11 @@ impl AuthService {
             .register(conn, live, |name| self.credentials.active(name))
     }
 
-    pub(crate) fn unregister(&self, conn: ConnectionId) {
-        self.registry.unregister(conn);
+    /// Forgets a connection that ended; its client id and username, if it had logged in.
+    pub(crate) fn unregister(&self, conn: ConnectionId) -> Option<(String, Option<Arc<str>>)> {
+        self.registry
+            .unregister(conn)
+            .map(|live| (live.client_id, live.username))
     }
 
     /// The live connections whose address, username and client id `hit` picks.

@@ -97,20 +97,19 @@ impl Registry {
         Ok(())
     }
 
-    /// Forgets a connection that ended.
-    pub(super) fn unregister(&self, conn: ConnectionId) {
+    /// Forgets a connection that ended; what was known of it, if it was registered.
+    pub(super) fn unregister(&self, conn: ConnectionId) -> Option<Live> {
         let mut table = lock(&self.table);
-        let Some(gone) = table.conns.remove(&conn) else {
-            return;
-        };
-        if let Some(name) = gone.username
-            && let Some(theirs) = table.by_user.get_mut(&name)
+        let gone = table.conns.remove(&conn)?;
+        if let Some(name) = &gone.username
+            && let Some(theirs) = table.by_user.get_mut(name)
         {
             theirs.remove(&conn);
             if theirs.is_empty() {
-                table.by_user.remove(&name);
+                table.by_user.remove(name);
             }
         }
+        Some(gone)
     }
 
     /// The live connections whose address, username and client id `hit` picks.
