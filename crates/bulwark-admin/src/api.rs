@@ -315,6 +315,24 @@ fn refusal(refusal: Refusal) -> ApiError {
     }
 }
 
+/// Records a request that changed something (or tried to) for the audit trail, and gives
+/// its result as the API answers it.
+pub(crate) fn recorded<B: Backend, T>(
+    backend: &B,
+    caller: Caller,
+    request: impl Into<String>,
+    target: Option<String>,
+    result: Result<T, Refusal>,
+) -> Result<T, ApiError> {
+    backend.record(AdminAction {
+        caller,
+        request: request.into(),
+        target,
+        outcome: outcome(&result),
+    });
+    result.map_err(refusal)
+}
+
 fn outcome<T>(result: &Result<T, Refusal>) -> String {
     match result {
         Ok(_) => "done".to_owned(),
@@ -412,13 +430,13 @@ async fn kick<B: Backend>(
     need(&*backend, &caller, Role::Operator, &request, true)?;
     let kick: Kick = json_body(&headers, body, Some(Kick::default()))?;
     let result = backend.kick(&client_id, kick.reason_code, &caller).await;
-    backend.record(AdminAction {
+    recorded(
+        &*backend,
         caller,
         request,
-        target: Some(format!("client id {client_id:?}")),
-        outcome: outcome(&result),
-    });
-    result.map_err(refusal)?;
+        Some(format!("client id {client_id:?}")),
+        result,
+    )?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -438,13 +456,7 @@ async fn add_ban<B: Backend>(
     let ban: NewBan = json_body(&headers, body, None)?;
     let target = describe(&ban.target);
     let result = backend.add_ban(ban, &caller).await;
-    backend.record(AdminAction {
-        caller,
-        request: request.to_owned(),
-        target: Some(target),
-        outcome: outcome(&result),
-    });
-    let ban = result.map_err(refusal)?;
+    let ban = recorded(&*backend, caller, request, Some(target), result)?;
     Ok((StatusCode::CREATED, Json(ban)).into_response())
 }
 
@@ -458,13 +470,7 @@ async fn remove_ban<B: Backend>(
     need(&*backend, &caller, Role::Operator, request, true)?;
     let Query(target) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
     let result = backend.remove_ban(&target);
-    backend.record(AdminAction {
-        caller,
-        request: request.to_owned(),
-        target: Some(describe(&target)),
-        outcome: outcome(&result),
-    });
-    result.map_err(refusal)?;
+    recorded(&*backend, caller, request, Some(describe(&target)), result)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -577,13 +583,11 @@ async fn add_user<B: Backend>(
     let user: NewUser = json_body(&headers, body, None)?;
     let target = format!("user {:?}", user.name);
     let result = backend.add_user(user).await;
-    backend.record(AdminAction {
-        caller,
-        request: request.to_owned(),
-        target: Some(target),
-        outcome: outcome(&result),
-    });
-    Ok((StatusCode::CREATED, Json(result.map_err(refusal)?)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(recorded(&*backend, caller, request, Some(target), result)?),
+    )
+        .into_response())
 }
 
 /// The body of `PUT /api/v1/users/{name}/groups`.
@@ -603,13 +607,13 @@ async fn change_user<B: Backend>(
 ) -> Result<Response, ApiError> {
     need(backend, &caller, Role::Admin, &request, true)?;
     let result = backend.change_user(name, change).await;
-    backend.record(AdminAction {
+    recorded(
+        backend,
         caller,
         request,
-        target: Some(format!("user {name:?}")),
-        outcome: outcome(&result),
-    });
-    result.map_err(refusal)?;
+        Some(format!("user {name:?}")),
+        result,
+    )?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -668,13 +672,7 @@ async fn reload<B: Backend>(
     let request = "POST /api/v1/reload";
     need(&*backend, &caller, Role::Operator, request, true)?;
     let result = backend.reload();
-    backend.record(AdminAction {
-        caller,
-        request: request.to_owned(),
-        target: None,
-        outcome: outcome(&result),
-    });
-    let files = result.map_err(refusal)?;
+    let files = recorded(&*backend, caller, request, None, result)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "reloading": files })),

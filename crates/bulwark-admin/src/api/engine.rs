@@ -13,10 +13,9 @@ use axum::response::{IntoResponse, Response};
 use bulwark_auth::token::Role;
 use serde::Deserialize;
 
-use super::{MAX_PAGE, caller, json_body_limited, need, outcome, page_limit, refusal};
+use super::{MAX_PAGE, caller, json_body_limited, need, page_limit, recorded, refusal};
 use crate::backend::{
-    AclCandidate, AdminAction, Backend, Caller, NewToken, RetainedQuery, SessionQuery,
-    SubscriptionQuery,
+    AclCandidate, Backend, Caller, NewToken, RetainedQuery, SessionQuery, SubscriptionQuery,
 };
 use crate::error::ApiError;
 
@@ -27,22 +26,6 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query
         .map(|Query(q)| q)
         .map_err(|r| ApiError::bad_request(r.body_text()))
-}
-
-/// Records a change made (or refused) for the audit trail.
-fn record<B: Backend, T>(
-    backend: &B,
-    caller: Caller,
-    request: String,
-    target: String,
-    result: &Result<T, crate::backend::Refusal>,
-) {
-    backend.record(AdminAction {
-        caller,
-        request,
-        target: Some(target),
-        outcome: outcome(result),
-    });
 }
 
 pub(super) async fn sessions<B: Backend>(
@@ -65,8 +48,7 @@ pub(super) async fn delete_session<B: Backend>(
     need(&*backend, &caller, Role::Operator, &request, true)?;
     let result = backend.delete_session(&client_id).await;
     let target = format!("session {client_id:?}");
-    record(&*backend, caller, request, target, &result);
-    result.map_err(refusal)?;
+    recorded(&*backend, caller, request, Some(target), result)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -108,8 +90,7 @@ pub(super) async fn delete_retained<B: Backend>(
     let q = query(q)?;
     let result = backend.delete_retained(&q.topic).await;
     let target = format!("retained topic {:?}", q.topic);
-    record(&*backend, caller, request, target, &result);
-    result.map_err(refusal)?;
+    recorded(&*backend, caller, request, Some(target), result)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -169,8 +150,8 @@ pub(super) async fn add_token<B: Backend>(
     let token: NewToken = json_body_limited(&headers, body, None, super::MAX_BODY)?;
     let target = format!("token {:?} ({})", token.name, token.role);
     let result = backend.add_token(token).await;
-    record(&*backend, caller, request, target, &result);
-    Ok((StatusCode::CREATED, Json(result.map_err(refusal)?)).into_response())
+    let added = recorded(&*backend, caller, request, Some(target), result)?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
 }
 
 pub(super) async fn remove_token<B: Backend>(
@@ -183,7 +164,6 @@ pub(super) async fn remove_token<B: Backend>(
     need(&*backend, &caller, Role::Admin, &request, true)?;
     let result = backend.remove_token(&name).await;
     let target = format!("token {name:?}");
-    record(&*backend, caller, request, target, &result);
-    result.map_err(refusal)?;
+    recorded(&*backend, caller, request, Some(target), result)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
