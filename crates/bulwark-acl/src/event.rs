@@ -50,6 +50,12 @@ pub enum EventKind {
     AdminAction,
     /// A request to the admin API without a valid token.
     AdminAuthFailure,
+    /// A file the broker reads while it runs (the ACL, the ban list, the password store, TLS
+    /// certificates) was reloaded, or a reload was refused and the previous contents stay.
+    ConfigReload,
+    /// A detection rule fired (`docs/detection.md`): which, about whom, what was measured and
+    /// what the broker did about it.
+    Detection,
 }
 
 impl EventKind {
@@ -73,6 +79,8 @@ impl EventKind {
             Self::ProtocolViolation => "protocol_violation",
             Self::AdminAction => "admin_action",
             Self::AdminAuthFailure => "admin_auth_failure",
+            Self::ConfigReload => "config_reload",
+            Self::Detection => "detection",
         }
     }
 
@@ -80,7 +88,7 @@ impl EventKind {
     pub const fn is_refusal(self) -> bool {
         !matches!(
             self,
-            Self::AuthSuccess | Self::ReauthSuccess | Self::AdminAction
+            Self::AuthSuccess | Self::ReauthSuccess | Self::AdminAction | Self::ConfigReload
         )
     }
 }

@@ -308,6 +308,11 @@ impl Cidr {
         Ok(Self(net))
     }
 
+    /// Whether the two networks share an address (one holds the other's first address).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.0.network()) || other.contains(self.0.network())
+    }
+
     /// The network of one address.
     pub fn host(ip: IpAddr) -> Self {
         Self(IpNet::from(ip))
@@ -729,8 +734,16 @@ impl AclRules {
             cert_cn: who.cert_cn.as_deref(),
         };
         let mut entries = Vec::new();
-        let claim = who.claim.as_deref().map_or(&[][..], |c| &c.rules[..]);
+        let claim = match &who.quarantine {
+            Some(_) => &[][..],
+            None => who.claim.as_deref().map_or(&[][..], |c| &c.rules[..]),
+        };
         for rule in self.rules.iter().chain(claim) {
+            if let Some(group) = &who.quarantine
+                && !rule.who.groups.iter().any(|g| **g == **group)
+            {
+                continue;
+            }
             if !rule.who.applies(who, client_id) {
                 continue;
             }
@@ -937,6 +950,9 @@ pub struct Principal {
     pub authenticated: bool,
     /// Rules from its token's ACL claim.
     pub claim: Option<Arc<AclRules>>,
+    /// Restricted to the rules of this group alone (a detection rule's quarantine): every
+    /// other rule, and a token's claim, is left out.
+    pub quarantine: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone)]

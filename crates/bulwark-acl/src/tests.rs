@@ -439,3 +439,28 @@ topic = "logs/private/#"
     assert!(!acl.check_subscribe("plant/+/+", 1).allowed);
     assert!(!acl.check_subscribe("#", 0).allowed);
 }
+
+#[test]
+fn quarantine_keeps_only_the_groups_rules() {
+    let text = format!(
+        "{SEED}\n[[rule]]\npermission = \"allow\"\naction = \"publish\"\ngroup = \"quarantine\"\ntopic = \"quarantine/{{client_id}}/#\"\n"
+    );
+    let rules = AclRules::parse(&text, "acl.toml").unwrap();
+    let free = rules.resolve(&user("r", &["readers"]), "c1");
+    assert!(free.may_publish("devices/c1/x", 0, false));
+    assert!(free.check_subscribe("sensor/#", 0).allowed);
+    assert!(!free.may_publish("quarantine/c1/x", 0, false));
+    let mut held = user("r", &["quarantine"]);
+    held.quarantine = Some(Arc::from("quarantine"));
+    let held = rules.resolve(&held, "c1");
+    assert!(
+        held.may_publish("quarantine/c1/x", 0, false),
+        "the group's own rules, templates filled"
+    );
+    assert!(
+        !held.may_publish("devices/c1/x", 0, false),
+        "rules for everyone are left out"
+    );
+    assert!(!held.check_subscribe("sensor/#", 0).allowed);
+    assert!(!held.check_subscribe("#", 0).allowed);
+}

@@ -46,9 +46,14 @@ impl AuditKey {
             .map_err(|err| KeyError(format!("not an Ed25519 private key in PKCS#8 PEM: {err}")))
     }
 
-    /// The key as PKCS#8 PEM.
+    /// The key as PKCS#8 PEM, version 1 (the secret only: the form `openssl pkey` reads;
+    /// the public half is derived from it).
     pub fn to_pem(&self) -> Result<String, KeyError> {
-        self.0
+        let bytes = ed25519_dalek::ed25519::pkcs8::KeypairBytes {
+            secret_key: self.0.to_bytes(),
+            public_key: None,
+        };
+        bytes
             .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .map(|pem| pem.as_str().to_owned())
             .map_err(|err| KeyError(format!("cannot encode the key: {err}")))
@@ -83,9 +88,7 @@ impl PublicKey {
         if text.starts_with("-----BEGIN") {
             return VerifyingKey::from_public_key_pem(text)
                 .map(Self)
-                .map_err(|err| {
-                    KeyError(format!("not an Ed25519 public key in SPKI PEM: {err}"))
-                });
+                .map_err(|err| KeyError(format!("not an Ed25519 public key in SPKI PEM: {err}")));
         }
         Self::from_base64(text)
     }
@@ -128,7 +131,8 @@ impl PublicKey {
             return false;
         };
         let signature = Signature::from_bytes(&bytes);
-        self.0.verify_strict(message, &signature).is_ok() && self.0.verify(message, &signature).is_ok()
+        self.0.verify_strict(message, &signature).is_ok()
+            && self.0.verify(message, &signature).is_ok()
     }
 }
 
@@ -153,6 +157,9 @@ mod tests {
         let other = AuditKey::generate().unwrap();
         assert!(!other.public().verify(b"hello", &sig));
         assert!(PublicKey::parse("not a key").is_err());
-        assert!(AuditKey::from_pem("-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----").is_err());
+        assert!(
+            AuditKey::from_pem("-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----")
+                .is_err()
+        );
     }
 }

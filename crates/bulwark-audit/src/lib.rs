@@ -13,5 +13,5 @@ pub mod record;
 pub mod verify;
 
 pub use key::{AuditKey, KeyError, PublicKey};
-pub use record::{Chain, Head, Hash};
+pub use record::{Chain, Hash, Head};
 pub use verify::{Finding, FindingKind, Report, Segment, Severity, Verifier};

@@ -41,8 +41,12 @@ impl Hash {
     pub fn hex(&self) -> String {
         let mut out = String::with_capacity(64);
         for b in self.0 {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
+            for nibble in [b >> 4, b & 0xf] {
+                // A nibble is below 16: `get` always finds it.
+                out.push(char::from(
+                    HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+                ));
+            }
         }
         out
     }

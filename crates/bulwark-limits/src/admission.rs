@@ -201,7 +201,7 @@ fn unmapped(ip: IpAddr) -> IpAddr {
 }
 
 /// The IPv4 /24 or IPv6 /64 of an (unmapped) address.
-fn prefix_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn prefix_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & 0xffff_ff00)),
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),

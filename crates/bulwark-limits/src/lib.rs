@@ -9,4 +9,5 @@
 
 pub mod admission;
 pub mod ban;
+pub mod detect;
 pub mod rate;

@@ -45,7 +45,11 @@ impl AclFile {
 
     /// The new rules if the file changed (or `forced`) and still parses; `None` otherwise.
     /// A file that fails keeps the old rules, and says why once per change.
-    pub(crate) fn reload(&mut self, forced: bool) -> Option<Arc<AclRules>> {
+    pub(crate) fn reload(
+        &mut self,
+        forced: bool,
+        audit: &crate::audit::Audit,
+    ) -> Option<Arc<AclRules>> {
         let now = mtime(&self.path);
         if !forced && now == self.seen {
             return None;
@@ -54,10 +58,17 @@ impl AclFile {
         match load(&self.path) {
             Ok(rules) => {
                 info!(file = %self.path.display(), rules = rules.rules().len(), "ACL reloaded");
+                let done = format!("reloaded: {} rules", rules.rules().len());
+                audit.record(crate::audit::reload_event("acl", &self.path, Ok(done)));
                 Some(Arc::new(rules))
             }
             Err(err) => {
                 warn!(file = %self.path.display(), %err, "ACL reload failed; the rules in force stay");
+                audit.record(crate::audit::reload_event(
+                    "acl",
+                    &self.path,
+                    Err(err.to_string()),
+                ));
                 None
             }
         }

@@ -398,7 +398,7 @@ impl bulwark_admin::Backend for AdminBackend {
         } else {
             why.to_owned()
         });
-        self.parts.auth.audit.record_now(event);
+        self.parts.auth.audit.record(event);
     }
 
     fn record(&self, action: AdminAction) {
@@ -412,7 +412,7 @@ impl bulwark_admin::Backend for AdminBackend {
         event.action = Some(action.request);
         event.target = action.target;
         event.reason = Some(action.outcome);
-        self.parts.auth.audit.record_now(event);
+        self.parts.auth.audit.record(event);
     }
 
     async fn readiness(&self) -> Readiness {
@@ -824,6 +824,7 @@ impl bulwark_admin::Backend for AdminBackend {
             address: query.address,
             authenticated: query.user.is_some() || query.cert_cn.is_some(),
             claim: None,
+            quarantine: None,
         };
         let view = |origin: &bulwark_acl::Origin| RuleView {
             origin: origin.to_string(),
@@ -1118,8 +1119,87 @@ impl bulwark_admin::Backend for AdminBackend {
         ));
         families.push(counter(
             "audit_events_dropped",
-            "Security events the audit file's queue had no room for.",
+            "Security events the audit trail's queue had no room for (each in the log, and their count recorded in the trail).",
             plain(self.parts.auth.audit.dropped()),
+        ));
+        if let Some(detect) = self.parts.auth.audit.detect() {
+            let counts = detect.counts();
+            families.push(counter(
+                "detections",
+                "Responses of detection rules carried out since start, by rule and response (every detection is also a detection security event).",
+                counts
+                    .snapshot()
+                    .into_iter()
+                    .map(|((rule, response), n)| {
+                        (vec![("rule", rule), ("response", response.to_owned())], n)
+                    })
+                    .collect(),
+            ));
+            families.push(counter(
+                "detect_observations_dropped",
+                "Observations the detection rules' queue had no room for.",
+                plain(counts.dropped()),
+            ));
+            let tracked = counts.tracked();
+            families.push(gauge(
+                "detect_tracked",
+                "Subjects (users, client ids, certificates, networks) each detection rule keeps track of.",
+                tracked
+                    .iter()
+                    .map(|(rule, n, _)| (vec![("rule", rule.clone())], *n as u64))
+                    .collect(),
+            ));
+            families.push(counter(
+                "detect_untracked",
+                "Observations a detection rule could not track: its table was full of active subjects.",
+                tracked
+                    .into_iter()
+                    .map(|(rule, _, untracked)| (vec![("rule", rule)], untracked))
+                    .collect(),
+            ));
+        }
+        let exports = self.parts.auth.audit.export_counts();
+        let by_target = |f: fn(&crate::audit::export::ExportCounts) -> u64| -> Samples {
+            exports
+                .iter()
+                .map(|e| (vec![("target", e.target.to_owned())], f(e)))
+                .collect()
+        };
+        families.push(counter(
+            "audit_export_delivered",
+            "Audit lines delivered to a remote export (syslog, http); a UDP datagram counts once sent.",
+            by_target(|e| e.delivered),
+        ));
+        families.push(counter(
+            "audit_export_dropped",
+            "Audit lines a remote export dropped: queue full (oldest non-checkpoints first), too large to send, or still queued at stop.",
+            by_target(|e| e.dropped),
+        ));
+        families.push(counter(
+            "audit_export_failures",
+            "Failed deliveries to a remote audit export (each retried with backoff, 1 s doubling to 60 s).",
+            by_target(|e| e.failures),
+        ));
+        families.push(gauge(
+            "audit_export_queued",
+            "Audit lines waiting for a remote export now.",
+            by_target(|e| e.queued),
+        ));
+        let (records, checkpoints, write_errors) = self.parts.auth.audit.trail_counts();
+        families.push(counter(
+            "audit_records",
+            "Records written to the audit trail since start, checkpoints included.",
+            plain(records),
+        ));
+        families.push(counter(
+            "audit_checkpoints",
+            "Signed checkpoints written to the audit trail since start.",
+            plain(checkpoints),
+        ));
+        families.push(counter(
+            "audit_write_errors",
+            "Writes, syncs, rotations or removals of the audit trail (or its export) that failed.",
+            plain(write_errors),
         ));
         let mut histograms = Vec::new();
         if let Some(store) = &self.parts.store {

@@ -1,31 +1,37 @@
 //! The one sink of [`SecurityEvent`]s: each event goes to the log (a warning for refusals,
-//! info otherwise) and, when an audit file is configured, as one JSON line appended to it.
+//! info otherwise) and, when an audit file is configured, into the audit trail: a record of
+//! a hash chain with signed checkpoints (`docs/audit.md`), or a plain JSON line.
 //!
-//! The file is written by its own thread, so a slow disk never stalls a connection task; the
-//! queue to it is bounded ([`QUEUE`] events). Connection tasks wait for room (a flood of
-//! failed logins is slowed, not forgotten); callers that must not wait (the router, the
-//! reload task) drop an event when the queue is full and count it, and the count is logged.
+//! The trail is written by its own thread ([`trail`]), so a slow disk never stalls a
+//! connection task; the queue to it is bounded (`[audit] queue`, 8,192 events by default).
+//! Nobody waits for room: an event the queue cannot take is dropped and counted, it is in the
+//! log all the same, and the trail records how many were dropped as soon as there is room.
 
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{SyncSender, TrySendError};
 
-use bulwark_acl::event::SecurityEvent;
-use tokio::sync::mpsc;
+use bulwark_acl::event::{EventKind, SecurityEvent};
 use tracing::{info, warn};
 
-/// Events queued for the audit file at most.
-pub(crate) const QUEUE: usize = 8192;
+pub(crate) mod export;
+pub mod settings;
+pub(crate) mod trail;
+
+pub use settings::{AuditFormat, AuditSettings};
+use trail::{Msg, TrailCounts};
 
 /// Where security events go. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Audit {
-    file: Option<mpsc::Sender<Arc<SecurityEvent>>>,
-    dropped: Arc<AtomicU64>,
+    file: Option<SyncSender<Msg>>,
+    trail: Arc<TrailCounts>,
+    /// The remote exporters (syslog, HTTP), for their counts and the stop.
+    remotes: export::Remotes,
     counts: Arc<EventCounts>,
     live: Arc<Live>,
+    /// Detection rules, fed from the events that concern them.
+    detect: Option<crate::detect::DetectTx>,
 }
 
 /// Events for the admin API: the latest [`RECENT`], and a broadcast to event streams (a
@@ -64,6 +70,23 @@ impl Live {
     }
 }
 
+/// The record of a reload of `what` (`acl`, `bans`, `passwords`, `tls`) from `file`: what
+/// is in force now, or why the reload was refused.
+pub(crate) fn reload_event(
+    what: &str,
+    file: &std::path::Path,
+    outcome: Result<String, String>,
+) -> SecurityEvent {
+    let mut event = SecurityEvent::new(EventKind::ConfigReload, std::time::SystemTime::now());
+    event.action = Some(what.to_owned());
+    event.target = Some(file.display().to_string());
+    event.reason = Some(match outcome {
+        Ok(done) => done,
+        Err(err) => format!("refused, the previous contents stay in force: {err}"),
+    });
+    event
+}
+
 /// An authentication method as a metric label: one of a fixed set (`""` for none, `other` for
 /// anything else), so that clients cannot grow a table of counts.
 pub(crate) fn method_label(method: Option<&str>) -> &'static str {
@@ -99,8 +122,7 @@ impl EventCounts {
         let method = method_label(event.method.as_deref());
         let admin = matches!(
             event.kind,
-            bulwark_acl::event::EventKind::AdminAction
-                | bulwark_acl::event::EventKind::AdminAuthFailure
+            EventKind::AdminAction | EventKind::AdminAuthFailure
         );
         let action = match event.action.as_deref() {
             None => "",
@@ -132,72 +154,98 @@ impl Audit {
     pub(crate) fn log_only() -> Self {
         Self {
             file: None,
-            dropped: Arc::new(AtomicU64::new(0)),
+            trail: Arc::default(),
+            remotes: export::Remotes::default(),
             counts: Arc::default(),
             live: Arc::default(),
+            detect: None,
         }
     }
 
-    /// Events to the log and appended to `path` (created with mode 0600 if missing). Fails if
-    /// the file cannot be opened, so a broker never runs without the audit trail it was
-    /// configured to keep.
-    pub(crate) fn open(path: &Path) -> Result<Self, String> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::files::ensure_dir(dir)?;
+    /// Events to the log and into the trail `settings` describe (log only without a file).
+    /// Fails if the trail or its key cannot be opened, so a broker never runs without the
+    /// audit trail it was configured to keep.
+    pub(crate) fn open(settings: &AuditSettings) -> Result<Self, String> {
+        if settings.file.is_none() {
+            return Ok(Self::log_only());
         }
-        let mut options = OpenOptions::new();
-        options.append(true).create(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let file = options
-            .open(path)
-            .map_err(|err| format!("cannot open the audit file {}: {err}", path.display()))?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let path = path.to_path_buf();
+        let trail = Arc::new(TrailCounts::default());
+        let remotes = export::Remotes::start(settings)?;
+        let writer = trail::Writer::open_exporting(settings, trail.clone(), remotes.outbox())?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue.max(1));
         std::thread::Builder::new()
             .name("bulwark-audit".into())
-            .spawn(move || write_loop(rx, BufWriter::new(file), &path))
+            .spawn(move || writer.run(&rx))
             .map_err(|err| format!("cannot start the audit writer: {err}"))?;
         Ok(Self {
             file: Some(tx),
-            dropped: Arc::new(AtomicU64::new(0)),
+            trail,
+            remotes,
             counts: Arc::default(),
             live: Arc::default(),
+            detect: None,
         })
     }
 
-    /// Records `event`, waiting for room in the file's queue.
-    pub(crate) async fn record(&self, event: SecurityEvent) {
+    /// Records `event`: to the log, the event list and streams, and the trail's queue (never
+    /// waiting: dropped and counted if the queue is full).
+    pub(crate) fn record(&self, event: SecurityEvent) {
         log(&event);
         self.counts.count(&event);
-        // One allocation shared by the file's queue, the recent list and event streams.
+        // One allocation shared by the trail's queue, the recent list, event streams and the
+        // detection rules.
         let event = Arc::new(event);
         self.live.push(&event);
-        if let Some(tx) = &self.file {
-            let _ = tx.send(event).await;
-        }
-    }
-
-    /// Records `event` without waiting: dropped (and counted) if the file's queue is full.
-    pub(crate) fn record_now(&self, event: SecurityEvent) {
-        log(&event);
-        self.counts.count(&event);
-        let event = Arc::new(event);
-        self.live.push(&event);
-        if let Some(tx) = &self.file
-            && tx.try_send(event).is_err()
+        if let Some(detect) = &self.detect
+            && matches!(
+                event.kind,
+                EventKind::AuthFailure
+                    | EventKind::ReauthFailure
+                    | EventKind::AclDenied
+                    | EventKind::ProtocolViolation
+            )
         {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            detect.send(crate::detect::Input::Event(event.clone()));
+        }
+        if let Some(tx) = &self.file
+            && let Err(TrySendError::Full(_)) = tx.try_send(Msg::Event(event))
+        {
+            self.trail.unreported.fetch_add(1, Ordering::Relaxed);
+            let dropped = self.trail.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 warn!(
                     dropped,
-                    "audit file queue full: security events not written"
+                    "audit queue full: security events not written to the trail (they are in this log)"
                 );
             }
         }
+    }
+
+    /// Feeds the detection rules too.
+    pub(crate) fn with_detect(mut self, detect: Option<crate::detect::DetectTx>) -> Self {
+        self.detect = detect;
+        self
+    }
+
+    /// The way to the detection rules, if any rule is configured.
+    pub(crate) fn detect(&self) -> Option<&crate::detect::DetectTx> {
+        self.detect.as_ref()
+    }
+
+    /// Writes what is queued, the stop record and a last checkpoint, and waits until they are
+    /// on disk, then (at most [`export::CLOSE_WAIT`]) until the remote exporters have delivered
+    /// what they hold. Events recorded afterwards go to the log only.
+    pub(crate) async fn close(&self) {
+        let Some(tx) = self.file.clone() else { return };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        // The queue may be full: wait for room off the runtime's threads.
+        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Stop(done)).is_ok()).await;
+        if matches!(sent, Ok(true)) {
+            let _ = wait.await;
+        }
+        let remotes = self.remotes.clone();
+        remotes.close();
+        let _ = tokio::task::spawn_blocking(move || remotes.wait(export::CLOSE_WAIT)).await;
     }
 }
 
@@ -222,9 +270,23 @@ impl Audit {
             .collect()
     }
 
-    /// Events the audit file's queue had no room for.
+    /// Events the audit trail's queue had no room for.
     pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.trail.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Each remote exporter's counts (none without `export_syslog` or `export_http`).
+    pub(crate) fn export_counts(&self) -> Vec<export::ExportCounts> {
+        self.remotes.counts()
+    }
+
+    /// Records and checkpoints written, and failed writes, since start.
+    pub(crate) fn trail_counts(&self) -> (u64, u64, u64) {
+        (
+            self.trail.records.load(Ordering::Relaxed),
+            self.trail.checkpoints.load(Ordering::Relaxed),
+            self.trail.write_errors.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -259,33 +321,5 @@ fn log(event: &SecurityEvent) {
             reason = e.reason.as_deref(),
             "security event"
         );
-    }
-}
-
-/// Appends events until every sender is gone; flushes whenever the queue runs empty.
-fn write_loop(
-    mut rx: mpsc::Receiver<Arc<SecurityEvent>>,
-    mut out: BufWriter<std::fs::File>,
-    path: &Path,
-) {
-    let mut failed = false;
-    while let Some(event) = rx.blocking_recv() {
-        let mut line = event.to_json_line();
-        line.push('\n');
-        let mut result = out.write_all(line.as_bytes());
-        while let Ok(event) = rx.try_recv() {
-            let mut line = event.to_json_line();
-            line.push('\n');
-            result = result.and_then(|()| out.write_all(line.as_bytes()));
-        }
-        result = result.and_then(|()| out.flush());
-        match result {
-            Err(err) if !failed => {
-                warn!(file = %path.display(), %err, "cannot write the audit file");
-                failed = true;
-            }
-            Err(_) => {}
-            Ok(()) => failed = false,
-        }
     }
 }

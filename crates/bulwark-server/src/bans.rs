@@ -133,7 +133,7 @@ impl Bans {
     }
 
     /// Re-reads the file if it changed (or `forced`); the new list, when it did and parses.
-    pub(crate) fn reload(&self, forced: bool) -> Option<Arc<BanList>> {
+    pub(crate) fn reload(&self, forced: bool, audit: &crate::audit::Audit) -> Option<Arc<BanList>> {
         let path = self.settings.file.as_ref()?;
         let now = mtime(path);
         {
@@ -146,18 +146,30 @@ impl Bans {
         match load(path) {
             Ok(list) => {
                 info!(file = %path.display(), bans = list.bans().len(), "ban list reloaded");
+                let done = format!("reloaded: {} bans", list.bans().len());
+                audit.record(crate::audit::reload_event("bans", path, Ok(done)));
                 let list = Arc::new(list);
                 *crate::sync::write(&self.list) = list.clone();
                 Some(list)
             }
             Err(err) => {
                 warn!(file = %path.display(), %err, "ban list reload failed; the bans in force stay");
+                audit.record(crate::audit::reload_event(
+                    "bans",
+                    path,
+                    Err(err.to_string()),
+                ));
                 None
             }
         }
     }
 
-    fn exempt(&self, ip: IpAddr) -> bool {
+    /// Whether any exempt address lies in `net` (a network ban would cover it).
+    pub(crate) fn exempt_within(&self, net: &Cidr) -> bool {
+        self.settings.exempt.iter().any(|c| c.overlaps(net))
+    }
+
+    pub(crate) fn exempt(&self, ip: IpAddr) -> bool {
         self.settings.exempt.iter().any(|c| c.contains(ip))
     }
 

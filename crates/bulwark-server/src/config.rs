@@ -164,8 +164,12 @@ pub struct ServerConfig {
     /// How often TLS listeners' files are checked for changes (they are also reloaded on
     /// SIGHUP); the password store is checked as often.
     pub tls_watch_interval: Duration,
-    /// Authentication: the password store, JWT, backoff and bans, the audit file.
+    /// Authentication: the password store, JWT, backoff and bans.
     pub auth: AuthSettings,
+    /// The audit trail.
+    pub audit: crate::audit::AuditSettings,
+    /// Detection rules (default: the built-in ones, which record and count only).
+    pub detect: bulwark_limits::detect::DetectSettings,
     /// Authorization: the ACL file.
     pub acl: AclSettings,
     /// Admission control: caps on connections and handshakes, per source and in all, and a
@@ -288,6 +292,8 @@ impl Default for ServerConfig {
             workers: 0,
             tls_watch_interval: Duration::from_secs(5),
             auth: AuthSettings::default(),
+            audit: crate::audit::AuditSettings::default(),
+            detect: bulwark_limits::detect::DetectSettings::default(),
             acl: AclSettings::default(),
             admission: bulwark_limits::admission::AdmissionSettings::default(),
             rates: bulwark_limits::rate::RateSettings::default(),
@@ -335,6 +341,20 @@ impl ServerConfig {
         }
         if self.listeners.is_empty() {
             problems.push("listener: at least one listener is needed".to_owned());
+        }
+        if let Err(list) = self.detect.validate() {
+            problems.extend(list.into_iter().map(|p| format!("detect: {p}")));
+        }
+        for rule in &self.detect.rules {
+            for response in &rule.responses {
+                use bulwark_limits::detect::{Per, Response};
+                if *response == Response::Ban && rule.per == Per::Certificate {
+                    problems.push(format!(
+                        "detect: rule \"{}\": a ban cannot name a certificate; ban per user, client_id or network, or disconnect",
+                        rule.name
+                    ));
+                }
+            }
         }
         for (i, listener) in self.listeners.iter().enumerate() {
             let public = !listener.bind.ip().is_loopback();

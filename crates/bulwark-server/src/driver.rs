@@ -163,6 +163,7 @@ pub(crate) fn drive<S: Transport>(
         out: BytesMut::new(),
         ctx,
         registered: false,
+        login: None,
         permit,
     };
     // `peer` and `conn` are read from the driver, not captured again: the future is kept small.
@@ -173,6 +174,11 @@ pub(crate) fn drive<S: Transport>(
             let _ = to_router(&driver.ctx.router, ToRouter::Lost { conn }).await;
         }
         let who = driver.ctx.auth.unregister(conn);
+        if let Some(login) = driver.login.take()
+            && let Some(detect) = driver.ctx.auth.audit.detect()
+        {
+            detect.send(login.into_input(driver.peer, false));
+        }
         let violation = match &end {
             End::Decode(err) => Some(err.reason_code()),
             End::Expelled(code) => Some(*code),
@@ -210,6 +216,16 @@ pub(crate) fn drive<S: Transport>(
             driver.linger().await;
         }
     }
+}
+
+/// What a connection published since its last sample for the detection rules.
+#[derive(Debug)]
+struct Sample {
+    client_id: Arc<str>,
+    username: Option<Arc<str>>,
+    started: Instant,
+    messages: u64,
+    bytes: u64,
 }
 
 /// How long a connection the broker closed is still read (and what is read discarded), so
@@ -255,6 +271,9 @@ struct Driver<S> {
     out: BytesMut,
     ctx: Arc<DriverContext>,
     registered: bool,
+    /// Who the engine accepted, when a detection rule counts logins: told to the rules again
+    /// when the connection ends. Boxed: most connections never need it.
+    login: Option<Box<crate::detect::Login>>,
     /// Its place in admission control, released when the connection ends.
     permit: Arc<crate::gate::Permit>,
 }
@@ -374,7 +393,149 @@ impl<S: Transport> Driver<S> {
             End::Decode(err) => format!("{code}: {err}"),
             _ => code.to_string(),
         });
-        self.ctx.auth.audit.record(event).await;
+        self.ctx.auth.audit.record(event);
+    }
+
+    /// Tells the detection rules that counts logins that the engine accepted this client.
+    fn observe_login(&mut self, identity: &crate::auth::Identity, assigned: Option<&str>) {
+        let Some(detect) = self.ctx.auth.audit.detect().filter(|d| d.logins) else {
+            return;
+        };
+        let Some((client_id, username)) = self.ctx.auth.who(self.conn) else {
+            return;
+        };
+        let client_id = assigned.map_or(client_id, Arc::from);
+        let certificate = identity
+            .method
+            .starts_with("certificate")
+            .then(|| username.clone())
+            .flatten();
+        let login = crate::detect::Login {
+            username,
+            client_id,
+            certificate,
+        };
+        detect.send(login.clone().into_input(self.peer, true));
+        self.login = Some(Box::new(login));
+    }
+
+    /// Which throttles and quarantines of the detection rules are in force (0 without rules).
+    fn restrictions_generation(&self) -> u64 {
+        self.ctx
+            .auth
+            .audit
+            .detect()
+            .map_or(0, |d| d.restrictions.generation())
+    }
+
+    /// The rate limiter for this client: its listener's, user's or groups' rate, lowered by a
+    /// detection rule's throttle. `None`: not limited.
+    fn limiter(
+        &self,
+        identity: &crate::auth::Identity,
+    ) -> Option<Box<bulwark_limits::rate::Limiter>> {
+        let groups: Vec<&str> = identity.groups.iter().map(|g| &**g).collect();
+        let mut limit =
+            self.ctx
+                .rates
+                .for_client(&self.listener.name, identity.username.as_deref(), &groups);
+        if let Some(detect) = self.ctx.auth.audit.detect()
+            && let Some((client_id, username)) = self.ctx.auth.who(self.conn)
+        {
+            let rate =
+                detect
+                    .restrictions
+                    .throttle(self.peer.ip(), username.as_deref(), &client_id);
+            limit = crate::detect::throttled(limit, rate);
+        }
+        bulwark_limits::rate::Limiter::new(limit, Instant::now()).map(Box::new)
+    }
+
+    /// `auth` with its principal restricted to an ACL group, if a detection rule put this
+    /// client in quarantine.
+    fn quarantined(
+        &self,
+        mut auth: bulwark_core::ConnectAuth,
+        client_id: &str,
+    ) -> bulwark_core::ConnectAuth {
+        let Some(detect) = self.ctx.auth.audit.detect() else {
+            return auth;
+        };
+        let username = auth.principal.as_ref().and_then(|p| p.username.clone());
+        if let Some(group) =
+            detect
+                .restrictions
+                .quarantine(self.peer.ip(), username.as_deref(), client_id)
+        {
+            let mut principal = auth.principal.as_deref().cloned().unwrap_or_default();
+            principal.groups = vec![group.clone()];
+            principal.quarantine = Some(group);
+            auth.principal = Some(Arc::new(principal));
+        }
+        auth
+    }
+
+    /// Tells the detection rules about subscriptions to wildcards near the root (allowed or
+    /// not: asking is what counts).
+    fn observe_subscribe(&self, subscribe: &bulwark_proto::Subscribe) {
+        let Some(detect) = self.ctx.auth.audit.detect() else {
+            return;
+        };
+        let Some(depth) = detect.root_depth else {
+            return;
+        };
+        for s in &subscribe.subscriptions {
+            let filter = s.filter.as_str();
+            if bulwark_limits::detect::wildcard_depth(filter).is_some_and(|d| d <= depth)
+                && let Some((client_id, username)) = self.ctx.auth.who(self.conn)
+            {
+                detect.send(crate::detect::Input::Subscribed {
+                    username,
+                    client_id,
+                    peer: self.peer,
+                    filter: filter.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Counts what the client published and hands the detection rules a sample every
+    /// [`crate::detect::SAMPLE_EVERY`]. `bytes` is what was read with the messages (PUBLISH
+    /// packets are nearly all of it).
+    fn observe_published(&self, sample: &mut Option<Box<Sample>>, messages: u64, bytes: u64) {
+        let Some(detect) = self.ctx.auth.audit.detect().filter(|d| d.samples) else {
+            return;
+        };
+        let now = Instant::now();
+        let s = match sample {
+            Some(s) => s,
+            None => {
+                let Some((client_id, username)) = self.ctx.auth.who(self.conn) else {
+                    return;
+                };
+                sample.insert(Box::new(Sample {
+                    client_id,
+                    username,
+                    started: now,
+                    messages: 0,
+                    bytes: 0,
+                }))
+            }
+        };
+        s.messages = s.messages.saturating_add(messages);
+        s.bytes = s.bytes.saturating_add(bytes);
+        if now.duration_since(s.started) >= crate::detect::SAMPLE_EVERY {
+            detect.send(crate::detect::Input::Published {
+                username: s.username.clone(),
+                client_id: s.client_id.clone(),
+                peer: self.peer,
+                messages: s.messages,
+                bytes: s.bytes,
+            });
+            s.started = now;
+            s.messages = 0;
+            s.bytes = 0;
+        }
     }
 
     /// The common name of the verified client certificate, for ACL rules and templates.
@@ -593,6 +754,7 @@ impl<S: Transport> Driver<S> {
             self.permit.handshake_done();
             let keep_alive_secs = connect.keep_alive;
             let outbox = Arc::new(Outbox::default());
+            let connect_auth = self.quarantined(connect_auth, connect.client_id.as_str());
             let registration = ToRouter::Connect {
                 conn: self.conn,
                 connect,
@@ -611,17 +773,14 @@ impl<S: Transport> Driver<S> {
         self.release_read_buffer();
         // Over its rate, the client is not read until it is back within it: TCP carries the
         // backpressure to it, and nothing it sent is dropped. Boxed: most clients have none.
-        let mut limiter = {
-            let identity = reauth.identity();
-            let groups: Vec<&str> = identity.groups.iter().map(|g| &**g).collect();
-            let limit = self.ctx.rates.for_client(
-                &self.listener.name,
-                identity.username.as_deref(),
-                &groups,
-            );
-            bulwark_limits::rate::Limiter::new(limit, Instant::now()).map(Box::new)
-        };
+        // A detection rule's throttle lowers the rate; the limiter is made again whenever
+        // throttles change (`restrictions_seen`).
+        let mut restrictions_seen = self.restrictions_generation();
+        let mut limiter = self.limiter(reauth.identity());
         let mut paused_until: Option<tokio::time::Instant> = None;
+        // What the client published for the detection rules, made at its first PUBLISH when
+        // a rule looks at rates or sizes. Boxed: most connections never need it.
+        let mut sample: Option<Box<Sample>> = None;
         // Packets the client sent right behind its CONNECT, in the same read, are handled
         // before the next read (which may only find the end of the stream).
         let mut decode_first = self.decoder.buffered() > 0;
@@ -689,6 +848,9 @@ impl<S: Transport> Driver<S> {
                                 }
                                 Ok(Some(packet)) => {
                                     published += u64::from(matches!(packet, Packet::Publish(_)));
+                                    if let Packet::Subscribe(subscribe) = &packet {
+                                        self.observe_subscribe(subscribe);
+                                    }
                                     batch.push(packet);
                                 }
                                 Ok(None) => break None,
@@ -726,6 +888,14 @@ impl<S: Transport> Driver<S> {
                     if let Err(end) = self.flush().await {
                         return end;
                     }
+                    if published > 0 {
+                        self.observe_published(&mut sample, published, read as u64);
+                    }
+                    let generation = self.restrictions_generation();
+                    if generation != restrictions_seen {
+                        restrictions_seen = generation;
+                        limiter = self.limiter(reauth.identity());
+                    }
                     if let Some(limiter) = limiter.as_mut() {
                         let wait = limiter.take(published, read as u64, Instant::now());
                         if !wait.is_zero() {
@@ -746,6 +916,7 @@ impl<S: Transport> Driver<S> {
                             Output::Accepted(accepted) => {
                                 self.decoder.set_authenticated();
                                 connack_sent = true;
+                                self.observe_login(reauth.identity(), accepted.assigned_client_id.as_deref());
                                 if let Some(id) = &accepted.assigned_client_id {
                                     // The registry knew the CONNECT's empty id: lists, kicks
                                     // and bans by client id see the one the client uses.

@@ -117,7 +117,7 @@ impl Gate {
         event.listener = Some(listener.to_owned());
         event.remote = Some(ip.to_string());
         event.reason = Some(why.as_str().to_owned());
-        self.audit.record_now(event);
+        self.audit.record(event);
     }
 }
 

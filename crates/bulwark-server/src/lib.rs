@@ -12,10 +12,11 @@
 
 pub mod acl;
 mod admin;
-pub(crate) mod audit;
+pub mod audit;
 pub mod auth;
 pub mod bans;
 mod config;
+mod detect;
 mod driver;
 mod durable;
 pub mod files;
@@ -33,6 +34,7 @@ pub mod tls;
 mod transport;
 pub(crate) mod ws;
 
+pub use audit::{AuditFormat, AuditSettings};
 pub use auth::{AuthSettings, Authenticator, JwtAuthSettings};
 pub use config::{
     AclSettings, AdminSettings, ConfigError, ListenerConfig, ListenerKind, ServerConfig,

@@ -164,7 +164,7 @@ pub(crate) async fn ban_now(ctx: &DriverContext, listener: &str, peer: SocketAdd
     event.listener = Some(listener.to_owned());
     event.remote = Some(peer.to_string());
     event.reason = Some(format!("{}: {}", ban.target, ban.reason));
-    auth.audit.record(event).await;
+    auth.audit.record(event);
     let now = crate::bans::unix_now();
     let list = {
         let mut list = BanList::new();

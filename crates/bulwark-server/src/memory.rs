@@ -76,7 +76,7 @@ pub(crate) async fn watch(
                 event.reason = Some(format!(
                     "resident memory {rss} bytes over the watermark of {watermark}: new connections refused"
                 ));
-                audit.record_now(event);
+                audit.record(event);
             }
             let excess = usize::try_from(rss - low).unwrap_or(usize::MAX);
             let _ = router.try_send(ToRouter::Shed(excess));

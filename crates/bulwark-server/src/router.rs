@@ -537,8 +537,7 @@ impl Router {
             let at = std::time::SystemTime::now();
             let mut next = Some(first);
             while let Some(event) = next {
-                self.audit
-                    .record_now(crate::acl::to_security_event(event, at));
+                self.audit.record(crate::acl::to_security_event(event, at));
                 next = self.broker.poll_event();
             }
         }

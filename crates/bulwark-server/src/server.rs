@@ -41,8 +41,10 @@ pub enum ServerError {
         /// What is wrong.
         source: TlsError,
     },
-    /// The password store, a JWT key or the audit file is not usable.
+    /// The password store or a JWT key is not usable.
     Auth(String),
+    /// The audit trail, or its signing key, cannot be opened.
+    Audit(String),
     /// The ACL file cannot be read or has mistakes.
     Acl(String),
     /// The ban file cannot be read or has mistakes.
@@ -59,6 +61,7 @@ impl std::fmt::Display for ServerError {
             Self::Tls { listener, source } => write!(f, "listener {listener}: {source}"),
             Self::Store(err) => write!(f, "storage: {err}"),
             Self::Auth(err) => write!(f, "authentication: {err}"),
+            Self::Audit(err) => write!(f, "audit: {err}"),
             Self::Acl(err) => write!(f, "ACL: {err}"),
             Self::Bans(err) => write!(f, "bans: {err}"),
         }
@@ -79,6 +82,8 @@ pub struct Server {
     durable: Option<Durable>,
     /// The admin listener's socket, bound, and its TLS settings.
     admin: Option<(TcpListener, Option<Arc<TlsAcceptor>>)>,
+    /// The detection task's half of its queue; `None`: no rules.
+    detect: Option<crate::detect::DetectRx>,
 }
 
 /// A durable store and what it held at start.
@@ -243,7 +248,11 @@ impl Server {
         config.validate().map_err(ServerError::Config)?;
         // The store first: a broker that cannot read back what it acknowledged does not start.
         let durable = open_store(&config.storage)?;
-        let auth = Arc::new(AuthService::new(&config.auth).map_err(ServerError::Auth)?);
+        let (detect_tx, detect) = crate::detect::channel(&config.detect).unzip();
+        let audit = crate::audit::Audit::open(&config.audit)
+            .map_err(ServerError::Audit)?
+            .with_detect(detect_tx);
+        let auth = Arc::new(AuthService::new(&config.auth, audit).map_err(ServerError::Auth)?);
         let bans =
             Arc::new(crate::bans::Bans::open(config.bans.clone()).map_err(ServerError::Bans)?);
         let acl = match &config.acl.file {
@@ -288,6 +297,7 @@ impl Server {
             bans,
             durable,
             admin,
+            detect,
         })
     }
 
@@ -327,6 +337,7 @@ impl Server {
             bans,
             durable,
             admin,
+            detect,
         } = self;
         let (acl_file, rules) = match acl {
             Some((file, rules)) => (Some(file), Some(rules)),
@@ -385,6 +396,14 @@ impl Server {
             });
             tasks.spawn(serve_admin(socket, tls, backend, stop_rx.clone()));
         }
+        if let Some(detect) = detect {
+            let acting = crate::detect::Acting {
+                auth: auth.clone(),
+                router: reloads.router.clone(),
+                bans: reloads.bans.clone(),
+            };
+            tasks.spawn(crate::detect::run(detect, acting, stop_rx.clone()));
+        }
         start_background(&mut tasks, &config, reloads, &gate, &stop_rx);
         // Every connection's task holds a clone; when all are dropped, every one has ended.
         let (alive, alive_rx) = mpsc::channel::<()>(1);
@@ -408,6 +427,8 @@ impl Server {
             router_task,
         )
         .await;
+        // Last: the trail's stop record and final checkpoint cover the shutdown's events.
+        auth.audit.close().await;
     }
 }
 
@@ -840,14 +861,18 @@ async fn watch_files(
 impl Reloads {
     /// The ACL file: changed rules go to the router whole.
     async fn acl(&mut self, forced: bool) {
-        if let Some(rules) = self.acl.as_mut().and_then(|file| file.reload(forced)) {
+        if let Some(rules) = self
+            .acl
+            .as_mut()
+            .and_then(|file| file.reload(forced, &self.auth.audit))
+        {
             let _ = self.router.send(crate::router::ToRouter::Acl(rules)).await;
         }
     }
 
     /// The ban list: live connections it now bans are closed.
     async fn bans(&self, forced: bool) {
-        if let Some(list) = self.bans.reload(forced) {
+        if let Some(list) = self.bans.reload(forced, &self.auth.audit) {
             let now = crate::bans::unix_now();
             let conns = self
                 .auth
@@ -906,15 +931,37 @@ impl Reloads {
             *seen = now;
             let cert = acceptor.settings().cert.cert.display().to_string();
             match acceptor.reload() {
-                Ok(revoked) if revoked.is_empty() => info!(%cert, "TLS certificates reloaded"),
+                Ok(revoked) if revoked.is_empty() => {
+                    info!(%cert, "TLS certificates reloaded");
+                    let done = "reloaded".to_owned();
+                    self.auth.audit.record(crate::audit::reload_event(
+                        "tls",
+                        std::path::Path::new(&cert),
+                        Ok(done),
+                    ));
+                }
                 Ok(conns) => {
+                    let done = format!(
+                        "reloaded; {} connection(s) with a now revoked client certificate closed",
+                        conns.len()
+                    );
+                    self.auth.audit.record(crate::audit::reload_event(
+                        "tls",
+                        std::path::Path::new(&cert),
+                        Ok(done),
+                    ));
                     warn!(%cert, connections = conns.len(), "TLS certificates reloaded; closing connections whose client certificate is now revoked");
                     let why = "client certificate revoked";
                     self.close(conns, bulwark_proto::ReasonCode::NotAuthorized, why, why)
                         .await;
                 }
                 Err(err) => {
-                    warn!(%cert, %err, "TLS reload failed; the previous certificates stay in service")
+                    warn!(%cert, %err, "TLS reload failed; the previous certificates stay in service");
+                    self.auth.audit.record(crate::audit::reload_event(
+                        "tls",
+                        std::path::Path::new(&cert),
+                        Err(err.to_string()),
+                    ));
                 }
             }
         }

@@ -100,7 +100,7 @@ impl Fixture {
 
     fn apply(&self, config: &mut ServerConfig) {
         config.auth.password_file = Some(self.dir.join("passwords.toml"));
-        config.auth.audit_file = Some(self.dir.join("audit.jsonl"));
+        config.audit.file = Some(self.dir.join("audit.jsonl"));
         config.acl.file = Some(self.acl_path());
         config.tls_watch_interval = Duration::from_millis(100);
     }

@@ -115,7 +115,7 @@ impl Fixture {
         let mut admin = AdminSettings::new(self.dir.join("tokens.toml"));
         admin.bind = "127.0.0.1:0".parse().unwrap();
         config.admin = Some(admin);
-        config.auth.audit_file = Some(self.dir.join("audit.jsonl"));
+        config.audit.file = Some(self.dir.join("audit.jsonl"));
         config.bans.file = Some(self.dir.join("bans.toml"));
     }
 

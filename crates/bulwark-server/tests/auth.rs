@@ -113,7 +113,7 @@ impl Fixture {
 
     fn apply(&self, config: &mut ServerConfig) {
         config.auth.password_file = Some(self.store_path());
-        config.auth.audit_file = Some(self.audit_path());
+        config.audit.file = Some(self.audit_path());
         config.tls_watch_interval = Duration::from_millis(200);
         // These tests play attackers and fleets on 127.0.0.0/8: no address is exempt from the
         // login guard unless a test says so.

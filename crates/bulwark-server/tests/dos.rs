@@ -471,7 +471,7 @@ async fn a_subscriber_that_stops_reading_is_bounded_by_its_queue() {
             c.broker.sessions.max_inflight_out = 10;
             c.broker.sessions.max_queued_messages = 50;
             c.broker.sessions.queue_full = policy;
-            c.auth.audit_file = Some(audit.clone());
+            c.audit.file = Some(audit.clone());
         })
         .await;
         // Disconnected, the client has nobody to acknowledge to.
@@ -542,7 +542,7 @@ async fn repeated_protocol_violations_lead_to_a_ban_that_survives_a_restart() {
     };
     let configure = |c: &mut bulwark_server::ServerConfig| {
         c.bans = settings.clone();
-        c.auth.audit_file = Some(audit.clone());
+        c.audit.file = Some(audit.clone());
         c.tls_watch_interval = Duration::from_millis(200);
     };
     let server = common::start_with(configure).await;
@@ -615,7 +615,7 @@ async fn repeated_limit_hits_lead_to_a_ban() {
             exempt: Vec::new(),
             ..BanSettings::default()
         };
-        c.auth.audit_file = Some(audit.clone());
+        c.audit.file = Some(audit.clone());
         c.broker.sessions.receive_maximum = 2;
     })
     .await;
@@ -688,7 +688,7 @@ async fn over_the_memory_watermark_new_connections_are_refused_and_queues_shed()
     let server = common::start_with(|c| {
         // Far below any real process: over from the first reading, a second after start.
         c.memory_watermark = 1;
-        c.auth.audit_file = Some(audit.clone());
+        c.audit.file = Some(audit.clone());
     })
     .await;
     let mut worker = mqtt_from(server.addr, from(1), "mem-worker").await;
@@ -748,7 +748,7 @@ async fn flapping_bans_only_the_flapping_user_from_a_client_id_never_its_owner()
     let audit = dir.join("audit.jsonl");
     let server = common::start_secure_with(|c| {
         c.auth.password_file = Some(store_path.clone());
-        c.auth.audit_file = Some(audit.clone());
+        c.audit.file = Some(audit.clone());
         c.bans = BanSettings {
             file: Some(dir.join("bans.toml")),
             flaps: 5,
@@ -830,7 +830,7 @@ async fn overflow_counts(end: bool, within: Duration) -> Vec<u64> {
     let audit = dir.join("audit.jsonl");
     let server = common::start_with(|c| {
         c.broker.sessions.max_queued_messages = 5;
-        c.auth.audit_file = Some(audit.clone());
+        c.audit.file = Some(audit.clone());
     })
     .await;
     let mut sub = connect_packet(ProtocolVersion::V5, "parked");

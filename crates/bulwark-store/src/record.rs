@@ -510,6 +510,7 @@ fn read_principal(r: &mut Reader<'_>) -> Read<(Principal, bool)> {
             address,
             authenticated,
             claim: None,
+            quarantine: None,
         },
         had_claim,
     ))

@@ -287,6 +287,7 @@ fn check(args: &CheckArgs) -> Result<u8, Failure> {
         address: args.source,
         authenticated: !args.anonymous,
         claim: None,
+        quarantine: None,
     };
     let client_id = match (&args.client_id, loaded.rules.rule_using_client_id()) {
         (Some(id), _) => id.as_str(),

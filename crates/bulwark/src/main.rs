@@ -7,6 +7,7 @@
 
 mod acl;
 mod admin;
+mod audit;
 mod ban;
 mod cert;
 mod config;
@@ -103,6 +104,9 @@ enum Command {
     Admin(admin::AdminArgs),
     /// The durable store (sessions, queued and retained messages): check, repair.
     Store(store::StoreArgs),
+    /// The audit trail: verify its hash chain and signatures, show its records, print the
+    /// checkpoint key.
+    Audit(audit::AuditArgs),
 }
 
 /// The long help of `bulwark serve`: what each way to start it serves.
@@ -185,6 +189,7 @@ fn main() -> ExitCode {
         Command::Ban(args) => ban::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Store(args) => store::run(args),
+        Command::Audit(args) => audit::run(args),
     }
 }
 
@@ -226,7 +231,7 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
     }
     let mut config = ServerConfig::default();
     config.auth.password_file = Some(store.clone());
-    config.auth.audit_file = Some(dir.join(AUDIT_FILE));
+    config.audit.file = Some(dir.join(AUDIT_FILE));
     config.acl.file = Some(acl.clone());
     config.bans.file = Some(dir.join(BANS_FILE));
     config.storage.path = Some(dir.join(config::STORE_FILE));
@@ -242,12 +247,16 @@ fn first_run_config(dir: &std::path::Path) -> Result<ServerConfig, String> {
          \x20 then connect:  mosquitto_sub -h localhost -p 8883 --cafile {ca} --cert {shown_dir}/DEVICE.pem --key {shown_dir}/DEVICE.key -t 'devices/DEVICE/#' -v\n\
          \x20 add a user:  bulwark user add NAME --file {}\n\
          \x20 ACL (default deny; the group admins: everything, other users: devices/USER/#): {}\n\
-         \x20 sessions and retained messages survive restarts in {}",
+         \x20 sessions and retained messages survive restarts in {}\n\
+         \x20 security events go to the tamper-evident audit trail {}; check it:  bulwark audit verify --key {} {}",
         if pki.created { " (just created)" } else { "" },
         store.display(),
         store.display(),
         acl.display(),
         dir.join(config::STORE_FILE).display(),
+        dir.join(AUDIT_FILE).display(),
+        dir.join("audit-signing.pub").display(),
+        dir.join("audit*.jsonl").display(),
     );
     if let Some(password) = admin {
         eprint!(

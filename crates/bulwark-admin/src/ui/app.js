@@ -117,6 +117,7 @@ async function overview() {
   }
   state.last = { at: now, received, sent };
   $('failed-logins').textContent = metric(text, 'bulwark_security_events_total', 'kind="auth_failure"');
+  $('detections').textContent = metric(text, 'bulwark_security_events_total', 'kind="detection"');
   $('denials').textContent = metric(text, 'bulwark_acl_denials_total');
   $('bans-active').textContent = metric(text, 'bulwark_bans_active');
 }
@@ -199,7 +200,7 @@ async function bans() {
 function eventRow(event) {
   const row = document.createElement('tr');
   row.dataset.kind = event.kind;
-  if (event.kind !== 'auth_success' && event.kind !== 'reauth_success' && event.kind !== 'admin_action') {
+  if (!['auth_success', 'reauth_success', 'admin_action', 'config_reload'].includes(event.kind)) {
     row.className = 'refusal';
   }
   cell(row, event.time, 'mono');

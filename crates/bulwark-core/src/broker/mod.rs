@@ -294,6 +294,20 @@ impl Broker {
         self.reauthorize(conn, Some(principal), now);
     }
 
+    /// Restricts connection `conn`'s client to the rules of the ACL group `group` alone (a
+    /// detection rule's quarantine), applied as [`Broker::set_acl`] does: subscriptions the
+    /// group's rules do not allow are removed. Whether the connection exists.
+    pub fn quarantine(&mut self, conn: ConnectionId, group: &Arc<str>, now: Instant) -> bool {
+        let Some(c) = self.clients.conns.get(&conn) else {
+            return false;
+        };
+        let mut principal = (*c.authz.principal).clone();
+        principal.groups = vec![group.clone()];
+        principal.quarantine = Some(group.clone());
+        self.reauthorize(conn, Some(Arc::new(principal)), now);
+        true
+    }
+
     /// When [`Broker::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [

@@ -35,7 +35,7 @@ const REDACTED: &str = "<redacted>";
 /// defaults included, secrets left out.
 ///
 /// The keys are the file's sections: `listener` (an array, one object per `[[listener]]`),
-/// `acl`, `admission`, `bans`, `rate`, `auth`, `limits`, `mqtt`, `sys`, `storage`, `server`
+/// `acl`, `admission`, `bans`, `rate`, `auth`, `audit`, `detect`, `limits`, `mqtt`, `sys`, `storage`, `server`
 /// and `admin` (`null` when the admin listener is off).
 pub(crate) fn effective(config: &ServerConfig) -> Value {
     Obj::new()
@@ -52,6 +52,8 @@ pub(crate) fn effective(config: &ServerConfig) -> Value {
         .set("bans", bans(config))
         .set("rate", rate(config))
         .set("auth", auth(&config.auth))
+        .set("audit", audit(&config.audit))
+        .set("detect", detect(&config.detect))
         .set("limits", limits(config))
         .set("mqtt", mqtt(config))
         .set(
@@ -287,13 +289,91 @@ fn auth(a: &AuthSettings) -> Value {
         .done();
     Obj::new()
         .path("password_file", a.password_file.as_deref())
-        .path("audit_file", a.audit_file.as_deref())
         .set("hash_concurrency", a.hash_concurrency)
         .set("max_pending_logins", a.max_pending_logins)
         .secs("credential_cache_ttl", a.credential_cache_ttl)
         .set("credential_cache_size", a.credential_cache_size)
         .set("backoff", backoff)
         .set("jwt", a.jwt.as_ref().map_or(Value::Null, jwt))
+        .done()
+}
+
+fn audit(a: &crate::audit::AuditSettings) -> Value {
+    Obj::new()
+        .path("file", a.file.as_deref())
+        .set(
+            "format",
+            match a.format {
+                crate::audit::AuditFormat::Chained => "chained",
+                crate::audit::AuditFormat::Plain => "plain",
+            },
+        )
+        .path("key_file", a.key_path().as_deref())
+        .set("checkpoint_records", a.checkpoint_records)
+        .secs("checkpoint_interval", a.checkpoint_interval)
+        .set("segment_size", a.segment_size)
+        .secs("segment_age", a.segment_age)
+        .secs("retention_age", a.retention_age)
+        .set("retention_size", a.retention_size)
+        .set("queue", a.queue)
+        .path("export_file", a.export_file.as_deref())
+        .set("export_records", a.export_records)
+        .set(
+            "export_syslog",
+            a.export_syslog
+                .as_ref()
+                .map_or(Value::Null, |t| Value::String(t.to_string())),
+        )
+        .path("export_syslog_ca", a.export_syslog_ca.as_deref())
+        .path("export_syslog_cert", a.export_syslog_cert.as_deref())
+        .path("export_syslog_key", a.export_syslog_key.as_deref())
+        .set("export_syslog_app", a.export_syslog_app.as_str())
+        .set(
+            "export_http",
+            a.export_http
+                .as_deref()
+                .map_or(Value::Null, |url| Value::String(redact_url(url))),
+        )
+        .path("export_http_ca", a.export_http_ca.as_deref())
+        // The token file's name only: the token itself is never read here.
+        .path(
+            "export_http_token_file",
+            a.export_http_token_file.as_deref(),
+        )
+        .set("export_queue", a.export_queue)
+        .done()
+}
+
+fn detect(d: &bulwark_limits::detect::DetectSettings) -> Value {
+    let rules: Vec<Value> = d
+        .rules
+        .iter()
+        .map(|r| {
+            Obj::new()
+                .set("name", r.name.as_str())
+                .set("kind", r.kind.as_str())
+                .set("per", r.per.as_str())
+                .secs("window", r.window)
+                .set("threshold", r.threshold)
+                .set("factor", r.factor)
+                .set("warmup", r.warmup)
+                .set("max_depth", r.max_depth)
+                .set(
+                    "respond",
+                    r.responses.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+                )
+                .secs("duration", r.duration)
+                .set(
+                    "throttle_messages_per_second",
+                    r.throttle_messages_per_second,
+                )
+                .set("quarantine_group", optional(r.quarantine_group.as_deref()))
+                .done()
+        })
+        .collect();
+    Obj::new()
+        .set("max_tracked", d.max_tracked)
+        .set("rule", rules)
         .done()
 }
 
@@ -469,13 +549,15 @@ mod tests {
     use crate::config::{AclSettings, ListenerKind, StorageSettings};
     use bulwark_limits::rate::RateSettings;
 
-    const SECTIONS: [&str; 12] = [
+    const SECTIONS: [&str; 14] = [
         "listener",
         "acl",
         "admission",
         "bans",
         "rate",
         "auth",
+        "audit",
+        "detect",
         "limits",
         "mqtt",
         "sys",

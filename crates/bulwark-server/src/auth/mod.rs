@@ -266,14 +266,10 @@ pub(crate) struct AuthService {
 
 impl AuthService {
     /// Loads the store and keys; any unusable file is an error.
-    pub(crate) fn new(settings: &AuthSettings) -> Result<Self, String> {
+    pub(crate) fn new(settings: &AuthSettings, audit: Audit) -> Result<Self, String> {
         let store = Credentials::load_initial(settings)?;
         let gate = LoginGate::new(&settings.guard)?;
         let jwt = settings.jwt.as_ref().map(JwtKeys::new).transpose()?;
-        let audit = match &settings.audit_file {
-            Some(path) => Audit::open(path)?,
-            None => Audit::log_only(),
-        };
         Ok(Self {
             credentials: Credentials::new(settings, store)?,
             jwt,
@@ -329,7 +325,7 @@ impl AuthService {
         result: &Result<Identity, Refusal>,
     ) {
         for event in self.gate.conclude(ticket, attempt, result) {
-            self.audit.record(event).await;
+            self.audit.record(event);
         }
     }
 
@@ -459,9 +455,13 @@ impl AuthService {
 
     /// Forgets a connection that ended; its client id and username, if it had logged in.
     pub(crate) fn unregister(&self, conn: ConnectionId) -> Option<(String, Option<Arc<str>>)> {
-        self.registry
-            .unregister(conn)
-            .map(|live| (live.client_id, live.username))
+        let live = self.registry.unregister(conn)?;
+        Some((live.client_id, live.username))
+    }
+
+    /// A live connection's client id and username (`None` before it logged in).
+    pub(crate) fn who(&self, conn: ConnectionId) -> Option<(Arc<str>, Option<Arc<str>>)> {
+        self.registry.who(conn)
     }
 
     /// The live connections whose address, username and client id `hit` picks.
@@ -517,7 +517,7 @@ impl AuthService {
     /// A forced disconnect of `conn`, as a security event.
     pub(crate) fn forced_disconnect(&self, conn: ConnectionId, reason: &str) {
         self.audit
-            .record_now(self.registry.disconnect_event(conn, reason));
+            .record(self.registry.disconnect_event(conn, reason));
     }
 
     /// Reloads the JWT key files if they changed (or `force`).
@@ -539,6 +539,13 @@ impl AuthService {
             Some(Ok(store)) => store,
             Some(Err(err)) => {
                 warn!(%err, "password store reload failed; the previous users stay in force");
+                if let Some(path) = self.credentials.path() {
+                    self.audit.record(crate::audit::reload_event(
+                        "passwords",
+                        path,
+                        Err(err.to_string()),
+                    ));
+                }
                 return Vec::new();
             }
         };
@@ -549,6 +556,14 @@ impl AuthService {
             move |name: &str| store.get(name).is_none_or(|u| u.disabled)
         });
         info!(users, closing = affected.len(), "password store reloaded");
+        if let Some(path) = self.credentials.path() {
+            let done = format!(
+                "reloaded: {users} users; {} connection(s) of removed or disabled users closed",
+                affected.len()
+            );
+            self.audit
+                .record(crate::audit::reload_event("passwords", path, Ok(done)));
+        }
         affected
     }
 

@@ -193,6 +193,14 @@ impl Registry {
     }
 
     /// A forced disconnect of `conn` as a security event, with what is known of it.
+    /// A live connection's client id and username.
+    pub(super) fn who(&self, conn: ConnectionId) -> Option<(Arc<str>, Option<Arc<str>>)> {
+        lock(&self.table)
+            .conns
+            .get(&conn)
+            .map(|l| (Arc::from(l.client_id.as_str()), l.username.clone()))
+    }
+
     pub(super) fn disconnect_event(&self, conn: ConnectionId, reason: &str) -> SecurityEvent {
         let mut event = SecurityEvent::new(EventKind::ForcedDisconnect, SystemTime::now());
         event.reason = Some(reason.to_owned());

@@ -129,8 +129,6 @@ pub const MIN_JWKS_FETCH_GAP: Duration = Duration::from_secs(30);
 pub struct AuthSettings {
     /// The password store (`bulwark user` edits it); `None`: no password users.
     pub password_file: Option<PathBuf>,
-    /// Security events are appended here as JSON lines, if set.
-    pub audit_file: Option<PathBuf>,
     /// Password hashes checked at once, at most; 0: half the cores, at least one.
     pub hash_concurrency: usize,
     /// Logins waiting for a hash check, at most; more are refused with 0x89 Server busy.
@@ -153,7 +151,6 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             password_file: None,
-            audit_file: None,
             hash_concurrency: 0,
             max_pending_logins: 1024,
             credential_cache_ttl: bulwark_auth::cache::DEFAULT_TTL,

@@ -496,6 +496,7 @@ impl Handshake {
             address: Some(self.setup.peer),
             authenticated: identity.method != "anonymous",
             claim: identity.acl.clone(),
+            quarantine: None,
         });
         let mut auth = std::mem::take(&mut self.reply);
         auth.principal = Some(principal.clone());

@@ -670,6 +670,7 @@ fn reauth(method: Option<&str>, identity: Identity, now: Now) -> Reauth {
         address: None,
         authenticated: true,
         claim: None,
+        quarantine: None,
     });
     Reauth::new(
         identity,

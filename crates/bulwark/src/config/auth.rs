@@ -76,12 +76,17 @@ section! {
     }
 }
 
-/// The `[auth]` section and its `[auth.backoff]` and `[auth.jwt]` tables.
-pub(super) fn check_auth(p: &mut Problems, a: &AuthSection, base: &Path) -> AuthSettings {
+/// The `[auth]` section and its `[auth.backoff]` and `[auth.jwt]` tables; also the audit file
+/// `audit_file` still names (`[audit] file` is its place now).
+pub(super) fn check_auth(
+    p: &mut Problems,
+    a: &AuthSection,
+    base: &Path,
+) -> (AuthSettings, Option<std::path::PathBuf>) {
     let s = "auth";
+    let audit_file = p.path(&a.audit_file, s, "audit_file", base);
     let mut auth = AuthSettings {
         password_file: p.path(&a.password_file, s, "password_file", base),
-        audit_file: p.path(&a.audit_file, s, "audit_file", base),
         ..AuthSettings::default()
     };
     if let Some(v) = p.integer(&a.hash_concurrency, s, "hash_concurrency", 0, 1024) {
@@ -124,7 +129,7 @@ pub(super) fn check_auth(p: &mut Problems, a: &AuthSection, base: &Path) -> Auth
             describe(other)
         )),
     }
-    auth
+    (auth, audit_file)
 }
 
 /// `[auth.backoff]`, checked as a whole by the login guard's own validation.

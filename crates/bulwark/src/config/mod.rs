@@ -7,7 +7,7 @@
 //! validation pass turns the sections into a [`ServerConfig`], collecting every problem (unknown
 //! keys with a suggestion, wrong types, values out of range, settings that contradict each
 //! other) before the file is refused. The sections live by theme: [`listeners`] (listeners,
-//! TLS, WebSocket), [`auth`] (`[auth]`, `[auth.backoff]`, `[auth.jwt]`, `[acl]`) and [`limits`]
+//! TLS, WebSocket), [`audit`] (`[audit]`), [`auth`] (`[auth]`, `[auth.backoff]`, `[auth.jwt]`, `[acl]`) and [`limits`]
 //! (`[limits]`, `[mqtt]`, `[sys]`, `[server]`, `[storage]`, `[admission]`, `[bans]`, `[rate]`),
 //! and [`admin`] (`[admin]`).
 
@@ -17,7 +17,9 @@ use bulwark_server::{ConfigError, ServerConfig};
 use toml::Table;
 
 mod admin;
+mod audit;
 mod auth;
+mod detect;
 mod fields;
 mod limits;
 mod listeners;
@@ -42,6 +44,8 @@ section! {
         rate: limits::RateSection,
         admission: limits::AdmissionSection,
         auth: auth::AuthSection,
+        audit: audit::AuditSection,
+        detect: detect::DetectSection,
         limits: limits::LimitsSection,
         mqtt: limits::MqttSection,
         sys: limits::SysSection,
@@ -102,9 +106,14 @@ fn validate(file: &ConfigFile, base: &Path, data_dir: &Path) -> Result<ServerCon
     {
         config.broker.sys_interval = (v > 0).then(|| std::time::Duration::from_secs(v));
     }
+    let mut legacy_audit_file = None;
     if let Some(section) = p.section(&file.auth, "auth") {
-        config.auth = auth::check_auth(&mut p, section, base);
+        (config.auth, legacy_audit_file) = auth::check_auth(&mut p, section, base);
     }
+    let audit = p.section(&file.audit, "audit");
+    config.audit = audit::check_audit(&mut p, audit, legacy_audit_file, base);
+    let detect = p.section(&file.detect, "detect");
+    config.detect = detect::check_detect(&mut p, detect);
     if let Some(v) = per_user_connections {
         config.auth.max_connections_per_user = fields::to_usize(v);
     }

@@ -579,3 +579,265 @@ fn values_of_the_wrong_shape_are_reported_with_the_rest() {
         "{err}"
     );
 }
+
+// ----- [detect] ------------------------------------------------------------------------------
+
+#[test]
+fn detect_rules_replace_built_ins_add_their_own_or_stand_alone() {
+    use bulwark_limits::detect::{DetectSettings, MAX_TRACKED, Per, Response, RuleKind};
+    // Without [detect]: the built-in rules, record and metric only.
+    let config = parse(&open(""), "t").unwrap();
+    assert_eq!(config.detect.rules, DetectSettings::builtin());
+    assert_eq!(config.detect.max_tracked, MAX_TRACKED);
+    assert!(
+        config
+            .detect
+            .rules
+            .iter()
+            .all(|r| r.responses == [Response::Event, Response::Metric])
+    );
+
+    // A rule named like a built-in one replaces it, in its place; another is added.
+    let text = r#"
+[detect]
+max_tracked = 500
+
+[[detect.rule]]
+name = "failed-logins"
+kind = "failed_logins"
+per = "network"
+window = 30
+threshold = 5
+respond = ["metric", "ban"]
+duration = 900
+
+[[detect.rule]]
+name = "scanner"
+kind = "acl_denials"
+respond = ["disconnect", "event", "disconnect"]
+"#;
+    let config = parse(&open(text), "t").unwrap();
+    let rules = &config.detect.rules;
+    assert_eq!(config.detect.max_tracked, 500);
+    assert_eq!(rules.len(), DetectSettings::builtin().len() + 1);
+    let replaced = rules
+        .iter()
+        .position(|r| r.name == "failed-logins")
+        .unwrap();
+    let builtin_at = DetectSettings::builtin()
+        .iter()
+        .position(|r| r.name == "failed-logins")
+        .unwrap();
+    assert_eq!(replaced, builtin_at);
+    let r = &rules[replaced];
+    assert_eq!((r.kind, r.per), (RuleKind::FailedLogins, Per::Network));
+    assert_eq!(r.window, Duration::from_secs(30));
+    assert_eq!(r.threshold, 5);
+    // An event is always recorded, listed or not, and it comes first.
+    assert_eq!(
+        r.responses,
+        [Response::Event, Response::Metric, Response::Ban]
+    );
+    assert_eq!(r.duration, Duration::from_secs(900));
+    // The new rule: `per` and the window and threshold by kind; a response listed twice once.
+    let scanner = rules.last().unwrap();
+    assert_eq!(scanner.name, "scanner");
+    assert_eq!(
+        (scanner.kind, scanner.per),
+        (RuleKind::AclDenials, Per::User)
+    );
+    assert_eq!(scanner.window, Duration::from_secs(60));
+    assert_eq!(scanner.threshold, 10);
+    assert_eq!(scanner.responses, [Response::Event, Response::Disconnect]);
+    // The other built-ins are untouched.
+    for builtin in DetectSettings::builtin() {
+        if builtin.name != "failed-logins" {
+            assert!(rules.contains(&builtin), "{}", builtin.name);
+        }
+    }
+
+    // `builtin = false`: only the file's rules; `per` defaults by kind.
+    let text = r#"
+[detect]
+builtin = false
+
+[[detect.rule]]
+name = "burst"
+kind = "message_rate"
+factor = 4
+warmup = 2
+
+[[detect.rule]]
+name = "abuse"
+kind = "protocol_violations"
+
+[[detect.rule]]
+name = "hash"
+kind = "root_wildcard"
+max_depth = 2
+"#;
+    let config = parse(&open(text), "t").unwrap();
+    let rules = &config.detect.rules;
+    let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["burst", "abuse", "hash"]);
+    assert_eq!(rules[0].per, Per::ClientId);
+    assert_eq!((rules[0].factor, rules[0].warmup), (4, 2));
+    assert_eq!(rules[1].per, Per::Network);
+    assert_eq!(rules[2].per, Per::User);
+    assert_eq!(rules[2].max_depth, 2);
+
+    // `builtin = false` and no rule: no rules at all (the broker runs no detection task).
+    let config = parse(&open("[detect]\nbuiltin = false\n"), "t").unwrap();
+    assert!(config.detect.rules.is_empty());
+}
+
+#[test]
+fn detect_mistakes_are_named_with_the_rule_and_the_key() {
+    let text = r#"
+[detect]
+builtin = "yes"
+max_tracked = 0
+colour = "red"
+
+[[detect.rule]]
+name = "a"
+kind = "password_spray"
+
+[[detect.rule]]
+name = "b"
+kind = "failed_logins"
+per = "tenant"
+
+[[detect.rule]]
+name = "c"
+kind = "acl_denials"
+respond = ["event", "shout"]
+window = 0
+thresold = 3
+
+[[detect.rule]]
+kind = "acl_denials"
+
+[[detect.rule]]
+name = "e"
+
+[[detect.rule]]
+name = "f g"
+kind = "acl_denials"
+"#;
+    let err = parse(&open(text), "t").unwrap_err();
+    let all = err.problems.join("\n");
+    for expected in [
+        "detect.builtin: expected true or false, found the string \"yes\"",
+        "detect.max_tracked = 0: must be between 1 and 10000000",
+        "detect.colour: unknown key",
+        "detect.rule[0].kind = \"password_spray\": one of failed_logins, acl_denials, \
+         protocol_violations, message_rate, message_size, shared_credential, \
+         client_id_flapping, root_wildcard",
+        "detect.rule[1].per = \"tenant\": one of user, client_id, certificate, network",
+        "detect.rule[2].respond: \"shout\" is not one of event, metric, throttle, quarantine, \
+         disconnect, ban",
+        "detect.rule[2].window = 0: must be between 1 and 604800",
+        "detect.rule[2].thresold: unknown key; did you mean \"threshold\"?",
+        "detect.rule[3].name: every rule needs a name",
+        "detect.rule[4].kind: needed (one of failed_logins,",
+        "rule \"f g\": a name is letters, digits, '-' and '_'",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn detect_refuses_acting_on_a_claimed_identity_and_other_misuses() {
+    let rule = |kind: &str, per: &str, respond: &str| {
+        format!(
+            "[[detect.rule]]\nname = \"r\"\nkind = \"{kind}\"\nper = \"{per}\"\nrespond = {respond}\n"
+        )
+    };
+    // A failed login's username or client id is only claimed: acting on it would let anyone
+    // lock that user out.
+    for (per, respond) in [
+        ("user", "ban"),
+        ("user", "disconnect"),
+        ("client_id", "ban"),
+        ("certificate", "disconnect"),
+    ] {
+        let text = rule("failed_logins", per, &format!("[\"{respond}\"]"));
+        let err = parse(&open(&text), "t").unwrap_err();
+        let expected = format!(
+            "detect: rule \"r\": a failed login's {per} is only claimed, so \"{respond}\" would \
+             let anyone lock that {per} out; count failed logins per network to act on them"
+        );
+        assert!(
+            err.problems.contains(&expected),
+            "{per} {respond}: {:#?}",
+            err.problems
+        );
+    }
+    // Recording and counting a claimed username is fine; acting on a network is too.
+    let text = rule("failed_logins", "user", "[\"event\", \"metric\"]");
+    parse(&open(&text), "t").unwrap();
+    let text = rule("failed_logins", "network", "[\"ban\", \"disconnect\"]");
+    parse(&open(&text), "t").unwrap();
+
+    for (text, expected) in [
+        (
+            rule("acl_denials", "certificate", "[\"ban\"]"),
+            "detect: rule \"r\": a ban cannot name a certificate",
+        ),
+        (
+            rule("shared_credential", "network", "[\"event\"]"),
+            "detect: rule \"r\": shared_credential counts per user or per certificate",
+        ),
+        (
+            rule("client_id_flapping", "network", "[\"event\"]"),
+            "detect: rule \"r\": client_id_flapping counts per client_id, user or certificate",
+        ),
+        (
+            rule("acl_denials", "user", "[\"quarantine\"]"),
+            "detect: rule \"r\": quarantine needs quarantine_group",
+        ),
+    ] {
+        let err = parse(&open(&text), "t").unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.starts_with(expected)),
+            "missing {expected:?} in {:#?}",
+            err.problems
+        );
+    }
+}
+
+/// Two `[[detect.rule]]` tables with one name: a copy-and-paste mistake that must not pass
+/// silently (the second would replace the first, which then never runs).
+#[test]
+fn detect_two_rules_of_one_name_are_refused() {
+    let text = r#"
+[[detect.rule]]
+name = "scanner"
+kind = "acl_denials"
+threshold = 5
+
+[[detect.rule]]
+name = "scanner"
+kind = "root_wildcard"
+"#;
+    let err = parse(&open(text), "t").unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.contains("scanner") && p.contains("two rules have this name")),
+        "{:#?}",
+        err.problems
+    );
+    // Replacing a built-in rule once is what a rule of its name is for.
+    let text = "[[detect.rule]]\nname = \"topic-scan\"\nkind = \"acl_denials\"\nthreshold = 3\n";
+    let config = parse(&open(text), "t").unwrap();
+    let scan: Vec<_> = config
+        .detect
+        .rules
+        .iter()
+        .filter(|r| r.name == "topic-scan")
+        .collect();
+    assert_eq!(scan.len(), 1);
+    assert_eq!(scan[0].threshold, 3);
+}
