@@ -39,10 +39,10 @@ run() { # MODE SCENARIO ARGS...
     | python3 -c 'import json,sys
 r = json.load(sys.stdin)
 c = r.get("connect") or {}
-if r["setup"]["scenario"] == "churn":
+if r.get("scenario") == "churn":
     rate, lat = c.get("per_second"), c.get("latency") or {}
 else:
-    rate, lat = r["messages"]["received_per_s"], r.get("latency") or {}
+    rate, lat = r.get("received_per_s"), r.get("latency") or {}
 print(round(rate or 0), r.get("errors"), lat.get("p99_us"))' || echo "failed")
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true

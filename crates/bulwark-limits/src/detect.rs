@@ -148,7 +148,7 @@ pub enum RuleKind {
     /// Messages published in one window above `factor` times the subject's own baseline
     /// (its average per window so far) and at least `threshold`.
     MessageRate,
-    /// The mean payload size in one window above `factor` times the subject's baseline and at
+    /// The mean bytes read per PUBLISH (headers included) in one window above `factor` times the subject's baseline and at
     /// least `threshold` bytes.
     MessageSize,
     /// One credential logged in from `threshold` networks at once.
@@ -467,7 +467,7 @@ impl Detection {
                 "{v} messages published in {w} s, over {l} (its own baseline times the rule's factor)"
             ),
             RuleKind::MessageSize => format!(
-                "a mean payload of {v} bytes over {w} s, over {l} (its own baseline times the rule's factor)"
+                "a mean of {v} bytes read per message over {w} s, over {l} (its own baseline times the rule's factor)"
             ),
             RuleKind::SharedCredential => {
                 format!("logged in from {v} networks at once (limit {l})")

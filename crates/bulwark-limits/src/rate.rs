@@ -128,6 +128,7 @@ impl Bucket {
 pub struct Limiter {
     messages: Option<Bucket>,
     bytes: Option<Bucket>,
+    limit: RateLimit,
 }
 
 impl Limiter {
@@ -139,6 +140,7 @@ impl Limiter {
         let bucket =
             |rate: f64, burst: f64| (rate > 0.0).then(|| Bucket::new(rate, burst.max(1.0), now));
         Some(Self {
+            limit,
             messages: bucket(
                 f64::from(limit.messages_per_second),
                 f64::from(limit.messages_burst),
@@ -146,6 +148,11 @@ impl Limiter {
             // Byte counts far beyond 2^53 lose precision only above any real burst.
             bytes: bucket(limit.bytes_per_second as f64, limit.bytes_burst as f64),
         })
+    }
+
+    /// The limit it enforces.
+    pub fn limit(&self) -> RateLimit {
+        self.limit
     }
 
     /// Accounts for `messages` PUBLISH packets and `bytes` bytes just read; returns how long

@@ -95,14 +95,21 @@ enum Restrict {
 pub(crate) const MAX_RESTRICTIONS: usize = 10_000;
 
 impl Restrictions {
+    /// Puts `what` on `subject` until `until`. The same restriction of the same subject again
+    /// (a rule that fires again) lasts until the later of both ends. A different one (another
+    /// rule's rate or group) is kept beside it, so that no rule's restriction ends before its
+    /// own duration: the lowest rate in force applies, and the group added last.
     fn add(&self, subject: &Subject, what: Restrict, until: Instant) {
         let mut list = crate::sync::lock(&self.list);
         let now = Instant::now();
         list.retain(|r| r.until > now);
-        list.retain(|r| {
-            !(r.subject == *subject
-                && std::mem::discriminant(&r.what) == std::mem::discriminant(&what))
-        });
+        let mut until = until;
+        if let Some(i) = list
+            .iter()
+            .position(|r| r.subject == *subject && r.what == what)
+        {
+            until = until.max(list.remove(i).until);
+        }
         if list.len() >= MAX_RESTRICTIONS
             && let Some(i) = list
                 .iter()
@@ -110,7 +117,8 @@ impl Restrictions {
                 .min_by_key(|(_, r)| r.until)
                 .map(|(i, _)| i)
         {
-            list.swap_remove(i);
+            // `remove`, not `swap_remove`: the list stays in the order restrictions were added.
+            list.remove(i);
         }
         list.push(Restriction {
             subject: subject.clone(),
@@ -148,7 +156,8 @@ impl Restrictions {
             .min()
     }
 
-    /// The ACL group a quarantine in force restricts this client to, if any.
+    /// The ACL group a quarantine in force restricts this client to, if any: of several, the
+    /// one added last (the group live connections were last moved to).
     pub(crate) fn quarantine(
         &self,
         ip: IpAddr,
@@ -158,6 +167,7 @@ impl Restrictions {
         let now = Instant::now();
         crate::sync::lock(&self.list)
             .iter()
+            .rev()
             .filter(|r| r.until > now && covers(&r.subject, ip, user, client_id))
             .find_map(|r| match &r.what {
                 Restrict::Quarantine(group) => Some(group.clone()),

@@ -218,6 +218,9 @@ pub(crate) fn drive<S: Transport>(
     }
 }
 
+/// How often a paused client's driver looks at whether its throttle changed.
+const THROTTLE_CHECK: Duration = Duration::from_secs(1);
+
 /// What a connection published since its last sample for the detection rules.
 #[derive(Debug)]
 struct Sample {
@@ -434,6 +437,35 @@ impl<S: Transport> Driver<S> {
         &self,
         identity: &crate::auth::Identity,
     ) -> Option<Box<bulwark_limits::rate::Limiter>> {
+        bulwark_limits::rate::Limiter::new(self.rate_limit(identity), Instant::now()).map(Box::new)
+    }
+
+    /// After throttles changed (`restrictions_seen` is behind): the limiter made again if this
+    /// client's limit changed (else kept, debt and all: another client's throttle gives this
+    /// one no fresh burst), and whether it was.
+    fn renew_limiter(
+        &self,
+        identity: &crate::auth::Identity,
+        limiter: &mut Option<Box<bulwark_limits::rate::Limiter>>,
+        restrictions_seen: &mut u64,
+    ) -> bool {
+        let generation = self.restrictions_generation();
+        if generation == *restrictions_seen {
+            return false;
+        }
+        *restrictions_seen = generation;
+        let limit = self.rate_limit(identity);
+        let current = limiter.as_ref().map(|l| l.limit()).unwrap_or_default();
+        let unlimited = limiter.is_none() && limit.is_unlimited();
+        if unlimited || (limiter.is_some() && current == limit) {
+            return false;
+        }
+        *limiter = bulwark_limits::rate::Limiter::new(limit, Instant::now()).map(Box::new);
+        true
+    }
+
+    /// This client's rate limit, a throttle included.
+    fn rate_limit(&self, identity: &crate::auth::Identity) -> bulwark_limits::rate::RateLimit {
         let groups: Vec<&str> = identity.groups.iter().map(|g| &**g).collect();
         let mut limit =
             self.ctx
@@ -448,7 +480,7 @@ impl<S: Transport> Driver<S> {
                     .throttle(self.peer.ip(), username.as_deref(), &client_id);
             limit = crate::detect::throttled(limit, rate);
         }
-        bulwark_limits::rate::Limiter::new(limit, Instant::now()).map(Box::new)
+        limit
     }
 
     /// `auth` with its principal restricted to an ACL group, if a detection rule put this
@@ -806,6 +838,11 @@ impl<S: Transport> Driver<S> {
                     .filter(|_| paused_until.is_none()),
                 reauth.poll_timeout().filter(|_| connack_sent),
                 paused_until.map(tokio::time::Instant::into_std),
+                // While paused, a look every second at whether a throttle changed (one that
+                // ends must not leave the client waiting out a debt it ran up under it).
+                paused_until
+                    .filter(|_| self.ctx.auth.audit.detect().is_some())
+                    .map(|_| Instant::now() + THROTTLE_CHECK),
             ]
             .into_iter()
             .flatten()
@@ -888,14 +925,12 @@ impl<S: Transport> Driver<S> {
                     if let Err(end) = self.flush().await {
                         return end;
                     }
-                    if published > 0 {
+                    // Every read once a sample exists: a large PUBLISH spans several reads, and
+                    // the bytes of all of them are its size.
+                    if published > 0 || sample.is_some() {
                         self.observe_published(&mut sample, published, read as u64);
                     }
-                    let generation = self.restrictions_generation();
-                    if generation != restrictions_seen {
-                        restrictions_seen = generation;
-                        limiter = self.limiter(reauth.identity());
-                    }
+                    self.renew_limiter(reauth.identity(), &mut limiter, &mut restrictions_seen);
                     if let Some(limiter) = limiter.as_mut() {
                         let wait = limiter.take(published, read as u64, Instant::now());
                         if !wait.is_zero() {
@@ -961,6 +996,12 @@ impl<S: Transport> Driver<S> {
                     // asked again rather than kept across the wait (every byte kept there is
                     // in every idle connection's future).
                     let at = now().at;
+                    if paused_until.is_some()
+                        && self.renew_limiter(reauth.identity(), &mut limiter, &mut restrictions_seen)
+                    {
+                        // A new limit: the debt run up under the old one is forgiven.
+                        paused_until = Some(tokio::time::Instant::now());
+                    }
                     if paused_until.is_some_and(|due| due.into_std() <= at) {
                         paused_until = None;
                         // The client was not silent: it was not being read.

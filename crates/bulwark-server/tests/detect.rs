@@ -1163,3 +1163,743 @@ async fn one_certificate_moving_between_networks_is_not_shared() {
         .unwrap()
         .unwrap();
 }
+
+// ----- throttles -----------------------------------------------------------------------------
+
+/// A QoS 1 publisher that sends its next PUBLISH only once the last one was acknowledged:
+/// one message in flight, so that a throttle's pauses show in the PUBACKs at once (a client
+/// that sends many messages in one write has them all read before the pause).
+struct Publisher {
+    raw: Raw,
+    topic: String,
+    next: u16,
+}
+
+impl Publisher {
+    fn new(raw: Raw, topic: &str) -> Self {
+        Self {
+            raw,
+            topic: topic.to_owned(),
+            next: 0,
+        }
+    }
+
+    /// Publishes one QoS 1 message to `topic` and returns the PUBACK's reason code, with
+    /// 0x10 No matching subscribers (accepted, nobody subscribed) as Success. `deliveries`:
+    /// whether a PUBLISH to this client may arrive meanwhile (skipped), or fails the test.
+    async fn publish_to(&mut self, topic: &str, deliveries: bool) -> ReasonCode {
+        self.next = self.next % u16::MAX + 1;
+        let id = self.next;
+        self.raw
+            .send(&common::publish(topic, QoS::AtLeastOnce, id, b"21.5"))
+            .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.raw.recv_within(left).await {
+                Recv::Packet(Packet::PubAck(ack)) if ack.packet_id == common::pid(id) => {
+                    return match ack.reason_code {
+                        ReasonCode::NoMatchingSubscribers => ReasonCode::Success,
+                        code => code,
+                    };
+                }
+                Recv::Packet(Packet::Publish(publish)) if !deliveries => {
+                    panic!("unexpected PUBLISH before the PUBACK of {topic}: {publish:?}")
+                }
+                Recv::Packet(_) => {}
+                other => panic!("expected the PUBACK of {topic}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Publishes one message after the other to its own topic for `span`; how many were
+    /// acknowledged within it (the last one is awaited, so nothing is left in flight).
+    async fn acked_within(&mut self, span: Duration) -> u64 {
+        let end = Instant::now() + span;
+        let mut acked = 0;
+        while Instant::now() < end {
+            let topic = self.topic.clone();
+            assert_eq!(self.publish_to(&topic, true).await, ReasonCode::Success);
+            if Instant::now() <= end {
+                acked += 1;
+            }
+        }
+        acked
+    }
+}
+
+/// The most messages a throttle of `rate`/s (burst: as many) lets through in `span`, with a
+/// little slack for the edges of the measurement.
+fn throttled_at_most(rate: u64, span: Duration) -> u64 {
+    rate + (rate as f64 * span.as_secs_f64()).ceil() as u64 + 3
+}
+
+/// What a client that publishes one message after the other gets through without a throttle
+/// in one second at the least, on a loaded machine (far above any throttle measured here).
+const UNTHROTTLED_PER_SECOND: u64 = 100;
+
+/// A `root_wildcard` rule per user that throttles to 5 messages a second for 10 minutes: the
+/// user's live connection drops from its unthrottled rate to about 5 a second within a read
+/// of the detection, a new connection of the user logging in meanwhile is throttled from its
+/// first message, and another user is not throttled. The event names the throttle, and the
+/// metric counts it.
+#[tokio::test]
+async fn a_throttle_slows_the_users_live_and_new_connections_only() {
+    let fixture = Fixture::new();
+    let mut slow = rule(
+        "slow",
+        RuleKind::RootWildcard,
+        Per::User,
+        Duration::from_secs(3600),
+        1,
+        &[Response::Event, Response::Throttle],
+    );
+    slow.throttle_messages_per_second = 5;
+    slow.duration = Duration::from_secs(600);
+    let server = fixture.start(|c| c.detect.rules.push(slow)).await;
+    let (raw, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", "bob-1")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut bob = Publisher::new(raw, "devices/bob-1/power");
+    let free = bob.acked_within(Duration::from_secs(1)).await;
+    assert!(
+        free >= UNTHROTTLED_PER_SECOND,
+        "unthrottled: {free} message(s) in 1 s"
+    );
+
+    // Bob asks for `#` (denied by the ACL, counted by the rule).
+    let ack = bob
+        .raw
+        .subscribe(1, "#", SubscriptionOptions::qos(QoS::AtMostOnce), None)
+        .await;
+    assert_eq!(ack.reason_codes[0], ReasonCode::NotAuthorized);
+    let detection = fixture.wait_detection("slow").await;
+    assert_eq!(detection["target"], "user bob", "{detection}");
+    assert_eq!(detection["username"], "bob", "{detection}");
+    assert_eq!(
+        reason(&detection),
+        "slow (root_wildcard): 1 subscriptions to wildcards near the root in 3600 s (limit 1); \
+         responses: event, throttle to 5 message(s)/s for 600 s"
+    );
+
+    // The live connection: at most the burst and 5 a second, but not blocked.
+    let span = Duration::from_secs(2);
+    let throttled = bob.acked_within(span).await;
+    assert!(
+        (5..=throttled_at_most(5, span)).contains(&throttled),
+        "throttled: {throttled} message(s) in {span:?} (unthrottled: {free} in 1 s)"
+    );
+    // A new connection of bob, from another address.
+    let (raw, code) = connect_from(server.addr, local(0, 9, 1), &login("bob", "bob-2")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut second = Publisher::new(raw, "devices/bob-2/power");
+    let throttled = second.acked_within(span).await;
+    assert!(
+        (5..=throttled_at_most(5, span)).contains(&throttled),
+        "a new login of bob: {throttled} message(s) in {span:?}"
+    );
+    // Alice, on bob's address, is not throttled.
+    let (raw, code) = connect_from(server.addr, local(0, 0, 1), &login("alice", "alice-1")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut alice = Publisher::new(raw, "devices/alice-1/power");
+    let hers = alice.acked_within(Duration::from_secs(1)).await;
+    assert!(
+        hers >= UNTHROTTLED_PER_SECOND,
+        "alice: {hers} message(s) in 1 s"
+    );
+    fixture
+        .wait_metrics(
+            &server,
+            &["bulwark_detections_total{rule=\"slow\",response=\"throttle\"} 1"],
+        )
+        .await;
+    server.stop().await;
+}
+
+/// A throttle of 3 s: the live connection is throttled until it ends, and gets its own
+/// (unlimited) rate back within about a second after (the detection task forgets ended
+/// restrictions every second, and the driver makes its limiter again at its next read).
+#[tokio::test]
+async fn a_throttle_lifts_from_a_live_connection_when_it_ends() {
+    let fixture = Fixture::new();
+    let duration = Duration::from_secs(3);
+    let mut slow = rule(
+        "slow",
+        RuleKind::RootWildcard,
+        Per::ClientId,
+        Duration::from_secs(3600),
+        1,
+        &[Response::Event, Response::Metric, Response::Throttle],
+    );
+    slow.throttle_messages_per_second = 5;
+    slow.duration = duration;
+    let server = fixture.start(|c| c.detect.rules.push(slow)).await;
+    let (raw, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", "bob-1")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut bob = Publisher::new(raw, "devices/bob-1/power");
+    let free = bob.acked_within(Duration::from_secs(1)).await;
+    assert!(
+        free >= UNTHROTTLED_PER_SECOND,
+        "unthrottled: {free} message(s) in 1 s"
+    );
+
+    // The throttle starts after `before` and no later than `seen`.
+    let before = Instant::now();
+    let ack = bob
+        .raw
+        .subscribe(1, "#", SubscriptionOptions::qos(QoS::AtMostOnce), None)
+        .await;
+    assert_eq!(ack.reason_codes[0], ReasonCode::NotAuthorized);
+    let detection = fixture.wait_detection("slow").await;
+    let seen = Instant::now();
+    assert_eq!(detection["target"], "client id bob-1", "{detection}");
+    assert_eq!(
+        reason(&detection),
+        "slow (root_wildcard): 1 subscriptions to wildcards near the root in 3600 s (limit 1); \
+         responses: event, metric, throttle to 5 message(s)/s for 3 s"
+    );
+
+    // One message after the other until a quarter of the unthrottled rate gets through in
+    // half a second: far above the 2.5 (and the burst of 5) the throttle allows.
+    let fast = usize::try_from(UNTHROTTLED_PER_SECOND / 4).unwrap();
+    let mut acks: Vec<Instant> = Vec::new();
+    let lifted = loop {
+        let topic = bob.topic.clone();
+        assert_eq!(bob.publish_to(&topic, true).await, ReasonCode::Success);
+        let now = Instant::now();
+        acks.push(now);
+        let recent = acks
+            .iter()
+            .rev()
+            .take_while(|t| now.duration_since(**t) < Duration::from_millis(500))
+            .count();
+        if recent >= fast {
+            break acks[acks.len() - fast];
+        }
+        assert!(
+            now < seen + duration + WAIT,
+            "the throttle never lifted: {} message(s) since the detection",
+            acks.len()
+        );
+    };
+    // Until the earliest it can end, the throttle held.
+    let earliest_end = before + duration;
+    let during = acks.iter().filter(|t| **t < earliest_end).count() as u64;
+    let held = earliest_end.saturating_duration_since(seen);
+    assert!(
+        during <= throttled_at_most(5, held),
+        "{during} message(s) in the {held:?} the throttle surely held"
+    );
+    assert!(
+        *acks.last().unwrap() >= earliest_end,
+        "lifted before it ended: at {:?} after the subscription",
+        lifted.duration_since(before)
+    );
+    // It ended no later than `seen + duration`; it lifts within the expiry check's second
+    // (with slack for a loaded machine).
+    let latest_end = seen + duration;
+    assert!(
+        lifted <= latest_end + Duration::from_millis(2500),
+        "lifted {:?} after the latest end of the throttle",
+        lifted.saturating_duration_since(latest_end)
+    );
+    fixture
+        .wait_metrics(
+            &server,
+            &[
+                "bulwark_detections_total{rule=\"slow\",response=\"metric\"} 1",
+                "bulwark_detections_total{rule=\"slow\",response=\"throttle\"} 1",
+            ],
+        )
+        .await;
+    server.stop().await;
+}
+
+/// Two rules throttle the same user: a strict one (5 a second, for 10 minutes) and later a
+/// lenient one (1000 a second). The lowest rate in force applies: the lenient rule firing
+/// must not lift the strict rule's throttle before its end.
+#[tokio::test]
+async fn a_lenient_throttle_does_not_lift_a_stricter_one() {
+    let fixture = Fixture::new();
+    let mut strict = rule(
+        "strict",
+        RuleKind::RootWildcard,
+        Per::User,
+        Duration::from_secs(3600),
+        1,
+        &[Response::Event, Response::Throttle],
+    );
+    strict.throttle_messages_per_second = 5;
+    strict.duration = Duration::from_secs(600);
+    // Fires at the second login of the user.
+    let mut lenient = rule(
+        "lenient",
+        RuleKind::ClientIdFlapping,
+        Per::User,
+        MINUTE,
+        2,
+        &[Response::Event, Response::Throttle],
+    );
+    lenient.throttle_messages_per_second = 1000;
+    lenient.duration = Duration::from_secs(600);
+    let server = fixture
+        .start(|c| {
+            c.detect.rules.push(strict);
+            c.detect.rules.push(lenient);
+        })
+        .await;
+    let (raw, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", "bob-1")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut bob = Publisher::new(raw, "devices/bob-1/power");
+    let ack = bob
+        .raw
+        .subscribe(1, "#", SubscriptionOptions::qos(QoS::AtMostOnce), None)
+        .await;
+    assert_eq!(ack.reason_codes[0], ReasonCode::NotAuthorized);
+    fixture.wait_detection("strict").await;
+    let (raw, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", "bob-2")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut second = Publisher::new(raw, "devices/bob-2/power");
+    let detection = fixture.wait_detection("lenient").await;
+    assert_eq!(
+        reason(&detection),
+        "lenient (client_id_flapping): 2 logins in 60 s (limit 2); responses: event, \
+         throttle to 1000 message(s)/s for 600 s"
+    );
+    let span = Duration::from_secs(2);
+    for publisher in [&mut bob, &mut second] {
+        let throttled = publisher.acked_within(span).await;
+        assert!(
+            throttled <= throttled_at_most(5, span),
+            "{}: {throttled} message(s) in {span:?}",
+            publisher.topic
+        );
+    }
+    fixture
+        .wait_metrics(
+            &server,
+            &[
+                "bulwark_detections_total{rule=\"strict\",response=\"throttle\"} 1",
+                "bulwark_detections_total{rule=\"lenient\",response=\"throttle\"} 1",
+            ],
+        )
+        .await;
+    server.stop().await;
+}
+
+// ----- quarantine ----------------------------------------------------------------------------
+
+/// Every user may use `devices/{username}/#`; alice may publish to all of `devices/` and
+/// subscribe to `quarantine/#`; the group `quarantine` may only publish to
+/// `quarantine/{client_id}/#`.
+const QUARANTINE_ACL: &str = r##"
+[[rule]]
+permission = "allow"
+action = "all"
+topic = "devices/{username}/#"
+
+[[rule]]
+permission = "allow"
+action = "publish"
+user = "alice"
+topic = "devices/#"
+
+[[rule]]
+permission = "allow"
+action = "subscribe"
+user = "alice"
+topic = "quarantine/#"
+
+[[rule]]
+permission = "allow"
+action = "publish"
+group = "quarantine"
+topic = "quarantine/{client_id}/#"
+"##;
+
+/// A `root_wildcard` rule per user that quarantines in the ACL group `quarantine`: bob's live
+/// connection loses its own rights and its subscription at once and keeps only the group's
+/// (publish to `quarantine/{client_id}/#`); a new login of bob meanwhile is quarantined from
+/// the start; mallory is not affected. The event names the quarantine, and the metric counts
+/// it.
+#[tokio::test]
+async fn a_quarantine_fences_in_the_users_live_and_new_connections_only() {
+    let fixture = Fixture::new();
+    std::fs::write(fixture.dir.join("acl.toml"), QUARANTINE_ACL).unwrap();
+    let mut fence = rule(
+        "fence",
+        RuleKind::RootWildcard,
+        Per::User,
+        Duration::from_secs(3600),
+        1,
+        &[Response::Event, Response::Metric, Response::Quarantine],
+    );
+    fence.quarantine_group = Some("quarantine".to_owned());
+    let server = fixture.start(|c| c.detect.rules.push(fence)).await;
+
+    let (raw, code) = connect_from(server.addr, local(0, 0, 1), &login("alice", "alice-1")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut alice = Publisher::new(raw, "devices/bob/from-alice");
+    alice
+        .raw
+        .subscribe_qos(1, "quarantine/#", QoS::AtMostOnce)
+        .await;
+    let (raw, code) = connect_from(server.addr, local(0, 0, 2), &login("bob", "bob-1")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut bob = Publisher::new(raw, "devices/bob/x");
+    bob.raw
+        .subscribe_qos(1, "devices/bob/#", QoS::AtMostOnce)
+        .await;
+    let (raw, code) =
+        connect_from(server.addr, local(0, 0, 3), &login("mallory", "mallory-1")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut mallory = Publisher::new(raw, "devices/mallory/x");
+    mallory
+        .raw
+        .subscribe_qos(1, "devices/mallory/#", QoS::AtMostOnce)
+        .await;
+
+    // Before: bob publishes to his own tree and receives alice's message there; the
+    // quarantine topic is not his.
+    assert_eq!(
+        bob.publish_to("devices/bob/x", true).await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        alice.publish_to("devices/bob/from-alice", true).await,
+        ReasonCode::Success
+    );
+    loop {
+        let publish = bob.raw.recv_publish().await;
+        if publish.topic.as_str() == "devices/bob/from-alice" {
+            break;
+        }
+    }
+    assert_eq!(
+        bob.publish_to("quarantine/bob-1/x", true).await,
+        ReasonCode::NotAuthorized
+    );
+
+    // Bob asks for `#`.
+    let ack = bob
+        .raw
+        .subscribe(2, "#", SubscriptionOptions::qos(QoS::AtMostOnce), None)
+        .await;
+    assert_eq!(ack.reason_codes[0], ReasonCode::NotAuthorized);
+    let detection = fixture.wait_detection("fence").await;
+    assert_eq!(detection["target"], "user bob", "{detection}");
+    assert_eq!(detection["username"], "bob", "{detection}");
+    assert_eq!(
+        reason(&detection),
+        "fence (root_wildcard): 1 subscriptions to wildcards near the root in 3600 s (limit 1); \
+         responses: event, metric, quarantine in ACL group quarantine for 600 s (1 live \
+         connection(s))"
+    );
+
+    // The quarantine reached the engine before anything bob sends after the record (one
+    // queue to the engine, in order): his own tree is denied now (5.0: PUBACK 0x87) ...
+    assert_eq!(
+        bob.publish_to("devices/bob/x", false).await,
+        ReasonCode::NotAuthorized
+    );
+    // ... his subscription is gone: alice's message, routed before bob's next PUBACK, does
+    // not come before it ...
+    assert_eq!(
+        alice.publish_to("devices/bob/from-alice", true).await,
+        ReasonCode::Success
+    );
+    // ... and the quarantine topic is his (alice receives what he sends there).
+    assert_eq!(
+        bob.publish_to("quarantine/bob-1/x", false).await,
+        ReasonCode::Success
+    );
+    let publish = alice.raw.recv_publish().await;
+    assert_eq!(publish.topic.as_str(), "quarantine/bob-1/x");
+    let ack = bob
+        .raw
+        .subscribe(
+            3,
+            "devices/bob/#",
+            SubscriptionOptions::qos(QoS::AtMostOnce),
+            None,
+        )
+        .await;
+    assert_eq!(ack.reason_codes[0], ReasonCode::NotAuthorized);
+
+    // A new login of bob, from another network, is quarantined from the start.
+    let (raw, code) = connect_from(server.addr, local(0, 9, 1), &login("bob", "bob-2")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut again = Publisher::new(raw, "devices/bob/y");
+    let ack = again
+        .raw
+        .subscribe(
+            1,
+            "devices/bob/#",
+            SubscriptionOptions::qos(QoS::AtMostOnce),
+            None,
+        )
+        .await;
+    assert_eq!(ack.reason_codes[0], ReasonCode::NotAuthorized);
+    assert_eq!(
+        again.publish_to("devices/bob/y", false).await,
+        ReasonCode::NotAuthorized
+    );
+    assert_eq!(
+        again.publish_to("quarantine/bob-2/x", false).await,
+        ReasonCode::Success
+    );
+    // Not another client's quarantine topic.
+    assert_eq!(
+        again.publish_to("quarantine/bob-1/x", false).await,
+        ReasonCode::NotAuthorized
+    );
+    let publish = alice.raw.recv_publish().await;
+    assert_eq!(publish.topic.as_str(), "quarantine/bob-2/x");
+
+    // Mallory keeps her rights and her subscription.
+    assert_eq!(
+        mallory.publish_to("devices/mallory/x", true).await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        alice.publish_to("devices/mallory/from-alice", true).await,
+        ReasonCode::Success
+    );
+    let publish = mallory.raw.recv_publish().await;
+    assert_eq!(publish.topic.as_str(), "devices/mallory/from-alice");
+    assert_eq!(
+        mallory.publish_to("quarantine/mallory-1/x", true).await,
+        ReasonCode::NotAuthorized
+    );
+    fixture
+        .wait_metrics(
+            &server,
+            &[
+                "bulwark_detections_total{rule=\"fence\",response=\"metric\"} 1",
+                "bulwark_detections_total{rule=\"fence\",response=\"quarantine\"} 1",
+            ],
+        )
+        .await;
+    server.stop().await;
+}
+
+/// Two rules quarantine the same user in the same group: one for 10 minutes, then one for
+/// 1 s. When the short one ends, the long one still holds: a new login of the user is
+/// quarantined.
+#[tokio::test]
+async fn a_short_quarantine_does_not_end_a_longer_one() {
+    let fixture = Fixture::new();
+    std::fs::write(fixture.dir.join("acl.toml"), QUARANTINE_ACL).unwrap();
+    let mut long = rule(
+        "long",
+        RuleKind::RootWildcard,
+        Per::User,
+        Duration::from_secs(3600),
+        1,
+        &[Response::Event, Response::Quarantine],
+    );
+    long.quarantine_group = Some("quarantine".to_owned());
+    // Fires at the second login of the user.
+    let short_duration = Duration::from_secs(1);
+    let mut short = rule(
+        "short",
+        RuleKind::ClientIdFlapping,
+        Per::User,
+        MINUTE,
+        2,
+        &[Response::Event, Response::Quarantine],
+    );
+    short.quarantine_group = Some("quarantine".to_owned());
+    short.duration = short_duration;
+    let server = fixture
+        .start(|c| {
+            c.detect.rules.push(long);
+            c.detect.rules.push(short);
+        })
+        .await;
+    let (raw, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", "bob-1")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut bob = Publisher::new(raw, "devices/bob/x");
+    let ack = bob
+        .raw
+        .subscribe(1, "#", SubscriptionOptions::qos(QoS::AtMostOnce), None)
+        .await;
+    assert_eq!(ack.reason_codes[0], ReasonCode::NotAuthorized);
+    fixture.wait_detection("long").await;
+    let (_second, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", "bob-2")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    fixture.wait_detection("short").await;
+    // The short quarantine has surely ended once its duration has passed since its record.
+    tokio::time::sleep(short_duration + Duration::from_millis(100)).await;
+    let (raw, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", "bob-3")).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let mut third = Publisher::new(raw, "devices/bob/y");
+    assert_eq!(
+        third.publish_to("devices/bob/y", false).await,
+        ReasonCode::NotAuthorized,
+        "the long quarantine still holds"
+    );
+    assert_eq!(
+        third.publish_to("quarantine/bob-3/x", false).await,
+        ReasonCode::Success
+    );
+    assert_eq!(
+        bob.publish_to("devices/bob/x", false).await,
+        ReasonCode::NotAuthorized
+    );
+    server.stop().await;
+}
+
+// ----- protocol violations -------------------------------------------------------------------
+
+/// Sends a packet of the reserved type 0 after logging in: the broker closes the connection
+/// for a malformed packet (a protocol violation).
+async fn malformed_from(addr: SocketAddr, from: IpAddr, id: &str) {
+    let (mut raw, code) = connect_from(addr, from, &login("mallory", id)).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    raw.send_bytes(&[0x00, 0x00]).await;
+    let packets = raw.until_closed(WAIT).await;
+    assert!(
+        packets.iter().any(|p| matches!(p, Packet::Disconnect(d)
+            if d.reason_code == ReasonCode::MalformedPacket)),
+        "{packets:?}"
+    );
+}
+
+/// A `protocol_violations` rule per network counts the connections closed for breaking the
+/// protocol per /24: two from each of two networks do not reach its threshold of 3, a third
+/// from one of them does, and the detection names that network only.
+#[tokio::test]
+async fn protocol_violations_from_one_network_are_detected() {
+    let fixture = Fixture::new();
+    let server = fixture
+        .start(|c| {
+            c.detect.rules.push(rule(
+                "abuse",
+                RuleKind::ProtocolViolations,
+                Per::Network,
+                MINUTE,
+                3,
+                &[Response::Event, Response::Metric],
+            ));
+            c.detect.rules.push(barrier_rule());
+        })
+        .await;
+    for (n, from) in [
+        local(0, 7, 1),
+        local(0, 8, 1),
+        local(0, 7, 2),
+        local(0, 8, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        malformed_from(server.addr, from, &format!("broken-{n}")).await;
+    }
+    fixture
+        .wait_event("the fourth violation", |e| {
+            e["kind"] == "protocol_violation" && e["client_id"] == "broken-3"
+        })
+        .await;
+    fixture.barrier(server.addr).await;
+    assert!(
+        fixture.detections("abuse").is_empty(),
+        "{:#?}",
+        fixture.detections("abuse")
+    );
+    malformed_from(server.addr, local(0, 7, 3), "broken-4").await;
+    let detection = fixture.wait_detection("abuse").await;
+    assert_eq!(detection["target"], "network 127.0.7.0/24", "{detection}");
+    assert!(detection.get("username").is_none(), "{detection}");
+    assert_eq!(
+        reason(&detection),
+        "abuse (protocol_violations): 3 connections closed for protocol violations in 60 s \
+         (limit 3); responses: event, metric"
+    );
+    fixture
+        .wait_metrics(
+            &server,
+            &["bulwark_detections_total{rule=\"abuse\",response=\"metric\"} 1"],
+        )
+        .await;
+    assert_eq!(fixture.detections("abuse").len(), 1);
+    server.stop().await;
+}
+
+// ----- message size --------------------------------------------------------------------------
+
+/// A client that publishes small messages and then large ones: a `message_size` rule fires
+/// once the mean size per PUBLISH is over `factor` times its own baseline. As for the message
+/// rate, this takes about 11 s: one sample (every 5 s) for the baseline, one for the large
+/// messages, with the window set just under the sample interval.
+#[tokio::test]
+async fn messages_far_larger_than_a_clients_own_are_detected() {
+    let fixture = Fixture::new();
+    let mut size_rule = rule(
+        "bulky",
+        RuleKind::MessageSize,
+        Per::ClientId,
+        Duration::from_millis(4500),
+        1000,
+        &[Response::Event, Response::Metric],
+    );
+    size_rule.factor = 4;
+    size_rule.warmup = 1;
+    let server = fixture.start(|c| c.detect.rules.push(size_rule)).await;
+    let id = common::unique("meter");
+    let (mut raw, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", &id)).await;
+    assert_eq!(code, Some(ReasonCode::Success));
+    let topic = format!("devices/{id}/power");
+    let encode = |payload: &'static [u8]| {
+        let mut bytes = BytesMut::new();
+        Encoder::new(ProtocolVersion::V5)
+            .encode(
+                &common::publish(&topic, QoS::AtMostOnce, 0, payload),
+                &mut bytes,
+            )
+            .unwrap();
+        bytes
+    };
+    let small = encode(b"42.0");
+    static LARGE: [u8; 2000] = [b'x'; 2000];
+    let large = encode(&LARGE);
+    let started = Instant::now();
+    // The baseline: small messages, ten a second, for 5.5 s.
+    while started.elapsed() < Duration::from_millis(5500) {
+        raw.send_bytes(&small).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fixture.detections("bulky").is_empty());
+    // Then large ones, ten a second, until the rule fires.
+    let deadline = Instant::now() + WAIT;
+    let detection = loop {
+        raw.send_bytes(&large).await;
+        if let Some(found) = fixture.detections("bulky").into_iter().next() {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "{:#?}", fixture.events());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        detection["target"],
+        format!("client id {id}"),
+        "{detection}"
+    );
+    let text = reason(&detection);
+    let measured: u64 = text
+        .strip_prefix("bulky (message_size): a mean of ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{detection}"))
+        .parse()
+        .unwrap();
+    // What was measured is about the large messages' size (headers included).
+    assert!((1000..=2200).contains(&measured), "{detection}");
+    assert!(text.ends_with("; responses: event, metric"), "{detection}");
+    assert_alive(&mut raw).await;
+    fixture
+        .wait_metrics(
+            &server,
+            &["bulwark_detections_total{rule=\"bulky\",response=\"metric\"} 1"],
+        )
+        .await;
+    server.stop().await;
+}

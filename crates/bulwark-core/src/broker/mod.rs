@@ -290,7 +290,23 @@ impl Broker {
     /// Replaces what is known of connection `conn`'s client (a re-authentication with new
     /// credentials, such as a token with another ACL claim) and applies it as
     /// [`Broker::set_acl`] does.
+    ///
+    /// A quarantine ([`Broker::quarantine`]) stays: new credentials do not lift it.
     pub fn set_principal(&mut self, conn: ConnectionId, principal: Arc<Principal>, now: Instant) {
+        let held = self
+            .clients
+            .conns
+            .get(&conn)
+            .and_then(|c| c.authz.principal.quarantine.clone());
+        let principal = match held {
+            Some(group) if principal.quarantine.is_none() => {
+                let mut p = (*principal).clone();
+                p.groups = vec![group.clone()];
+                p.quarantine = Some(group);
+                Arc::new(p)
+            }
+            _ => principal,
+        };
         self.reauthorize(conn, Some(principal), now);
     }
 
