@@ -30,6 +30,8 @@ run() { # MODE SCENARIO ARGS...
   format=$(echo "$mode" | tr 'A-Z' 'a-z')
   printf '[[listener]]\nkind = "tcp"\nbind = "127.0.0.1:%s"\n[auth]\npassword_file = "%s"\n[acl]\nfile = "%s"\n[storage]\npath = "%s"\n[audit]\nfile = "%s"\nformat = "%s"\n' \
     "$port" "$w/passwords.toml" "$w/acl.toml" "$w/store.redb" "$w/audit/audit.jsonl" "$format" > "$w/bulwark.toml"
+  # EXTRA: more configuration for every run (e.g. '[detect]\nbuiltin = false').
+  printf '%b\n' "${EXTRA:-}" >> "$w/bulwark.toml"
   taskset -c 0 "$BIN" serve --config "$w/bulwark.toml" --workers 1 --log-level error > "$w/log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
