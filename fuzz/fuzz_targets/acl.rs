@@ -30,6 +30,8 @@ fuzz_target!(|data: &[u8]| {
             address: Some(std::net::IpAddr::from([127, 0, 0, 1])),
             authenticated: i != 3,
             claim: claim.clone().map(Arc::new),
+            // One client quarantined in its group: only the rules naming it apply.
+            quarantine: (i == 2).then(|| Arc::from("g")),
         };
         let acl = rules.resolve(&principal, client_id);
         for probe in probes.lines().take(16) {
