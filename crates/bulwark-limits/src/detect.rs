@@ -153,8 +153,8 @@ pub enum RuleKind {
     MessageSize,
     /// One credential logged in from `threshold` networks at once.
     SharedCredential,
-    /// Logins of one client id in the window reach `threshold` (a client that keeps coming
-    /// back, or two that take the id from each other).
+    /// Logins of one client id that ended in the window reach `threshold` (a client that keeps
+    /// coming back, or two that take the id from each other).
     ClientIdFlapping,
     /// Subscriptions to a filter with a wildcard at level `max_depth` or nearer the root
     /// (`#`, `+/#`, ...) in the window reach `threshold`.
@@ -472,7 +472,7 @@ impl Detection {
             RuleKind::SharedCredential => {
                 format!("logged in from {v} networks at once (limit {l})")
             }
-            RuleKind::ClientIdFlapping => format!("{v} logins in {w} s (limit {l})"),
+            RuleKind::ClientIdFlapping => format!("{v} logins ended in {w} s (limit {l})"),
             RuleKind::RootWildcard => {
                 format!("{v} subscriptions to wildcards near the root in {w} s (limit {l})")
             }
@@ -583,7 +583,9 @@ fn relevant(kind: RuleKind, signal: &Signal<'_>) -> bool {
         RuleKind::SharedCredential => {
             matches!(signal, Signal::Connected | Signal::Disconnected)
         }
-        RuleKind::ClientIdFlapping => matches!(signal, Signal::Connected),
+        // Counted as they end: a client that keeps coming back ends as often as it logs in,
+        // and a fleet that stays connected costs the table nothing.
+        RuleKind::ClientIdFlapping => matches!(signal, Signal::Disconnected),
         RuleKind::RootWildcard => matches!(signal, Signal::Subscribed { .. }),
     }
 }
@@ -644,8 +646,11 @@ impl Table {
         now: Instant,
         max: usize,
     ) -> Option<Detection> {
-        // A disconnect is only news for a subject already tracked.
-        if matches!(obs.signal, Signal::Disconnected) && !self.tracks.contains_key(&subject) {
+        // For live logins, a disconnect is only news for a subject already tracked.
+        if rule.kind == RuleKind::SharedCredential
+            && matches!(obs.signal, Signal::Disconnected)
+            && !self.tracks.contains_key(&subject)
+        {
             return None;
         }
         if matches!(obs.signal, Signal::Subscribed { filter }
@@ -671,7 +676,8 @@ impl Table {
                     fired: false,
                 }),
                 RuleKind::SharedCredential => State::Networks(HashMap::new()),
-                _ => State::Times(VecDeque::new()),
+                // Room for one: most subjects are seen once or twice in a window.
+                _ => State::Times(VecDeque::with_capacity(1)),
             },
         });
         track.last_seen = now;

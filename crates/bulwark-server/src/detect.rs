@@ -191,7 +191,7 @@ pub(crate) fn throttled(
 }
 
 /// Who logged in, for the rules that count logins.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Login {
     pub(crate) username: Option<Arc<str>>,
     pub(crate) client_id: Arc<str>,

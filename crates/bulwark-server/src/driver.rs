@@ -163,7 +163,7 @@ pub(crate) fn drive<S: Transport>(
         out: BytesMut::new(),
         ctx,
         registered: false,
-        login: None,
+        login: Told::Nothing,
         permit,
     };
     // `peer` and `conn` are read from the driver, not captured again: the future is kept small.
@@ -174,9 +174,17 @@ pub(crate) fn drive<S: Transport>(
             let _ = to_router(&driver.ctx.router, ToRouter::Lost { conn }).await;
         }
         let who = driver.ctx.auth.unregister(conn);
-        if let Some(login) = driver.login.take()
+        if driver.login != Told::Nothing
             && let Some(detect) = driver.ctx.auth.audit.detect()
+            && let Some((client_id, username)) = &who
         {
+            let login = crate::detect::Login {
+                username: username.clone(),
+                client_id: Arc::from(client_id.as_str()),
+                certificate: (driver.login == Told::CertificateLogin)
+                    .then(|| username.clone())
+                    .flatten(),
+            };
             detect.send(login.into_input(driver.peer, false));
         }
         let violation = match &end {
@@ -216,6 +224,14 @@ pub(crate) fn drive<S: Transport>(
             driver.linger().await;
         }
     }
+}
+
+/// What the detection rules were told of a connection's login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    Nothing,
+    Login,
+    CertificateLogin,
 }
 
 /// How often a paused client's driver looks at whether its throttle changed.
@@ -274,9 +290,9 @@ struct Driver<S> {
     out: BytesMut,
     ctx: Arc<DriverContext>,
     registered: bool,
-    /// Who the engine accepted, when a detection rule counts logins: told to the rules again
-    /// when the connection ends. Boxed: most connections never need it.
-    login: Option<Box<crate::detect::Login>>,
+    /// What the detection rules were told of this login, to tell them of its end (who it was
+    /// is the registry's, read back as the connection ends).
+    login: Told,
     /// Its place in admission control, released when the connection ends.
     permit: Arc<crate::gate::Permit>,
 }
@@ -413,13 +429,17 @@ impl<S: Transport> Driver<S> {
             .starts_with("certificate")
             .then(|| username.clone())
             .flatten();
+        self.login = if certificate.is_some() {
+            Told::CertificateLogin
+        } else {
+            Told::Login
+        };
         let login = crate::detect::Login {
             username,
             client_id,
             certificate,
         };
-        detect.send(login.clone().into_input(self.peer, true));
-        self.login = Some(Box::new(login));
+        detect.send(login.into_input(self.peer, true));
     }
 
     /// Which throttles and quarantines of the detection rules are in force (0 without rules).

@@ -806,8 +806,12 @@ async fn a_flapping_client_id_is_detected() {
     }
     fixture.barrier(server.addr).await;
     assert!(fixture.detections("client-id-flapping").is_empty());
+    // Logins are counted as they end: the fourth fires once it is over.
     let (mut last, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", &id)).await;
     assert_eq!(code, Some(ReasonCode::Success));
+    last.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success)))
+        .await;
+    let _ = last.until_closed(WAIT).await;
     let detection = fixture.wait_detection("client-id-flapping").await;
     assert_eq!(
         detection["target"],
@@ -818,10 +822,9 @@ async fn a_flapping_client_id_is_detected() {
     assert!(detection.get("username").is_none(), "{detection}");
     assert_eq!(
         reason(&detection),
-        "client-id-flapping (client_id_flapping): 4 logins in 60 s (limit 4); responses: \
+        "client-id-flapping (client_id_flapping): 4 logins ended in 60 s (limit 4); responses: \
          event, metric"
     );
-    assert_alive(&mut last).await;
     fixture
         .wait_metrics(
             &server,
@@ -1430,10 +1433,10 @@ async fn a_lenient_throttle_does_not_lift_a_stricter_one() {
     );
     strict.throttle_messages_per_second = 5;
     strict.duration = Duration::from_secs(600);
-    // Fires at the second login of the user.
+    // Fires at the user's second login from another network.
     let mut lenient = rule(
         "lenient",
-        RuleKind::ClientIdFlapping,
+        RuleKind::SharedCredential,
         Per::User,
         MINUTE,
         2,
@@ -1456,14 +1459,14 @@ async fn a_lenient_throttle_does_not_lift_a_stricter_one() {
         .await;
     assert_eq!(ack.reason_codes[0], ReasonCode::NotAuthorized);
     fixture.wait_detection("strict").await;
-    let (raw, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", "bob-2")).await;
+    let (raw, code) = connect_from(server.addr, local(0, 1, 1), &login("bob", "bob-2")).await;
     assert_eq!(code, Some(ReasonCode::Success));
     let mut second = Publisher::new(raw, "devices/bob-2/power");
     let detection = fixture.wait_detection("lenient").await;
     assert_eq!(
         reason(&detection),
-        "lenient (client_id_flapping): 2 logins in 60 s (limit 2); responses: event, \
-         throttle to 1000 message(s)/s for 600 s"
+        "lenient (shared_credential): logged in from 2 networks at once (limit 2); responses: \
+         event, throttle to 1000 message(s)/s for 600 s"
     );
     let span = Duration::from_secs(2);
     for publisher in [&mut bob, &mut second] {
@@ -1698,11 +1701,11 @@ async fn a_short_quarantine_does_not_end_a_longer_one() {
         &[Response::Event, Response::Quarantine],
     );
     long.quarantine_group = Some("quarantine".to_owned());
-    // Fires at the second login of the user.
+    // Fires at the user's second login from another network.
     let short_duration = Duration::from_secs(1);
     let mut short = rule(
         "short",
-        RuleKind::ClientIdFlapping,
+        RuleKind::SharedCredential,
         Per::User,
         MINUTE,
         2,
@@ -1725,7 +1728,7 @@ async fn a_short_quarantine_does_not_end_a_longer_one() {
         .await;
     assert_eq!(ack.reason_codes[0], ReasonCode::NotAuthorized);
     fixture.wait_detection("long").await;
-    let (_second, code) = connect_from(server.addr, local(0, 0, 1), &login("bob", "bob-2")).await;
+    let (_second, code) = connect_from(server.addr, local(0, 1, 1), &login("bob", "bob-2")).await;
     assert_eq!(code, Some(ReasonCode::Success));
     fixture.wait_detection("short").await;
     // The short quarantine has surely ended once its duration has passed since its record.
