@@ -378,6 +378,12 @@ fn observe(detector: &mut Detector, input: &Input, now: Instant) -> Vec<Detectio
         Input::Event(event) => {
             let signal = match event.kind {
                 EventKind::AuthFailure | EventKind::ReauthFailure => Signal::LoginFailed,
+                // Only what the client asked for: a retained message it may not read was
+                // published by someone else, and another tenant's topics must not add up to
+                // this client's "scan".
+                EventKind::AclDenied if event.action.as_deref() == Some("retained") => {
+                    return Vec::new();
+                }
                 EventKind::AclDenied => Signal::AclDenied {
                     topic: event.topic.as_deref().unwrap_or(""),
                 },
@@ -629,4 +635,42 @@ async fn ban(acting: &Acting, d: &Detection) -> (String, bool) {
     .await;
     let secs = d.duration.as_secs();
     (format!("ban for {secs} s ({n} connection(s) closed)"), true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+
+    use super::*;
+    use bulwark_limits::detect::{Per, Rule};
+
+    fn denial(action: &str, topic: &str) -> Input {
+        let mut event = SecurityEvent::new(EventKind::AclDenied, SystemTime::now());
+        event.username = Some("bob".into());
+        event.remote = Some("192.0.2.7:40000".into());
+        event.action = Some(action.into());
+        event.topic = Some(topic.into());
+        Input::Event(Arc::new(event))
+    }
+
+    #[test]
+    fn only_denials_the_client_asked_for_count_as_a_scan() {
+        let mut rule = Rule::new("scan", RuleKind::AclDenials, Per::User);
+        rule.threshold = 3;
+        let mut detector = Detector::new(DetectSettings {
+            rules: vec![rule],
+            max_tracked: 10,
+        });
+        let now = Instant::now();
+        // Retained messages of other tenants it may not read: never a scan, however many.
+        for i in 0..10 {
+            let input = denial("retained", &format!("tenant-a/{i}"));
+            assert!(observe(&mut detector, &input, now).is_empty());
+        }
+        assert!(observe(&mut detector, &denial("subscribe", "x/1"), now).is_empty());
+        assert!(observe(&mut detector, &denial("publish", "x/2"), now).is_empty());
+        let fired = observe(&mut detector, &denial("will", "x/3"), now);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].subject, Subject::User("bob".into()));
+    }
 }
