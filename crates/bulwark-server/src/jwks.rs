@@ -22,10 +22,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use ureq::http::Uri;
@@ -125,7 +123,7 @@ pub(crate) fn fetch(source: &JwksSource) -> Result<String, JwksError> {
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .root_certs(roots)
-        .unversioned_rustls_crypto_provider(crypto_provider())
+        .unversioned_rustls_crypto_provider(crate::tls::client_provider())
         .build();
     let agent = ureq::Agent::config_builder()
         .tls_config(tls)
@@ -218,14 +216,6 @@ fn load_roots(path: &Path) -> Result<Vec<Certificate<'static>>, JwksError> {
         .collect())
 }
 
-/// ring, with the cipher-suite policy of the broker's own listeners.
-fn crypto_provider() -> Arc<CryptoProvider> {
-    Arc::new(CryptoProvider {
-        cipher_suites: crate::tls::cipher_suites(),
-        ..rustls::crypto::ring::default_provider()
-    })
-}
-
 fn from_ureq(error: ureq::Error) -> JwksError {
     match error {
         ureq::Error::BodyExceedsLimit(_) => JwksError::TooLarge,
@@ -248,6 +238,7 @@ mod tests {
     use super::*;
     use std::io::{ErrorKind, Read, Write};
     use std::net::{SocketAddr, TcpListener};
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::thread::JoinHandle;
     use std::time::Instant;

@@ -175,6 +175,15 @@ pub fn cipher_suites() -> Vec<SupportedCipherSuite> {
         .collect()
 }
 
+/// ring with the listeners' cipher-suite policy, for the broker's own TLS clients (JWKS
+/// fetches, audit export).
+pub(crate) fn client_provider() -> Arc<CryptoProvider> {
+    Arc::new(CryptoProvider {
+        cipher_suites: cipher_suites(),
+        ..rustls::crypto::ring::default_provider()
+    })
+}
+
 fn provider() -> Arc<CryptoProvider> {
     let mut suites = cipher_suites();
     // Server preference (see `ignore_client_order` below): AES-128-GCM with SHA-256 first, the

@@ -23,7 +23,6 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use bulwark_acl::event::rfc3339;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -774,7 +773,7 @@ fn syslog_tls(ca: &Path, client: Option<(&Path, &Path)>) -> Result<Arc<ClientCon
             .add(cert)
             .map_err(|err| format!("audit export_syslog_ca {}: {err}", ca.display()))?;
     }
-    let builder = ClientConfig::builder_with_provider(crypto_provider())
+    let builder = ClientConfig::builder_with_provider(crate::tls::client_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|err| format!("audit export_syslog: TLS versions: {err}"))?
         .with_root_certificates(roots);
@@ -825,14 +824,6 @@ fn load_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, St
     Ok(certs)
 }
 
-/// ring, with the cipher-suite policy of the broker's own listeners.
-fn crypto_provider() -> Arc<CryptoProvider> {
-    Arc::new(CryptoProvider {
-        cipher_suites: crate::tls::cipher_suites(),
-        ..rustls::crypto::ring::default_provider()
-    })
-}
-
 // ----- HTTP ----------------------------------------------------------------------------------
 
 /// POSTs each line to an endpoint.
@@ -874,7 +865,7 @@ impl Http {
         let tls = ureq::tls::TlsConfig::builder()
             .provider(ureq::tls::TlsProvider::Rustls)
             .root_certs(roots)
-            .unversioned_rustls_crypto_provider(crypto_provider())
+            .unversioned_rustls_crypto_provider(crate::tls::client_provider())
             .build();
         let mut config = ureq::Agent::config_builder()
             .tls_config(tls)
